@@ -1,0 +1,61 @@
+//! `tale`: picks a mode from argv[0] (busybox style) or from the first argument, then runs it.
+use clap::{Parser, Subcommand};
+use std::ffi::OsString;
+use std::process::ExitCode;
+use tale::modes;
+
+#[derive(Parser)]
+#[command(name = "tale", version, about = "Sandbox service for AI coding agents")]
+struct Cli {
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// PID 1 of a session container: exec, streaming, replay, env store, file ops.
+    Runnerd(modes::runnerd::Args),
+}
+
+/// Names a symlink to the binary may carry to run one mode directly.
+const ARGV0_MODES: &[(&str, &str)] = &[("runnerd", "runnerd")];
+
+/// Inserts the mode named by argv[0] (`runnerd` → `tale runnerd …`) so clap sees one grammar.
+fn with_argv0_mode(args: Vec<OsString>) -> Vec<OsString> {
+    let Some(argv0) = args.first() else {
+        return args;
+    };
+    let name = std::path::Path::new(argv0)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("");
+    match ARGV0_MODES.iter().find(|(link, _)| *link == name) {
+        Some((_, mode)) => {
+            let mut out = vec![OsString::from("tale"), OsString::from(mode)];
+            out.extend(args.into_iter().skip(1));
+            out
+        }
+        None => args,
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse_from(with_argv0_mode(std::env::args_os().collect()));
+    match cli.mode {
+        Mode::Runnerd(args) => modes::runnerd::run(args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A symlink named after a mode runs that mode with the remaining arguments.
+    #[test]
+    fn argv0_selects_the_mode() {
+        let args = with_argv0_mode(vec!["/usr/bin/runnerd".into(), "--listen".into()]);
+        assert_eq!(args, vec!["tale", "runnerd", "--listen"]);
+        let plain = with_argv0_mode(vec!["/usr/bin/tale".into(), "runnerd".into()]);
+        assert_eq!(plain, vec!["/usr/bin/tale", "runnerd"]);
+    }
+}

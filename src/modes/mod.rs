@@ -1,0 +1,2 @@
+//! One module per mode of the `tale` binary.
+pub mod runnerd;

@@ -1,0 +1,4 @@
+//! Code shared by more than one mode: the wire contract, logging, and the only unsafe code.
+pub mod logging;
+pub mod protocol;
+pub mod sys;

@@ -1,0 +1,2 @@
+//! The wire contract, shared by both ends of every connection.
+pub mod runnerd;

@@ -1,0 +1,369 @@
+//! runnerd's wire protocol (spec era B, byte-compatible): requests, NDJSON exec events, replies.
+//!
+//! Field names and key order follow the original daemon's JSON exactly (`t` first, `seq` last), so
+//! a client written against it reads our lines unchanged. Additive fields are optional and omitted
+//! when absent.
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Header carrying the per-session runnerd token.
+pub const TOKEN_HEADER: &str = "x-tale-runnerd-token";
+/// Default TCP port runnerd listens on.
+pub const DEFAULT_PORT: u16 = 8200;
+/// Longest exec / session id accepted in a path or body.
+pub const MAX_ID_LEN: usize = 64;
+
+/// True when `id` matches `^[A-Za-z0-9_-]{1,64}$`.
+pub fn is_valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// `POST /execs` body as it arrives. Every field is kept loose (`serde_json::Value`) so that a field of
+/// the wrong type becomes a `fail BAD_REQUEST` event in the specified validation order rather than a
+/// parse error; `exec::spec` turns it into a typed `ExecSpec`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecRequestWire {
+    pub exec_id: Option<serde_json::Value>,
+    pub command: Option<serde_json::Value>,
+    pub shell: Option<serde_json::Value>,
+    pub cwd: Option<serde_json::Value>,
+    pub env: Option<serde_json::Value>,
+    pub stdin_base64: Option<serde_json::Value>,
+    pub stdin_mode: Option<serde_json::Value>,
+    pub timeout_ms: Option<serde_json::Value>,
+    pub stdout_max_bytes: Option<serde_json::Value>,
+    pub stderr_max_bytes: Option<serde_json::Value>,
+}
+
+/// Why an exec stream ended without an `exit`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum FailCode {
+    InvalidCwd,
+    ExecLimit,
+    DuplicateExec,
+    BadRequest,
+}
+
+/// `truncated` of an `exit` event: whether each stream hit its byte cap.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Truncated {
+    pub stdout: bool,
+    pub stderr: bool,
+}
+
+/// One NDJSON line of an exec stream.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "lowercase", rename_all_fields = "camelCase")]
+pub enum ExecEvent {
+    Start {
+        exec_id: String,
+        started_at_ms: u64,
+        seq: u64,
+    },
+    Stdout {
+        b64: String,
+        seq: u64,
+    },
+    Stderr {
+        b64: String,
+        seq: u64,
+    },
+    Exit {
+        exit_code: i32,
+        duration_ms: u64,
+        truncated: Truncated,
+        timed_out: bool,
+        cancelled: bool,
+        seq: u64,
+    },
+    Fail {
+        code: FailCode,
+        message: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seq: Option<u64>,
+    },
+    /// Additive: events `fromSeq..=toSeq` were evicted from the journal before this reader got them.
+    Gap { from_seq: u64, to_seq: u64 },
+}
+
+impl ExecEvent {
+    /// The event's sequence number; `gap` and pre-spawn `fail` lines carry none.
+    pub fn seq(&self) -> Option<u64> {
+        match self {
+            ExecEvent::Start { seq, .. }
+            | ExecEvent::Stdout { seq, .. }
+            | ExecEvent::Stderr { seq, .. }
+            | ExecEvent::Exit { seq, .. } => Some(*seq),
+            ExecEvent::Fail { seq, .. } => *seq,
+            ExecEvent::Gap { .. } => None,
+        }
+    }
+
+    /// `exit` and `fail` end a stream; exactly one of them is the last line.
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, ExecEvent::Exit { .. } | ExecEvent::Fail { .. })
+    }
+
+    /// The event as one NDJSON line, `\n` included.
+    pub fn to_line(&self) -> Vec<u8> {
+        let mut line = serde_json::to_vec(self).expect("exec events always serialize");
+        line.push(b'\n');
+        line
+    }
+}
+
+/// `GET /healthz` reply.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthReport {
+    pub ok: bool,
+    pub booted_at_ms: u64,
+    pub last_activity_at_ms: u64,
+    pub live_execs: u64,
+    /// Kept for clients of era B, which read it in the idle sweep; tale has no screencast.
+    #[serde(default)]
+    pub active_screencasts: u64,
+    /// Additive: processes re-parented to runnerd and reaped by it.
+    #[serde(default)]
+    pub reaped_orphans: u64,
+    /// Additive: git credentials served to the credential helper.
+    #[serde(default)]
+    pub credential_accesses: u64,
+}
+
+/// `GET /execs/:id` reply.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "lowercase", rename_all_fields = "camelCase")]
+pub enum ExecStatusState {
+    Running { started_at_ms: u64 },
+    Exited { exit_code: Option<i32> },
+    Gone {},
+}
+
+/// `GET /execs/:id` reply: the id plus its state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecStatus {
+    pub exec_id: String,
+    #[serde(flatten)]
+    pub state: ExecStatusState,
+}
+
+/// `POST /execs/:id/stdin` body.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StdinRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub b64: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eof: Option<bool>,
+}
+
+/// Why a stdin write was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum StdinRefusal {
+    NotFound,
+    StdinClosed,
+    BadLine,
+    WriteFailed,
+}
+
+/// `POST /execs/:id/stdin` reply: `{ok:true}` or `{ok:false, reason}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StdinReply {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<StdinRefusal>,
+}
+
+/// `POST /execs/:id/cancel` reply.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CancelReply {
+    pub killed: bool,
+}
+
+/// `POST /env` body.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct EnvPatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unset: Option<Vec<String>>,
+}
+
+/// `POST /env` reply.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EnvReply {
+    pub ok: bool,
+    pub denied: Vec<String>,
+}
+
+/// One file of `POST /files/stage`: inline bytes or a URL to fetch.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StageItem {
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_base64: Option<String>,
+}
+
+/// `POST /files/stage` body.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StageRequest {
+    pub files: Vec<StageItem>,
+}
+
+/// A staged file and its size.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StagedFile {
+    pub path: String,
+    pub bytes: u64,
+}
+
+/// A path that was not staged or deleted, and why (`unsafe_path`, `too_large`, `no_source`, …).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SkippedPath {
+    pub path: String,
+    pub reason: String,
+}
+
+/// `POST /files/stage` reply.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StageReply {
+    pub staged: Vec<StagedFile>,
+    pub skipped: Vec<SkippedPath>,
+}
+
+/// `POST /files/delete` body.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DeleteRequest {
+    pub paths: Vec<String>,
+}
+
+/// `POST /files/delete` reply.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DeleteReply {
+    pub deleted: Vec<String>,
+    pub skipped: Vec<SkippedPath>,
+}
+
+/// Kind of a directory entry in `GET /fs/list`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryType {
+    File,
+    Dir,
+    Other,
+}
+
+/// One entry of `GET /fs/list`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DirEntry {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: EntryType,
+    pub size: u64,
+    pub mtime_ms: u64,
+}
+
+/// `GET /fs/list` reply.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ListReply {
+    pub entries: Vec<DirEntry>,
+}
+
+/// Error body of every non-2xx JSON reply: `{error, message?}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Lines keep the original daemon's key order: `t` first, `seq` last.
+    #[test]
+    fn event_lines_match_the_original_byte_for_byte() {
+        let start = ExecEvent::Start {
+            exec_id: "e1".into(),
+            started_at_ms: 5,
+            seq: 1,
+        };
+        assert_eq!(
+            start.to_line(),
+            b"{\"t\":\"start\",\"execId\":\"e1\",\"startedAtMs\":5,\"seq\":1}\n"
+        );
+        let exit = ExecEvent::Exit {
+            exit_code: 0,
+            duration_ms: 3,
+            truncated: Truncated::default(),
+            timed_out: false,
+            cancelled: false,
+            seq: 4,
+        };
+        assert_eq!(
+            String::from_utf8(exit.to_line()).unwrap(),
+            "{\"t\":\"exit\",\"exitCode\":0,\"durationMs\":3,\"truncated\":{\"stdout\":false,\"stderr\":false},\"timedOut\":false,\"cancelled\":false,\"seq\":4}\n"
+        );
+        let fail = ExecEvent::Fail {
+            code: FailCode::ExecLimit,
+            message: "live exec cap 4 reached".into(),
+            seq: None,
+        };
+        assert_eq!(
+            String::from_utf8(fail.to_line()).unwrap(),
+            "{\"t\":\"fail\",\"code\":\"EXEC_LIMIT\",\"message\":\"live exec cap 4 reached\"}\n"
+        );
+        let gap = ExecEvent::Gap {
+            from_seq: 2,
+            to_seq: 9,
+        };
+        assert_eq!(
+            String::from_utf8(gap.to_line()).unwrap(),
+            "{\"t\":\"gap\",\"fromSeq\":2,\"toSeq\":9}\n"
+        );
+    }
+
+    /// Status replies flatten the state next to the id, as the original does.
+    #[test]
+    fn exec_status_shapes() {
+        let running = ExecStatus {
+            exec_id: "a".into(),
+            state: ExecStatusState::Running { started_at_ms: 7 },
+        };
+        assert_eq!(
+            serde_json::to_string(&running).unwrap(),
+            r#"{"execId":"a","state":"running","startedAtMs":7}"#
+        );
+        let gone = ExecStatus {
+            exec_id: "a".into(),
+            state: ExecStatusState::Gone {},
+        };
+        assert_eq!(
+            serde_json::to_string(&gone).unwrap(),
+            r#"{"execId":"a","state":"gone"}"#
+        );
+    }
+
+    /// The id rule of paths and bodies.
+    #[test]
+    fn id_rule() {
+        assert!(is_valid_id("abc_DEF-09"));
+        assert!(!is_valid_id(""));
+        assert!(!is_valid_id("a/b"));
+        assert!(!is_valid_id(&"x".repeat(65)));
+        assert!(is_valid_id(&"x".repeat(64)));
+    }
+}
