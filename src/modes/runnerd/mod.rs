@@ -1,4 +1,6 @@
 //! `tale runnerd`: PID 1 of a session container.
+pub mod limits;
+
 use std::process::ExitCode;
 
 /// Command-line flags of `tale runnerd`.
