@@ -1,4 +1,7 @@
 //! `tale runnerd`: PID 1 of a session container.
+pub mod env_store;
+pub mod exec;
+pub mod init;
 pub mod limits;
 
 use std::process::ExitCode;

@@ -89,7 +89,10 @@ pub enum ExecEvent {
         seq: Option<u64>,
     },
     /// Additive: events `fromSeq..=toSeq` were evicted from the journal before this reader got them.
-    Gap { from_seq: u64, to_seq: u64 },
+    Gap {
+        from_seq: u64,
+        to_seq: u64,
+    },
 }
 
 impl ExecEvent {
@@ -139,7 +142,11 @@ pub struct HealthReport {
 
 /// `GET /execs/:id` reply.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "state", rename_all = "lowercase", rename_all_fields = "camelCase")]
+#[serde(
+    tag = "state",
+    rename_all = "lowercase",
+    rename_all_fields = "camelCase"
+)]
 pub enum ExecStatusState {
     Running { started_at_ms: u64 },
     Exited { exit_code: Option<i32> },

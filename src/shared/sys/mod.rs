@@ -1,2 +1,27 @@
 //! The only module allowed to use `unsafe`: pre-exec hooks and process-level system calls.
+//!
+//! Everything here is a thin wrapper that gives the rest of the crate a safe signature.
 #![allow(unsafe_code)]
+
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+/// Makes the spawned child the leader of a new session (and so of a new process group whose id is
+/// its pid), detached from any controlling terminal. runnerd signals the whole group with
+/// `kill(-pgid)` on cancel and deadline, which reaches grandchildren that stayed in the group.
+pub fn spawn_in_new_session(command: &mut Command) -> &mut Command {
+    // SAFETY: the closure runs in the forked child before exec; it only calls setsid(2), which is
+    // async-signal-safe, and touches no memory shared with the parent.
+    unsafe {
+        command.pre_exec(|| {
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            Ok(())
+        })
+    }
+}
+
+/// Marks this process as a child subreaper: orphans of its descendants are re-parented to it, so
+/// the same reaping code path runs whether runnerd is PID 1 or not (tests, local backend).
+pub fn become_child_subreaper() -> std::io::Result<()> {
+    nix::sys::prctl::set_child_subreaper(true).map_err(std::io::Error::from)
+}
