@@ -1,4 +1,5 @@
 //! Code shared by more than one mode: the wire contract, logging, and the only unsafe code.
+pub mod http;
 pub mod logging;
 pub mod protocol;
 pub mod sys;

@@ -1,20 +1,283 @@
-//! `tale runnerd`: PID 1 of a session container.
+//! `tale runnerd`: PID 1 of a session container. Reaps every process, runs execs in their own process
+//! groups as the unprivileged exec user, streams their events from a replayable journal, and keeps
+//! the session's env store and workspace file operations.
+pub mod activity;
 pub mod env_store;
 pub mod exec;
 pub mod init;
 pub mod limits;
+pub mod server;
+pub mod state;
 
+use crate::shared::logging::{self, LogFormat};
+use env_store::EnvStore;
+use exec::journal::JournalBudget;
+use exec::launcher::Launcher;
+use exec::spool::SpoolBudget;
+use exec::ExecTable;
+use init::Reaper;
+use limits::*;
+use nix::sys::signal::Signal;
+use state::Daemon;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
-/// Command-line flags of `tale runnerd`.
-#[derive(clap::Args, Debug)]
+/// Command-line flags of `tale runnerd`; each also reads the environment variable named.
+#[derive(clap::Args, Debug, Clone)]
 pub struct Args {
     /// Address to listen on.
-    #[arg(long, default_value = "0.0.0.0:8200")]
+    #[arg(long, env = "TALE_RUNNERD_LISTEN", default_value = "0.0.0.0:8200")]
     pub listen: std::net::SocketAddr,
+    /// Run without a token: every client may drive this daemon. Development only.
+    #[arg(long)]
+    pub insecure_no_token: bool,
+    /// Workspace root: execs' default cwd and the only tree file operations reach.
+    #[arg(long, env = "TALE_WORKSPACE_ROOT", default_value = "/workspace")]
+    pub workspace_root: PathBuf,
+    /// HOME of every exec [default: <workspace root>/.home].
+    #[arg(long, env = "TALE_EXEC_HOME")]
+    pub exec_home: Option<PathBuf>,
+    /// uid:gid execs run as when runnerd runs as root.
+    #[arg(long, env = "TALE_EXEC_USER", default_value = "10001:10001", value_parser = parse_user)]
+    pub exec_user: (u32, u32),
+    /// Execs that may run at once.
+    #[arg(long, env = "TALE_MAX_LIVE_EXECS", default_value_t = DEFAULT_MAX_LIVE_EXECS)]
+    pub max_live_execs: usize,
+    /// Finished execs kept for attach and status.
+    #[arg(long, env = "TALE_MAX_RETAINED_EXECS", default_value_t = DEFAULT_MAX_RETAINED_EXECS)]
+    pub max_retained_execs: usize,
+    /// Directory of the journal's disk spool [default: <workspace root>/.tale/journal].
+    #[arg(long, env = "TALE_JOURNAL_DIR")]
+    pub journal_dir: Option<PathBuf>,
+    /// In-memory tail of each exec's journal, in bytes.
+    #[arg(long, env = "TALE_JOURNAL_MEMORY_BYTES", default_value_t = DEFAULT_JOURNAL_MEMORY_BYTES)]
+    pub journal_memory_bytes: usize,
+    /// Disk spool per exec, in bytes.
+    #[arg(long, env = "TALE_JOURNAL_EXEC_SPOOL_BYTES", default_value_t = DEFAULT_JOURNAL_EXEC_SPOOL_BYTES)]
+    pub journal_exec_spool_bytes: u64,
+    /// Disk spool for the whole daemon, in bytes.
+    #[arg(long, env = "TALE_JOURNAL_TOTAL_SPOOL_BYTES", default_value_t = DEFAULT_JOURNAL_TOTAL_SPOOL_BYTES)]
+    pub journal_total_spool_bytes: u64,
+    /// On SIGTERM/SIGINT/SIGHUP: milliseconds between SIGTERM to every exec and SIGKILL.
+    #[arg(long, env = "TALE_SHUTDOWN_GRACE_MS", default_value_t = DEFAULT_SHUTDOWN_GRACE.as_millis() as u64)]
+    pub shutdown_grace_ms: u64,
+    /// Log line format.
+    #[arg(long, env = "TALE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
-/// Runs the daemon until a shutdown signal.
-pub fn run(_args: Args) -> ExitCode {
-    ExitCode::FAILURE
+fn parse_user(value: &str) -> Result<(u32, u32), String> {
+    let (uid, gid) = value
+        .split_once(':')
+        .ok_or_else(|| format!("{value:?} is not uid:gid"))?;
+    let number = |s: &str| {
+        s.parse::<u32>()
+            .map_err(|_| format!("{value:?} is not uid:gid"))
+    };
+    Ok((number(uid)?, number(gid)?))
+}
+
+/// Why runnerd refused to start.
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    /// No token: set TALE_RUNNERD_TOKEN_FILE or TALE_RUNNERD_TOKEN, or pass --insecure-no-token.
+    #[error("no runnerd token: set TALE_RUNNERD_TOKEN_FILE or TALE_RUNNERD_TOKEN, or pass --insecure-no-token for development")]
+    NoToken,
+    /// The token file could not be read.
+    #[error("cannot read the token file {path}: {source}")]
+    TokenFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The workspace root could not be prepared.
+    #[error("cannot prepare {path}: {source}")]
+    Prepare {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The reaper could not start.
+    #[error("cannot start the reaper: {0}")]
+    Reaper(std::io::Error),
+    /// The listen address is unusable.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    /// The async runtime could not start.
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// Runs the daemon until a shutdown signal; exits 0 after a clean shutdown.
+pub fn run(args: Args) -> ExitCode {
+    logging::init(args.log_format);
+    match boot_and_serve(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("runnerd refused to start: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The token from `TALE_RUNNERD_TOKEN_FILE` (preferred) or `TALE_RUNNERD_TOKEN`.
+fn load_token(insecure: bool) -> Result<Option<Vec<u8>>, BootError> {
+    let from_file = match std::env::var_os("TALE_RUNNERD_TOKEN_FILE") {
+        Some(path) if !path.is_empty() => {
+            let path = PathBuf::from(path);
+            let text = std::fs::read_to_string(&path)
+                .map_err(|source| BootError::TokenFile { path, source })?;
+            Some(text.trim().to_owned())
+        }
+        _ => None,
+    };
+    let token = from_file
+        .or_else(|| std::env::var("TALE_RUNNERD_TOKEN").ok())
+        .filter(|t| !t.is_empty());
+    match (token, insecure) {
+        (Some(token), _) => Ok(Some(token.into_bytes())),
+        (None, true) => {
+            tracing::warn!("!!! runnerd runs WITHOUT a token (--insecure-no-token): anyone who reaches this port can run commands here. Development only. !!!");
+            Ok(None)
+        }
+        (None, false) => Err(BootError::NoToken),
+    }
+}
+
+/// Creates `dir` (and parents) and hands it to `owner` when given.
+fn prepare_dir(dir: &Path, owner: Option<(u32, u32)>, mode: Option<u32>) -> Result<(), BootError> {
+    let fail = |source| BootError::Prepare {
+        path: dir.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(fail)?;
+    if let Some(mode) = mode {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).map_err(fail)?;
+    }
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(dir, Some(uid), Some(gid)).map_err(fail)?;
+    }
+    Ok(())
+}
+
+fn boot_and_serve(args: Args) -> Result<(), BootError> {
+    let token = load_token(args.insecure_no_token)?;
+    init::adopt_orphans();
+    let reaper = Reaper::start().map_err(BootError::Reaper)?;
+
+    let is_root = nix::unistd::geteuid().is_root();
+    let exec_user = is_root.then_some(args.exec_user);
+    prepare_dir(&args.workspace_root, exec_user, None)?;
+    let root =
+        std::fs::canonicalize(&args.workspace_root).map_err(|source| BootError::Prepare {
+            path: args.workspace_root.clone(),
+            source,
+        })?;
+    let home = args.exec_home.clone().unwrap_or_else(|| root.join(".home"));
+    prepare_dir(&home, exec_user, None)?;
+    let journal_dir = args
+        .journal_dir
+        .clone()
+        .unwrap_or_else(|| root.join(".tale").join("journal"));
+    prepare_dir(&journal_dir, None, Some(0o700))?;
+
+    let mut env_store = EnvStore::default();
+    if let Ok(seed) = std::env::var("TALE_SESSION_ENV") {
+        env_store.seed_from_json(&seed);
+    }
+    let launcher = Launcher::new(std::env::vars(), &home, exec_user);
+    let budget = JournalBudget::new(SpoolBudget::new(
+        journal_dir,
+        args.journal_total_spool_bytes,
+        args.journal_exec_spool_bytes,
+        SPOOL_SEGMENT_BYTES,
+    ));
+    let daemon = Daemon::new(
+        reaper,
+        ExecTable::new(args.max_live_execs, args.max_retained_execs),
+        budget,
+        args.journal_memory_bytes,
+        launcher,
+        env_store,
+        root.clone(),
+        token,
+    );
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get().min(4)))
+        .enable_all()
+        .build()
+        .map_err(BootError::Runtime)?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .map_err(|source| BootError::Listen {
+                addr: args.listen,
+                source,
+            })?;
+        tracing::info!(
+            listen = %listener.local_addr().map_or(args.listen, |a| a),
+            root = %root.display(),
+            shell = %daemon.launcher.shell().display(),
+            exec_user = ?exec_user,
+            pid = std::process::id(),
+            "runnerd ready"
+        );
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server_daemon = daemon.clone();
+        let server = tokio::spawn(crate::shared::http::serve(
+            listener,
+            crate::shared::http::ServeOptions {
+                header_read_timeout: HEADER_READ_TIMEOUT,
+            },
+            move |request| server::handle(server_daemon.clone(), request),
+            async {
+                let _ = stop_rx.await;
+            },
+        ));
+        let signal = match init::shutdown_signal().await {
+            Ok(name) => name,
+            Err(err) => {
+                tracing::error!(%err, "cannot install signal handlers; serving without them");
+                std::future::pending().await
+            }
+        };
+        tracing::info!(signal, "shutting down");
+        let _ = stop_tx.send(());
+        let _ = server.await;
+        shut_down_execs(&daemon, Duration::from_millis(args.shutdown_grace_ms)).await;
+        Ok(())
+    })
+}
+
+/// SIGTERM to every exec's group, SIGKILL to what is left after `grace`, then a moment for the
+/// drivers to write their `exit` events.
+async fn shut_down_execs(daemon: &Daemon, grace: Duration) {
+    let live = daemon.execs.close();
+    if live.is_empty() {
+        return;
+    }
+    tracing::info!(count = live.len(), "terminating live execs");
+    for exec in &live {
+        exec.signal_group(Signal::SIGTERM);
+    }
+    let all_done = async {
+        while daemon.execs.live_count() > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    if tokio::time::timeout(grace, all_done).await.is_err() {
+        for exec in &live {
+            exec.signal_group(Signal::SIGKILL);
+        }
+        let _ = tokio::time::timeout(PIPE_DRAIN_GRACE + Duration::from_millis(500), async {
+            while daemon.execs.live_count() > 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+    }
 }

@@ -1,3 +1,357 @@
 //! Execs: spawn, stream into the journal, deadlines, cancel, stdin, retention.
+//!
+//! An [`Exec`] is shared by its driver task (which owns the process from spawn to `exit`), the
+//! [`ExecTable`] (live, then retained once finished), and request handlers (cancel, stdin, attach,
+//! status). Handlers never touch the process directly: they flip flags under the exec's lock and
+//! signal its process group, and the driver reports what happened.
+pub mod driver;
 pub mod journal;
+pub mod launcher;
+pub mod output;
+pub mod spec;
 pub mod spool;
+pub mod stdin;
+
+use super::activity::Activity;
+use super::limits::KILL_GRACE;
+use crate::shared::protocol::runnerd::{ExecStatusState, StdinRefusal};
+use journal::Journal;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use stdin::StdinState;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// Where an exec is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Running,
+    /// Ended; `None` when it never ran (spawn failed).
+    Exited(Option<i32>),
+}
+
+#[derive(Debug)]
+struct Control {
+    phase: Phase,
+    /// Process group id, known once spawned.
+    pgid: Option<i32>,
+    cancelled: bool,
+    timed_out: bool,
+}
+
+/// One exec.
+pub struct Exec {
+    pub id: String,
+    pub journal: Arc<Journal>,
+    pub started_at_ms: u64,
+    timeout: Duration,
+    deadline: watch::Sender<Instant>,
+    control: Mutex<Control>,
+    stdin: Arc<tokio::sync::Mutex<StdinState>>,
+}
+
+impl Exec {
+    pub fn new(
+        id: String,
+        journal: Arc<Journal>,
+        started_at_ms: u64,
+        timeout: Duration,
+    ) -> Arc<Exec> {
+        Arc::new(Exec {
+            id,
+            journal,
+            started_at_ms,
+            timeout,
+            deadline: watch::Sender::new(Instant::now() + timeout),
+            control: Mutex::new(Control {
+                phase: Phase::Running,
+                pgid: None,
+                cancelled: false,
+                timed_out: false,
+            }),
+            stdin: Arc::new(tokio::sync::Mutex::new(StdinState::Closed)),
+        })
+    }
+
+    fn control(&self) -> MutexGuard<'_, Control> {
+        self.control.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.control().phase
+    }
+
+    pub fn is_live(&self) -> bool {
+        self.phase() == Phase::Running
+    }
+
+    /// `GET /execs/:id` state.
+    pub fn status(&self) -> ExecStatusState {
+        match self.phase() {
+            Phase::Running => ExecStatusState::Running {
+                started_at_ms: self.started_at_ms,
+            },
+            Phase::Exited(exit_code) => ExecStatusState::Exited { exit_code },
+        }
+    }
+
+    /// Sliding deadline: an attach to a live exec gives it its full `timeoutMs` again.
+    pub fn rearm_deadline(&self) {
+        if self.is_live() {
+            self.deadline.send_replace(Instant::now() + self.timeout);
+        }
+    }
+
+    /// Cancels a live exec (SIGTERM to its group, SIGKILL after [`KILL_GRACE`]); returns whether it
+    /// was live.
+    pub fn cancel(&self) -> bool {
+        let mut control = self.control();
+        if control.phase != Phase::Running {
+            return false;
+        }
+        if !control.cancelled {
+            control.cancelled = true;
+            if let Some(pgid) = control.pgid {
+                terminate_group(pgid);
+            }
+        }
+        true
+    }
+
+    /// The deadline fired: same ladder as cancel, reported as `timedOut`.
+    fn expire(&self) {
+        let mut control = self.control();
+        if control.phase == Phase::Running && !control.timed_out && !control.cancelled {
+            control.timed_out = true;
+            if let Some(pgid) = control.pgid {
+                terminate_group(pgid);
+            }
+        }
+    }
+
+    /// Records the process group; a cancel that came before the spawn takes effect now.
+    fn set_pgid(&self, pgid: i32) {
+        let mut control = self.control();
+        control.pgid = Some(pgid);
+        if control.cancelled {
+            terminate_group(pgid);
+        }
+    }
+
+    /// Signals the process group with `signal` if the exec is still running; used at shutdown.
+    pub fn signal_group(&self, signal: Signal) {
+        let control = self.control();
+        if let (Phase::Running, Some(pgid)) = (control.phase, control.pgid) {
+            let _ = killpg(Pid::from_raw(pgid), signal);
+        }
+    }
+
+    /// Writes one line (and/or EOF) to a held stdin.
+    pub async fn write_stdin(
+        &self,
+        line: Option<Vec<u8>>,
+        eof: bool,
+        activity: &Activity,
+    ) -> Result<(), StdinRefusal> {
+        if !self.is_live() {
+            return Err(StdinRefusal::NotFound);
+        }
+        let mut state = self.stdin.lock().await;
+        let StdinState::Held(sender) = &mut *state else {
+            return Err(StdinRefusal::StdinClosed);
+        };
+        if let Some(line) = line {
+            stdin::write_bounded(sender, &line).await?;
+        }
+        if eof {
+            *state = StdinState::Closed;
+        }
+        activity.touch();
+        Ok(())
+    }
+}
+
+/// SIGTERM to the group now, SIGKILL to whatever of it is left after [`KILL_GRACE`] — also when the
+/// leader already exited, so a grandchild that ignores SIGTERM does not outlive a cancel.
+fn terminate_group(pgid: i32) {
+    let pgid = Pid::from_raw(pgid);
+    let _ = killpg(pgid, Signal::SIGTERM);
+    // Owned by the runtime; ends by itself after the grace.
+    tokio::spawn(async move {
+        tokio::time::sleep(KILL_GRACE).await;
+        let _ = killpg(pgid, Signal::SIGKILL);
+    });
+}
+
+/// Why an exec could not be registered.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RegisterRefusal {
+    /// The live-exec cap is reached.
+    Limit(usize),
+    /// An exec with this id is live.
+    Duplicate,
+    /// The daemon is shutting down.
+    ShuttingDown,
+}
+
+struct Tables {
+    live: HashMap<String, Arc<Exec>>,
+    /// Finished execs, oldest first.
+    retained: VecDeque<Arc<Exec>>,
+    accepting: bool,
+}
+
+/// Live execs and the most recent finished ones.
+pub struct ExecTable {
+    tables: Mutex<Tables>,
+    max_live: usize,
+    max_retained: usize,
+}
+
+impl ExecTable {
+    pub fn new(max_live: usize, max_retained: usize) -> ExecTable {
+        ExecTable {
+            tables: Mutex::new(Tables {
+                live: HashMap::new(),
+                retained: VecDeque::new(),
+                accepting: true,
+            }),
+            max_live,
+            max_retained,
+        }
+    }
+
+    fn tables(&self) -> MutexGuard<'_, Tables> {
+        self.tables.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn max_live(&self) -> usize {
+        self.max_live
+    }
+
+    pub fn live_count(&self) -> usize {
+        self.tables().live.len()
+    }
+
+    /// Checked before validation, as the original does.
+    pub fn check_capacity(&self) -> Result<(), RegisterRefusal> {
+        let tables = self.tables();
+        if !tables.accepting {
+            return Err(RegisterRefusal::ShuttingDown);
+        }
+        if tables.live.len() >= self.max_live {
+            return Err(RegisterRefusal::Limit(self.max_live));
+        }
+        Ok(())
+    }
+
+    pub fn is_live(&self, id: &str) -> bool {
+        self.tables().live.contains_key(id)
+    }
+
+    /// Adds a live exec, re-checking the cap and duplicates under the same lock.
+    pub fn register(&self, exec: Arc<Exec>) -> Result<(), RegisterRefusal> {
+        let mut tables = self.tables();
+        if !tables.accepting {
+            return Err(RegisterRefusal::ShuttingDown);
+        }
+        if tables.live.contains_key(&exec.id) {
+            return Err(RegisterRefusal::Duplicate);
+        }
+        if tables.live.len() >= self.max_live {
+            return Err(RegisterRefusal::Limit(self.max_live));
+        }
+        tables.live.insert(exec.id.clone(), exec);
+        Ok(())
+    }
+
+    /// Moves a finished exec to the retained list, evicting the oldest beyond the cap.
+    pub fn retire(&self, exec: &Arc<Exec>) {
+        let mut tables = self.tables();
+        if tables
+            .live
+            .get(&exec.id)
+            .is_some_and(|e| Arc::ptr_eq(e, exec))
+        {
+            tables.live.remove(&exec.id);
+        }
+        tables.retained.retain(|e| e.id != exec.id);
+        tables.retained.push_back(exec.clone());
+        while tables.retained.len() > self.max_retained {
+            tables.retained.pop_front();
+        }
+    }
+
+    /// The live exec with this id, else the retained one.
+    pub fn get(&self, id: &str) -> Option<Arc<Exec>> {
+        let tables = self.tables();
+        tables
+            .live
+            .get(id)
+            .cloned()
+            .or_else(|| tables.retained.iter().rev().find(|e| e.id == id).cloned())
+    }
+
+    /// Stops accepting execs and returns the live ones (shutdown).
+    pub fn close(&self) -> Vec<Arc<Exec>> {
+        let mut tables = self.tables();
+        tables.accepting = false;
+        tables.live.values().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use journal::JournalBudget;
+    use spool::SpoolBudget;
+
+    fn exec(id: &str) -> Arc<Exec> {
+        let budget = JournalBudget::new(SpoolBudget::new(
+            std::env::temp_dir(),
+            1 << 20,
+            1 << 20,
+            1 << 16,
+        ));
+        Exec::new(
+            id.into(),
+            Journal::new(&budget, 1024),
+            1,
+            Duration::from_secs(1),
+        )
+    }
+
+    /// Live cap, duplicates among live execs, and FIFO retention of finished ones.
+    #[tokio::test]
+    async fn table_rules() {
+        let table = ExecTable::new(2, 2);
+        let a = exec("a");
+        table.register(a.clone()).unwrap();
+        assert_eq!(table.register(exec("a")), Err(RegisterRefusal::Duplicate));
+        table.register(exec("b")).unwrap();
+        assert_eq!(table.register(exec("c")), Err(RegisterRefusal::Limit(2)));
+        assert_eq!(table.check_capacity(), Err(RegisterRefusal::Limit(2)));
+        table.retire(&a);
+        assert_eq!(table.live_count(), 1);
+        assert!(table.get("a").is_some());
+        // A new exec may reuse the id of a finished one.
+        let a2 = exec("a");
+        table.register(a2.clone()).unwrap();
+        assert!(Arc::ptr_eq(&table.get("a").unwrap(), &a2));
+        for id in ["x", "y", "z"] {
+            let e = exec(id);
+            table.register(e.clone()).unwrap();
+            table.retire(&e);
+        }
+        assert!(table.get("x").is_none(), "oldest retained evicted");
+        assert!(table.get("z").is_some());
+        assert_eq!(table.close().len(), 2);
+        assert_eq!(
+            table.register(exec("q")),
+            Err(RegisterRefusal::ShuttingDown)
+        );
+    }
+}

@@ -1,0 +1,253 @@
+//! Starting an exec and driving it from spawn to its one terminal event.
+use super::super::activity::now_ms;
+use super::super::limits::PIPE_DRAIN_GRACE;
+use super::super::state::Daemon;
+use super::journal::{Journal, JournalCursor};
+use super::output::{pump, OutputStream};
+use super::spec::{parse_exec_id, parse_spec, resolve_cwd, ExecSpec, SpecError, StdinMode};
+use super::stdin::StdinState;
+use super::{Exec, Phase, RegisterRefusal};
+use crate::shared::protocol::runnerd::{ExecEvent, ExecRequestWire, FailCode, Truncated};
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use tokio::io::AsyncWriteExt;
+use tokio::net::unix::pipe;
+
+/// A request refused before spawn: the single `fail` line of its stream.
+pub fn refusal_event(err: SpecError) -> ExecEvent {
+    ExecEvent::Fail {
+        code: err.code,
+        message: err.message,
+        seq: None,
+    }
+}
+
+fn refusal(refused: RegisterRefusal, exec_id: &str) -> SpecError {
+    match refused {
+        RegisterRefusal::Limit(cap) => SpecError {
+            code: FailCode::ExecLimit,
+            message: format!("live exec cap {cap} reached"),
+        },
+        RegisterRefusal::Duplicate => SpecError {
+            code: FailCode::DuplicateExec,
+            message: exec_id.to_owned(),
+        },
+        RegisterRefusal::ShuttingDown => SpecError {
+            code: FailCode::BadRequest,
+            message: "runnerd is shutting down".into(),
+        },
+    }
+}
+
+/// Validates `wire` in the specified order, registers the exec and starts its driver. Returns a
+/// cursor over the whole journal (the primary response), or the refusal.
+pub async fn start_exec(
+    daemon: &Arc<Daemon>,
+    wire: ExecRequestWire,
+) -> Result<JournalCursor, SpecError> {
+    daemon.execs.check_capacity().map_err(|r| refusal(r, ""))?;
+    let exec_id = parse_exec_id(&wire)?;
+    if daemon.execs.is_live(&exec_id) {
+        return Err(refusal(RegisterRefusal::Duplicate, &exec_id));
+    }
+    let spec = parse_spec(exec_id, &wire)?;
+    let root = daemon.root.clone();
+    let cwd = spec.cwd.clone();
+    let cwd = tokio::task::spawn_blocking(move || resolve_cwd(&root, cwd.as_deref()))
+        .await
+        .map_err(|_| SpecError {
+            code: FailCode::BadRequest,
+            message: "cwd check failed".into(),
+        })??;
+
+    let journal = Journal::new(&daemon.journal_budget, daemon.journal_memory_bytes);
+    let exec = Exec::new(spec.exec_id.clone(), journal, now_ms(), spec.timeout);
+    daemon
+        .execs
+        .register(exec.clone())
+        .map_err(|r| refusal(r, &spec.exec_id))?;
+    let cursor = exec.journal.cursor(0);
+    tokio::spawn(drive(daemon.clone(), exec, spec, cwd));
+    Ok(cursor)
+}
+
+/// Owns the process from spawn to the terminal event, then retires the exec.
+async fn drive(daemon: Arc<Daemon>, exec: Arc<Exec>, spec: ExecSpec, cwd: std::path::PathBuf) {
+    daemon.activity.touch();
+    let started_at_ms = exec.started_at_ms;
+    exec.journal.append(|seq| ExecEvent::Start {
+        exec_id: exec.id.clone(),
+        started_at_ms,
+        seq,
+    });
+    let exit_code = match run_process(&daemon, &exec, &spec, &cwd).await {
+        Ok(outcome) => {
+            let (cancelled, timed_out) = {
+                let control = exec.control();
+                (control.cancelled, control.timed_out)
+            };
+            exec.control().phase = Phase::Exited(Some(outcome.exit_code));
+            exec.journal.append(|seq| ExecEvent::Exit {
+                exit_code: outcome.exit_code,
+                duration_ms: now_ms().saturating_sub(started_at_ms),
+                truncated: outcome.truncated,
+                timed_out,
+                cancelled,
+                seq,
+            });
+            Some(outcome.exit_code)
+        }
+        Err(err) => {
+            exec.control().phase = Phase::Exited(None);
+            exec.journal.append(|seq| ExecEvent::Fail {
+                code: FailCode::BadRequest,
+                message: format!("spawn failed: {err}"),
+                seq: Some(seq),
+            });
+            None
+        }
+    };
+    *exec.stdin.lock().await = StdinState::Closed;
+    exec.journal.finish();
+    daemon.execs.retire(&exec);
+    daemon.activity.touch();
+    tracing::info!(exec_id = %exec.id, ?exit_code, "exec finished");
+}
+
+struct Outcome {
+    exit_code: i32,
+    truncated: Truncated,
+}
+
+async fn run_process(
+    daemon: &Arc<Daemon>,
+    exec: &Arc<Exec>,
+    spec: &ExecSpec,
+    cwd: &std::path::Path,
+) -> std::io::Result<Outcome> {
+    let mut command = {
+        let store = daemon.env_store();
+        daemon.launcher.command(spec, cwd, store.vars())
+    };
+    let reaper = daemon.reaper.clone();
+    let (mut child, exit) = tokio::task::spawn_blocking(move || reaper.spawn(&mut command))
+        .await
+        .map_err(std::io::Error::other)??;
+    exec.set_pgid(child.id() as i32);
+    tracing::info!(exec_id = %exec.id, pid = child.id(), "exec started");
+
+    let stdout = pipe_receiver(child.stdout.take())?;
+    let stderr = pipe_receiver(child.stderr.take())?;
+    let stdin = child
+        .stdin
+        .take()
+        .map(|s| pipe::Sender::from_owned_fd(OwnedFd::from(s)))
+        .transpose()?;
+    let stdin_writer = start_stdin(exec, spec, stdin);
+
+    let mut stdout_pump = tokio::spawn(pump(
+        exec.journal.clone(),
+        stdout,
+        OutputStream::Stdout,
+        spec.stdout_cap,
+    ));
+    let mut stderr_pump = tokio::spawn(pump(
+        exec.journal.clone(),
+        stderr,
+        OutputStream::Stderr,
+        spec.stderr_cap,
+    ));
+
+    let status = wait_with_deadline(exec, exit).await;
+    // The process is gone; a background child may still hold the pipes, so drain only for a grace.
+    let drained = tokio::time::timeout(PIPE_DRAIN_GRACE, async {
+        (
+            (&mut stdout_pump).await.unwrap_or(false),
+            (&mut stderr_pump).await.unwrap_or(false),
+        )
+    })
+    .await;
+    let (stdout_truncated, stderr_truncated) = match drained {
+        Ok(flags) => flags,
+        Err(_) => {
+            stdout_pump.abort();
+            stderr_pump.abort();
+            let stdout = stdout_pump.await.unwrap_or(false);
+            let stderr = stderr_pump.await.unwrap_or(false);
+            (stdout, stderr)
+        }
+    };
+    // A background child may hold stdin open without reading: never wait on the initial write.
+    if let Some(writer) = stdin_writer {
+        writer.abort();
+    }
+    Ok(Outcome {
+        exit_code: status,
+        truncated: Truncated {
+            stdout: stdout_truncated,
+            stderr: stderr_truncated,
+        },
+    })
+}
+
+fn pipe_receiver<T: Into<OwnedFd>>(pipe: Option<T>) -> std::io::Result<pipe::Receiver> {
+    let fd: OwnedFd = pipe
+        .ok_or_else(|| std::io::Error::other("child has no output pipe"))?
+        .into();
+    // A larger pipe means fewer wake-ups per megabyte; failure just keeps the default size.
+    let _ = nix::fcntl::fcntl(
+        &fd,
+        nix::fcntl::FcntlArg::F_SETPIPE_SZ(super::super::limits::PIPE_BUFFER_BYTES as i32),
+    );
+    pipe::Receiver::from_owned_fd(fd)
+}
+
+/// Writes the initial stdin bytes; keeps the pipe in hold mode, closes it otherwise. The stdin lock
+/// is taken before returning, so no `/stdin` write can overtake the initial bytes.
+fn start_stdin(
+    exec: &Arc<Exec>,
+    spec: &ExecSpec,
+    sender: Option<pipe::Sender>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let mut sender = sender?;
+    let mut state = exec
+        .stdin
+        .clone()
+        .try_lock_owned()
+        .expect("nobody else holds a new exec's stdin");
+    let initial = spec.stdin.clone();
+    let hold = spec.stdin_mode == StdinMode::Hold;
+    Some(tokio::spawn(async move {
+        if !initial.is_empty() && sender.write_all(&initial).await.is_err() {
+            return;
+        }
+        if hold {
+            *state = StdinState::Held(sender);
+        }
+    }))
+}
+
+/// Waits for the exit status, firing the (sliding) deadline if it passes first.
+async fn wait_with_deadline(
+    exec: &Arc<Exec>,
+    mut exit: tokio::sync::oneshot::Receiver<super::super::init::ProcessExit>,
+) -> i32 {
+    let mut deadline = exec.deadline.subscribe();
+    let mut expired = false;
+    loop {
+        let at = *deadline.borrow_and_update();
+        tokio::select! {
+            status = &mut exit => return status.map_or(-1, |s| s.exit_code()),
+            _ = tokio::time::sleep_until(at), if !expired => {
+                tracing::info!(exec_id = %exec.id, "exec deadline passed");
+                exec.expire();
+                expired = true;
+            }
+            changed = deadline.changed(), if !expired => {
+                if changed.is_err() {
+                    expired = true;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! Parse, don't validate: `ExecRequestWire` (untrusted JSON) becomes an [`ExecSpec`], or a `fail`
+//! event with the specified code and message, checked in the original daemon's order.
+use super::super::env_store::is_denied_name;
+use super::super::limits::DEFAULT_EXEC_TIMEOUT_MS;
+use crate::shared::protocol::runnerd::{is_valid_id, ExecRequestWire, FailCode};
+use base64::Engine;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A request refused before spawn: becomes one seq-less `fail` event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecError {
+    pub code: FailCode,
+    pub message: String,
+}
+
+impl SpecError {
+    fn bad(message: impl Into<String>) -> Self {
+        SpecError {
+            code: FailCode::BadRequest,
+            message: message.into(),
+        }
+    }
+}
+
+/// What to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Program {
+    /// `command[0]` with `command[1..]`, no shell.
+    Argv(Vec<String>),
+    /// A shell command line, run by `bash -lc` (or `sh -lc` where there is no bash).
+    Shell(String),
+}
+
+/// What happens to the exec's stdin after the initial bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StdinMode {
+    /// Write `stdinBase64`, then close.
+    Close,
+    /// Write `stdinBase64`, keep the pipe for `POST /execs/:id/stdin`.
+    Hold,
+}
+
+/// A validated exec request (cwd still to be resolved).
+#[derive(Debug, Clone)]
+pub struct ExecSpec {
+    pub exec_id: String,
+    pub program: Program,
+    /// The requested cwd, as given; see [`resolve_cwd`].
+    pub cwd: Option<String>,
+    /// Per-exec overlay with deny-listed names already dropped.
+    pub env: Vec<(String, String)>,
+    pub stdin: Vec<u8>,
+    pub stdin_mode: StdinMode,
+    pub timeout: Duration,
+    pub stdout_cap: Option<u64>,
+    pub stderr_cap: Option<u64>,
+}
+
+/// Base64 as Node's `Buffer.from(s, 'base64')` reads it: padding optional.
+pub fn lenient_base64() -> base64::engine::GeneralPurpose {
+    base64::engine::GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        base64::engine::GeneralPurposeConfig::new()
+            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+    )
+}
+
+/// Step 2 of the order: the exec id.
+pub fn parse_exec_id(wire: &ExecRequestWire) -> Result<String, SpecError> {
+    match &wire.exec_id {
+        Some(Value::String(id)) if is_valid_id(id) => Ok(id.clone()),
+        _ => Err(SpecError::bad("invalid execId")),
+    }
+}
+
+/// Steps 4 onwards (the id was parsed and checked for duplicates already), except the cwd.
+pub fn parse_spec(exec_id: String, wire: &ExecRequestWire) -> Result<ExecSpec, SpecError> {
+    let program = parse_program(wire)?;
+    let cwd = match &wire.cwd {
+        None | Some(Value::Null) => None,
+        Some(Value::String(cwd)) => Some(cwd.clone()),
+        Some(_) => return Err(SpecError::bad("cwd must be a string")),
+    };
+    let env = parse_env(wire.env.as_ref())?;
+    let stdin = match &wire.stdin_base64 {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::String(b64)) => lenient_base64()
+            .decode(b64)
+            .map_err(|_| SpecError::bad("stdinBase64 is not valid base64"))?,
+        Some(_) => return Err(SpecError::bad("stdinBase64 must be a string")),
+    };
+    let stdin_mode = match &wire.stdin_mode {
+        None | Some(Value::Null) => StdinMode::Close,
+        Some(Value::String(mode)) if mode == "close" => StdinMode::Close,
+        Some(Value::String(mode)) if mode == "hold" => StdinMode::Hold,
+        Some(_) => return Err(SpecError::bad("stdinMode must be \"close\" or \"hold\"")),
+    };
+    let timeout_ms =
+        positive_number(wire.timeout_ms.as_ref(), "timeoutMs")?.unwrap_or(DEFAULT_EXEC_TIMEOUT_MS);
+    Ok(ExecSpec {
+        exec_id,
+        program,
+        cwd,
+        env,
+        stdin,
+        stdin_mode,
+        timeout: Duration::from_millis(timeout_ms),
+        stdout_cap: positive_number(wire.stdout_max_bytes.as_ref(), "stdoutMaxBytes")?,
+        stderr_cap: positive_number(wire.stderr_max_bytes.as_ref(), "stderrMaxBytes")?,
+    })
+}
+
+fn parse_program(wire: &ExecRequestWire) -> Result<Program, SpecError> {
+    const EXACTLY_ONE: &str = "exactly one of command[] or shell required";
+    let command = wire.command.as_ref().filter(|v| !v.is_null());
+    let shell = wire.shell.as_ref().filter(|v| !v.is_null());
+    match (command, shell) {
+        (Some(Value::Array(items)), None) if !items.is_empty() => items
+            .iter()
+            .map(|v| v.as_str().map(str::to_owned))
+            .collect::<Option<Vec<_>>>()
+            .map(Program::Argv)
+            .ok_or_else(|| SpecError::bad("command[] must hold only strings")),
+        (None, Some(Value::String(shell))) if !shell.is_empty() => {
+            Ok(Program::Shell(shell.clone()))
+        }
+        _ => Err(SpecError::bad(EXACTLY_ONE)),
+    }
+}
+
+fn parse_env(env: Option<&Value>) -> Result<Vec<(String, String)>, SpecError> {
+    let object = match env {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Object(object)) => object,
+        Some(_) => return Err(SpecError::bad("env must be an object")),
+    };
+    let mut vars = Vec::with_capacity(object.len());
+    for (name, value) in object {
+        let Some(value) = value.as_str() else {
+            return Err(SpecError::bad(format!("env.{name} must be a string")));
+        };
+        if value.contains('\0') {
+            return Err(SpecError::bad(format!("env.{name} must not contain NUL")));
+        }
+        if !is_denied_name(name) {
+            vars.push((name.clone(), value.to_owned()));
+        }
+    }
+    Ok(vars)
+}
+
+/// A number > 0 (floored) → `Some`; ≤ 0 or absent → `None`; anything else is refused.
+fn positive_number(value: Option<&Value>, field: &str) -> Result<Option<u64>, SpecError> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => {
+            let n = n.as_f64().unwrap_or(0.0);
+            Ok((n >= 1.0).then_some(n as u64))
+        }
+        Some(_) => Err(SpecError::bad(format!("{field} must be a number"))),
+    }
+}
+
+/// The cwd rule: default the root, relative joins the root, the real path must exist and be the
+/// root or beneath it (symlinks resolved), and must be a directory. Blocking.
+pub fn resolve_cwd(root: &Path, cwd: Option<&str>) -> Result<PathBuf, SpecError> {
+    let invalid = || SpecError {
+        code: FailCode::InvalidCwd,
+        message: format!("cwd must resolve under {} and exist", root.display()),
+    };
+    let joined = match cwd {
+        None | Some("") => root.to_path_buf(),
+        Some(cwd) if cwd.contains('\0') => return Err(invalid()),
+        Some(cwd) => root.join(cwd),
+    };
+    let real = std::fs::canonicalize(&joined).map_err(|_| invalid())?;
+    if !real.starts_with(root) || !real.is_dir() {
+        return Err(invalid());
+    }
+    Ok(real)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wire(json: &str) -> ExecRequestWire {
+        serde_json::from_str(json).unwrap()
+    }
+
+    fn spec(json: &str) -> Result<ExecSpec, SpecError> {
+        let w = wire(json);
+        parse_spec(parse_exec_id(&w)?, &w)
+    }
+
+    /// Ids, command/shell exclusivity and field types map to BAD_REQUEST with the original messages.
+    #[test]
+    fn request_validation() {
+        assert_eq!(
+            spec(r#"{"execId":"a/b","shell":"x"}"#).unwrap_err().message,
+            "invalid execId"
+        );
+        assert_eq!(
+            spec(r#"{"shell":"x"}"#).unwrap_err().message,
+            "invalid execId"
+        );
+        for body in [
+            r#"{"execId":"a"}"#,
+            r#"{"execId":"a","shell":"x","command":["y"]}"#,
+            r#"{"execId":"a","command":[]}"#,
+            r#"{"execId":"a","shell":""}"#,
+            r#"{"execId":"a","command":"ls"}"#,
+        ] {
+            let err = spec(body).unwrap_err();
+            assert_eq!(err.code, FailCode::BadRequest);
+            assert_eq!(
+                err.message, "exactly one of command[] or shell required",
+                "{body}"
+            );
+        }
+        let err = spec(r#"{"execId":"a","shell":"x","env":{"A":1}}"#).unwrap_err();
+        assert_eq!(err.message, "env.A must be a string");
+        assert!(spec(r#"{"execId":"a","shell":"x","stdinMode":"open"}"#).is_err());
+        assert!(spec(r#"{"execId":"a","shell":"x","stdinBase64":"%%%"}"#).is_err());
+        assert!(spec(r#"{"execId":"a","command":["ls",3]}"#).is_err());
+    }
+
+    /// Defaults, caps (≤0 = unlimited) and the env overlay's deny-list.
+    #[test]
+    fn defaults_and_overlay() {
+        let s = spec(
+            r#"{"execId":"a","command":["ls"],"timeoutMs":1500.7,"stdoutMaxBytes":10,"stderrMaxBytes":0,
+                "env":{"A":"1","PATH":"/evil","http_proxy":"x"},"stdinBase64":"aGk"}"#,
+        )
+        .unwrap();
+        assert_eq!(s.program, Program::Argv(vec!["ls".into()]));
+        assert_eq!(s.timeout, Duration::from_millis(1500));
+        assert_eq!((s.stdout_cap, s.stderr_cap), (Some(10), None));
+        assert_eq!(s.env, vec![("A".to_string(), "1".to_string())]);
+        assert_eq!(s.stdin, b"hi");
+        assert_eq!(s.stdin_mode, StdinMode::Close);
+        let d = spec(r#"{"execId":"a","shell":"true"}"#).unwrap();
+        assert_eq!(d.timeout, Duration::from_millis(DEFAULT_EXEC_TIMEOUT_MS));
+    }
+
+    /// cwd must exist beneath the root, also after resolving symlinks.
+    #[test]
+    fn cwd_rule() {
+        let base = std::env::temp_dir().join(format!("tale-cwd-{}", std::process::id()));
+        let root = base.join("root");
+        std::fs::create_dir_all(root.join("sub")).unwrap();
+        std::os::unix::fs::symlink("/etc", root.join("out")).unwrap();
+        let root = std::fs::canonicalize(&root).unwrap();
+        assert_eq!(resolve_cwd(&root, None).unwrap(), root);
+        assert_eq!(resolve_cwd(&root, Some("sub")).unwrap(), root.join("sub"));
+        assert_eq!(
+            resolve_cwd(&root, Some(root.join("sub").to_str().unwrap())).unwrap(),
+            root.join("sub")
+        );
+        for bad in ["..", "../..", "missing", "out", "/etc", "sub/../../root2"] {
+            assert_eq!(
+                resolve_cwd(&root, Some(bad)).unwrap_err().code,
+                FailCode::InvalidCwd,
+                "{bad}"
+            );
+        }
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+}

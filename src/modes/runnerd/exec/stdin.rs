@@ -1,0 +1,62 @@
+//! An exec's stdin: the initial bytes, and in hold mode the lines `POST /execs/:id/stdin` adds.
+use super::super::limits::{MAX_STDIN_LINE_BYTES, STDIN_WRITE_TIMEOUT};
+use super::spec::lenient_base64;
+use crate::shared::protocol::runnerd::StdinRefusal;
+use base64::Engine;
+use tokio::io::AsyncWriteExt;
+use tokio::net::unix::pipe;
+
+/// The write end of an exec's stdin, or nothing once closed.
+#[derive(Default)]
+pub enum StdinState {
+    /// Close mode after the initial bytes, EOF already sent, or the exec ended.
+    #[default]
+    Closed,
+    /// Hold mode: the pipe stays open for `/stdin`.
+    Held(pipe::Sender),
+}
+
+/// A `/stdin` payload must be exactly one JSON line: 1..=64 KiB, ending in `\n`, no other `\n`.
+pub fn parse_line(b64: &str) -> Result<Vec<u8>, StdinRefusal> {
+    let bytes = lenient_base64()
+        .decode(b64)
+        .map_err(|_| StdinRefusal::BadLine)?;
+    let valid = !bytes.is_empty()
+        && bytes.len() <= MAX_STDIN_LINE_BYTES
+        && bytes.last() == Some(&b'\n')
+        && !bytes[..bytes.len() - 1].contains(&b'\n')
+        && serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_ok();
+    if valid {
+        Ok(bytes)
+    } else {
+        Err(StdinRefusal::BadLine)
+    }
+}
+
+/// Writes `bytes`, bounded by [`STDIN_WRITE_TIMEOUT`] so a process that never reads cannot hang us.
+pub async fn write_bounded(sender: &mut pipe::Sender, bytes: &[u8]) -> Result<(), StdinRefusal> {
+    match tokio::time::timeout(STDIN_WRITE_TIMEOUT, sender.write_all(bytes)).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(StdinRefusal::WriteFailed),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::engine::general_purpose::STANDARD;
+
+    /// Only single JSON lines pass.
+    #[test]
+    fn line_rules() {
+        let ok = |s: &str| parse_line(&STANDARD.encode(s));
+        assert_eq!(ok("{\"a\":1}\n").unwrap(), b"{\"a\":1}\n");
+        assert_eq!(ok("{\"a\":1}"), Err(StdinRefusal::BadLine));
+        assert_eq!(ok("{}\n{}\n"), Err(StdinRefusal::BadLine));
+        assert_eq!(ok("not json\n"), Err(StdinRefusal::BadLine));
+        assert_eq!(ok(""), Err(StdinRefusal::BadLine));
+        let big = format!("\"{}\"\n", "x".repeat(MAX_STDIN_LINE_BYTES));
+        assert_eq!(ok(&big), Err(StdinRefusal::BadLine));
+        assert_eq!(parse_line("***"), Err(StdinRefusal::BadLine));
+    }
+}

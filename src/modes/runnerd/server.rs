@@ -1,0 +1,245 @@
+//! runnerd's HTTP routes (spec era B, byte-compatible) and the token check.
+use super::exec::driver::{refusal_event, start_exec};
+use super::exec::journal::JournalCursor;
+use super::exec::stdin::parse_line;
+use super::limits::{MAX_REQUEST_BODY_BYTES, STREAM_FRAME_BYTES};
+use super::state::Daemon;
+use crate::shared::http::{
+    constant_time_eq, error, json, query_param, read_body, BodyError, ChannelBody, HttpResponse,
+};
+use crate::shared::protocol::runnerd::{
+    is_valid_id, CancelReply, EnvPatch, EnvReply, ExecRequestWire, ExecStatus, ExecStatusState,
+    HealthReport, StdinReply, StdinRequest, TOKEN_HEADER,
+};
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use serde::de::DeserializeOwned;
+use std::sync::Arc;
+
+/// Answers one request.
+pub async fn handle(daemon: Arc<Daemon>, request: Request<Incoming>) -> HttpResponse {
+    let path = request.uri().path().to_owned();
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let method = request.method().clone();
+    if method == Method::GET && segments == ["readyz"] {
+        return json(StatusCode::OK, &serde_json::json!({"ok": true}));
+    }
+    if !authorized(&daemon, &request) {
+        return error(StatusCode::UNAUTHORIZED, "unauthorized", None);
+    }
+    match (&method, segments.as_slice()) {
+        (&Method::GET, ["healthz"]) => health(&daemon),
+        (&Method::POST, ["execs"]) => exec(daemon, request).await,
+        (&Method::GET, ["execs", id, "attach"]) if is_valid_id(id) => attach(&daemon, id, &request),
+        (&Method::POST, ["execs", id, "cancel"]) if is_valid_id(id) => cancel(&daemon, id),
+        (&Method::POST, ["execs", id, "stdin"]) if is_valid_id(id) => {
+            let id = id.to_string();
+            stdin(&daemon, &id, request).await
+        }
+        (&Method::GET, ["execs", id]) if is_valid_id(id) => status(&daemon, id),
+        (&Method::POST, ["env"]) => env(&daemon, request).await,
+        _ => not_found(),
+    }
+}
+
+fn not_found() -> HttpResponse {
+    error(StatusCode::NOT_FOUND, "not_found", None)
+}
+
+fn authorized(daemon: &Daemon, request: &Request<Incoming>) -> bool {
+    let Some(expected) = &daemon.token else {
+        return true;
+    };
+    request
+        .headers()
+        .get(TOKEN_HEADER)
+        .is_some_and(|given| constant_time_eq(given.as_bytes(), expected))
+}
+
+/// Reads and parses a JSON body: 413 over the cap, 400 when unreadable or not the expected shape.
+async fn json_body<T: DeserializeOwned>(request: Request<Incoming>) -> Result<T, HttpResponse> {
+    let bytes = read_body(request, MAX_REQUEST_BODY_BYTES)
+        .await
+        .map_err(|err| match err {
+            BodyError::TooLarge(_) => error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                Some(err.to_string()),
+            ),
+            BodyError::Unreadable(_) => error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                Some(err.to_string()),
+            ),
+        })?;
+    serde_json::from_slice(&bytes).map_err(|err| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            Some(format!("the body is not the expected JSON: {err}")),
+        )
+    })
+}
+
+fn health(daemon: &Daemon) -> HttpResponse {
+    json(
+        StatusCode::OK,
+        &HealthReport {
+            ok: true,
+            booted_at_ms: daemon.activity.booted_at_ms,
+            last_activity_at_ms: daemon.activity.last_activity_at_ms(),
+            live_execs: daemon.execs.live_count() as u64,
+            active_screencasts: 0,
+            reaped_orphans: daemon.reaper.orphans_reaped(),
+            credential_accesses: 0,
+        },
+    )
+}
+
+async fn exec(daemon: Arc<Daemon>, request: Request<Incoming>) -> HttpResponse {
+    let wire: ExecRequestWire = match json_body(request).await {
+        Ok(wire) => wire,
+        Err(response) => return response,
+    };
+    match start_exec(&daemon, wire).await {
+        Ok(cursor) => ndjson_stream(cursor),
+        Err(refused) => {
+            let line = refusal_event(refused).to_line();
+            ndjson_response(http_body_util::Full::new(Bytes::from(line)).boxed_unsync())
+        }
+    }
+}
+
+fn attach(daemon: &Daemon, id: &str, request: &Request<Incoming>) -> HttpResponse {
+    let since_seq = match query_param(request, "sinceSeq") {
+        None => 0,
+        Some(value) => match value.parse::<u64>() {
+            Ok(seq) => seq,
+            Err(_) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    Some("sinceSeq must be a non-negative integer".into()),
+                )
+            }
+        },
+    };
+    let Some(exec) = daemon.execs.get(id) else {
+        return not_found();
+    };
+    exec.rearm_deadline();
+    ndjson_stream(exec.journal.cursor(since_seq))
+}
+
+fn cancel(daemon: &Daemon, id: &str) -> HttpResponse {
+    let killed = daemon.execs.get(id).is_some_and(|exec| exec.cancel());
+    if killed {
+        daemon.activity.touch();
+    }
+    json(StatusCode::OK, &CancelReply { killed })
+}
+
+async fn stdin(daemon: &Daemon, id: &str, request: Request<Incoming>) -> HttpResponse {
+    let body: StdinRequest = match json_body(request).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    let reply = |result: Result<(), _>| {
+        json(
+            StatusCode::OK,
+            &StdinReply {
+                ok: result.is_ok(),
+                reason: result.err(),
+            },
+        )
+    };
+    let Some(exec) = daemon.execs.get(id).filter(|e| e.is_live()) else {
+        return reply(Err(
+            crate::shared::protocol::runnerd::StdinRefusal::NotFound,
+        ));
+    };
+    let line = match body.b64.as_deref() {
+        None | Some("") => None,
+        Some(b64) => match parse_line(b64) {
+            Ok(line) => Some(line),
+            Err(refusal) => return reply(Err(refusal)),
+        },
+    };
+    reply(
+        exec.write_stdin(line, body.eof.unwrap_or(false), &daemon.activity)
+            .await,
+    )
+}
+
+fn status(daemon: &Daemon, id: &str) -> HttpResponse {
+    match daemon.execs.get(id) {
+        Some(exec) => json(
+            StatusCode::OK,
+            &ExecStatus {
+                exec_id: id.to_owned(),
+                state: exec.status(),
+            },
+        ),
+        None => json(
+            StatusCode::NOT_FOUND,
+            &ExecStatus {
+                exec_id: id.to_owned(),
+                state: ExecStatusState::Gone {},
+            },
+        ),
+    }
+}
+
+async fn env(daemon: &Daemon, request: Request<Incoming>) -> HttpResponse {
+    let patch: EnvPatch = match json_body(request).await {
+        Ok(patch) => patch,
+        Err(response) => return response,
+    };
+    let denied = daemon.env_store().patch(
+        &patch.set.unwrap_or_default(),
+        &patch.unset.unwrap_or_default(),
+    );
+    daemon.activity.touch();
+    json(StatusCode::OK, &EnvReply { ok: true, denied })
+}
+
+fn ndjson_response(body: crate::shared::http::ResponseBody) -> HttpResponse {
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    headers.insert(
+        CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, no-transform"),
+    );
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+/// Streams a journal cursor. The pump task is owned by the response: it ends when the journal is
+/// done or as soon as the client goes away (the body, and so the receiver, is dropped).
+fn ndjson_stream(mut cursor: JournalCursor) -> HttpResponse {
+    let (tx, body) = ChannelBody::new(2);
+    tokio::spawn(async move {
+        loop {
+            let batch = tokio::select! {
+                batch = cursor.next_batch(STREAM_FRAME_BYTES) => batch,
+                _ = tx.closed() => return,
+            };
+            match batch {
+                Some(bytes) => {
+                    if tx.send(bytes).await.is_err() {
+                        return;
+                    }
+                }
+                None => return,
+            }
+        }
+    });
+    ndjson_response(body.boxed_unsync())
+}

@@ -1,0 +1,54 @@
+//! The daemon's shared state, handed to every request handler and exec driver.
+use super::activity::Activity;
+use super::env_store::EnvStore;
+use super::exec::journal::JournalBudget;
+use super::exec::launcher::Launcher;
+use super::exec::ExecTable;
+use super::init::Reaper;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Everything a request may need.
+pub struct Daemon {
+    pub reaper: Arc<Reaper>,
+    pub execs: ExecTable,
+    pub journal_budget: Arc<JournalBudget>,
+    pub journal_memory_bytes: usize,
+    pub launcher: Launcher,
+    pub activity: Activity,
+    env_store: Mutex<EnvStore>,
+    /// Canonical workspace root.
+    pub root: PathBuf,
+    /// Expected `x-tale-runnerd-token`; `None` only with `--insecure-no-token`.
+    pub token: Option<Vec<u8>>,
+}
+
+impl Daemon {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        reaper: Arc<Reaper>,
+        execs: ExecTable,
+        journal_budget: Arc<JournalBudget>,
+        journal_memory_bytes: usize,
+        launcher: Launcher,
+        env_store: EnvStore,
+        root: PathBuf,
+        token: Option<Vec<u8>>,
+    ) -> Arc<Daemon> {
+        Arc::new(Daemon {
+            reaper,
+            execs,
+            journal_budget,
+            journal_memory_bytes,
+            launcher,
+            activity: Activity::new(),
+            env_store: Mutex::new(env_store),
+            root,
+            token,
+        })
+    }
+
+    pub fn env_store(&self) -> MutexGuard<'_, EnvStore> {
+        self.env_store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
