@@ -66,13 +66,26 @@ pub async fn start_exec(
         .execs
         .register(exec.clone())
         .map_err(|r| refusal(r, &spec.exec_id))?;
+    // Held until the driver has written the initial stdin bytes, so an early `/stdin` waits for
+    // them instead of finding no pipe yet.
+    let stdin = exec
+        .stdin
+        .clone()
+        .try_lock_owned()
+        .expect("nobody else holds a new exec's stdin");
     let cursor = exec.journal.cursor(0);
-    tokio::spawn(drive(daemon.clone(), exec, spec, cwd));
+    tokio::spawn(drive(daemon.clone(), exec, spec, cwd, stdin));
     Ok(cursor)
 }
 
 /// Owns the process from spawn to the terminal event, then retires the exec.
-async fn drive(daemon: Arc<Daemon>, exec: Arc<Exec>, spec: ExecSpec, cwd: std::path::PathBuf) {
+async fn drive(
+    daemon: Arc<Daemon>,
+    exec: Arc<Exec>,
+    spec: ExecSpec,
+    cwd: std::path::PathBuf,
+    stdin: StdinGuard,
+) {
     daemon.activity.touch();
     let started_at_ms = exec.started_at_ms;
     exec.journal.append(|seq| ExecEvent::Start {
@@ -80,7 +93,7 @@ async fn drive(daemon: Arc<Daemon>, exec: Arc<Exec>, spec: ExecSpec, cwd: std::p
         started_at_ms,
         seq,
     });
-    let exit_code = match run_process(&daemon, &exec, &spec, &cwd).await {
+    let exit_code = match run_process(&daemon, &exec, &spec, &cwd, stdin).await {
         Ok(outcome) => {
             let (cancelled, timed_out) = {
                 let control = exec.control();
@@ -124,6 +137,7 @@ async fn run_process(
     exec: &Arc<Exec>,
     spec: &ExecSpec,
     cwd: &std::path::Path,
+    stdin_guard: StdinGuard,
 ) -> std::io::Result<Outcome> {
     let mut command = {
         let store = daemon.env_store();
@@ -143,7 +157,7 @@ async fn run_process(
         .take()
         .map(|s| pipe::Sender::from_owned_fd(OwnedFd::from(s)))
         .transpose()?;
-    let stdin_writer = start_stdin(exec, spec, stdin);
+    let stdin_writer = start_stdin(stdin_guard, spec, stdin);
 
     let mut stdout_pump = tokio::spawn(pump(
         exec.journal.clone(),
@@ -202,19 +216,17 @@ fn pipe_receiver<T: Into<OwnedFd>>(pipe: Option<T>) -> std::io::Result<pipe::Rec
     pipe::Receiver::from_owned_fd(fd)
 }
 
-/// Writes the initial stdin bytes; keeps the pipe in hold mode, closes it otherwise. The stdin lock
-/// is taken before returning, so no `/stdin` write can overtake the initial bytes.
+/// Exclusive access to an exec's stdin state, held from registration until the initial bytes are in.
+type StdinGuard = tokio::sync::OwnedMutexGuard<StdinState>;
+
+/// Writes the initial stdin bytes; keeps the pipe in hold mode, closes it otherwise. The guard is
+/// released only then, so no `/stdin` write can overtake the initial bytes.
 fn start_stdin(
-    exec: &Arc<Exec>,
+    mut state: StdinGuard,
     spec: &ExecSpec,
     sender: Option<pipe::Sender>,
 ) -> Option<tokio::task::JoinHandle<()>> {
     let mut sender = sender?;
-    let mut state = exec
-        .stdin
-        .clone()
-        .try_lock_owned()
-        .expect("nobody else holds a new exec's stdin");
     let initial = spec.stdin.clone();
     let hold = spec.stdin_mode == StdinMode::Hold;
     Some(tokio::spawn(async move {

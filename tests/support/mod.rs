@@ -1,0 +1,2 @@
+//! Shared by the end-to-end tests.
+pub mod runnerd;
