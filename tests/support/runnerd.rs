@@ -270,6 +270,20 @@ impl Client {
         )
     }
 
+    /// A GET with an explicit token; returns status + JSON body.
+    pub async fn http_with_token(&self, method: Method, path: &str, token: &str) -> (StatusCode, Value) {
+        let request = Request::builder()
+            .method(method)
+            .uri(format!("http://127.0.0.1:{}{path}", self.port))
+            .header("x-tale-runnerd-token", token)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = self.http.request(request).await.unwrap();
+        let status = response.status();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
     /// Starts an exec and returns its event stream.
     pub async fn exec_stream(&self, body: Value) -> EventStream {
         let response = self

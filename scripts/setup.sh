@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs what building and testing tale needs on a fresh Debian machine (idempotent; quick when
+# everything is there). Needs root for apt. Starts dockerd in the background when it is not running.
+set -euo pipefail
+
+packages=(musl-tools docker.io tinyproxy busybox-static iproute2 iptables dnsmasq-base git curl util-linux)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-musl; then
+  echo "setup: adding the x86_64-unknown-linux-musl target"
+  rustup target add x86_64-unknown-linux-musl
+fi
+
+# Docker engine (Debian's docker.io): start it when its socket does not answer.
+sock=/var/run/docker.sock
+ping_docker() { curl -fsS --max-time 2 --unix-socket "$sock" http://x/_ping >/dev/null 2>&1; }
+if [ "${TALE_SETUP_DOCKER:-1}" = 1 ] && ! ping_docker; then
+  echo "setup: starting dockerd"
+  mkdir -p /var/log
+  setsid /usr/sbin/dockerd >/var/log/tale-dockerd.log 2>&1 < /dev/null &
+  for _ in $(seq 1 150); do
+    ping_docker && break
+    sleep 0.2
+  done
+  ping_docker || { echo "setup: dockerd did not come up; see /var/log/tale-dockerd.log" >&2; tail -20 /var/log/tale-dockerd.log >&2; exit 1; }
+fi
+echo "setup: ready"

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The test command: prerequisites, then every unit and end-to-end test (real binary, real processes,
+# real Docker engine, git and tinyproxy where a test needs them).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+export CARGO_TERM_COLOR=never
+# Line tables are enough for test backtraces and keep cold builds fast on 2 cores.
+export CARGO_PROFILE_DEV_DEBUG=line-tables-only
+cargo test --locked --all-targets "$@"
