@@ -15,10 +15,15 @@ struct Cli {
 enum Mode {
     /// PID 1 of a session container: exec, streaming, replay, env store, file ops.
     Runnerd(modes::runnerd::Args),
+    /// git credential helper: answers `get` from the session's granted credentials.
+    GitCredential(modes::git_credential::Args),
 }
 
 /// Names a symlink to the binary may carry to run one mode directly.
-const ARGV0_MODES: &[(&str, &str)] = &[("runnerd", "runnerd")];
+const ARGV0_MODES: &[(&str, &str)] = &[
+    ("runnerd", "runnerd"),
+    ("git-credential-tale", "git-credential"),
+];
 
 /// Inserts the mode named by argv[0] (`runnerd` → `tale runnerd …`) so clap sees one grammar.
 fn with_argv0_mode(args: Vec<OsString>) -> Vec<OsString> {
@@ -43,6 +48,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse_from(with_argv0_mode(std::env::args_os().collect()));
     match cli.mode {
         Mode::Runnerd(args) => modes::runnerd::run(args),
+        Mode::GitCredential(args) => modes::git_credential::run(args),
     }
 }
 

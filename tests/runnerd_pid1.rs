@@ -58,11 +58,21 @@ async fn sigterm_ends_execs_and_exits_zero(pid1: bool) {
     let plain_rest = plain.collect_all().await;
     assert_eq!(terminal(&plain_rest)["exitCode"], 143);
     let stubborn_rest = stubborn.collect_all().await;
-    assert_eq!(terminal(&stubborn_rest)["exitCode"], 137, "SIGKILL after the grace");
-    let status = daemon.wait_exit(Duration::from_secs(10)).expect("runnerd exited");
+    assert_eq!(
+        terminal(&stubborn_rest)["exitCode"],
+        137,
+        "SIGKILL after the grace"
+    );
+    let status = daemon
+        .wait_exit(Duration::from_secs(10))
+        .expect("runnerd exited");
     assert!(status.success(), "exit status {status:?}\n{}", daemon.log());
     // Grace 2 s + drain; well under the 10 s of `docker stop`.
-    assert!(started.elapsed() < Duration::from_secs(6), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "took {:?}",
+        started.elapsed()
+    );
 }
 
 /// As a child subreaper (tests, local backend).

@@ -1,2 +1,3 @@
 //! One module per mode of the `tale` binary.
+pub mod git_credential;
 pub mod runnerd;

@@ -1,2 +1,3 @@
 //! Shared by the end-to-end tests.
+pub mod git_http;
 pub mod runnerd;

@@ -271,7 +271,12 @@ impl Client {
     }
 
     /// A GET with an explicit token; returns status + JSON body.
-    pub async fn http_with_token(&self, method: Method, path: &str, token: &str) -> (StatusCode, Value) {
+    pub async fn http_with_token(
+        &self,
+        method: Method,
+        path: &str,
+        token: &str,
+    ) -> (StatusCode, Value) {
         let request = Request::builder()
             .method(method)
             .uri(format!("http://127.0.0.1:{}{path}", self.port))
@@ -281,7 +286,10 @@ impl Client {
         let response = self.http.request(request).await.unwrap();
         let status = response.status();
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
     }
 
     /// Starts an exec and returns its event stream.

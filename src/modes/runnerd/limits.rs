@@ -62,3 +62,13 @@ pub const MAX_STAGE_URL_BYTES: u64 = 100 * 1024 * 1024;
 pub const STAGE_URL_TIMEOUT: Duration = Duration::from_secs(120);
 /// Largest file `GET /fs/read` returns.
 pub const MAX_READ_FILE_BYTES: u64 = 20 * 1024 * 1024;
+
+// --- git credentials -------------------------------------------------------------------------
+/// Most hosts with a granted git credential at once.
+pub const MAX_GIT_CREDENTIALS: usize = 64;
+/// Longest host, username or password of a git credential, in bytes.
+pub const MAX_CREDENTIAL_FIELD_BYTES: usize = 4096;
+/// Longest query line on the credential socket.
+pub const MAX_CREDENTIAL_QUERY_BYTES: usize = 4096;
+/// A credential-socket client must send its query within this time.
+pub const CREDENTIAL_QUERY_TIMEOUT: Duration = Duration::from_secs(5);

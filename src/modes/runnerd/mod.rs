@@ -2,6 +2,7 @@
 //! groups as the unprivileged exec user, streams their events from a replayable journal, and keeps
 //! the session's env store and workspace file operations.
 pub mod activity;
+pub mod credentials;
 pub mod env_store;
 pub mod exec;
 pub mod init;
@@ -10,6 +11,7 @@ pub mod server;
 pub mod state;
 
 use crate::shared::logging::{self, LogFormat};
+use credentials::CredentialStore;
 use env_store::EnvStore;
 use exec::journal::JournalBudget;
 use exec::launcher::Launcher;
@@ -21,6 +23,7 @@ use nix::sys::signal::Signal;
 use state::Daemon;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Command-line flags of `tale runnerd`; each also reads the environment variable named.
@@ -50,6 +53,9 @@ pub struct Args {
     /// Directory of the journal's disk spool [default: <workspace root>/.tale/journal].
     #[arg(long, env = "TALE_JOURNAL_DIR")]
     pub journal_dir: Option<PathBuf>,
+    /// Unix socket the git credential helper asks [default: <workspace root>/.tale/credential.sock].
+    #[arg(long, env = "TALE_CREDENTIAL_SOCKET")]
+    pub credential_socket: Option<PathBuf>,
     /// In-memory tail of each exec's journal, in bytes.
     #[arg(long, env = "TALE_JOURNAL_MEMORY_BYTES", default_value_t = DEFAULT_JOURNAL_MEMORY_BYTES)]
     pub journal_memory_bytes: usize,
@@ -178,17 +184,29 @@ fn boot_and_serve(args: Args) -> Result<(), BootError> {
         })?;
     let home = args.exec_home.clone().unwrap_or_else(|| root.join(".home"));
     prepare_dir(&home, exec_user, None)?;
+    // runnerd's own corner of the workspace: root-owned, so the exec user can neither replace the
+    // credential socket nor reach the journal spool.
+    let private_dir = root.join(".tale");
+    prepare_dir(&private_dir, None, Some(0o755))?;
     let journal_dir = args
         .journal_dir
         .clone()
-        .unwrap_or_else(|| root.join(".tale").join("journal"));
+        .unwrap_or_else(|| private_dir.join("journal"));
     prepare_dir(&journal_dir, None, Some(0o700))?;
+    let credential_socket = args
+        .credential_socket
+        .clone()
+        .unwrap_or_else(|| private_dir.join("credential.sock"));
 
     let mut env_store = EnvStore::default();
     if let Ok(seed) = std::env::var("TALE_SESSION_ENV") {
         env_store.seed_from_json(&seed);
     }
-    let launcher = Launcher::new(std::env::vars(), &home, exec_user);
+    let exec_env = std::env::vars().chain([(
+        credentials::CREDENTIAL_SOCKET_ENV.to_string(),
+        credential_socket.display().to_string(),
+    )]);
+    let launcher = Launcher::new(exec_env, &home, exec_user);
     let budget = JournalBudget::new(SpoolBudget::new(
         journal_dir,
         args.journal_total_spool_bytes,
@@ -204,6 +222,7 @@ fn boot_and_serve(args: Args) -> Result<(), BootError> {
         env_store,
         root.clone(),
         token,
+        Arc::new(CredentialStore::default()),
     );
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -226,6 +245,17 @@ fn boot_and_serve(args: Args) -> Result<(), BootError> {
             pid = std::process::id(),
             "runnerd ready"
         );
+        let socket = credentials::bind_socket(&credential_socket, exec_user).map_err(|source| {
+            BootError::Prepare {
+                path: credential_socket.clone(),
+                source,
+            }
+        })?;
+        tokio::spawn(credentials::serve_socket(
+            socket,
+            daemon.credentials.clone(),
+            credential_socket.clone(),
+        ));
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let server_daemon = daemon.clone();
         let server = tokio::spawn(crate::shared::http::serve(

@@ -8,8 +8,8 @@ use crate::shared::http::{
     constant_time_eq, error, json, query_param, read_body, BodyError, ChannelBody, HttpResponse,
 };
 use crate::shared::protocol::runnerd::{
-    is_valid_id, CancelReply, EnvPatch, EnvReply, ExecRequestWire, ExecStatus, ExecStatusState,
-    HealthReport, StdinReply, StdinRequest, TOKEN_HEADER,
+    is_valid_id, CancelReply, CredentialReply, EnvPatch, EnvReply, ExecRequestWire, ExecStatus,
+    ExecStatusState, GitCredentialGrant, HealthReport, StdinReply, StdinRequest, TOKEN_HEADER,
 };
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -41,6 +41,8 @@ pub async fn handle(daemon: Arc<Daemon>, request: Request<Incoming>) -> HttpResp
         }
         (&Method::GET, ["execs", id]) if is_valid_id(id) => status(&daemon, id),
         (&Method::POST, ["env"]) => env(&daemon, request).await,
+        (&Method::PUT, ["credentials", "git"]) => grant_credential(&daemon, request).await,
+        (&Method::DELETE, ["credentials", "git", host]) => revoke_credential(&daemon, host),
         _ => not_found(),
     }
 }
@@ -94,7 +96,7 @@ fn health(daemon: &Daemon) -> HttpResponse {
             live_execs: daemon.execs.live_count() as u64,
             active_screencasts: 0,
             reaped_orphans: daemon.reaper.orphans_reaped(),
-            credential_accesses: 0,
+            credential_accesses: daemon.credentials.accesses(),
         },
     )
 }
@@ -204,6 +206,39 @@ async fn env(daemon: &Daemon, request: Request<Incoming>) -> HttpResponse {
     );
     daemon.activity.touch();
     json(StatusCode::OK, &EnvReply { ok: true, denied })
+}
+
+async fn grant_credential(daemon: &Daemon, request: Request<Incoming>) -> HttpResponse {
+    let grant: GitCredentialGrant = match json_body(request).await {
+        Ok(grant) => grant,
+        Err(response) => return response,
+    };
+    match daemon.credentials.grant(grant) {
+        Ok(()) => json(
+            StatusCode::OK,
+            &CredentialReply {
+                ok: true,
+                existed: None,
+            },
+        ),
+        Err(err) => error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            Some(err.to_string()),
+        ),
+    }
+}
+
+fn revoke_credential(daemon: &Daemon, host: &str) -> HttpResponse {
+    let host = percent_encoding::percent_decode_str(host).decode_utf8_lossy();
+    let existed = daemon.credentials.revoke(&host);
+    json(
+        StatusCode::OK,
+        &CredentialReply {
+            ok: true,
+            existed: Some(existed),
+        },
+    )
 }
 
 fn ndjson_response(body: crate::shared::http::ResponseBody) -> HttpResponse {

@@ -1,5 +1,6 @@
 //! The daemon's shared state, handed to every request handler and exec driver.
 use super::activity::Activity;
+use super::credentials::CredentialStore;
 use super::env_store::EnvStore;
 use super::exec::journal::JournalBudget;
 use super::exec::launcher::Launcher;
@@ -21,6 +22,8 @@ pub struct Daemon {
     pub root: PathBuf,
     /// Expected `x-tale-runnerd-token`; `None` only with `--insecure-no-token`.
     pub token: Option<Vec<u8>>,
+    /// Git credentials granted to this session.
+    pub credentials: Arc<CredentialStore>,
 }
 
 impl Daemon {
@@ -34,6 +37,7 @@ impl Daemon {
         env_store: EnvStore,
         root: PathBuf,
         token: Option<Vec<u8>>,
+        credentials: Arc<CredentialStore>,
     ) -> Arc<Daemon> {
         Arc::new(Daemon {
             reaper,
@@ -45,6 +49,7 @@ impl Daemon {
             env_store: Mutex::new(env_store),
             root,
             token,
+            credentials,
         })
     }
 

@@ -288,6 +288,63 @@ pub struct ListReply {
     pub entries: Vec<DirEntry>,
 }
 
+/// `PUT /credentials/git` body: a git credential for one host, served to the credential helper at
+/// each git operation until revoked or expired. `host` is what git sends: `name[:port]`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GitCredentialGrant {
+    pub host: String,
+    pub username: String,
+    pub password: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at_ms: Option<u64>,
+}
+
+impl std::fmt::Debug for GitCredentialGrant {
+    // The password never reaches a log line, even through `{:?}`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GitCredentialGrant")
+            .field("host", &self.host)
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .field("expires_at_ms", &self.expires_at_ms)
+            .finish()
+    }
+}
+
+/// Reply of `PUT /credentials/git` and `DELETE /credentials/git/:host`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CredentialReply {
+    pub ok: bool,
+    /// For DELETE: whether a credential for the host existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub existed: Option<bool>,
+}
+
+/// One request on the credential socket: the host git asks about.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CredentialQuery {
+    pub host: String,
+}
+
+/// The answer on the credential socket: both fields, or neither when nothing is granted.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CredentialAnswer {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for CredentialAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CredentialAnswer")
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
 /// Error body of every non-2xx JSON reply: `{error, message?}`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ErrorBody {
