@@ -2,4 +2,5 @@
 pub mod http;
 pub mod logging;
 pub mod protocol;
+pub mod runnerd_client;
 pub mod sys;

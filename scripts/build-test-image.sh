@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Builds the session test image (default tag tale-test-runtime:latest) without any registry:
+# FROM scratch + Debian's busybox-static + the static tale binary, runnerd as the entrypoint.
+# Usage: scripts/build-test-image.sh [TAG]   (TALE_BIN overrides the binary to copy)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+tag=${1:-tale-test-runtime:latest}
+bin=${TALE_BIN:-target/x86_64-unknown-linux-musl/release/tale}
+if [ -z "${TALE_BIN:-}" ] && [ ! -x "$bin" ]; then
+  scripts/build-static.sh >/dev/null
+fi
+busybox=/bin/busybox
+[ -x "$busybox" ] && "$busybox" --help 2>&1 | head -1 | grep -q BusyBox || {
+  echo "build-test-image: install Debian's busybox-static" >&2; exit 1; }
+ctx=$(mktemp -d)
+trap 'rm -rf "$ctx"' EXIT
+cp "$bin" "$ctx/tale"
+cp "$busybox" "$ctx/busybox"
+cat > "$ctx/Dockerfile" <<'DOCKERFILE'
+FROM scratch
+COPY busybox /bin/busybox
+RUN ["/bin/busybox", "--install", "-s", "/bin"]
+RUN mkdir -p /tmp /workspace /etc && chmod 1777 /tmp && \
+    echo 'root:x:0:0:root:/root:/bin/sh' > /etc/passwd && \
+    echo 'agent:x:10001:10001:agent:/workspace/.home:/bin/sh' >> /etc/passwd && \
+    echo 'nobody:x:65534:65534:nobody:/nonexistent:/bin/sh' >> /etc/passwd && \
+    printf 'root:x:0:\nagent:x:10001:\nnogroup:x:65534:\n' > /etc/group
+COPY tale /usr/local/bin/tale
+ENV PATH=/usr/local/bin:/bin
+WORKDIR /workspace
+ENTRYPOINT ["/usr/local/bin/tale", "runnerd"]
+DOCKERFILE
+docker build -q -t "$tag" "$ctx" >/dev/null
+echo "$tag"

@@ -1,0 +1,312 @@
+//! The spawner's client for one session's runnerd: JSON calls with a timeout, and exec streams read
+//! line by line as typed events.
+use crate::shared::protocol::runnerd::{
+    CancelReply, CredentialReply, DeleteReply, DeleteRequest, EnvPatch, EnvReply, ExecEvent,
+    ExecStatus, GitCredentialGrant, HealthReport, ListReply, StageReply, StageRequest,
+    StdinReply, StdinRequest, TOKEN_HEADER,
+};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::time::Duration;
+
+/// Time allowed for a JSON call (not for streams, which last as long as the exec).
+pub const RUNNERD_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time allowed for a `/healthz` probe.
+pub const RUNNERD_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest NDJSON line accepted from runnerd (a 64 KiB chunk is ~88 KiB as base64).
+pub const MAX_EVENT_LINE_BYTES: usize = 4 * 1024 * 1024;
+
+/// What went wrong talking to runnerd.
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerdError {
+    /// runnerd could not be reached or the connection broke.
+    #[error("runnerd could not be reached: {0}")]
+    Transport(String),
+    /// runnerd did not answer in time.
+    #[error("runnerd did not answer within {0:?}")]
+    Timeout(Duration),
+    /// runnerd answered with an unexpected status.
+    #[error("runnerd answered {status}: {body}")]
+    Status { status: StatusCode, body: String },
+    /// runnerd's answer was not what the protocol says.
+    #[error("runnerd's answer could not be understood: {0}")]
+    Decode(String),
+}
+
+impl RunnerdError {
+    /// True when runnerd was not reachable at all (as opposed to answering badly).
+    pub fn is_transport(&self) -> bool {
+        matches!(self, RunnerdError::Transport(_) | RunnerdError::Timeout(_))
+    }
+}
+
+/// A client bound to one runnerd base URL and token. Cheap to clone.
+#[derive(Clone)]
+pub struct RunnerdClient {
+    base: String,
+    token: String,
+    http: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl RunnerdClient {
+    pub fn new(base_url: &str, token: &str) -> RunnerdClient {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(RUNNERD_PROBE_TIMEOUT));
+        RunnerdClient {
+            base: base_url.trim_end_matches('/').to_owned(),
+            token: token.to_owned(),
+            http: Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(30))
+                .build(connector),
+        }
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<Vec<u8>>,
+        timeout: Option<Duration>,
+    ) -> Result<hyper::Response<Incoming>, RunnerdError> {
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(format!("{}{}", self.base, path_and_query))
+            .header(TOKEN_HEADER, &self.token);
+        if body.is_some() {
+            builder = builder.header("content-type", "application/json");
+        }
+        let request = builder
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| RunnerdError::Transport(e.to_string()))?;
+        let call = self.http.request(request);
+        let response = match timeout {
+            Some(limit) => tokio::time::timeout(limit, call)
+                .await
+                .map_err(|_| RunnerdError::Timeout(limit))?,
+            None => call.await,
+        };
+        response.map_err(|e| RunnerdError::Transport(error_chain(&e)))
+    }
+
+    /// A JSON call: `Ok((status, body))` for any status in `accepted`, else an error.
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+        accepted: &[StatusCode],
+        timeout: Duration,
+    ) -> Result<(StatusCode, T), RunnerdError> {
+        let body = body.map(|b| serde_json::to_vec(b).expect("requests serialize"));
+        let work = async {
+            let response = self.send(method, path, body, None).await?;
+            let status = response.status();
+            let bytes = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| RunnerdError::Transport(e.to_string()))?
+                .to_bytes();
+            if !accepted.contains(&status) {
+                return Err(RunnerdError::Status {
+                    status,
+                    body: String::from_utf8_lossy(&bytes).chars().take(500).collect(),
+                });
+            }
+            let value = serde_json::from_slice(&bytes)
+                .map_err(|e| RunnerdError::Decode(e.to_string()))?;
+            Ok((status, value))
+        };
+        tokio::time::timeout(timeout, work)
+            .await
+            .map_err(|_| RunnerdError::Timeout(timeout))?
+    }
+
+    pub async fn health(&self) -> Result<HealthReport, RunnerdError> {
+        let none: Option<&()> = None;
+        Ok(self
+            .call(Method::GET, "/healthz", none, &[StatusCode::OK], RUNNERD_PROBE_TIMEOUT)
+            .await?
+            .1)
+    }
+
+    /// Starts an exec; `body` is the runnerd `ExecRequest` JSON.
+    pub async fn exec(&self, body: &serde_json::Value) -> Result<EventStream, RunnerdError> {
+        let response = self
+            .send(Method::POST, "/execs", Some(body.to_string().into_bytes()), Some(RUNNERD_CALL_TIMEOUT))
+            .await?;
+        stream_or_error(response).await.map(|s| s.expect("POST /execs never answers 404"))
+    }
+
+    /// Attaches to an exec; `None` when runnerd does not know it.
+    pub async fn attach(&self, exec_id: &str, since_seq: u64) -> Result<Option<EventStream>, RunnerdError> {
+        let path = format!("/execs/{exec_id}/attach?sinceSeq={since_seq}");
+        let response = self
+            .send(Method::GET, &path, None, Some(RUNNERD_CALL_TIMEOUT))
+            .await?;
+        stream_or_error(response).await
+    }
+
+    pub async fn cancel(&self, exec_id: &str) -> Result<CancelReply, RunnerdError> {
+        let none: Option<&()> = None;
+        let path = format!("/execs/{exec_id}/cancel");
+        Ok(self.call(Method::POST, &path, none, &[StatusCode::OK], RUNNERD_CALL_TIMEOUT).await?.1)
+    }
+
+    pub async fn stdin(&self, exec_id: &str, body: &StdinRequest) -> Result<StdinReply, RunnerdError> {
+        let path = format!("/execs/{exec_id}/stdin");
+        Ok(self.call(Method::POST, &path, Some(body), &[StatusCode::OK], RUNNERD_CALL_TIMEOUT).await?.1)
+    }
+
+    /// Exec status; runnerd's 404 `gone` comes back as `Ok` with status 404.
+    pub async fn status(&self, exec_id: &str) -> Result<(StatusCode, ExecStatus), RunnerdError> {
+        let none: Option<&()> = None;
+        let path = format!("/execs/{exec_id}");
+        self.call(Method::GET, &path, none, &[StatusCode::OK, StatusCode::NOT_FOUND], RUNNERD_CALL_TIMEOUT)
+            .await
+    }
+
+    pub async fn patch_env(&self, patch: &EnvPatch) -> Result<EnvReply, RunnerdError> {
+        Ok(self.call(Method::POST, "/env", Some(patch), &[StatusCode::OK], RUNNERD_CALL_TIMEOUT).await?.1)
+    }
+
+    pub async fn stage(&self, request: &serde_json::Value) -> Result<StageReply, RunnerdError> {
+        // Staging may download up to 100 MiB per file: allow it the whole stage budget.
+        Ok(self
+            .call(Method::POST, "/files/stage", Some(request), &[StatusCode::OK], Duration::from_secs(600))
+            .await?
+            .1)
+    }
+
+    pub async fn stage_typed(&self, request: &StageRequest) -> Result<StageReply, RunnerdError> {
+        self.stage(&serde_json::to_value(request).expect("stage requests serialize")).await
+    }
+
+    pub async fn delete_files(&self, request: &DeleteRequest) -> Result<DeleteReply, RunnerdError> {
+        Ok(self.call(Method::POST, "/files/delete", Some(request), &[StatusCode::OK], RUNNERD_CALL_TIMEOUT).await?.1)
+    }
+
+    /// Directory listing; `None` for runnerd's 404.
+    pub async fn list(&self, path: &str) -> Result<Option<ListReply>, RunnerdError> {
+        let none: Option<&()> = None;
+        let query = format!("/fs/list?path={}", encode_query(path));
+        let (status, value) = self
+            .call::<serde_json::Value>(Method::GET, &query, none, &[StatusCode::OK, StatusCode::NOT_FOUND], RUNNERD_CALL_TIMEOUT)
+            .await?;
+        if status == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        serde_json::from_value(value).map(Some).map_err(|e| RunnerdError::Decode(e.to_string()))
+    }
+
+    /// File bytes; `None` for runnerd's 404.
+    pub async fn read(&self, path: &str) -> Result<Option<Bytes>, RunnerdError> {
+        let query = format!("/fs/read?path={}", encode_query(path));
+        let response = self.send(Method::GET, &query, None, Some(RUNNERD_CALL_TIMEOUT)).await?;
+        let status = response.status();
+        let bytes = tokio::time::timeout(RUNNERD_CALL_TIMEOUT, response.into_body().collect())
+            .await
+            .map_err(|_| RunnerdError::Timeout(RUNNERD_CALL_TIMEOUT))?
+            .map_err(|e| RunnerdError::Transport(e.to_string()))?
+            .to_bytes();
+        match status {
+            StatusCode::OK => Ok(Some(bytes)),
+            StatusCode::NOT_FOUND => Ok(None),
+            status => Err(RunnerdError::Status {
+                status,
+                body: String::from_utf8_lossy(&bytes).chars().take(500).collect(),
+            }),
+        }
+    }
+
+    pub async fn grant_git_credential(&self, grant: &GitCredentialGrant) -> Result<CredentialReply, RunnerdError> {
+        Ok(self.call(Method::PUT, "/credentials/git", Some(grant), &[StatusCode::OK], RUNNERD_CALL_TIMEOUT).await?.1)
+    }
+
+    pub async fn revoke_git_credential(&self, host: &str) -> Result<CredentialReply, RunnerdError> {
+        let none: Option<&()> = None;
+        let path = format!("/credentials/git/{}", encode_query(host));
+        Ok(self.call(Method::DELETE, &path, none, &[StatusCode::OK], RUNNERD_CALL_TIMEOUT).await?.1)
+    }
+}
+
+fn encode_query(value: &str) -> String {
+    percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+async fn stream_or_error(response: hyper::Response<Incoming>) -> Result<Option<EventStream>, RunnerdError> {
+    match response.status() {
+        StatusCode::OK => Ok(Some(EventStream::new(response.into_body()))),
+        StatusCode::NOT_FOUND => Ok(None),
+        status => {
+            let bytes = response.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+            Err(RunnerdError::Status {
+                status,
+                body: String::from_utf8_lossy(&bytes).chars().take(500).collect(),
+            })
+        }
+    }
+}
+
+/// The NDJSON events of one exec stream.
+pub struct EventStream {
+    body: Incoming,
+    buffer: Vec<u8>,
+}
+
+impl EventStream {
+    fn new(body: Incoming) -> EventStream {
+        EventStream { body, buffer: Vec::new() }
+    }
+
+    /// The next event; `Ok(None)` when the stream ended cleanly, an error when it broke.
+    pub async fn next(&mut self) -> Result<Option<ExecEvent>, RunnerdError> {
+        loop {
+            if let Some(pos) = self.buffer.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buffer.drain(..=pos).collect();
+                let line = &line[..line.len() - 1];
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                return serde_json::from_slice(line)
+                    .map(Some)
+                    .map_err(|e| RunnerdError::Decode(format!("bad event line: {e}")));
+            }
+            if self.buffer.len() > MAX_EVENT_LINE_BYTES {
+                return Err(RunnerdError::Decode("event line too long".into()));
+            }
+            match self.body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.buffer.extend_from_slice(&data);
+                    }
+                }
+                Some(Err(err)) => return Err(RunnerdError::Transport(err.to_string())),
+                None => return Ok(None),
+            }
+        }
+    }
+}
