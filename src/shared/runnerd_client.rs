@@ -2,8 +2,8 @@
 //! line by line as typed events.
 use crate::shared::protocol::runnerd::{
     CancelReply, CredentialReply, DeleteReply, DeleteRequest, EnvPatch, EnvReply, ExecEvent,
-    ExecStatus, GitCredentialGrant, HealthReport, ListReply, StageReply, StageRequest,
-    StdinReply, StdinRequest, TOKEN_HEADER,
+    ExecStatus, GitCredentialGrant, HealthReport, ListReply, StageReply, StageRequest, StdinReply,
+    StdinRequest, TOKEN_HEADER,
 };
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -125,8 +125,8 @@ impl RunnerdClient {
                     body: String::from_utf8_lossy(&bytes).chars().take(500).collect(),
                 });
             }
-            let value = serde_json::from_slice(&bytes)
-                .map_err(|e| RunnerdError::Decode(e.to_string()))?;
+            let value =
+                serde_json::from_slice(&bytes).map_err(|e| RunnerdError::Decode(e.to_string()))?;
             Ok((status, value))
         };
         tokio::time::timeout(timeout, work)
@@ -137,7 +137,13 @@ impl RunnerdClient {
     pub async fn health(&self) -> Result<HealthReport, RunnerdError> {
         let none: Option<&()> = None;
         Ok(self
-            .call(Method::GET, "/healthz", none, &[StatusCode::OK], RUNNERD_PROBE_TIMEOUT)
+            .call(
+                Method::GET,
+                "/healthz",
+                none,
+                &[StatusCode::OK],
+                RUNNERD_PROBE_TIMEOUT,
+            )
             .await?
             .1)
     }
@@ -145,13 +151,24 @@ impl RunnerdClient {
     /// Starts an exec; `body` is the runnerd `ExecRequest` JSON.
     pub async fn exec(&self, body: &serde_json::Value) -> Result<EventStream, RunnerdError> {
         let response = self
-            .send(Method::POST, "/execs", Some(body.to_string().into_bytes()), Some(RUNNERD_CALL_TIMEOUT))
+            .send(
+                Method::POST,
+                "/execs",
+                Some(body.to_string().into_bytes()),
+                Some(RUNNERD_CALL_TIMEOUT),
+            )
             .await?;
-        stream_or_error(response).await.map(|s| s.expect("POST /execs never answers 404"))
+        stream_or_error(response)
+            .await
+            .map(|s| s.expect("POST /execs never answers 404"))
     }
 
     /// Attaches to an exec; `None` when runnerd does not know it.
-    pub async fn attach(&self, exec_id: &str, since_seq: u64) -> Result<Option<EventStream>, RunnerdError> {
+    pub async fn attach(
+        &self,
+        exec_id: &str,
+        since_seq: u64,
+    ) -> Result<Option<EventStream>, RunnerdError> {
         let path = format!("/execs/{exec_id}/attach?sinceSeq={since_seq}");
         let response = self
             .send(Method::GET, &path, None, Some(RUNNERD_CALL_TIMEOUT))
@@ -162,40 +179,93 @@ impl RunnerdClient {
     pub async fn cancel(&self, exec_id: &str) -> Result<CancelReply, RunnerdError> {
         let none: Option<&()> = None;
         let path = format!("/execs/{exec_id}/cancel");
-        Ok(self.call(Method::POST, &path, none, &[StatusCode::OK], RUNNERD_CALL_TIMEOUT).await?.1)
+        Ok(self
+            .call(
+                Method::POST,
+                &path,
+                none,
+                &[StatusCode::OK],
+                RUNNERD_CALL_TIMEOUT,
+            )
+            .await?
+            .1)
     }
 
-    pub async fn stdin(&self, exec_id: &str, body: &StdinRequest) -> Result<StdinReply, RunnerdError> {
+    pub async fn stdin(
+        &self,
+        exec_id: &str,
+        body: &StdinRequest,
+    ) -> Result<StdinReply, RunnerdError> {
         let path = format!("/execs/{exec_id}/stdin");
-        Ok(self.call(Method::POST, &path, Some(body), &[StatusCode::OK], RUNNERD_CALL_TIMEOUT).await?.1)
+        Ok(self
+            .call(
+                Method::POST,
+                &path,
+                Some(body),
+                &[StatusCode::OK],
+                RUNNERD_CALL_TIMEOUT,
+            )
+            .await?
+            .1)
     }
 
     /// Exec status; runnerd's 404 `gone` comes back as `Ok` with status 404.
     pub async fn status(&self, exec_id: &str) -> Result<(StatusCode, ExecStatus), RunnerdError> {
         let none: Option<&()> = None;
         let path = format!("/execs/{exec_id}");
-        self.call(Method::GET, &path, none, &[StatusCode::OK, StatusCode::NOT_FOUND], RUNNERD_CALL_TIMEOUT)
-            .await
+        self.call(
+            Method::GET,
+            &path,
+            none,
+            &[StatusCode::OK, StatusCode::NOT_FOUND],
+            RUNNERD_CALL_TIMEOUT,
+        )
+        .await
     }
 
     pub async fn patch_env(&self, patch: &EnvPatch) -> Result<EnvReply, RunnerdError> {
-        Ok(self.call(Method::POST, "/env", Some(patch), &[StatusCode::OK], RUNNERD_CALL_TIMEOUT).await?.1)
+        Ok(self
+            .call(
+                Method::POST,
+                "/env",
+                Some(patch),
+                &[StatusCode::OK],
+                RUNNERD_CALL_TIMEOUT,
+            )
+            .await?
+            .1)
     }
 
     pub async fn stage(&self, request: &serde_json::Value) -> Result<StageReply, RunnerdError> {
         // Staging may download up to 100 MiB per file: allow it the whole stage budget.
         Ok(self
-            .call(Method::POST, "/files/stage", Some(request), &[StatusCode::OK], Duration::from_secs(600))
+            .call(
+                Method::POST,
+                "/files/stage",
+                Some(request),
+                &[StatusCode::OK],
+                Duration::from_secs(600),
+            )
             .await?
             .1)
     }
 
     pub async fn stage_typed(&self, request: &StageRequest) -> Result<StageReply, RunnerdError> {
-        self.stage(&serde_json::to_value(request).expect("stage requests serialize")).await
+        self.stage(&serde_json::to_value(request).expect("stage requests serialize"))
+            .await
     }
 
     pub async fn delete_files(&self, request: &DeleteRequest) -> Result<DeleteReply, RunnerdError> {
-        Ok(self.call(Method::POST, "/files/delete", Some(request), &[StatusCode::OK], RUNNERD_CALL_TIMEOUT).await?.1)
+        Ok(self
+            .call(
+                Method::POST,
+                "/files/delete",
+                Some(request),
+                &[StatusCode::OK],
+                RUNNERD_CALL_TIMEOUT,
+            )
+            .await?
+            .1)
     }
 
     /// Directory listing; `None` for runnerd's 404.
@@ -203,18 +273,28 @@ impl RunnerdClient {
         let none: Option<&()> = None;
         let query = format!("/fs/list?path={}", encode_query(path));
         let (status, value) = self
-            .call::<serde_json::Value>(Method::GET, &query, none, &[StatusCode::OK, StatusCode::NOT_FOUND], RUNNERD_CALL_TIMEOUT)
+            .call::<serde_json::Value>(
+                Method::GET,
+                &query,
+                none,
+                &[StatusCode::OK, StatusCode::NOT_FOUND],
+                RUNNERD_CALL_TIMEOUT,
+            )
             .await?;
         if status == StatusCode::NOT_FOUND {
             return Ok(None);
         }
-        serde_json::from_value(value).map(Some).map_err(|e| RunnerdError::Decode(e.to_string()))
+        serde_json::from_value(value)
+            .map(Some)
+            .map_err(|e| RunnerdError::Decode(e.to_string()))
     }
 
     /// File bytes; `None` for runnerd's 404.
     pub async fn read(&self, path: &str) -> Result<Option<Bytes>, RunnerdError> {
         let query = format!("/fs/read?path={}", encode_query(path));
-        let response = self.send(Method::GET, &query, None, Some(RUNNERD_CALL_TIMEOUT)).await?;
+        let response = self
+            .send(Method::GET, &query, None, Some(RUNNERD_CALL_TIMEOUT))
+            .await?;
         let status = response.status();
         let bytes = tokio::time::timeout(RUNNERD_CALL_TIMEOUT, response.into_body().collect())
             .await
@@ -231,14 +311,35 @@ impl RunnerdClient {
         }
     }
 
-    pub async fn grant_git_credential(&self, grant: &GitCredentialGrant) -> Result<CredentialReply, RunnerdError> {
-        Ok(self.call(Method::PUT, "/credentials/git", Some(grant), &[StatusCode::OK], RUNNERD_CALL_TIMEOUT).await?.1)
+    pub async fn grant_git_credential(
+        &self,
+        grant: &GitCredentialGrant,
+    ) -> Result<CredentialReply, RunnerdError> {
+        Ok(self
+            .call(
+                Method::PUT,
+                "/credentials/git",
+                Some(grant),
+                &[StatusCode::OK],
+                RUNNERD_CALL_TIMEOUT,
+            )
+            .await?
+            .1)
     }
 
     pub async fn revoke_git_credential(&self, host: &str) -> Result<CredentialReply, RunnerdError> {
         let none: Option<&()> = None;
         let path = format!("/credentials/git/{}", encode_query(host));
-        Ok(self.call(Method::DELETE, &path, none, &[StatusCode::OK], RUNNERD_CALL_TIMEOUT).await?.1)
+        Ok(self
+            .call(
+                Method::DELETE,
+                &path,
+                none,
+                &[StatusCode::OK],
+                RUNNERD_CALL_TIMEOUT,
+            )
+            .await?
+            .1)
     }
 }
 
@@ -257,12 +358,19 @@ fn error_chain(err: &dyn std::error::Error) -> String {
     text
 }
 
-async fn stream_or_error(response: hyper::Response<Incoming>) -> Result<Option<EventStream>, RunnerdError> {
+async fn stream_or_error(
+    response: hyper::Response<Incoming>,
+) -> Result<Option<EventStream>, RunnerdError> {
     match response.status() {
         StatusCode::OK => Ok(Some(EventStream::new(response.into_body()))),
         StatusCode::NOT_FOUND => Ok(None),
         status => {
-            let bytes = response.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+            let bytes = response
+                .into_body()
+                .collect()
+                .await
+                .map(|c| c.to_bytes())
+                .unwrap_or_default();
             Err(RunnerdError::Status {
                 status,
                 body: String::from_utf8_lossy(&bytes).chars().take(500).collect(),
@@ -279,7 +387,10 @@ pub struct EventStream {
 
 impl EventStream {
     fn new(body: Incoming) -> EventStream {
-        EventStream { body, buffer: Vec::new() }
+        EventStream {
+            body,
+            buffer: Vec::new(),
+        }
     }
 
     /// The next event; `Ok(None)` when the stream ended cleanly, an error when it broke.

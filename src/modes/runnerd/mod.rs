@@ -53,6 +53,10 @@ pub struct Args {
     /// Directory of the journal's disk spool [default: <workspace root>/.tale/journal].
     #[arg(long, env = "TALE_JOURNAL_DIR")]
     pub journal_dir: Option<PathBuf>,
+    /// Directories shared by every user of the session (per-organization caches): created and set
+    /// to mode 1777 at boot. Colon-separated in the environment.
+    #[arg(long = "shared-dir", env = "TALE_SHARED_DIRS", value_delimiter = ':')]
+    pub shared_dirs: Vec<PathBuf>,
     /// Unix socket the git credential helper asks [default: <workspace root>/.tale/credential.sock].
     #[arg(long, env = "TALE_CREDENTIAL_SOCKET")]
     pub credential_socket: Option<PathBuf>,
@@ -184,6 +188,12 @@ fn boot_and_serve(args: Args) -> Result<(), BootError> {
         })?;
     let home = args.exec_home.clone().unwrap_or_else(|| root.join(".home"));
     prepare_dir(&home, exec_user, None)?;
+    for dir in &args.shared_dirs {
+        // A cache volume that cannot be prepared costs speed, not correctness: warn and go on.
+        if let Err(err) = prepare_dir(dir, None, Some(0o1777)) {
+            tracing::warn!("shared directory not prepared: {err}");
+        }
+    }
     // runnerd's own corner of the workspace: root-owned, so the exec user can neither replace the
     // credential socket nor reach the journal spool.
     let private_dir = root.join(".tale");

@@ -1,0 +1,629 @@
+//! The `docker` backend (bollard over the engine's unix socket): one container per session, named
+//! `tale-sbx-ses-<id>`, running the image's `tale runnerd` as PID 1.
+//!
+//! Hardening (each knob in [`DockerConfig`]): read-only root filesystem, `cap-drop ALL` plus only
+//! what runnerd needs to run execs as the unprivileged exec user (CHOWN, DAC_OVERRIDE, FOWNER to
+//! manage the workspace; SETUID, SETGID to drop to the exec user; KILL to signal its processes —
+//! execs themselves hold no capability), `no-new-privileges`, tmpfs `/tmp`, pids/memory/cpu/ulimit
+//! limits, an internal network (created if missing) whose only way out is the egress proxy.
+//! The workspace is a per-session volume (`<container>-ws`); caches are per-organization volumes
+//! (`<prefix>-<org>` at `/cache/{npm,pip,bun}`, mode 1777 set by runnerd at boot). Labels carry
+//! the session's identity and limits: they are the truth the spawner re-adopts from. The runnerd
+//! token is written into the workspace volume as a root-only file before the container starts — it
+//! never appears in the container's environment or in `docker inspect`.
+use super::tar::{archive, TarEntry};
+use super::{
+    wait_for_runnerd, Backend, BackendError, BackendKind, BackendResult, BoxFuture, ListedSession,
+    SessionSpec,
+};
+use crate::shared::protocol::runnerd::{is_valid_id, DEFAULT_PORT};
+use bollard::errors::Error as DockerError;
+use bollard::models::{
+    ContainerCreateBody, HostConfig, HostConfigLogConfig, Mount, MountType, NetworkCreateRequest,
+    ResourcesUlimits, VolumeCreateRequest,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, InspectContainerOptions, ListContainersOptionsBuilder,
+    LogsOptionsBuilder, RemoveContainerOptionsBuilder, UploadToContainerOptionsBuilder,
+};
+use bollard::Docker;
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// Label marking session containers (and, with the other labels, the adoption filter).
+pub const SESSION_LABEL: &str = "tale.sandbox-session";
+/// Where the workspace volume is mounted in the container.
+pub const WORKSPACE_PATH: &str = "/workspace";
+/// Where runnerd reads its token (inside the workspace volume, root-only).
+pub const TOKEN_PATH: &str = "/workspace/.tale/token";
+/// Time allowed for one engine call.
+pub const DOCKER_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Docker backend settings.
+#[derive(Clone, Debug)]
+pub struct DockerConfig {
+    /// Engine socket path.
+    pub socket: String,
+    /// Session image (its entrypoint runs `tale runnerd`).
+    pub image: String,
+    /// Internal network the sessions join (created if missing).
+    pub network: String,
+    /// OCI runtime (`runc`, `runsc`, …); `None` for the engine's default.
+    pub runtime: Option<String>,
+    /// `HTTP_PROXY`/`HTTPS_PROXY` for sessions; `None` for none.
+    pub egress_proxy: Option<String>,
+    /// `NO_PROXY` for sessions.
+    pub no_proxy: String,
+    /// Per-organization cache volume prefixes for `/cache/pip`, `/cache/npm`, `/cache/bun`.
+    pub cache_volume_prefixes: Option<[String; 3]>,
+    pub read_only_rootfs: bool,
+    pub no_new_privileges: bool,
+    pub drop_all_capabilities: bool,
+}
+
+/// Sessions as Docker containers.
+pub struct DockerBackend {
+    docker: Docker,
+    config: DockerConfig,
+}
+
+fn engine(context: &str) -> impl FnOnce(DockerError) -> BackendError + '_ {
+    move |err| BackendError::Engine(format!("{context}: {err}"))
+}
+
+fn is_not_found(err: &DockerError) -> bool {
+    matches!(
+        err,
+        DockerError::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
+}
+
+fn is_conflict(err: &DockerError) -> bool {
+    matches!(
+        err,
+        DockerError::DockerResponseServerError {
+            status_code: 409,
+            ..
+        }
+    )
+}
+
+/// `tale-sbx-ses-<id>`, or with the first 16 hex of SHA-1(id) when that would not fit a DNS label.
+pub fn container_name(session_id: &str) -> String {
+    let plain = format!("tale-sbx-ses-{session_id}");
+    if plain.len() <= 63 {
+        return plain;
+    }
+    let digest = ring::digest::digest(
+        &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
+        session_id.as_bytes(),
+    );
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("tale-sbx-ses-{}", &hex[..16])
+}
+
+fn workspace_volume(session_id: &str) -> String {
+    format!("{}-ws", container_name(session_id))
+}
+
+fn label_value_ok(value: &str) -> bool {
+    !value.is_empty()
+        && value.len() <= 128
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+impl DockerBackend {
+    pub fn new(config: DockerConfig) -> BackendResult<DockerBackend> {
+        let docker = Docker::connect_with_unix(
+            &config.socket,
+            DOCKER_CALL_TIMEOUT.as_secs(),
+            bollard::API_DEFAULT_VERSION,
+        )
+        .map_err(engine("cannot use the Docker socket"))?;
+        Ok(DockerBackend { docker, config })
+    }
+
+    async fn ensure_network(&self) -> BackendResult<()> {
+        match self
+            .docker
+            .inspect_network(&self.config.network, None)
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(err) if is_not_found(&err) => {}
+            Err(err) => return Err(engine("cannot inspect the sandbox network")(err)),
+        }
+        let request = NetworkCreateRequest {
+            name: self.config.network.clone(),
+            driver: Some("bridge".into()),
+            internal: Some(true),
+            enable_ipv6: Some(false),
+            labels: Some(HashMap::from([("tale.sandbox-network".into(), "1".into())])),
+            ..Default::default()
+        };
+        match self.docker.create_network(request).await {
+            Ok(_) => {
+                tracing::info!(network = %self.config.network, "created the internal sandbox network");
+                Ok(())
+            }
+            Err(err) if is_conflict(&err) => Ok(()),
+            Err(err) => Err(engine("cannot create the sandbox network")(err)),
+        }
+    }
+
+    /// Creates `name` if missing; returns whether it existed before.
+    async fn ensure_volume(
+        &self,
+        name: &str,
+        labels: HashMap<String, String>,
+    ) -> BackendResult<bool> {
+        match self.docker.inspect_volume(name).await {
+            Ok(_) => return Ok(true),
+            Err(err) if is_not_found(&err) => {}
+            Err(err) => return Err(engine("cannot inspect a volume")(err)),
+        }
+        self.docker
+            .create_volume(VolumeCreateRequest {
+                name: Some(name.to_owned()),
+                labels: Some(labels),
+                ..Default::default()
+            })
+            .await
+            .map_err(engine("cannot create a volume"))?;
+        Ok(false)
+    }
+
+    fn container_body(&self, spec: &SessionSpec) -> ContainerCreateBody {
+        let r = &spec.resources;
+        let labels = HashMap::from([
+            (SESSION_LABEL.to_string(), "1".to_string()),
+            ("tale.session".into(), spec.session_id.clone()),
+            ("tale.org".into(), spec.organization_id.clone()),
+            ("tale.profile".into(), spec.profile.clone()),
+            ("tale.created".into(), spec.created_at_ms.to_string()),
+            ("tale.ttl-ms".into(), spec.ttl_ms.to_string()),
+            ("tale.idle-ms".into(), spec.idle_timeout_ms.to_string()),
+        ]);
+        let mut env = vec![
+            format!("TALE_RUNNERD_TOKEN_FILE={TOKEN_PATH}"),
+            format!("TALE_WORKSPACE_ROOT={WORKSPACE_PATH}"),
+            format!("TALE_EXEC_USER={}:{}", r.exec_user.0, r.exec_user.1),
+            "PIP_CACHE_DIR=/cache/pip".into(),
+            "UV_CACHE_DIR=/cache/pip".into(),
+            "NPM_CONFIG_CACHE=/cache/npm".into(),
+            "BUN_INSTALL_CACHE_DIR=/cache/bun".into(),
+        ];
+        if let Some(proxy) = &self.config.egress_proxy {
+            for name in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
+                env.push(format!("{name}={proxy}"));
+            }
+            env.push(format!("NO_PROXY={}", self.config.no_proxy));
+            env.push(format!("no_proxy={}", self.config.no_proxy));
+        }
+        let mut mounts = vec![Mount {
+            target: Some(WORKSPACE_PATH.into()),
+            source: Some(workspace_volume(&spec.session_id)),
+            typ: Some(MountType::VOLUME),
+            ..Default::default()
+        }];
+        if let Some(prefixes) = &self.config.cache_volume_prefixes {
+            env.push("TALE_SHARED_DIRS=/cache/pip:/cache/npm:/cache/bun".into());
+            for (prefix, target) in prefixes
+                .iter()
+                .zip(["/cache/pip", "/cache/npm", "/cache/bun"])
+            {
+                mounts.push(Mount {
+                    target: Some(target.into()),
+                    source: Some(format!("{prefix}-{}", spec.organization_id)),
+                    typ: Some(MountType::VOLUME),
+                    ..Default::default()
+                });
+            }
+        }
+        let ulimit = |name: &str, soft: u64, hard: u64| ResourcesUlimits {
+            name: Some(name.into()),
+            soft: Some(soft as i64),
+            hard: Some(hard as i64),
+        };
+        let host_config = HostConfig {
+            network_mode: Some(self.config.network.clone()),
+            runtime: self.config.runtime.clone(),
+            cap_drop: self
+                .config
+                .drop_all_capabilities
+                .then(|| vec!["ALL".into()]),
+            cap_add: self.config.drop_all_capabilities.then(|| {
+                [
+                    "CHOWN",
+                    "DAC_OVERRIDE",
+                    "FOWNER",
+                    "KILL",
+                    "SETUID",
+                    "SETGID",
+                ]
+                .map(String::from)
+                .to_vec()
+            }),
+            security_opt: self
+                .config
+                .no_new_privileges
+                .then(|| vec!["no-new-privileges".into()]),
+            readonly_rootfs: Some(self.config.read_only_rootfs),
+            tmpfs: Some(HashMap::from([(
+                "/tmp".into(),
+                format!("rw,exec,nosuid,nodev,size={}", r.tmp_bytes),
+            )])),
+            shm_size: Some(r.shm_bytes as i64),
+            memory: Some(r.memory_bytes as i64),
+            memory_swap: Some(r.memory_bytes as i64),
+            nano_cpus: Some((r.cpus * 1e9) as i64),
+            pids_limit: Some(r.pids_limit),
+            ulimits: Some(vec![
+                ulimit("nofile", r.nofile.0, r.nofile.1),
+                ulimit("fsize", r.fsize_bytes, r.fsize_bytes),
+                ulimit("core", 0, 0),
+            ]),
+            oom_score_adj: Some(500),
+            log_config: Some(HostConfigLogConfig {
+                typ: Some("json-file".into()),
+                config: Some(HashMap::from([
+                    ("max-size".into(), "10m".into()),
+                    ("max-file".into(), "1".into()),
+                ])),
+            }),
+            mounts: Some(mounts),
+            ..Default::default()
+        };
+        ContainerCreateBody {
+            image: Some(self.config.image.clone()),
+            // runnerd starts as root only to drop every exec to the exec user.
+            user: Some("0:0".into()),
+            env: Some(env),
+            labels: Some(labels),
+            host_config: Some(host_config),
+            ..Default::default()
+        }
+    }
+
+    /// Creates the container, replacing a dead one of the same name once.
+    async fn create_container(&self, spec: &SessionSpec) -> BackendResult<()> {
+        let name = container_name(&spec.session_id);
+        let options = CreateContainerOptionsBuilder::new().name(&name).build();
+        for attempt in 0..2 {
+            match self
+                .docker
+                .create_container(Some(options.clone()), self.container_body(spec))
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(err) if is_conflict(&err) && attempt == 0 => {
+                    let running = self
+                        .docker
+                        .inspect_container(&name, None::<InspectContainerOptions>)
+                        .await
+                        .ok()
+                        .and_then(|c| c.state?.running)
+                        .unwrap_or(true);
+                    if running {
+                        return Err(BackendError::Exists(spec.session_id.clone()));
+                    }
+                    self.remove_container(&name).await?;
+                }
+                Err(err) => return Err(engine("cannot create the session container")(err)),
+            }
+        }
+        Err(BackendError::Exists(spec.session_id.clone()))
+    }
+
+    async fn remove_container(&self, name: &str) -> BackendResult<bool> {
+        let options = RemoveContainerOptionsBuilder::new().force(true).build();
+        match self.docker.remove_container(name, Some(options)).await {
+            Ok(()) => Ok(true),
+            Err(err) if is_not_found(&err) => Ok(false),
+            Err(err) => Err(engine("cannot remove the session container")(err)),
+        }
+    }
+
+    async fn write_token(&self, spec: &SessionSpec) -> BackendResult<()> {
+        let tar = archive(&[
+            TarEntry::Dir {
+                path: ".tale",
+                mode: 0o755,
+            },
+            TarEntry::File {
+                path: ".tale/token",
+                mode: 0o400,
+                bytes: spec.runnerd_token.as_bytes(),
+            },
+        ]);
+        let options = UploadToContainerOptionsBuilder::new()
+            .path(WORKSPACE_PATH)
+            .build();
+        self.docker
+            .upload_to_container(
+                &container_name(&spec.session_id),
+                Some(options),
+                bollard::body_full(tar.into()),
+            )
+            .await
+            .map_err(engine("cannot hand the session its runnerd token"))
+    }
+
+    async fn endpoint(&self, session_id: &str) -> BackendResult<String> {
+        let inspect = self
+            .docker
+            .inspect_container(&container_name(session_id), None::<InspectContainerOptions>)
+            .await
+            .map_err(engine("cannot inspect the session container"))?;
+        let ip = inspect
+            .network_settings
+            .and_then(|n| n.networks)
+            .and_then(|mut n| n.remove(&self.config.network))
+            .and_then(|e| e.ip_address)
+            .filter(|ip| !ip.is_empty())
+            .ok_or_else(|| {
+                BackendError::Engine(format!(
+                    "session {session_id} has no address on {}",
+                    self.config.network
+                ))
+            })?;
+        Ok(format!("http://{ip}:{DEFAULT_PORT}"))
+    }
+
+    /// The last lines of the container's log, for error messages.
+    async fn log_tail(&self, name: &str) -> String {
+        use futures_util::StreamExt;
+        let options = LogsOptionsBuilder::new()
+            .stdout(true)
+            .stderr(true)
+            .tail("10")
+            .build();
+        let mut logs = self.docker.logs(name, Some(options));
+        let mut text = String::new();
+        while let Some(Ok(chunk)) = logs.next().await {
+            text.push_str(&chunk.to_string());
+        }
+        text.chars()
+            .rev()
+            .take(2000)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect()
+    }
+
+    async fn try_create(&self, spec: &SessionSpec, deadline: Duration) -> BackendResult<String> {
+        let name = container_name(&spec.session_id);
+        self.create_container(spec).await?;
+        self.write_token(spec).await?;
+        self.docker
+            .start_container(
+                &name,
+                None::<bollard::query_parameters::StartContainerOptions>,
+            )
+            .await
+            .map_err(engine("cannot start the session container"))?;
+        let url = self.endpoint(&spec.session_id).await?;
+        wait_for_runnerd(&url, &spec.runnerd_token, deadline, || async {
+            let state = self
+                .docker
+                .inspect_container(&name, None::<InspectContainerOptions>)
+                .await
+                .ok()
+                .and_then(|c| c.state);
+            match state.and_then(|s| s.running) {
+                Some(false) => Err(format!("container exited: {}", self.log_tail(&name).await)),
+                _ => Ok(()),
+            }
+        })
+        .await?;
+        Ok(url)
+    }
+}
+
+impl Backend for DockerBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Docker
+    }
+
+    fn create_session<'a>(
+        &'a self,
+        spec: &'a SessionSpec,
+        deadline: Duration,
+    ) -> BoxFuture<'a, BackendResult<String>> {
+        Box::pin(async move {
+            if !is_valid_id(&spec.session_id) {
+                return Err(BackendError::Invalid {
+                    what: "session id",
+                    value: spec.session_id.clone(),
+                });
+            }
+            if !label_value_ok(&spec.organization_id) {
+                return Err(BackendError::Invalid {
+                    what: "organization id",
+                    value: spec.organization_id.clone(),
+                });
+            }
+            self.ensure_network().await?;
+            let volume_labels = HashMap::from([
+                ("tale.sandbox-workspace".to_string(), "1".to_string()),
+                ("tale.session".to_string(), spec.session_id.clone()),
+            ]);
+            let preexisting = self
+                .ensure_volume(&workspace_volume(&spec.session_id), volume_labels)
+                .await?;
+            if let Some(prefixes) = &self.config.cache_volume_prefixes {
+                for prefix in prefixes {
+                    let labels = HashMap::from([
+                        ("tale.sandbox-cache".to_string(), "1".to_string()),
+                        ("tale.org".to_string(), spec.organization_id.clone()),
+                    ]);
+                    self.ensure_volume(&format!("{prefix}-{}", spec.organization_id), labels)
+                        .await?;
+                }
+            }
+            match self.try_create(spec, deadline).await {
+                Ok(url) => {
+                    tracing::info!(session_id = %spec.session_id, %url, resumed = preexisting, "docker session ready");
+                    Ok(url)
+                }
+                Err(BackendError::Exists(id)) => Err(BackendError::Exists(id)),
+                Err(err) => {
+                    let name = container_name(&spec.session_id);
+                    if let Err(cleanup) = self.remove_container(&name).await {
+                        tracing::warn!(%cleanup, "cleanup after a failed create could not remove the container");
+                    }
+                    if !preexisting {
+                        if let Err(cleanup) = self
+                            .docker
+                            .remove_volume(
+                                &workspace_volume(&spec.session_id),
+                                None::<bollard::query_parameters::RemoveVolumeOptions>,
+                            )
+                            .await
+                        {
+                            tracing::warn!(%cleanup, "cleanup after a failed create could not remove the workspace volume");
+                        }
+                    }
+                    Err(err)
+                }
+            }
+        })
+    }
+
+    fn resolve_endpoint<'a>(&'a self, session_id: &'a str) -> BoxFuture<'a, BackendResult<String>> {
+        Box::pin(self.endpoint(session_id))
+    }
+
+    fn session_exists<'a>(&'a self, session_id: &'a str) -> BoxFuture<'a, BackendResult<bool>> {
+        Box::pin(async move {
+            match self
+                .docker
+                .inspect_container(&container_name(session_id), None::<InspectContainerOptions>)
+                .await
+            {
+                Ok(c) => Ok(c.state.and_then(|s| s.running).unwrap_or(false)),
+                Err(err) if is_not_found(&err) => Ok(false),
+                Err(err) => Err(engine("cannot inspect the session container")(err)),
+            }
+        })
+    }
+
+    fn stop_session<'a>(&'a self, session_id: &'a str) -> BoxFuture<'a, BackendResult<bool>> {
+        Box::pin(async move {
+            let existed = self.remove_container(&container_name(session_id)).await?;
+            tracing::info!(
+                session_id,
+                existed,
+                "docker session stopped; workspace volume kept"
+            );
+            Ok(existed)
+        })
+    }
+
+    fn destroy_session<'a>(&'a self, session_id: &'a str) -> BoxFuture<'a, BackendResult<bool>> {
+        Box::pin(async move {
+            let had_container = self.remove_container(&container_name(session_id)).await?;
+            let had_volume = match self
+                .docker
+                .remove_volume(
+                    &workspace_volume(session_id),
+                    None::<bollard::query_parameters::RemoveVolumeOptions>,
+                )
+                .await
+            {
+                Ok(()) => true,
+                Err(err) if is_not_found(&err) => false,
+                Err(err) => return Err(engine("cannot remove the workspace volume")(err)),
+            };
+            tracing::info!(
+                session_id,
+                had_container,
+                had_volume,
+                "docker session destroyed"
+            );
+            Ok(had_container || had_volume)
+        })
+    }
+
+    fn list_sessions<'a>(
+        &'a self,
+        organization_id: Option<&'a str>,
+    ) -> BoxFuture<'a, BackendResult<Vec<ListedSession>>> {
+        Box::pin(async move {
+            let mut labels = vec![format!("{SESSION_LABEL}=1")];
+            if let Some(org) = organization_id {
+                labels.push(format!("tale.org={org}"));
+            }
+            let filters = HashMap::from([("label", labels)]);
+            let options = ListContainersOptionsBuilder::new()
+                .all(true)
+                .filters(&filters)
+                .build();
+            let containers = self
+                .docker
+                .list_containers(Some(options))
+                .await
+                .map_err(engine("cannot list session containers"))?;
+            let number = |labels: &HashMap<String, String>, key: &str| {
+                labels
+                    .get(key)
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            Ok(containers
+                .into_iter()
+                .filter_map(|c| {
+                    let labels = c.labels?;
+                    Some(ListedSession {
+                        session_id: labels.get("tale.session")?.clone(),
+                        organization_id: labels.get("tale.org").cloned().unwrap_or_default(),
+                        profile: match labels.get("tale.profile").map(String::as_str) {
+                            Some("agent") => "agent".into(),
+                            _ => "default".into(),
+                        },
+                        created_at_ms: number(&labels, "tale.created"),
+                        ttl_ms: number(&labels, "tale.ttl-ms"),
+                        idle_timeout_ms: number(&labels, "tale.idle-ms"),
+                        running: matches!(
+                            c.state,
+                            Some(bollard::models::ContainerSummaryStateEnum::RUNNING)
+                        ),
+                    })
+                })
+                .collect())
+        })
+    }
+
+    fn health(&self) -> BoxFuture<'_, BackendResult<serde_json::Value>> {
+        Box::pin(async move {
+            let version = self
+                .docker
+                .version()
+                .await
+                .map_err(engine("the Docker engine does not answer"))?;
+            Ok(serde_json::json!({"dockerServerVersion": version.version}))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Names follow the original: plain when they fit a DNS label, hashed otherwise.
+    #[test]
+    fn container_names() {
+        assert_eq!(container_name("abc"), "tale-sbx-ses-abc");
+        let long = "x".repeat(64);
+        let name = container_name(&long);
+        assert_eq!(name.len(), "tale-sbx-ses-".len() + 16);
+        assert!(name.starts_with("tale-sbx-ses-"));
+        assert_eq!(workspace_volume("abc"), "tale-sbx-ses-abc-ws");
+    }
+}

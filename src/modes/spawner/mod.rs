@@ -1,0 +1,2 @@
+//! `tale spawner`: the control plane — sessions API, registry, sweeper, backends.
+pub mod backend;
