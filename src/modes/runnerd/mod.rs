@@ -5,6 +5,7 @@ pub mod activity;
 pub mod credentials;
 pub mod env_store;
 pub mod exec;
+pub mod files;
 pub mod init;
 pub mod limits;
 pub mod server;
@@ -230,7 +231,10 @@ fn boot_and_serve(args: Args) -> Result<(), BootError> {
         args.journal_memory_bytes,
         launcher,
         env_store,
-        root.clone(),
+        files::Workspace::open(&root, exec_user).map_err(|err| BootError::Prepare {
+            path: root.clone(),
+            source: std::io::Error::other(err.to_string()),
+        })?,
         token,
         Arc::new(CredentialStore::default()),
     );

@@ -8,8 +8,9 @@ use crate::shared::http::{
     constant_time_eq, error, json, query_param, read_body, BodyError, ChannelBody, HttpResponse,
 };
 use crate::shared::protocol::runnerd::{
-    is_valid_id, CancelReply, CredentialReply, EnvPatch, EnvReply, ExecRequestWire, ExecStatus,
-    ExecStatusState, GitCredentialGrant, HealthReport, StdinReply, StdinRequest, TOKEN_HEADER,
+    is_valid_id, CancelReply, CredentialReply, DeleteRequest, EnvPatch, EnvReply, ExecRequestWire,
+    ExecStatus, ExecStatusState, GitCredentialGrant, HealthReport, StageRequest, StdinReply,
+    StdinRequest, TOKEN_HEADER,
 };
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -41,6 +42,10 @@ pub async fn handle(daemon: Arc<Daemon>, request: Request<Incoming>) -> HttpResp
         }
         (&Method::GET, ["execs", id]) if is_valid_id(id) => status(&daemon, id),
         (&Method::POST, ["env"]) => env(&daemon, request).await,
+        (&Method::POST, ["files", "stage"]) => stage(&daemon, request).await,
+        (&Method::POST, ["files", "delete"]) => delete(&daemon, request).await,
+        (&Method::GET, ["fs", "list"]) => list(&daemon, &request).await,
+        (&Method::GET, ["fs", "read"]) => read(&daemon, &request).await,
         (&Method::PUT, ["credentials", "git"]) => grant_credential(&daemon, request).await,
         (&Method::DELETE, ["credentials", "git", host]) => revoke_credential(&daemon, host),
         _ => not_found(),
@@ -206,6 +211,52 @@ async fn env(daemon: &Daemon, request: Request<Incoming>) -> HttpResponse {
     );
     daemon.activity.touch();
     json(StatusCode::OK, &EnvReply { ok: true, denied })
+}
+
+async fn stage(daemon: &Daemon, request: Request<Incoming>) -> HttpResponse {
+    let body: StageRequest = match json_body(request).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    daemon.activity.touch();
+    let reply = daemon.workspace.stage(body).await;
+    daemon.activity.touch();
+    json(StatusCode::OK, &reply)
+}
+
+async fn delete(daemon: &Daemon, request: Request<Incoming>) -> HttpResponse {
+    let body: DeleteRequest = match json_body(request).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    let reply = daemon.workspace.delete(body).await;
+    daemon.activity.touch();
+    json(StatusCode::OK, &reply)
+}
+
+async fn list(daemon: &Daemon, request: &Request<Incoming>) -> HttpResponse {
+    let path = query_param(request, "path").unwrap_or_else(|| ".".into());
+    match daemon.workspace.list(&path).await {
+        Ok(reply) => json(StatusCode::OK, &reply),
+        Err(_) => not_found(),
+    }
+}
+
+async fn read(daemon: &Daemon, request: &Request<Incoming>) -> HttpResponse {
+    let Some(path) = query_param(request, "path") else {
+        return not_found();
+    };
+    match daemon.workspace.read(&path).await {
+        Ok(bytes) => {
+            let mut response = Response::new(crate::shared::http::full(bytes));
+            response.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            response
+        }
+        Err(_) => not_found(),
+    }
 }
 
 async fn grant_credential(daemon: &Daemon, request: Request<Incoming>) -> HttpResponse {

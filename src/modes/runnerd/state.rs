@@ -5,6 +5,7 @@ use super::env_store::EnvStore;
 use super::exec::journal::JournalBudget;
 use super::exec::launcher::Launcher;
 use super::exec::ExecTable;
+use super::files::Workspace;
 use super::init::Reaper;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -20,6 +21,8 @@ pub struct Daemon {
     env_store: Mutex<EnvStore>,
     /// Canonical workspace root.
     pub root: PathBuf,
+    /// File operations confined to the root.
+    pub workspace: Workspace,
     /// Expected `x-tale-runnerd-token`; `None` only with `--insecure-no-token`.
     pub token: Option<Vec<u8>>,
     /// Git credentials granted to this session.
@@ -35,7 +38,7 @@ impl Daemon {
         journal_memory_bytes: usize,
         launcher: Launcher,
         env_store: EnvStore,
-        root: PathBuf,
+        workspace: Workspace,
         token: Option<Vec<u8>>,
         credentials: Arc<CredentialStore>,
     ) -> Arc<Daemon> {
@@ -47,7 +50,8 @@ impl Daemon {
             launcher,
             activity: Activity::new(),
             env_store: Mutex::new(env_store),
-            root,
+            root: workspace.root().to_path_buf(),
+            workspace,
             token,
             credentials,
         })

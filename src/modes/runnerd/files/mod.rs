@@ -1,0 +1,199 @@
+//! Workspace file operations: stage (inline or URL), delete, list, read — all confined to the
+//! workspace root by the kernel (see [`beneath`]), never by string checks alone.
+//!
+//! Security model. runnerd may run as root, so every path a request names is resolved with
+//! `RESOLVE_BENEATH` from a descriptor of the root: symlinks and `..` that would leave the workspace
+//! fail the operation (`unsafe_path`) instead of reaching the host. Stage creates parents one
+//! directory at a time beneath the root, writes to a fresh temporary file, then renames it over the
+//! final name — so a symlink at the final name is replaced, never written through. Delete removes a
+//! symlink itself, never its target, and removes trees with descriptor-relative calls that never
+//! follow links. Files and directories stage creates belong to the exec user.
+pub mod beneath;
+pub mod fetch;
+mod ops;
+
+use super::exec::spec::lenient_base64;
+use super::limits::{
+    MAX_READ_FILE_BYTES, MAX_STAGE_INLINE_BYTES, MAX_STAGE_URL_BYTES, STAGE_URL_TIMEOUT,
+};
+use crate::shared::protocol::runnerd::{
+    DeleteReply, DeleteRequest, ListReply, SkippedPath, StageItem, StageReply, StageRequest,
+    StagedFile,
+};
+use base64::Engine;
+use beneath::{normalize, RelPath};
+use nix::fcntl::OFlag;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Why the workspace could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum FilesError {
+    /// The root is missing or not a directory.
+    #[error("cannot open the workspace root {path}: {source}")]
+    Root {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// A path was not found, not allowed, or not the right kind: the three are not told apart.
+#[derive(Debug, PartialEq, Eq)]
+pub struct NotFound;
+
+/// The workspace: its canonical root, a descriptor of it, and who owns what stage creates.
+pub struct Workspace {
+    root: PathBuf,
+    root_fd: Arc<OwnedFd>,
+    owner: Option<(u32, u32)>,
+}
+
+/// Blocking work on the workspace, off the async runtime.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    tokio::task::spawn_blocking(work).await.ok()
+}
+
+impl Workspace {
+    pub fn open(root: &Path, owner: Option<(u32, u32)>) -> Result<Workspace, FilesError> {
+        let fail = |source| FilesError::Root {
+            path: root.to_path_buf(),
+            source,
+        };
+        let root = std::fs::canonicalize(root).map_err(fail)?;
+        let fd = nix::fcntl::open(
+            &root,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(|e| fail(e.into()))?;
+        Ok(Workspace {
+            root,
+            root_fd: Arc::new(fd),
+            owner,
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn rel(&self, path: &str) -> Option<RelPath> {
+        normalize(&self.root, path)
+    }
+
+    /// Stages every item in order; each ends up in `staged` or `skipped`.
+    pub async fn stage(&self, request: StageRequest) -> StageReply {
+        let mut reply = StageReply::default();
+        for item in request.files {
+            let path = item.path.clone();
+            match self.stage_one(item).await {
+                Ok(bytes) => reply.staged.push(StagedFile { path, bytes }),
+                Err(reason) => reply.skipped.push(SkippedPath { path, reason }),
+            }
+        }
+        reply
+    }
+
+    async fn stage_one(&self, item: StageItem) -> Result<u64, String> {
+        let rel = self
+            .rel(&item.path)
+            .filter(|r| !r.is_root())
+            .ok_or("unsafe_path")?;
+        let root_fd = self.root_fd.clone();
+        let owner = self.owner;
+        if let Some(b64) = item.content_base64 {
+            let bytes = lenient_base64()
+                .decode(b64)
+                .map_err(|_| "bad_base64".to_string())?;
+            if bytes.len() as u64 > MAX_STAGE_INLINE_BYTES {
+                return Err("too_large".into());
+            }
+            return blocking(move || {
+                ops::write_file(&root_fd, &rel, owner, |file| {
+                    use std::io::Write;
+                    file.write_all(&bytes).map_err(|e| e.to_string())?;
+                    Ok(bytes.len() as u64)
+                })
+            })
+            .await
+            .unwrap_or_else(|| Err("stage task failed".into()));
+        }
+        let Some(url) = item.url else {
+            return Err("no_source".into());
+        };
+        let download = async {
+            let body = fetch::start(&url, MAX_STAGE_URL_BYTES)
+                .await
+                .map_err(|e| e.reason())?;
+            let staging = {
+                let (root_fd, rel) = (root_fd.clone(), rel.clone());
+                blocking(move || ops::create_temp(&root_fd, &rel, owner))
+                    .await
+                    .ok_or("stage task failed")??
+            };
+            match fetch::copy_to(body, staging.file, MAX_STAGE_URL_BYTES).await {
+                Ok((bytes, file)) => {
+                    drop(file);
+                    let (root_fd, rel, temp) = (root_fd.clone(), rel.clone(), staging.temp_name);
+                    blocking(move || ops::commit_temp(&root_fd, &rel, &temp))
+                        .await
+                        .ok_or("stage task failed")??;
+                    Ok(bytes)
+                }
+                Err(err) => {
+                    let (root_fd, rel, temp) = (root_fd.clone(), rel.clone(), staging.temp_name);
+                    let _ = blocking(move || ops::discard_temp(&root_fd, &rel, &temp)).await;
+                    Err(err.reason())
+                }
+            }
+        };
+        tokio::time::timeout(STAGE_URL_TIMEOUT, download)
+            .await
+            .unwrap_or_else(|_| Err("fetch timed out".into()))
+    }
+
+    /// Deletes every path (`rm -rf` beneath the root; missing counts as deleted).
+    pub async fn delete(&self, request: DeleteRequest) -> DeleteReply {
+        let mut reply = DeleteReply::default();
+        for path in request.paths {
+            let result = match self.rel(&path).filter(|r| !r.is_root()) {
+                None => Err("unsafe_path".to_string()),
+                Some(rel) => {
+                    let root_fd = self.root_fd.clone();
+                    blocking(move || ops::delete(&root_fd, &rel))
+                        .await
+                        .unwrap_or_else(|| Err("delete task failed".into()))
+                }
+            };
+            match result {
+                Ok(()) => reply.deleted.push(path),
+                Err(reason) => reply.skipped.push(SkippedPath { path, reason }),
+            }
+        }
+        reply
+    }
+
+    /// Lists a directory (`""` or `.` is the root).
+    pub async fn list(&self, path: &str) -> Result<ListReply, NotFound> {
+        let rel = self
+            .rel(if path.is_empty() { "." } else { path })
+            .ok_or(NotFound)?;
+        let root_fd = self.root_fd.clone();
+        blocking(move || ops::list(&root_fd, &rel))
+            .await
+            .ok_or(NotFound)?
+    }
+
+    /// Reads a regular file of at most [`MAX_READ_FILE_BYTES`].
+    pub async fn read(&self, path: &str) -> Result<Vec<u8>, NotFound> {
+        let rel = self.rel(path).ok_or(NotFound)?;
+        let root_fd = self.root_fd.clone();
+        blocking(move || ops::read(&root_fd, &rel, MAX_READ_FILE_BYTES))
+            .await
+            .ok_or(NotFound)?
+    }
+}
+
+#[cfg(test)]
+mod tests;
