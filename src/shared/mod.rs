@@ -1,6 +1,8 @@
 //! Code shared by more than one mode: the wire contract, logging, and the only unsafe code.
+pub mod hmac;
 pub mod http;
 pub mod logging;
 pub mod protocol;
 pub mod runnerd_client;
+pub mod sse;
 pub mod sys;
