@@ -15,6 +15,8 @@ struct Cli {
 enum Mode {
     /// PID 1 of a session container: exec, streaming, replay, env store, file ops.
     Runnerd(modes::runnerd::Args),
+    /// The control plane: sessions API, registry, sweeper, backends.
+    Spawner(modes::spawner::Args),
     /// git credential helper: answers `get` from the session's granted credentials.
     GitCredential(modes::git_credential::Args),
 }
@@ -49,6 +51,7 @@ fn main() -> ExitCode {
     match cli.mode {
         Mode::Runnerd(args) => modes::runnerd::run(args),
         Mode::GitCredential(args) => modes::git_credential::run(args),
+        Mode::Spawner(args) => modes::spawner::run(args),
     }
 }
 

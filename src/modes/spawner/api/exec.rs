@@ -1,0 +1,154 @@
+//! Exec routes: start (SSE), attach (SSE, resumable by `sinceSeq` or `Last-Event-ID`), cancel,
+//! status, stdin.
+use super::sessions::lost_or_upstream;
+use super::sse::{pump, sse_response, ProxyMode};
+use super::{bad_request, not_found, ok, upstream_error, ApiRequest};
+use crate::modes::spawner::state::Spawner;
+use crate::shared::http::{json, HttpResponse};
+use crate::shared::protocol::runnerd::{ExecStatus, ExecStatusState, StdinRequest};
+use crate::shared::protocol::spawner::{ErrorData, SessionExec};
+use crate::shared::sse::event_frame;
+use hyper::StatusCode;
+use std::sync::Arc;
+
+pub async fn start(spawner: Arc<Spawner>, id: &str, request: &ApiRequest) -> HttpResponse {
+    let Some(entry) = spawner.lookup(id).await else {
+        return not_found();
+    };
+    let exec = match request
+        .json()
+        .and_then(|b| SessionExec::parse(&b, &spawner.config.limits).map_err(|e| bad_request(e.0)))
+    {
+        Ok(exec) => exec,
+        Err(response) => return response,
+    };
+    let body = exec.runnerd_request(
+        spawner.config.stdout_max_bytes,
+        spawner.config.stderr_max_bytes,
+    );
+    let stream = match entry.runnerd.exec(&body).await {
+        Ok(stream) => stream,
+        Err(err) => return lost_or_upstream(&spawner, id, err).await,
+    };
+    spawner.metrics.execs.inc();
+    let (tx, response) = sse_response();
+    let mode = ProxyMode::Exec {
+        collect: exec.collect_output,
+    };
+    let task = tokio::spawn({
+        let spawner = spawner.clone();
+        let (session_id, exec_id) = (id.to_owned(), exec.exec_id.clone());
+        async move {
+            pump(spawner.clone(), session_id.clone(), stream, tx, mode).await;
+            spawner.registry.remove_proxy(&session_id, &exec_id);
+        }
+    });
+    spawner
+        .registry
+        .add_proxy(id, &exec.exec_id, task.abort_handle());
+    response
+}
+
+pub async fn attach(
+    spawner: Arc<Spawner>,
+    id: &str,
+    exec_id: &str,
+    request: &ApiRequest,
+) -> HttpResponse {
+    let Some(entry) = spawner.lookup(id).await else {
+        return not_found();
+    };
+    // Last-Event-ID (an SSE client resuming) wins over the query; non-numeric means 0.
+    let since_seq = request
+        .headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .or_else(|| request.query("sinceSeq").and_then(|v| v.parse().ok()))
+        .unwrap_or(0);
+    let stream = match entry.runnerd.attach(exec_id, since_seq).await {
+        Ok(stream) => stream,
+        Err(err) => return lost_or_upstream(&spawner, id, err).await,
+    };
+    let (tx, response) = sse_response();
+    match stream {
+        None => {
+            let message = format!("exec {exec_id} not found");
+            let _ = tx.try_send(event_frame("error", None, &ErrorData { message }));
+        }
+        Some(stream) => {
+            let spawner = spawner.clone();
+            let session_id = id.to_owned();
+            tokio::spawn(async move {
+                pump(spawner, session_id, stream, tx, ProxyMode::Attach).await;
+            });
+        }
+    }
+    response
+}
+
+pub async fn cancel(spawner: &Spawner, id: &str, exec_id: &str) -> HttpResponse {
+    let Some(entry) = spawner.lookup(id).await else {
+        return not_found();
+    };
+    match entry.runnerd.cancel(exec_id).await {
+        Ok(reply) => ok(&reply),
+        Err(err) => lost_or_upstream(spawner, id, err).await,
+    }
+}
+
+fn gone(exec_id: &str) -> HttpResponse {
+    json(
+        StatusCode::NOT_FOUND,
+        &ExecStatus {
+            exec_id: exec_id.to_owned(),
+            state: ExecStatusState::Gone {},
+        },
+    )
+}
+
+pub async fn status(spawner: &Spawner, id: &str, exec_id: &str) -> HttpResponse {
+    let Some(entry) = spawner.lookup(id).await else {
+        return gone(exec_id);
+    };
+    match entry.runnerd.status(exec_id).await {
+        Ok((status, body)) => json(status, &body),
+        Err(err) if err.is_transport() && spawner.evict_if_gone(id).await => gone(exec_id),
+        Err(err) => upstream_error(err.to_string()),
+    }
+}
+
+pub async fn stdin(
+    spawner: &Spawner,
+    id: &str,
+    exec_id: &str,
+    request: &ApiRequest,
+) -> HttpResponse {
+    let Some(entry) = spawner.lookup(id).await else {
+        return not_found();
+    };
+    let body = match request.json() {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    if body
+        .get("b64")
+        .is_some_and(|v| !v.is_string() && !v.is_null())
+    {
+        return bad_request("b64 must be a string");
+    }
+    if body
+        .get("eof")
+        .is_some_and(|v| !v.is_boolean() && !v.is_null())
+    {
+        return bad_request("eof must be a boolean");
+    }
+    let stdin = StdinRequest {
+        b64: body.get("b64").and_then(|v| v.as_str()).map(str::to_owned),
+        eof: body.get("eof").and_then(|v| v.as_bool()),
+    };
+    match entry.runnerd.stdin(exec_id, &stdin).await {
+        Ok(reply) => ok(&reply),
+        Err(err) => lost_or_upstream(spawner, id, err).await,
+    }
+}

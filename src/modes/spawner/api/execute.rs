@@ -1,0 +1,119 @@
+//! `POST /v1/execute`: the one-shot run — a fresh session, optional staged files, one exec streamed
+//! as SSE, then the session is destroyed (also when the client leaves early).
+use super::sessions::create_session;
+use super::sse::{pump, sse_response, ProxyMode};
+use super::{bad_request, upstream_error, ApiRequest};
+use crate::modes::spawner::state::Spawner;
+use crate::shared::http::HttpResponse;
+use crate::shared::protocol::runnerd::StageRequest;
+use crate::shared::protocol::spawner::{CreateSession, Profile, SessionExec};
+use std::sync::Arc;
+
+/// Organization recorded for one-shot sessions when the request names none.
+pub const ONE_SHOT_ORGANIZATION: &str = "one-shot";
+/// Exec id of the one command a one-shot session runs.
+pub const ONE_SHOT_EXEC_ID: &str = "run";
+
+fn random_id() -> String {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 8];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .expect("the system RNG works");
+    format!(
+        "exe-{}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
+}
+
+pub async fn execute(spawner: Arc<Spawner>, request: &ApiRequest) -> HttpResponse {
+    let mut body = match request.json() {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    let Some(map) = body.as_object_mut() else {
+        return bad_request("body must be a JSON object");
+    };
+    map.insert("execId".into(), ONE_SHOT_EXEC_ID.into());
+    let files: Option<StageRequest> = match map.remove("files") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(files) => match serde_json::from_value(serde_json::json!({ "files": files })) {
+            Ok(stage) => Some(stage),
+            Err(_) => return bad_request("files must be an array of {path, url?, contentBase64?}"),
+        },
+    };
+    let exec = match SessionExec::parse(&body, &spawner.config.limits) {
+        Ok(exec) => exec,
+        Err(err) => return bad_request(err.0),
+    };
+    let organization_id = body
+        .get("organizationId")
+        .and_then(|v| v.as_str())
+        .unwrap_or(ONE_SHOT_ORGANIZATION)
+        .to_owned();
+    if !crate::shared::protocol::spawner::is_valid_org_id(&organization_id) {
+        return bad_request("organizationId must match ^[A-Za-z0-9_-]{1,128}$");
+    }
+    let create = CreateSession {
+        session_id: random_id(),
+        organization_id,
+        profile: Profile::Default,
+        ttl_ms: spawner.config.limits.max_lifetime_ms,
+        idle_timeout_ms: spawner.config.limits.max_idle_ms,
+        env: Default::default(),
+    };
+    let session_id = create.session_id.clone();
+    let entry = match create_session(&spawner, &create).await {
+        Ok(entry) => entry,
+        Err(response) => return response,
+    };
+    let teardown = |spawner: Arc<Spawner>, session_id: String| async move {
+        spawner.registry.remove(&session_id);
+        if let Err(err) = spawner.backend.destroy_session(&session_id).await {
+            tracing::warn!(%session_id, %err, "one-shot session teardown failed");
+        }
+    };
+    if let Some(stage) = files {
+        match entry.runnerd.stage_typed(&stage).await {
+            Ok(reply) if reply.skipped.is_empty() => {}
+            Ok(reply) => {
+                teardown(spawner.clone(), session_id).await;
+                let first = &reply.skipped[0];
+                return bad_request(format!("staging failed: {}: {}", first.path, first.reason));
+            }
+            Err(err) => {
+                teardown(spawner.clone(), session_id).await;
+                return upstream_error(err.to_string());
+            }
+        }
+    }
+    let request = exec.runnerd_request(
+        spawner.config.stdout_max_bytes,
+        spawner.config.stderr_max_bytes,
+    );
+    let stream = match entry.runnerd.exec(&request).await {
+        Ok(stream) => stream,
+        Err(err) => {
+            teardown(spawner.clone(), session_id).await;
+            return upstream_error(err.to_string());
+        }
+    };
+    spawner.metrics.execs.inc();
+    let (tx, response) = sse_response();
+    tokio::spawn(async move {
+        let finished = pump(
+            spawner.clone(),
+            session_id.clone(),
+            stream,
+            tx,
+            ProxyMode::Exec { collect: true },
+        )
+        .await;
+        if finished.is_none() {
+            // The client left: stop the command before the session goes.
+            let _ = entry.runnerd.cancel(ONE_SHOT_EXEC_ID).await;
+        }
+        teardown(spawner, session_id).await;
+    });
+    response
+}

@@ -1,0 +1,354 @@
+//! Session routes: health, create (or resume), list, get, destroy, env, pin.
+use super::{bad_request, not_found, ok, upstream_error, ApiRequest};
+use crate::modes::spawner::backend::SessionSpec;
+use crate::modes::spawner::metrics::Metrics;
+use crate::modes::spawner::registry::{Admission, SessionEntry};
+use crate::modes::spawner::state::{Spawner, HEALTH_CACHE_TTL};
+use crate::shared::http::{error, json, HttpResponse};
+use crate::shared::protocol::runnerd::EnvPatch;
+use crate::shared::protocol::spawner::{
+    CreateSession, DestroyReply, SessionListReply, SessionReply, SessionState,
+};
+use hyper::StatusCode;
+use std::time::{Duration, Instant};
+
+/// Seconds a client should wait before retrying a create refused for capacity.
+pub const RETRY_AFTER_SECONDS: &str = "10";
+
+pub async fn health(spawner: &Spawner) -> HttpResponse {
+    let cached = spawner
+        .health_cache
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .filter(|(at, _)| at.elapsed() < HEALTH_CACHE_TTL)
+        .map(|(_, result)| result.clone());
+    let result = match cached {
+        Some(result) => result,
+        None => {
+            let result = spawner.backend.health().await.map_err(|e| e.to_string());
+            *spawner
+                .health_cache
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), result.clone()));
+            result
+        }
+    };
+    match result {
+        Ok(details) => {
+            let mut body = serde_json::json!({"status": "ok"});
+            if let (Some(map), Some(extra)) = (body.as_object_mut(), details.as_object()) {
+                map.extend(extra.clone());
+            }
+            json(StatusCode::OK, &body)
+        }
+        Err(message) => json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({"status": "unhealthy", "error": message}),
+        ),
+    }
+}
+
+fn quota(message: &str) -> HttpResponse {
+    let mut response = error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "session_quota",
+        Some(message.into()),
+    );
+    response.headers_mut().insert(
+        hyper::header::RETRY_AFTER,
+        hyper::header::HeaderValue::from_static(RETRY_AFTER_SECONDS),
+    );
+    response
+}
+
+pub async fn create(spawner: &Spawner, request: &ApiRequest) -> HttpResponse {
+    let body = match request.json() {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    let create = match CreateSession::parse(&body, &spawner.config.limits) {
+        Ok(create) => create,
+        Err(err) => return bad_request(err.0),
+    };
+    match create_session(spawner, &create).await {
+        Ok(entry) => json(
+            StatusCode::CREATED,
+            &SessionReply {
+                session: entry.info(spawner.backend_name()),
+            },
+        ),
+        Err(response) => response,
+    }
+}
+
+/// Admission (caps, duplicates), then the create itself; records metrics either way.
+pub async fn create_session(
+    spawner: &Spawner,
+    create: &CreateSession,
+) -> Result<SessionEntry, HttpResponse> {
+    let id = create.session_id.clone();
+    if let Err(refused) = spawner.registry.admit(
+        &id,
+        &create.organization_id,
+        spawner.config.max_sessions,
+        spawner.config.max_sessions_per_org,
+    ) {
+        spawner
+            .metrics
+            .create_failures
+            .get_or_create(&Metrics::label("reason", "admission"))
+            .inc();
+        return Err(match refused {
+            Admission::Duplicate => error(
+                StatusCode::CONFLICT,
+                "duplicate",
+                Some(format!("session {id} exists")),
+            ),
+            Admission::BeingCreated => error(
+                StatusCode::CONFLICT,
+                "duplicate",
+                Some(format!("session {id} is being created")),
+            ),
+            Admission::SpawnerFull => quota("spawner session cap reached"),
+            Admission::OrgFull => quota("org session cap reached"),
+        });
+    }
+    let started = Instant::now();
+    let result = create_reserved(spawner, create).await;
+    spawner
+        .registry
+        .finish_create(&id, result.as_ref().ok().cloned());
+    match result {
+        Ok(entry) => {
+            spawner.metrics.creates.inc();
+            spawner
+                .metrics
+                .create_seconds
+                .observe(started.elapsed().as_secs_f64());
+            Ok(entry)
+        }
+        Err((reason, response)) => {
+            spawner
+                .metrics
+                .create_failures
+                .get_or_create(&Metrics::label("reason", reason))
+                .inc();
+            Err(response)
+        }
+    }
+}
+
+/// Creates compute, waits for runnerd, pushes the seed env. Any failure tears down what it made.
+async fn create_reserved(
+    spawner: &Spawner,
+    create: &CreateSession,
+) -> Result<SessionEntry, (&'static str, HttpResponse)> {
+    let created_at_ms = spawner.now_ms();
+    let id = &create.session_id;
+    let spec = SessionSpec {
+        session_id: id.clone(),
+        organization_id: create.organization_id.clone(),
+        profile: create.profile.as_str().to_owned(),
+        ttl_ms: create.ttl_ms,
+        idle_timeout_ms: create.idle_timeout_ms,
+        created_at_ms,
+        resources: spawner.config.resources(create.profile),
+        runnerd_token: spawner.runnerd_token(id),
+    };
+    let deadline = Duration::from_millis(spawner.config.create_timeout_ms);
+    let endpoint = match spawner.backend.create_session(&spec, deadline).await {
+        Ok(endpoint) => endpoint,
+        Err(crate::modes::spawner::backend::BackendError::Exists(_)) => {
+            return Err((
+                "exists",
+                error(
+                    StatusCode::CONFLICT,
+                    "duplicate",
+                    Some(format!("session {id} exists")),
+                ),
+            ));
+        }
+        Err(err) => {
+            tracing::warn!(session_id = %id, %err, "session create failed");
+            return Err((
+                "backend",
+                error(
+                    StatusCode::BAD_GATEWAY,
+                    "create_failed",
+                    Some(err.to_string()),
+                ),
+            ));
+        }
+    };
+    let runnerd = spawner.runnerd_client(id, &endpoint);
+    if !create.env.is_empty() {
+        // Seed env goes through runnerd, never through the container's environment.
+        let patch = EnvPatch {
+            set: Some(create.env.clone()),
+            unset: None,
+        };
+        match runnerd.patch_env(&patch).await {
+            Ok(reply) if !reply.denied.is_empty() => {
+                tracing::info!(session_id = %id, denied = ?reply.denied, "seed env names refused")
+            }
+            Ok(_) => {}
+            Err(err) => {
+                tracing::warn!(session_id = %id, %err, "seed env push failed; tearing the session down");
+                if let Err(cleanup) = spawner.backend.stop_session(id).await {
+                    tracing::warn!(session_id = %id, %cleanup, "cleanup after a failed env push failed");
+                }
+                return Err((
+                    "seed_env",
+                    error(
+                        StatusCode::BAD_GATEWAY,
+                        "create_failed",
+                        Some(format!("seed env push failed: {err}")),
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(SessionEntry {
+        session_id: id.clone(),
+        organization_id: create.organization_id.clone(),
+        profile: create.profile,
+        state: SessionState::Ready,
+        created_at_ms,
+        expires_at_ms: created_at_ms + create.ttl_ms,
+        idle_timeout_ms: create.idle_timeout_ms,
+        last_activity_at_ms: created_at_ms,
+        pinned: false,
+        runnerd,
+    })
+}
+
+pub fn list(spawner: &Spawner, request: &ApiRequest) -> HttpResponse {
+    let org = request.query("organizationId");
+    let sessions = spawner
+        .registry
+        .list(org.as_deref())
+        .iter()
+        .map(|e| e.info(spawner.backend_name()))
+        .collect();
+    ok(&SessionListReply { sessions })
+}
+
+pub async fn get(spawner: &Spawner, id: &str) -> HttpResponse {
+    if spawner.evict_if_gone(id).await {
+        return not_found();
+    }
+    let Some(entry) = spawner.lookup(id).await else {
+        return not_found();
+    };
+    // The activity clock is runnerd's: refresh it when runnerd answers.
+    let entry = match entry.runnerd.health().await {
+        Ok(health) => spawner
+            .registry
+            .update(id, |e| e.last_activity_at_ms = health.last_activity_at_ms)
+            .unwrap_or(entry),
+        Err(_) => entry,
+    };
+    ok(&SessionReply {
+        session: entry.info(spawner.backend_name()),
+    })
+}
+
+pub async fn destroy(spawner: &Spawner, id: &str, request: &ApiRequest) -> HttpResponse {
+    let entry = spawner.lookup(id).await;
+    if request.query("if_idle").as_deref() == Some("1") {
+        let busy = match &entry {
+            Some(_) if spawner.registry.proxy_count(id) > 0 => true,
+            Some(entry) => entry
+                .runnerd
+                .health()
+                .await
+                .map_or(true, |h| h.live_execs > 0),
+            None => false,
+        };
+        if busy {
+            return ok(&DestroyReply {
+                destroyed: false,
+                busy: true,
+                error: None,
+            });
+        }
+    }
+    let removed = spawner.registry.remove(id);
+    match spawner.backend.destroy_session(id).await {
+        Ok(existed) => ok(&DestroyReply {
+            destroyed: removed.is_some() || existed,
+            busy: false,
+            error: None,
+        }),
+        Err(err) => {
+            tracing::warn!(session_id = id, %err, "backend destroy failed");
+            if let Some(entry) = removed {
+                spawner.registry.insert(entry);
+            }
+            json(
+                StatusCode::BAD_GATEWAY,
+                &DestroyReply {
+                    destroyed: false,
+                    busy: false,
+                    error: Some("backend destroy failed".into()),
+                },
+            )
+        }
+    }
+}
+
+pub async fn patch_env(spawner: &Spawner, id: &str, request: &ApiRequest) -> HttpResponse {
+    let Some(entry) = spawner.lookup(id).await else {
+        return not_found();
+    };
+    let patch: EnvPatch = match request.json().and_then(|v| {
+        serde_json::from_value(v).map_err(|e| {
+            bad_request(format!(
+                "env patch must be {{set?: {{name: string}}, unset?: [string]}}: {e}"
+            ))
+        })
+    }) {
+        Ok(patch) => patch,
+        Err(response) => return response,
+    };
+    match entry.runnerd.patch_env(&patch).await {
+        Ok(reply) => ok(&reply),
+        Err(err) => lost_or_upstream(spawner, id, err).await,
+    }
+}
+
+pub async fn pin(spawner: &Spawner, id: &str, request: &ApiRequest) -> HttpResponse {
+    if spawner.lookup(id).await.is_none() {
+        return not_found();
+    }
+    let pinned = match request
+        .json()
+        .map(|v| v.get("pinned").and_then(serde_json::Value::as_bool))
+    {
+        Ok(Some(pinned)) => pinned,
+        Ok(None) => return bad_request("pinned must be a boolean"),
+        Err(response) => return response,
+    };
+    let max_lifetime = spawner.config.limits.max_lifetime_ms;
+    let now = spawner.now_ms();
+    spawner.registry.update(id, |e| {
+        if e.pinned && !pinned {
+            e.expires_at_ms = now + max_lifetime;
+        }
+        e.pinned = pinned;
+    });
+    ok(&serde_json::json!({"ok": true, "pinned": pinned}))
+}
+
+/// After a transport error: 404 when the session is gone, else 502.
+pub async fn lost_or_upstream(
+    spawner: &Spawner,
+    id: &str,
+    err: crate::shared::runnerd_client::RunnerdError,
+) -> HttpResponse {
+    if err.is_transport() && spawner.evict_if_gone(id).await {
+        return not_found();
+    }
+    upstream_error(err.to_string())
+}

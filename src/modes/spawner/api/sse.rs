@@ -1,0 +1,196 @@
+//! Turning a runnerd NDJSON stream into the spawner's SSE grammar: `phase`, `stdout`/`stderr`
+//! (`{text, seq}`, text decoded without ever splitting a character), additive `gap`, one `result`,
+//! or `error`; every event with a seq carries `id: <seq>`; a keepalive comment every 20 s.
+use crate::modes::spawner::metrics::Metrics;
+use crate::modes::spawner::state::Spawner;
+use crate::shared::http::{ChannelBody, HttpResponse};
+use crate::shared::protocol::runnerd::{ExecEvent, Truncated};
+use crate::shared::protocol::spawner::{
+    ErrorData, GapData, OutputData, PhaseData, SessionExecResponse,
+};
+use crate::shared::runnerd_client::EventStream;
+use crate::shared::sse::{event_frame, Utf8StreamDecoder, KEEPALIVE_FRAME, KEEPALIVE_INTERVAL};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+/// Frames that may wait between the proxy task and the client.
+const SSE_CHANNEL_DEPTH: usize = 16;
+
+/// What the proxy is for.
+#[derive(Clone, Copy, Debug)]
+pub enum ProxyMode {
+    /// The primary exec stream: collects output into the result when `collect` is set.
+    Exec { collect: bool },
+    /// An attach: the result carries empty buffers.
+    Attach,
+}
+
+/// An SSE response and the sender that feeds it.
+pub fn sse_response() -> (mpsc::Sender<Bytes>, HttpResponse) {
+    let (tx, body) = ChannelBody::new(SSE_CHANNEL_DEPTH);
+    let mut response = hyper::Response::new(body.boxed_unsync());
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(
+        CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, no-transform"),
+    );
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    (tx, response)
+}
+
+#[derive(Default)]
+struct Collected {
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+}
+
+/// Pumps `stream` into `tx` until a terminal event, the stream's end, or the client leaving.
+/// Returns the result it sent, if any.
+pub async fn pump(
+    spawner: Arc<Spawner>,
+    session_id: String,
+    mut stream: EventStream,
+    tx: mpsc::Sender<Bytes>,
+    mode: ProxyMode,
+) -> Option<SessionExecResponse> {
+    let collect = matches!(mode, ProxyMode::Exec { collect: true });
+    let mut collected = Collected::default();
+    let mut stdout_text = Utf8StreamDecoder::default();
+    let mut stderr_text = Utf8StreamDecoder::default();
+    let mut keepalive = tokio::time::interval_at(
+        tokio::time::Instant::now() + KEEPALIVE_INTERVAL,
+        KEEPALIVE_INTERVAL,
+    );
+    let send = |frame: Bytes| {
+        let tx = tx.clone();
+        async move { tx.send(frame).await.is_ok() }
+    };
+    loop {
+        let next = tokio::select! {
+            next = stream.next() => next,
+            _ = keepalive.tick() => {
+                if !send(Bytes::from_static(KEEPALIVE_FRAME)).await { return None; }
+                continue;
+            }
+            _ = tx.closed() => return None,
+        };
+        let event = match next {
+            Ok(Some(event)) => event,
+            Ok(None) => {
+                let result = SessionExecResponse::session_lost(
+                    STANDARD.encode(&collected.stdout),
+                    STANDARD.encode(&collected.stderr),
+                    Truncated::default(),
+                );
+                send(event_frame("result", None, &result)).await;
+                record_outcome(&spawner, &result);
+                background_evict(&spawner, &session_id);
+                return Some(result);
+            }
+            Err(err) => {
+                send(event_frame(
+                    "error",
+                    None,
+                    &ErrorData {
+                        message: err.to_string(),
+                    },
+                ))
+                .await;
+                background_evict(&spawner, &session_id);
+                return None;
+            }
+        };
+        keepalive.reset();
+        let frame = match &event {
+            ExecEvent::Start { seq, .. } => event_frame(
+                "phase",
+                Some(*seq),
+                &PhaseData {
+                    phase: "running".into(),
+                },
+            ),
+            ExecEvent::Stdout { b64, seq } | ExecEvent::Stderr { b64, seq } => {
+                let bytes = STANDARD.decode(b64).unwrap_or_default();
+                spawner.metrics.bytes_streamed.inc_by(bytes.len() as u64);
+                let is_stdout = matches!(event, ExecEvent::Stdout { .. });
+                let (decoder, buffer, name) = if is_stdout {
+                    (&mut stdout_text, &mut collected.stdout, "stdout")
+                } else {
+                    (&mut stderr_text, &mut collected.stderr, "stderr")
+                };
+                if collect {
+                    buffer.extend_from_slice(&bytes);
+                }
+                event_frame(
+                    name,
+                    Some(*seq),
+                    &OutputData {
+                        text: decoder.feed(&bytes),
+                        seq: *seq,
+                    },
+                )
+            }
+            ExecEvent::Gap { from_seq, to_seq } => event_frame(
+                "gap",
+                None,
+                &GapData {
+                    from_seq: *from_seq,
+                    to_seq: *to_seq,
+                },
+            ),
+            ExecEvent::Exit { .. } | ExecEvent::Fail { .. } => {
+                // Bytes of a character cut at the very end are flushed (lossily) before the result.
+                for (decoder, name) in [(&mut stdout_text, "stdout"), (&mut stderr_text, "stderr")]
+                {
+                    let rest = decoder.finish();
+                    if !rest.is_empty() {
+                        let seq = event.seq().unwrap_or(0);
+                        send(event_frame(name, None, &OutputData { text: rest, seq })).await;
+                    }
+                }
+                let (stdout, stderr) = if collect {
+                    (
+                        STANDARD.encode(&collected.stdout),
+                        STANDARD.encode(&collected.stderr),
+                    )
+                } else {
+                    (String::new(), String::new())
+                };
+                let result = SessionExecResponse::from_terminal(&event, stdout, stderr)
+                    .expect("terminal events map to a result");
+                send(event_frame("result", event.seq(), &result)).await;
+                record_outcome(&spawner, &result);
+                return Some(result);
+            }
+        };
+        if !send(frame).await {
+            return None;
+        }
+    }
+}
+
+fn record_outcome(spawner: &Spawner, result: &SessionExecResponse) {
+    let reason = serde_json::to_value(result.reason)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    spawner
+        .metrics
+        .exec_outcomes
+        .get_or_create(&Metrics::label("reason", &reason))
+        .inc();
+}
+
+fn background_evict(spawner: &Arc<Spawner>, session_id: &str) {
+    let spawner = spawner.clone();
+    let session_id = session_id.to_owned();
+    tokio::spawn(async move {
+        spawner.evict_if_gone(&session_id).await;
+    });
+}

@@ -1,0 +1,410 @@
+//! The spawner's configuration, read from the environment (names and defaults of the original,
+//! spec config.md). Numbers: trimmed; empty or unset means the default; anything unparsable or out
+//! of range stops the boot with an error naming the variable.
+use super::backend::SessionResources;
+use crate::shared::protocol::spawner::{Profile, RequestLimits};
+use std::path::PathBuf;
+
+/// Which backend runs sessions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendChoice {
+    Docker,
+    Kubernetes,
+    Local,
+}
+
+pub const DEFAULT_PORT: u16 = 8003;
+pub const DEFAULT_RUNTIME_IMAGE: &str = "tale-sandbox-runtime:latest";
+pub const DEFAULT_HOST_SESSION_ROOT: &str = "/var/lib/tale-sandbox/sessions";
+pub const DEFAULT_EGRESS_NETWORK: &str = "tale-sandbox-net";
+pub const DEFAULT_EGRESS_PROXY: &str = "http://sandbox-egress:3128";
+pub const DEFAULT_NO_PROXY: &str = "127.0.0.1,localhost,sandbox-llm-gateway,llm-gateway";
+pub const DEFAULT_DOCKER_SOCKET: &str = "/var/run/docker.sock";
+pub const DEFAULT_OUTPUT_MAX_BYTES: u64 = 5 * 1024 * 1024;
+pub const DEFAULT_MAX_REQUEST_BODY_BYTES: u64 = 2 * 1024 * 1024;
+pub const DEFAULT_MAX_SESSIONS: u64 = 16;
+pub const DEFAULT_MAX_SESSIONS_PER_ORG: u64 = 50;
+pub const DEFAULT_SESSION_MAX_LIFETIME_MS: u64 = 86_400_000;
+pub const DEFAULT_SESSION_MAX_IDLE_MS: u64 = 1_800_000;
+pub const DEFAULT_EXEC_TIMEOUT_MS: u64 = 600_000;
+pub const DEFAULT_EXEC_MAX_TIMEOUT_MS: u64 = 7_200_000;
+pub const DEFAULT_CREATE_TIMEOUT_MS: u64 = 180_000;
+pub const DEFAULT_SWEEP_INTERVAL_MS: u64 = 60_000;
+/// The runnerd body cap; the spawner's own cap may not exceed it.
+pub const RUNNERD_MAX_BODY_BYTES: u64 =
+    crate::modes::runnerd::limits::MAX_REQUEST_BODY_BYTES as u64;
+
+/// A configuration error, naming the variable.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("{name} must be a number, got {value:?}")]
+    NotANumber { name: &'static str, value: String },
+    #[error("{name}={value} is out of range: it must be between {min} and {max}")]
+    OutOfRange {
+        name: &'static str,
+        value: u64,
+        min: u64,
+        max: u64,
+    },
+    #[error("{name} must be one of {allowed}, got {value:?}")]
+    NotAllowed {
+        name: &'static str,
+        value: String,
+        allowed: &'static str,
+    },
+    #[error("SANDBOX_TOKEN is required: set it (the HMAC key of the API), or start with --insecure-dev for development")]
+    MissingToken,
+    #[error("{name} must look like {shape}, got {value:?}")]
+    BadShape {
+        name: &'static str,
+        value: String,
+        shape: &'static str,
+    },
+}
+
+/// Everything the spawner reads from the environment.
+#[derive(Clone, Debug)]
+pub struct SpawnerConfig {
+    pub port: u16,
+    pub backend: BackendChoice,
+    /// `None` only in insecure dev mode.
+    pub token: Option<Vec<u8>>,
+    pub runtime_image: String,
+    pub runtime: Option<String>,
+    pub host_session_root: PathBuf,
+    pub egress_network: String,
+    pub egress_proxy: Option<String>,
+    pub no_proxy: String,
+    pub docker_socket: String,
+    pub cache_volume_prefixes: Option<[String; 3]>,
+    pub stdout_max_bytes: u64,
+    pub stderr_max_bytes: u64,
+    pub max_request_body_bytes: u64,
+    pub max_sessions: u64,
+    pub max_sessions_per_org: u64,
+    pub limits: RequestLimits,
+    pub create_timeout_ms: u64,
+    pub sweep_interval_ms: u64,
+    pub hardening: Hardening,
+    pub agent: SessionResources,
+    pub default_profile: SessionResources,
+}
+
+/// Container hardening switches (all on by default).
+#[derive(Clone, Copy, Debug)]
+pub struct Hardening {
+    pub read_only_rootfs: bool,
+    pub no_new_privileges: bool,
+    pub drop_all_capabilities: bool,
+}
+
+impl SpawnerConfig {
+    /// The resources of a profile.
+    pub fn resources(&self, profile: Profile) -> SessionResources {
+        match profile {
+            Profile::Agent => self.agent.clone(),
+            Profile::Default => self.default_profile.clone(),
+        }
+    }
+
+    /// Reads the configuration through `lookup` (normally `std::env::var`).
+    pub fn from_env(
+        lookup: impl Fn(&str) -> Option<String>,
+        insecure_dev: bool,
+    ) -> Result<SpawnerConfig, ConfigError> {
+        let get = |name: &str| {
+            lookup(name)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        let number =
+            |name: &'static str, default: u64, min: u64, max: u64| -> Result<u64, ConfigError> {
+                let Some(text) = get(name) else {
+                    return Ok(default);
+                };
+                let value: f64 = text.parse().map_err(|_| ConfigError::NotANumber {
+                    name,
+                    value: text.clone(),
+                })?;
+                if !value.is_finite() {
+                    return Err(ConfigError::NotANumber { name, value: text });
+                }
+                let value = value as u64;
+                if value < min || value > max {
+                    return Err(ConfigError::OutOfRange {
+                        name,
+                        value,
+                        min,
+                        max,
+                    });
+                }
+                Ok(value)
+            };
+        let flag = |name: &'static str, default: bool| -> Result<bool, ConfigError> {
+            match get(name).as_deref() {
+                None => Ok(default),
+                Some("1" | "true" | "yes") => Ok(true),
+                Some("0" | "false" | "no") => Ok(false),
+                Some(other) => Err(ConfigError::NotAllowed {
+                    name,
+                    value: other.into(),
+                    allowed: "1/0/true/false",
+                }),
+            }
+        };
+        let backend = match get("SANDBOX_BACKEND").as_deref() {
+            None | Some("docker") => BackendChoice::Docker,
+            Some("kubernetes") => BackendChoice::Kubernetes,
+            Some("local") => BackendChoice::Local,
+            Some(other) => {
+                return Err(ConfigError::NotAllowed {
+                    name: "SANDBOX_BACKEND",
+                    value: other.into(),
+                    allowed: "docker, kubernetes, local",
+                })
+            }
+        };
+        let token = match get("SANDBOX_TOKEN") {
+            Some(token) => Some(token.into_bytes()),
+            None if insecure_dev => None,
+            None => return Err(ConfigError::MissingToken),
+        };
+        let size = |name: &'static str, default: &str| -> Result<u64, ConfigError> {
+            let text = get(name).unwrap_or_else(|| default.to_owned());
+            parse_size(&text).ok_or(ConfigError::BadShape {
+                name,
+                value: text,
+                shape: "a size like 512m, 4g or 1048576",
+            })
+        };
+        let user = |name: &'static str, default: &str| -> Result<(u32, u32), ConfigError> {
+            let text = get(name).unwrap_or_else(|| default.to_owned());
+            text.split_once(':')
+                .and_then(|(u, g)| Some((u.parse().ok()?, g.parse().ok()?)))
+                .ok_or(ConfigError::BadShape {
+                    name,
+                    value: text,
+                    shape: "uid:gid",
+                })
+        };
+        let max_body = number(
+            "SANDBOX_MAX_REQUEST_BODY_BYTES",
+            DEFAULT_MAX_REQUEST_BODY_BYTES,
+            4096,
+            u64::MAX,
+        )?;
+        let caches = flag("SANDBOX_CACHE_VOLUMES", true)?;
+        let agent = SessionResources {
+            exec_user: user("SANDBOX_AGENT_USER", "10001:10001")?,
+            cpus: number("SANDBOX_AGENT_CPUS", 2, 1, 1024)? as f64,
+            memory_bytes: size("SANDBOX_AGENT_MEMORY", "4g")?,
+            pids_limit: number("SANDBOX_AGENT_PIDS", 512, 64, 1 << 22)? as i64,
+            nofile: (
+                number("SANDBOX_AGENT_NOFILE_SOFT", 4096, 256, 1 << 20)?,
+                number("SANDBOX_AGENT_NOFILE_HARD", 8192, 256, 1 << 20)?,
+            ),
+            fsize_bytes: number(
+                "SANDBOX_AGENT_FSIZE_BYTES",
+                512 * 1024 * 1024,
+                1024 * 1024,
+                u64::MAX,
+            )?,
+            tmp_bytes: size("SANDBOX_AGENT_TMP_SIZE", "512m")?,
+            shm_bytes: size("SANDBOX_AGENT_SHM_SIZE", "512m")?,
+        };
+        let default_profile = SessionResources {
+            exec_user: (65534, 65534),
+            cpus: 1.0,
+            memory_bytes: 1500 * 1024 * 1024,
+            pids_limit: 128,
+            nofile: (1024, 4096),
+            fsize_bytes: 104_857_600,
+            tmp_bytes: 128 * 1024 * 1024,
+            shm_bytes: 64 * 1024 * 1024,
+        };
+        Ok(SpawnerConfig {
+            port: number("SANDBOX_PORT", u64::from(DEFAULT_PORT), 1, 65535)? as u16,
+            backend,
+            token,
+            runtime_image: get("SANDBOX_RUNTIME_IMAGE")
+                .unwrap_or_else(|| DEFAULT_RUNTIME_IMAGE.into()),
+            runtime: get("SANDBOX_RUNTIME"),
+            host_session_root: PathBuf::from(
+                get("SANDBOX_HOST_SESSION_ROOT")
+                    .unwrap_or_else(|| DEFAULT_HOST_SESSION_ROOT.into()),
+            ),
+            egress_network: get("SANDBOX_EGRESS_NETWORK")
+                .unwrap_or_else(|| DEFAULT_EGRESS_NETWORK.into()),
+            egress_proxy: match get("SANDBOX_EGRESS_PROXY").as_deref() {
+                Some("none") => None,
+                Some(proxy) => Some(proxy.to_owned()),
+                None => Some(DEFAULT_EGRESS_PROXY.into()),
+            },
+            no_proxy: get("SANDBOX_NO_PROXY").unwrap_or_else(|| DEFAULT_NO_PROXY.into()),
+            docker_socket: get("SANDBOX_DOCKER_SOCKET")
+                .unwrap_or_else(|| DEFAULT_DOCKER_SOCKET.into()),
+            cache_volume_prefixes: caches.then(|| {
+                [
+                    get("SANDBOX_PIP_CACHE_VOLUME_PREFIX")
+                        .unwrap_or_else(|| "tale-sandbox-pip-cache".into()),
+                    get("SANDBOX_NPM_CACHE_VOLUME_PREFIX")
+                        .unwrap_or_else(|| "tale-sandbox-npm-cache".into()),
+                    get("SANDBOX_BUN_CACHE_VOLUME_PREFIX")
+                        .unwrap_or_else(|| "tale-sandbox-bun-cache".into()),
+                ]
+            }),
+            stdout_max_bytes: number(
+                "SANDBOX_STDOUT_MAX_BYTES",
+                DEFAULT_OUTPUT_MAX_BYTES,
+                1024,
+                u64::MAX,
+            )?,
+            stderr_max_bytes: number(
+                "SANDBOX_STDERR_MAX_BYTES",
+                DEFAULT_OUTPUT_MAX_BYTES,
+                1024,
+                u64::MAX,
+            )?,
+            max_request_body_bytes: max_body.min(RUNNERD_MAX_BODY_BYTES),
+            max_sessions: number("SANDBOX_MAX_SESSIONS", DEFAULT_MAX_SESSIONS, 1, 100_000)?,
+            max_sessions_per_org: number(
+                "SANDBOX_MAX_SESSIONS_PER_ORG",
+                DEFAULT_MAX_SESSIONS_PER_ORG,
+                1,
+                100_000,
+            )?,
+            limits: RequestLimits {
+                max_lifetime_ms: number(
+                    "SANDBOX_SESSION_MAX_LIFETIME_MS",
+                    DEFAULT_SESSION_MAX_LIFETIME_MS,
+                    60_000,
+                    u64::MAX,
+                )?,
+                max_idle_ms: number(
+                    "SANDBOX_SESSION_MAX_IDLE_MS",
+                    DEFAULT_SESSION_MAX_IDLE_MS,
+                    60_000,
+                    u64::MAX,
+                )?,
+                exec_default_timeout_ms: number(
+                    "SANDBOX_SESSION_EXEC_DEFAULT_TIMEOUT_MS",
+                    DEFAULT_EXEC_TIMEOUT_MS,
+                    1000,
+                    u64::MAX,
+                )?,
+                exec_max_timeout_ms: number(
+                    "SANDBOX_SESSION_EXEC_MAX_TIMEOUT_MS",
+                    DEFAULT_EXEC_MAX_TIMEOUT_MS,
+                    1000,
+                    u64::MAX,
+                )?,
+            },
+            create_timeout_ms: number(
+                "SANDBOX_SESSION_CREATE_TIMEOUT_MS",
+                DEFAULT_CREATE_TIMEOUT_MS,
+                5000,
+                u64::MAX,
+            )?,
+            sweep_interval_ms: number(
+                "SANDBOX_SWEEP_INTERVAL_MS",
+                DEFAULT_SWEEP_INTERVAL_MS,
+                100,
+                u64::MAX,
+            )?,
+            hardening: Hardening {
+                read_only_rootfs: flag("SANDBOX_READ_ONLY_ROOTFS", true)?,
+                no_new_privileges: flag("SANDBOX_NO_NEW_PRIVILEGES", true)?,
+                drop_all_capabilities: flag("SANDBOX_DROP_CAPABILITIES", true)?,
+            },
+            agent,
+            default_profile,
+        })
+    }
+}
+
+/// Docker-style sizes: `512m`, `4g`, `1500m`, `64k`, `1048576` (bytes).
+pub fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim().to_ascii_lowercase();
+    let (digits, unit) = match text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => text.split_at(i),
+        None => (text.as_str(), ""),
+    };
+    let value: u64 = digits.parse().ok()?;
+    let factor = match unit {
+        "" | "b" => 1,
+        "k" => 1 << 10,
+        "m" => 1 << 20,
+        "g" => 1 << 30,
+        _ => return None,
+    };
+    value.checked_mul(factor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(pairs: &[(&str, &str)], insecure: bool) -> Result<SpawnerConfig, ConfigError> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        SpawnerConfig::from_env(|name| map.get(name).cloned(), insecure)
+    }
+
+    /// The token is mandatory unless explicitly in dev mode; defaults follow the original.
+    #[test]
+    fn token_and_defaults() {
+        assert_eq!(config(&[], false).unwrap_err(), ConfigError::MissingToken);
+        let dev = config(&[], true).unwrap();
+        assert!(dev.token.is_none());
+        let c = config(&[("SANDBOX_TOKEN", " t ")], false).unwrap();
+        assert_eq!(c.token.as_deref(), Some(&b"t"[..]));
+        assert_eq!(
+            (c.port, c.backend, c.max_sessions, c.max_sessions_per_org),
+            (8003, BackendChoice::Docker, 16, 50)
+        );
+        assert_eq!(c.limits.max_idle_ms, 1_800_000);
+        assert_eq!(c.agent.memory_bytes, 4 << 30);
+        assert_eq!(c.agent.exec_user, (10001, 10001));
+    }
+
+    /// Bad numbers and choices name the variable.
+    #[test]
+    fn errors_name_the_variable() {
+        let base = [("SANDBOX_TOKEN", "t")];
+        let with = |extra: (&'static str, &'static str)| {
+            let mut pairs = base.to_vec();
+            pairs.push(extra);
+            config(&pairs, false).unwrap_err().to_string()
+        };
+        assert!(with(("SANDBOX_PORT", "abc")).contains("SANDBOX_PORT"));
+        assert!(with(("SANDBOX_PORT", "70000")).contains("between 1 and 65535"));
+        assert!(with(("SANDBOX_SESSION_MAX_IDLE_MS", "10")).contains("SANDBOX_SESSION_MAX_IDLE_MS"));
+        assert!(with(("SANDBOX_BACKEND", "podman")).contains("SANDBOX_BACKEND"));
+        assert!(with(("SANDBOX_AGENT_MEMORY", "lots")).contains("SANDBOX_AGENT_MEMORY"));
+        assert!(with(("SANDBOX_AGENT_USER", "agent")).contains("uid:gid"));
+        let c = config(
+            &[
+                ("SANDBOX_TOKEN", "t"),
+                ("SANDBOX_PORT", " "),
+                ("SANDBOX_MAX_REQUEST_BODY_BYTES", "99999999"),
+            ],
+            false,
+        )
+        .unwrap();
+        assert_eq!(c.port, 8003);
+        assert_eq!(c.max_request_body_bytes, RUNNERD_MAX_BODY_BYTES);
+    }
+
+    /// Sizes as Docker writes them.
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512m"), Some(512 << 20));
+        assert_eq!(parse_size("4G"), Some(4 << 30));
+        assert_eq!(parse_size("1024"), Some(1024));
+        assert_eq!(parse_size("1.5g"), None);
+        assert_eq!(parse_size("x"), None);
+    }
+}

@@ -1,0 +1,108 @@
+//! Prometheus metrics of the spawner, served as text on `GET /metrics`.
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(String, String)>;
+
+/// Every metric, registered once at boot.
+pub struct Metrics {
+    registry: Registry,
+    /// Sessions in the registry, by state.
+    pub sessions: Family<Labels, Gauge>,
+    /// Successful session creates.
+    pub creates: Counter,
+    /// Failed session creates, by reason.
+    pub create_failures: Family<Labels, Counter>,
+    /// Seconds from create request to runnerd ready.
+    pub create_seconds: Histogram,
+    /// Execs started through the API.
+    pub execs: Counter,
+    /// Exec outcomes, by reason (completed, failed, cancelled, timed_out, session_lost).
+    pub exec_outcomes: Family<Labels, Counter>,
+    /// Output bytes streamed to clients.
+    pub bytes_streamed: Counter,
+    /// Sessions stopped by the sweep, by cause (ttl, idle).
+    pub sweep_stops: Family<Labels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("tale_spawner");
+        let sessions = Family::<Labels, Gauge>::default();
+        let creates = Counter::default();
+        let create_failures = Family::<Labels, Counter>::default();
+        let create_seconds = Histogram::new(exponential_buckets(0.05, 2.0, 12));
+        let execs = Counter::default();
+        let exec_outcomes = Family::<Labels, Counter>::default();
+        let bytes_streamed = Counter::default();
+        let sweep_stops = Family::<Labels, Counter>::default();
+        registry.register(
+            "sessions",
+            "Sessions in the registry, by state",
+            sessions.clone(),
+        );
+        registry.register(
+            "session_creates",
+            "Successful session creates",
+            creates.clone(),
+        );
+        registry.register(
+            "session_create_failures",
+            "Failed session creates, by reason",
+            create_failures.clone(),
+        );
+        registry.register(
+            "session_create_seconds",
+            "Session create latency to runnerd ready",
+            create_seconds.clone(),
+        );
+        registry.register("execs", "Execs started", execs.clone());
+        registry.register(
+            "exec_outcomes",
+            "Exec outcomes, by reason",
+            exec_outcomes.clone(),
+        );
+        registry.register(
+            "streamed_bytes",
+            "Exec output bytes streamed to clients",
+            bytes_streamed.clone(),
+        );
+        registry.register(
+            "sweep_stops",
+            "Sessions stopped by the sweep, by cause",
+            sweep_stops.clone(),
+        );
+        Metrics {
+            registry,
+            sessions,
+            creates,
+            create_failures,
+            create_seconds,
+            execs,
+            exec_outcomes,
+            bytes_streamed,
+            sweep_stops,
+        }
+    }
+
+    pub fn label(key: &str, value: &str) -> Labels {
+        vec![(key.to_owned(), value.to_owned())]
+    }
+
+    /// The exposition text.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}

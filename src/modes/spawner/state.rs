@@ -1,0 +1,177 @@
+//! The spawner's shared state and the session operations every route builds on.
+use super::backend::Backend;
+use super::config::SpawnerConfig;
+use super::metrics::Metrics;
+use super::registry::{Registry, SessionEntry};
+use crate::modes::runnerd::activity::now_ms;
+use crate::shared::hmac::{derive_runnerd_token, RequestVerifier};
+use crate::shared::protocol::spawner::{Profile, SessionState};
+use crate::shared::runnerd_client::RunnerdClient;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Key used to derive runnerd tokens in `--insecure-dev` mode (no SANDBOX_TOKEN): tokens are then
+/// predictable, which is what that mode is — insecure.
+pub const INSECURE_DEV_KEY: &[u8] = b"tale-insecure-dev";
+/// How long a `/health` backend probe is reused.
+pub const HEALTH_CACHE_TTL: Duration = Duration::from_secs(60);
+
+/// Everything a route needs.
+pub struct Spawner {
+    pub config: SpawnerConfig,
+    pub backend: Arc<dyn Backend>,
+    pub registry: Registry,
+    /// `None` only in `--insecure-dev` mode.
+    pub verifier: Option<RequestVerifier>,
+    pub metrics: Metrics,
+    pub health_cache: Mutex<Option<(Instant, Result<serde_json::Value, String>)>>,
+}
+
+impl Spawner {
+    pub fn new(config: SpawnerConfig, backend: Arc<dyn Backend>) -> Arc<Spawner> {
+        Arc::new(Spawner {
+            verifier: config.token.as_deref().map(RequestVerifier::new),
+            config,
+            backend,
+            registry: Registry::default(),
+            metrics: Metrics::new(),
+            health_cache: Mutex::new(None),
+        })
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        self.backend.kind().as_str()
+    }
+
+    /// The session's runnerd token, derived from SANDBOX_TOKEN and stored nowhere.
+    pub fn runnerd_token(&self, session_id: &str) -> String {
+        derive_runnerd_token(
+            self.config.token.as_deref().unwrap_or(INSECURE_DEV_KEY),
+            session_id,
+        )
+    }
+
+    pub fn runnerd_client(&self, session_id: &str, endpoint: &str) -> RunnerdClient {
+        RunnerdClient::new(endpoint, &self.runnerd_token(session_id))
+    }
+
+    /// The registry entry, or — on a miss — the session adopted from the backend (another replica
+    /// or a previous process created it).
+    pub async fn lookup(&self, session_id: &str) -> Option<SessionEntry> {
+        if let Some(entry) = self.registry.get(session_id) {
+            return Some(entry);
+        }
+        let listed = self.backend.list_sessions(None).await.ok()?;
+        let found = listed
+            .into_iter()
+            .find(|s| s.session_id == session_id && s.running)?;
+        self.adopt(found).await
+    }
+
+    /// Registers a session the backend reports, if its runnerd endpoint resolves.
+    pub async fn adopt(&self, listed: super::backend::ListedSession) -> Option<SessionEntry> {
+        let endpoint = match self.backend.resolve_endpoint(&listed.session_id).await {
+            Ok(endpoint) => endpoint,
+            Err(err) => {
+                tracing::warn!(session_id = %listed.session_id, %err, "cannot adopt session");
+                return None;
+            }
+        };
+        let ttl = if listed.ttl_ms > 0 {
+            listed.ttl_ms
+        } else {
+            self.config.limits.max_lifetime_ms
+        };
+        let idle = if listed.idle_timeout_ms > 0 {
+            listed.idle_timeout_ms
+        } else {
+            self.config.limits.max_idle_ms
+        };
+        let runnerd = self.runnerd_client(&listed.session_id, &endpoint);
+        let last_activity = runnerd
+            .health()
+            .await
+            .map(|h| h.last_activity_at_ms)
+            .unwrap_or(listed.created_at_ms);
+        let entry = SessionEntry {
+            session_id: listed.session_id.clone(),
+            organization_id: listed.organization_id,
+            profile: Profile::from_label(&listed.profile),
+            state: if listed.running {
+                SessionState::Ready
+            } else {
+                SessionState::Degraded
+            },
+            created_at_ms: listed.created_at_ms,
+            expires_at_ms: listed.created_at_ms.saturating_add(ttl),
+            idle_timeout_ms: idle,
+            last_activity_at_ms: last_activity,
+            pinned: false,
+            runnerd,
+        };
+        if self.registry.contains(&entry.session_id) {
+            return self.registry.get(&entry.session_id);
+        }
+        self.registry.insert(entry.clone());
+        tracing::info!(session_id = %entry.session_id, "adopted session from the backend");
+        Some(entry)
+    }
+
+    /// Re-adopts every session the backend still runs (boot, and after a spawner restart).
+    pub async fn adopt_all(&self) {
+        match self.backend.list_sessions(None).await {
+            Ok(sessions) => {
+                for listed in sessions.into_iter().filter(|s| s.running) {
+                    if !self.registry.contains(&listed.session_id) {
+                        self.adopt(listed).await;
+                    }
+                }
+            }
+            Err(err) => tracing::warn!(%err, "cannot list backend sessions to adopt"),
+        }
+    }
+
+    /// Drops the registry entry when the backend says the session's compute is definitely gone.
+    /// Returns whether it was gone.
+    pub async fn evict_if_gone(&self, session_id: &str) -> bool {
+        match self.backend.session_exists(session_id).await {
+            Ok(false) => {
+                if self.registry.remove(session_id).is_some() {
+                    tracing::info!(
+                        session_id,
+                        "session gone from the backend; dropped from the registry"
+                    );
+                }
+                true
+            }
+            Ok(true) => false,
+            Err(err) => {
+                tracing::warn!(session_id, %err, "backend could not say whether the session exists");
+                false
+            }
+        }
+    }
+
+    /// Refreshes the sessions gauge.
+    pub fn refresh_gauge(&self) {
+        let counts = self.registry.state_counts();
+        for state in [
+            SessionState::Ready,
+            SessionState::Degraded,
+            SessionState::Creating,
+        ] {
+            let label = serde_json::to_value(state)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            self.metrics
+                .sessions
+                .get_or_create(&super::metrics::Metrics::label("state", &label))
+                .set(*counts.get(&state).unwrap_or(&0) as i64);
+        }
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        now_ms()
+    }
+}

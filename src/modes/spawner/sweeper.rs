@@ -1,0 +1,115 @@
+//! The sweep: every interval, stop sessions past their TTL or idle too long (compute removed,
+//! workspace kept — only DELETE deletes a workspace). Pinned sessions and sessions with live execs
+//! (on this replica, or per runnerd's `/healthz`) are skipped; runnerd's activity clock is the truth
+//! for idleness.
+use super::metrics::Metrics;
+use super::state::Spawner;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Why a session was stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopCause {
+    Ttl,
+    Idle,
+}
+
+/// Decides one session: `Some(cause)` to stop it.
+pub fn decide(
+    now_ms: u64,
+    expires_at_ms: u64,
+    idle_timeout_ms: u64,
+    last_activity_at_ms: Option<u64>,
+    live_execs: u64,
+) -> Option<StopCause> {
+    if live_execs > 0 {
+        return None;
+    }
+    if now_ms > expires_at_ms {
+        return Some(StopCause::Ttl);
+    }
+    match last_activity_at_ms {
+        Some(last) if now_ms.saturating_sub(last) > idle_timeout_ms => Some(StopCause::Idle),
+        _ => None,
+    }
+}
+
+/// One sweep over the registry.
+pub async fn sweep_once(spawner: &Spawner) {
+    for entry in spawner.registry.list(None) {
+        if entry.pinned || spawner.registry.proxy_count(&entry.session_id) > 0 {
+            continue;
+        }
+        let now = spawner.now_ms();
+        let (last_activity, live) = match entry.runnerd.health().await {
+            Ok(health) => {
+                spawner.registry.update(&entry.session_id, |e| {
+                    e.last_activity_at_ms = health.last_activity_at_ms
+                });
+                (Some(health.last_activity_at_ms), health.live_execs)
+            }
+            Err(_) => {
+                if spawner.evict_if_gone(&entry.session_id).await {
+                    continue;
+                }
+                // runnerd unreachable but compute present: only the TTL decides.
+                (None, 0)
+            }
+        };
+        let Some(cause) = decide(
+            now,
+            entry.expires_at_ms,
+            entry.idle_timeout_ms,
+            last_activity,
+            live,
+        ) else {
+            continue;
+        };
+        match spawner.backend.stop_session(&entry.session_id).await {
+            Ok(_) => {
+                spawner.registry.remove(&entry.session_id);
+                let label = if cause == StopCause::Ttl {
+                    "ttl"
+                } else {
+                    "idle"
+                };
+                spawner
+                    .metrics
+                    .sweep_stops
+                    .get_or_create(&Metrics::label("cause", label))
+                    .inc();
+                tracing::info!(session_id = %entry.session_id, ?cause, "sweep stopped session; workspace kept");
+            }
+            Err(err) => {
+                tracing::warn!(session_id = %entry.session_id, %err, "sweep could not stop session; retrying next sweep")
+            }
+        }
+    }
+}
+
+/// Runs the sweep forever at the configured interval (owned by the runtime; ends with it).
+pub async fn run(spawner: Arc<Spawner>) {
+    let mut interval =
+        tokio::time::interval(Duration::from_millis(spawner.config.sweep_interval_ms));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    interval.tick().await;
+    loop {
+        interval.tick().await;
+        sweep_once(&spawner).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// TTL beats idleness, live execs keep a session, unknown activity never counts as idle.
+    #[test]
+    fn decisions() {
+        assert_eq!(decide(100, 50, 10, Some(99), 0), Some(StopCause::Ttl));
+        assert_eq!(decide(100, 50, 10, Some(99), 1), None);
+        assert_eq!(decide(100, 200, 10, Some(80), 0), Some(StopCause::Idle));
+        assert_eq!(decide(100, 200, 10, Some(95), 0), None);
+        assert_eq!(decide(100, 200, 10, None, 0), None);
+    }
+}
