@@ -17,6 +17,8 @@ enum Mode {
     Runnerd(modes::runnerd::Args),
     /// The control plane: sessions API, registry, sweeper, backends.
     Spawner(modes::spawner::Args),
+    /// Operator commands against a spawner: create, ls, get, exec, attach, cancel, rm.
+    Session(modes::session_cli::Args),
     /// git credential helper: answers `get` from the session's granted credentials.
     GitCredential(modes::git_credential::Args),
 }
@@ -52,6 +54,7 @@ fn main() -> ExitCode {
         Mode::Runnerd(args) => modes::runnerd::run(args),
         Mode::GitCredential(args) => modes::git_credential::run(args),
         Mode::Spawner(args) => modes::spawner::run(args),
+        Mode::Session(args) => modes::session_cli::run(args),
     }
 }
 

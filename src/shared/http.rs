@@ -74,14 +74,42 @@ pub async fn read_body(request: Request<Incoming>, cap: usize) -> Result<Bytes, 
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    let mut body = request.into_body();
     if declared.is_some_and(|len| len > cap as u64) {
+        drain(&mut body, declared.unwrap_or(0)).await;
         return Err(BodyError::TooLarge(cap));
     }
-    match Limited::new(request.into_body(), cap).collect().await {
+    match Limited::new(&mut body, cap).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(BodyError::TooLarge(cap)),
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => {
+            drain(&mut body, u64::MAX).await;
+            Err(BodyError::TooLarge(cap))
+        }
         Err(err) => Err(BodyError::Unreadable(err.to_string())),
     }
+}
+
+/// Most bytes of a refused body read and discarded so the client sees the 413 instead of a reset.
+pub const MAX_DRAIN_BYTES: u64 = 32 * 1024 * 1024;
+/// Time allowed for that.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Reads and discards a refused body (bounded in bytes and time); past the bound the connection is
+/// simply closed after the reply.
+async fn drain(body: &mut Incoming, declared: u64) {
+    if declared > MAX_DRAIN_BYTES && declared != u64::MAX {
+        return;
+    }
+    let discard = async {
+        let mut seen = 0u64;
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, |d| d.len() as u64);
+            if seen > MAX_DRAIN_BYTES {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, discard).await;
 }
 
 /// A response body fed by a channel: each message is one frame; the stream ends when every sender

@@ -1,3 +1,4 @@
 //! Shared by the end-to-end tests.
 pub mod git_http;
 pub mod runnerd;
+pub mod spawner;

@@ -1,0 +1,337 @@
+//! Starts the real `tale spawner` (local or docker backend) for end-to-end tests, with a signing client.
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tale::shared::hmac::{SignedHeaders, NONCE_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER};
+use tale::shared::sse::{SseEvent, SseParser};
+
+pub const SANDBOX_TOKEN: &str = "spawner-test-token";
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// A running spawner; killed on drop (its sessions are destroyed by the test or by `cleanup`).
+pub struct SpawnerProcess {
+    child: Option<Child>,
+    pub port: u16,
+    pub root: PathBuf,
+    pub env: Vec<(String, String)>,
+    pub client: SpawnerClient,
+    log: PathBuf,
+}
+
+impl SpawnerProcess {
+    /// Starts a spawner with the local backend under a fresh root.
+    pub async fn local(extra_env: &[(&str, &str)]) -> SpawnerProcess {
+        let root = std::env::temp_dir().join(format!(
+            "tale-spawner-{}-{}",
+            std::process::id(),
+            super::runnerd::free_port()
+        ));
+        let mut env = vec![
+            ("SANDBOX_BACKEND".to_string(), "local".to_string()),
+            (
+                "SANDBOX_HOST_SESSION_ROOT".to_string(),
+                root.join("sessions").display().to_string(),
+            ),
+        ];
+        env.extend(
+            extra_env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+        Self::start(root, env).await
+    }
+
+    pub async fn start(root: PathBuf, env: Vec<(String, String)>) -> SpawnerProcess {
+        std::fs::create_dir_all(&root).unwrap();
+        let port = super::runnerd::free_port();
+        let log = root.join(format!("spawner-{port}.log"));
+        let mut process = SpawnerProcess {
+            child: None,
+            port,
+            client: SpawnerClient::new(port),
+            root,
+            env,
+            log,
+        };
+        process.launch().await;
+        process
+    }
+
+    async fn launch(&mut self) {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tale"));
+        command
+            .arg("spawner")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", self.port))
+            .env("SANDBOX_TOKEN", SANDBOX_TOKEN)
+            .envs(self.env.iter().cloned())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.log)
+                    .unwrap(),
+            );
+        self.child = Some(command.spawn().expect("start tale spawner"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(response) = self.client.raw(Method::GET, "/health", None, false).await {
+                if response.0 != StatusCode::NOT_FOUND {
+                    return;
+                }
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("spawner exited at start ({status}):\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "spawner did not start:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `kill -9` the spawner (its sessions keep running).
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// Starts it again on the same port and root.
+    pub async fn restart(&mut self) {
+        self.kill9();
+        self.launch().await;
+    }
+}
+
+impl Drop for SpawnerProcess {
+    fn drop(&mut self) {
+        self.kill9();
+        // Local sessions are runnerd processes: stop any left behind by a failed test.
+        let sessions = self.root.join("sessions").join(".state");
+        if let Ok(entries) = std::fs::read_dir(&sessions) {
+            for entry in entries.flatten() {
+                if let Ok(text) = std::fs::read_to_string(entry.path()) {
+                    if let Some(pid) = serde_json::from_str::<Value>(&text)
+                        .ok()
+                        .and_then(|v| v["pid"].as_i64())
+                    {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid as i32),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                    }
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+/// A client that signs every request like the platform does.
+#[derive(Clone)]
+pub struct SpawnerClient {
+    pub port: u16,
+    http: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl SpawnerClient {
+    pub fn new(port: u16) -> SpawnerClient {
+        SpawnerClient {
+            port,
+            http: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    /// Builds a signed request; `sign` false sends it unsigned.
+    pub fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+        sign: bool,
+    ) -> Request<Full<Bytes>> {
+        let mut builder = Request::builder()
+            .method(method.clone())
+            .uri(format!("http://127.0.0.1:{}{path}", self.port));
+        if sign {
+            let signed = SignedHeaders::new(
+                SANDBOX_TOKEN.as_bytes(),
+                method.as_str(),
+                path,
+                &body,
+                now_ms(),
+            );
+            builder = builder
+                .header(SIGNATURE_HEADER, signed.signature)
+                .header(TIMESTAMP_HEADER, signed.timestamp)
+                .header(NONCE_HEADER, signed.nonce);
+        }
+        builder
+            .header("content-type", "application/json")
+            .body(Full::new(body))
+            .unwrap()
+    }
+
+    pub async fn send(&self, request: Request<Full<Bytes>>) -> Response<Incoming> {
+        self.http.request(request).await.unwrap()
+    }
+
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Bytes>,
+        sign: bool,
+    ) -> Result<(StatusCode, Value), String> {
+        let response = self
+            .http
+            .request(self.request(method, path, body.unwrap_or_default(), sign))
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok((
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        ))
+    }
+
+    pub async fn json(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        self.raw(method, path, body.map(|b| Bytes::from(b.to_string())), true)
+            .await
+            .unwrap()
+    }
+
+    /// Opens an SSE stream (signed POST or GET).
+    pub async fn sse(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, SseStream) {
+        let mut request = self.request(
+            method,
+            path,
+            body.map(|b| Bytes::from(b.to_string())).unwrap_or_default(),
+            true,
+        );
+        for (name, value) in headers {
+            request.headers_mut().insert(
+                hyper::header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+        let response = self.send(request).await;
+        (
+            response.status(),
+            SseStream {
+                body: response.into_body(),
+                parser: SseParser::default(),
+                pending: Vec::new(),
+            },
+        )
+    }
+
+    pub async fn create(&self, id: &str, org: &str) -> Value {
+        let (status, body) = self
+            .json(
+                Method::POST,
+                "/v1/sessions",
+                Some(serde_json::json!({"sessionId": id, "organizationId": org})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body
+    }
+}
+
+/// Parsed SSE events of a response.
+pub struct SseStream {
+    body: Incoming,
+    parser: SseParser,
+    pending: Vec<SseEvent>,
+}
+
+impl SseStream {
+    pub async fn next(&mut self) -> Option<SseEvent> {
+        loop {
+            if !self.pending.is_empty() {
+                return Some(self.pending.remove(0));
+            }
+            match self.body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.pending = self.parser.feed(&data);
+                    }
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    pub async fn collect_all(mut self) -> Vec<SseEvent> {
+        let mut out = Vec::new();
+        while let Some(event) = self.next().await {
+            out.push(event);
+        }
+        out
+    }
+}
+
+/// Concatenated `text` of `stdout` events.
+pub fn stdout_text(events: &[SseEvent]) -> String {
+    events
+        .iter()
+        .filter(|e| e.event == "stdout")
+        .map(|e| {
+            serde_json::from_str::<Value>(&e.data).unwrap()["text"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
+/// The `result` event's data.
+pub fn result(events: &[SseEvent]) -> Value {
+    let results: Vec<&SseEvent> = events.iter().filter(|e| e.event == "result").collect();
+    assert_eq!(results.len(), 1, "exactly one result: {events:?}");
+    serde_json::from_str(&results[0].data).unwrap()
+}
