@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 tag=${1:-tale-test-runtime:latest}
 bin=${TALE_BIN:-target/x86_64-unknown-linux-musl/release/tale}
-if [ -z "${TALE_BIN:-}" ] && [ ! -x "$bin" ]; then
+if [ -z "${TALE_BIN:-}" ]; then
+  # Always (re)build: a stale binary in the image tests old code. Cargo makes this quick when nothing changed.
   scripts/build-static.sh >/dev/null
 fi
 busybox=/bin/busybox

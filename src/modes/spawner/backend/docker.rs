@@ -65,6 +65,9 @@ pub struct DockerConfig {
 pub struct DockerBackend {
     docker: Docker,
     config: DockerConfig,
+    /// Serializes network creation: the engine accepts two networks of the same name, and
+    /// concurrent creates would otherwise make one each.
+    network_ready: tokio::sync::OnceCell<()>,
 }
 
 fn engine(context: &str) -> impl FnOnce(DockerError) -> BackendError + '_ {
@@ -125,10 +128,21 @@ impl DockerBackend {
             bollard::API_DEFAULT_VERSION,
         )
         .map_err(engine("cannot use the Docker socket"))?;
-        Ok(DockerBackend { docker, config })
+        Ok(DockerBackend {
+            docker,
+            config,
+            network_ready: tokio::sync::OnceCell::new(),
+        })
     }
 
     async fn ensure_network(&self) -> BackendResult<()> {
+        self.network_ready
+            .get_or_try_init(|| self.create_network_if_missing())
+            .await
+            .map(|_| ())
+    }
+
+    async fn create_network_if_missing(&self) -> BackendResult<()> {
         match self
             .docker
             .inspect_network(&self.config.network, None)
@@ -408,7 +422,25 @@ impl DockerBackend {
             )
             .await
             .map_err(engine("cannot start the session container"))?;
-        let url = self.endpoint(&spec.session_id).await?;
+        let url = match self.endpoint(&spec.session_id).await {
+            Ok(url) => url,
+            Err(err) => {
+                // A container that already exited has no address: report why it exited.
+                let running = self
+                    .docker
+                    .inspect_container(&name, None::<InspectContainerOptions>)
+                    .await
+                    .ok()
+                    .and_then(|c| c.state?.running);
+                return Err(match running {
+                    Some(false) => BackendError::Died(format!(
+                        "container exited: {}",
+                        self.log_tail(&name).await
+                    )),
+                    _ => err,
+                });
+            }
+        };
         wait_for_runnerd(&url, &spec.runnerd_token, deadline, || async {
             let state = self
                 .docker
