@@ -11,8 +11,9 @@ if [ -z "${TALE_BIN:-}" ]; then
   scripts/build-static.sh >/dev/null
 fi
 busybox=/bin/busybox
-[ -x "$busybox" ] && "$busybox" --help 2>&1 | head -1 | grep -q BusyBox || {
-  echo "build-test-image: install Debian's busybox-static" >&2; exit 1; }
+if ! [ -x "$busybox" ] || ! file -L "$busybox" 2>/dev/null | grep -q "statically linked"; then
+  echo "build-test-image: $busybox must be Debian's busybox-static (statically linked)" >&2; exit 1
+fi
 ctx=$(mktemp -d)
 trap 'rm -rf "$ctx"' EXIT
 cp "$bin" "$ctx/tale"

@@ -7,4 +7,7 @@ scripts/setup.sh
 export CARGO_TERM_COLOR=never
 # Line tables are enough for test backtraces and keep cold builds fast on 2 cores.
 export CARGO_PROFILE_DEV_DEBUG=line-tables-only
+# The Docker suite runs sessions from an image holding the static binary: build both first.
+export TALE_TEST_IMAGE=tale-test-runtime:latest
+scripts/build-test-image.sh "$TALE_TEST_IMAGE"
 cargo test --locked --all-targets "$@"

@@ -4,6 +4,12 @@ use std::ffi::OsString;
 use std::process::ExitCode;
 use tale::modes;
 
+/// musl's allocator hands large blocks back to the kernel on every free; under streaming load that
+/// turns into page-fault and TLB-shootdown storms (measured: most of runnerd's CPU time). mimalloc
+/// keeps them, so it is the allocator of every mode.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "tale", version, about = "Sandbox service for AI coding agents")]
 struct Cli {
@@ -49,6 +55,7 @@ fn with_argv0_mode(args: Vec<OsString>) -> Vec<OsString> {
 }
 
 fn main() -> ExitCode {
+    tale::shared::sys::tune_allocator();
     let cli = Cli::parse_from(with_argv0_mode(std::env::args_os().collect()));
     match cli.mode {
         Mode::Runnerd(args) => modes::runnerd::run(args),

@@ -24,8 +24,15 @@ fn test_image() -> &'static str {
             ping.as_ref().is_ok_and(|o| o.status.success()),
             "Docker is required for these tests (run scripts/setup.sh): {ping:?}"
         );
-        let tag =
-            std::env::var("TALE_TEST_IMAGE").unwrap_or_else(|_| "tale-test-runtime:latest".into());
+        // scripts/test.sh builds the image first and names it here; a plain `cargo test` builds it.
+        if let Ok(tag) = std::env::var("TALE_TEST_IMAGE") {
+            assert!(
+                docker(&["image", "inspect", &tag]).0,
+                "TALE_TEST_IMAGE={tag} does not exist"
+            );
+            return tag;
+        }
+        let tag = "tale-test-runtime:latest".to_string();
         let root = env!("CARGO_MANIFEST_DIR");
         let built = Command::new(format!("{root}/scripts/build-test-image.sh"))
             .arg(&tag)

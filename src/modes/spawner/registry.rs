@@ -59,9 +59,22 @@ pub enum Admission {
 #[derive(Default)]
 pub struct Registry {
     inner: Mutex<Inner>,
+    /// One lock per session id, held across create, stop and destroy so that a sweep stopping an
+    /// old incarnation can never tear down the one a concurrent create is starting.
+    lifecycle: Mutex<HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Registry {
+    /// Waits for exclusive lifecycle rights on `id`.
+    pub async fn lifecycle(&self, id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self.lifecycle.lock().unwrap_or_else(|e| e.into_inner());
+            locks.retain(|_, lock| std::sync::Arc::strong_count(lock) > 1);
+            locks.entry(id.to_owned()).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }

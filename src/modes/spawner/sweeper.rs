@@ -65,6 +65,7 @@ pub async fn sweep_once(spawner: &Spawner) {
         ) else {
             continue;
         };
+        let _lifecycle = spawner.registry.lifecycle(&entry.session_id).await;
         match spawner.backend.stop_session(&entry.session_id).await {
             Ok(_) => {
                 spawner.registry.remove(&entry.session_id);

@@ -25,3 +25,13 @@ pub fn spawn_in_new_session(command: &mut Command) -> &mut Command {
 pub fn become_child_subreaper() -> std::io::Result<()> {
     nix::sys::prctl::set_child_subreaper(true).map_err(std::io::Error::from)
 }
+
+/// mimalloc option `arena_eager_commit` (see mimalloc.h).
+const MI_OPTION_ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
+
+/// Commit allocator arenas lazily: eager commit would make every idle runnerd pay several MiB of
+/// RSS for memory it never touches. Call first thing in `main`.
+pub fn tune_allocator() {
+    // SAFETY: mi_option_set only stores an integer in mimalloc's option table; any value is valid.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 0) }
+}

@@ -15,6 +15,9 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use tokio::sync::watch;
 
+/// Lines at least this long are sent as their own frame instead of being copied into a batch.
+const SHARE_LINE_BYTES: usize = 16 * 1024;
+
 /// One serialized event and its seq.
 struct Line {
     seq: u64,
@@ -118,6 +121,7 @@ impl Journal {
             journal: self.clone(),
             next_seq: since_seq.saturating_add(1),
             progress: self.progress.subscribe(),
+            pending: VecDeque::new(),
         }
     }
 
@@ -207,12 +211,37 @@ pub struct JournalCursor {
     journal: Arc<Journal>,
     next_seq: u64,
     progress: watch::Receiver<Progress>,
+    /// Frames read from the spool and not yet handed out (all before `next_seq`).
+    pending: VecDeque<Bytes>,
+}
+
+/// Large lines stay their own frames (no copy); runs of small lines are joined into one.
+fn coalesce(lines: Vec<Bytes>) -> VecDeque<Bytes> {
+    let mut frames = VecDeque::new();
+    let mut small: Vec<u8> = Vec::new();
+    for line in lines {
+        if line.len() >= SHARE_LINE_BYTES {
+            if !small.is_empty() {
+                frames.push_back(Bytes::from(std::mem::take(&mut small)));
+            }
+            frames.push_back(line);
+        } else {
+            small.extend_from_slice(&line);
+        }
+    }
+    if !small.is_empty() {
+        frames.push_back(Bytes::from(small));
+    }
+    frames
 }
 
 impl JournalCursor {
     /// The next run of whole lines, at most about `max_bytes` (always at least one line); `None` once
     /// the journal is finished and everything was delivered.
     pub async fn next_batch(&mut self, max_bytes: usize) -> Option<Bytes> {
+        if let Some(frame) = self.pending.pop_front() {
+            return Some(frame);
+        }
         loop {
             // Mark the current progress as seen before looking, so an append racing with this look
             // still wakes `changed()` below.
@@ -228,9 +257,10 @@ impl JournalCursor {
                         tokio::task::spawn_blocking(move || read_records(&read, from, max_bytes))
                             .await;
                     match result {
-                        Ok(Ok((bytes, Some(next)))) if !bytes.is_empty() => {
+                        Ok(Ok((lines, Some(next)))) if !lines.is_empty() => {
                             self.next_seq = next;
-                            return Some(Bytes::from(bytes));
+                            self.pending = coalesce(lines);
+                            return self.pending.pop_front();
                         }
                         Ok(Err(err)) => {
                             tracing::warn!(%err, "journal spool read failed");
@@ -277,9 +307,14 @@ impl JournalCursor {
                     if !out.is_empty() && out.len() + line.bytes.len() > max_bytes {
                         break;
                     }
-                    if out.is_empty() && start + 1 == state.tail.len() {
-                        // A single line: hand out the shared buffer without copying.
+                    if out.is_empty()
+                        && (start + 1 == state.tail.len() || line.bytes.len() >= SHARE_LINE_BYTES)
+                    {
+                        // A lone or large line: hand out the shared buffer without copying.
                         return Step::Deliver(line.bytes.clone(), line.seq + 1);
+                    }
+                    if line.bytes.len() >= SHARE_LINE_BYTES {
+                        break;
                     }
                     out.extend_from_slice(&line.bytes);
                     next = line.seq + 1;

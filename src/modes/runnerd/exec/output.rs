@@ -44,11 +44,13 @@ pub async fn pump(
     stream: OutputStream,
     cap: Option<u64>,
 ) -> bool {
-    let mut buf = vec![0u8; PIPE_READ_CHUNK_BYTES];
+    // Capacity only: its pages are touched when output arrives, so a quiet exec costs no memory.
+    let mut buf = bytes::BytesMut::with_capacity(PIPE_READ_CHUNK_BYTES);
     let mut emitted: u64 = 0;
     let mut truncated = false;
     loop {
-        let n = match pipe.read(&mut buf).await {
+        buf.clear();
+        let n = match pipe.read_buf(&mut buf).await {
             Ok(0) => return truncated,
             Ok(n) => n,
             Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,

@@ -130,7 +130,6 @@ pub struct SpoolRead {
 pub struct Spool {
     segments: std::collections::VecDeque<Segment>,
     bytes: u64,
-    batch: Vec<u8>,
 }
 
 impl Spool {
@@ -151,18 +150,29 @@ impl Spool {
         budget: &SpoolBudget,
         records: impl Iterator<Item = (u64, &'a [u8])>,
     ) -> std::io::Result<()> {
-        self.batch.clear();
-        let mut first = None;
-        let mut last = 0;
-        for (seq, line) in records {
-            first.get_or_insert(seq);
-            last = seq;
-            self.batch.extend_from_slice(&seq.to_le_bytes());
-            self.batch
-                .extend_from_slice(&(line.len() as u32).to_le_bytes());
-            self.batch.extend_from_slice(line);
+        let records: Vec<(u64, &[u8])> = records.collect();
+        let (Some(first), Some(last)) = (records.first().map(|r| r.0), records.last().map(|r| r.0))
+        else {
+            return Ok(());
+        };
+        let headers: Vec<[u8; RECORD_HEADER_BYTES]> = records
+            .iter()
+            .map(|(seq, line)| {
+                let mut header = [0u8; RECORD_HEADER_BYTES];
+                header[..8].copy_from_slice(&seq.to_le_bytes());
+                header[8..].copy_from_slice(&(line.len() as u32).to_le_bytes());
+                header
+            })
+            .collect();
+        let mut slices: Vec<std::io::IoSlice<'_>> = Vec::with_capacity(records.len() * 2);
+        for (header, (_, line)) in headers.iter().zip(&records) {
+            slices.push(std::io::IoSlice::new(header));
+            slices.push(std::io::IoSlice::new(line));
         }
-        let Some(first) = first else { return Ok(()) };
+        let total: u64 = records
+            .iter()
+            .map(|(_, l)| (RECORD_HEADER_BYTES + l.len()) as u64)
+            .sum();
         let needs_new = self
             .segments
             .back()
@@ -180,15 +190,20 @@ impl Spool {
             .segments
             .back_mut()
             .expect("a segment was just ensured");
-        (&*segment.file).write_all(&self.batch)?;
-        segment.checkpoints.push((first, segment.len));
-        segment.len += self.batch.len() as u64;
-        segment.last_seq = last;
-        self.bytes += self.batch.len() as u64;
-        budget.charge(self.batch.len() as u64);
-        if self.batch.capacity() > 1024 * 1024 {
-            self.batch = Vec::new();
+        // One writev per batch: the lines go to the page cache without an intermediate copy.
+        let mut remaining: &mut [std::io::IoSlice<'_>] = &mut slices;
+        while !remaining.is_empty() {
+            let written = (&*segment.file).write_vectored(remaining)?;
+            if written == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            std::io::IoSlice::advance_slices(&mut remaining, written);
         }
+        segment.checkpoints.push((first, segment.len));
+        segment.len += total;
+        segment.last_seq = last;
+        self.bytes += total;
+        budget.charge(total);
         Ok(())
     }
 
@@ -232,55 +247,52 @@ impl Spool {
     }
 }
 
-/// Reads whole records from `read`, skipping those before `from_seq`, until `max_bytes` of lines are
-/// gathered or the range ends. Returns the lines and the seq after the last one returned. Blocking.
+/// Reads whole records from `read`, skipping those before `from_seq`, until about `max_bytes` of
+/// lines are gathered or the range ends. Returns the lines (slices of one buffer, no copy) and the seq
+/// after the last one returned. Blocking.
 pub fn read_records(
     read: &SpoolRead,
     from_seq: u64,
     max_bytes: usize,
-) -> std::io::Result<(Vec<u8>, Option<u64>)> {
-    let mut out = Vec::new();
+) -> std::io::Result<(Vec<bytes::Bytes>, Option<u64>)> {
+    let mut lines = Vec::new();
+    let mut gathered = 0usize;
     let mut last_seq = None;
     let mut offset = read.offset;
-    let mut chunk = Vec::new();
-    while offset < read.end && out.len() < max_bytes {
+    while offset < read.end && gathered < max_bytes {
         let want =
             ((read.end - offset) as usize).min(max_bytes.max(64 * 1024) + RECORD_HEADER_BYTES);
-        chunk.resize(want, 0);
-        read.file.read_exact_at(&mut chunk, offset)?;
+        let mut buffer = vec![0u8; want];
+        read.file.read_exact_at(&mut buffer, offset)?;
+        let header_len =
+            |b: &[u8]| u32::from_le_bytes(b[8..12].try_into().expect("4 bytes")) as usize;
+        if header_len(&buffer) + RECORD_HEADER_BYTES > buffer.len() {
+            // A record larger than the chunk: read exactly it.
+            buffer.resize(RECORD_HEADER_BYTES + header_len(&buffer), 0);
+            read.file.read_exact_at(&mut buffer, offset)?;
+        }
+        let chunk = bytes::Bytes::from(buffer);
         let mut pos = 0;
         while pos + RECORD_HEADER_BYTES <= chunk.len() {
             let seq = u64::from_le_bytes(chunk[pos..pos + 8].try_into().expect("8 bytes"));
-            let len =
-                u32::from_le_bytes(chunk[pos + 8..pos + 12].try_into().expect("4 bytes")) as usize;
+            let len = header_len(&chunk[pos..]);
             let end = pos + RECORD_HEADER_BYTES + len;
-            if end > chunk.len() {
+            if end > chunk.len() || (gathered > 0 && gathered + len > max_bytes) {
                 break;
             }
             if seq >= from_seq {
-                if !out.is_empty() && out.len() + len > max_bytes {
-                    return Ok((out, last_seq.map(|s| s + 1)));
-                }
-                out.extend_from_slice(&chunk[pos + RECORD_HEADER_BYTES..end]);
+                lines.push(chunk.slice(pos + RECORD_HEADER_BYTES..end));
+                gathered += len;
                 last_seq = Some(seq);
             }
             pos = end;
         }
         if pos == 0 {
-            // A record larger than the chunk: read exactly it next time round.
-            let len = u32::from_le_bytes(chunk[8..12].try_into().expect("4 bytes")) as usize;
-            chunk.resize(RECORD_HEADER_BYTES + len, 0);
-            read.file.read_exact_at(&mut chunk, offset)?;
-            let seq = u64::from_le_bytes(chunk[0..8].try_into().expect("8 bytes"));
-            if seq >= from_seq {
-                out.extend_from_slice(&chunk[RECORD_HEADER_BYTES..]);
-                last_seq = Some(seq);
-            }
-            pos = chunk.len();
+            break;
         }
         offset += pos as u64;
     }
-    Ok((out, last_seq.map(|s| s + 1)))
+    Ok((lines, last_seq.map(|s| s + 1)))
 }
 
 #[cfg(test)]
@@ -316,8 +328,8 @@ mod tests {
             let mut got = Vec::new();
             let mut next = from;
             while let Some(read) = spool.locate(next) {
-                let (bytes, after) = read_records(&read, next, 1 << 20).unwrap();
-                got.extend_from_slice(&bytes);
+                let (lines, after) = read_records(&read, next, 1 << 20).unwrap();
+                got.extend(lines.iter().flat_map(|l| l.iter().copied()));
                 match after {
                     Some(after) => next = after,
                     None => break,

@@ -115,7 +115,9 @@ pub async fn create_session(
         });
     }
     let started = Instant::now();
+    let lifecycle = spawner.registry.lifecycle(&id).await;
     let result = create_reserved(spawner, create).await;
+    drop(lifecycle);
     spawner
         .registry
         .finish_create(&id, result.as_ref().ok().cloned());
@@ -274,6 +276,7 @@ pub async fn destroy(spawner: &Spawner, id: &str, request: &ApiRequest) -> HttpR
             });
         }
     }
+    let _lifecycle = spawner.registry.lifecycle(id).await;
     let removed = spawner.registry.remove(id);
     match spawner.backend.destroy_session(id).await {
         Ok(existed) => ok(&DestroyReply {

@@ -1,0 +1,288 @@
+//! runnerd figures on loopback (see the README): idle RSS, exec round trip, stdout throughput
+//! through the NDJSON stream vs a raw pipe, and 1000 concurrent live execs.
+//!
+//! Run: `scripts/bench.sh runnerd` (builds the static release binary, then `cargo bench --bench runnerd`).
+//! `TALE_BIN` picks the binary (default: the static release build).
+use base64::Engine;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::json;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const TOKEN: &str = "bench-token";
+const ROUND_TRIPS: usize = 500;
+const THROUGHPUT_BYTES: u64 = 256 * 1024 * 1024;
+const CONCURRENT_EXECS: usize = 1000;
+
+type Http = Client<HttpConnector, Full<Bytes>>;
+
+fn binary() -> String {
+    std::env::var("TALE_BIN").unwrap_or_else(|_| {
+        let static_bin = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/target/x86_64-unknown-linux-musl/release/tale"
+        );
+        if std::path::Path::new(static_bin).exists() {
+            static_bin.into()
+        } else {
+            concat!(env!("CARGO_MANIFEST_DIR"), "/target/release/tale").into()
+        }
+    })
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+struct Daemon {
+    child: Child,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl Daemon {
+    fn start(extra: &[&str]) -> Daemon {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = std::env::temp_dir().join(format!("tale-bench-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let child = Command::new(binary())
+            .args([
+                "runnerd",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--workspace-root",
+            ])
+            .arg(&dir)
+            .args(extra)
+            .env("TALE_RUNNERD_TOKEN", TOKEN)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start runnerd (build it with scripts/build-static.sh)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "runnerd did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Daemon { child, port, dir }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs one exec and reads its stream to the end; returns (decoded stdout bytes, exit code).
+async fn exec(http: &Http, port: u16, body: serde_json::Value, decode: bool) -> (u64, i64) {
+    let request = Request::post(format!("http://127.0.0.1:{port}/execs"))
+        .header("x-tale-runnerd-token", TOKEN)
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let mut body = http.request(request).await.unwrap().into_body();
+    let mut buffer = Vec::new();
+    let (mut bytes, mut code) = (0u64, -1000i64);
+    while let Some(Ok(frame)) = body.frame().await {
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        buffer.extend_from_slice(&data);
+        let mut start = 0;
+        while let Some(pos) = buffer[start..].iter().position(|b| *b == b'\n') {
+            let line = &buffer[start..start + pos];
+            if decode && line.starts_with(b"{\"t\":\"stdout\"") {
+                let b64_start = br#"{"t":"stdout","b64":""#.len();
+                let b64_end =
+                    line[b64_start..].iter().position(|b| *b == b'"').unwrap() + b64_start;
+                bytes += base64::engine::general_purpose::STANDARD
+                    .decode(&line[b64_start..b64_end])
+                    .unwrap()
+                    .len() as u64;
+            } else if line.starts_with(b"{\"t\":\"exit\"") {
+                code = serde_json::from_slice::<serde_json::Value>(line).unwrap()["exitCode"]
+                    .as_i64()
+                    .unwrap();
+            }
+            start += pos + 1;
+        }
+        buffer.drain(..start);
+    }
+    (bytes, code)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return; // `cargo test --all-targets` asks benches to list themselves.
+    }
+    let mut report = Vec::new();
+    let http: Http = Client::builder(TokioExecutor::new()).build_http();
+    println!("binary: {}", binary());
+
+    // The spool is sized to hold the whole throughput run: the producer (`head`) outruns any reader,
+    // and past the default 64 MiB a lagging reader would get a gap instead of every byte.
+    let daemon = Daemon::start(&[
+        "--exec-user",
+        "0:0",
+        "--journal-exec-spool-bytes",
+        "1073741824",
+        "--journal-total-spool-bytes",
+        "1073741824",
+    ]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let idle = rss_kib(daemon.child.id());
+    report.push(format!("| idle RSS | {idle} KiB | ≤ 4096 KiB |"));
+
+    for _ in 0..50 {
+        exec(
+            &http,
+            daemon.port,
+            json!({"execId": "warm", "command": ["true"], "timeoutMs": 10000}),
+            false,
+        )
+        .await;
+    }
+    let mut times = Vec::with_capacity(ROUND_TRIPS);
+    for i in 0..ROUND_TRIPS {
+        let start = Instant::now();
+        let (_, code) = exec(
+            &http,
+            daemon.port,
+            json!({"execId": format!("rt{i}"), "command": ["true"], "timeoutMs": 10000}),
+            false,
+        )
+        .await;
+        times.push(start.elapsed());
+        assert_eq!(code, 0);
+    }
+    times.sort();
+    report.push(format!(
+        "| exec round trip of `true` ({ROUND_TRIPS} runs) | p50 {:.2} ms, p99 {:.2} ms | p50 ≤ 2 ms |",
+        percentile(&times, 0.5).as_secs_f64() * 1e3,
+        percentile(&times, 0.99).as_secs_f64() * 1e3
+    ));
+
+    let raw_start = Instant::now();
+    let raw = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "head -c {THROUGHPUT_BYTES} /dev/zero | cat > /dev/null"
+        ))
+        .status()
+        .unwrap();
+    assert!(raw.success());
+    let raw_secs = raw_start.elapsed().as_secs_f64();
+    let stream_start = Instant::now();
+    let (bytes, code) = exec(
+        &http,
+        daemon.port,
+        json!({"execId": "tp", "shell": format!("head -c {THROUGHPUT_BYTES} /dev/zero"), "timeoutMs": 600000}),
+        true,
+    )
+    .await;
+    let stream_secs = stream_start.elapsed().as_secs_f64();
+    assert_eq!((bytes, code), (THROUGHPUT_BYTES, 0));
+    let mib = THROUGHPUT_BYTES as f64 / (1024.0 * 1024.0);
+    report.push(format!(
+        "| stdout throughput, 256 MiB | NDJSON {:.0} MiB/s vs raw pipe {:.0} MiB/s = {:.0} % | ≥ 40 % |",
+        mib / stream_secs,
+        mib / raw_secs,
+        100.0 * raw_secs / stream_secs
+    ));
+    drop(daemon);
+
+    let daemon = Daemon::start(&["--exec-user", "0:0", "--max-live-execs", "1100"]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let base = rss_kib(daemon.child.id());
+    let mut handles = Vec::new();
+    for i in 0..CONCURRENT_EXECS {
+        let http = http.clone();
+        let port = daemon.port;
+        handles.push(tokio::spawn(async move {
+            exec(
+                &http,
+                port,
+                json!({"execId": format!("c{i}"), "command": ["sleep", "5"], "timeoutMs": 120000}),
+                false,
+            )
+            .await
+            .1
+        }));
+    }
+    let health = |http: Http, port: u16| async move {
+        let request = Request::get(format!("http://127.0.0.1:{port}/healthz"))
+            .header("x-tale-runnerd-token", TOKEN)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let bytes = http
+            .request(request)
+            .await
+            .unwrap()
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes();
+        serde_json::from_slice::<serde_json::Value>(&bytes).unwrap()["liveExecs"]
+            .as_u64()
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut peak_live = 0;
+    let mut peak_rss = 0;
+    while Instant::now() < deadline {
+        let live = health(http.clone(), daemon.port).await;
+        peak_live = peak_live.max(live);
+        peak_rss = peak_rss.max(rss_kib(daemon.child.id()));
+        if live as usize >= CONCURRENT_EXECS {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut ok = 0;
+    for handle in handles {
+        if handle.await.unwrap() == 0 {
+            ok += 1;
+        }
+    }
+    report.push(format!(
+        "| {CONCURRENT_EXECS} concurrent `sleep 5` execs | {ok}/{CONCURRENT_EXECS} succeeded, {peak_live} live at once, RSS {base} → {peak_rss} KiB = {:.1} KiB per exec | all succeed, ≤ 20 KiB each |",
+        (peak_rss.saturating_sub(base)) as f64 / CONCURRENT_EXECS as f64
+    ));
+    drop(daemon);
+
+    let table = format!(
+        "| measure | result | target |\n|---|---|---|\n{}\n",
+        report.join("\n")
+    );
+    println!("{table}");
+    let out = concat!(env!("CARGO_MANIFEST_DIR"), "/bench-out");
+    std::fs::create_dir_all(out).unwrap();
+    std::fs::write(format!("{out}/runnerd.md"), table).unwrap();
+}
