@@ -25,6 +25,8 @@ enum Mode {
     Spawner(modes::spawner::Args),
     /// Operator commands against a spawner: create, ls, get, exec, attach, cancel, rm.
     Session(modes::session_cli::Args),
+    /// Egress proxy: render tinyproxy's config, the SSRF firewall, or run the proxy.
+    EgressProxy(modes::egress::Args),
     /// git credential helper: answers `get` from the session's granted credentials.
     GitCredential(modes::git_credential::Args),
 }
@@ -62,6 +64,7 @@ fn main() -> ExitCode {
         Mode::GitCredential(args) => modes::git_credential::run(args),
         Mode::Spawner(args) => modes::spawner::run(args),
         Mode::Session(args) => modes::session_cli::run(args),
+        Mode::EgressProxy(args) => modes::egress::run(args),
     }
 }
 
