@@ -175,4 +175,4 @@ where
 }
 
 /// Between two readiness probes of a starting session.
-pub const READINESS_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
+pub const READINESS_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(25);
