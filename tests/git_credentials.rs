@@ -20,14 +20,11 @@ async fn git_uses_granted_credentials_per_operation() {
     let server = GitServer::start(&repos, "alice", SECRET).await;
 
     // The helper is configured as git would find it in the image: `credential.helper=tale` resolves
-    // to `git-credential-tale` on PATH (a symlink to the binary, busybox style).
+    // to `git-credential-tale` on PATH (the binary under that name, busybox style). A copy, not a
+    // symlink: the exec user may not be able to traverse the build directory.
     let bin_dir = daemon.root.parent().unwrap().join("bin");
     std::fs::create_dir_all(&bin_dir).unwrap();
-    std::os::unix::fs::symlink(
-        env!("CARGO_BIN_EXE_tale"),
-        bin_dir.join("git-credential-tale"),
-    )
-    .unwrap();
+    std::fs::copy(env!("CARGO_BIN_EXE_tale"), bin_dir.join("git-credential-tale")).unwrap();
     let git_env = json!({
         "GIT_TERMINAL_PROMPT": "0",
         "GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "credential.helper", "GIT_CONFIG_VALUE_0": "tale",
