@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Builds tale's images from the Dockerfile.
+#   scripts/build-images.sh [TARGET...]           public bases (needs a registry)
+#   scripts/build-images.sh --local [TARGET...]   no registry: a debootstrapped Debian imported with
+#                                                 `docker import` as every base, and the prebuilt
+#                                                 static binary (scripts/build-static.sh) in dist/.
+# TARGETs: spawner egress runtime (default: spawner egress).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+local_mode=0
+if [ "${1:-}" = "--local" ]; then local_mode=1; shift; fi
+targets=("${@:-spawner egress}")
+targets=(${targets[*]})
+args=()
+if [ $local_mode = 1 ]; then
+  base=tale-local-debian:bookworm
+  if ! docker image inspect "$base" >/dev/null 2>&1; then
+    command -v debootstrap >/dev/null || { apt-get update -qq && apt-get install -y -qq debootstrap >/dev/null; }
+    root=$(mktemp -d)
+    debootstrap --variant=minbase bookworm "$root" http://deb.debian.org/debian >/dev/null
+    rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
+    tar -C "$root" -c . | docker import - "$base" >/dev/null
+    rm -rf "$root"
+  fi
+  scripts/build-static.sh >/dev/null
+  mkdir -p dist && cp target/x86_64-unknown-linux-musl/release/tale dist/tale
+  args+=(--build-arg "RUST_IMAGE=$base" --build-arg "DEBIAN_IMAGE=$base")
+fi
+for target in "${targets[@]}"; do
+  case $target in
+    spawner) tag=tale-sandbox:latest ;;
+    egress) tag=tale-sandbox-egress:latest ;;
+    runtime) tag=tale-sandbox-runtime:latest ;;
+    *) echo "unknown target $target" >&2; exit 2 ;;
+  esac
+  docker build -q "${args[@]}" --target "$target" -t "$tag" . >/dev/null
+  echo "$tag $(docker image inspect -f '{{.Size}}' "$tag" | awk '{printf "%.1f MB", $1/1e6}')"
+done
