@@ -3,7 +3,7 @@
 # everything is there). Needs root for apt. Starts dockerd in the background when it is not running.
 set -euo pipefail
 
-packages=(musl-tools docker.io tinyproxy busybox-static iproute2 iptables dnsmasq-base git curl util-linux file python3)
+packages=(musl-tools docker.io tinyproxy busybox-static iproute2 iptables dnsmasq-base git curl util-linux file python3 docker-compose)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

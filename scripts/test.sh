@@ -10,5 +10,7 @@ export CARGO_PROFILE_DEV_DEBUG=line-tables-only
 # The Docker suite runs sessions from an image holding the static binary: build both first.
 export TALE_TEST_IMAGE=tale-test-runtime:latest
 scripts/build-test-image.sh "$TALE_TEST_IMAGE"
+# The compose suite runs the stack from the spawner and egress images, rebuilt from this tree.
+scripts/build-images.sh --local spawner egress
 cargo build --locked --benches          # benchmarks must build; they run with scripts/bench.sh
 cargo test --locked --lib --bins --tests "$@"

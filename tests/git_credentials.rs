@@ -24,7 +24,11 @@ async fn git_uses_granted_credentials_per_operation() {
     // symlink: the exec user may not be able to traverse the build directory.
     let bin_dir = daemon.root.parent().unwrap().join("bin");
     std::fs::create_dir_all(&bin_dir).unwrap();
-    std::fs::copy(env!("CARGO_BIN_EXE_tale"), bin_dir.join("git-credential-tale")).unwrap();
+    std::fs::copy(
+        env!("CARGO_BIN_EXE_tale"),
+        bin_dir.join("git-credential-tale"),
+    )
+    .unwrap();
     let git_env = json!({
         "GIT_TERMINAL_PROMPT": "0",
         "GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "credential.helper", "GIT_CONFIG_VALUE_0": "tale",
