@@ -40,7 +40,7 @@ ENTRYPOINT ["/usr/local/bin/tale", "egress-proxy", "run"]
 # --- runtime: the session image (runnerd as PID 1, agent CLIs, browser for the MCP) ----------------
 FROM ${DEBIAN_IMAGE} AS runtime
 ARG CLAUDE_CODE_VERSION=2.1.173
-ARG OPENCODE_VERSION=1.17.3
+ARG OPENCODE_VERSION=1.17.20
 ARG PLAYWRIGHT_MCP_VERSION=0.0.41
 ENV PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 \
     NPM_CONFIG_UPDATE_NOTIFIER=false \
