@@ -120,10 +120,7 @@ impl RunnerdClient {
                 .map_err(|e| RunnerdError::Transport(e.to_string()))?
                 .to_bytes();
             if !accepted.contains(&status) {
-                return Err(RunnerdError::Status {
-                    status,
-                    body: String::from_utf8_lossy(&bytes).chars().take(500).collect(),
-                });
+                return Err(status_error(status, &bytes));
             }
             let value =
                 serde_json::from_slice(&bytes).map_err(|e| RunnerdError::Decode(e.to_string()))?;
@@ -132,6 +129,19 @@ impl RunnerdClient {
         tokio::time::timeout(timeout, work)
             .await
             .map_err(|_| RunnerdError::Timeout(timeout))?
+    }
+
+    /// A JSON call that must answer 200 within [`RUNNERD_CALL_TIMEOUT`].
+    async fn call_ok<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<T, RunnerdError> {
+        Ok(self
+            .call(method, path, body, &[StatusCode::OK], RUNNERD_CALL_TIMEOUT)
+            .await?
+            .1)
     }
 
     pub async fn health(&self) -> Result<HealthReport, RunnerdError> {
@@ -179,16 +189,7 @@ impl RunnerdClient {
     pub async fn cancel(&self, exec_id: &str) -> Result<CancelReply, RunnerdError> {
         let none: Option<&()> = None;
         let path = format!("/execs/{exec_id}/cancel");
-        Ok(self
-            .call(
-                Method::POST,
-                &path,
-                none,
-                &[StatusCode::OK],
-                RUNNERD_CALL_TIMEOUT,
-            )
-            .await?
-            .1)
+        self.call_ok(Method::POST, &path, none).await
     }
 
     pub async fn stdin(
@@ -197,16 +198,7 @@ impl RunnerdClient {
         body: &StdinRequest,
     ) -> Result<StdinReply, RunnerdError> {
         let path = format!("/execs/{exec_id}/stdin");
-        Ok(self
-            .call(
-                Method::POST,
-                &path,
-                Some(body),
-                &[StatusCode::OK],
-                RUNNERD_CALL_TIMEOUT,
-            )
-            .await?
-            .1)
+        self.call_ok(Method::POST, &path, Some(body)).await
     }
 
     /// Exec status; runnerd's 404 `gone` comes back as `Ok` with status 404.
@@ -224,16 +216,7 @@ impl RunnerdClient {
     }
 
     pub async fn patch_env(&self, patch: &EnvPatch) -> Result<EnvReply, RunnerdError> {
-        Ok(self
-            .call(
-                Method::POST,
-                "/env",
-                Some(patch),
-                &[StatusCode::OK],
-                RUNNERD_CALL_TIMEOUT,
-            )
-            .await?
-            .1)
+        self.call_ok(Method::POST, "/env", Some(patch)).await
     }
 
     pub async fn stage(&self, request: &serde_json::Value) -> Result<StageReply, RunnerdError> {
@@ -256,16 +239,8 @@ impl RunnerdClient {
     }
 
     pub async fn delete_files(&self, request: &DeleteRequest) -> Result<DeleteReply, RunnerdError> {
-        Ok(self
-            .call(
-                Method::POST,
-                "/files/delete",
-                Some(request),
-                &[StatusCode::OK],
-                RUNNERD_CALL_TIMEOUT,
-            )
-            .await?
-            .1)
+        self.call_ok(Method::POST, "/files/delete", Some(request))
+            .await
     }
 
     /// Directory listing; `None` for runnerd's 404.
@@ -304,10 +279,7 @@ impl RunnerdClient {
         match status {
             StatusCode::OK => Ok(Some(bytes)),
             StatusCode::NOT_FOUND => Ok(None),
-            status => Err(RunnerdError::Status {
-                status,
-                body: String::from_utf8_lossy(&bytes).chars().take(500).collect(),
-            }),
+            status => Err(status_error(status, &bytes)),
         }
     }
 
@@ -315,31 +287,22 @@ impl RunnerdClient {
         &self,
         grant: &GitCredentialGrant,
     ) -> Result<CredentialReply, RunnerdError> {
-        Ok(self
-            .call(
-                Method::PUT,
-                "/credentials/git",
-                Some(grant),
-                &[StatusCode::OK],
-                RUNNERD_CALL_TIMEOUT,
-            )
-            .await?
-            .1)
+        self.call_ok(Method::PUT, "/credentials/git", Some(grant))
+            .await
     }
 
     pub async fn revoke_git_credential(&self, host: &str) -> Result<CredentialReply, RunnerdError> {
         let none: Option<&()> = None;
         let path = format!("/credentials/git/{}", encode_query(host));
-        Ok(self
-            .call(
-                Method::DELETE,
-                &path,
-                none,
-                &[StatusCode::OK],
-                RUNNERD_CALL_TIMEOUT,
-            )
-            .await?
-            .1)
+        self.call_ok(Method::DELETE, &path, none).await
+    }
+}
+
+/// A status runnerd was not expected to answer, with the start of its body.
+fn status_error(status: StatusCode, body: &[u8]) -> RunnerdError {
+    RunnerdError::Status {
+        status,
+        body: String::from_utf8_lossy(body).chars().take(500).collect(),
     }
 }
 
@@ -371,10 +334,7 @@ async fn stream_or_error(
                 .await
                 .map(|c| c.to_bytes())
                 .unwrap_or_default();
-            Err(RunnerdError::Status {
-                status,
-                body: String::from_utf8_lossy(&bytes).chars().take(500).collect(),
-            })
+            Err(status_error(status, &bytes))
         }
     }
 }
