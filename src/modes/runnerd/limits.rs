@@ -5,6 +5,8 @@ use std::time::Duration;
 // --- HTTP edge -------------------------------------------------------------------------------
 /// Largest request body accepted on any route; larger bodies get 413 `payload_too_large`.
 pub const MAX_REQUEST_BODY_BYTES: usize = 8 * 1024 * 1024;
+/// Threads for blocking work (spawning, file operations, spool reads).
+pub const BLOCKING_THREADS: usize = 8;
 /// Time allowed for a client to send the request headers.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 

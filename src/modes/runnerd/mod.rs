@@ -241,6 +241,9 @@ fn boot_and_serve(args: Args) -> Result<(), BootError> {
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get().min(4)))
+        // Spawns and file work are short: a few threads serve a burst of 1000 execs, where the
+        // default (512) would give each its own thread stack and allocator heap.
+        .max_blocking_threads(BLOCKING_THREADS)
         .enable_all()
         .build()
         .map_err(BootError::Runtime)?;

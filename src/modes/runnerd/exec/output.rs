@@ -7,6 +7,9 @@ use std::sync::Arc;
 use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
 
+/// First read buffer of each output pipe.
+const INITIAL_READ_BYTES: usize = 4 * 1024;
+
 /// Which output stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OutputStream {
@@ -44,11 +47,15 @@ pub async fn pump(
     stream: OutputStream,
     cap: Option<u64>,
 ) -> bool {
-    // Capacity only: its pages are touched when output arrives, so a quiet exec costs no memory.
-    let mut buf = bytes::BytesMut::with_capacity(PIPE_READ_CHUNK_BYTES);
+    // Small until the exec proves chatty: a quiet exec (an agent waiting on its model) holds 4 KiB,
+    // a streaming one grows to full-size reads after its first full buffer.
+    let mut buf = bytes::BytesMut::with_capacity(INITIAL_READ_BYTES);
     let mut emitted: u64 = 0;
     let mut truncated = false;
     loop {
+        if buf.len() == buf.capacity() && buf.capacity() < PIPE_READ_CHUNK_BYTES {
+            buf = bytes::BytesMut::with_capacity(PIPE_READ_CHUNK_BYTES);
+        }
         buf.clear();
         let n = match pipe.read_buf(&mut buf).await {
             Ok(0) => return truncated,
