@@ -12,7 +12,7 @@ ARG DEBIAN_IMAGE=debian:bookworm-slim
 FROM ${RUST_IMAGE} AS builder
 WORKDIR /src
 COPY . .
-RUN if [ -x dist/tale ]; then cp dist/tale /tale; \
+RUN mkdir -p dist && if [ -x dist/tale ]; then cp dist/tale /tale; \
     else apt-get update && apt-get install -y --no-install-recommends musl-tools \
       && rustup target add x86_64-unknown-linux-musl \
       && cargo build --locked --release --target x86_64-unknown-linux-musl \
@@ -40,20 +40,23 @@ ENTRYPOINT ["/usr/local/bin/tale", "egress-proxy", "run"]
 # --- runtime: the session image (runnerd as PID 1, agent CLIs, browser for the MCP) ----------------
 FROM ${DEBIAN_IMAGE} AS runtime
 ARG CLAUDE_CODE_VERSION=2.1.173
-ARG OPENCODE_VERSION=1.17.20
+ARG OPENCODE_VERSION=1.18.33
 ARG PLAYWRIGHT_MCP_VERSION=0.0.41
 ENV PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 \
     NPM_CONFIG_UPDATE_NOTIFIER=false \
     CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1 \
     PATH=/usr/local/bin:/usr/bin:/bin
 RUN apt-get update && apt-get install -y --no-install-recommends \
-      bash git ca-certificates curl ripgrep fd-find python3 nodejs npm chromium \
+      bash git ca-certificates curl ripgrep fd-find python3 nodejs npm chromium passwd \
     && (apt-get install -y --no-install-recommends gh || true) \
     && ln -sf /usr/bin/fdfind /usr/local/bin/fd \
     && rm -rf /var/lib/apt/lists/*
-RUN npm install -g --omit=dev "@anthropic-ai/claude-code@${CLAUDE_CODE_VERSION}" "opencode-ai@${OPENCODE_VERSION}" \
-      "@playwright/mcp@${PLAYWRIGHT_MCP_VERSION}" && npm cache clean --force
-RUN groupadd -g 10001 agent && useradd -u 10001 -g 10001 -d /workspace/.home -s /bin/bash agent \
+# dist/extra-ca.crt (local builds behind a TLS-inspecting proxy) is trusted for the npm step only.
+COPY --from=builder /src/dist/ /tmp/tale-dist/
+RUN if [ -f /tmp/tale-dist/extra-ca.crt ]; then export NODE_EXTRA_CA_CERTS=/tmp/tale-dist/extra-ca.crt; fi \
+    && npm install -g --omit=dev "@anthropic-ai/claude-code@${CLAUDE_CODE_VERSION}" "opencode-ai@${OPENCODE_VERSION}" \
+      "@playwright/mcp@${PLAYWRIGHT_MCP_VERSION}" && npm cache clean --force && rm -rf /tmp/tale-dist
+RUN /usr/sbin/groupadd -g 10001 agent && /usr/sbin/useradd -u 10001 -g 10001 -d /workspace/.home -s /bin/bash agent \
     && git config --system credential.helper tale
 COPY --from=builder /tale /usr/local/bin/tale
 RUN ln -s tale /usr/local/bin/git-credential-tale && ln -s tale /usr/local/bin/runnerd && mkdir -p /workspace

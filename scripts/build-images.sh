@@ -24,6 +24,8 @@ if [ $local_mode = 1 ]; then
   fi
   scripts/build-static.sh >/dev/null
   mkdir -p dist && cp target/x86_64-unknown-linux-musl/release/tale dist/tale
+  # Behind a TLS-inspecting proxy the host trusts a CA the image does not: hand it to npm.
+  if [ -f /etc/ssl/certs/ca-certificates.crt ]; then cp /etc/ssl/certs/ca-certificates.crt dist/extra-ca.crt; fi
   args+=(--build-arg "RUST_IMAGE=$base" --build-arg "DEBIAN_IMAGE=$base")
 fi
 for target in "${targets[@]}"; do
