@@ -456,3 +456,25 @@ async fn token_from_file() {
     .await;
     assert_eq!(daemon.client.health().await["ok"], true);
 }
+
+/// Given only the token's SHA-256 (what the Docker backend does), runnerd accepts the token and
+/// nothing else.
+#[tokio::test(flavor = "multi_thread")]
+async fn token_by_digest() {
+    let digest = tale::shared::hmac::sha256_hex(TOKEN.as_bytes());
+    let daemon = Runnerd::start(Options {
+        env: vec![("TALE_RUNNERD_TOKEN_SHA256".into(), digest.clone())],
+        ..Options::default()
+    })
+    .await;
+    assert_eq!(daemon.client.health().await["ok"], true);
+    let (status, _) = daemon
+        .client
+        .http_with_token(Method::GET, "/healthz", &digest)
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "the digest itself is not a token"
+    );
+}

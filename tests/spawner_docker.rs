@@ -117,9 +117,11 @@ async fn docker_session_lifecycle() {
     let (_, labels) = docker(&["inspect", "-f", "{{index .Config.Labels \"tale.session\"}} {{index .Config.Labels \"tale.org\"}} {{.HostConfig.ReadonlyRootfs}} {{.HostConfig.CapDrop}}", &container]);
     assert_eq!(labels, format!("{id} dorg true [ALL]"));
     let (_, env) = docker(&["inspect", "-f", "{{json .Config.Env}}", &container]);
+    let token =
+        tale::shared::hmac::derive_runnerd_token(support::spawner::SANDBOX_TOKEN.as_bytes(), &id);
     assert!(
-        !env.contains("planted") && !env.contains("TALE_RUNNERD_TOKEN="),
-        "seed env and token stay out of the container env: {env}"
+        !env.contains("planted") && !env.contains(&token),
+        "seed env and the token stay out of the container: {env}"
     );
 
     let exec = |exec_id: &str, shell: &str| {

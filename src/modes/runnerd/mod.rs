@@ -95,6 +95,9 @@ pub enum BootError {
     /// No token: set TALE_RUNNERD_TOKEN_FILE or TALE_RUNNERD_TOKEN, or pass --insecure-no-token.
     #[error("no runnerd token: set TALE_RUNNERD_TOKEN_FILE or TALE_RUNNERD_TOKEN, or pass --insecure-no-token for development")]
     NoToken,
+    /// TALE_RUNNERD_TOKEN_SHA256 is not 64 hex digits.
+    #[error("TALE_RUNNERD_TOKEN_SHA256 must be 64 hex digits")]
+    BadTokenDigest,
     /// The token file could not be read.
     #[error("cannot read the token file {path}: {source}")]
     TokenFile {
@@ -133,8 +136,17 @@ pub fn run(args: Args) -> ExitCode {
     }
 }
 
-/// The token from `TALE_RUNNERD_TOKEN_FILE` (preferred) or `TALE_RUNNERD_TOKEN`.
+/// SHA-256 of the expected token, from `TALE_RUNNERD_TOKEN_SHA256` (hex: the token itself never
+/// enters the container), `TALE_RUNNERD_TOKEN_FILE` or `TALE_RUNNERD_TOKEN`. Only the digest is
+/// kept, and presented tokens are compared by digest.
 fn load_token(insecure: bool) -> Result<Option<Vec<u8>>, BootError> {
+    if let Ok(hex) = std::env::var("TALE_RUNNERD_TOKEN_SHA256") {
+        if !hex.is_empty() {
+            return decode_sha256_hex(hex.trim())
+                .map(Some)
+                .ok_or(BootError::BadTokenDigest);
+        }
+    }
     let from_file = match std::env::var_os("TALE_RUNNERD_TOKEN_FILE") {
         Some(path) if !path.is_empty() => {
             let path = PathBuf::from(path);
@@ -148,13 +160,30 @@ fn load_token(insecure: bool) -> Result<Option<Vec<u8>>, BootError> {
         .or_else(|| std::env::var("TALE_RUNNERD_TOKEN").ok())
         .filter(|t| !t.is_empty());
     match (token, insecure) {
-        (Some(token), _) => Ok(Some(token.into_bytes())),
+        (Some(token), _) => Ok(Some(token_digest(token.as_bytes()))),
         (None, true) => {
             tracing::warn!("!!! runnerd runs WITHOUT a token (--insecure-no-token): anyone who reaches this port can run commands here. Development only. !!!");
             Ok(None)
         }
         (None, false) => Err(BootError::NoToken),
     }
+}
+
+/// SHA-256 of a presented or configured token.
+pub fn token_digest(token: &[u8]) -> Vec<u8> {
+    ring::digest::digest(&ring::digest::SHA256, token)
+        .as_ref()
+        .to_vec()
+}
+
+fn decode_sha256_hex(hex: &str) -> Option<Vec<u8>> {
+    if hex.len() != 64 {
+        return None;
+    }
+    (0..64)
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).ok())
+        .collect()
 }
 
 /// Creates `dir` (and parents) and hands it to `owner` when given.

@@ -63,7 +63,7 @@ fn authorized(daemon: &Daemon, request: &Request<Incoming>) -> bool {
     request
         .headers()
         .get(TOKEN_HEADER)
-        .is_some_and(|given| constant_time_eq(given.as_bytes(), expected))
+        .is_some_and(|given| constant_time_eq(&super::token_digest(given.as_bytes()), expected))
 }
 
 /// Reads and parses a JSON body: 413 over the cap, 400 when unreadable or not the expected shape.

@@ -23,7 +23,7 @@ pub struct Daemon {
     pub root: PathBuf,
     /// File operations confined to the root.
     pub workspace: Workspace,
-    /// Expected `x-tale-runnerd-token`; `None` only with `--insecure-no-token`.
+    /// SHA-256 of the expected `x-tale-runnerd-token`; `None` only with `--insecure-no-token`.
     pub token: Option<Vec<u8>>,
     /// Git credentials granted to this session.
     pub credentials: Arc<CredentialStore>,

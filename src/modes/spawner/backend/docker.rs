@@ -9,9 +9,8 @@
 //! The workspace is a per-session volume (`<container>-ws`); caches are per-organization volumes
 //! (`<prefix>-<org>` at `/cache/{npm,pip,bun}`, mode 1777 set by runnerd at boot). Labels carry
 //! the session's identity and limits: they are the truth the spawner re-adopts from. The runnerd
-//! token is written into the workspace volume as a root-only file before the container starts — it
-//! never appears in the container's environment or in `docker inspect`.
-use super::tar::{archive, TarEntry};
+//! token never enters the container: runnerd gets its SHA-256 and compares presented tokens by digest, so
+//! `docker inspect` (or root inside the session) shows only a value that authenticates nothing.
 use super::{
     wait_for_runnerd, Backend, BackendError, BackendKind, BackendResult, BoxFuture, ListedSession,
     SessionSpec,
@@ -24,7 +23,7 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, InspectContainerOptions, ListContainersOptionsBuilder,
-    LogsOptionsBuilder, RemoveContainerOptionsBuilder, UploadToContainerOptionsBuilder,
+    LogsOptionsBuilder, RemoveContainerOptionsBuilder,
 };
 use bollard::Docker;
 use std::collections::HashMap;
@@ -34,8 +33,8 @@ use std::time::Duration;
 pub const SESSION_LABEL: &str = "tale.sandbox-session";
 /// Where the workspace volume is mounted in the container.
 pub const WORKSPACE_PATH: &str = "/workspace";
-/// Where runnerd reads its token (inside the workspace volume, root-only).
-pub const TOKEN_PATH: &str = "/workspace/.tale/token";
+/// Label set on volumes at creation, to tell "created now" from "existed already".
+pub const VOLUME_NONCE_LABEL: &str = "tale.create-nonce";
 /// Time allowed for one engine call.
 pub const DOCKER_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -170,18 +169,24 @@ impl DockerBackend {
         }
     }
 
-    /// Creates `name` if missing; returns whether it existed before.
+    /// Creates `name` if missing; returns whether it existed before. One engine call: creating an
+    /// existing volume returns it unchanged, so a fresh nonce label tells the two cases apart.
     async fn ensure_volume(
         &self,
         name: &str,
-        labels: HashMap<String, String>,
+        mut labels: HashMap<String, String>,
     ) -> BackendResult<bool> {
-        match self.docker.inspect_volume(name).await {
-            Ok(_) => return Ok(true),
-            Err(err) if is_not_found(&err) => {}
-            Err(err) => return Err(engine("cannot inspect a volume")(err)),
-        }
-        self.docker
+        let nonce = {
+            use ring::rand::SecureRandom;
+            let mut bytes = [0u8; 8];
+            ring::rand::SystemRandom::new()
+                .fill(&mut bytes)
+                .map_err(|_| BackendError::Engine("the system RNG failed".into()))?;
+            bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        };
+        labels.insert(VOLUME_NONCE_LABEL.into(), nonce.clone());
+        let volume = self
+            .docker
             .create_volume(VolumeCreateRequest {
                 name: Some(name.to_owned()),
                 labels: Some(labels),
@@ -189,7 +194,7 @@ impl DockerBackend {
             })
             .await
             .map_err(engine("cannot create a volume"))?;
-        Ok(false)
+        Ok(volume.labels.get(VOLUME_NONCE_LABEL) != Some(&nonce))
     }
 
     fn container_body(&self, spec: &SessionSpec) -> ContainerCreateBody {
@@ -204,7 +209,12 @@ impl DockerBackend {
             ("tale.idle-ms".into(), spec.idle_timeout_ms.to_string()),
         ]);
         let mut env = vec![
-            format!("TALE_RUNNERD_TOKEN_FILE={TOKEN_PATH}"),
+            // Only the token's digest enters the container: runnerd compares digests, so neither
+            // `docker inspect` nor root inside the session ever sees the token itself.
+            format!(
+                "TALE_RUNNERD_TOKEN_SHA256={}",
+                crate::shared::hmac::sha256_hex(spec.runnerd_token.as_bytes())
+            ),
             format!("TALE_WORKSPACE_ROOT={WORKSPACE_PATH}"),
             format!("TALE_EXEC_USER={}:{}", r.exec_user.0, r.exec_user.1),
             "PIP_CACHE_DIR=/cache/pip".into(),
@@ -343,31 +353,6 @@ impl DockerBackend {
         }
     }
 
-    async fn write_token(&self, spec: &SessionSpec) -> BackendResult<()> {
-        let tar = archive(&[
-            TarEntry::Dir {
-                path: ".tale",
-                mode: 0o755,
-            },
-            TarEntry::File {
-                path: ".tale/token",
-                mode: 0o400,
-                bytes: spec.runnerd_token.as_bytes(),
-            },
-        ]);
-        let options = UploadToContainerOptionsBuilder::new()
-            .path(WORKSPACE_PATH)
-            .build();
-        self.docker
-            .upload_to_container(
-                &container_name(&spec.session_id),
-                Some(options),
-                bollard::body_full(tar.into()),
-            )
-            .await
-            .map_err(engine("cannot hand the session its runnerd token"))
-    }
-
     async fn endpoint(&self, session_id: &str) -> BackendResult<String> {
         let inspect = self
             .docker
@@ -414,7 +399,6 @@ impl DockerBackend {
     async fn try_create(&self, spec: &SessionSpec, deadline: Duration) -> BackendResult<String> {
         let name = container_name(&spec.session_id);
         self.create_container(spec).await?;
-        self.write_token(spec).await?;
         self.docker
             .start_container(
                 &name,

@@ -7,7 +7,6 @@
 //! keeps the workspace; only `destroy_session` deletes a workspace.
 pub mod docker;
 pub mod local;
-pub mod tar;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -156,6 +155,7 @@ where
 {
     let client = crate::shared::runnerd_client::RunnerdClient::new(url, token);
     let started = tokio::time::Instant::now();
+    let mut interval = READINESS_POLL_FIRST_INTERVAL;
     loop {
         let last = match client.health().await {
             Ok(_) => return Ok(()),
@@ -170,9 +170,13 @@ where
                 detail: last,
             });
         }
-        tokio::time::sleep(READINESS_POLL_INTERVAL).await;
+        tokio::time::sleep(interval).await;
+        interval = (interval * 2).min(READINESS_POLL_MAX_INTERVAL);
     }
 }
 
-/// Between two readiness probes of a starting session.
-pub const READINESS_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(25);
+/// First wait between readiness probes of a starting session (runnerd is usually up within a few
+/// milliseconds); each later wait doubles up to [`READINESS_POLL_MAX_INTERVAL`].
+pub const READINESS_POLL_FIRST_INTERVAL: std::time::Duration = std::time::Duration::from_millis(2);
+/// Longest wait between readiness probes.
+pub const READINESS_POLL_MAX_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
