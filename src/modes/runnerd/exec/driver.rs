@@ -229,6 +229,13 @@ fn start_stdin(
     let mut sender = sender?;
     let initial = spec.stdin.clone();
     let hold = spec.stdin_mode == StdinMode::Hold;
+    if initial.is_empty() {
+        // Nothing to write: no task needed (dropping the sender closes stdin in close mode).
+        if hold {
+            *state = StdinState::Held(sender);
+        }
+        return None;
+    }
     Some(tokio::spawn(async move {
         if !initial.is_empty() && sender.write_all(&initial).await.is_err() {
             return;

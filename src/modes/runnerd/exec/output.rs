@@ -8,7 +8,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
 
 /// First read buffer of each output pipe.
-const INITIAL_READ_BYTES: usize = 4 * 1024;
+const INITIAL_READ_BYTES: usize = 512;
 
 /// Which output stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
