@@ -12,9 +12,7 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::json;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use tale::shared::hmac::{
-    derive_runnerd_token, SignedHeaders, NONCE_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER,
-};
+use tale::shared::hmac::{derive_runnerd_token, SignedHeaders};
 
 const TOKEN: &str = "bench-token";
 const CREATE_RUNS: usize = 20;
@@ -97,12 +95,12 @@ impl Spawner {
             body.to_string().into_bytes()
         };
         let signed = SignedHeaders::new(TOKEN.as_bytes(), method.as_str(), path, &bytes, now_ms());
-        let request = Request::builder()
-            .method(method)
-            .uri(format!("http://127.0.0.1:{}{path}", self.port))
-            .header(SIGNATURE_HEADER, signed.signature)
-            .header(TIMESTAMP_HEADER, signed.timestamp)
-            .header(NONCE_HEADER, signed.nonce)
+        let request = signed
+            .apply(
+                Request::builder()
+                    .method(method)
+                    .uri(format!("http://127.0.0.1:{}{path}", self.port)),
+            )
             .body(Full::new(Bytes::from(bytes)))
             .unwrap();
         let response = self.http.request(request).await.unwrap();

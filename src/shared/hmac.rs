@@ -4,6 +4,7 @@
 //! Signed string: `METHOD\npath?query\ntimestamp\nnonce\nsha256hex(body)`, or without the nonce line
 //! when no nonce is sent (the legacy form). Verification order, clock skew (30 s) and the replay
 //! window (35 s) follow the original exactly; the reason of a failure is logged, never returned.
+use super::hex;
 use ring::{digest, hmac};
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -21,13 +22,9 @@ pub const REPLAY_SWEEP_EVERY: u64 = 100;
 /// growing memory; at the window above it allows ~2800 signed requests per second.
 pub const MAX_REPLAY_ENTRIES: usize = 100_000;
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Lowercase hex SHA-256.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex(digest::digest(&digest::SHA256, bytes).as_ref())
+    hex::encode(digest::digest(&digest::SHA256, bytes).as_ref())
 }
 
 /// The string the signature covers.
@@ -56,18 +53,20 @@ pub fn sign_request(
     body: &[u8],
 ) -> String {
     let key = hmac::Key::new(hmac::HMAC_SHA256, key);
-    hex(hmac::sign(
-        &key,
-        signing_string(method, path_and_query, timestamp_ms, nonce, body).as_bytes(),
+    hex::encode(
+        hmac::sign(
+            &key,
+            signing_string(method, path_and_query, timestamp_ms, nonce, body).as_bytes(),
+        )
+        .as_ref(),
     )
-    .as_ref())
 }
 
 /// The runnerd token of a session: hex HMAC-SHA256(SANDBOX_TOKEN, `runnerd-v1:` + id). One-way, so a
 /// session learns only its own token; stored nowhere, derived when needed.
 pub fn derive_runnerd_token(sandbox_token: &[u8], session_id: &str) -> String {
     let key = hmac::Key::new(hmac::HMAC_SHA256, sandbox_token);
-    hex(hmac::sign(&key, format!("runnerd-v1:{session_id}").as_bytes()).as_ref())
+    hex::encode(hmac::sign(&key, format!("runnerd-v1:{session_id}").as_bytes()).as_ref())
 }
 
 /// The three headers a client sends.
@@ -87,18 +86,23 @@ impl SignedHeaders {
         body: &[u8],
         now_ms: u64,
     ) -> SignedHeaders {
-        use ring::rand::SecureRandom;
-        let mut nonce = [0u8; 16];
-        ring::rand::SystemRandom::new()
-            .fill(&mut nonce)
-            .expect("the system RNG works");
-        let nonce = hex(&nonce);
+        let nonce = hex::random::<16>();
         let timestamp = now_ms.to_string();
         SignedHeaders {
             signature: sign_request(key, method, path_and_query, &timestamp, Some(&nonce), body),
             timestamp,
             nonce,
         }
+    }
+}
+
+impl SignedHeaders {
+    /// Adds the three headers to a request being built.
+    pub fn apply(self, builder: hyper::http::request::Builder) -> hyper::http::request::Builder {
+        builder
+            .header(SIGNATURE_HEADER, self.signature)
+            .header(TIMESTAMP_HEADER, self.timestamp)
+            .header(NONCE_HEADER, self.nonce)
     }
 }
 
@@ -173,7 +177,7 @@ impl RequestVerifier {
         if (now_ms as f64 - timestamp).abs() > MAX_CLOCK_SKEW_MS as f64 {
             return Err(AuthFailure::TimestampSkew);
         }
-        let given = decode_hex(signature).ok_or(AuthFailure::BadSignature)?;
+        let given = hex::decode(signature).ok_or(AuthFailure::BadSignature)?;
         let message = signing_string(
             request.method,
             request.path_and_query,
@@ -202,16 +206,6 @@ impl RequestVerifier {
         cache.expiries.insert(key, now_ms + REPLAY_WINDOW_MS);
         Ok(())
     }
-}
-
-fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 #[cfg(test)]

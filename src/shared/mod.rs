@@ -1,4 +1,6 @@
 //! Code shared by more than one mode: the wire contract, logging, and the only unsafe code.
+pub mod clock;
+pub mod hex;
 pub mod hmac;
 pub mod http;
 pub mod logging;

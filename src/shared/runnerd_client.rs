@@ -2,8 +2,8 @@
 //! line by line as typed events.
 use crate::shared::protocol::runnerd::{
     CancelReply, CredentialReply, DeleteReply, DeleteRequest, EnvPatch, EnvReply, ExecEvent,
-    ExecStatus, GitCredentialGrant, HealthReport, ListReply, StageReply, StageRequest, StdinReply,
-    StdinRequest, TOKEN_HEADER,
+    ExecStatus, GitCredentialGrant, HealthReport, ListReply, StageReply, StdinReply, StdinRequest,
+    TOKEN_HEADER,
 };
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -219,7 +219,7 @@ impl RunnerdClient {
         self.call_ok(Method::POST, "/env", Some(patch)).await
     }
 
-    pub async fn stage(&self, request: &serde_json::Value) -> Result<StageReply, RunnerdError> {
+    pub async fn stage(&self, request: &impl Serialize) -> Result<StageReply, RunnerdError> {
         // Staging may download up to 100 MiB per file: allow it the whole stage budget.
         Ok(self
             .call(
@@ -231,11 +231,6 @@ impl RunnerdClient {
             )
             .await?
             .1)
-    }
-
-    pub async fn stage_typed(&self, request: &StageRequest) -> Result<StageReply, RunnerdError> {
-        self.stage(&serde_json::to_value(request).expect("stage requests serialize"))
-            .await
     }
 
     pub async fn delete_files(&self, request: &DeleteRequest) -> Result<DeleteReply, RunnerdError> {

@@ -9,7 +9,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -455,8 +455,4 @@ pub fn zombies_of(parent: i32) -> Vec<i32> {
             state == "Z" && ppid == parent
         })
         .collect()
-}
-
-pub fn root_path(path: &Path) -> String {
-    path.display().to_string()
 }

@@ -12,7 +12,7 @@ use serde_json::Value;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use tale::shared::hmac::{SignedHeaders, NONCE_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER};
+use tale::shared::hmac::SignedHeaders;
 use tale::shared::sse::{SseEvent, SseParser};
 
 pub const SANDBOX_TOKEN: &str = "spawner-test-token";
@@ -187,10 +187,7 @@ impl SpawnerClient {
                 &body,
                 now_ms(),
             );
-            builder = builder
-                .header(SIGNATURE_HEADER, signed.signature)
-                .header(TIMESTAMP_HEADER, signed.timestamp)
-                .header(NONCE_HEADER, signed.nonce);
+            builder = signed.apply(builder);
         }
         builder
             .header("content-type", "application/json")

@@ -1,13 +1,6 @@
 //! runnerd's activity clock: the spawner's idle sweep reads it through `/healthz`.
+use crate::shared::clock::now_ms;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 /// Boot time and the time of the last state-changing request or exec event.
 pub struct Activity {

@@ -156,7 +156,7 @@ pub async fn serve_socket(listener: UnixListener, store: Arc<CredentialStore>, p
                 read,
                 serde_json::from_str::<CredentialQuery>(line.trim_end()),
             ) {
-                (Ok(Ok(_)), Ok(query)) => store.lookup(&query.host, super::activity::now_ms()),
+                (Ok(Ok(_)), Ok(query)) => store.lookup(&query.host, crate::shared::clock::now_ms()),
                 _ => CredentialAnswer::default(),
             };
             let mut reply = serde_json::to_vec(&answer).expect("answers serialize");

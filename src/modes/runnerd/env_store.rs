@@ -1,20 +1,8 @@
 //! The session's env store: variables every later exec sees, set by the platform (seed env, env
 //! patches) and never by the execs themselves. In memory only; the spawner re-seeds after a restart.
 use super::limits::{MAX_ENV_ENTRIES, MAX_ENV_VALUE_BYTES};
+pub use crate::shared::protocol::runnerd::is_denied_name;
 use std::collections::BTreeMap;
-
-/// True for names the platform may not set: they would break the sandbox (`HOME`, `PATH`, `TMPDIR`),
-/// reach runnerd's own secrets (`TALE_RUNNERD_*`), or bypass the egress proxy (`*_proxy`). Names are
-/// compared upper-cased. Names that cannot be an environment variable at all are refused as well.
-pub fn is_denied_name(name: &str) -> bool {
-    if name.is_empty() || name.contains('=') || name.contains('\0') {
-        return true;
-    }
-    let upper = name.to_ascii_uppercase();
-    matches!(upper.as_str(), "HOME" | "PATH" | "TMPDIR")
-        || upper.starts_with("TALE_RUNNERD_")
-        || matches!(upper.as_str(), "HTTP_PROXY" | "HTTPS_PROXY" | "NO_PROXY")
-}
 
 /// The store: at most [`MAX_ENV_ENTRIES`] names, values of at most [`MAX_ENV_VALUE_BYTES`].
 #[derive(Debug, Default)]

@@ -176,14 +176,8 @@ pub fn token_digest(token: &[u8]) -> Vec<u8> {
         .to_vec()
 }
 
-fn decode_sha256_hex(hex: &str) -> Option<Vec<u8>> {
-    if hex.len() != 64 {
-        return None;
-    }
-    (0..64)
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).ok())
-        .collect()
+fn decode_sha256_hex(text: &str) -> Option<Vec<u8>> {
+    crate::shared::hex::decode(text).filter(|digest| digest.len() == 32)
 }
 
 /// Creates `dir` (and parents) and hands it to `owner` when given.
@@ -340,20 +334,20 @@ async fn shut_down_execs(daemon: &Daemon, grace: Duration) {
     for exec in &live {
         exec.signal_group(Signal::SIGTERM);
     }
-    let all_done = async {
+    if !all_execs_ended(daemon, grace).await {
+        for exec in &live {
+            exec.signal_group(Signal::SIGKILL);
+        }
+        all_execs_ended(daemon, PIPE_DRAIN_GRACE + Duration::from_millis(500)).await;
+    }
+}
+
+/// Waits up to `limit` for every exec's driver to have written its terminal event.
+async fn all_execs_ended(daemon: &Daemon, limit: Duration) -> bool {
+    let ended = async {
         while daemon.execs.live_count() > 0 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     };
-    if tokio::time::timeout(grace, all_done).await.is_err() {
-        for exec in &live {
-            exec.signal_group(Signal::SIGKILL);
-        }
-        let _ = tokio::time::timeout(PIPE_DRAIN_GRACE + Duration::from_millis(500), async {
-            while daemon.execs.live_count() > 0 {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await;
-    }
+    tokio::time::timeout(limit, ended).await.is_ok()
 }

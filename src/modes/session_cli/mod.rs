@@ -1,8 +1,8 @@
 //! `tale session …`: operator one-liners against a spawner, every request HMAC-signed with
 //! `SANDBOX_TOKEN` (from the environment or `--token-file`). `exec` streams the command's output to
 //! this terminal and exits with the command's exit code.
-use crate::modes::runnerd::activity::now_ms;
-use crate::shared::hmac::{SignedHeaders, NONCE_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER};
+use crate::shared::clock::now_ms;
+use crate::shared::hmac::SignedHeaders;
 use crate::shared::sse::SseParser;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -102,10 +102,7 @@ impl SpawnerClient {
             .uri(format!("{}{path}", self.base.trim_end_matches('/')));
         if let Some(token) = &self.token {
             let signed = SignedHeaders::new(token, method.as_str(), path, &bytes, now_ms());
-            builder = builder
-                .header(SIGNATURE_HEADER, signed.signature)
-                .header(TIMESTAMP_HEADER, signed.timestamp)
-                .header(NONCE_HEADER, signed.nonce);
+            builder = signed.apply(builder);
         }
         if body.is_some() {
             builder = builder.header("content-type", "application/json");

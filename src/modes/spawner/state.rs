@@ -3,7 +3,6 @@ use super::backend::Backend;
 use super::config::SpawnerConfig;
 use super::metrics::Metrics;
 use super::registry::{Registry, SessionEntry};
-use crate::modes::runnerd::activity::now_ms;
 use crate::shared::hmac::{derive_runnerd_token, RequestVerifier};
 use crate::shared::protocol::spawner::{Profile, SessionState};
 use crate::shared::runnerd_client::RunnerdClient;
@@ -160,18 +159,11 @@ impl Spawner {
             SessionState::Degraded,
             SessionState::Creating,
         ] {
-            let label = serde_json::to_value(state)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default();
+            let label = state.as_str();
             self.metrics
                 .sessions
-                .get_or_create(&super::metrics::Metrics::label("state", &label))
+                .get_or_create(&super::metrics::Metrics::label("state", label))
                 .set(*counts.get(&state).unwrap_or(&0) as i64);
         }
-    }
-
-    pub fn now_ms(&self) -> u64 {
-        now_ms()
     }
 }

@@ -40,7 +40,7 @@ pub async fn sweep_once(spawner: &Spawner) {
         if entry.pinned || spawner.registry.proxy_count(&entry.session_id) > 0 {
             continue;
         }
-        let now = spawner.now_ms();
+        let now = crate::shared::clock::now_ms();
         let (last_activity, live) = match entry.runnerd.health().await {
             Ok(health) => {
                 spawner.registry.update(&entry.session_id, |e| {

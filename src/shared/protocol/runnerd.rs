@@ -22,6 +22,19 @@ pub fn is_valid_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
+/// True for names the platform may not set: they would break the sandbox (`HOME`, `PATH`, `TMPDIR`),
+/// reach runnerd's own secrets (`TALE_RUNNERD_*`), or bypass the egress proxy (`*_proxy`). Names are
+/// compared upper-cased. Names that cannot be an environment variable at all are refused as well.
+pub fn is_denied_name(name: &str) -> bool {
+    if name.is_empty() || name.contains('=') || name.contains('\0') {
+        return true;
+    }
+    let upper = name.to_ascii_uppercase();
+    matches!(upper.as_str(), "HOME" | "PATH" | "TMPDIR")
+        || upper.starts_with("TALE_RUNNERD_")
+        || matches!(upper.as_str(), "HTTP_PROXY" | "HTTPS_PROXY" | "NO_PROXY")
+}
+
 /// `POST /execs` body as it arrives. Every field is kept loose (`serde_json::Value`) so that a field of
 /// the wrong type becomes a `fail BAD_REQUEST` event in the specified validation order rather than a
 /// parse error; `exec::spec` turns it into a typed `ExecSpec`.

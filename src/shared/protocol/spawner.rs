@@ -1,6 +1,6 @@
 //! The spawner's wire contract (spec era B): session and exec requests with their validation, replies,
 //! the SSE event data, and the error envelope. camelCase JSON, field order as the original.
-use super::runnerd::{is_valid_id, ExecEvent, FailCode, Truncated};
+use super::runnerd::{is_denied_name, is_valid_id, ExecEvent, FailCode, Truncated};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -17,11 +17,6 @@ pub fn is_valid_org_id(id: &str) -> bool {
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-}
-
-/// Env names the platform may not set (the runnerd deny-list): silently dropped from requests.
-pub fn is_denied_env_name(name: &str) -> bool {
-    crate::modes::runnerd::env_store::is_denied_name(name)
 }
 
 /// Resource profile of a session.
@@ -59,6 +54,20 @@ pub enum SessionState {
     Terminating,
     Terminated,
     Expired,
+}
+
+impl SessionState {
+    /// The wire name (also the metrics label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionState::Creating => "creating",
+            SessionState::Ready => "ready",
+            SessionState::Degraded => "degraded",
+            SessionState::Terminating => "terminating",
+            SessionState::Terminated => "terminated",
+            SessionState::Expired => "expired",
+        }
+    }
 }
 
 /// A session as the API reports it.
@@ -149,7 +158,7 @@ pub fn parse_env(value: Option<&Value>) -> Result<BTreeMap<String, String>, BadR
         if value.encode_utf16().count() > MAX_REQUEST_ENV_VALUE_UNITS {
             return Err(bad(format!("env.{name} value too large")));
         }
-        if !is_denied_env_name(name) {
+        if !is_denied_name(name) {
             env.insert(name.clone(), value.to_owned());
         }
     }
@@ -329,6 +338,19 @@ pub enum ExecEndReason {
     Cancelled,
     TimedOut,
     SessionLost,
+}
+
+impl ExecEndReason {
+    /// The wire name (also the metrics label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExecEndReason::Completed => "completed",
+            ExecEndReason::Failed => "failed",
+            ExecEndReason::Cancelled => "cancelled",
+            ExecEndReason::TimedOut => "timed_out",
+            ExecEndReason::SessionLost => "session_lost",
+        }
+    }
 }
 
 /// The `result` SSE event and the one-shot reply.

@@ -1,5 +1,4 @@
 //! Starting an exec and driving it from spawn to its one terminal event.
-use super::super::activity::now_ms;
 use super::super::limits::PIPE_DRAIN_GRACE;
 use super::super::state::Daemon;
 use super::journal::{Journal, JournalCursor};
@@ -7,6 +6,7 @@ use super::output::{pump, OutputStream};
 use super::spec::{parse_exec_id, parse_spec, resolve_cwd, ExecSpec, SpecError, StdinMode};
 use super::stdin::StdinState;
 use super::{Exec, Phase, RegisterRefusal};
+use crate::shared::clock::now_ms;
 use crate::shared::protocol::runnerd::{ExecEvent, ExecRequestWire, FailCode, Truncated};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
@@ -96,10 +96,10 @@ async fn drive(
     let exit_code = match run_process(&daemon, &exec, &spec, &cwd, stdin).await {
         Ok(outcome) => {
             let (cancelled, timed_out) = {
-                let control = exec.control();
+                let mut control = exec.control();
+                control.phase = Phase::Exited(Some(outcome.exit_code));
                 (control.cancelled, control.timed_out)
             };
-            exec.control().phase = Phase::Exited(Some(outcome.exit_code));
             exec.journal.append(|seq| ExecEvent::Exit {
                 exit_code: outcome.exit_code,
                 duration_ms: now_ms().saturating_sub(started_at_ms),

@@ -110,11 +110,6 @@ impl Journal {
         self.budget.mark_finished(self);
     }
 
-    /// Seq of the last event appended (0 when empty).
-    pub fn last_seq(&self) -> u64 {
-        self.lock().next_seq - 1
-    }
-
     /// A reader of every event with seq > `since_seq`, following live appends until finished.
     pub fn cursor(self: &Arc<Self>, since_seq: u64) -> JournalCursor {
         JournalCursor {

@@ -228,10 +228,6 @@ impl ExecTable {
         self.tables.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn max_live(&self) -> usize {
-        self.max_live
-    }
-
     pub fn live_count(&self) -> usize {
         self.tables().live.len()
     }

@@ -3,6 +3,7 @@ use super::super::limits::PIPE_READ_CHUNK_BYTES;
 use super::journal::Journal;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
+use std::io::Write;
 use std::sync::Arc;
 use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
@@ -34,7 +35,7 @@ pub fn output_line(stream: OutputStream, chunk: &[u8], seq: u64) -> Vec<u8> {
         .expect("buffer sized for the encoding");
     line.truncate(start + written);
     line.extend_from_slice(b"\",\"seq\":");
-    line.extend_from_slice(seq.to_string().as_bytes());
+    let _ = write!(line, "{seq}");
     line.extend_from_slice(b"}\n");
     line
 }

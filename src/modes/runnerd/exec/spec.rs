@@ -1,8 +1,7 @@
 //! Parse, don't validate: `ExecRequestWire` (untrusted JSON) becomes an [`ExecSpec`], or a `fail`
 //! event with the specified code and message, checked in the original daemon's order.
-use super::super::env_store::is_denied_name;
 use super::super::limits::DEFAULT_EXEC_TIMEOUT_MS;
-use crate::shared::protocol::runnerd::{is_valid_id, ExecRequestWire, FailCode};
+use crate::shared::protocol::runnerd::{is_denied_name, is_valid_id, ExecRequestWire, FailCode};
 use base64::Engine;
 use serde_json::Value;
 use std::path::{Path, PathBuf};

@@ -45,10 +45,6 @@ impl SpoolBudget {
         self.used_bytes.load(Ordering::Relaxed)
     }
 
-    pub fn total_cap_bytes(&self) -> u64 {
-        self.total_cap_bytes
-    }
-
     pub fn per_exec_cap_bytes(&self) -> u64 {
         self.per_exec_cap_bytes
     }

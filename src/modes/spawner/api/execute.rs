@@ -15,15 +15,7 @@ pub const ONE_SHOT_ORGANIZATION: &str = "one-shot";
 pub const ONE_SHOT_EXEC_ID: &str = "run";
 
 fn random_id() -> String {
-    use ring::rand::SecureRandom;
-    let mut bytes = [0u8; 8];
-    ring::rand::SystemRandom::new()
-        .fill(&mut bytes)
-        .expect("the system RNG works");
-    format!(
-        "exe-{}",
-        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    )
+    format!("exe-{}", crate::shared::hex::random::<8>())
 }
 
 pub async fn execute(spawner: Arc<Spawner>, request: &ApiRequest) -> HttpResponse {
@@ -74,7 +66,7 @@ pub async fn execute(spawner: Arc<Spawner>, request: &ApiRequest) -> HttpRespons
         }
     };
     if let Some(stage) = files {
-        match entry.runnerd.stage_typed(&stage).await {
+        match entry.runnerd.stage(&stage).await {
             Ok(reply) if reply.skipped.is_empty() => {}
             Ok(reply) => {
                 teardown(spawner.clone(), session_id).await;

@@ -123,7 +123,7 @@ fn authenticate(spawner: &Spawner, request: &ApiRequest) -> Result<(), &'static 
         body: &request.body,
     };
     verifier
-        .verify(&presented, spawner.now_ms() as i64)
+        .verify(&presented, crate::shared::clock::now_ms() as i64)
         .map_err(|failure| match failure {
             crate::shared::hmac::AuthFailure::MissingSignature => "missing_signature",
             crate::shared::hmac::AuthFailure::MissingTimestamp => "missing_timestamp",

@@ -146,7 +146,7 @@ async fn create_reserved(
     spawner: &Spawner,
     create: &CreateSession,
 ) -> Result<SessionEntry, (&'static str, HttpResponse)> {
-    let created_at_ms = spawner.now_ms();
+    let created_at_ms = crate::shared::clock::now_ms();
     let id = &create.session_id;
     let spec = SessionSpec {
         session_id: id.clone(),
@@ -334,7 +334,7 @@ pub async fn pin(spawner: &Spawner, id: &str, request: &ApiRequest) -> HttpRespo
         Err(response) => return response,
     };
     let max_lifetime = spawner.config.limits.max_lifetime_ms;
-    let now = spawner.now_ms();
+    let now = crate::shared::clock::now_ms();
     spawner.registry.update(id, |e| {
         if e.pinned && !pinned {
             e.expires_at_ms = now + max_lifetime;

@@ -176,14 +176,11 @@ pub async fn pump(
 }
 
 fn record_outcome(spawner: &Spawner, result: &SessionExecResponse) {
-    let reason = serde_json::to_value(result.reason)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default();
+    let reason = result.reason.as_str();
     spawner
         .metrics
         .exec_outcomes
-        .get_or_create(&Metrics::label("reason", &reason))
+        .get_or_create(&Metrics::label("reason", reason))
         .inc();
 }
 

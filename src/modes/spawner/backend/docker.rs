@@ -103,7 +103,7 @@ pub fn container_name(session_id: &str) -> String {
         &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
         session_id.as_bytes(),
     );
-    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    let hex = crate::shared::hex::encode(digest.as_ref());
     format!("tale-sbx-ses-{}", &hex[..16])
 }
 
@@ -176,14 +176,7 @@ impl DockerBackend {
         name: &str,
         mut labels: HashMap<String, String>,
     ) -> BackendResult<bool> {
-        let nonce = {
-            use ring::rand::SecureRandom;
-            let mut bytes = [0u8; 8];
-            ring::rand::SystemRandom::new()
-                .fill(&mut bytes)
-                .map_err(|_| BackendError::Engine("the system RNG failed".into()))?;
-            bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
-        };
+        let nonce = crate::shared::hex::random::<8>();
         labels.insert(VOLUME_NONCE_LABEL.into(), nonce.clone());
         let volume = self
             .docker
