@@ -1,4 +1,5 @@
 //! Code shared by more than one mode: the wire contract, logging, and the only unsafe code.
+pub mod agents;
 pub mod clock;
 pub mod hex;
 pub mod hmac;

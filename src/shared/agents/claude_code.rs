@@ -1,0 +1,785 @@
+//! Claude Code (spec agents §2 era B, §6): `claude -p` speaking stream-json both ways, the prompt on
+//! a held stdin, model traffic to `<gateway>/anthropic` with the gateway's virtual key as bearer.
+use super::events::{AgentEvent, AgentResultStatus, AgentSlug, UsageTotals};
+use super::jsonl::EventMapper;
+use super::{
+    count, string, AgentAdapter, AgentRunSpec, PermissionMode, SessionContext, SessionExecSpec,
+    StdinMode, DEFAULT_MAX_TURNS,
+};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use std::collections::{BTreeMap, HashSet, VecDeque};
+
+/// The CLI, found on the session's PATH.
+pub const CLAUDE_BINARY: &str = "claude";
+/// Tools the agent may never use: the session reaches the web only through the egress proxy's
+/// allow-list, and these would bypass the platform's own browsing tools.
+pub const DISALLOWED_TOOLS: &str = "WebSearch,WebFetch";
+/// The Playwright MCP server of the runtime image (`@playwright/mcp`) and its flags: headless,
+/// in-memory profile, Debian's Chromium, no Chromium sandbox (the session is the sandbox).
+pub const PLAYWRIGHT_MCP_COMMAND: &str = "mcp-server-playwright";
+pub const PLAYWRIGHT_MCP_ARGS: [&str; 6] = [
+    "--headless",
+    "--isolated",
+    "--no-sandbox",
+    "--ignore-https-errors",
+    "--executable-path",
+    "/usr/bin/chromium",
+];
+/// How many assistant message ids a parser remembers for usage de-duplication; repeats are
+/// adjacent (one message split over several lines), so forgetting the oldest is harmless.
+pub const MAX_REMEMBERED_MESSAGE_IDS: usize = 4096;
+
+/// The Claude Code adapter.
+pub struct ClaudeCode;
+
+#[derive(Serialize)]
+struct TextBlock<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    text: &'a str,
+}
+
+#[derive(Serialize)]
+struct UserMessage<'a> {
+    role: &'static str,
+    content: [TextBlock<'a>; 1],
+}
+
+/// `{"type":"user","message":{"role":"user","content":[{"type":"text","text":…}]}}`.
+#[derive(Serialize)]
+struct UserLine<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    message: UserMessage<'a>,
+}
+
+/// One stream-json user message line, `\n`-terminated: the initial prompt and every steer.
+pub fn user_line(text: &str) -> String {
+    let line = UserLine {
+        kind: "user",
+        message: UserMessage {
+            role: "user",
+            content: [TextBlock { kind: "text", text }],
+        },
+    };
+    let mut out = serde_json::to_string(&line).expect("a user line serializes");
+    out.push('\n');
+    out
+}
+
+/// The `--mcp-config` JSON giving the agent the Playwright browser.
+pub fn mcp_config() -> String {
+    serde_json::json!({"mcpServers": {"playwright": {
+        "command": PLAYWRIGHT_MCP_COMMAND,
+        "args": PLAYWRIGHT_MCP_ARGS,
+    }}})
+    .to_string()
+}
+
+impl AgentAdapter for ClaudeCode {
+    fn slug(&self) -> AgentSlug {
+        AgentSlug::ClaudeCode
+    }
+
+    fn build_exec(&self, spec: &AgentRunSpec, session: &SessionContext) -> SessionExecSpec {
+        let mut argv: Vec<String> = [
+            CLAUDE_BINARY,
+            "-p",
+            "--output-format",
+            "stream-json",
+            "--input-format",
+            "stream-json",
+            "--verbose",
+            "--include-partial-messages",
+            "--permission-mode",
+            match spec.permission_mode {
+                PermissionMode::Plan => "plan",
+                PermissionMode::BypassPermissions => "bypassPermissions",
+            },
+            "--max-turns",
+        ]
+        .map(str::to_owned)
+        .into();
+        argv.push(spec.max_turns.unwrap_or(DEFAULT_MAX_TURNS).to_string());
+        let mut flag = |name: &str, value: &Option<String>| {
+            if let Some(value) = value {
+                argv.push(name.to_owned());
+                argv.push(value.clone());
+            }
+        };
+        flag("--resume", &spec.agent_session_id);
+        flag("--model", &spec.model);
+        flag("--append-system-prompt", &spec.system_prompt_append);
+        if spec.browser_mcp {
+            argv.extend([
+                "--mcp-config".to_owned(),
+                mcp_config(),
+                "--strict-mcp-config".to_owned(),
+            ]);
+        }
+        // Variadic in the CLI: it must come last so it swallows no other flag.
+        argv.extend(["--disallowedTools".to_owned(), DISALLOWED_TOOLS.to_owned()]);
+
+        let mut env = BTreeMap::from([
+            (
+                "ANTHROPIC_BASE_URL".to_owned(),
+                format!("{}/anthropic", spec.gateway_root()),
+            ),
+            // Sent as `Authorization: Bearer`, which wins over x-api-key; the key is blanked so no
+            // inherited provider key is ever sent alongside.
+            (
+                "ANTHROPIC_AUTH_TOKEN".to_owned(),
+                spec.gateway.token.clone(),
+            ),
+            ("ANTHROPIC_API_KEY".to_owned(), String::new()),
+            (
+                "CLAUDE_CONFIG_DIR".to_owned(),
+                format!("{}/.claude", session.exec_home.trim_end_matches('/')),
+            ),
+            // No telemetry, error reporting or update checks: sessions reach only the gateway.
+            (
+                "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC".to_owned(),
+                "1".to_owned(),
+            ),
+        ]);
+        if let Some(model) = &spec.model {
+            for name in [
+                "ANTHROPIC_MODEL",
+                "ANTHROPIC_DEFAULT_OPUS_MODEL",
+                "ANTHROPIC_DEFAULT_SONNET_MODEL",
+                "ANTHROPIC_DEFAULT_HAIKU_MODEL",
+                "CLAUDE_CODE_SUBAGENT_MODEL",
+            ] {
+                env.insert(name.to_owned(), model.clone());
+            }
+        }
+        SessionExecSpec {
+            argv,
+            env,
+            cwd: spec.workdir.clone(),
+            stdin: Some(user_line(&spec.prompt)),
+            stdin_mode: StdinMode::Hold,
+        }
+    }
+
+    fn mapper(&self) -> Box<dyn EventMapper> {
+        Box::new(ClaudeMapper::default())
+    }
+
+    fn steer_line(&self, text: &str) -> Option<String> {
+        Some(user_line(text))
+    }
+}
+
+/// Maps stream-json events (spec §6), de-duplicating usage by assistant message id.
+#[derive(Default)]
+pub struct ClaudeMapper {
+    seen_ids: HashSet<String>,
+    seen_order: VecDeque<String>,
+}
+
+impl ClaudeMapper {
+    /// True the first time `id` is seen.
+    fn first_sighting(&mut self, id: &str) -> bool {
+        if self.seen_ids.contains(id) {
+            return false;
+        }
+        if self.seen_order.len() == MAX_REMEMBERED_MESSAGE_IDS {
+            if let Some(oldest) = self.seen_order.pop_front() {
+                self.seen_ids.remove(&oldest);
+            }
+        }
+        self.seen_ids.insert(id.to_owned());
+        self.seen_order.push_back(id.to_owned());
+        true
+    }
+
+    fn assistant(&mut self, event: &Map<String, Value>, parent: Option<String>) -> Vec<AgentEvent> {
+        let mut out = Vec::new();
+        let Some(message) = event.get("message").and_then(Value::as_object) else {
+            return out;
+        };
+        for block in message
+            .get("content")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            match block.get("type").and_then(Value::as_str) {
+                Some("text") => {
+                    if let Some(text) = string(block.get("text")).filter(|t| !t.is_empty()) {
+                        out.push(AgentEvent::Text {
+                            text,
+                            parent_tool_use_id: parent.clone(),
+                        });
+                    }
+                }
+                Some("tool_use") => out.push(AgentEvent::ToolUse {
+                    tool_use_id: string(block.get("id")).unwrap_or_default(),
+                    tool_name: string(block.get("name")).unwrap_or_default(),
+                    input: block.get("input").cloned().unwrap_or(Value::Null),
+                    parent_tool_use_id: parent.clone(),
+                }),
+                _ => {}
+            }
+        }
+        if let Some(usage) = message.get("usage").and_then(Value::as_object) {
+            let first = match message.get("id").and_then(Value::as_str) {
+                Some(id) => self.first_sighting(id),
+                None => true,
+            };
+            if first {
+                out.push(AgentEvent::Usage {
+                    model: string(message.get("model")),
+                    input_tokens: count(usage.get("input_tokens")),
+                    output_tokens: count(usage.get("output_tokens")),
+                    cache_read_tokens: Some(count(usage.get("cache_read_input_tokens"))),
+                    cache_write_tokens: Some(count(usage.get("cache_creation_input_tokens"))),
+                    cost_estimate_usd: None,
+                    parent_tool_use_id: parent,
+                });
+            }
+        }
+        out
+    }
+}
+
+fn tool_results(event: &Map<String, Value>, parent: Option<String>) -> Vec<AgentEvent> {
+    event
+        .get("message")
+        .and_then(|m| m.get("content"))
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|block| block.get("type").and_then(Value::as_str) == Some("tool_result"))
+        .map(|block| AgentEvent::ToolResult {
+            tool_use_id: string(block.get("tool_use_id")).unwrap_or_default(),
+            output: block.get("content").cloned(),
+            is_error: block.get("is_error").and_then(Value::as_bool),
+            parent_tool_use_id: parent.clone(),
+        })
+        .collect()
+}
+
+fn result(event: &Map<String, Value>) -> AgentEvent {
+    let status = match event.get("subtype").and_then(Value::as_str) {
+        None | Some("") | Some("success") => AgentResultStatus::Completed,
+        Some("error_max_turns") => AgentResultStatus::MaxTurns,
+        Some(_) => AgentResultStatus::Error,
+    };
+    let cost = event.get("total_cost_usd").and_then(Value::as_f64);
+    AgentEvent::Result {
+        status,
+        agent_session_id: string(event.get("session_id")),
+        final_text: string(event.get("result")),
+        duration_ms: event
+            .get("duration_ms")
+            .filter(|v| v.is_number())
+            .map(|v| count(Some(v))),
+        usage_totals: cost.map(|cost| UsageTotals {
+            input_tokens: 0,
+            output_tokens: 0,
+            cost_estimate_usd: Some(cost),
+        }),
+        is_error: event.get("is_error").and_then(Value::as_bool),
+        api_error_status: event
+            .get("api_error_status")
+            .filter(|v| !v.is_null())
+            .cloned(),
+    }
+}
+
+impl EventMapper for ClaudeMapper {
+    fn map(&mut self, event: Map<String, Value>) -> Vec<AgentEvent> {
+        let parent = string(event.get("parent_tool_use_id"));
+        let kind = event.get("type").and_then(Value::as_str);
+        let subtype = event.get("subtype").and_then(Value::as_str);
+        match (kind, subtype) {
+            (Some("system"), Some("init")) => vec![AgentEvent::RunStarted {
+                agent: AgentSlug::ClaudeCode,
+                agent_session_id: string(event.get("session_id")),
+                // The spec's recordings carry it in `data`; CLI 2.1 prints it at the top level.
+                model: string(event.get("data").and_then(|d| d.get("model")))
+                    .or_else(|| string(event.get("model"))),
+            }],
+            (Some("stream_event"), _) => {
+                let delta = event.get("event").and_then(|e| e.get("delta"));
+                match delta {
+                    Some(d) if d.get("type").and_then(Value::as_str) == Some("text_delta") => {
+                        string(d.get("text"))
+                            .filter(|t| !t.is_empty())
+                            .map(|text| AgentEvent::TextDelta {
+                                text,
+                                parent_tool_use_id: parent,
+                            })
+                            .into_iter()
+                            .collect()
+                    }
+                    _ => Vec::new(),
+                }
+            }
+            (Some("assistant"), _) => self.assistant(&event, parent),
+            (Some("user"), _) => tool_results(&event, parent),
+            (Some("result"), _) => vec![result(&event)],
+            _ => vec![AgentEvent::Raw {
+                agent: AgentSlug::ClaudeCode,
+                payload: Value::Object(event),
+            }],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shared::agents::{AgentEventParser, GatewayTarget};
+    use serde_json::json;
+
+    const FIXTURE: &str = include_str!("../../../tests/fixtures/claude_code/issue-to-pr.jsonl");
+
+    fn session() -> SessionContext {
+        SessionContext {
+            exec_home: "/workspace/.home".into(),
+        }
+    }
+
+    fn spec() -> AgentRunSpec {
+        AgentRunSpec::new(
+            "fix the bug; secret plan",
+            GatewayTarget {
+                base_url: "http://gw:8080/".into(),
+                token: "vk-123".into(),
+            },
+        )
+    }
+
+    fn parse_all(chunks: &[&str]) -> Vec<AgentEvent> {
+        let mut parser = ClaudeCode.parser();
+        let mut events: Vec<AgentEvent> = chunks.iter().flat_map(|c| parser.feed(c)).collect();
+        events.extend(parser.end());
+        events
+    }
+
+    fn kinds(events: &[AgentEvent]) -> Vec<String> {
+        events
+            .iter()
+            .map(|e| {
+                serde_json::to_value(e).unwrap()["type"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    }
+
+    /// The minimal run: exact argv in order, exact env, the prompt only on stdin, stdin held.
+    #[test]
+    fn build_exec_minimal() {
+        let exec = ClaudeCode.build_exec(&spec(), &session());
+        assert_eq!(
+            exec.argv,
+            [
+                "claude",
+                "-p",
+                "--output-format",
+                "stream-json",
+                "--input-format",
+                "stream-json",
+                "--verbose",
+                "--include-partial-messages",
+                "--permission-mode",
+                "bypassPermissions",
+                "--max-turns",
+                "40",
+                "--disallowedTools",
+                "WebSearch,WebFetch"
+            ]
+        );
+        let env: Vec<(&str, &str)> = exec
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            env,
+            [
+                ("ANTHROPIC_API_KEY", ""),
+                ("ANTHROPIC_AUTH_TOKEN", "vk-123"),
+                ("ANTHROPIC_BASE_URL", "http://gw:8080/anthropic"),
+                ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"),
+                ("CLAUDE_CONFIG_DIR", "/workspace/.home/.claude"),
+            ]
+        );
+        assert_eq!(
+            exec.stdin.as_deref(),
+            Some("{\"type\":\"user\",\"message\":{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"fix the bug; secret plan\"}]}}\n")
+        );
+        assert_eq!(exec.stdin_mode, StdinMode::Hold);
+        assert_eq!(exec.cwd, None);
+        assert!(exec.argv.iter().all(|a| !a.contains("secret plan")));
+        assert!(exec.argv.iter().all(|a| !a.contains("vk-123")));
+    }
+
+    /// Every optional field lands where the spec puts it; the model is pinned for every role.
+    #[test]
+    fn build_exec_full() {
+        let mut spec = spec();
+        spec.model = Some("gw-sonnet".into());
+        spec.agent_session_id = Some("sess-1".into());
+        spec.max_turns = Some(7);
+        spec.system_prompt_append = Some("be brief".into());
+        spec.workdir = Some("repo".into());
+        spec.browser_mcp = true;
+        spec.permission_mode = PermissionMode::Plan;
+        let exec = ClaudeCode.build_exec(&spec, &session());
+        let mcp = mcp_config();
+        assert_eq!(
+            exec.argv,
+            [
+                "claude",
+                "-p",
+                "--output-format",
+                "stream-json",
+                "--input-format",
+                "stream-json",
+                "--verbose",
+                "--include-partial-messages",
+                "--permission-mode",
+                "plan",
+                "--max-turns",
+                "7",
+                "--resume",
+                "sess-1",
+                "--model",
+                "gw-sonnet",
+                "--append-system-prompt",
+                "be brief",
+                "--mcp-config",
+                mcp.as_str(),
+                "--strict-mcp-config",
+                "--disallowedTools",
+                "WebSearch,WebFetch"
+            ]
+        );
+        assert_eq!(
+            serde_json::from_str::<Value>(&mcp).unwrap(),
+            json!({"mcpServers": {"playwright": {"command": "mcp-server-playwright",
+                "args": ["--headless", "--isolated", "--no-sandbox", "--ignore-https-errors", "--executable-path", "/usr/bin/chromium"]}}})
+        );
+        for name in [
+            "ANTHROPIC_MODEL",
+            "ANTHROPIC_DEFAULT_OPUS_MODEL",
+            "ANTHROPIC_DEFAULT_SONNET_MODEL",
+            "ANTHROPIC_DEFAULT_HAIKU_MODEL",
+            "CLAUDE_CODE_SUBAGENT_MODEL",
+        ] {
+            assert_eq!(exec.env[name], "gw-sonnet", "{name}");
+        }
+        assert_eq!(exec.env.len(), 10);
+        assert_eq!(exec.cwd.as_deref(), Some("repo"));
+    }
+
+    /// Steer lines are single JSON lines, whatever the text holds.
+    #[test]
+    fn steer_line_is_one_json_line() {
+        let line = ClaudeCode.steer_line("two\nlines \"quoted\" é").unwrap();
+        assert!(line.ends_with('\n') && !line[..line.len() - 1].contains('\n'));
+        let value: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(
+            value,
+            json!({"type": "user", "message": {"role": "user", "content": [{"type": "text", "text": "two\nlines \"quoted\" é"}]}})
+        );
+    }
+
+    /// The spec's 8-line fixture: run-started, 2 text-deltas, text, 3 tool-uses, 1 tool-result,
+    /// exactly 2 usage events (msg_1 repeated is counted once), result completed.
+    #[test]
+    fn fixture_yields_the_specified_events() {
+        assert_eq!(FIXTURE.lines().count(), 8);
+        let events = parse_all(&[FIXTURE]);
+        assert_eq!(
+            kinds(&events),
+            [
+                "run-started",
+                "text-delta",
+                "text-delta",
+                "text",
+                "tool-use",
+                "usage",
+                "tool-use",
+                "tool-result",
+                "tool-use",
+                "usage",
+                "result"
+            ]
+        );
+        assert_eq!(
+            events[0],
+            AgentEvent::RunStarted {
+                agent: AgentSlug::ClaudeCode,
+                agent_session_id: Some("sess-abc".into()),
+                model: Some("claude-sonnet-4-6".into())
+            }
+        );
+        let text: String = events
+            .iter()
+            .filter_map(|e| match e {
+                AgentEvent::TextDelta { text, .. } => Some(text.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(text, "Reading the issue.");
+        assert_eq!(
+            events[4],
+            AgentEvent::ToolUse {
+                tool_use_id: "tu_1".into(),
+                tool_name: "Bash".into(),
+                input: json!({"command": "git checkout -b fix/issue-1"}),
+                parent_tool_use_id: None
+            }
+        );
+        assert_eq!(
+            events[5],
+            AgentEvent::Usage {
+                model: Some("claude-sonnet-4-6".into()),
+                input_tokens: 1200,
+                output_tokens: 45,
+                cache_read_tokens: Some(800),
+                cache_write_tokens: Some(0),
+                cost_estimate_usd: None,
+                parent_tool_use_id: None
+            }
+        );
+        assert_eq!(
+            events[7],
+            AgentEvent::ToolResult {
+                tool_use_id: "tu_1".into(),
+                output: Some(json!("Switched to a new branch 'fix/issue-1'")),
+                is_error: Some(false),
+                parent_tool_use_id: None
+            }
+        );
+        assert!(matches!(
+            &events[9],
+            AgentEvent::Usage {
+                input_tokens: 1500,
+                output_tokens: 30,
+                cache_read_tokens: Some(1200),
+                ..
+            }
+        ));
+        assert_eq!(
+            events[10],
+            AgentEvent::Result {
+                status: AgentResultStatus::Completed,
+                agent_session_id: Some("sess-abc".into()),
+                final_text: Some("Opened PR https://github.com/org/repo/pull/7".into()),
+                duration_ms: Some(42000),
+                usage_totals: Some(UsageTotals {
+                    input_tokens: 0,
+                    output_tokens: 0,
+                    cost_estimate_usd: Some(0.0123)
+                }),
+                is_error: Some(false),
+                api_error_status: None
+            }
+        );
+    }
+
+    /// Byte-sized, line-sized and pseudo-random chunkings all give the same events.
+    #[test]
+    fn fixture_in_every_chunking() {
+        let whole = parse_all(&[FIXTURE]);
+        let chars: Vec<char> = FIXTURE.chars().collect();
+        let piece = |from: usize, to: usize| chars[from..to].iter().collect::<String>();
+        let one_by_one: Vec<String> = (0..chars.len()).map(|i| piece(i, i + 1)).collect();
+        let refs: Vec<&str> = one_by_one.iter().map(String::as_str).collect();
+        assert_eq!(parse_all(&refs), whole, "character by character");
+        let lines: Vec<&str> = FIXTURE.split_inclusive('\n').collect();
+        assert_eq!(parse_all(&lines), whole, "line by line");
+        // Without its final newline the last line still counts (flushed by `end`).
+        assert_eq!(parse_all(&[FIXTURE.trim_end()]), whole, "no final newline");
+        // xorshift: deterministic "random" split points.
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        for round in 0..200 {
+            let mut chunks = Vec::new();
+            let mut at = 0;
+            while at < chars.len() {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                let len = 1 + (state % 97) as usize;
+                let end = (at + len).min(chars.len());
+                chunks.push(piece(at, end));
+                at = end;
+            }
+            let refs: Vec<&str> = chunks.iter().map(String::as_str).collect();
+            assert_eq!(parse_all(&refs), whole, "random round {round}");
+        }
+    }
+
+    /// Byte-by-byte at the UTF-8 level, through the same decoder the spawner uses.
+    #[test]
+    fn fixture_byte_by_byte_through_the_utf8_decoder() {
+        let mut text = FIXTURE.replace("Reading ", "Lisons é€😀 ");
+        text.push('\n');
+        let whole = parse_all(&[&text]);
+        let mut decoder = crate::shared::sse::Utf8StreamDecoder::default();
+        let mut parser = ClaudeCode.parser();
+        let mut events = Vec::new();
+        for byte in text.as_bytes() {
+            events.extend(parser.feed(&decoder.feed(std::slice::from_ref(byte))));
+        }
+        events.extend(parser.feed(&decoder.finish()));
+        events.extend(parser.end());
+        assert_eq!(events, whole);
+        assert!(events.contains(&AgentEvent::TextDelta {
+            text: "Lisons é€😀 ".into(),
+            parent_tool_use_id: None
+        }));
+    }
+
+    fn map(line: Value) -> Vec<AgentEvent> {
+        let mut parser: AgentEventParser = ClaudeCode.parser();
+        parser.feed(&format!("{line}\n"))
+    }
+
+    /// The rest of the table: other system subtypes and unknown types are raw, other stream events
+    /// and empty deltas are nothing, subagent events carry parentToolUseId, result statuses.
+    #[test]
+    fn mapping_table() {
+        let retry = json!({"type": "system", "subtype": "api_retry", "attempt": 1});
+        assert_eq!(
+            map(retry.clone()),
+            [AgentEvent::Raw {
+                agent: AgentSlug::ClaudeCode,
+                payload: retry
+            }]
+        );
+        assert!(matches!(
+            &map(json!({"type": "control_request"}))[..],
+            [AgentEvent::Raw { .. }]
+        ));
+        assert!(
+            map(json!({"type": "stream_event", "event": {"type": "message_start"}})).is_empty()
+        );
+        assert!(map(
+            json!({"type": "stream_event", "event": {"delta": {"type": "text_delta", "text": ""}}})
+        )
+        .is_empty());
+        assert!(map(json!({"type": "stream_event", "event": {"delta": {"type": "input_json_delta", "partial_json": "{"}}})).is_empty());
+        let sub = map(json!({"type": "stream_event", "parent_tool_use_id": "tu_9",
+            "event": {"delta": {"type": "text_delta", "text": "x"}}}));
+        assert_eq!(
+            sub,
+            [AgentEvent::TextDelta {
+                text: "x".into(),
+                parent_tool_use_id: Some("tu_9".into())
+            }]
+        );
+        let tool = map(json!({"type": "assistant", "parent_tool_use_id": "tu_9",
+            "message": {"content": [{"type": "tool_use"}, {"type": "text", "text": ""}, {"type": "thinking"}]}}));
+        assert_eq!(
+            tool,
+            [AgentEvent::ToolUse {
+                tool_use_id: String::new(),
+                tool_name: String::new(),
+                input: Value::Null,
+                parent_tool_use_id: Some("tu_9".into())
+            }]
+        );
+        let usage = map(json!({"type": "assistant", "message": {"usage": {"input_tokens": "x"}}}));
+        assert!(
+            matches!(
+                &usage[..],
+                [AgentEvent::Usage {
+                    input_tokens: 0,
+                    output_tokens: 0,
+                    cache_read_tokens: Some(0),
+                    ..
+                }]
+            ),
+            "no id: always counted; junk counts are 0"
+        );
+        let results = map(json!({"type": "user", "message": {"content": [
+            {"type": "text", "text": "hi"},
+            {"type": "tool_result", "tool_use_id": "a", "content": [{"type": "text", "text": "out"}], "is_error": true},
+            {"type": "tool_result", "is_error": "yes"}]}}));
+        assert_eq!(
+            results,
+            [
+                AgentEvent::ToolResult {
+                    tool_use_id: "a".into(),
+                    output: Some(json!([{"type": "text", "text": "out"}])),
+                    is_error: Some(true),
+                    parent_tool_use_id: None
+                },
+                AgentEvent::ToolResult {
+                    tool_use_id: String::new(),
+                    output: None,
+                    is_error: None,
+                    parent_tool_use_id: None
+                }
+            ]
+        );
+        let status = |line: Value| match &map(line)[..] {
+            [AgentEvent::Result { status, .. }] => *status,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            status(json!({"type": "result", "subtype": "success"})),
+            AgentResultStatus::Completed
+        );
+        assert_eq!(
+            status(json!({"type": "result"})),
+            AgentResultStatus::Completed
+        );
+        assert_eq!(
+            status(json!({"type": "result", "subtype": "error_max_turns"})),
+            AgentResultStatus::MaxTurns
+        );
+        assert_eq!(
+            status(json!({"type": "result", "subtype": "error_during_execution"})),
+            AgentResultStatus::Error
+        );
+        let errored = map(
+            json!({"type": "result", "subtype": "error_during_execution", "is_error": true,
+            "api_error_status": 529, "total_cost_usd": "n/a"}),
+        );
+        assert!(
+            matches!(&errored[..], [AgentEvent::Result { is_error: Some(true), api_error_status: Some(s), usage_totals: None, .. }] if s == &json!(529))
+        );
+    }
+
+    /// The init line as Claude Code 2.1.173 prints it (model at the top level), trimmed.
+    #[test]
+    fn real_cli_init_line() {
+        let events = map(
+            json!({"type": "system", "subtype": "init", "cwd": "/workspace",
+            "session_id": "9cf85957-5237-45a4-9f16-5b456ef9a57e", "tools": ["Bash"],
+            "model": "claude-opus-4-8[1m]", "permissionMode": "bypassPermissions",
+            "apiKeySource": "none", "claude_code_version": "2.1.173"}),
+        );
+        assert_eq!(
+            events,
+            [AgentEvent::RunStarted {
+                agent: AgentSlug::ClaudeCode,
+                agent_session_id: Some("9cf85957-5237-45a4-9f16-5b456ef9a57e".into()),
+                model: Some("claude-opus-4-8[1m]".into())
+            }]
+        );
+    }
+
+    /// Usage de-dup remembers a bounded number of ids, forgetting the oldest.
+    #[test]
+    fn message_id_memory_is_bounded() {
+        let mut mapper = ClaudeMapper::default();
+        for i in 0..MAX_REMEMBERED_MESSAGE_IDS + 10 {
+            assert!(mapper.first_sighting(&format!("m{i}")));
+        }
+        assert_eq!(mapper.seen_ids.len(), MAX_REMEMBERED_MESSAGE_IDS);
+        assert!(!mapper.first_sighting(&format!("m{}", MAX_REMEMBERED_MESSAGE_IDS + 9)));
+        assert!(mapper.first_sighting("m0"), "the oldest was forgotten");
+    }
+}

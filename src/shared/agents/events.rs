@@ -1,0 +1,225 @@
+//! The normalized agent event union (spec agents §4): what every adapter's parser turns its CLI's
+//! native JSONL into, and what the spawner streams as `event: agent`. JSON is `{"type": <kebab-case
+//! tag>, <camelCase fields>}`; optional fields are omitted when absent.
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Which agent CLI.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum AgentSlug {
+    #[serde(rename = "claude-code")]
+    ClaudeCode,
+    #[serde(rename = "opencode")]
+    OpenCode,
+}
+
+impl AgentSlug {
+    /// The wire name (`claude-code`, `opencode`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentSlug::ClaudeCode => "claude-code",
+            AgentSlug::OpenCode => "opencode",
+        }
+    }
+}
+
+/// How a run (one turn of the agent) ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AgentResultStatus {
+    Completed,
+    Error,
+    MaxTurns,
+    Cancelled,
+}
+
+/// `usageTotals` of a `result`: the cost is a client-side estimate; the gateway meters
+/// authoritatively.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageTotals {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_estimate_usd: Option<f64>,
+}
+
+/// One normalized event.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(
+    tag = "type",
+    rename_all = "kebab-case",
+    rename_all_fields = "camelCase"
+)]
+pub enum AgentEvent {
+    /// The CLI started (or resumed) a conversation; `agentSessionId` resumes it later.
+    RunStarted {
+        agent: AgentSlug,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        agent_session_id: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        model: Option<String>,
+    },
+    /// A piece of assistant text as it streams.
+    TextDelta {
+        text: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        parent_tool_use_id: Option<String>,
+    },
+    /// A completed assistant text block.
+    Text {
+        text: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        parent_tool_use_id: Option<String>,
+    },
+    /// The model called a tool.
+    ToolUse {
+        tool_use_id: String,
+        tool_name: String,
+        input: Value,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        parent_tool_use_id: Option<String>,
+    },
+    /// A tool call's outcome.
+    ToolResult {
+        tool_use_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        output: Option<Value>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        is_error: Option<bool>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        parent_tool_use_id: Option<String>,
+    },
+    /// Tokens of one model response (de-duplicated by message id for Claude Code).
+    Usage {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        model: Option<String>,
+        input_tokens: u64,
+        output_tokens: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cache_read_tokens: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cache_write_tokens: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cost_estimate_usd: Option<f64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        parent_tool_use_id: Option<String>,
+    },
+    /// The turn ended.
+    Result {
+        status: AgentResultStatus,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        agent_session_id: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        final_text: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        duration_ms: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        usage_totals: Option<UsageTotals>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        is_error: Option<bool>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        api_error_status: Option<Value>,
+    },
+    /// The CLI reported an error, or its output could not be read (an oversized line).
+    Error {
+        message: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        raw: Option<Value>,
+    },
+    /// A native event with no mapping, passed through.
+    Raw { agent: AgentSlug, payload: Value },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// Tags are kebab-case, fields camelCase, absent options omitted; the JSON reads back.
+    #[test]
+    fn wire_shape() {
+        let cases = [
+            (
+                AgentEvent::RunStarted {
+                    agent: AgentSlug::ClaudeCode,
+                    agent_session_id: Some("s".into()),
+                    model: None,
+                },
+                json!({"type": "run-started", "agent": "claude-code", "agentSessionId": "s"}),
+            ),
+            (
+                AgentEvent::TextDelta {
+                    text: "a".into(),
+                    parent_tool_use_id: Some("tu".into()),
+                },
+                json!({"type": "text-delta", "text": "a", "parentToolUseId": "tu"}),
+            ),
+            (
+                AgentEvent::ToolUse {
+                    tool_use_id: "t".into(),
+                    tool_name: "Bash".into(),
+                    input: json!({"command": "ls"}),
+                    parent_tool_use_id: None,
+                },
+                json!({"type": "tool-use", "toolUseId": "t", "toolName": "Bash", "input": {"command": "ls"}}),
+            ),
+            (
+                AgentEvent::ToolResult {
+                    tool_use_id: "t".into(),
+                    output: Some(json!("ok")),
+                    is_error: Some(false),
+                    parent_tool_use_id: None,
+                },
+                json!({"type": "tool-result", "toolUseId": "t", "output": "ok", "isError": false}),
+            ),
+            (
+                AgentEvent::Usage {
+                    model: Some("m".into()),
+                    input_tokens: 1,
+                    output_tokens: 2,
+                    cache_read_tokens: Some(3),
+                    cache_write_tokens: Some(0),
+                    cost_estimate_usd: None,
+                    parent_tool_use_id: None,
+                },
+                json!({"type": "usage", "model": "m", "inputTokens": 1, "outputTokens": 2, "cacheReadTokens": 3, "cacheWriteTokens": 0}),
+            ),
+            (
+                AgentEvent::Result {
+                    status: AgentResultStatus::MaxTurns,
+                    agent_session_id: None,
+                    final_text: None,
+                    duration_ms: Some(5),
+                    usage_totals: Some(UsageTotals {
+                        input_tokens: 0,
+                        output_tokens: 0,
+                        cost_estimate_usd: Some(0.5),
+                    }),
+                    is_error: None,
+                    api_error_status: None,
+                },
+                json!({"type": "result", "status": "max-turns", "durationMs": 5,
+                       "usageTotals": {"inputTokens": 0, "outputTokens": 0, "costEstimateUsd": 0.5}}),
+            ),
+            (
+                AgentEvent::Error {
+                    message: "m".into(),
+                    raw: None,
+                },
+                json!({"type": "error", "message": "m"}),
+            ),
+            (
+                AgentEvent::Raw {
+                    agent: AgentSlug::OpenCode,
+                    payload: json!({"type": "x"}),
+                },
+                json!({"type": "raw", "agent": "opencode", "payload": {"type": "x"}}),
+            ),
+        ];
+        for (event, wire) in cases {
+            assert_eq!(serde_json::to_value(&event).unwrap(), wire);
+            assert_eq!(serde_json::from_value::<AgentEvent>(wire).unwrap(), event);
+        }
+    }
+}
