@@ -10,8 +10,14 @@ pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
 
 /// `event: <name>\n[id: <id>\n]data: <json>\n\n`. `data` is single-line JSON.
 pub fn event_frame(name: &str, id: Option<u64>, data: &impl serde::Serialize) -> Bytes {
+    event_frame_with_id(name, id.map(|id| id.to_string()).as_deref(), data)
+}
+
+/// [`event_frame`] with any id text (agent events use `<seq>.<n>`). The id must not hold a newline.
+pub fn event_frame_with_id(name: &str, id: Option<&str>, data: &impl serde::Serialize) -> Bytes {
     let mut frame = format!("event: {name}\n");
     if let Some(id) = id {
+        debug_assert!(!id.contains('\n'));
         frame.push_str(&format!("id: {id}\n"));
     }
     frame.push_str("data: ");

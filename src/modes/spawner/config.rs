@@ -20,6 +20,9 @@ pub const DEFAULT_EGRESS_NETWORK: &str = "tale-sandbox-net";
 pub const DEFAULT_EGRESS_PROXY: &str = "http://sandbox-egress:3128";
 pub const DEFAULT_NO_PROXY: &str = "127.0.0.1,localhost,sandbox-llm-gateway,llm-gateway";
 pub const DEFAULT_DOCKER_SOCKET: &str = "/var/run/docker.sock";
+/// Root of the LLM gateway agent runs talk to when a request names none (the compose stack's
+/// gateway service; it is in `DEFAULT_NO_PROXY`).
+pub const DEFAULT_LLM_GATEWAY_URL: &str = "http://sandbox-llm-gateway:8080";
 pub const DEFAULT_OUTPUT_MAX_BYTES: u64 = 5 * 1024 * 1024;
 pub const DEFAULT_MAX_REQUEST_BODY_BYTES: u64 = 2 * 1024 * 1024;
 pub const DEFAULT_MAX_SESSIONS: u64 = 16;
@@ -76,6 +79,8 @@ pub struct SpawnerConfig {
     pub egress_proxy: Option<String>,
     pub no_proxy: String,
     pub docker_socket: String,
+    /// Gateway root for agent runs whose request gives only a token.
+    pub llm_gateway_url: String,
     pub cache_volume_prefixes: Option<[String; 3]>,
     pub stdout_max_bytes: u64,
     pub stderr_max_bytes: u64,
@@ -243,6 +248,19 @@ impl SpawnerConfig {
             no_proxy: get("SANDBOX_NO_PROXY").unwrap_or_else(|| DEFAULT_NO_PROXY.into()),
             docker_socket: get("SANDBOX_DOCKER_SOCKET")
                 .unwrap_or_else(|| DEFAULT_DOCKER_SOCKET.into()),
+            llm_gateway_url: match get("SANDBOX_LLM_GATEWAY_URL") {
+                None => DEFAULT_LLM_GATEWAY_URL.to_owned(),
+                Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
+                    url.trim_end_matches('/').to_owned()
+                }
+                Some(url) => {
+                    return Err(ConfigError::BadShape {
+                        name: "SANDBOX_LLM_GATEWAY_URL",
+                        value: url,
+                        shape: "http://host:port or https://host",
+                    })
+                }
+            },
             cache_volume_prefixes: caches.then(|| {
                 [
                     get("SANDBOX_PIP_CACHE_VOLUME_PREFIX")
@@ -368,6 +386,16 @@ mod tests {
         assert_eq!(c.limits.max_idle_ms, 1_800_000);
         assert_eq!(c.agent.memory_bytes, 4 << 30);
         assert_eq!(c.agent.exec_user, (10001, 10001));
+        assert_eq!(c.llm_gateway_url, "http://sandbox-llm-gateway:8080");
+        let c = config(
+            &[
+                ("SANDBOX_TOKEN", "t"),
+                ("SANDBOX_LLM_GATEWAY_URL", "https://gw/"),
+            ],
+            false,
+        )
+        .unwrap();
+        assert_eq!(c.llm_gateway_url, "https://gw");
     }
 
     /// Bad numbers and choices name the variable.
@@ -385,6 +413,7 @@ mod tests {
         assert!(with(("SANDBOX_BACKEND", "podman")).contains("SANDBOX_BACKEND"));
         assert!(with(("SANDBOX_AGENT_MEMORY", "lots")).contains("SANDBOX_AGENT_MEMORY"));
         assert!(with(("SANDBOX_AGENT_USER", "agent")).contains("uid:gid"));
+        assert!(with(("SANDBOX_LLM_GATEWAY_URL", "gw:8080")).contains("SANDBOX_LLM_GATEWAY_URL"));
         let c = config(
             &[
                 ("SANDBOX_TOKEN", "t"),

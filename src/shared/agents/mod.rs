@@ -121,6 +121,10 @@ pub trait AgentAdapter: Sync {
     /// The stdin line (ending in `\n`) that steers a running exec with `text`, or `None` when the
     /// CLI reads no stdin.
     fn steer_line(&self, text: &str) -> Option<String>;
+    /// True when the prompt is an argv element (bounded by the kernel's per-argument limit).
+    fn prompt_in_argv(&self) -> bool {
+        false
+    }
     /// A parser for one exec's stdout.
     fn parser(&self) -> AgentEventParser {
         AgentEventParser::new(self.mapper())

@@ -104,6 +104,10 @@ impl AgentAdapter for OpenCode {
     fn steer_line(&self, _text: &str) -> Option<String> {
         None
     }
+
+    fn prompt_in_argv(&self) -> bool {
+        true
+    }
 }
 
 /// Maps `--format json` events (spec §7): one `run-started` before the first step, text, tool

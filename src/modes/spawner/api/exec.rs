@@ -1,8 +1,9 @@
 //! Exec routes: start (SSE), attach (SSE, resumable by `sinceSeq` or `Last-Event-ID`), cancel,
 //! status, stdin.
 use super::sessions::lost_or_upstream;
-use super::sse::{pump, sse_response, ProxyMode};
+use super::sse::{pump, sse_response, AgentTap, ProxyMode};
 use super::{bad_request, not_found, ok, upstream_error, ApiRequest};
+use crate::modes::spawner::registry::SessionEntry;
 use crate::modes::spawner::state::Spawner;
 use crate::shared::http::{json, HttpResponse};
 use crate::shared::protocol::runnerd::{ExecStatus, ExecStatusState, StdinRequest};
@@ -22,6 +23,18 @@ pub async fn start(spawner: Arc<Spawner>, id: &str, request: &ApiRequest) -> Htt
         Ok(exec) => exec,
         Err(response) => return response,
     };
+    launch(spawner, id, &entry, &exec, None).await
+}
+
+/// Starts `exec` in the session and streams it as SSE (with agent events when `agent` is given);
+/// the exec keeps running when the client leaves. Shared by `exec` and `agent-runs`.
+pub async fn launch(
+    spawner: Arc<Spawner>,
+    id: &str,
+    entry: &SessionEntry,
+    exec: &SessionExec,
+    agent: Option<AgentTap>,
+) -> HttpResponse {
     let body = exec.runnerd_request(
         spawner.config.stdout_max_bytes,
         spawner.config.stderr_max_bytes,
@@ -39,7 +52,7 @@ pub async fn start(spawner: Arc<Spawner>, id: &str, request: &ApiRequest) -> Htt
         let spawner = spawner.clone();
         let (session_id, exec_id) = (id.to_owned(), exec.exec_id.clone());
         async move {
-            pump(spawner.clone(), session_id.clone(), stream, tx, mode).await;
+            pump(spawner.clone(), session_id.clone(), stream, tx, mode, agent).await;
             spawner.registry.remove_proxy(&session_id, &exec_id);
         }
     });
@@ -66,6 +79,19 @@ pub async fn attach(
         .and_then(|v| v.trim().parse::<u64>().ok())
         .or_else(|| request.query("sinceSeq").and_then(|v| v.parse().ok()))
         .unwrap_or(0);
+    replay(spawner, id, &entry, exec_id, since_seq, None).await
+}
+
+/// Streams an exec's journal from `since_seq` as SSE (an `error` event when runnerd does not know
+/// the exec). Shared by the exec and agent-run attaches.
+pub async fn replay(
+    spawner: Arc<Spawner>,
+    id: &str,
+    entry: &SessionEntry,
+    exec_id: &str,
+    since_seq: u64,
+    agent: Option<AgentTap>,
+) -> HttpResponse {
     let stream = match entry.runnerd.attach(exec_id, since_seq).await {
         Ok(stream) => stream,
         Err(err) => return lost_or_upstream(&spawner, id, err).await,
@@ -80,7 +106,7 @@ pub async fn attach(
             let spawner = spawner.clone();
             let session_id = id.to_owned();
             tokio::spawn(async move {
-                pump(spawner, session_id, stream, tx, ProxyMode::Attach).await;
+                pump(spawner, session_id, stream, tx, ProxyMode::Attach, agent).await;
             });
         }
     }

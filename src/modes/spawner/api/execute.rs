@@ -99,6 +99,7 @@ pub async fn execute(spawner: Arc<Spawner>, request: &ApiRequest) -> HttpRespons
             stream,
             tx,
             ProxyMode::Exec { collect: true },
+            None,
         )
         .await;
         if finished.is_none() {

@@ -3,6 +3,7 @@
 // Handlers return `Result<T, HttpResponse>` so a refusal is the response itself; its size is fine here.
 #![allow(clippy::result_large_err)]
 
+mod agent_runs;
 mod credentials;
 mod exec;
 mod execute;
@@ -177,6 +178,13 @@ async fn session_route(
         }
         (&M::GET, ["exec", exec_id]) if is_valid_id(exec_id) => {
             exec::status(&spawner, id, exec_id).await
+        }
+        (&M::POST, ["agent-runs"]) => agent_runs::start(spawner, id, request).await,
+        (&M::GET, ["agent-runs", exec_id, "attach"]) if is_valid_id(exec_id) => {
+            agent_runs::attach(spawner, id, exec_id, request).await
+        }
+        (&M::POST, ["agent-runs", exec_id, "steer"]) if is_valid_id(exec_id) => {
+            agent_runs::steer(&spawner, id, exec_id, request).await
         }
         (&M::POST, ["files", "stage"]) => files::stage(&spawner, id, request).await,
         (&M::POST, ["files", "delete"]) => files::delete(&spawner, id, request).await,

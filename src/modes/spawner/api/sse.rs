@@ -1,15 +1,24 @@
 //! Turning a runnerd NDJSON stream into the spawner's SSE grammar: `phase`, `stdout`/`stderr`
 //! (`{text, seq}`, text decoded without ever splitting a character), additive `gap`, one `result`,
 //! or `error`; every event with a seq carries `id: <seq>`; a keepalive comment every 20 s.
+//!
+//! With an [`AgentTap`] (the `agent-runs` routes) the decoded stdout text is also fed to the agent's
+//! parser and each normalized event follows the `stdout` event that completed it as
+//! `event: agent`, `id: <seq>.<n>`. A resumed agent attach replays the exec from its start (to
+//! re-parse it) and sends only what lies after the client's position.
 use crate::modes::spawner::metrics::Metrics;
 use crate::modes::spawner::state::Spawner;
+use crate::shared::agents::{AgentEvent, AgentEventParser};
 use crate::shared::http::{ChannelBody, HttpResponse};
+use crate::shared::protocol::agent_runs::StreamPosition;
 use crate::shared::protocol::runnerd::{ExecEvent, Truncated};
 use crate::shared::protocol::spawner::{
     ErrorData, GapData, OutputData, PhaseData, SessionExecResponse,
 };
 use crate::shared::runnerd_client::EventStream;
-use crate::shared::sse::{event_frame, Utf8StreamDecoder, KEEPALIVE_FRAME, KEEPALIVE_INTERVAL};
+use crate::shared::sse::{
+    event_frame, event_frame_with_id, Utf8StreamDecoder, KEEPALIVE_FRAME, KEEPALIVE_INTERVAL,
+};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use bytes::Bytes;
@@ -44,6 +53,43 @@ pub fn sse_response() -> (mpsc::Sender<Bytes>, HttpResponse) {
     (tx, response)
 }
 
+/// Normalized agent events parsed from an exec's stdout, alongside the exec events.
+pub struct AgentTap {
+    parser: AgentEventParser,
+    /// Everything at or before this position was delivered on an earlier connection.
+    resume_after: StreamPosition,
+}
+
+impl AgentTap {
+    pub fn new(parser: AgentEventParser, resume_after: StreamPosition) -> AgentTap {
+        AgentTap {
+            parser,
+            resume_after,
+        }
+    }
+
+    /// Whether an exec event at `seq` is new to the client.
+    fn is_new(&self, seq: u64) -> bool {
+        StreamPosition { seq, sub: 0 } > self.resume_after
+    }
+
+    /// The `agent` frames of `events`, parsed from the chunk at `seq`, that are new to the client.
+    fn frames(&self, seq: u64, events: Vec<AgentEvent>) -> Vec<Bytes> {
+        events
+            .into_iter()
+            .enumerate()
+            .filter_map(|(n, event)| {
+                let position = StreamPosition {
+                    seq,
+                    sub: u32::try_from(n + 1).unwrap_or(u32::MAX),
+                };
+                (position > self.resume_after)
+                    .then(|| event_frame_with_id("agent", Some(&position.id()), &event))
+            })
+            .collect()
+    }
+}
+
 #[derive(Default)]
 struct Collected {
     stdout: Vec<u8>,
@@ -58,6 +104,7 @@ pub async fn pump(
     mut stream: EventStream,
     tx: mpsc::Sender<Bytes>,
     mode: ProxyMode,
+    mut agent: Option<AgentTap>,
 ) -> Option<SessionExecResponse> {
     let collect = matches!(mode, ProxyMode::Exec { collect: true });
     let mut collected = Collected::default();
@@ -107,6 +154,12 @@ pub async fn pump(
             }
         };
         keepalive.reset();
+        // Replayed events the client already has (a resumed agent attach) are parsed, not sent.
+        let fresh = match (&agent, event.seq()) {
+            (Some(tap), Some(seq)) => tap.is_new(seq),
+            _ => true,
+        };
+        let mut agent_frames = Vec::new();
         let frame = match &event {
             ExecEvent::Start { seq, .. } => event_frame(
                 "phase",
@@ -127,32 +180,45 @@ pub async fn pump(
                 if collect {
                     buffer.extend_from_slice(&bytes);
                 }
+                let text = decoder.feed(&bytes);
+                if let (true, Some(tap)) = (is_stdout, agent.as_mut()) {
+                    let events = tap.parser.feed(&text);
+                    agent_frames = tap.frames(*seq, events);
+                }
+                event_frame(name, Some(*seq), &OutputData { text, seq: *seq })
+            }
+            ExecEvent::Gap { from_seq, to_seq } => {
+                if let Some(tap) = agent.as_mut() {
+                    // The bytes around the gap do not join up: drop the cut line and character.
+                    tap.parser.discard_partial_line();
+                    stdout_text = Utf8StreamDecoder::default();
+                }
                 event_frame(
-                    name,
-                    Some(*seq),
-                    &OutputData {
-                        text: decoder.feed(&bytes),
-                        seq: *seq,
+                    "gap",
+                    None,
+                    &GapData {
+                        from_seq: *from_seq,
+                        to_seq: *to_seq,
                     },
                 )
             }
-            ExecEvent::Gap { from_seq, to_seq } => event_frame(
-                "gap",
-                None,
-                &GapData {
-                    from_seq: *from_seq,
-                    to_seq: *to_seq,
-                },
-            ),
             ExecEvent::Exit { .. } | ExecEvent::Fail { .. } => {
                 // Bytes of a character cut at the very end are flushed (lossily) before the result.
+                let seq = event.seq().unwrap_or(0);
                 for (decoder, name) in [(&mut stdout_text, "stdout"), (&mut stderr_text, "stderr")]
                 {
                     let rest = decoder.finish();
+                    if let (Some(tap), "stdout") = (agent.as_mut(), name) {
+                        let mut events = tap.parser.feed(&rest);
+                        events.extend(tap.parser.end());
+                        agent_frames = tap.frames(seq, events);
+                    }
                     if !rest.is_empty() {
-                        let seq = event.seq().unwrap_or(0);
                         send(event_frame(name, None, &OutputData { text: rest, seq })).await;
                     }
+                }
+                for frame in agent_frames {
+                    send(frame).await;
                 }
                 let (stdout, stderr) = if collect {
                     (
@@ -169,8 +235,13 @@ pub async fn pump(
                 return Some(result);
             }
         };
-        if !send(frame).await {
+        if fresh && !send(frame).await {
             return None;
+        }
+        for frame in agent_frames {
+            if !send(frame).await {
+                return None;
+            }
         }
     }
 }

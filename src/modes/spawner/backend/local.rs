@@ -387,6 +387,14 @@ impl Backend for LocalBackend {
             Ok(serde_json::json!({"backend": "local", "root": self.root.display().to_string()}))
         })
     }
+
+    /// A local session's workspace is a host directory, so its execs' HOME is too.
+    fn exec_home(&self, session_id: &str) -> String {
+        self.workspace(session_id)
+            .join(".home")
+            .display()
+            .to_string()
+    }
 }
 
 /// The last `n` lines of a log file, for error messages.

@@ -139,7 +139,17 @@ pub trait Backend: Send + Sync {
 
     /// A short health description of the engine (e.g. the Docker server version).
     fn health(&self) -> BoxFuture<'_, BackendResult<serde_json::Value>>;
+
+    /// `HOME` of the session's execs as a path inside the session (runnerd's
+    /// `<workspace root>/.home`); agent CLIs keep their configuration under it.
+    fn exec_home(&self, _session_id: &str) -> String {
+        SESSION_EXEC_HOME.to_owned()
+    }
 }
+
+/// Exec `HOME` in a session image: runnerd's default under the `/workspace` mount (also the agent
+/// user's home in the runtime image).
+pub const SESSION_EXEC_HOME: &str = "/workspace/.home";
 
 /// Polls `url`'s runnerd `/healthz` until it answers or `deadline` passes; `still_alive` is asked
 /// after each failed probe so a dead session fails fast with its reason.
