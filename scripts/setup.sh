@@ -4,6 +4,9 @@
 set -euo pipefail
 
 packages=(musl-tools docker.io tinyproxy busybox-static iproute2 iptables dnsmasq-base git curl util-linux file python3 docker-compose)
+# Node and npm for the agent CLIs, unless a Node install (e.g. NodeSource's, which bundles npm)
+# is there already: Debian's npm package would conflict with it.
+command -v npm >/dev/null 2>&1 || packages+=(nodejs npm)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -18,6 +21,18 @@ fi
 if ! rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-musl; then
   echo "setup: adding the x86_64-unknown-linux-musl target"
   rustup target add x86_64-unknown-linux-musl
+fi
+
+# The Claude Code CLI for tests/agent_claude_code.rs: the version the runtime image pins. Its native
+# binary comes from the registry's per-platform package, which the postinstall step links into
+# place; run that step explicitly when npm skipped it.
+claude_version=$(sed -n 's/^ARG CLAUDE_CODE_VERSION=//p' "$(dirname "$0")/../Dockerfile")
+claude_ok() { claude --version 2>/dev/null | grep -q "^${claude_version} "; }
+if ! claude_ok; then
+  echo "setup: installing @anthropic-ai/claude-code@${claude_version}"
+  npm install -g --no-fund --no-audit "@anthropic-ai/claude-code@${claude_version}" >/dev/null
+  claude_ok || node "$(npm root -g)/@anthropic-ai/claude-code/install.cjs"
+  claude_ok || { echo "setup: claude --version does not print ${claude_version}" >&2; exit 1; }
 fi
 
 # Docker engine (Debian's docker.io): start it when its socket does not answer.

@@ -13,9 +13,16 @@ use support::fake_model::{
 use support::spawner::{SpawnerProcess, SseStream};
 use tale::shared::sse::SseEvent;
 
-/// The CLI version the runtime image pins (Dockerfile `CLAUDE_CODE_VERSION`; scripts/setup.sh
-/// installs it).
-const CLAUDE_CODE_VERSION: &str = "2.1.173";
+/// The CLI version the runtime image pins (Dockerfile `ARG CLAUDE_CODE_VERSION`, which
+/// scripts/setup.sh installs too).
+fn pinned_claude_version() -> &'static str {
+    include_str!("../Dockerfile")
+        .lines()
+        .find_map(|line| line.strip_prefix("ARG CLAUDE_CODE_VERSION="))
+        .expect("the Dockerfile pins CLAUDE_CODE_VERSION")
+        .trim()
+}
+
 /// The session's gateway virtual key: the only credential the model side may see.
 const GATEWAY_TOKEN: &str = "vk-session-e2e-7f3a";
 /// A provider key planted in the session's env store: it must never reach the model side.
@@ -30,7 +37,8 @@ fn claude_version() -> String {
         .unwrap_or_else(|err| {
             panic!(
                 "the Claude Code CLI is required (`claude` not runnable: {err}); install it with \
-                 `npm install -g @anthropic-ai/claude-code@{CLAUDE_CODE_VERSION}` (scripts/setup.sh does)"
+                 `npm install -g @anthropic-ai/claude-code@{}` (scripts/setup.sh does)",
+                pinned_claude_version()
             )
         });
     assert!(
@@ -88,9 +96,10 @@ fn is_agent(event: &SseEvent, kind: &str) -> bool {
 #[tokio::test(flavor = "multi_thread")]
 async fn claude_code_runs_a_tool_and_is_steered() {
     let version = claude_version();
+    let pinned = pinned_claude_version();
     assert!(
-        version.starts_with(CLAUDE_CODE_VERSION),
-        "claude --version says {version:?}; the runtime image pins {CLAUDE_CODE_VERSION}"
+        version.starts_with(&format!("{pinned} ")),
+        "claude --version says {version:?}; the runtime image pins {pinned}"
     );
     let fake = FakeModel::start("/anthropic", GATEWAY_TOKEN).await;
     let spawner = SpawnerProcess::local(&[]).await;
@@ -391,6 +400,27 @@ async fn claude_code_runs_a_tool_and_is_steered() {
         .map(|e| (e.id.clone(), e.data.clone()))
         .collect();
     assert_eq!(resumed_agent, live_agent[tool_use_at + 1..].to_vec());
+    let (_, by_query) = c
+        .sse(
+            Method::GET,
+            &format!(
+                "/v1/sessions/cc1/agent-runs/run1/attach?agent=claude-code&sinceSeq={resume_id}"
+            ),
+            None,
+            &[],
+        )
+        .await;
+    let by_query: Vec<(Option<String>, String)> = by_query
+        .collect_all()
+        .await
+        .into_iter()
+        .filter(|e| e.event == "agent")
+        .map(|e| (e.id, e.data))
+        .collect();
+    assert_eq!(
+        by_query, resumed_agent,
+        "sinceSeq=N.n resumes like Last-Event-ID"
+    );
     assert!(
         resumed.iter().all(|e| e.event != "phase"),
         "the phase was already delivered"

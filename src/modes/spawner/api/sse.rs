@@ -155,9 +155,10 @@ pub async fn pump(
         };
         keepalive.reset();
         // Replayed events the client already has (a resumed agent attach) are parsed, not sent.
-        let fresh = match (&agent, event.seq()) {
-            (Some(tap), Some(seq)) => tap.is_new(seq),
-            _ => true,
+        let fresh = match (&agent, &event) {
+            (None, _) => true,
+            (Some(tap), ExecEvent::Gap { to_seq, .. }) => tap.is_new(*to_seq),
+            (Some(tap), event) => event.seq().is_none_or(|seq| tap.is_new(seq)),
         };
         let mut agent_frames = Vec::new();
         let frame = match &event {
