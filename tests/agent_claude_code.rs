@@ -87,6 +87,15 @@ fn agent_events(events: &[SseEvent]) -> Vec<Value> {
         .collect()
 }
 
+/// `(id, data)` of the `agent` events, to compare streams exactly.
+fn agent_frames(events: &[SseEvent]) -> Vec<(Option<String>, String)> {
+    events
+        .iter()
+        .filter(|e| e.event == "agent")
+        .map(|e| (e.id.clone(), e.data.clone()))
+        .collect()
+}
+
 fn is_agent(event: &SseEvent, kind: &str) -> bool {
     event.event == "agent" && serde_json::from_str::<Value>(&event.data).unwrap()["type"] == kind
 }
@@ -322,6 +331,17 @@ async fn claude_code_runs_a_tool_and_is_steered() {
         "{}",
         fake.summary()
     );
+    let tools: Vec<&str> = messages[0].body.as_ref().unwrap()["tools"]
+        .as_array()
+        .expect("the first call offers tools")
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert!(tools.contains(&"Bash"), "{tools:?}");
+    assert!(
+        !tools.contains(&"WebSearch") && !tools.contains(&"WebFetch"),
+        "--disallowedTools removes the web tools: {tools:?}"
+    );
     for r in &messages {
         assert_eq!(
             r.authorization.as_deref(),
@@ -357,11 +377,7 @@ async fn claude_code_runs_a_tool_and_is_steered() {
     }
 
     // Reattach from the start re-parses the replay: the same agent events with the same ids.
-    let live_agent: Vec<(Option<String>, String)> = live
-        .iter()
-        .filter(|e| e.event == "agent")
-        .map(|e| (e.id.clone(), e.data.clone()))
-        .collect();
+    let live_agent = agent_frames(&live);
     let (status, replay) = c
         .sse(
             Method::GET,
@@ -372,11 +388,7 @@ async fn claude_code_runs_a_tool_and_is_steered() {
         .await;
     assert_eq!(status, StatusCode::OK);
     let replay = replay.collect_all().await;
-    let replay_agent: Vec<(Option<String>, String)> = replay
-        .iter()
-        .filter(|e| e.event == "agent")
-        .map(|e| (e.id.clone(), e.data.clone()))
-        .collect();
+    let replay_agent = agent_frames(&replay);
     assert_eq!(replay_agent, live_agent);
     assert_eq!(replay.last().unwrap().event, "result");
     // Resuming after the tool-use event sends exactly what followed it.
@@ -394,11 +406,7 @@ async fn claude_code_runs_a_tool_and_is_steered() {
         )
         .await;
     let resumed = resumed.collect_all().await;
-    let resumed_agent: Vec<(Option<String>, String)> = resumed
-        .iter()
-        .filter(|e| e.event == "agent")
-        .map(|e| (e.id.clone(), e.data.clone()))
-        .collect();
+    let resumed_agent = agent_frames(&resumed);
     assert_eq!(resumed_agent, live_agent[tool_use_at + 1..].to_vec());
     let (_, by_query) = c
         .sse(
@@ -410,13 +418,7 @@ async fn claude_code_runs_a_tool_and_is_steered() {
             &[],
         )
         .await;
-    let by_query: Vec<(Option<String>, String)> = by_query
-        .collect_all()
-        .await
-        .into_iter()
-        .filter(|e| e.event == "agent")
-        .map(|e| (e.id, e.data))
-        .collect();
+    let by_query = agent_frames(&by_query.collect_all().await);
     assert_eq!(
         by_query, resumed_agent,
         "sinceSeq=N.n resumes like Last-Event-ID"
