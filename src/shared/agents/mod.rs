@@ -20,6 +20,17 @@ use std::collections::BTreeMap;
 pub const DEFAULT_MAX_TURNS: u32 = 40;
 /// Longest steer text (characters), as the original caps its steer payloads.
 pub const MAX_STEER_TEXT_CHARS: usize = 16_000;
+/// The Playwright MCP server of the runtime image (`@playwright/mcp`) and its flags: headless,
+/// in-memory profile, Debian's Chromium, no Chromium sandbox (the session is the sandbox).
+pub const PLAYWRIGHT_MCP_COMMAND: &str = "mcp-server-playwright";
+pub const PLAYWRIGHT_MCP_ARGS: [&str; 6] = [
+    "--headless",
+    "--isolated",
+    "--no-sandbox",
+    "--ignore-https-errors",
+    "--executable-path",
+    "/usr/bin/chromium",
+];
 /// The agents this build can run.
 pub const SUPPORTED_AGENTS: [AgentSlug; 2] = [AgentSlug::ClaudeCode, AgentSlug::OpenCode];
 

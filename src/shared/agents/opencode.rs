@@ -5,11 +5,11 @@
 //! The prompt is the trailing argv element: `opencode run` has no stdin prompt source (the spec's one
 //! exception to "prompts never in argv"). It follows a `--` so a prompt starting with `-` is not
 //! read as a flag (checked with opencode 1.18.33: `run … -- --help` sends "--help" to the model).
-use super::claude_code::{PLAYWRIGHT_MCP_ARGS, PLAYWRIGHT_MCP_COMMAND};
 use super::events::{AgentEvent, AgentResultStatus, AgentSlug, UsageTotals};
 use super::jsonl::EventMapper;
 use super::{
     count, string, AgentAdapter, AgentRunSpec, SessionContext, SessionExecSpec, StdinMode,
+    PLAYWRIGHT_MCP_ARGS, PLAYWRIGHT_MCP_COMMAND,
 };
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
