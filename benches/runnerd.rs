@@ -3,7 +3,6 @@
 //!
 //! Run: `scripts/bench.sh runnerd` (builds the static release binary, then `cargo bench --bench runnerd`).
 //! `TALE_BIN` picks the binary (default: the static release build).
-use base64::Engine;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
@@ -17,6 +16,7 @@ use std::time::{Duration, Instant};
 const TOKEN: &str = "bench-token";
 const ROUND_TRIPS: usize = 500;
 const THROUGHPUT_BYTES: u64 = 256 * 1024 * 1024;
+const THROUGHPUT_RUNS: usize = 5;
 const CONCURRENT_EXECS: usize = 1000;
 
 type Http = Client<HttpConnector, Full<Bytes>>;
@@ -102,32 +102,35 @@ async fn exec(http: &Http, port: u16, body: serde_json::Value, decode: bool) -> 
         .body(Full::new(Bytes::from(body.to_string())))
         .unwrap();
     let mut body = http.request(request).await.unwrap().into_body();
-    let mut buffer = Vec::new();
+    let mut buffer = bytes::BytesMut::new();
+    let mut decoded = Vec::new();
     let (mut bytes, mut code) = (0u64, -1000i64);
+    // Where the newline search resumes: bytes before it hold no newline.
+    let mut scanned = 0;
     while let Some(Ok(frame)) = body.frame().await {
         let Ok(data) = frame.into_data() else {
             continue;
         };
         buffer.extend_from_slice(&data);
-        let mut start = 0;
-        while let Some(pos) = buffer[start..].iter().position(|b| *b == b'\n') {
-            let line = &buffer[start..start + pos];
+        while let Some(pos) = memchr::memchr(b'\n', &buffer[scanned..]) {
+            let line = buffer.split_to(scanned + pos + 1);
+            scanned = 0;
+            let line = &line[..line.len() - 1];
             if decode && line.starts_with(b"{\"t\":\"stdout\"") {
                 let b64_start = br#"{"t":"stdout","b64":""#.len();
-                let b64_end =
-                    line[b64_start..].iter().position(|b| *b == b'"').unwrap() + b64_start;
-                bytes += base64::engine::general_purpose::STANDARD
-                    .decode(&line[b64_start..b64_end])
-                    .unwrap()
-                    .len() as u64;
+                let b64_end = memchr::memchr(b'"', &line[b64_start..]).unwrap() + b64_start;
+                decoded.clear();
+                base64_simd::STANDARD
+                    .decode_append(&line[b64_start..b64_end], &mut decoded)
+                    .unwrap();
+                bytes += decoded.len() as u64;
             } else if line.starts_with(b"{\"t\":\"exit\"") {
                 code = serde_json::from_slice::<serde_json::Value>(line).unwrap()["exitCode"]
                     .as_i64()
                     .unwrap();
             }
-            start += pos + 1;
         }
-        buffer.drain(..start);
+        scanned = buffer.len();
     }
     (bytes, code)
 }
@@ -191,29 +194,40 @@ async fn main() {
         percentile(&times, 0.99).as_secs_f64() * 1e3
     ));
 
-    let raw_start = Instant::now();
-    let raw = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "head -c {THROUGHPUT_BYTES} /dev/zero | cat > /dev/null"
-        ))
-        .status()
-        .unwrap();
-    assert!(raw.success());
-    let raw_secs = raw_start.elapsed().as_secs_f64();
-    let stream_start = Instant::now();
-    let (bytes, code) = exec(
-        &http,
-        daemon.port,
-        json!({"execId": "tp", "shell": format!("head -c {THROUGHPUT_BYTES} /dev/zero"), "timeoutMs": 600000}),
-        true,
-    )
-    .await;
-    let stream_secs = stream_start.elapsed().as_secs_f64();
-    assert_eq!((bytes, code), (THROUGHPUT_BYTES, 0));
+    // Raw pipe and NDJSON stream alternate, THROUGHPUT_RUNS times each; the medians are compared
+    // (single runs on a shared 2-core machine vary by a factor of two).
+    let mut raw_runs = Vec::new();
+    let mut stream_runs = Vec::new();
+    for run in 0..THROUGHPUT_RUNS {
+        let raw_start = Instant::now();
+        let raw = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "head -c {THROUGHPUT_BYTES} /dev/zero | cat > /dev/null"
+            ))
+            .status()
+            .unwrap();
+        assert!(raw.success());
+        raw_runs.push(raw_start.elapsed().as_secs_f64());
+        let stream_start = Instant::now();
+        let (bytes, code) = exec(
+            &http,
+            daemon.port,
+            json!({"execId": format!("tp{run}"), "shell": format!("head -c {THROUGHPUT_BYTES} /dev/zero"), "timeoutMs": 600000}),
+            true,
+        )
+        .await;
+        stream_runs.push(stream_start.elapsed().as_secs_f64());
+        assert_eq!((bytes, code), (THROUGHPUT_BYTES, 0));
+    }
+    let median = |runs: &mut Vec<f64>| {
+        runs.sort_by(f64::total_cmp);
+        runs[runs.len() / 2]
+    };
+    let (raw_secs, stream_secs) = (median(&mut raw_runs), median(&mut stream_runs));
     let mib = THROUGHPUT_BYTES as f64 / (1024.0 * 1024.0);
     report.push(format!(
-        "| stdout throughput, 256 MiB | NDJSON {:.0} MiB/s vs raw pipe {:.0} MiB/s = {:.0} % | ≥ 40 % |",
+        "| stdout throughput, 256 MiB (median of {THROUGHPUT_RUNS}) | NDJSON {:.0} MiB/s vs raw pipe {:.0} MiB/s = {:.0} % | ≥ 40 % |",
         mib / stream_secs,
         mib / raw_secs,
         100.0 * raw_secs / stream_secs

@@ -1,13 +1,18 @@
 //! The journal is the stream: every event of an exec is appended here, and the primary `POST /execs`
 //! response and every attach are [`JournalCursor`]s reading it by seq and waiting for more.
 //!
-//! Ownership story. One `Journal` per exec, shared (`Arc`) by the exec's driver (the only writer) and
-//! any number of cursors. Appends never wait for readers: the newest lines sit in an in-memory tail;
-//! when it grows past its cap the oldest lines move to the disk [`Spool`]; when the spool passes its
-//! per-exec cap (or the daemon-wide [`JournalBudget`] needs room) the oldest segments are dropped and
-//! `evicted_through` records it. A cursor that falls behind eviction gets one `gap` line naming the
-//! lost range, then continues — never silent loss, never an unbounded buffer. The state lock is a
-//! std mutex held only for bookkeeping; spool reads happen outside it, on a blocking thread.
+//! Ownership story. One `Journal` per exec, shared (`Arc`) by the exec's driver and output pumps
+//! (the writers) and any number of cursors. Appends never wait for readers: the newest records sit
+//! in an in-memory tail; when it grows past its cap the oldest records move to the disk [`Spool`];
+//! when the spool passes its per-exec cap (or the daemon-wide [`JournalBudget`] needs room) the
+//! oldest segments are dropped and `evicted_through` records it. A cursor that falls behind
+//! eviction gets one `gap` line naming the lost range, then continues — never silent loss, never an
+//! unbounded buffer. The state lock is a std mutex held only for bookkeeping; spool reads happen
+//! outside it, on a blocking thread, and so does turning records into wire lines.
+//!
+//! Output is kept as the raw bytes the pipe gave, not as its base64 line: memory and spool hold a
+//! quarter less, and each reader writes the wire lines straight into the frame it sends.
+use super::output::{output_line_len, write_output_line, OutputStream};
 use super::spool::{read_records, Spool, SpoolBudget};
 use crate::shared::protocol::runnerd::ExecEvent;
 use bytes::Bytes;
@@ -15,17 +20,52 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use tokio::sync::watch;
 
-/// Lines at least this long are sent as their own frame instead of being copied into a batch.
-const SHARE_LINE_BYTES: usize = 16 * 1024;
+/// What a record holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordKind {
+    /// A whole NDJSON event line (`start`, `exit`, `fail`).
+    Event,
+    /// Raw bytes of one read from an output pipe, sent as a `stdout`/`stderr` line.
+    Output(OutputStream),
+}
 
-/// One serialized event and its seq.
-struct Line {
-    seq: u64,
-    bytes: Bytes,
+/// One journal entry and its seq.
+#[derive(Clone, Debug)]
+pub struct Record {
+    pub seq: u64,
+    pub kind: RecordKind,
+    pub bytes: Bytes,
+}
+
+impl Record {
+    /// Length of the record's wire line.
+    fn wire_len(&self) -> usize {
+        match self.kind {
+            RecordKind::Event => self.bytes.len(),
+            RecordKind::Output(_) => output_line_len(self.bytes.len(), self.seq),
+        }
+    }
+
+    /// Appends the record's wire line to `out`.
+    fn write_wire(&self, out: &mut Vec<u8>) {
+        match self.kind {
+            RecordKind::Event => out.extend_from_slice(&self.bytes),
+            RecordKind::Output(stream) => write_output_line(stream, &self.bytes, self.seq, out),
+        }
+    }
+}
+
+/// The wire lines of `records`, in one buffer.
+fn render(records: &[Record]) -> Bytes {
+    let mut frame = Vec::with_capacity(records.iter().map(Record::wire_len).sum());
+    for record in records {
+        record.write_wire(&mut frame);
+    }
+    Bytes::from(frame)
 }
 
 struct JournalState {
-    tail: VecDeque<Line>,
+    tail: VecDeque<Record>,
     tail_bytes: usize,
     spool: Spool,
     /// Seq the next appended event gets.
@@ -79,15 +119,15 @@ impl Journal {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Appends the line `make(seq)` builds for the next seq, and returns that seq.
-    pub fn append_with(&self, make: impl FnOnce(u64) -> Vec<u8>) -> u64 {
+    /// Appends a record of `kind` whose bytes `make(seq)` builds for the next seq; returns the seq.
+    fn push(&self, kind: RecordKind, make: impl FnOnce(u64) -> Bytes) -> u64 {
         let (seq, spilled) = {
             let mut state = self.lock();
             let seq = state.next_seq;
             state.next_seq += 1;
-            let bytes = Bytes::from(make(seq));
+            let bytes = make(seq);
             state.tail_bytes += bytes.len();
-            state.tail.push_back(Line { seq, bytes });
+            state.tail.push_back(Record { seq, kind, bytes });
             let spilled = self.spill_if_needed(&mut state);
             (seq, spilled)
         };
@@ -98,9 +138,14 @@ impl Journal {
         seq
     }
 
+    /// Appends raw output bytes (a `stdout`/`stderr` event on the wire); returns their seq.
+    pub fn append_output(&self, stream: OutputStream, chunk: Bytes) -> u64 {
+        self.push(RecordKind::Output(stream), |_| chunk)
+    }
+
     /// Appends a typed event (stamping it with the next seq when it carries one).
     pub fn append(&self, event: impl FnOnce(u64) -> ExecEvent) -> u64 {
-        self.append_with(|seq| event(seq).to_line())
+        self.push(RecordKind::Event, |seq| Bytes::from(event(seq).to_line()))
     }
 
     /// Marks the journal complete: cursors that have read everything end.
@@ -120,8 +165,9 @@ impl Journal {
         }
     }
 
-    /// Moves the oldest tail lines to disk once the tail passes its cap, down to three quarters of it
-    /// (so spills are batches, not one write per line). Returns whether anything was spilled.
+    /// Moves the oldest tail records to disk once the tail passes its cap, down to three quarters
+    /// of it (so spills are batches, not one write per record). Returns whether anything was
+    /// spilled.
     fn spill_if_needed(&self, state: &mut JournalState) -> bool {
         if state.tail_bytes <= self.memory_cap_bytes || state.tail.len() <= 1 {
             return false;
@@ -129,11 +175,11 @@ impl Journal {
         let target = self.memory_cap_bytes * 3 / 4;
         let mut count = 0;
         let mut remaining = state.tail_bytes;
-        for line in &state.tail {
+        for record in &state.tail {
             if remaining <= target || count + 1 == state.tail.len() {
                 break;
             }
-            remaining -= line.bytes.len();
+            remaining -= record.bytes.len();
             count += 1;
         }
         let JournalState {
@@ -143,10 +189,9 @@ impl Journal {
             evicted_through,
             ..
         } = state;
-        let batch = tail.range(..count).map(|l| (l.seq, l.bytes.as_ref()));
         let last_moved = tail[count - 1].seq;
         if !*spool_failed {
-            if let Err(err) = spool.append(&self.budget.spool, batch) {
+            if let Err(err) = spool.append(&self.budget.spool, tail.range(..count)) {
                 tracing::warn!(%err, "journal spool write failed; older output of this exec will be reported as a gap");
                 *spool_failed = true;
             }
@@ -154,8 +199,8 @@ impl Journal {
         if *spool_failed {
             *evicted_through = (*evicted_through).max(last_moved);
         }
-        for line in tail.drain(..count) {
-            state.tail_bytes -= line.bytes.len();
+        for record in tail.drain(..count) {
+            state.tail_bytes -= record.bytes.len();
         }
         while state.spool.bytes() > self.budget.spool.per_exec_cap_bytes() {
             match state.spool.evict_oldest(&self.budget.spool) {
@@ -195,6 +240,9 @@ impl Drop for Journal {
 
 /// What a cursor does next, decided under the lock and carried out outside it.
 enum Step {
+    /// Send these records (cheap clones of the tail's); the cursor moves past the last.
+    Render(Vec<Record>),
+    /// Send this line (a gap); the cursor moves to the seq given.
     Deliver(Bytes, u64),
     ReadSpool(super::spool::SpoolRead),
     Wait,
@@ -206,56 +254,57 @@ pub struct JournalCursor {
     journal: Arc<Journal>,
     next_seq: u64,
     progress: watch::Receiver<Progress>,
-    /// Frames read from the spool and not yet handed out (all before `next_seq`).
-    pending: VecDeque<Bytes>,
+    /// Records read from the spool and not yet sent (all before `next_seq`).
+    pending: VecDeque<Record>,
 }
 
-/// Large lines stay their own frames (no copy); runs of small lines are joined into one.
-fn coalesce(lines: Vec<Bytes>) -> VecDeque<Bytes> {
-    let mut frames = VecDeque::new();
-    let mut small: Vec<u8> = Vec::new();
-    for line in lines {
-        if line.len() >= SHARE_LINE_BYTES {
-            if !small.is_empty() {
-                frames.push_back(Bytes::from(std::mem::take(&mut small)));
-            }
-            frames.push_back(line);
-        } else {
-            small.extend_from_slice(&line);
+/// Takes records from the front of `records` while their wire lines fit in `max_bytes` (always at
+/// least one).
+fn take_fitting(records: &mut VecDeque<Record>, max_bytes: usize) -> Vec<Record> {
+    let mut taken = Vec::new();
+    let mut bytes = 0;
+    while let Some(record) = records.front() {
+        let len = record.wire_len();
+        if !taken.is_empty() && bytes + len > max_bytes {
+            break;
         }
+        bytes += len;
+        taken.extend(records.pop_front());
     }
-    if !small.is_empty() {
-        frames.push_back(Bytes::from(small));
-    }
-    frames
+    taken
 }
 
 impl JournalCursor {
     /// The next run of whole lines, at most about `max_bytes` (always at least one line); `None` once
     /// the journal is finished and everything was delivered.
     pub async fn next_batch(&mut self, max_bytes: usize) -> Option<Bytes> {
-        if let Some(frame) = self.pending.pop_front() {
-            return Some(frame);
-        }
         loop {
+            if !self.pending.is_empty() {
+                return Some(render(&take_fitting(&mut self.pending, max_bytes)));
+            }
             // Mark the current progress as seen before looking, so an append racing with this look
             // still wakes `changed()` below.
             self.progress.borrow_and_update();
             match self.plan(max_bytes) {
+                Step::Render(records) => {
+                    self.next_seq = records.last().map_or(self.next_seq, |r| r.seq + 1);
+                    return Some(render(&records));
+                }
                 Step::Deliver(bytes, next_seq) => {
                     self.next_seq = next_seq;
                     return Some(bytes);
                 }
                 Step::ReadSpool(read) => {
                     let from = self.next_seq;
+                    // Output lines are 4/3 of the bytes they carry: read about one frame's worth.
+                    let budget = max_bytes / 4 * 3;
                     let result =
-                        tokio::task::spawn_blocking(move || read_records(&read, from, max_bytes))
+                        tokio::task::spawn_blocking(move || read_records(&read, from, budget))
                             .await;
                     match result {
-                        Ok(Ok((lines, Some(next)))) if !lines.is_empty() => {
+                        Ok(Ok((records, Some(next)))) if !records.is_empty() => {
                             self.next_seq = next;
-                            self.pending = coalesce(lines);
-                            return self.pending.pop_front();
+                            self.pending = records.into();
                         }
                         Ok(Err(err)) => {
                             tracing::warn!(%err, "journal spool read failed");
@@ -285,7 +334,7 @@ impl JournalCursor {
             };
             return Step::Deliver(Bytes::from(gap.to_line()), state.evicted_through + 1);
         }
-        let tail_first = state.tail.front().map(|l| l.seq);
+        let tail_first = state.tail.front().map(|r| r.seq);
         match tail_first {
             Some(first) if first <= self.next_seq => {
                 let start = (self.next_seq - first) as usize;
@@ -296,25 +345,17 @@ impl JournalCursor {
                         Step::Wait
                     };
                 }
-                let mut out = Vec::new();
-                let mut next = self.next_seq;
-                for line in state.tail.range(start..) {
-                    if !out.is_empty() && out.len() + line.bytes.len() > max_bytes {
+                let mut records = Vec::new();
+                let mut bytes = 0;
+                for record in state.tail.range(start..) {
+                    let len = record.wire_len();
+                    if !records.is_empty() && bytes + len > max_bytes {
                         break;
                     }
-                    if out.is_empty()
-                        && (start + 1 == state.tail.len() || line.bytes.len() >= SHARE_LINE_BYTES)
-                    {
-                        // A lone or large line: hand out the shared buffer without copying.
-                        return Step::Deliver(line.bytes.clone(), line.seq + 1);
-                    }
-                    if line.bytes.len() >= SHARE_LINE_BYTES {
-                        break;
-                    }
-                    out.extend_from_slice(&line.bytes);
-                    next = line.seq + 1;
+                    bytes += len;
+                    records.push(record.clone());
                 }
-                Step::Deliver(Bytes::from(out), next)
+                Step::Render(records)
             }
             _ => match state.spool.locate(self.next_seq) {
                 Some(read) => Step::ReadSpool(read),
@@ -339,7 +380,7 @@ impl JournalCursor {
         let to_seq = state
             .tail
             .front()
-            .map_or(state.next_seq - 1, |l| l.seq - 1)
+            .map_or(state.next_seq - 1, |r| r.seq - 1)
             .max(self.next_seq);
         let gap = ExecEvent::Gap {
             from_seq: self.next_seq,
@@ -421,6 +462,7 @@ impl JournalBudget {
 mod tests {
     use super::*;
     use crate::shared::protocol::runnerd::ExecEvent;
+    use base64::Engine;
 
     fn budget(total: u64, per_exec: u64, segment: u64) -> Arc<JournalBudget> {
         JournalBudget::new(SpoolBudget::new(
@@ -431,9 +473,12 @@ mod tests {
         ))
     }
 
+    /// Appends `text` as stdout; on the wire it is the base64 of `text`.
     fn out(journal: &Journal, text: &str) -> u64 {
-        let text = text.to_string();
-        journal.append(move |seq| ExecEvent::Stdout { b64: text, seq })
+        journal.append_output(
+            OutputStream::Stdout,
+            Bytes::copy_from_slice(text.as_bytes()),
+        )
     }
 
     async fn read_all(cursor: &mut JournalCursor) -> Vec<ExecEvent> {
@@ -450,7 +495,12 @@ mod tests {
         events
             .iter()
             .map(|e| match e {
-                ExecEvent::Stdout { b64, seq } => format!("{seq}:{b64}"),
+                ExecEvent::Stdout { b64, seq } => {
+                    let text = base64::engine::general_purpose::STANDARD
+                        .decode(b64)
+                        .unwrap();
+                    format!("{seq}:{}", String::from_utf8(text).unwrap())
+                }
                 ExecEvent::Gap { from_seq, to_seq } => format!("gap {from_seq}-{to_seq}"),
                 other => format!("{other:?}"),
             })
@@ -528,7 +578,7 @@ mod tests {
         let budget = budget(4096, u64::MAX, 512);
         let finished = Journal::new(&budget, 128);
         for i in 0..100 {
-            out(&finished, &format!("old-{i:04}"));
+            out(&finished, &format!("old-{i:04}-{}", "x".repeat(40)));
         }
         finished.finish();
         let live = Journal::new(&budget, 128);

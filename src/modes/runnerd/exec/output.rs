@@ -1,8 +1,8 @@
-//! Pumps one output pipe of an exec into its journal, clipping at the stream's byte cap.
+//! Pumps one output pipe of an exec into its journal, clipping at the stream's byte cap, and writes
+//! the `stdout`/`stderr` wire lines for the raw chunks the journal keeps.
 use super::super::limits::PIPE_READ_CHUNK_BYTES;
 use super::journal::Journal;
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
+use bytes::{Bytes, BytesMut};
 use std::io::Write;
 use std::sync::Arc;
 use tokio::io::AsyncReadExt;
@@ -18,44 +18,59 @@ pub enum OutputStream {
     Stderr,
 }
 
-/// The `stdout`/`stderr` event line for `chunk`, written directly (it is the hot path) but byte-equal
-/// to serializing `ExecEvent::Stdout`/`Stderr`.
-pub fn output_line(stream: OutputStream, chunk: &[u8], seq: u64) -> Vec<u8> {
-    let head: &[u8] = match stream {
-        OutputStream::Stdout => b"{\"t\":\"stdout\",\"b64\":\"",
-        OutputStream::Stderr => b"{\"t\":\"stderr\",\"b64\":\"",
-    };
-    let encoded_len = chunk.len().div_ceil(3) * 4;
-    let mut line = Vec::with_capacity(head.len() + encoded_len + 32);
-    line.extend_from_slice(head);
-    let start = line.len();
-    line.resize(start + encoded_len, 0);
-    let written = STANDARD
-        .encode_slice(chunk, &mut line[start..])
-        .expect("buffer sized for the encoding");
-    line.truncate(start + written);
-    line.extend_from_slice(b"\",\"seq\":");
-    let _ = write!(line, "{seq}");
-    line.extend_from_slice(b"}\n");
-    line
+impl OutputStream {
+    fn line_head(self) -> &'static [u8] {
+        match self {
+            OutputStream::Stdout => b"{\"t\":\"stdout\",\"b64\":\"",
+            OutputStream::Stderr => b"{\"t\":\"stderr\",\"b64\":\"",
+        }
+    }
 }
 
-/// Reads `pipe` to EOF, appending each chunk as an event. Past `cap` bytes the rest is read and
-/// dropped (the process keeps running). Returns whether anything was dropped.
+/// Bytes of the wire line around the base64 text and the seq digits.
+const LINE_FRAMING_BYTES: usize = r#"{"t":"stdout","b64":"","seq":}"#.len() + 1;
+
+/// Length of the wire line [`write_output_line`] writes for `chunk_len` bytes at `seq`.
+pub fn output_line_len(chunk_len: usize, seq: u64) -> usize {
+    LINE_FRAMING_BYTES + chunk_len.div_ceil(3) * 4 + decimal_digits(seq)
+}
+
+fn decimal_digits(mut n: u64) -> usize {
+    let mut digits = 1;
+    while n >= 10 {
+        n /= 10;
+        digits += 1;
+    }
+    digits
+}
+
+/// Appends the `stdout`/`stderr` event line for `chunk` to `out`, written directly (it is the hot
+/// path) but byte-equal to serializing `ExecEvent::Stdout`/`Stderr`.
+pub fn write_output_line(stream: OutputStream, chunk: &[u8], seq: u64, out: &mut Vec<u8>) {
+    out.reserve(output_line_len(chunk.len(), seq));
+    out.extend_from_slice(stream.line_head());
+    base64_simd::STANDARD.encode_append(chunk, out);
+    out.extend_from_slice(b"\",\"seq\":");
+    let _ = write!(out, "{seq}");
+    out.extend_from_slice(b"}\n");
+}
+
+/// Reads `pipe` to EOF, appending each chunk to the journal as raw bytes. Past `cap` bytes the rest
+/// is read and dropped (the process keeps running). Returns whether anything was dropped.
 pub async fn pump(
     journal: Arc<Journal>,
     mut pipe: pipe::Receiver,
     stream: OutputStream,
     cap: Option<u64>,
 ) -> bool {
-    // Small until the exec proves chatty: a quiet exec (an agent waiting on its model) holds 4 KiB,
+    // Small until the exec proves chatty: a quiet exec (an agent waiting on its model) holds 512 B,
     // a streaming one grows to full-size reads after its first full buffer.
-    let mut buf = bytes::BytesMut::with_capacity(INITIAL_READ_BYTES);
+    let mut buf = BytesMut::with_capacity(INITIAL_READ_BYTES);
     let mut emitted: u64 = 0;
     let mut truncated = false;
     loop {
-        if buf.len() == buf.capacity() && buf.capacity() < PIPE_READ_CHUNK_BYTES {
-            buf = bytes::BytesMut::with_capacity(PIPE_READ_CHUNK_BYTES);
+        if buf.capacity() < PIPE_READ_CHUNK_BYTES && buf.len() == buf.capacity() {
+            buf = BytesMut::with_capacity(PIPE_READ_CHUNK_BYTES);
         }
         buf.clear();
         let n = match pipe.read_buf(&mut buf).await {
@@ -83,9 +98,22 @@ pub async fn pump(
         }
         if keep > 0 {
             emitted += keep as u64;
-            let chunk = &buf[..keep];
-            journal.append_with(|seq| output_line(stream, chunk, seq));
+            journal.append_output(stream, take_chunk(&mut buf, keep));
         }
+    }
+}
+
+/// The first `len` bytes of `buf` as a journal chunk. A read that filled most of the buffer gives
+/// the buffer itself away (no copy; the next read gets a fresh one); a small one is copied, so that
+/// a 100-byte chunk never pins a 64 KiB allocation for as long as the journal keeps it.
+fn take_chunk(buf: &mut BytesMut, len: usize) -> Bytes {
+    if len * 2 >= buf.capacity() {
+        let capacity = buf.capacity();
+        let chunk = buf.split_to(len).freeze();
+        *buf = BytesMut::with_capacity(capacity);
+        chunk
+    } else {
+        Bytes::copy_from_slice(&buf[..len])
     }
 }
 
@@ -93,23 +121,47 @@ pub async fn pump(
 mod tests {
     use super::*;
     use crate::shared::protocol::runnerd::ExecEvent;
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine;
 
-    /// The hand-written line equals the serde one.
+    /// The hand-written line equals the serde one, and its length is known in advance.
     #[test]
     fn output_line_matches_serde() {
         for chunk in [&b""[..], b"a", b"ab", b"abc", b"\x00\xff binary \n"] {
-            let serde = ExecEvent::Stdout {
-                b64: STANDARD.encode(chunk),
-                seq: 42,
+            for seq in [1, 7, 9, 10, 42, 999_999, u64::MAX] {
+                let serde = ExecEvent::Stdout {
+                    b64: STANDARD.encode(chunk),
+                    seq,
+                }
+                .to_line();
+                let mut line = Vec::new();
+                write_output_line(OutputStream::Stdout, chunk, seq, &mut line);
+                assert_eq!(line, serde);
+                assert_eq!(output_line_len(chunk.len(), seq), line.len());
+                let serde = ExecEvent::Stderr {
+                    b64: STANDARD.encode(chunk),
+                    seq,
+                }
+                .to_line();
+                line.clear();
+                write_output_line(OutputStream::Stderr, chunk, seq, &mut line);
+                assert_eq!(line, serde);
             }
-            .to_line();
-            assert_eq!(output_line(OutputStream::Stdout, chunk, 42), serde);
-            let serde = ExecEvent::Stderr {
-                b64: STANDARD.encode(chunk),
-                seq: 7,
-            }
-            .to_line();
-            assert_eq!(output_line(OutputStream::Stderr, chunk, 7), serde);
         }
+    }
+
+    /// Small reads are copied out of the read buffer; full ones hand the buffer over.
+    #[test]
+    fn chunks_never_pin_a_large_buffer() {
+        let mut buf = BytesMut::with_capacity(1024);
+        buf.extend_from_slice(&[7u8; 100]);
+        let small = take_chunk(&mut buf, 100);
+        assert_eq!(small.len(), 100);
+        assert_eq!(buf.capacity(), 1024, "the buffer is kept for the next read");
+        buf.clear();
+        buf.extend_from_slice(&[9u8; 1000]);
+        let big = take_chunk(&mut buf, 1000);
+        assert_eq!(&big[..], &[9u8; 1000][..]);
+        assert!(buf.is_empty() && buf.capacity() >= 1024, "a fresh buffer");
     }
 }

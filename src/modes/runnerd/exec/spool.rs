@@ -1,19 +1,22 @@
-//! The disk half of a journal: append-only segment files holding the lines that fell out of the
+//! The disk half of a journal: append-only segment files holding the records that fell out of the
 //! in-memory tail, and the daemon-wide budget that bounds them all.
 //!
 //! Segment files are anonymous (`O_TMPFILE`, or created and unlinked at once), mode 0600, owned by
 //! runnerd: no exec can open them, and they vanish with the last handle. Each record is
-//! `seq: u64 LE | len: u32 LE | line bytes`, so a reader can find lines by seq without parsing JSON.
-//! Eviction drops whole segments, oldest first.
+//! `seq: u64 LE | len: u32 LE | kind: u32 LE | bytes` (kind 0: an event line, 1/2: raw stdout/stderr
+//! bytes), so a reader finds records by seq without parsing anything. Eviction drops whole
+//! segments, oldest first.
+use super::journal::{Record, RecordKind};
+use super::output::OutputStream;
 use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Bytes of the record header before each line.
-pub const RECORD_HEADER_BYTES: usize = 12;
+pub const RECORD_HEADER_BYTES: usize = 16;
 
 /// Where segment files go, and how many bytes all of them may hold together.
 pub struct SpoolBudget {
@@ -139,35 +142,29 @@ impl Spool {
         self.segments.front().map(|s| s.first_seq)
     }
 
-    /// Appends records `(seq, line)` as one write. Blocking, but bounded to one batch of lines from
-    /// the memory tail, written to the page cache.
+    /// Appends `records` as one write. Blocking, but bounded to one batch of records from the
+    /// memory tail, written to the page cache.
     pub fn append<'a>(
         &mut self,
         budget: &SpoolBudget,
-        records: impl Iterator<Item = (u64, &'a [u8])>,
+        records: impl Iterator<Item = &'a Record>,
     ) -> std::io::Result<()> {
-        let records: Vec<(u64, &[u8])> = records.collect();
-        let (Some(first), Some(last)) = (records.first().map(|r| r.0), records.last().map(|r| r.0))
-        else {
+        let records: Vec<&Record> = records.collect();
+        let (Some(first), Some(last)) = (
+            records.first().map(|r| r.seq),
+            records.last().map(|r| r.seq),
+        ) else {
             return Ok(());
         };
-        let headers: Vec<[u8; RECORD_HEADER_BYTES]> = records
-            .iter()
-            .map(|(seq, line)| {
-                let mut header = [0u8; RECORD_HEADER_BYTES];
-                header[..8].copy_from_slice(&seq.to_le_bytes());
-                header[8..].copy_from_slice(&(line.len() as u32).to_le_bytes());
-                header
-            })
-            .collect();
+        let headers: Vec<[u8; RECORD_HEADER_BYTES]> = records.iter().map(|r| header(r)).collect();
         let mut slices: Vec<std::io::IoSlice<'_>> = Vec::with_capacity(records.len() * 2);
-        for (header, (_, line)) in headers.iter().zip(&records) {
+        for (header, record) in headers.iter().zip(&records) {
             slices.push(std::io::IoSlice::new(header));
-            slices.push(std::io::IoSlice::new(line));
+            slices.push(std::io::IoSlice::new(&record.bytes));
         }
         let total: u64 = records
             .iter()
-            .map(|(_, l)| (RECORD_HEADER_BYTES + l.len()) as u64)
+            .map(|r| (RECORD_HEADER_BYTES + r.bytes.len()) as u64)
             .sum();
         let needs_new = self
             .segments
@@ -186,7 +183,7 @@ impl Spool {
             .segments
             .back_mut()
             .expect("a segment was just ensured");
-        // One writev per batch: the lines go to the page cache without an intermediate copy.
+        // One writev per batch: the records go to the page cache without an intermediate copy.
         let mut remaining: &mut [std::io::IoSlice<'_>] = &mut slices;
         while !remaining.is_empty() {
             let written = (&*segment.file).write_vectored(remaining)?;
@@ -243,41 +240,74 @@ impl Spool {
     }
 }
 
+fn header(record: &Record) -> [u8; RECORD_HEADER_BYTES] {
+    let kind: u32 = match record.kind {
+        RecordKind::Event => 0,
+        RecordKind::Output(OutputStream::Stdout) => 1,
+        RecordKind::Output(OutputStream::Stderr) => 2,
+    };
+    let mut header = [0u8; RECORD_HEADER_BYTES];
+    header[..8].copy_from_slice(&record.seq.to_le_bytes());
+    header[8..12].copy_from_slice(&(record.bytes.len() as u32).to_le_bytes());
+    header[12..].copy_from_slice(&kind.to_le_bytes());
+    header
+}
+
+/// The seq, length and kind a record header holds; `None` for a kind this build never writes.
+fn parse_header(bytes: &[u8]) -> Option<(u64, usize, RecordKind)> {
+    let word = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+    let kind = match word(12) {
+        0 => RecordKind::Event,
+        1 => RecordKind::Output(OutputStream::Stdout),
+        2 => RecordKind::Output(OutputStream::Stderr),
+        _ => return None,
+    };
+    Some((
+        u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")),
+        word(8) as usize,
+        kind,
+    ))
+}
+
 /// Reads whole records from `read`, skipping those before `from_seq`, until about `max_bytes` of
-/// lines are gathered or the range ends. Returns the lines (slices of one buffer, no copy) and the seq
-/// after the last one returned. Blocking.
+/// record bytes are gathered or the range ends. Returns the records (their bytes are slices of one
+/// read buffer, no copy) and the seq after the last one returned. Blocking.
 pub fn read_records(
     read: &SpoolRead,
     from_seq: u64,
     max_bytes: usize,
-) -> std::io::Result<(Vec<bytes::Bytes>, Option<u64>)> {
-    let mut lines = Vec::new();
+) -> std::io::Result<(Vec<Record>, Option<u64>)> {
+    let corrupt = || std::io::Error::new(std::io::ErrorKind::InvalidData, "corrupt spool record");
+    let mut records = Vec::new();
     let mut gathered = 0usize;
     let mut last_seq = None;
     let mut offset = read.offset;
     while offset < read.end && gathered < max_bytes {
         let want =
             ((read.end - offset) as usize).min(max_bytes.max(64 * 1024) + RECORD_HEADER_BYTES);
-        let mut buffer = vec![0u8; want];
-        read.file.read_exact_at(&mut buffer, offset)?;
-        let header_len =
-            |b: &[u8]| u32::from_le_bytes(b[8..12].try_into().expect("4 bytes")) as usize;
-        if header_len(&buffer) + RECORD_HEADER_BYTES > buffer.len() {
+        let mut chunk = crate::shared::sys::read_exact_at(&read.file, want, offset)?;
+        let (_, first_len, _) = parse_header(&chunk).ok_or_else(corrupt)?;
+        if first_len + RECORD_HEADER_BYTES > chunk.len() {
             // A record larger than the chunk: read exactly it.
-            buffer.resize(RECORD_HEADER_BYTES + header_len(&buffer), 0);
-            read.file.read_exact_at(&mut buffer, offset)?;
+            chunk = crate::shared::sys::read_exact_at(
+                &read.file,
+                RECORD_HEADER_BYTES + first_len,
+                offset,
+            )?;
         }
-        let chunk = bytes::Bytes::from(buffer);
         let mut pos = 0;
         while pos + RECORD_HEADER_BYTES <= chunk.len() {
-            let seq = u64::from_le_bytes(chunk[pos..pos + 8].try_into().expect("8 bytes"));
-            let len = header_len(&chunk[pos..]);
+            let (seq, len, kind) = parse_header(&chunk[pos..]).ok_or_else(corrupt)?;
             let end = pos + RECORD_HEADER_BYTES + len;
             if end > chunk.len() || (gathered > 0 && gathered + len > max_bytes) {
                 break;
             }
             if seq >= from_seq {
-                lines.push(chunk.slice(pos + RECORD_HEADER_BYTES..end));
+                records.push(Record {
+                    seq,
+                    kind,
+                    bytes: chunk.slice(pos + RECORD_HEADER_BYTES..end),
+                });
                 gathered += len;
                 last_seq = Some(seq);
             }
@@ -288,7 +318,7 @@ pub fn read_records(
         }
         offset += pos as u64;
     }
-    Ok((lines, last_seq.map(|s| s + 1)))
+    Ok((records, last_seq.map(|s| s + 1)))
 }
 
 #[cfg(test)]
@@ -299,33 +329,36 @@ mod tests {
         SpoolBudget::new(std::env::temp_dir(), u64::MAX, u64::MAX, segment_bytes)
     }
 
-    /// Records written in batches come back by seq, from any starting seq.
+    fn record(seq: u64, kind: RecordKind, bytes: &[u8]) -> Record {
+        Record {
+            seq,
+            kind,
+            bytes: bytes::Bytes::copy_from_slice(bytes),
+        }
+    }
+
+    /// Records written in batches come back by seq, with their kind, from any starting seq.
     #[test]
     fn records_round_trip_from_any_seq() {
         let budget = budget(100);
         let mut spool = Spool::default();
-        let lines: Vec<Vec<u8>> = (1..=30u64)
-            .map(|i| format!("line {i}\n").into_bytes())
+        let kinds = [
+            RecordKind::Event,
+            RecordKind::Output(OutputStream::Stdout),
+            RecordKind::Output(OutputStream::Stderr),
+        ];
+        let records: Vec<Record> = (1..=30u64)
+            .map(|i| record(i, kinds[i as usize % 3], format!("line {i}\n").as_bytes()))
             .collect();
-        for batch in lines.chunks(4).enumerate() {
-            let base = batch.0 as u64 * 4 + 1;
-            spool
-                .append(
-                    &budget,
-                    batch
-                        .1
-                        .iter()
-                        .enumerate()
-                        .map(|(i, l)| (base + i as u64, l.as_slice())),
-                )
-                .unwrap();
+        for batch in records.chunks(4) {
+            spool.append(&budget, batch.iter()).unwrap();
         }
         for from in 1..=30u64 {
             let mut got = Vec::new();
             let mut next = from;
             while let Some(read) = spool.locate(next) {
-                let (lines, after) = read_records(&read, next, 1 << 20).unwrap();
-                got.extend(lines.iter().flat_map(|l| l.iter().copied()));
+                let (read, after) = read_records(&read, next, 1 << 20).unwrap();
+                got.extend(read.into_iter().map(|r| (r.seq, r.kind, r.bytes)));
                 match after {
                     Some(after) => next = after,
                     None => break,
@@ -334,12 +367,11 @@ mod tests {
                     break;
                 }
             }
-            let want: Vec<u8> = lines[(from - 1) as usize..].concat();
-            assert_eq!(
-                String::from_utf8(got).unwrap(),
-                String::from_utf8(want).unwrap(),
-                "from {from}"
-            );
+            let want: Vec<_> = records[(from - 1) as usize..]
+                .iter()
+                .map(|r| (r.seq, r.kind, r.bytes.clone()))
+                .collect();
+            assert_eq!(got, want, "from {from}");
         }
         assert!(spool.segments.len() > 1, "small segments roll over");
     }
@@ -350,15 +382,21 @@ mod tests {
         let budget = budget(10);
         let mut spool = Spool::default();
         spool
-            .append(&budget, [(1u64, &b"aaaaaaaaaa"[..])].into_iter())
+            .append(
+                &budget,
+                [record(1, RecordKind::Event, b"aaaaaaaaaa")].iter(),
+            )
             .unwrap();
         spool
-            .append(&budget, [(2u64, &b"bbbbbbbbbb"[..])].into_iter())
+            .append(
+                &budget,
+                [record(2, RecordKind::Event, b"bbbbbbbbbb")].iter(),
+            )
             .unwrap();
-        assert_eq!(budget.used_bytes(), 44);
+        assert_eq!(budget.used_bytes(), 52);
         assert_eq!(spool.evict_oldest(&budget), Some(1));
         assert_eq!(spool.first_seq(), Some(2));
-        assert_eq!(budget.used_bytes(), 22);
+        assert_eq!(budget.used_bytes(), 26);
         assert_eq!(spool.evict_all(&budget), Some(2));
         assert_eq!(budget.used_bytes(), 0);
     }
