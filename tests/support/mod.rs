@@ -1,4 +1,5 @@
 //! Shared by the end-to-end tests.
+pub mod fake_kube;
 pub mod git_http;
 pub mod runnerd;
 pub mod spawner;

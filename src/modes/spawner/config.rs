@@ -371,20 +371,30 @@ fn kubernetes_settings(
         value,
         shape,
     };
-    let dns_label = |name: &'static str, default: Option<&str>| -> Result<Option<String>, ConfigError> {
-        match get(name).or_else(|| default.map(str::to_owned)) {
-            None => Ok(None),
-            Some(value) if is_dns_label(&value) => Ok(Some(value)),
-            Some(value) => Err(bad(name, value, "a DNS label (lowercase letters, digits and '-', at most 63)")),
-        }
-    };
+    let dns_label =
+        |name: &'static str, default: Option<&str>| -> Result<Option<String>, ConfigError> {
+            match get(name).or_else(|| default.map(str::to_owned)) {
+                None => Ok(None),
+                Some(value) if is_dns_label(&value) => Ok(Some(value)),
+                Some(value) => Err(bad(
+                    name,
+                    value,
+                    "a DNS label (lowercase letters, digits and '-', at most 63)",
+                )),
+            }
+        };
     let bytes = |name: &'static str, default: &str| -> Result<u64, ConfigError> {
         let text = get(name).unwrap_or_else(|| default.to_owned());
         parse_k8s_size(&text).ok_or_else(|| bad(name, text, "a size like 4Gi, 512Mi or 4g"))
     };
     let cpu_text = get("SANDBOX_K8S_CPU_REQUEST").unwrap_or_else(|| DEFAULT_K8S_CPU_REQUEST.into());
-    let cpu_request_millis = parse_cpu_millis(&cpu_text)
-        .ok_or_else(|| bad("SANDBOX_K8S_CPU_REQUEST", cpu_text, "a CPU amount like 500m or 2"))?;
+    let cpu_request_millis = parse_cpu_millis(&cpu_text).ok_or_else(|| {
+        bad(
+            "SANDBOX_K8S_CPU_REQUEST",
+            cpu_text,
+            "a CPU amount like 500m or 2",
+        )
+    })?;
     let selector_text =
         get("SANDBOX_K8S_SPAWNER_SELECTOR").unwrap_or_else(|| DEFAULT_K8S_SPAWNER_SELECTOR.into());
     let spawner_selector = parse_label_selector(&selector_text).ok_or_else(|| {
@@ -394,23 +404,25 @@ fn kubernetes_settings(
             "comma-separated label=value pairs",
         )
     })?;
-    let storage_class = match get("SANDBOX_K8S_STORAGE_CLASS")
-        .or_else(|| get("SANDBOX_K8S_CACHE_STORAGECLASS"))
-    {
-        Some(class) if is_dns_subdomain(&class) => Some(class),
-        Some(class) => {
-            return Err(bad(
-                "SANDBOX_K8S_STORAGE_CLASS",
-                class,
-                "a StorageClass name (lowercase letters, digits, '-' and '.')",
-            ))
-        }
-        None => None,
-    };
+    let storage_class =
+        match get("SANDBOX_K8S_STORAGE_CLASS").or_else(|| get("SANDBOX_K8S_CACHE_STORAGECLASS")) {
+            Some(class) if is_dns_subdomain(&class) => Some(class),
+            Some(class) => {
+                return Err(bad(
+                    "SANDBOX_K8S_STORAGE_CLASS",
+                    class,
+                    "a StorageClass name (lowercase letters, digits, '-' and '.')",
+                ))
+            }
+            None => None,
+        };
     Ok(KubernetesSettings {
         namespace: dns_label("SANDBOX_K8S_NAMESPACE", Some(DEFAULT_K8S_NAMESPACE))?
             .unwrap_or_default(),
-        workspace_bytes: bytes("SANDBOX_K8S_WORKSPACE_SIZE_LIMIT", DEFAULT_K8S_WORKSPACE_SIZE)?,
+        workspace_bytes: bytes(
+            "SANDBOX_K8S_WORKSPACE_SIZE_LIMIT",
+            DEFAULT_K8S_WORKSPACE_SIZE,
+        )?,
         storage_class,
         cpu_request_millis,
         memory_request_bytes: bytes("SANDBOX_K8S_MEMORY_REQUEST", DEFAULT_K8S_MEMORY_REQUEST)?,
@@ -623,8 +635,14 @@ mod tests {
         let k = config(&[("SANDBOX_TOKEN", "t")], false).unwrap().kubernetes;
         assert_eq!(k.namespace, "tale-sandbox");
         assert_eq!(k.workspace_bytes, 4 << 30);
-        assert_eq!((k.cpu_request_millis, k.memory_request_bytes), (500, 1 << 30));
-        assert_eq!((k.storage_class, k.runtime_class, k.runnerd_port), (None, None, 8200));
+        assert_eq!(
+            (k.cpu_request_millis, k.memory_request_bytes),
+            (500, 1 << 30)
+        );
+        assert_eq!(
+            (k.storage_class, k.runtime_class, k.runnerd_port),
+            (None, None, 8200)
+        );
         assert_eq!(
             k.spawner_selector,
             BTreeMap::from([("app.kubernetes.io/name".into(), "tale-spawner".into())])
@@ -646,7 +664,11 @@ mod tests {
         assert_eq!(k.runtime_class, None, "runc means the node default");
         assert_eq!((k.workspace_bytes, k.cpu_request_millis), (10 << 30, 250));
         assert_eq!(k.spawner_selector.len(), 2);
-        let err = |pair: (&str, &str)| config(&[("SANDBOX_TOKEN", "t"), pair], false).unwrap_err().to_string();
+        let err = |pair: (&str, &str)| {
+            config(&[("SANDBOX_TOKEN", "t"), pair], false)
+                .unwrap_err()
+                .to_string()
+        };
         assert!(err(("SANDBOX_K8S_NAMESPACE", "Tale_Sandbox")).contains("SANDBOX_K8S_NAMESPACE"));
         assert!(err(("SANDBOX_K8S_MEMORY_REQUEST", "1GB")).contains("SANDBOX_K8S_MEMORY_REQUEST"));
         assert!(err(("SANDBOX_K8S_CPU_REQUEST", "-1")).contains("SANDBOX_K8S_CPU_REQUEST"));
@@ -667,7 +689,11 @@ mod tests {
     fn quantities() {
         assert_eq!(parse_k8s_size("4Gi"), Some(4 << 30));
         assert_eq!(parse_k8s_size("1500Mi"), Some(1500 << 20));
-        assert_eq!(parse_k8s_size("1500m"), Some(1500 << 20), "Docker-style m is MiB");
+        assert_eq!(
+            parse_k8s_size("1500m"),
+            Some(1500 << 20),
+            "Docker-style m is MiB"
+        );
         assert_eq!(parse_k8s_size("Gi"), None);
         assert_eq!(parse_k8s_size("1.5Gi"), None);
         assert_eq!(parse_cpu_millis("500m"), Some(500));

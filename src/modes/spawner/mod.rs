@@ -108,10 +108,8 @@ async fn serve(args: Args) -> Result<(), BootError> {
     if config.token.is_none() {
         tracing::warn!("!!! spawner runs with --insecure-dev: requests are NOT authenticated and runnerd tokens are predictable. Development only. !!!");
     }
-    let ignored = config::ignored_kubernetes_variables(
-        |name| std::env::var(name).ok(),
-        config.backend,
-    );
+    let ignored =
+        config::ignored_kubernetes_variables(|name| std::env::var(name).ok(), config.backend);
     if !ignored.is_empty() {
         tracing::warn!(variables = ?ignored, "these variables only apply to SANDBOX_BACKEND=kubernetes and are ignored");
     }

@@ -319,7 +319,10 @@ pub fn pod(spec: &SessionSpec, config: &ManifestConfig) -> Pod {
                 (ANNOTATION_PROFILE, &spec.profile),
                 (ANNOTATION_CREATED_AT, &spec.created_at_ms.to_string()),
                 (ANNOTATION_TTL_MS, &spec.ttl_ms.to_string()),
-                (ANNOTATION_IDLE_TIMEOUT_MS, &spec.idle_timeout_ms.to_string()),
+                (
+                    ANNOTATION_IDLE_TIMEOUT_MS,
+                    &spec.idle_timeout_ms.to_string(),
+                ),
             ])),
             ..Default::default()
         },
@@ -412,7 +415,11 @@ pub fn network_policy(config: &ManifestConfig) -> NetworkPolicy {
 }
 
 fn annotation<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {
-    pod.metadata.annotations.as_ref()?.get(key).map(String::as_str)
+    pod.metadata
+        .annotations
+        .as_ref()?
+        .get(key)
+        .map(String::as_str)
 }
 
 fn phase(pod: &Pod) -> Option<&str> {
@@ -421,8 +428,7 @@ fn phase(pod: &Pod) -> Option<&str> {
 
 /// Deleted (or being deleted), or ended: its compute will not come back.
 pub fn is_terminal(pod: &Pod) -> bool {
-    pod.metadata.deletion_timestamp.is_some()
-        || matches!(phase(pod), Some("Failed" | "Succeeded"))
+    pod.metadata.deletion_timestamp.is_some() || matches!(phase(pod), Some("Failed" | "Succeeded"))
 }
 
 /// Running and not being deleted.
@@ -485,9 +491,11 @@ pub fn start_failure(pod: &Pod) -> Option<String> {
             .flatten()
             .collect::<Vec<_>>()
             .join(": ");
-        return Some(format!("the session Pod ended (phase {phase}) {why}")
-            .trim_end()
-            .to_owned());
+        return Some(
+            format!("the session Pod ended (phase {phase}) {why}")
+                .trim_end()
+                .to_owned(),
+        );
     }
     let containers = status
         .init_container_statuses
@@ -639,7 +647,10 @@ mod tests {
         );
         let c = &spec.containers[0];
         assert_eq!(c.name, "runner");
-        assert_eq!(c.command.as_ref().unwrap(), &["/usr/local/bin/tale", "runnerd"]);
+        assert_eq!(
+            c.command.as_ref().unwrap(),
+            &["/usr/local/bin/tale", "runnerd"]
+        );
         let s = c.security_context.as_ref().unwrap();
         assert_eq!((s.run_as_user, s.run_as_group), (Some(10001), Some(10002)));
         assert_eq!(s.run_as_non_root, Some(true));
@@ -652,8 +663,14 @@ mod tests {
         let resources = c.resources.as_ref().unwrap();
         let requests = resources.requests.as_ref().unwrap();
         let limits = resources.limits.as_ref().unwrap();
-        assert_eq!((requests["cpu"].0.as_str(), requests["memory"].0.as_str()), ("500m", "1Gi"));
-        assert_eq!((limits["cpu"].0.as_str(), limits["memory"].0.as_str()), ("2", "4Gi"));
+        assert_eq!(
+            (requests["cpu"].0.as_str(), requests["memory"].0.as_str()),
+            ("500m", "1Gi")
+        );
+        assert_eq!(
+            (limits["cpu"].0.as_str(), limits["memory"].0.as_str()),
+            ("2", "4Gi")
+        );
         let env: BTreeMap<&str, Option<&str>> = c
             .env
             .iter()
@@ -671,7 +688,10 @@ mod tests {
         assert_eq!(tmp.medium.as_deref(), Some("Memory"));
         assert_eq!(tmp.size_limit.as_ref().unwrap().0, "512Mi");
         let json = serde_json::to_string(&pod).unwrap();
-        assert!(!json.contains("secret-token"), "the token never enters the Pod");
+        assert!(
+            !json.contains("secret-token"),
+            "the token never enters the Pod"
+        );
     }
 
     /// Requests never exceed the profile's limits (the API would refuse the Pod).
@@ -686,7 +706,10 @@ mod tests {
         let pod = pod(&spec, &config);
         let c = &pod.spec.as_ref().unwrap().containers[0];
         let requests = c.resources.as_ref().unwrap().requests.as_ref().unwrap();
-        assert_eq!((requests["cpu"].0.as_str(), requests["memory"].0.as_str()), ("250m", "512Mi"));
+        assert_eq!(
+            (requests["cpu"].0.as_str(), requests["memory"].0.as_str()),
+            ("250m", "512Mi")
+        );
         assert_eq!(pod.spec.as_ref().unwrap().runtime_class_name, None);
         assert!(!c.env.iter().flatten().any(|e| e.name.contains("PROXY")));
     }
@@ -706,7 +729,14 @@ mod tests {
         let pvc_spec = pvc.spec.as_ref().unwrap();
         assert_eq!(pvc_spec.storage_class_name.as_deref(), Some("fast"));
         assert_eq!(
-            pvc_spec.resources.as_ref().unwrap().requests.as_ref().unwrap()["storage"].0,
+            pvc_spec
+                .resources
+                .as_ref()
+                .unwrap()
+                .requests
+                .as_ref()
+                .unwrap()["storage"]
+                .0,
             "4Gi"
         );
     }
@@ -731,7 +761,11 @@ mod tests {
         let pod = pod(&spec(), &config());
         let listed = listed_session(&pod).unwrap();
         assert_eq!(
-            (listed.session_id.as_str(), listed.organization_id.as_str(), listed.profile.as_str()),
+            (
+                listed.session_id.as_str(),
+                listed.organization_id.as_str(),
+                listed.profile.as_str()
+            ),
             ("Ses_1", "org-1", "agent")
         );
         assert_eq!(
@@ -803,13 +837,21 @@ mod tests {
         let ingress = &spec.ingress.unwrap()[0];
         let from = &ingress.from.as_ref().unwrap()[0];
         assert_eq!(
-            from.pod_selector.as_ref().unwrap().match_labels.as_ref().unwrap()
-                ["app.kubernetes.io/name"],
+            from.pod_selector
+                .as_ref()
+                .unwrap()
+                .match_labels
+                .as_ref()
+                .unwrap()["app.kubernetes.io/name"],
             "tale-spawner"
         );
         assert_eq!(
-            from.namespace_selector.as_ref().unwrap().match_labels.as_ref().unwrap()
-                [NAMESPACE_NAME_LABEL],
+            from.namespace_selector
+                .as_ref()
+                .unwrap()
+                .match_labels
+                .as_ref()
+                .unwrap()[NAMESPACE_NAME_LABEL],
             "tale"
         );
         assert_eq!(

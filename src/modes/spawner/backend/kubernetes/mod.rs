@@ -153,7 +153,11 @@ impl KubernetesBackend {
             .map_err(fail)?;
         policy.metadata.resource_version = current.metadata.resource_version;
         policies
-            .replace(manifests::NETWORK_POLICY_NAME, &PostParams::default(), &policy)
+            .replace(
+                manifests::NETWORK_POLICY_NAME,
+                &PostParams::default(),
+                &policy,
+            )
             .await
             .map_err(fail)?;
         Ok(())
@@ -202,7 +206,10 @@ impl KubernetesBackend {
             .await;
         let secret = self
             .secrets
-            .delete(&manifests::secret_name(session_id), &DeleteParams::default())
+            .delete(
+                &manifests::secret_name(session_id),
+                &DeleteParams::default(),
+            )
             .await;
         let existed = match pod {
             Ok(_) => true,
@@ -254,7 +261,10 @@ impl KubernetesBackend {
         };
         match self
             .pvcs
-            .create(&PostParams::default(), &manifests::pvc(spec, &self.manifests))
+            .create(
+                &PostParams::default(),
+                &manifests::pvc(spec, &self.manifests),
+            )
             .await
         {
             Ok(_) => Ok(preexisting),
@@ -338,7 +348,10 @@ impl KubernetesBackend {
         self.create_secret(spec).await?;
         match self
             .pods
-            .create(&PostParams::default(), &manifests::pod(spec, &self.manifests))
+            .create(
+                &PostParams::default(),
+                &manifests::pod(spec, &self.manifests),
+            )
             .await
         {
             Ok(_) => {}
@@ -450,9 +463,10 @@ impl Backend for KubernetesBackend {
 
     fn resolve_endpoint<'a>(&'a self, session_id: &'a str) -> BoxFuture<'a, BackendResult<String>> {
         Box::pin(async move {
-            let pod = self.read_pod(session_id).await?.ok_or_else(|| {
-                BackendError::Engine(format!("session {session_id} has no Pod"))
-            })?;
+            let pod = self
+                .read_pod(session_id)
+                .await?
+                .ok_or_else(|| BackendError::Engine(format!("session {session_id} has no Pod")))?;
             let ip = manifests::pod_ip(&pod).ok_or_else(|| {
                 BackendError::Engine(format!("the Pod of session {session_id} has no IP"))
             })?;
