@@ -143,7 +143,15 @@ fn objects_of(fake: &FakeKube, id: &str) -> (bool, bool, bool) {
 async fn kubernetes_session_lifecycle() {
     let fake = FakeKube::start().await;
     let port = free_port();
-    let mut spawner = kube_spawner(&fake, port, &[("SANDBOX_SWEEP_INTERVAL_MS", "300")]).await;
+    let mut spawner = kube_spawner(
+        &fake,
+        port,
+        &[
+            ("SANDBOX_SWEEP_INTERVAL_MS", "300"),
+            ("SANDBOX_SESSION_CREATE_TIMEOUT_MS", "20000"),
+        ],
+    )
+    .await;
     let c = spawner.client.clone();
 
     let (status, health) = c.raw(Method::GET, "/health", None, false).await.unwrap();
@@ -307,8 +315,50 @@ async fn kubernetes_session_lifecycle() {
         "the resume did not create a PVC"
     );
 
+    // An ended Pod of the id is reaped (with its Secret) and waited out; a Secret left without a
+    // Pod, holding an earlier SANDBOX_TOKEN's digest, is replaced — else runnerd would refuse the
+    // token.
+    let (orphan, stale) = ("k8s-orphan", "k8s-stale");
+    fake.insert(
+        "pods",
+        NAMESPACE,
+        json!({"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": pod_name(orphan), "labels": {"tale.sandbox-session": "1"},
+                            "annotations": {"tale.dev/session-id": orphan}},
+               "status": {"phase": "Failed", "reason": "Evicted"}}),
+    );
+    let stale_digest =
+        "MDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMA==";
+    for session in [orphan, stale] {
+        fake.insert(
+            "secrets",
+            NAMESPACE,
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": secret_name(session)},
+                   "data": {"TALE_RUNNERD_TOKEN_SHA256": stale_digest}}),
+        );
+    }
+    for session in [orphan, stale] {
+        let (status, body) = c
+            .json(
+                Method::POST,
+                "/v1/sessions",
+                Some(json!({"sessionId": session, "organizationId": "korg"})),
+            )
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::CREATED,
+            "{session}: {body}\n{}",
+            spawner.log()
+        );
+        assert_eq!(
+            stdout_text(&exec(&spawner, session, "o", "echo fresh").await),
+            "fresh\n"
+        );
+    }
+
     // Destroy removes everything.
-    for session in [id, idle] {
+    for session in [id, idle, orphan, stale] {
         assert_eq!(
             c.json(Method::DELETE, &format!("/v1/sessions/{session}"), None)
                 .await,

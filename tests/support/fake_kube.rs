@@ -130,6 +130,43 @@ impl FakeKube {
         lock(&self.state).unpullable.insert(image.to_owned());
     }
 
+    /// The API verbs the recorded requests used, as (API group, resource, sorted verbs) — what an
+    /// RBAC Role must grant for them.
+    pub fn verbs_used(&self) -> Vec<(String, String, Vec<String>)> {
+        let mut used: BTreeMap<(String, String), std::collections::BTreeSet<String>> =
+            BTreeMap::new();
+        for r in self.requests() {
+            let segments: Vec<&str> = r.path.trim_matches('/').split('/').collect();
+            let (group, rest) = match segments.as_slice() {
+                ["api", "v1", "namespaces", _, rest @ ..] => ("", rest),
+                ["apis", group, _, "namespaces", _, rest @ ..] => (*group, rest),
+                _ => continue,
+            };
+            let (resource, verb) = match (rest, r.method.as_str()) {
+                ([resource], "GET") => (resource.to_string(), "list"),
+                ([resource], "POST") => (resource.to_string(), "create"),
+                ([resource, _], "GET") => (resource.to_string(), "get"),
+                ([resource, _], "PUT") => (resource.to_string(), "update"),
+                ([resource, _], "PATCH") => (resource.to_string(), "patch"),
+                ([resource, _], "DELETE") => (resource.to_string(), "delete"),
+                ([resource, _, sub], method) => (
+                    format!("{resource}/{sub}"),
+                    if method == "GET" { "get" } else { "create" },
+                ),
+                (_, method) => (
+                    format!("?{}", r.path),
+                    if method == "GET" { "get" } else { "other" },
+                ),
+            };
+            used.entry((group.to_owned(), resource))
+                .or_default()
+                .insert(verb.to_owned());
+        }
+        used.into_iter()
+            .map(|((group, resource), verbs)| (group, resource, verbs.into_iter().collect()))
+            .collect()
+    }
+
     /// Requests for `resource` are answered 403 Forbidden.
     pub fn forbid(&self, resource: &str) {
         lock(&self.state).forbidden.insert(resource.to_owned());
