@@ -1,8 +1,7 @@
 //! The Kubernetes objects of a session, built as typed values (no I/O here): names, labels and
 //! annotations (the truth a restarted spawner re-adopts from), the hardened Pod, its Secret and
-//! workspace PVC, and the namespace's NetworkPolicy. Reading back: a listed Pod's session, and
-//! whether a starting Pod has already failed.
-use super::super::{ListedSession, SessionSpec};
+//! workspace PVC, and the namespace's NetworkPolicy. Reading them back is `status.rs`.
+use super::super::SessionSpec;
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
     HTTPGetAction, PersistentVolumeClaim, PersistentVolumeClaimSpec,
@@ -55,16 +54,6 @@ pub const READINESS_PERIOD_SECONDS: i32 = 5;
 pub const DNS_PORT: i32 = 53;
 /// Label every namespace carries with its own name (Kubernetes ≥ 1.21).
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
-/// Container waiting reasons that will not resolve by waiting: a create stops at once on them.
-pub const FATAL_WAITING_REASONS: &[&str] = &[
-    "CrashLoopBackOff",
-    "ErrImagePull",
-    "ImagePullBackOff",
-    "ErrImageNeverPull",
-    "InvalidImageName",
-    "CreateContainerConfigError",
-    "CreateContainerError",
-];
 
 /// Everything the builders need besides the session itself.
 #[derive(Clone, Debug)]
@@ -127,7 +116,7 @@ pub fn cpu_quantity(millis: u64) -> Quantity {
     }
 }
 
-fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+pub(super) fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -414,143 +403,12 @@ pub fn network_policy(config: &ManifestConfig) -> NetworkPolicy {
     }
 }
 
-fn annotation<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {
-    pod.metadata
-        .annotations
-        .as_ref()?
-        .get(key)
-        .map(String::as_str)
-}
-
-fn phase(pod: &Pod) -> Option<&str> {
-    pod.status.as_ref()?.phase.as_deref()
-}
-
-/// Deleted (or being deleted), or ended: its compute will not come back.
-pub fn is_terminal(pod: &Pod) -> bool {
-    pod.metadata.deletion_timestamp.is_some() || matches!(phase(pod), Some("Failed" | "Succeeded"))
-}
-
-/// Running and not being deleted.
-pub fn is_running(pod: &Pod) -> bool {
-    pod.metadata.deletion_timestamp.is_none() && phase(pod) == Some("Running")
-}
-
-/// The Pod's IP, once it has one.
-pub fn pod_ip(pod: &Pod) -> Option<&str> {
-    pod.status
-        .as_ref()?
-        .pod_ip
-        .as_deref()
-        .filter(|ip| !ip.is_empty())
-}
-
-/// runnerd's base URL at `ip` (IPv6 addresses bracketed).
-pub fn runnerd_url(ip: &str, port: u16) -> String {
-    if ip.contains(':') {
-        format!("http://[{ip}]:{port}")
-    } else {
-        format!("http://{ip}:{port}")
-    }
-}
-
-/// The session a listed Pod carries; `None` for Pods without a session id. Unparsable numbers
-/// read as 0 (the spawner then applies its maxima) and any profile but `agent` as `default`.
-pub fn listed_session(pod: &Pod) -> Option<ListedSession> {
-    let number = |key| {
-        annotation(pod, key)
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    Some(ListedSession {
-        session_id: annotation(pod, ANNOTATION_SESSION_ID)?.to_owned(),
-        organization_id: annotation(pod, ANNOTATION_ORGANIZATION_ID)
-            .unwrap_or_default()
-            .to_owned(),
-        profile: match annotation(pod, ANNOTATION_PROFILE) {
-            Some("agent") => "agent".into(),
-            _ => "default".into(),
-        },
-        created_at_ms: number(ANNOTATION_CREATED_AT),
-        ttl_ms: number(ANNOTATION_TTL_MS),
-        idle_timeout_ms: number(ANNOTATION_IDLE_TIMEOUT_MS),
-        running: is_running(pod),
-    })
-}
-
-/// Why a starting Pod will not become ready, if it already shows: deleted, ended, or a container
-/// waiting for a reason in [`FATAL_WAITING_REASONS`].
-pub fn start_failure(pod: &Pod) -> Option<String> {
-    if pod.metadata.deletion_timestamp.is_some() {
-        return Some("the session Pod was deleted while starting".into());
-    }
-    let status = pod.status.as_ref()?;
-    if let Some(phase @ ("Failed" | "Succeeded")) = status.phase.as_deref() {
-        let why = [status.reason.as_deref(), status.message.as_deref()]
-            .into_iter()
-            .flatten()
-            .collect::<Vec<_>>()
-            .join(": ");
-        return Some(
-            format!("the session Pod ended (phase {phase}) {why}")
-                .trim_end()
-                .to_owned(),
-        );
-    }
-    let containers = status
-        .init_container_statuses
-        .iter()
-        .flatten()
-        .chain(status.container_statuses.iter().flatten());
-    for container in containers {
-        let Some(waiting) = container.state.as_ref().and_then(|s| s.waiting.as_ref()) else {
-            continue;
-        };
-        let Some(reason) = waiting.reason.as_deref() else {
-            continue;
-        };
-        if FATAL_WAITING_REASONS.contains(&reason) {
-            let message = waiting.message.as_deref().unwrap_or("no message");
-            return Some(format!(
-                "container {} cannot start: {reason}: {message}",
-                container.name
-            ));
-        }
-    }
-    None
-}
-
-/// A short account of a Pod that has no IP yet (phase and unmet conditions), for timeouts.
-pub fn pending_detail(pod: &Pod) -> String {
-    let Some(status) = pod.status.as_ref() else {
-        return "the Pod has no status yet".into();
-    };
-    let mut parts = vec![format!(
-        "phase {}",
-        status.phase.as_deref().unwrap_or("unknown")
-    )];
-    for condition in status.conditions.iter().flatten() {
-        if condition.status != "True" {
-            parts.push(format!(
-                "{} {}: {}",
-                condition.type_,
-                condition.reason.as_deref().unwrap_or("-"),
-                condition.message.as_deref().unwrap_or("-")
-            ));
-        }
-    }
-    parts.join("; ")
-}
-
 #[cfg(test)]
-mod tests {
+pub(super) mod fixtures {
     use super::super::super::SessionResources;
     use super::*;
-    use k8s_openapi::api::core::v1::{
-        ContainerState, ContainerStateWaiting, ContainerStatus, PodStatus,
-    };
 
-    fn spec() -> SessionSpec {
+    pub fn spec() -> SessionSpec {
         SessionSpec {
             session_id: "Ses_1".into(),
             organization_id: "org-1".into(),
@@ -572,7 +430,7 @@ mod tests {
         }
     }
 
-    fn config() -> ManifestConfig {
+    pub fn config() -> ManifestConfig {
         ManifestConfig {
             namespace: "tale-sandbox".into(),
             image: "tale-sandbox-runtime:latest".into(),
@@ -591,6 +449,12 @@ mod tests {
             spawner_namespace: "tale".into(),
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::{config, spec};
+    use super::*;
 
     /// Names follow the spec: always the SHA-1 form, Secret and PVC suffixed.
     #[test]
@@ -741,90 +605,6 @@ mod tests {
         );
     }
 
-    fn pod_with(annotations: &[(&str, &str)], phase: &str) -> Pod {
-        Pod {
-            metadata: ObjectMeta {
-                annotations: Some(labels(annotations)),
-                ..Default::default()
-            },
-            status: Some(PodStatus {
-                phase: Some(phase.into()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-    }
-
-    /// Listing reads the annotations back; bad numbers are 0, unknown profiles `default`.
-    #[test]
-    fn listed_sessions() {
-        let pod = pod(&spec(), &config());
-        let listed = listed_session(&pod).unwrap();
-        assert_eq!(
-            (
-                listed.session_id.as_str(),
-                listed.organization_id.as_str(),
-                listed.profile.as_str()
-            ),
-            ("Ses_1", "org-1", "agent")
-        );
-        assert_eq!(
-            (listed.created_at_ms, listed.ttl_ms, listed.idle_timeout_ms),
-            (1_700_000_000_000, 3_600_000, 600_000)
-        );
-        assert!(!listed.running, "no status: not running");
-        let odd = pod_with(
-            &[
-                (ANNOTATION_SESSION_ID, "s"),
-                (ANNOTATION_PROFILE, "root"),
-                (ANNOTATION_CREATED_AT, "yesterday"),
-            ],
-            "Running",
-        );
-        let listed = listed_session(&odd).unwrap();
-        assert_eq!(listed.profile, "default");
-        assert_eq!((listed.created_at_ms, listed.ttl_ms), (0, 0));
-        assert!(listed.running);
-        assert!(listed_session(&pod_with(&[], "Running")).is_none());
-        let mut deleting = pod_with(&[(ANNOTATION_SESSION_ID, "s")], "Running");
-        deleting.metadata.deletion_timestamp =
-            Some(serde_json::from_value(serde_json::json!("2026-01-01T00:00:00Z")).unwrap());
-        assert!(!listed_session(&deleting).unwrap().running);
-        assert!(is_terminal(&deleting));
-    }
-
-    fn waiting(reason: &str) -> Pod {
-        let mut pod = pod_with(&[], "Pending");
-        pod.status.as_mut().unwrap().container_statuses = Some(vec![ContainerStatus {
-            name: "runner".into(),
-            state: Some(ContainerState {
-                waiting: Some(ContainerStateWaiting {
-                    reason: Some(reason.into()),
-                    message: Some("details".into()),
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }]);
-        pod
-    }
-
-    /// Image and config errors and ended Pods stop a create at once; pulling does not.
-    #[test]
-    fn start_failures() {
-        for reason in FATAL_WAITING_REASONS {
-            let failure = start_failure(&waiting(reason)).unwrap();
-            assert!(failure.contains(reason), "{failure}");
-        }
-        assert_eq!(start_failure(&waiting("ContainerCreating")), None);
-        assert_eq!(start_failure(&pod_with(&[], "Pending")), None);
-        assert_eq!(start_failure(&pod_with(&[], "Running")), None);
-        let failed = start_failure(&pod_with(&[], "Failed")).unwrap();
-        assert!(failed.contains("phase Failed"), "{failed}");
-        assert!(is_terminal(&pod_with(&[], "Succeeded")));
-        assert!(!is_terminal(&pod_with(&[], "Pending")));
-    }
-
     /// The NetworkPolicy admits runnerd traffic from the spawner's Pods only.
     #[test]
     fn network_policy_rules() {
@@ -861,7 +641,5 @@ mod tests {
         let egress = spec.egress.unwrap();
         assert_eq!(egress.len(), 2);
         assert_eq!(egress[0].ports.as_ref().unwrap().len(), 2);
-        assert_eq!(runnerd_url("10.0.0.7", 8200), "http://10.0.0.7:8200");
-        assert_eq!(runnerd_url("fd00::7", 8200), "http://[fd00::7]:8200");
     }
 }

@@ -11,6 +11,7 @@
 //! Pod and Secret, and the PVC too unless it existed before.
 pub mod client;
 pub mod manifests;
+pub mod status;
 
 use super::{
     wait_for_runnerd, Backend, BackendError, BackendKind, BackendResult, BoxFuture, ListedSession,
@@ -285,7 +286,7 @@ impl KubernetesBackend {
                         .get_opt(&manifests::pod_name(&spec.session_id))
                         .await
                         .map_err(api("cannot read the session Pod"))?;
-                    if pod.is_some_and(|p| !manifests::is_terminal(&p)) {
+                    if pod.is_some_and(|p| !status::is_terminal(&p)) {
                         return Err(BackendError::Exists(spec.session_id.clone()));
                     }
                     match self
@@ -323,19 +324,16 @@ impl KubernetesBackend {
                 .ok_or_else(|| {
                     BackendError::Died("the session Pod disappeared while starting".into())
                 })?;
-            if let Some(reason) = manifests::start_failure(&pod) {
+            if let Some(reason) = status::start_failure(&pod) {
                 return Err(BackendError::Died(reason));
             }
-            if let Some(ip) = manifests::pod_ip(&pod) {
+            if let Some(ip) = status::pod_ip(&pod) {
                 return Ok(ip.to_owned());
             }
             if Instant::now() + interval > deadline {
                 return Err(BackendError::NotReady {
                     waited_ms: started.elapsed().as_millis() as u64,
-                    detail: format!(
-                        "the Pod {name} got no IP: {}",
-                        manifests::pending_detail(&pod)
-                    ),
+                    detail: format!("the Pod {name} got no IP: {}", status::pending_detail(&pod)),
                 });
             }
             tokio::time::sleep(interval).await;
@@ -362,7 +360,7 @@ impl KubernetesBackend {
             Err(err) => return Err(api("cannot create the session Pod")(err)),
         }
         let ip = self.wait_for_ip(&spec.session_id, deadline).await?;
-        let url = manifests::runnerd_url(&ip, self.manifests.runnerd_port);
+        let url = status::runnerd_url(&ip, self.manifests.runnerd_port);
         let name = manifests::pod_name(&spec.session_id);
         let mut last_check = Instant::now();
         let remaining = deadline.saturating_duration_since(Instant::now());
@@ -378,7 +376,7 @@ impl KubernetesBackend {
                     return Ok(());
                 }
                 match pods.get_opt(&name).await {
-                    Ok(Some(pod)) => manifests::start_failure(&pod).map_or(Ok(()), Err),
+                    Ok(Some(pod)) => status::start_failure(&pod).map_or(Ok(()), Err),
                     Ok(None) => Err("the session Pod disappeared while starting".into()),
                     // Unknown is not dead: the readiness deadline decides.
                     Err(_) => Ok(()),
@@ -399,7 +397,7 @@ impl KubernetesBackend {
             .await
             .map_err(api("cannot read the session Pod"))?;
         if let Some(pod) = existing {
-            if !manifests::is_terminal(&pod) {
+            if !status::is_terminal(&pod) {
                 return Err(BackendError::Exists(id.clone()));
             }
             self.reap(id, deadline).await?;
@@ -467,10 +465,10 @@ impl Backend for KubernetesBackend {
                 .read_pod(session_id)
                 .await?
                 .ok_or_else(|| BackendError::Engine(format!("session {session_id} has no Pod")))?;
-            let ip = manifests::pod_ip(&pod).ok_or_else(|| {
+            let ip = status::pod_ip(&pod).ok_or_else(|| {
                 BackendError::Engine(format!("the Pod of session {session_id} has no IP"))
             })?;
-            Ok(manifests::runnerd_url(ip, self.manifests.runnerd_port))
+            Ok(status::runnerd_url(ip, self.manifests.runnerd_port))
         })
     }
 
@@ -479,7 +477,7 @@ impl Backend for KubernetesBackend {
             Ok(self
                 .read_pod(session_id)
                 .await?
-                .is_some_and(|pod| manifests::is_running(&pod)))
+                .is_some_and(|pod| status::is_running(&pod)))
         })
     }
 
@@ -513,7 +511,7 @@ impl Backend for KubernetesBackend {
             let mut sessions: Vec<ListedSession> = pods
                 .items
                 .iter()
-                .filter_map(manifests::listed_session)
+                .filter_map(status::listed_session)
                 .filter(|s| organization_id.is_none_or(|org| s.organization_id == org))
                 .collect();
             sessions.sort_by(|a, b| a.session_id.cmp(&b.session_id));
