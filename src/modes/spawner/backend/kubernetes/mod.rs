@@ -135,9 +135,14 @@ impl KubernetesBackend {
             Api::namespaced(self.client.clone(), &self.manifests.namespace);
         let mut policy = manifests::network_policy(&self.manifests);
         let fail = |err: kube::Error| {
+            let hint = match &err {
+                kube::Error::Api(_) => {
+                    "check that the namespace exists and the spawner's Role allows networkpolicies get/create/update"
+                }
+                _ => "check that the API server is reachable (in-cluster, kubeconfig or SANDBOX_K8S_SERVER)",
+            };
             BackendError::Engine(format!(
-                "cannot apply the NetworkPolicy {} in namespace {}: {}; check that the namespace exists and the \
-                 spawner's Role allows networkpolicies get/create/update",
+                "cannot apply the NetworkPolicy {} in namespace {}: {}; {hint}",
                 manifests::NETWORK_POLICY_NAME,
                 self.manifests.namespace,
                 describe(&err)
