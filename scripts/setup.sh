@@ -3,7 +3,7 @@
 # everything is there). Needs root for apt. Starts dockerd in the background when it is not running.
 set -euo pipefail
 
-packages=(musl-tools docker.io tinyproxy busybox-static iproute2 iptables dnsmasq-base git curl util-linux file python3 docker-compose)
+packages=(musl-tools docker.io tinyproxy busybox-static iproute2 iptables dnsmasq-base git curl util-linux file python3 python3-venv docker-compose)
 # Node and npm for the agent CLIs, unless a Node install (e.g. NodeSource's, which bundles npm)
 # is there already: Debian's npm package would conflict with it.
 command -v npm >/dev/null 2>&1 || packages+=(nodejs npm)
@@ -33,6 +33,15 @@ if ! claude_ok; then
   npm install -g --no-fund --no-audit "@anthropic-ai/claude-code@${claude_version}" >/dev/null
   claude_ok || node "$(npm root -g)/@anthropic-ai/claude-code/install.cjs"
   claude_ok || { echo "setup: claude --version does not print ${claude_version}" >&2; exit 1; }
+fi
+
+# Helm's engine for tests/helm_chart.rs: Debian ships no helm binary; the helm-python-sdk wheel
+# (PyPI) bundles the helm v4 SDK as a native library. Pinned, in its own venv.
+helm_venv=/opt/tale-helm-sdk
+if ! "$helm_venv/bin/python" -c "import helm_python, yaml" >/dev/null 2>&1; then
+  echo "setup: installing helm-python-sdk into $helm_venv"
+  python3 -m venv "$helm_venv"
+  "$helm_venv/bin/pip" install -q "helm-python-sdk==0.2.2" "pyyaml==6.0.3"
 fi
 
 # Docker engine (Debian's docker.io): start it when its socket does not answer.

@@ -1,5 +1,7 @@
 //! Shared by the end-to-end tests.
+pub mod fake_kube;
 pub mod fake_model;
 pub mod git_http;
+pub mod rbac;
 pub mod runnerd;
 pub mod spawner;

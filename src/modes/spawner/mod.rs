@@ -9,6 +9,7 @@ pub mod sweeper;
 
 use crate::shared::logging::{self, LogFormat};
 use backend::docker::{DockerBackend, DockerConfig};
+use backend::kubernetes::{KubernetesBackend, KubernetesConfig};
 use backend::local::LocalBackend;
 use backend::Backend;
 use config::{BackendChoice, SpawnerConfig};
@@ -37,10 +38,6 @@ pub enum BootError {
     Config(#[from] config::ConfigError),
     #[error("backend: {0}")]
     Backend(#[from] backend::BackendError),
-    #[error(
-        "the kubernetes backend is not part of this build yet; use SANDBOX_BACKEND=docker or local"
-    )]
-    KubernetesUnavailable,
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: std::net::SocketAddr,
@@ -50,7 +47,7 @@ pub enum BootError {
     Runtime(std::io::Error),
 }
 
-fn build_backend(config: &SpawnerConfig) -> Result<Arc<dyn Backend>, BootError> {
+async fn build_backend(config: &SpawnerConfig) -> Result<Arc<dyn Backend>, BootError> {
     Ok(match config.backend {
         BackendChoice::Local => {
             let binary = std::env::current_exe().map_err(|source| backend::BackendError::Io {
@@ -71,7 +68,16 @@ fn build_backend(config: &SpawnerConfig) -> Result<Arc<dyn Backend>, BootError> 
             no_new_privileges: config.hardening.no_new_privileges,
             drop_all_capabilities: config.hardening.drop_all_capabilities,
         })?),
-        BackendChoice::Kubernetes => return Err(BootError::KubernetesUnavailable),
+        BackendChoice::Kubernetes => Arc::new(
+            KubernetesBackend::connect(KubernetesConfig {
+                settings: config.kubernetes.clone(),
+                image: config.runtime_image.clone(),
+                egress_proxy: config.egress_proxy.clone(),
+                no_proxy: config.no_proxy.clone(),
+                hardening: config.hardening,
+            })
+            .await?,
+        ),
     })
 }
 
@@ -102,7 +108,12 @@ async fn serve(args: Args) -> Result<(), BootError> {
     if config.token.is_none() {
         tracing::warn!("!!! spawner runs with --insecure-dev: requests are NOT authenticated and runnerd tokens are predictable. Development only. !!!");
     }
-    let backend = build_backend(&config)?;
+    let ignored =
+        config::ignored_kubernetes_variables(|name| std::env::var(name).ok(), config.backend);
+    if !ignored.is_empty() {
+        tracing::warn!(variables = ?ignored, "these variables only apply to SANDBOX_BACKEND=kubernetes and are ignored");
+    }
+    let backend = build_backend(&config).await?;
     let listen = args
         .listen
         .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], config.port)));

@@ -6,6 +6,7 @@
 //! a restarted spawner re-adopts every session from `list_sessions`. Stopping removes compute and
 //! keeps the workspace; only `destroy_session` deletes a workspace.
 pub mod docker;
+pub mod kubernetes;
 pub mod local;
 
 use std::future::Future;

@@ -1,0 +1,645 @@
+//! The Kubernetes objects of a session, built as typed values (no I/O here): names, labels and
+//! annotations (the truth a restarted spawner re-adopts from), the hardened Pod, its Secret and
+//! workspace PVC, and the namespace's NetworkPolicy. Reading them back is `status.rs`.
+use super::super::SessionSpec;
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    HTTPGetAction, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext, PodSpec, Probe,
+    ResourceRequirements, SeccompProfile, Secret, SecretKeySelector, SecurityContext, Volume,
+    VolumeMount, VolumeResourceRequirements,
+};
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer,
+    NetworkPolicyPort, NetworkPolicySpec,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use std::collections::BTreeMap;
+
+/// Label on session Pods and Secrets (`=1`): what `list_sessions` selects.
+pub const SESSION_LABEL: &str = "tale.sandbox-session";
+/// Label on session Pods (`=session`): what the NetworkPolicy selects.
+pub const ROLE_LABEL: &str = "tale.sandbox/role";
+pub const ROLE_SESSION: &str = "session";
+/// Label on workspace PVCs (`=1`).
+pub const WORKSPACE_LABEL: &str = "tale.sandbox-session-ws";
+pub const ANNOTATION_SESSION_ID: &str = "tale.dev/session-id";
+pub const ANNOTATION_ORGANIZATION_ID: &str = "tale.dev/organization-id";
+pub const ANNOTATION_PROFILE: &str = "tale.dev/profile";
+/// Creation time, milliseconds since the epoch.
+pub const ANNOTATION_CREATED_AT: &str = "tale.dev/created-at";
+/// The session's TTL in milliseconds, as granted at creation.
+pub const ANNOTATION_TTL_MS: &str = "tale.dev/ttl-ms";
+/// The session's idle timeout in milliseconds, as granted at creation.
+pub const ANNOTATION_IDLE_TIMEOUT_MS: &str = "tale.dev/idle-timeout-ms";
+/// The one container of a session Pod.
+pub const CONTAINER_NAME: &str = "runner";
+/// What the container runs: the runtime image's `tale runnerd` (its entrypoint too).
+pub const RUNNERD_COMMAND: [&str; 2] = ["/usr/local/bin/tale", "runnerd"];
+/// Where the workspace PVC is mounted (the same root the docker backend uses).
+pub const WORKSPACE_PATH: &str = super::super::docker::WORKSPACE_PATH;
+/// Secret key holding the hex SHA-256 of the session's runnerd token (the token never enters the
+/// cluster).
+pub const TOKEN_DIGEST_KEY: &str = "TALE_RUNNERD_TOKEN_SHA256";
+/// Name of the namespace's session NetworkPolicy.
+pub const NETWORK_POLICY_NAME: &str = "tale-sandbox-session-egress";
+/// Grace given to runnerd when a session Pod is deleted (it forwards SIGTERM to every exec).
+pub const STOP_GRACE_SECONDS: u32 = 5;
+/// Readiness probe timing on `/readyz`.
+pub const READINESS_INITIAL_DELAY_SECONDS: i32 = 1;
+pub const READINESS_PERIOD_SECONDS: i32 = 5;
+/// DNS, the only egress allowed outside the sandbox namespace.
+pub const DNS_PORT: i32 = 53;
+/// Label every namespace carries with its own name (Kubernetes ≥ 1.21).
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+/// Everything the builders need besides the session itself.
+#[derive(Clone, Debug)]
+pub struct ManifestConfig {
+    pub namespace: String,
+    pub image: String,
+    pub runtime_class: Option<String>,
+    pub egress_proxy: Option<String>,
+    pub no_proxy: String,
+    pub workspace_bytes: u64,
+    pub storage_class: Option<String>,
+    pub cpu_request_millis: u64,
+    pub memory_request_bytes: u64,
+    pub runnerd_port: u16,
+    pub read_only_rootfs: bool,
+    pub no_new_privileges: bool,
+    pub drop_all_capabilities: bool,
+    /// Labels of the spawner Pods, the only ingress peers of runnerd.
+    pub spawner_selector: BTreeMap<String, String>,
+    pub spawner_namespace: String,
+}
+
+/// `tale-sbx-ses-<first 16 hex of SHA-1(id)>`: always hashed, since ids may hold characters
+/// (uppercase, `_`) that Kubernetes names refuse.
+pub fn pod_name(session_id: &str) -> String {
+    let digest = ring::digest::digest(
+        &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
+        session_id.as_bytes(),
+    );
+    let hex = crate::shared::hex::encode(digest.as_ref());
+    format!("tale-sbx-ses-{}", &hex[..16])
+}
+
+pub fn secret_name(session_id: &str) -> String {
+    format!("{}-spec", pod_name(session_id))
+}
+
+pub fn pvc_name(session_id: &str) -> String {
+    format!("{}-ws", pod_name(session_id))
+}
+
+/// Bytes as a Kubernetes quantity: the largest binary suffix that divides exactly (`4Gi`,
+/// `1500Mi`), else plain bytes.
+pub fn memory_quantity(bytes: u64) -> Quantity {
+    for (suffix, shift) in [("Ti", 40), ("Gi", 30), ("Mi", 20), ("Ki", 10)] {
+        let unit = 1u64 << shift;
+        if bytes >= unit && bytes % unit == 0 {
+            return Quantity(format!("{}{suffix}", bytes / unit));
+        }
+    }
+    Quantity(bytes.to_string())
+}
+
+/// Millicores as a Kubernetes quantity: whole cores as `2`, else `500m`.
+pub fn cpu_quantity(millis: u64) -> Quantity {
+    if millis % 1000 == 0 {
+        Quantity((millis / 1000).to_string())
+    } else {
+        Quantity(format!("{millis}m"))
+    }
+}
+
+pub(super) fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..Default::default()
+    }
+}
+
+/// The Secret `<pod>-spec`: the digest of the runnerd token, nothing else (the seed env is pushed
+/// to runnerd over HTTP once it is ready, never stored in the cluster).
+pub fn secret(spec: &SessionSpec, config: &ManifestConfig) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(secret_name(&spec.session_id)),
+            namespace: Some(config.namespace.clone()),
+            labels: Some(labels(&[(SESSION_LABEL, "1")])),
+            annotations: Some(labels(&[
+                (ANNOTATION_SESSION_ID, &spec.session_id),
+                (ANNOTATION_CREATED_AT, &spec.created_at_ms.to_string()),
+            ])),
+            ..Default::default()
+        },
+        type_: Some("Opaque".into()),
+        immutable: Some(true),
+        string_data: Some(BTreeMap::from([(
+            TOKEN_DIGEST_KEY.to_string(),
+            crate::shared::hmac::sha256_hex(spec.runnerd_token.as_bytes()),
+        )])),
+        ..Default::default()
+    }
+}
+
+/// The workspace PVC `<pod>-ws`: outlives stops, deleted only by destroy.
+pub fn pvc(spec: &SessionSpec, config: &ManifestConfig) -> PersistentVolumeClaim {
+    PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(pvc_name(&spec.session_id)),
+            namespace: Some(config.namespace.clone()),
+            labels: Some(labels(&[(WORKSPACE_LABEL, "1")])),
+            annotations: Some(labels(&[
+                (ANNOTATION_SESSION_ID, &spec.session_id),
+                (ANNOTATION_ORGANIZATION_ID, &spec.organization_id),
+            ])),
+            ..Default::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            storage_class_name: config.storage_class.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_string(),
+                    memory_quantity(config.workspace_bytes),
+                )])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn runtime_default_seccomp() -> SeccompProfile {
+    SeccompProfile {
+        type_: "RuntimeDefault".into(),
+        ..Default::default()
+    }
+}
+
+/// The session Pod: runnerd runs directly as the profile's uid/gid (never root), with a read-only
+/// root filesystem, no capabilities, no privilege escalation and the runtime's seccomp profile.
+pub fn pod(spec: &SessionSpec, config: &ManifestConfig) -> Pod {
+    let r = &spec.resources;
+    let (uid, gid) = r.exec_user;
+    let port = i32::from(config.runnerd_port);
+    let mut env = vec![
+        EnvVar {
+            name: TOKEN_DIGEST_KEY.into(),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: secret_name(&spec.session_id),
+                    key: TOKEN_DIGEST_KEY.into(),
+                    optional: Some(false),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        env("TALE_WORKSPACE_ROOT", WORKSPACE_PATH),
+        env("TALE_EXEC_USER", format!("{uid}:{gid}")),
+        env("TALE_RUNNERD_LISTEN", format!("0.0.0.0:{port}")),
+    ];
+    if let Some(proxy) = &config.egress_proxy {
+        for name in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
+            env.push(self::env(name, proxy.clone()));
+        }
+        env.push(self::env("NO_PROXY", config.no_proxy.clone()));
+        env.push(self::env("no_proxy", config.no_proxy.clone()));
+    }
+    let memory_limit = r.memory_bytes;
+    let cpu_limit_millis = ((r.cpus * 1000.0).round() as u64).max(1);
+    let resources = ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            (
+                "cpu".to_string(),
+                cpu_quantity(config.cpu_request_millis.min(cpu_limit_millis)),
+            ),
+            (
+                "memory".to_string(),
+                memory_quantity(config.memory_request_bytes.min(memory_limit)),
+            ),
+        ])),
+        limits: Some(BTreeMap::from([
+            ("cpu".to_string(), cpu_quantity(cpu_limit_millis)),
+            ("memory".to_string(), memory_quantity(memory_limit)),
+        ])),
+        ..Default::default()
+    };
+    let memory_dir = |name: &str, bytes: u64| Volume {
+        name: name.into(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            medium: Some("Memory".into()),
+            size_limit: Some(memory_quantity(bytes)),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mount = |name: &str, path: &str| VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        ..Default::default()
+    };
+    let container = Container {
+        name: CONTAINER_NAME.into(),
+        image: Some(config.image.clone()),
+        image_pull_policy: Some("IfNotPresent".into()),
+        command: Some(RUNNERD_COMMAND.map(String::from).to_vec()),
+        env: Some(env),
+        ports: Some(vec![ContainerPort {
+            name: Some("runnerd".into()),
+            container_port: port,
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+        readiness_probe: Some(Probe {
+            http_get: Some(HTTPGetAction {
+                path: Some("/readyz".into()),
+                port: IntOrString::Int(port),
+                ..Default::default()
+            }),
+            initial_delay_seconds: Some(READINESS_INITIAL_DELAY_SECONDS),
+            period_seconds: Some(READINESS_PERIOD_SECONDS),
+            ..Default::default()
+        }),
+        resources: Some(resources),
+        security_context: Some(SecurityContext {
+            run_as_user: Some(i64::from(uid)),
+            run_as_group: Some(i64::from(gid)),
+            run_as_non_root: Some(true),
+            read_only_root_filesystem: Some(config.read_only_rootfs),
+            allow_privilege_escalation: Some(!config.no_new_privileges),
+            capabilities: config.drop_all_capabilities.then(|| Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Default::default()
+            }),
+            seccomp_profile: Some(runtime_default_seccomp()),
+            ..Default::default()
+        }),
+        volume_mounts: Some(vec![
+            mount("workspace", WORKSPACE_PATH),
+            mount("tmp", "/tmp"),
+            mount("dshm", "/dev/shm"),
+        ]),
+        ..Default::default()
+    };
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(pod_name(&spec.session_id)),
+            namespace: Some(config.namespace.clone()),
+            labels: Some(labels(&[(SESSION_LABEL, "1"), (ROLE_LABEL, ROLE_SESSION)])),
+            annotations: Some(labels(&[
+                (ANNOTATION_SESSION_ID, &spec.session_id),
+                (ANNOTATION_ORGANIZATION_ID, &spec.organization_id),
+                (ANNOTATION_PROFILE, &spec.profile),
+                (ANNOTATION_CREATED_AT, &spec.created_at_ms.to_string()),
+                (ANNOTATION_TTL_MS, &spec.ttl_ms.to_string()),
+                (
+                    ANNOTATION_IDLE_TIMEOUT_MS,
+                    &spec.idle_timeout_ms.to_string(),
+                ),
+            ])),
+            ..Default::default()
+        },
+        spec: Some(PodSpec {
+            restart_policy: Some("Always".into()),
+            automount_service_account_token: Some(false),
+            enable_service_links: Some(false),
+            runtime_class_name: config.runtime_class.clone(),
+            termination_grace_period_seconds: Some(i64::from(STOP_GRACE_SECONDS)),
+            security_context: Some(PodSecurityContext {
+                fs_group: Some(i64::from(gid)),
+                fs_group_change_policy: Some("OnRootMismatch".into()),
+                seccomp_profile: Some(runtime_default_seccomp()),
+                ..Default::default()
+            }),
+            containers: vec![container],
+            volumes: Some(vec![
+                Volume {
+                    name: "workspace".into(),
+                    persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                        claim_name: pvc_name(&spec.session_id),
+                        read_only: Some(false),
+                    }),
+                    ..Default::default()
+                },
+                memory_dir("tmp", r.tmp_bytes),
+                memory_dir("dshm", r.shm_bytes),
+            ]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The session NetworkPolicy of the namespace: session Pods may reach DNS anywhere and anything
+/// inside the sandbox namespace (the egress proxy, the LLM gateway); only the spawner Pods may
+/// reach them, and only on runnerd's port.
+pub fn network_policy(config: &ManifestConfig) -> NetworkPolicy {
+    let namespace_named = |name: &str| LabelSelector {
+        match_labels: Some(labels(&[(NAMESPACE_NAME_LABEL, name)])),
+        ..Default::default()
+    };
+    let port = |protocol: &str, number: i32| NetworkPolicyPort {
+        protocol: Some(protocol.into()),
+        port: Some(IntOrString::Int(number)),
+        ..Default::default()
+    };
+    NetworkPolicy {
+        metadata: ObjectMeta {
+            name: Some(NETWORK_POLICY_NAME.into()),
+            namespace: Some(config.namespace.clone()),
+            labels: Some(labels(&[("app.kubernetes.io/managed-by", "tale")])),
+            ..Default::default()
+        },
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(labels(&[(ROLE_LABEL, ROLE_SESSION)])),
+                ..Default::default()
+            }),
+            policy_types: Some(vec!["Ingress".into(), "Egress".into()]),
+            egress: Some(vec![
+                NetworkPolicyEgressRule {
+                    to: Some(vec![NetworkPolicyPeer {
+                        namespace_selector: Some(LabelSelector::default()),
+                        ..Default::default()
+                    }]),
+                    ports: Some(vec![port("UDP", DNS_PORT), port("TCP", DNS_PORT)]),
+                },
+                NetworkPolicyEgressRule {
+                    to: Some(vec![NetworkPolicyPeer {
+                        namespace_selector: Some(namespace_named(&config.namespace)),
+                        ..Default::default()
+                    }]),
+                    ports: None,
+                },
+            ]),
+            ingress: Some(vec![NetworkPolicyIngressRule {
+                from: Some(vec![NetworkPolicyPeer {
+                    namespace_selector: Some(namespace_named(&config.spawner_namespace)),
+                    pod_selector: Some(LabelSelector {
+                        match_labels: Some(config.spawner_selector.clone()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }]),
+                ports: Some(vec![port("TCP", i32::from(config.runnerd_port))]),
+            }]),
+        }),
+    }
+}
+
+#[cfg(test)]
+pub(super) mod fixtures {
+    use super::super::super::SessionResources;
+    use super::*;
+
+    pub fn spec() -> SessionSpec {
+        SessionSpec {
+            session_id: "Ses_1".into(),
+            organization_id: "org-1".into(),
+            profile: "agent".into(),
+            ttl_ms: 3_600_000,
+            idle_timeout_ms: 600_000,
+            created_at_ms: 1_700_000_000_000,
+            resources: SessionResources {
+                exec_user: (10001, 10002),
+                cpus: 2.0,
+                memory_bytes: 4 << 30,
+                pids_limit: 512,
+                nofile: (4096, 8192),
+                fsize_bytes: 512 << 20,
+                tmp_bytes: 512 << 20,
+                shm_bytes: 64 << 20,
+            },
+            runnerd_token: "secret-token".into(),
+        }
+    }
+
+    pub fn config() -> ManifestConfig {
+        ManifestConfig {
+            namespace: "tale-sandbox".into(),
+            image: "tale-sandbox-runtime:latest".into(),
+            runtime_class: Some("gvisor".into()),
+            egress_proxy: Some("http://sandbox-egress:3128".into()),
+            no_proxy: "127.0.0.1,localhost".into(),
+            workspace_bytes: 4 << 30,
+            storage_class: Some("fast".into()),
+            cpu_request_millis: 500,
+            memory_request_bytes: 1 << 30,
+            runnerd_port: 8200,
+            read_only_rootfs: true,
+            no_new_privileges: true,
+            drop_all_capabilities: true,
+            spawner_selector: labels(&[("app.kubernetes.io/name", "tale-spawner")]),
+            spawner_namespace: "tale".into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::{config, spec};
+    use super::*;
+
+    /// Names follow the spec: always the SHA-1 form, Secret and PVC suffixed.
+    #[test]
+    fn names() {
+        // sha1("abc") = a9993e364706816aba3e25717850c26c9cd0d89d
+        assert_eq!(pod_name("abc"), "tale-sbx-ses-a9993e364706816a");
+        assert_eq!(secret_name("abc"), "tale-sbx-ses-a9993e364706816a-spec");
+        assert_eq!(pvc_name("abc"), "tale-sbx-ses-a9993e364706816a-ws");
+        assert!(pod_name(&"X_".repeat(32)).len() <= 63);
+    }
+
+    /// Docker-style sizes map to exact binary quantities; CPUs to cores or millicores.
+    #[test]
+    fn quantities() {
+        let q = |bytes| memory_quantity(bytes).0;
+        assert_eq!(q(4 << 30), "4Gi");
+        assert_eq!(q(1500 << 20), "1500Mi");
+        assert_eq!(q(2 << 40), "2Ti");
+        assert_eq!(q(1536), "1536", "1.5 KiB has no exact binary suffix");
+        assert_eq!(q(3 << 10), "3Ki");
+        assert_eq!(q(1000), "1000");
+        assert_eq!(q(0), "0");
+        assert_eq!(cpu_quantity(2000).0, "2");
+        assert_eq!(cpu_quantity(500).0, "500m");
+        assert_eq!(cpu_quantity(1500).0, "1500m");
+    }
+
+    /// The Pod carries identity and limits as annotations and the full hardening.
+    #[test]
+    fn pod_is_labelled_and_hardened() {
+        let pod = pod(&spec(), &config());
+        let meta = &pod.metadata;
+        assert_eq!(meta.name.as_deref(), Some(pod_name("Ses_1").as_str()));
+        let labels = meta.labels.as_ref().unwrap();
+        assert_eq!(labels[SESSION_LABEL], "1");
+        assert_eq!(labels[ROLE_LABEL], "session");
+        let notes = meta.annotations.as_ref().unwrap();
+        assert_eq!(notes[ANNOTATION_SESSION_ID], "Ses_1");
+        assert_eq!(notes[ANNOTATION_ORGANIZATION_ID], "org-1");
+        assert_eq!(notes[ANNOTATION_PROFILE], "agent");
+        assert_eq!(notes[ANNOTATION_CREATED_AT], "1700000000000");
+        assert_eq!(notes[ANNOTATION_TTL_MS], "3600000");
+        assert_eq!(notes[ANNOTATION_IDLE_TIMEOUT_MS], "600000");
+        let spec = pod.spec.as_ref().unwrap();
+        assert_eq!(spec.restart_policy.as_deref(), Some("Always"));
+        assert_eq!(spec.automount_service_account_token, Some(false));
+        assert_eq!(spec.enable_service_links, Some(false));
+        assert_eq!(spec.runtime_class_name.as_deref(), Some("gvisor"));
+        let pod_security = spec.security_context.as_ref().unwrap();
+        assert_eq!(pod_security.fs_group, Some(10002));
+        assert_eq!(
+            pod_security.seccomp_profile.as_ref().unwrap().type_,
+            "RuntimeDefault"
+        );
+        let c = &spec.containers[0];
+        assert_eq!(c.name, "runner");
+        assert_eq!(
+            c.command.as_ref().unwrap(),
+            &["/usr/local/bin/tale", "runnerd"]
+        );
+        let s = c.security_context.as_ref().unwrap();
+        assert_eq!((s.run_as_user, s.run_as_group), (Some(10001), Some(10002)));
+        assert_eq!(s.run_as_non_root, Some(true));
+        assert_eq!(s.read_only_root_filesystem, Some(true));
+        assert_eq!(s.allow_privilege_escalation, Some(false));
+        assert_eq!(
+            s.capabilities.as_ref().unwrap().drop.as_ref().unwrap(),
+            &["ALL"]
+        );
+        let resources = c.resources.as_ref().unwrap();
+        let requests = resources.requests.as_ref().unwrap();
+        let limits = resources.limits.as_ref().unwrap();
+        assert_eq!(
+            (requests["cpu"].0.as_str(), requests["memory"].0.as_str()),
+            ("500m", "1Gi")
+        );
+        assert_eq!(
+            (limits["cpu"].0.as_str(), limits["memory"].0.as_str()),
+            ("2", "4Gi")
+        );
+        let env: BTreeMap<&str, Option<&str>> = c
+            .env
+            .iter()
+            .flatten()
+            .map(|e| (e.name.as_str(), e.value.as_deref()))
+            .collect();
+        assert_eq!(env["TALE_RUNNERD_TOKEN_SHA256"], None, "from the Secret");
+        assert_eq!(env["TALE_WORKSPACE_ROOT"], Some("/workspace"));
+        assert_eq!(env["HTTPS_PROXY"], Some("http://sandbox-egress:3128"));
+        assert_eq!(env["NO_PROXY"], Some("127.0.0.1,localhost"));
+        assert!(!env.contains_key("TALE_RUNNERD_TOKEN"));
+        let volumes = spec.volumes.as_ref().unwrap();
+        let tmp = volumes.iter().find(|v| v.name == "tmp").unwrap();
+        let tmp = tmp.empty_dir.as_ref().unwrap();
+        assert_eq!(tmp.medium.as_deref(), Some("Memory"));
+        assert_eq!(tmp.size_limit.as_ref().unwrap().0, "512Mi");
+        let json = serde_json::to_string(&pod).unwrap();
+        assert!(
+            !json.contains("secret-token"),
+            "the token never enters the Pod"
+        );
+    }
+
+    /// Requests never exceed the profile's limits (the API would refuse the Pod).
+    #[test]
+    fn requests_are_capped_at_limits() {
+        let mut spec = spec();
+        spec.resources.cpus = 0.25;
+        spec.resources.memory_bytes = 512 << 20;
+        let mut config = config();
+        config.runtime_class = None;
+        config.egress_proxy = None;
+        let pod = pod(&spec, &config);
+        let c = &pod.spec.as_ref().unwrap().containers[0];
+        let requests = c.resources.as_ref().unwrap().requests.as_ref().unwrap();
+        assert_eq!(
+            (requests["cpu"].0.as_str(), requests["memory"].0.as_str()),
+            ("250m", "512Mi")
+        );
+        assert_eq!(pod.spec.as_ref().unwrap().runtime_class_name, None);
+        assert!(!c.env.iter().flatten().any(|e| e.name.contains("PROXY")));
+    }
+
+    /// The Secret holds only the token's digest; the PVC is sized and classed.
+    #[test]
+    fn secret_and_pvc() {
+        let secret = secret(&spec(), &config());
+        let data = secret.string_data.as_ref().unwrap();
+        assert_eq!(data.len(), 1);
+        assert_eq!(
+            data[TOKEN_DIGEST_KEY],
+            crate::shared::hmac::sha256_hex(b"secret-token")
+        );
+        let pvc = pvc(&spec(), &config());
+        assert_eq!(pvc.metadata.labels.as_ref().unwrap()[WORKSPACE_LABEL], "1");
+        let pvc_spec = pvc.spec.as_ref().unwrap();
+        assert_eq!(pvc_spec.storage_class_name.as_deref(), Some("fast"));
+        assert_eq!(
+            pvc_spec
+                .resources
+                .as_ref()
+                .unwrap()
+                .requests
+                .as_ref()
+                .unwrap()["storage"]
+                .0,
+            "4Gi"
+        );
+    }
+
+    /// The NetworkPolicy admits runnerd traffic from the spawner's Pods only.
+    #[test]
+    fn network_policy_rules() {
+        let policy = network_policy(&config());
+        let spec = policy.spec.unwrap();
+        assert_eq!(
+            spec.pod_selector.unwrap().match_labels.unwrap()[ROLE_LABEL],
+            "session"
+        );
+        let ingress = &spec.ingress.unwrap()[0];
+        let from = &ingress.from.as_ref().unwrap()[0];
+        assert_eq!(
+            from.pod_selector
+                .as_ref()
+                .unwrap()
+                .match_labels
+                .as_ref()
+                .unwrap()["app.kubernetes.io/name"],
+            "tale-spawner"
+        );
+        assert_eq!(
+            from.namespace_selector
+                .as_ref()
+                .unwrap()
+                .match_labels
+                .as_ref()
+                .unwrap()[NAMESPACE_NAME_LABEL],
+            "tale"
+        );
+        assert_eq!(
+            ingress.ports.as_ref().unwrap()[0].port,
+            Some(IntOrString::Int(8200))
+        );
+        let egress = spec.egress.unwrap();
+        assert_eq!(egress.len(), 2);
+        assert_eq!(egress[0].ports.as_ref().unwrap().len(), 2);
+    }
+}

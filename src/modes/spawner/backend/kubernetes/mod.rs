@@ -1,0 +1,540 @@
+//! The `kubernetes` backend (kube, typed API, one namespace): per session a Pod running the image's
+//! `tale runnerd` as the profile's non-root user, a Secret `<pod>-spec` with the SHA-256 of the
+//! runnerd token (never the token), and a workspace PVC `<pod>-ws` that survives stops. runnerd is
+//! reached over plain HTTP at the Pod IP — never through `pods/exec`. Labels and annotations are
+//! the truth a restarted spawner re-adopts from; at boot the namespace's NetworkPolicy is applied.
+//!
+//! Create, with one deadline shared by every wait: a live Pod of the same name is someone else's
+//! session (`Exists`, nothing touched); an ended or deleting one is reaped and waited out. Then the
+//! PVC (kept when it existed: a resume), the Secret and the Pod; then the Pod's IP (failing at once
+//! on image, config or crash-loop errors), then runnerd's `/healthz`. A failed create removes the
+//! Pod and Secret, and the PVC too unless it existed before.
+pub mod client;
+pub mod manifests;
+pub mod status;
+
+use super::{
+    wait_for_runnerd, Backend, BackendError, BackendKind, BackendResult, BoxFuture, ListedSession,
+    SessionSpec,
+};
+use crate::modes::spawner::config::{Hardening, KubernetesSettings};
+use crate::shared::protocol::runnerd::is_valid_id;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use manifests::ManifestConfig;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// First wait between polls of a starting Pod (for its IP, or for a reaped one to vanish); each
+/// later wait doubles up to [`POD_POLL_MAX_INTERVAL`].
+pub const POD_POLL_FIRST_INTERVAL: Duration = Duration::from_millis(50);
+/// Longest wait between polls of a Pod, and the least time between two Pod status reads while
+/// runnerd's readiness is probed.
+pub const POD_POLL_MAX_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Settings of the kubernetes backend.
+#[derive(Clone, Debug)]
+pub struct KubernetesConfig {
+    pub settings: KubernetesSettings,
+    pub image: String,
+    pub egress_proxy: Option<String>,
+    pub no_proxy: String,
+    pub hardening: Hardening,
+}
+
+/// Sessions as Kubernetes Pods.
+pub struct KubernetesBackend {
+    client: kube::Client,
+    pods: Api<Pod>,
+    secrets: Api<Secret>,
+    pvcs: Api<PersistentVolumeClaim>,
+    manifests: ManifestConfig,
+}
+
+fn status_code(err: &kube::Error) -> Option<u16> {
+    match err {
+        kube::Error::Api(status) => Some(status.code),
+        _ => None,
+    }
+}
+
+fn is_not_found(err: &kube::Error) -> bool {
+    status_code(err) == Some(404)
+}
+
+fn is_conflict(err: &kube::Error) -> bool {
+    status_code(err) == Some(409)
+}
+
+fn api(context: &str) -> impl FnOnce(kube::Error) -> BackendError + '_ {
+    move |err| BackendError::Engine(format!("{context}: {}", describe(&err)))
+}
+
+/// A kube error as one sentence (an API Status by its code and message).
+fn describe(err: &kube::Error) -> String {
+    match err {
+        kube::Error::Api(status) => format!(
+            "the API server answered {} {}: {}",
+            status.code, status.reason, status.message
+        ),
+        other => other.to_string(),
+    }
+}
+
+impl KubernetesBackend {
+    /// Connects to the API server and applies the namespace's NetworkPolicy; both failing stop
+    /// the boot.
+    pub async fn connect(config: KubernetesConfig) -> BackendResult<KubernetesBackend> {
+        // kube's TLS uses rustls' process-wide provider; ours is ring (an error means one is
+        // installed already).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client_config = client::client_config(&config.settings).await?;
+        let own_namespace = client_config.default_namespace.clone();
+        let client = kube::Client::try_from(client_config).map_err(|err| {
+            BackendError::Engine(format!("cannot build the Kubernetes client: {err}"))
+        })?;
+        let settings = &config.settings;
+        let namespace = settings.namespace.clone();
+        let manifests = ManifestConfig {
+            namespace: namespace.clone(),
+            image: config.image,
+            runtime_class: settings.runtime_class.clone(),
+            egress_proxy: config.egress_proxy,
+            no_proxy: config.no_proxy,
+            workspace_bytes: settings.workspace_bytes,
+            storage_class: settings.storage_class.clone(),
+            cpu_request_millis: settings.cpu_request_millis,
+            memory_request_bytes: settings.memory_request_bytes,
+            runnerd_port: settings.runnerd_port,
+            read_only_rootfs: config.hardening.read_only_rootfs,
+            no_new_privileges: config.hardening.no_new_privileges,
+            drop_all_capabilities: config.hardening.drop_all_capabilities,
+            spawner_selector: settings.spawner_selector.clone(),
+            spawner_namespace: settings.spawner_namespace.clone().unwrap_or(own_namespace),
+        };
+        let backend = KubernetesBackend {
+            pods: Api::namespaced(client.clone(), &namespace),
+            secrets: Api::namespaced(client.clone(), &namespace),
+            pvcs: Api::namespaced(client.clone(), &namespace),
+            client,
+            manifests,
+        };
+        backend.apply_network_policy().await?;
+        tracing::info!(
+            namespace = %backend.manifests.namespace,
+            spawner_namespace = %backend.manifests.spawner_namespace,
+            "kubernetes backend ready; session NetworkPolicy applied"
+        );
+        Ok(backend)
+    }
+
+    /// Creates the NetworkPolicy, or replaces the one there (at its current resourceVersion).
+    async fn apply_network_policy(&self) -> BackendResult<()> {
+        let policies: Api<NetworkPolicy> =
+            Api::namespaced(self.client.clone(), &self.manifests.namespace);
+        let mut policy = manifests::network_policy(&self.manifests);
+        let fail = |err: kube::Error| {
+            let hint = match &err {
+                kube::Error::Api(_) => {
+                    "check that the namespace exists and the spawner's Role allows networkpolicies get/create/update"
+                }
+                _ => "check that the API server is reachable (in-cluster, kubeconfig or SANDBOX_K8S_SERVER)",
+            };
+            BackendError::Engine(format!(
+                "cannot apply the NetworkPolicy {} in namespace {}: {}; {hint}",
+                manifests::NETWORK_POLICY_NAME,
+                self.manifests.namespace,
+                describe(&err)
+            ))
+        };
+        match policies.create(&PostParams::default(), &policy).await {
+            Ok(_) => return Ok(()),
+            Err(err) if is_conflict(&err) => {}
+            Err(err) => return Err(fail(err)),
+        }
+        let current = policies
+            .get(manifests::NETWORK_POLICY_NAME)
+            .await
+            .map_err(fail)?;
+        policy.metadata.resource_version = current.metadata.resource_version;
+        policies
+            .replace(
+                manifests::NETWORK_POLICY_NAME,
+                &PostParams::default(),
+                &policy,
+            )
+            .await
+            .map_err(fail)?;
+        Ok(())
+    }
+
+    fn validate(spec: &SessionSpec) -> BackendResult<()> {
+        if !is_valid_id(&spec.session_id) {
+            return Err(BackendError::Invalid {
+                what: "session id",
+                value: spec.session_id.clone(),
+            });
+        }
+        let org = &spec.organization_id;
+        let org_ok = !org.is_empty()
+            && org.len() <= 128
+            && org
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !org_ok {
+            return Err(BackendError::Invalid {
+                what: "organization id",
+                value: org.clone(),
+            });
+        }
+        let (uid, gid) = spec.resources.exec_user;
+        if uid == 0 || gid == 0 {
+            // runAsNonRoot would refuse the container: say so before anything is created.
+            return Err(BackendError::Invalid {
+                what: "session user for kubernetes (sessions run as non-root; set SANDBOX_AGENT_USER to a non-zero uid:gid)",
+                value: format!("{uid}:{gid}"),
+            });
+        }
+        Ok(())
+    }
+
+    /// Deletes the session's Pod (grace [`manifests::STOP_GRACE_SECONDS`]) and Secret; both are
+    /// attempted, 404 counts as done, the first other error is returned. Returns whether the Pod
+    /// existed.
+    async fn delete_compute(&self, session_id: &str) -> BackendResult<bool> {
+        let pod = self
+            .pods
+            .delete(
+                &manifests::pod_name(session_id),
+                &DeleteParams::default().grace_period(manifests::STOP_GRACE_SECONDS),
+            )
+            .await;
+        let secret = self
+            .secrets
+            .delete(
+                &manifests::secret_name(session_id),
+                &DeleteParams::default(),
+            )
+            .await;
+        let existed = match pod {
+            Ok(_) => true,
+            Err(err) if is_not_found(&err) => false,
+            Err(err) => return Err(api("cannot delete the session Pod")(err)),
+        };
+        match secret {
+            Ok(_) => {}
+            Err(err) if is_not_found(&err) => {}
+            Err(err) => return Err(api("cannot delete the session Secret")(err)),
+        }
+        Ok(existed)
+    }
+
+    /// Reaps an ended or deleting Pod (and its Secret) and waits until the Pod is gone.
+    async fn reap(&self, session_id: &str, deadline: Instant) -> BackendResult<()> {
+        let name = manifests::pod_name(session_id);
+        tracing::info!(session_id, pod = %name, "removing the session's ended Pod before creating it again");
+        self.delete_compute(session_id).await?;
+        let mut interval = POD_POLL_FIRST_INTERVAL;
+        loop {
+            match self.pods.get_opt(&name).await {
+                Ok(None) => return Ok(()),
+                Ok(Some(_)) => {}
+                Err(err) => return Err(api("cannot read the ended session Pod")(err)),
+            }
+            if Instant::now() + interval > deadline {
+                return Err(BackendError::Engine(format!(
+                    "the ended Pod {name} of session {session_id} is still terminating; retry the create later"
+                )));
+            }
+            tokio::time::sleep(interval).await;
+            interval = (interval * 2).min(POD_POLL_MAX_INTERVAL);
+        }
+    }
+
+    /// Ensures the workspace PVC; returns whether it existed before (a resume).
+    async fn ensure_workspace(&self, spec: &SessionSpec) -> BackendResult<bool> {
+        let name = manifests::pvc_name(&spec.session_id);
+        let preexisting = match self.pvcs.get_opt(&name).await {
+            Ok(Some(_)) => return Ok(true),
+            Ok(None) => false,
+            Err(err) => {
+                // Unknown: assume it exists, so a failed create never deletes a workspace; the
+                // create below (409) confirms it.
+                tracing::warn!(session_id = %spec.session_id, err = %describe(&err), "cannot read the workspace PVC; treating it as existing");
+                true
+            }
+        };
+        match self
+            .pvcs
+            .create(
+                &PostParams::default(),
+                &manifests::pvc(spec, &self.manifests),
+            )
+            .await
+        {
+            Ok(_) => Ok(preexisting),
+            Err(err) if is_conflict(&err) => Ok(true),
+            Err(err) => Err(api("cannot create the workspace PVC")(err)),
+        }
+    }
+
+    /// Creates the Secret; an orphan one (no live Pod) is replaced once.
+    async fn create_secret(&self, spec: &SessionSpec) -> BackendResult<()> {
+        let secret = manifests::secret(spec, &self.manifests);
+        for attempt in 0..2 {
+            match self.secrets.create(&PostParams::default(), &secret).await {
+                Ok(_) => return Ok(()),
+                Err(err) if is_conflict(&err) && attempt == 0 => {
+                    let pod = self
+                        .pods
+                        .get_opt(&manifests::pod_name(&spec.session_id))
+                        .await
+                        .map_err(api("cannot read the session Pod"))?;
+                    if pod.is_some_and(|p| !status::is_terminal(&p)) {
+                        return Err(BackendError::Exists(spec.session_id.clone()));
+                    }
+                    match self
+                        .secrets
+                        .delete(
+                            &manifests::secret_name(&spec.session_id),
+                            &DeleteParams::default(),
+                        )
+                        .await
+                    {
+                        Ok(_) => {}
+                        Err(err) if is_not_found(&err) => {}
+                        Err(err) => {
+                            return Err(api("cannot replace the orphan session Secret")(err))
+                        }
+                    }
+                }
+                Err(err) => return Err(api("cannot create the session Secret")(err)),
+            }
+        }
+        Err(BackendError::Exists(spec.session_id.clone()))
+    }
+
+    /// Polls the Pod until it has an IP; fails at once when it cannot start.
+    async fn wait_for_ip(&self, session_id: &str, deadline: Instant) -> BackendResult<String> {
+        let name = manifests::pod_name(session_id);
+        let started = Instant::now();
+        let mut interval = POD_POLL_FIRST_INTERVAL;
+        loop {
+            let pod = self
+                .pods
+                .get_opt(&name)
+                .await
+                .map_err(api("cannot read the session Pod"))?
+                .ok_or_else(|| {
+                    BackendError::Died("the session Pod disappeared while starting".into())
+                })?;
+            if let Some(reason) = status::start_failure(&pod) {
+                return Err(BackendError::Died(reason));
+            }
+            if let Some(ip) = status::pod_ip(&pod) {
+                return Ok(ip.to_owned());
+            }
+            if Instant::now() + interval > deadline {
+                return Err(BackendError::NotReady {
+                    waited_ms: started.elapsed().as_millis() as u64,
+                    detail: format!("the Pod {name} got no IP: {}", status::pending_detail(&pod)),
+                });
+            }
+            tokio::time::sleep(interval).await;
+            interval = (interval * 2).min(POD_POLL_MAX_INTERVAL);
+        }
+    }
+
+    /// Secret, Pod, IP, runnerd: everything after the workspace.
+    async fn start(&self, spec: &SessionSpec, deadline: Instant) -> BackendResult<String> {
+        self.create_secret(spec).await?;
+        match self
+            .pods
+            .create(
+                &PostParams::default(),
+                &manifests::pod(spec, &self.manifests),
+            )
+            .await
+        {
+            Ok(_) => {}
+            // Someone created it since the check: theirs, and so is the Secret now.
+            Err(err) if is_conflict(&err) => {
+                return Err(BackendError::Exists(spec.session_id.clone()))
+            }
+            Err(err) => return Err(api("cannot create the session Pod")(err)),
+        }
+        let ip = self.wait_for_ip(&spec.session_id, deadline).await?;
+        let url = status::runnerd_url(&ip, self.manifests.runnerd_port);
+        let name = manifests::pod_name(&spec.session_id);
+        let mut last_check = Instant::now();
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        wait_for_runnerd(&url, &spec.runnerd_token, remaining, || {
+            let due = last_check.elapsed() >= POD_POLL_MAX_INTERVAL;
+            if due {
+                last_check = Instant::now();
+            }
+            let pods = self.pods.clone();
+            let name = name.clone();
+            async move {
+                if !due {
+                    return Ok(());
+                }
+                match pods.get_opt(&name).await {
+                    Ok(Some(pod)) => status::start_failure(&pod).map_or(Ok(()), Err),
+                    Ok(None) => Err("the session Pod disappeared while starting".into()),
+                    // Unknown is not dead: the readiness deadline decides.
+                    Err(_) => Ok(()),
+                }
+            }
+        })
+        .await?;
+        Ok(url)
+    }
+
+    async fn create(&self, spec: &SessionSpec, budget: Duration) -> BackendResult<String> {
+        Self::validate(spec)?;
+        let deadline = Instant::now() + budget;
+        let id = &spec.session_id;
+        let existing = self
+            .pods
+            .get_opt(&manifests::pod_name(id))
+            .await
+            .map_err(api("cannot read the session Pod"))?;
+        if let Some(pod) = existing {
+            if !status::is_terminal(&pod) {
+                return Err(BackendError::Exists(id.clone()));
+            }
+            self.reap(id, deadline).await?;
+        }
+        let preexisting = self.ensure_workspace(spec).await?;
+        match self.start(spec, deadline).await {
+            Ok(url) => {
+                tracing::info!(session_id = %id, %url, resumed = preexisting, "kubernetes session ready");
+                Ok(url)
+            }
+            Err(BackendError::Exists(id)) => Err(BackendError::Exists(id)),
+            Err(err) => {
+                let cleanup = if preexisting {
+                    self.delete_compute(id).await.map(|_| ())
+                } else {
+                    self.destroy(id).await.map(|_| ())
+                };
+                if let Err(cleanup) = cleanup {
+                    tracing::warn!(session_id = %id, %cleanup, "cleanup after a failed create did not finish");
+                }
+                Err(err)
+            }
+        }
+    }
+
+    async fn destroy(&self, session_id: &str) -> BackendResult<bool> {
+        let had_pod = self.delete_compute(session_id).await?;
+        let had_pvc = match self
+            .pvcs
+            .delete(&manifests::pvc_name(session_id), &DeleteParams::default())
+            .await
+        {
+            Ok(_) => true,
+            Err(err) if is_not_found(&err) => false,
+            Err(err) => return Err(api("cannot delete the workspace PVC")(err)),
+        };
+        tracing::info!(session_id, had_pod, had_pvc, "kubernetes session destroyed");
+        Ok(had_pod || had_pvc)
+    }
+
+    async fn read_pod(&self, session_id: &str) -> BackendResult<Option<Pod>> {
+        self.pods
+            .get_opt(&manifests::pod_name(session_id))
+            .await
+            .map_err(api("cannot read the session Pod"))
+    }
+}
+
+impl Backend for KubernetesBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Kubernetes
+    }
+
+    fn create_session<'a>(
+        &'a self,
+        spec: &'a SessionSpec,
+        deadline: Duration,
+    ) -> BoxFuture<'a, BackendResult<String>> {
+        Box::pin(self.create(spec, deadline))
+    }
+
+    fn resolve_endpoint<'a>(&'a self, session_id: &'a str) -> BoxFuture<'a, BackendResult<String>> {
+        Box::pin(async move {
+            let pod = self
+                .read_pod(session_id)
+                .await?
+                .ok_or_else(|| BackendError::Engine(format!("session {session_id} has no Pod")))?;
+            let ip = status::pod_ip(&pod).ok_or_else(|| {
+                BackendError::Engine(format!("the Pod of session {session_id} has no IP"))
+            })?;
+            Ok(status::runnerd_url(ip, self.manifests.runnerd_port))
+        })
+    }
+
+    fn session_exists<'a>(&'a self, session_id: &'a str) -> BoxFuture<'a, BackendResult<bool>> {
+        Box::pin(async move {
+            Ok(self
+                .read_pod(session_id)
+                .await?
+                .is_some_and(|pod| status::is_running(&pod)))
+        })
+    }
+
+    fn stop_session<'a>(&'a self, session_id: &'a str) -> BoxFuture<'a, BackendResult<bool>> {
+        Box::pin(async move {
+            let existed = self.delete_compute(session_id).await?;
+            tracing::info!(
+                session_id,
+                existed,
+                "kubernetes session stopped; workspace PVC kept"
+            );
+            Ok(existed)
+        })
+    }
+
+    fn destroy_session<'a>(&'a self, session_id: &'a str) -> BoxFuture<'a, BackendResult<bool>> {
+        Box::pin(self.destroy(session_id))
+    }
+
+    fn list_sessions<'a>(
+        &'a self,
+        organization_id: Option<&'a str>,
+    ) -> BoxFuture<'a, BackendResult<Vec<ListedSession>>> {
+        Box::pin(async move {
+            let selector = format!("{}=1", manifests::SESSION_LABEL);
+            let pods = self
+                .pods
+                .list(&ListParams::default().labels(&selector))
+                .await
+                .map_err(api("cannot list session Pods"))?;
+            let mut sessions: Vec<ListedSession> = pods
+                .items
+                .iter()
+                .filter_map(status::listed_session)
+                .filter(|s| organization_id.is_none_or(|org| s.organization_id == org))
+                .collect();
+            sessions.sort_by(|a, b| a.session_id.cmp(&b.session_id));
+            Ok(sessions)
+        })
+    }
+
+    fn health(&self) -> BoxFuture<'_, BackendResult<serde_json::Value>> {
+        Box::pin(async move {
+            let version = self
+                .client
+                .apiserver_version()
+                .await
+                .map_err(api("the Kubernetes API server does not answer"))?;
+            Ok(serde_json::json!({
+                "kubernetes": version.git_version,
+                "namespace": self.manifests.namespace,
+            }))
+        })
+    }
+}
