@@ -56,9 +56,23 @@ fn with_argv0_mode(args: Vec<OsString>) -> Vec<OsString> {
     }
 }
 
+/// `tale runnerd …` alone: runnerd is PID 1 of every session, and building the whole command tree
+/// would touch every other mode's argument code too (pages that then stay in its RSS).
+#[derive(Parser)]
+#[command(name = "tale runnerd", version, about = "PID 1 of a session container")]
+struct RunnerdCli {
+    #[command(flatten)]
+    args: modes::runnerd::Args,
+}
+
 fn main() -> ExitCode {
     tale::shared::sys::tune_allocator();
-    let cli = Cli::parse_from(with_argv0_mode(std::env::args_os().collect()));
+    let args = with_argv0_mode(std::env::args_os().collect());
+    if args.get(1).is_some_and(|mode| mode == "runnerd") {
+        let cli = RunnerdCli::parse_from(args.into_iter().skip(1));
+        return modes::runnerd::run(cli.args);
+    }
+    let cli = Cli::parse_from(args);
     match cli.mode {
         Mode::Runnerd(args) => modes::runnerd::run(args),
         Mode::GitCredential(args) => modes::git_credential::run(args),
@@ -79,5 +93,23 @@ mod tests {
         assert_eq!(args, vec!["tale", "runnerd", "--listen"]);
         let plain = with_argv0_mode(vec!["/usr/bin/tale".into(), "runnerd".into()]);
         assert_eq!(plain, vec!["/usr/bin/tale", "runnerd"]);
+    }
+
+    /// runnerd's own parser accepts exactly what the full command tree accepts for it.
+    #[test]
+    fn runnerd_parser_matches_the_full_tree() {
+        let argv = [
+            "tale",
+            "runnerd",
+            "--listen",
+            "127.0.0.1:9",
+            "--insecure-no-token",
+        ];
+        let Mode::Runnerd(full) = Cli::try_parse_from(argv).unwrap().mode else {
+            panic!("runnerd mode");
+        };
+        let alone = RunnerdCli::try_parse_from(&argv[1..]).unwrap().args;
+        assert_eq!(format!("{full:?}"), format!("{alone:?}"));
+        assert!(RunnerdCli::try_parse_from(["runnerd", "--no-such-flag"]).is_err());
     }
 }

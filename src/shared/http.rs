@@ -143,6 +143,10 @@ impl Body for ChannelBody {
 pub struct ServeOptions {
     /// Time a client has to send the request headers.
     pub header_read_timeout: Duration,
+    /// Keep writing a response after the client shut down its sending side. This also skips
+    /// hyper's read for end-of-file while a response streams, which holds an 8 KiB buffer per
+    /// connection: a client that vanished is then noticed at the next write instead.
+    pub allow_half_close: bool,
 }
 
 /// Accepts HTTP/1.1 connections on `listener` until `shutdown` resolves; each request goes to
@@ -187,6 +191,7 @@ pub async fn serve<H, F>(
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(options.header_read_timeout)
+                .half_close(options.allow_half_close)
                 .serve_connection(TokioIo::new(stream), service);
             if let Err(err) = connection.await {
                 tracing::debug!(%err, "connection ended with an error");

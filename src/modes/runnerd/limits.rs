@@ -7,6 +7,8 @@ use std::time::Duration;
 pub const MAX_REQUEST_BODY_BYTES: usize = 8 * 1024 * 1024;
 /// Threads for blocking work (spawning, file operations, spool reads).
 pub const BLOCKING_THREADS: usize = 8;
+/// Execs being spawned at once (the rest of a burst waits its turn before building its command).
+pub const SPAWNS_AT_ONCE: usize = BLOCKING_THREADS;
 /// Time allowed for a client to send the request headers.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -2,10 +2,11 @@
 use super::exec::driver::{refusal_event, start_exec};
 use super::exec::journal::JournalCursor;
 use super::exec::stdin::parse_line;
-use super::limits::{MAX_REQUEST_BODY_BYTES, STREAM_FRAME_BYTES};
+use super::limits::MAX_REQUEST_BODY_BYTES;
 use super::state::Daemon;
+use super::stream::CursorBody;
 use crate::shared::http::{
-    constant_time_eq, error, json, query_param, read_body, BodyError, ChannelBody, HttpResponse,
+    constant_time_eq, error, json, query_param, read_body, BodyError, HttpResponse,
 };
 use crate::shared::protocol::runnerd::{
     is_valid_id, CancelReply, CredentialReply, DeleteRequest, EnvPatch, EnvReply, ExecRequestWire,
@@ -307,25 +308,7 @@ fn ndjson_response(body: crate::shared::http::ResponseBody) -> HttpResponse {
     response
 }
 
-/// Streams a journal cursor. The pump task is owned by the response: it ends when the journal is
-/// done or as soon as the client goes away (the body, and so the receiver, is dropped).
-fn ndjson_stream(mut cursor: JournalCursor) -> HttpResponse {
-    let (tx, body) = ChannelBody::new(2);
-    tokio::spawn(async move {
-        loop {
-            let batch = tokio::select! {
-                batch = cursor.next_batch(STREAM_FRAME_BYTES) => batch,
-                _ = tx.closed() => return,
-            };
-            match batch {
-                Some(bytes) => {
-                    if tx.send(bytes).await.is_err() {
-                        return;
-                    }
-                }
-                None => return,
-            }
-        }
-    });
-    ndjson_response(body.boxed_unsync())
+/// Streams a journal cursor until the journal ends or the client goes away.
+fn ndjson_stream(cursor: JournalCursor) -> HttpResponse {
+    ndjson_response(CursorBody::new(cursor).boxed_unsync())
 }

@@ -7,6 +7,7 @@ use super::exec::launcher::Launcher;
 use super::exec::ExecTable;
 use super::files::Workspace;
 use super::init::Reaper;
+use super::limits::SPAWNS_AT_ONCE;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -27,6 +28,9 @@ pub struct Daemon {
     pub token: Option<Vec<u8>>,
     /// Git credentials granted to this session.
     pub credentials: Arc<CredentialStore>,
+    /// One permit per exec being spawned: a burst of execs waits here holding only its parsed
+    /// request, not a fully built command (whole environment included) queued for a thread.
+    pub spawn_permits: tokio::sync::Semaphore,
 }
 
 impl Daemon {
@@ -54,6 +58,7 @@ impl Daemon {
             workspace,
             token,
             credentials,
+            spawn_permits: tokio::sync::Semaphore::new(SPAWNS_AT_ONCE),
         })
     }
 

