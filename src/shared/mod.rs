@@ -5,6 +5,7 @@ pub mod hex;
 pub mod hmac;
 pub mod http;
 pub mod logging;
+pub mod ndjson;
 pub mod protocol;
 pub mod runnerd_client;
 pub mod sse;

@@ -1,5 +1,6 @@
 //! The spawner's client for one session's runnerd: JSON calls with a timeout, and exec streams read
 //! line by line as typed events.
+use crate::shared::ndjson::NdjsonLines;
 use crate::shared::protocol::runnerd::{
     CancelReply, CredentialReply, DeleteReply, DeleteRequest, EnvPatch, EnvReply, ExecEvent,
     ExecStatus, GitCredentialGrant, HealthReport, ListReply, StageReply, StdinReply, StdinRequest,
@@ -337,37 +338,33 @@ async fn stream_or_error(
 /// The NDJSON events of one exec stream.
 pub struct EventStream {
     body: Incoming,
-    buffer: Vec<u8>,
+    lines: NdjsonLines,
 }
 
 impl EventStream {
     fn new(body: Incoming) -> EventStream {
         EventStream {
             body,
-            buffer: Vec::new(),
+            lines: NdjsonLines::new(MAX_EVENT_LINE_BYTES),
         }
     }
 
     /// The next event; `Ok(None)` when the stream ended cleanly, an error when it broke.
     pub async fn next(&mut self) -> Result<Option<ExecEvent>, RunnerdError> {
         loop {
-            if let Some(pos) = self.buffer.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = self.buffer.drain(..=pos).collect();
-                let line = &line[..line.len() - 1];
-                if line.iter().all(u8::is_ascii_whitespace) {
-                    continue;
-                }
-                return serde_json::from_slice(line)
+            let line = self
+                .lines
+                .next_line()
+                .map_err(|_| RunnerdError::Decode("event line too long".into()))?;
+            if let Some(line) = line {
+                return serde_json::from_slice(&line)
                     .map(Some)
                     .map_err(|e| RunnerdError::Decode(format!("bad event line: {e}")));
-            }
-            if self.buffer.len() > MAX_EVENT_LINE_BYTES {
-                return Err(RunnerdError::Decode("event line too long".into()));
             }
             match self.body.frame().await {
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
-                        self.buffer.extend_from_slice(&data);
+                        self.lines.push(&data);
                     }
                 }
                 Some(Err(err)) => return Err(RunnerdError::Transport(err.to_string())),

@@ -170,7 +170,7 @@ pub async fn pump(
                 },
             ),
             ExecEvent::Stdout { b64, seq } | ExecEvent::Stderr { b64, seq } => {
-                let bytes = STANDARD.decode(b64).unwrap_or_default();
+                let bytes = chunk_bytes(b64);
                 spawner.metrics.bytes_streamed.inc_by(bytes.len() as u64);
                 let is_stdout = matches!(event, ExecEvent::Stdout { .. });
                 let (decoder, buffer, name) = if is_stdout {
@@ -247,6 +247,12 @@ pub async fn pump(
     }
 }
 
+/// The bytes of a `stdout`/`stderr` event. runnerd sends padded standard base64; a chunk that is not
+/// (which runnerd never sends) counts as empty rather than ending the stream, its seq still sent.
+fn chunk_bytes(b64: &str) -> Vec<u8> {
+    base64_simd::STANDARD.decode_to_vec(b64).unwrap_or_default()
+}
+
 fn record_outcome(spawner: &Spawner, result: &SessionExecResponse) {
     let reason = result.reason.as_str();
     spawner
@@ -262,4 +268,52 @@ fn background_evict(spawner: &Arc<Spawner>, session_id: &str) {
     tokio::spawn(async move {
         spawner.evict_if_gone(&session_id).await;
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The SIMD decoder accepts and rejects exactly what the `base64` crate's strict decoder did
+    /// (padding required, canonical trailing bits, no whitespace), so invalid chunks stay empty.
+    #[test]
+    fn chunk_bytes_matches_the_strict_base64_decoder() {
+        let long = STANDARD.encode((0..=255u8).cycle().take(10_000).collect::<Vec<u8>>());
+        // Past the SIMD decoder's block size, with one bad character in the middle.
+        let long_bad = format!("{}*{}", &long[..5000], &long[5001..]);
+        let inputs = [
+            "",
+            "aGk=",
+            "aGVsbG8gd29ybGQ=",
+            "AAEC",
+            "+/+/",
+            long.as_str(),
+            long_bad.as_str(),
+            "aGk",
+            "aGk==",
+            "aGl=",
+            "QR==",
+            "a Gk=",
+            "aGk=\n",
+            "=aGk",
+            "aG=k",
+            "A===",
+            "====",
+            "-_-_",
+            "aGk=aGk=",
+            "\u{e9}\u{e9}",
+        ];
+        for input in inputs {
+            assert_eq!(
+                chunk_bytes(input),
+                STANDARD.decode(input).unwrap_or_default(),
+                "{input:?}"
+            );
+        }
+        assert_eq!(chunk_bytes("aGk="), b"hi");
+        assert!(
+            chunk_bytes("aGk").is_empty(),
+            "invalid input is an empty chunk"
+        );
+    }
 }
