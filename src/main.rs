@@ -59,7 +59,12 @@ fn with_argv0_mode(args: Vec<OsString>) -> Vec<OsString> {
 /// `tale runnerd …` alone: runnerd is PID 1 of every session, and building the whole command tree
 /// would touch every other mode's argument code too (pages that then stay in its RSS).
 #[derive(Parser)]
-#[command(name = "tale runnerd", version, about = "PID 1 of a session container")]
+#[command(
+    name = "runnerd",
+    bin_name = "tale runnerd",
+    version,
+    about = "PID 1 of a session container"
+)]
 struct RunnerdCli {
     #[command(flatten)]
     args: modes::runnerd::Args,
