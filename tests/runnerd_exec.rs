@@ -272,6 +272,21 @@ async fn held_stdin_steers_the_process() {
         send(json!({"b64": b64("{}\n")})).await.1["reason"],
         "STDIN_CLOSED"
     );
+    // Cancel only once cat has echoed everything (a SIGTERM could otherwise beat its last write).
+    let echoed = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut attach = daemon
+            .client
+            .attach("cat", 0)
+            .await
+            .expect("the exec is live");
+        let mut seen = Vec::new();
+        while !seen.ends_with(b"{\"n\":3}\n") {
+            let event = attach.next().await.expect("the exec is still running");
+            seen.extend(output(std::slice::from_ref(&event), "stdout"));
+        }
+    })
+    .await;
+    assert!(echoed.is_ok(), "cat echoed the three lines");
     daemon
         .client
         .json(Method::POST, "/execs/cat/cancel", None)
