@@ -13,9 +13,9 @@ FROM ${RUST_IMAGE} AS builder
 WORKDIR /src
 COPY . .
 RUN mkdir -p dist && if [ -x dist/tale ]; then cp dist/tale /tale; \
-    else apt-get update && apt-get install -y --no-install-recommends musl-tools \
+    else apt-get update && apt-get install -y --no-install-recommends musl-tools valgrind curl python3 file \
       && rustup target add x86_64-unknown-linux-musl \
-      && cargo build --locked --release --target x86_64-unknown-linux-musl \
+      && scripts/build-static.sh \
       && cp target/x86_64-unknown-linux-musl/release/tale /tale; fi
 
 FROM ${DEBIAN_IMAGE} AS certs

@@ -17,7 +17,9 @@ TALE_RUNNERD_TOKEN=order RUST_LOG=info valgrind --tool=callgrind --demangle=no \
   "$bin" runnerd --listen "127.0.0.1:$port" --workspace-root "$work/ws" --exec-user "$(id -u):$(id -g)" \
   >"$work/runnerd.log" 2>&1 &
 pid=$!
-call() { curl -fsS -H 'x-tale-runnerd-token: order' "$@" >/dev/null; }
+# Not -f: valgrind 3.19 lacks openat2, so the file routes answer 404 under it (their HTTP and JSON
+# code still runs).
+call() { curl -sS -H 'x-tale-runnerd-token: order' "$@" >/dev/null; }
 for _ in $(seq 1 300); do
   curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
   sleep 0.1
@@ -41,5 +43,5 @@ wait "$pid" || true
 # Function entries in the order callgrind first met them (fn= and cfn= name a function the first
 # time they mention its id).
 grep -oE '^c?fn=\([0-9]+\) [^ ]+' "$work/callgrind.out" | sed -E 's/^c?fn=\([0-9]+\) //' \
-  | grep -E '^_' | awk '!seen[$0]++' >"$out"
+  | grep -vE '^0x' | awk '!seen[$0]++' >"$out"
 echo "runnerd-symbol-order: $(wc -l <"$out") functions -> $out"
