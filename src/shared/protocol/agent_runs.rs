@@ -298,12 +298,7 @@ mod tests {
     use crate::shared::agents::AgentSlug;
     use serde_json::json;
 
-    const LIMITS: RequestLimits = RequestLimits {
-        max_lifetime_ms: 86_400_000,
-        max_idle_ms: 1_800_000,
-        exec_default_timeout_ms: 600_000,
-        exec_max_timeout_ms: 7_200_000,
-    };
+    const LIMITS: RequestLimits = crate::shared::protocol::spawner::TEST_LIMITS;
     const GW: &str = "http://sandbox-llm-gateway:8080";
 
     fn parse(body: Value) -> Result<AgentRunRequest, String> {

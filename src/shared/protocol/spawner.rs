@@ -483,17 +483,21 @@ pub struct PinRequest {
     pub pinned: bool,
 }
 
+/// The spawner's default limits, for the request-parsing tests of the protocol modules.
+#[cfg(test)]
+pub(crate) const TEST_LIMITS: RequestLimits = RequestLimits {
+    max_lifetime_ms: 86_400_000,
+    max_idle_ms: 1_800_000,
+    exec_default_timeout_ms: 600_000,
+    exec_max_timeout_ms: 7_200_000,
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
 
-    const LIMITS: RequestLimits = RequestLimits {
-        max_lifetime_ms: 86_400_000,
-        max_idle_ms: 1_800_000,
-        exec_default_timeout_ms: 600_000,
-        exec_max_timeout_ms: 7_200_000,
-    };
+    const LIMITS: RequestLimits = TEST_LIMITS;
 
     /// Create: ids, profile, clamping, env rules and messages.
     #[test]

@@ -78,18 +78,9 @@ pub async fn attach(
     let Some(adapter) = request.query("agent").as_deref().and_then(adapter) else {
         return bad_request("agent must be one of \"claude-code\", \"opencode\"");
     };
-    // Last-Event-ID (an SSE client resuming) wins over the query; unreadable means the start.
+    // Unreadable means the start.
     let position = request
-        .headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(StreamPosition::parse)
-        .or_else(|| {
-            request
-                .query("sinceSeq")
-                .as_deref()
-                .and_then(StreamPosition::parse)
-        })
+        .resume_position(StreamPosition::parse)
         .unwrap_or(StreamPosition::START);
     let tap = AgentTap::new(adapter.parser(), position);
     replay(spawner, id, &entry, exec_id, 0, Some(tap)).await

@@ -71,13 +71,9 @@ pub async fn attach(
     let Some(entry) = spawner.lookup(id).await else {
         return not_found();
     };
-    // Last-Event-ID (an SSE client resuming) wins over the query; non-numeric means 0.
+    // Non-numeric means 0.
     let since_seq = request
-        .headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .or_else(|| request.query("sinceSeq").and_then(|v| v.parse().ok()))
+        .resume_position(|v| v.trim().parse::<u64>().ok())
         .unwrap_or(0);
     replay(spawner, id, &entry, exec_id, since_seq, None).await
 }

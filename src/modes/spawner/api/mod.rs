@@ -36,6 +36,16 @@ impl ApiRequest {
             .map_err(|err| bad_request(format!("the body is not valid JSON: {err}")))
     }
 
+    /// Where an attach resumes: `Last-Event-ID` (an SSE client reconnecting) wins over the
+    /// `sinceSeq` query; `None` when neither parses.
+    pub fn resume_position<T>(&self, parse: impl Fn(&str) -> Option<T>) -> Option<T> {
+        self.headers
+            .get("last-event-id")
+            .and_then(|v| v.to_str().ok())
+            .and_then(&parse)
+            .or_else(|| self.query("sinceSeq").as_deref().and_then(&parse))
+    }
+
     /// A query parameter, percent-decoded.
     pub fn query(&self, name: &str) -> Option<String> {
         let query = self.query.as_deref()?;
