@@ -17,6 +17,9 @@ compose=(docker-compose -f compose.yml -f compose.local.yml -p tale --env-file "
 
 case "${1:-}" in
 --down)
+  # The quick start's own sessions first: they sit on the stack's network.
+  sessions=$(docker ps -aq --filter label=tale.sandbox-session=1 --filter label=tale.org=quickstart)
+  [ -z "$sessions" ] || docker rm -f $sessions >/dev/null
   [ -f "$state/.env" ] && "${compose[@]}" down -v
   exit 0
   ;;
