@@ -159,6 +159,33 @@ impl LineDecoder {
     }
 }
 
+/// What spawning `true` costs here with no daemon: what every exec round trip pays at least.
+fn spawn_floor() -> Vec<Duration> {
+    use std::os::unix::process::CommandExt;
+    let (uid, gid) = (
+        nix::unistd::getuid().as_raw(),
+        nix::unistd::getgid().as_raw(),
+    );
+    let mut times: Vec<Duration> = (0..ROUND_TRIPS)
+        .map(|_| {
+            let start = Instant::now();
+            let status = Command::new("true")
+                .uid(uid)
+                .gid(gid)
+                .process_group(0)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .status()
+                .unwrap();
+            assert!(status.success());
+            start.elapsed()
+        })
+        .collect();
+    times.sort();
+    times
+}
+
 /// The machine's limit for this wire format, with no daemon: `head`'s output read in 64 KiB
 /// chunks, each written raw to a spool file (the journal's mandatory disk copy) and sent as its
 /// NDJSON line over loopback TCP to a reader that decodes like the client above. Returns seconds.
@@ -268,6 +295,11 @@ async fn main() {
         "| exec round trip of `true` ({ROUND_TRIPS} runs) | p50 {:.2} ms, p99 {:.2} ms | p50 ≤ 2 ms |",
         percentile(&times, 0.5).as_secs_f64() * 1e3,
         percentile(&times, 0.99).as_secs_f64() * 1e3
+    ));
+    let floor = spawn_floor();
+    report.push(format!(
+        "| the same `true` spawned by this process with the same setup (fork, uid/gid, own process group, three pipes) and waited for | p50 {:.2} ms | (reference) |",
+        percentile(&floor, 0.5).as_secs_f64() * 1e3
     ));
 
     // Raw pipe and NDJSON stream alternate, THROUGHPUT_RUNS times each; the medians are compared
