@@ -12,6 +12,8 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::json;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use tale::modes::runnerd::exec::output::{write_output_line, OutputStream};
+use tale::shared::ndjson::NdjsonLines;
 
 const TOKEN: &str = "bench-token";
 const ROUND_TRIPS: usize = 500;
@@ -114,9 +116,7 @@ async fn exec(http: &Http, port: u16, body: serde_json::Value, decode: bool) -> 
 /// What a client does with the NDJSON stream: split lines, decode every stdout chunk.
 struct LineDecoder {
     decode: bool,
-    buffer: bytes::BytesMut,
-    /// Where the newline search resumes: bytes before it hold no newline.
-    scanned: usize,
+    lines: NdjsonLines,
     decoded: Vec<u8>,
     stdout_bytes: u64,
     exit_code: i64,
@@ -126,8 +126,7 @@ impl LineDecoder {
     fn new(decode: bool) -> LineDecoder {
         LineDecoder {
             decode,
-            buffer: bytes::BytesMut::new(),
-            scanned: 0,
+            lines: NdjsonLines::new(usize::MAX),
             decoded: Vec::new(),
             stdout_bytes: 0,
             exit_code: -1000,
@@ -135,11 +134,8 @@ impl LineDecoder {
     }
 
     fn push(&mut self, data: &[u8]) {
-        self.buffer.extend_from_slice(data);
-        while let Some(pos) = memchr::memchr(b'\n', &self.buffer[self.scanned..]) {
-            let line = self.buffer.split_to(self.scanned + pos + 1);
-            self.scanned = 0;
-            let line = &line[..line.len() - 1];
+        self.lines.push(data);
+        while let Some(line) = self.lines.next_line().expect("no line cap") {
             if self.decode && line.starts_with(b"{\"t\":\"stdout\"") {
                 let b64_start = br#"{"t":"stdout","b64":""#.len();
                 let b64_end = memchr::memchr(b'"', &line[b64_start..]).unwrap() + b64_start;
@@ -149,13 +145,12 @@ impl LineDecoder {
                     .unwrap();
                 self.stdout_bytes += self.decoded.len() as u64;
             } else if line.starts_with(b"{\"t\":\"exit\"") {
-                self.exit_code = serde_json::from_slice::<serde_json::Value>(line).unwrap()
+                self.exit_code = serde_json::from_slice::<serde_json::Value>(&line).unwrap()
                     ["exitCode"]
                     .as_i64()
                     .unwrap();
             }
         }
-        self.scanned = self.buffer.len();
     }
 }
 
@@ -213,10 +208,8 @@ fn wire_ceiling(spool_dir: &std::path::Path) -> f64 {
             }
             spool.write_all(&chunk[..n]).unwrap();
             seq += 1;
-            let mut line = Vec::with_capacity(n / 3 * 4 + 64);
-            line.extend_from_slice(br#"{"t":"stdout","b64":""#);
-            base64_simd::STANDARD.encode_append(&chunk[..n], &mut line);
-            line.extend_from_slice(format!("\",\"seq\":{seq}}}\n").as_bytes());
+            let mut line = Vec::new();
+            write_output_line(OutputStream::Stdout, &chunk[..n], seq, &mut line);
             socket.write_all(&line).unwrap();
         }
         head.wait().unwrap();

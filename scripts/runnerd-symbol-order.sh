@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Writes the list of functions runnerd runs from boot to idle and while serving its common routes,
-# in first-run order, as mangled symbols: build-static.sh links them first so that what an idle
-# runnerd touches sits in few pages (fault-around maps the binary 64 KiB at a time; scattered, the
-# functions an idle runnerd needs keep ~3 MiB of text resident).
+# as mangled symbols (the set is what matters, not its order): build-static.sh links them first so
+# that what an idle runnerd touches sits in few pages (fault-around maps the binary 64 KiB at a
+# time; scattered, the functions an idle runnerd needs keep ~3 MiB of text resident).
 #
 #   scripts/runnerd-symbol-order.sh BINARY OUT   (BINARY: an unstripped static build)
 set -euo pipefail

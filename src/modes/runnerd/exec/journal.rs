@@ -258,20 +258,20 @@ pub struct JournalCursor {
     pending: VecDeque<Record>,
 }
 
-/// Takes records from the front of `records` while their wire lines fit in `max_bytes` (always at
-/// least one).
-fn take_fitting(records: &mut VecDeque<Record>, max_bytes: usize) -> Vec<Record> {
-    let mut taken = Vec::new();
+/// How many of `records`, from the first, have wire lines that fit in `max_bytes` (always at
+/// least one when there is one).
+fn count_fitting<'a>(records: impl Iterator<Item = &'a Record>, max_bytes: usize) -> usize {
+    let mut count = 0;
     let mut bytes = 0;
-    while let Some(record) = records.front() {
+    for record in records {
         let len = record.wire_len();
-        if !taken.is_empty() && bytes + len > max_bytes {
+        if count > 0 && bytes + len > max_bytes {
             break;
         }
         bytes += len;
-        taken.extend(records.pop_front());
+        count += 1;
     }
-    taken
+    count
 }
 
 impl JournalCursor {
@@ -280,7 +280,9 @@ impl JournalCursor {
     pub async fn next_batch(&mut self, max_bytes: usize) -> Option<Bytes> {
         loop {
             if !self.pending.is_empty() {
-                return Some(render(&take_fitting(&mut self.pending, max_bytes)));
+                let count = count_fitting(self.pending.iter(), max_bytes);
+                let batch: Vec<Record> = self.pending.drain(..count).collect();
+                return Some(render(&batch));
             }
             // Mark the current progress as seen before looking, so an append racing with this look
             // still wakes `changed()` below.
@@ -345,17 +347,8 @@ impl JournalCursor {
                         Step::Wait
                     };
                 }
-                let mut records = Vec::new();
-                let mut bytes = 0;
-                for record in state.tail.range(start..) {
-                    let len = record.wire_len();
-                    if !records.is_empty() && bytes + len > max_bytes {
-                        break;
-                    }
-                    bytes += len;
-                    records.push(record.clone());
-                }
-                Step::Render(records)
+                let count = count_fitting(state.tail.range(start..), max_bytes);
+                Step::Render(state.tail.range(start..start + count).cloned().collect())
             }
             _ => match state.spool.locate(self.next_seq) {
                 Some(read) => Step::ReadSpool(read),

@@ -100,7 +100,7 @@ pub async fn pump(
         }
         if keep > 0 {
             emitted += keep as u64;
-            journal.append_output(stream, take_chunk(&mut buf, keep));
+            journal.append_output(stream, take_chunk(&mut buf, keep, next_capacity));
             // Let the readers run before the next read: a producer faster than its readers would
             // otherwise fill many chunks in a row (tokio's budget allows over a hundred), pushing
             // them through the disk spool instead of straight from memory (measured: a third less
@@ -114,13 +114,12 @@ pub async fn pump(
 }
 
 /// The first `len` bytes of `buf` as a journal chunk. A read that filled most of the buffer gives
-/// the buffer itself away (no copy; the next read gets a fresh one); a small one is copied, so that
-/// a 100-byte chunk never pins a 64 KiB allocation for as long as the journal keeps it.
-fn take_chunk(buf: &mut BytesMut, len: usize) -> Bytes {
+/// the buffer itself away (no copy; the next read gets a fresh one of `next_capacity`); a small one
+/// is copied, so that a 100-byte chunk never pins a 64 KiB allocation while the journal keeps it.
+fn take_chunk(buf: &mut BytesMut, len: usize, next_capacity: usize) -> Bytes {
     if len * 2 >= buf.capacity() {
-        let capacity = buf.capacity();
         let chunk = buf.split_to(len).freeze();
-        *buf = BytesMut::with_capacity(capacity);
+        *buf = BytesMut::with_capacity(next_capacity);
         chunk
     } else {
         Bytes::copy_from_slice(&buf[..len])
@@ -214,12 +213,12 @@ mod tests {
     fn chunks_never_pin_a_large_buffer() {
         let mut buf = BytesMut::with_capacity(1024);
         buf.extend_from_slice(&[7u8; 100]);
-        let small = take_chunk(&mut buf, 100);
+        let small = take_chunk(&mut buf, 100, 1024);
         assert_eq!(small.len(), 100);
         assert_eq!(buf.capacity(), 1024, "the buffer is kept for the next read");
         buf.clear();
         buf.extend_from_slice(&[9u8; 1000]);
-        let big = take_chunk(&mut buf, 1000);
+        let big = take_chunk(&mut buf, 1000, 1024);
         assert_eq!(&big[..], &[9u8; 1000][..]);
         assert!(buf.is_empty() && buf.capacity() >= 1024, "a fresh buffer");
     }

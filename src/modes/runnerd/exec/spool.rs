@@ -240,12 +240,19 @@ impl Spool {
     }
 }
 
+/// The on-disk code of each record kind (the one table writer and reader share).
+const KIND_CODES: [(RecordKind, u32); 3] = [
+    (RecordKind::Event, 0),
+    (RecordKind::Output(OutputStream::Stdout), 1),
+    (RecordKind::Output(OutputStream::Stderr), 2),
+];
+
 fn header(record: &Record) -> [u8; RECORD_HEADER_BYTES] {
-    let kind: u32 = match record.kind {
-        RecordKind::Event => 0,
-        RecordKind::Output(OutputStream::Stdout) => 1,
-        RecordKind::Output(OutputStream::Stderr) => 2,
-    };
+    let kind = KIND_CODES
+        .iter()
+        .find(|(k, _)| *k == record.kind)
+        .map(|(_, code)| *code)
+        .expect("every kind has a code");
     let mut header = [0u8; RECORD_HEADER_BYTES];
     header[..8].copy_from_slice(&record.seq.to_le_bytes());
     header[8..12].copy_from_slice(&(record.bytes.len() as u32).to_le_bytes());
@@ -256,12 +263,8 @@ fn header(record: &Record) -> [u8; RECORD_HEADER_BYTES] {
 /// The seq, length and kind a record header holds; `None` for a kind this build never writes.
 fn parse_header(bytes: &[u8]) -> Option<(u64, usize, RecordKind)> {
     let word = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
-    let kind = match word(12) {
-        0 => RecordKind::Event,
-        1 => RecordKind::Output(OutputStream::Stdout),
-        2 => RecordKind::Output(OutputStream::Stderr),
-        _ => return None,
-    };
+    let code = word(12);
+    let kind = KIND_CODES.iter().find(|(_, c)| *c == code)?.0;
     Some((
         u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")),
         word(8) as usize,
