@@ -1,0 +1,60 @@
+"""Typed client for the tale spawner API (sync :class:`Client`, async :class:`AsyncClient`).
+
+Every request is signed with ``SANDBOX_TOKEN`` and a fresh nonce; exec and agent-run streams resume
+transparently after a dropped connection, each event delivered once; journal gaps arrive as
+:class:`GapEvent`.
+"""
+from ._signing import sign, signed_headers, signing_string
+from ._transport import ReconnectPolicy, RetryPolicy
+from .aio import AsyncClient, AsyncExecStream
+from .client import Client, ExecStream
+from .errors import (
+    ApiError,
+    BadRequest,
+    Conflict,
+    NotFound,
+    PayloadTooLarge,
+    StreamInterrupted,
+    TaleError,
+    TooManyRequests,
+    Unauthorized,
+    Unavailable,
+    UpstreamError,
+)
+from .types import (
+    AgentEvent,
+    CancelResult,
+    CredentialResult,
+    DeleteResult,
+    DestroyResult,
+    DirEntry,
+    EnvResult,
+    ErrorEvent,
+    Event,
+    ExecOutput,
+    ExecResult,
+    ExecStatus,
+    GapEvent,
+    OutputEvent,
+    PhaseEvent,
+    PinResult,
+    ResultEvent,
+    SessionInfo,
+    SkippedPath,
+    StagedFile,
+    StageFile,
+    StageResult,
+    StdinResult,
+    UnknownEvent,
+)
+
+__all__ = [
+    "AgentEvent", "ApiError", "AsyncClient", "AsyncExecStream", "BadRequest", "CancelResult",
+    "Client", "Conflict", "CredentialResult", "DeleteResult", "DestroyResult", "DirEntry",
+    "EnvResult", "ErrorEvent", "Event", "ExecOutput", "ExecResult", "ExecStatus", "ExecStream",
+    "GapEvent", "NotFound", "OutputEvent", "PayloadTooLarge", "PhaseEvent", "PinResult",
+    "ReconnectPolicy", "ResultEvent", "RetryPolicy", "SessionInfo", "SkippedPath", "StageFile",
+    "StageResult", "StagedFile", "StdinResult", "StreamInterrupted", "TaleError",
+    "TooManyRequests", "Unauthorized", "Unavailable", "UnknownEvent", "UpstreamError", "sign",
+    "signed_headers", "signing_string",
+]
