@@ -90,6 +90,103 @@ async fn cut_proxy(target: u16) -> (u16, Arc<AtomicUsize>) {
     (port, cuts)
 }
 
+/// Marks the output a split proxy cuts after: `split-<n>:` is printed, then the first half of a
+/// 4-byte character, then (a moment later) the rest.
+const SPLIT_MARKER: &[u8] = b"split-";
+
+/// Where a split proxy stops forwarding what it has seen of a response.
+#[derive(Debug, PartialEq)]
+enum SplitCut {
+    /// Forward everything.
+    None,
+    /// Forward up to here and wait for more (a marker's frame has not ended yet).
+    Hold(usize),
+    /// Forward up to here (the end of the marker's frame), then close; remember the token.
+    At(usize, String),
+}
+
+/// The first `split-<n>:` in `seen` not yet cut after.
+fn split_cut(seen: &[u8], done: &std::collections::HashSet<String>) -> SplitCut {
+    let mut from = 0;
+    while let Some(offset) = seen[from..]
+        .windows(SPLIT_MARKER.len())
+        .position(|w| w == SPLIT_MARKER)
+    {
+        let start = from + offset;
+        let Some(colon) = seen[start..].iter().position(|b| *b == b':') else {
+            return SplitCut::Hold(start);
+        };
+        let token = String::from_utf8_lossy(&seen[start..start + colon]).into_owned();
+        from = start + colon;
+        if done.contains(&token) {
+            continue;
+        }
+        return match seen[start..].windows(2).position(|w| w == b"\n\n") {
+            Some(end) => SplitCut::At(start + end + 2, token),
+            None => SplitCut::Hold(start),
+        };
+    }
+    SplitCut::None
+}
+
+/// A TCP proxy to `127.0.0.1:target` that closes a connection right after the SSE frame carrying
+/// a `split-<n>:` marker it has not cut after before — exactly between the two halves of the
+/// character that follows the marker. Returns its port and the markers it cut after.
+async fn split_proxy(
+    target: u16,
+) -> (
+    u16,
+    Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let done = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+    let cut_markers = done.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((client, _)) = listener.accept().await else {
+                continue;
+            };
+            let done = cut_markers.clone();
+            tokio::spawn(async move {
+                let Ok(server) = TcpStream::connect(("127.0.0.1", target)).await else {
+                    return;
+                };
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                let upstream = tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+                });
+                let mut seen = Vec::new();
+                let mut sent = 0;
+                let mut buffer = vec![0u8; 16 * 1024];
+                loop {
+                    let n = match server_read.read(&mut buffer).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    seen.extend_from_slice(&buffer[..n]);
+                    let cut = split_cut(&seen, &done.lock().unwrap());
+                    let until = match &cut {
+                        SplitCut::None => seen.len(),
+                        SplitCut::Hold(at) | SplitCut::At(at, _) => (*at).max(sent),
+                    };
+                    if client_write.write_all(&seen[sent..until]).await.is_err() {
+                        break;
+                    }
+                    sent = until;
+                    if let SplitCut::At(_, token) = cut {
+                        done.lock().unwrap().insert(token);
+                        break;
+                    }
+                }
+                upstream.abort();
+            });
+        }
+    });
+    (port, done)
+}
+
 /// Runs `command` to completion within `SUITE_DEADLINE` off the async runtime (the proxy and the
 /// fake model keep serving); returns (success, combined output).
 async fn run(mut command: Command, what: &str) -> (bool, String) {
@@ -185,6 +282,7 @@ fn assert_cut(proxies: &[(u16, Arc<AtomicUsize>)]) {
 fn live_env(
     spawner: &SpawnerProcess,
     proxies: &[(u16, Arc<AtomicUsize>)],
+    split: u16,
     model: &FakeModel,
 ) -> Vec<(String, String)> {
     let urls: Vec<String> = proxies
@@ -197,6 +295,10 @@ fn live_env(
             format!("http://127.0.0.1:{}", spawner.port),
         ),
         ("TALE_TEST_CUT_PROXY_URLS".into(), urls.join(",")),
+        (
+            "TALE_TEST_SPLIT_PROXY_URL".into(),
+            format!("http://127.0.0.1:{split}"),
+        ),
         ("SANDBOX_TOKEN".into(), SANDBOX_TOKEN.into()),
         ("TALE_TEST_MODEL_URL".into(), model.root()),
         ("TALE_TEST_GATEWAY_TOKEN".into(), GATEWAY_TOKEN.into()),
@@ -229,12 +331,13 @@ async fn python_client_suite_passes_against_the_real_spawner() {
     let model = FakeModel::start("/anthropic", GATEWAY_TOKEN).await;
     let spawner = SpawnerProcess::local(&[]).await;
     let proxies = cut_proxies(spawner.port).await;
+    let (split, split_markers) = split_proxy(spawner.port).await;
     let mut pytest = Command::new(venv.join("bin/python"));
     pytest
         .args(["-m", "pytest", "-p", "no:cacheprovider", "-rs", "-v"])
         .arg(repo().join("clients/python/tests"))
         .current_dir(repo().join("clients/python"))
-        .envs(live_env(&spawner, &proxies, &model));
+        .envs(live_env(&spawner, &proxies, split, &model));
     let (ok, output) = run(pytest, "pytest").await;
     println!("{output}");
     assert!(
@@ -248,6 +351,10 @@ async fn python_client_suite_passes_against_the_real_spawner() {
         "every Python test must run and pass: {line}"
     );
     assert_cut(&proxies);
+    assert!(
+        !split_markers.lock().unwrap().is_empty(),
+        "the split proxy never cut"
+    );
 }
 
 /// `npm ci` when the lockfile changed since the last install (the pinned `typescript` only).
@@ -280,6 +387,7 @@ async fn typescript_client_suite_passes_against_the_real_spawner() {
     let model = FakeModel::start("/anthropic", GATEWAY_TOKEN).await;
     let spawner = SpawnerProcess::local(&[]).await;
     let proxies = cut_proxies(spawner.port).await;
+    let (split, split_markers) = split_proxy(spawner.port).await;
     let mut test_files: Vec<PathBuf> = std::fs::read_dir(dir.join("dist/test"))
         .unwrap()
         .map(|entry| entry.unwrap().path())
@@ -291,7 +399,7 @@ async fn typescript_client_suite_passes_against_the_real_spawner() {
     test.args(["--test", "--test-reporter=spec"])
         .args(&test_files)
         .current_dir(&dir)
-        .envs(live_env(&spawner, &proxies, &model));
+        .envs(live_env(&spawner, &proxies, split, &model));
     let (ok, output) = run(test, "node test").await;
     println!("{output}");
     assert!(
@@ -309,6 +417,27 @@ async fn typescript_client_suite_passes_against_the_real_spawner() {
         assert_eq!(count == 0, expected_zero, "{line}");
     }
     assert_cut(&proxies);
+    assert!(
+        !split_markers.lock().unwrap().is_empty(),
+        "the split proxy never cut"
+    );
+}
+
+/// The split proxy cuts once per marker, right after the end of the marker's frame.
+#[test]
+fn split_cut_points() {
+    let mut done = std::collections::HashSet::new();
+    let frame = b"event: stdout\nid: 4\ndata: {\"text\":\"split-1:\"}\n\nevent: x\n\n";
+    let end = frame.windows(2).position(|w| w == b"\n\n").unwrap() + 2;
+    assert_eq!(split_cut(frame, &done), SplitCut::At(end, "split-1".into()));
+    let start = frame.windows(6).position(|w| w == b"split-").unwrap();
+    // The marker's frame has not ended: hold at the marker (a marker cut short is no marker yet).
+    assert_eq!(split_cut(&frame[..start + 9], &done), SplitCut::Hold(start));
+    assert_eq!(split_cut(&frame[..start + 6], &done), SplitCut::Hold(start));
+    assert_eq!(split_cut(&frame[..start + 3], &done), SplitCut::None);
+    assert_eq!(split_cut(b"no marker", &done), SplitCut::None);
+    done.insert("split-1".to_string());
+    assert_eq!(split_cut(frame, &done), SplitCut::None);
 }
 
 /// The README's `curl` + `openssl` example, run verbatim with bash, creates a session.

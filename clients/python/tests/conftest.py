@@ -38,6 +38,16 @@ def cut_proxy_urls() -> List[str]:
 
 
 @pytest.fixture
+def split_proxy_url() -> str:
+    """A proxy that cuts a connection right after the frame carrying a new `split-<n>:` marker."""
+    _live()
+    url = os.environ.get("TALE_TEST_SPLIT_PROXY_URL")
+    if not url:
+        pytest.skip("no split proxy configured (TALE_TEST_SPLIT_PROXY_URL)")
+    return url
+
+
+@pytest.fixture
 def client(spawner_url: str) -> Iterator[Client]:
     with Client(spawner_url) as client:
         yield client

@@ -255,3 +255,20 @@ def test_agent_run_through_cut_connections(cut_proxy_urls: List[str], client: Cl
         assert client.read_file(sid, "proof.txt") == b"tale-was-here\n"
     finally:
         client.delete_session(sid)
+
+
+def test_a_character_cut_at_the_resume_point_arrives_whole(split_proxy_url: str, session: str) -> None:
+    """The proxy cuts right after the frame that holds the first half of a 4-byte character: the
+    resumed connection must still deliver the character whole (a resume at the last seq would
+    hand the spawner's fresh decoder a bare second half: two U+FFFD)."""
+    with Client(split_proxy_url) as client:
+        for attempt in range(5):
+            marker = f"split-{attempt}:"
+            shell = f"printf '{marker}\\360\\237'; sleep 0.3; printf '\\230\\200 done\\n'"
+            stream = client.exec(session, shell=shell, exec_id=f"split{attempt}", collect_output=False)
+            outputs = [e for e in stream if isinstance(e, OutputEvent)]
+            assert "".join(e.text for e in outputs) == f"{marker}😀 done\n"
+            assert stream.reconnects == 1
+            if any(e.text == marker for e in outputs):
+                return  # the halves came as two chunks and the cut fell between them
+    pytest.fail("runnerd never read the two halves of the character separately")

@@ -271,3 +271,25 @@ test("an agent run resumes through cut connections; steer; reattach yields the s
     assert.equal(new TextDecoder().decode(await client.readFile(sid, "proof.txt")), "tale-was-here\n");
   }, "agent");
 });
+
+test("a character cut at the resume point arrives whole", { skip }, async () => {
+  // The proxy cuts right after the frame that holds the first half of a 4-byte character: the
+  // resumed connection must still deliver it whole (a resume at the last seq would hand the
+  // spawner's fresh decoder a bare second half: two U+FFFD).
+  const splitUrl = process.env.TALE_TEST_SPLIT_PROXY_URL;
+  assert.ok(splitUrl, "TALE_TEST_SPLIT_PROXY_URL is set");
+  const split = new TaleClient({ baseUrl: splitUrl });
+  await withSession(async (sid) => {
+    for (let attempt = 0; attempt < 5; attempt++) {
+      const marker = `split-${attempt}:`;
+      const shell = `printf '${marker}\\360\\237'; sleep 0.3; printf '\\230\\200 done\\n'`;
+      const stream = split.exec(sid, { shell, execId: `split${attempt}`, collectOutput: false });
+      const outputs: string[] = [];
+      for await (const event of stream) if (event.type === "stdout") outputs.push(event.text);
+      assert.equal(outputs.join(""), `${marker}😀 done\n`);
+      assert.equal(stream.reconnects, 1);
+      if (outputs.includes(marker)) return; // two chunks, and the cut fell between them
+    }
+    assert.fail("runnerd never read the two halves of the character separately");
+  });
+});
