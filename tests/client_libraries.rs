@@ -4,8 +4,8 @@
 //! real — plus the real Claude Code CLI against the scripted model for agent runs. Also runs the
 //! README's `curl` + `openssl` signed-request example verbatim.
 //!
-//! Python: a venv under `target/client-libraries/` (PyPI: pinned httpx, pytest, setuptools; kept
-//! while the pins are unchanged), `./clients/python` installed into it. TypeScript: `npm ci` (the
+//! Python: a venv under `target/client-libraries/` (PyPI: pinned httpx, pytest, setuptools, mypy;
+//! kept while the pins are unchanged), `./clients/python` installed into it, `mypy --strict`. TypeScript: `npm ci` (the
 //! pinned `typescript` devDependency; kept while the lockfile is unchanged), `tsc`, `node --test`.
 mod support;
 
@@ -20,7 +20,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// Packages of the Python test venv; the venv is rebuilt when this changes.
-const PYTHON_TEST_PINS: &[&str] = &["httpx==0.28.1", "pytest==9.2.0", "setuptools==80.9.0"];
+const PYTHON_TEST_PINS: &[&str] = &[
+    "httpx==0.28.1",
+    "pytest==9.2.0",
+    "setuptools==80.9.0",
+    "mypy==1.19.1",
+];
 /// The gateway key the agent-run tests hand the scripted model.
 const GATEWAY_TOKEN: &str = "vk-client-libraries";
 /// Bytes of response the cut proxy lets through on its first connection, and how many more on
@@ -311,7 +316,8 @@ fn summary<'a>(output: &'a str, needle: &str) -> Option<&'a str> {
     output.lines().rev().find(|line| line.contains(needle))
 }
 
-/// The Python client's suite (unit and live) passes against the real spawner, with nothing skipped.
+/// The Python client type-checks (mypy --strict) and its suite (unit and live) passes against the
+/// real spawner, with nothing skipped.
 #[tokio::test(flavor = "multi_thread")]
 async fn python_client_suite_passes_against_the_real_spawner() {
     let venv = python_venv().await;
@@ -327,6 +333,12 @@ async fn python_client_suite_passes_against_the_real_spawner() {
         ])
         .arg(repo().join("clients/python"));
     must_run(install, "pip install clients-python").await;
+    // The package is typed: its annotations must hold under mypy's strict mode.
+    let mut mypy = Command::new(venv.join("bin/python"));
+    mypy.args(["-m", "mypy", "--strict", "--cache-dir"])
+        .arg(work_dir().join("mypy-cache"))
+        .arg(repo().join("clients/python/src/tale_client"));
+    must_run(mypy, "mypy").await;
 
     let model = FakeModel::start("/anthropic", GATEWAY_TOKEN).await;
     let spawner = SpawnerProcess::local(&[]).await;

@@ -6,7 +6,7 @@ import base64
 import json
 import secrets
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Generic, Iterable, List, Mapping, Optional, Sequence, TypeVar, Union
+from typing import Any, Callable, Dict, FrozenSet, Generic, Iterable, List, Mapping, Optional, Sequence, TypeVar, Union
 from urllib.parse import quote, urlencode
 
 from .errors import BadRequest
@@ -40,7 +40,7 @@ class Call(Generic[T]):
     body: Optional[bytes]
     read: Callable[[int, Any, bytes], T]
     # Statuses other than 2xx whose body is an answer rather than an error.
-    answers: frozenset = frozenset()
+    answers: FrozenSet[int] = frozenset()
 
 
 @dataclass(frozen=True)

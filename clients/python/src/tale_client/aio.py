@@ -117,9 +117,12 @@ class AsyncExecStream:
                         if getattr(err, "status", None) == 502:
                             continue
                         raise
+                response = self._response
+                if response is None:
+                    raise StreamInterrupted(f"no connection to the stream of {self.exec_id}")
                 parser = SseParser()
                 try:
-                    async for chunk in self._response.aiter_bytes():
+                    async for chunk in response.aiter_bytes():
                         for frame in parser.feed(chunk):
                             event = self._cursor.accept(frame)
                             if event is None:

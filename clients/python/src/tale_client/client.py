@@ -117,9 +117,12 @@ class ExecStream:
                         if getattr(err, "status", None) == 502:
                             continue
                         raise
+                response = self._response
+                if response is None:
+                    raise StreamInterrupted(f"no connection to the stream of {self.exec_id}")
                 parser = SseParser()
                 try:
-                    for chunk in self._response.iter_bytes():
+                    for chunk in response.iter_bytes():
                         for frame in parser.feed(chunk):
                             event = self._cursor.accept(frame)
                             if event is None:
