@@ -367,6 +367,19 @@ async fn python_client_suite_passes_against_the_real_spawner() {
         !split_markers.lock().unwrap().is_empty(),
         "the split proxy never cut"
     );
+
+    // The README's example, as it stands.
+    let mut example = Command::new(venv.join("bin/python"));
+    example
+        .arg("-c")
+        .arg(readme_block("<!-- python-example -->", "python"))
+        .env(
+            "TALE_SPAWNER_URL",
+            format!("http://127.0.0.1:{}", spawner.port),
+        )
+        .env("SANDBOX_TOKEN", SANDBOX_TOKEN);
+    let output = must_run(example, "python readme example").await;
+    assert!(output.ends_with("hi\n\n"), "{output}");
 }
 
 /// `npm ci` when the lockfile changed since the last install (the pinned `typescript` only).
@@ -433,6 +446,22 @@ async fn typescript_client_suite_passes_against_the_real_spawner() {
         !split_markers.lock().unwrap().is_empty(),
         "the split proxy never cut"
     );
+
+    // The README's example, as it stands but for the package name (this checkout's build).
+    let script = dir.join("dist/readme-example.mjs");
+    let code = readme_block("<!-- typescript-example -->", "ts")
+        .replace("from \"tale-client\"", "from \"./src/index.js\"");
+    std::fs::write(&script, code).unwrap();
+    let mut example = Command::new("node");
+    example
+        .arg(&script)
+        .env(
+            "TALE_SPAWNER_URL",
+            format!("http://127.0.0.1:{}", spawner.port),
+        )
+        .env("SANDBOX_TOKEN", SANDBOX_TOKEN);
+    let output = must_run(example, "typescript readme example").await;
+    assert!(output.ends_with("hi\n\n"), "{output}");
 }
 
 /// The split proxy cuts once per marker, right after the end of the marker's frame.
@@ -452,21 +481,27 @@ fn split_cut_points() {
     assert_eq!(split_cut(frame, &done), SplitCut::None);
 }
 
+/// The fenced block (opening with "```" + `lang`) that follows `marker` in the README.
+fn readme_block(marker: &str, lang: &str) -> String {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let start = readme
+        .find(marker)
+        .unwrap_or_else(|| panic!("the README has no {marker}"));
+    readme[start..]
+        .split(&format!("```{lang}\n"))
+        .nth(1)
+        .and_then(|rest| rest.split("\n```").next())
+        .unwrap_or_else(|| panic!("no {lang} block after {marker}"))
+        .to_owned()
+}
+
 /// The README's `curl` + `openssl` example, run verbatim with bash, creates a session.
 #[tokio::test(flavor = "multi_thread")]
 async fn readme_curl_example_signs_a_request_that_the_spawner_accepts() {
-    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
-    let start = readme
-        .find("<!-- signed-request-example -->")
-        .expect("the README marks its signed-request example");
-    let block = readme[start..]
-        .split("```sh\n")
-        .nth(1)
-        .and_then(|rest| rest.split("\n```").next())
-        .expect("a sh block after the marker");
+    let block = readme_block("<!-- signed-request-example -->", "sh");
     let spawner = SpawnerProcess::local(&[]).await;
     let mut bash = Command::new("bash");
-    bash.args(["-euo", "pipefail", "-c", block])
+    bash.args(["-euo", "pipefail", "-c", &block])
         .env(
             "TALE_SPAWNER_URL",
             format!("http://127.0.0.1:{}", spawner.port),
