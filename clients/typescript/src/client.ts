@@ -226,7 +226,8 @@ export class ExecStream implements AsyncIterable<ExecEvent> {
           try {
             response = await this.client.open(this.resume(), this.cursor.resumeId(), this.controller);
           } catch (err) {
-            if (isTransportError(err) || (err instanceof ApiError && err.status === 502)) continue;
+            // A transport failure, or the session's runnerd or the spawner struggling: try again later.
+            if (isTransportError(err) || (err instanceof ApiError && (err.status === 502 || err.status === 503))) continue;
             throw err;
           }
         }

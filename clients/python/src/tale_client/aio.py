@@ -18,7 +18,7 @@ from ._transport import (
     parse_body,
     retry_after,
 )
-from .errors import StreamInterrupted, api_error
+from .errors import ApiError, StreamInterrupted, api_error
 from .types import (
     AgentEvent,
     CancelResult,
@@ -49,7 +49,9 @@ T = TypeVar("T")
 class AsyncExecStream:
     """The events of one exec (or agent run), in order, each exactly once.
 
-    Iterate it (or call :meth:`collect`). A connection that drops mid-stream is resumed
+    Iterate it with ``async for`` (or await :meth:`collect`); use ``async with client.exec(...) as
+    stream:`` when the loop may end early, since a broken-off ``async for`` does not close the
+    connection by itself. A connection that drops mid-stream is resumed
     transparently by an attach (``Last-Event-ID``); events already delivered are not repeated, and
     output the session's journal no longer holds arrives as a :class:`GapEvent`. The stream ends
     after the ``ResultEvent`` (or an ``ErrorEvent``). Closing it early leaves the exec running.
@@ -113,8 +115,9 @@ class AsyncExecStream:
                         self._response = await self._client._open(self._resume(), self._cursor.resume_id())
                     except httpx.TransportError:
                         continue
-                    except Exception as err:
-                        if getattr(err, "status", None) == 502:
+                    except ApiError as err:
+                        # The session's runnerd or the spawner is struggling: try again later.
+                        if err.status in (502, 503):
                             continue
                         raise
                 response = self._response

@@ -18,7 +18,7 @@ from ._transport import (
     parse_body,
     retry_after,
 )
-from .errors import StreamInterrupted, api_error
+from .errors import ApiError, StreamInterrupted, api_error
 from .types import (
     AgentEvent,
     CancelResult,
@@ -113,8 +113,9 @@ class ExecStream:
                         self._response = self._client._open(self._resume(), self._cursor.resume_id())
                     except httpx.TransportError:
                         continue
-                    except Exception as err:
-                        if getattr(err, "status", None) == 502:
+                    except ApiError as err:
+                        # The session's runnerd or the spawner is struggling: try again later.
+                        if err.status in (502, 503):
                             continue
                         raise
                 response = self._response
