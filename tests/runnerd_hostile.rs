@@ -434,18 +434,27 @@ async fn idle_connections_cannot_starve_spawning() {
     })
     .await
     .unwrap();
-    // Another session's address: every loopback address reaches runnerd's listener.
+    // Another session's address: every loopback address reaches runnerd's listener. Opened in
+    // concurrent batches, each connect bounded: a runnerd that stops accepting (out of
+    // descriptors) leaves them hanging in a full backlog.
+    let target: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut idle = Vec::with_capacity(6000);
-    for _ in 0..6000 {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
-        idle.push(
-            socket
-                .connect(format!("127.0.0.1:{port}").parse().unwrap())
-                .await
-                .unwrap(),
-        );
+    for _ in 0..12 {
+        let mut batch = tokio::task::JoinSet::new();
+        for _ in 0..500 {
+            batch.spawn(async move {
+                let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+                tokio::time::timeout(Duration::from_secs(5), socket.connect(target)).await
+            });
+        }
+        for connected in batch.join_all().await {
+            if let Ok(Ok(stream)) = connected {
+                idle.push(stream);
+            }
+        }
     }
+    assert_eq!(idle.len(), 6000, "runnerd kept accepting: {}", daemon.log());
     for i in 0..5 {
         let events = c
             .exec(json!({"execId": format!("while-held-{i}"), "shell": "ulimit -Sn", "timeoutMs": 10000}))
