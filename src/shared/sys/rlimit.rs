@@ -40,12 +40,12 @@ pub fn raise_nofile_limit() -> std::io::Result<u64> {
     if soft < hard {
         set_nofile(hard, hard)?;
     }
-    Ok(hard as u64)
+    Ok(hard)
 }
 
 /// The soft `RLIMIT_NOFILE` in force now.
 pub fn nofile_soft_limit() -> std::io::Result<u64> {
-    get_nofile().map(|(soft, _)| soft as u64)
+    get_nofile().map(|(soft, _)| soft)
 }
 
 /// Gives the child the `RLIMIT_NOFILE` runnerd inherited (when [`raise_nofile_limit`] ran).
