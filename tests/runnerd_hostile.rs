@@ -506,3 +506,49 @@ async fn never_ending_body_is_closed() {
     assert!(reply.contains("request_timeout"), "{reply}");
     assert!(took < Duration::from_secs(10), "closed after {took:?}");
 }
+
+/// SIGTERM: a live exec's stream still ends with its terminal event, an idle connection is
+/// closed, the daemon exits 0, and its state directory (credential socket, spool) is gone.
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_drains_and_removes_the_state_dir() {
+    let daemon = Runnerd::start(Options::default()).await;
+    let c = daemon.client.clone();
+    let events = c
+        .exec(
+            json!({"execId": "where", "shell": "echo $TALE_CREDENTIAL_SOCKET", "timeoutMs": 10000}),
+        )
+        .await;
+    let socket = PathBuf::from(
+        String::from_utf8(output(&events, "stdout"))
+            .unwrap()
+            .trim()
+            .to_string(),
+    );
+    let state = socket.parent().unwrap().to_path_buf();
+    assert!(!socket.starts_with(&daemon.root), "{socket:?}");
+    assert!(std::fs::symlink_metadata(&socket).is_ok(), "{socket:?}");
+    let mut stream = c
+        .exec_stream(json!({"execId": "long", "command": ["sleep", "300"], "timeoutMs": 600000}))
+        .await;
+    assert_eq!(stream.next().await.unwrap()["t"], "start");
+    let mut idle = std::net::TcpStream::connect(("127.0.0.1", daemon.port)).unwrap();
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    let events = tokio::time::timeout(Duration::from_secs(20), stream.collect_all())
+        .await
+        .expect("the stream ends at shutdown");
+    assert_eq!(terminal(&events)["t"], "exit");
+    let (status, daemon) = tokio::task::spawn_blocking(move || {
+        let mut daemon = daemon;
+        (daemon.wait_exit(Duration::from_secs(20)), daemon)
+    })
+    .await
+    .unwrap();
+    assert!(status.is_some_and(|s| s.success()), "{}", daemon.log());
+    assert!(!state.exists(), "state dir {state:?} left behind");
+    idle.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut rest = Vec::new();
+    assert!(
+        idle.read_to_end(&mut rest).is_ok(),
+        "idle connection closed"
+    );
+}

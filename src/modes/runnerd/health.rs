@@ -1,8 +1,10 @@
 //! `/healthz`'s spawn probe: a health check that stays green while execs cannot start is a lie.
 //!
-//! The probe walks the path an exec takes: a spawn slot, a blocking thread, then a real spawn of
-//! `<shell> -c :` as the exec user (fork, setuid, exec, its descriptors), reaped through the one
-//! reaper — each step within [`HEALTH_PROBE_TIMEOUT`]. Concurrent health checks share one probe,
+//! The probe walks the path an exec takes: a blocking thread, then a real spawn of `<shell> -c :`
+//! as the exec user (fork, setuid, exec, its descriptors), reaped through the one reaper — each
+//! step within [`HEALTH_PROBE_TIMEOUT`]. It does not queue for a spawn slot: behind a burst of
+//! execs that would only measure the burst (the blocking pool keeps threads beyond the spawn
+//! slots and file permits, so the probe still gets one). Concurrent health checks share one probe,
 //! and a result is reused for [`HEALTH_PROBE_REUSE`] so polling `/healthz` costs at most one
 //! process per interval.
 use super::limits::{HEALTH_PROBE_REUSE, HEALTH_PROBE_TIMEOUT};
@@ -14,9 +16,6 @@ use std::time::Instant;
 /// Why runnerd cannot spawn now.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Unhealthy {
-    /// Every spawn slot stayed taken for the probe's time.
-    #[error("spawn slots stuck: every spawn slot stayed busy for the probe's time")]
-    SpawnSlotsStuck,
     /// No blocking thread picked up the probe in time.
     #[error("blocking threads stuck: no thread picked up the spawn probe in time")]
     BlockingThreadsStuck,
@@ -53,10 +52,6 @@ impl SpawnProbe {
 }
 
 async fn probe(daemon: &Arc<Daemon>) -> Result<(), Unhealthy> {
-    let _slot = tokio::time::timeout(HEALTH_PROBE_TIMEOUT, daemon.spawn_permits.acquire())
-        .await
-        .map_err(|_| Unhealthy::SpawnSlotsStuck)?
-        .map_err(|_| Unhealthy::SpawnSlotsStuck)?;
     let mut command = Command::new(daemon.launcher.shell());
     command
         .args(["-c", ":"])

@@ -33,7 +33,7 @@ pub const FD_RESERVE: usize = 256;
 pub const FDS_PER_LIVE_EXEC: usize = 8;
 /// On shutdown, how long open connections get to finish what is in flight before they are closed.
 pub const CONNECTION_DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
-/// `/healthz` probes the spawn path (a spawn slot, a blocking thread, a free descriptor); each
+/// `/healthz` probes the spawn path (a blocking thread, then a real spawn as the exec user); each
 /// probe step must answer within this time or the daemon reports itself unhealthy.
 pub const HEALTH_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// A spawn probe's answer is reused by `/healthz` calls within this time (one probe process per
