@@ -10,7 +10,7 @@ use super::limits::{
 };
 use crate::shared::protocol::runnerd::{CredentialAnswer, CredentialQuery, GitCredentialGrant};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -114,30 +114,65 @@ impl CredentialStore {
     }
 }
 
-/// Binds the credential socket at `path`: owned by the exec user (when given) with mode 0600, so no
-/// other user can ask. A stale socket file from an earlier run is replaced.
-pub fn bind_socket(path: &Path, owner: Option<(u32, u32)>) -> std::io::Result<UnixListener> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
+/// Binds the credential socket `name` in the directory `dir` (opened by the caller, so the bind,
+/// the stale-file removal and the ownership change all go through that descriptor, never a path
+/// someone could redirect): owned by the exec user (when given) with mode 0600, so no other user
+/// can ask. A stale socket file from an earlier run is replaced.
+pub fn bind_socket(
+    dir: &std::os::fd::OwnedFd,
+    name: &str,
+    owner: Option<(u32, u32)>,
+) -> std::io::Result<UnixListener> {
+    use nix::sys::stat::{fchmodat, fstatat, FchmodatFlags, Mode, SFlag};
+    use nix::unistd::{fchownat, unlinkat, Gid, Uid, UnlinkatFlags};
+    use std::os::fd::AsRawFd;
+    match unlinkat(dir, name, UnlinkatFlags::NoRemoveDir) {
+        Ok(()) | Err(nix::errno::Errno::ENOENT) => {}
+        Err(errno) => return Err(errno.into()),
     }
-    match std::fs::remove_file(path) {
-        Err(err) if err.kind() != std::io::ErrorKind::NotFound => return Err(err),
-        _ => {}
+    // bind(2) takes a path; naming the directory through its descriptor keeps the bind where
+    // the caller opened, whatever happens to the path meanwhile.
+    let through_fd = format!("/proc/self/fd/{}/{name}", dir.as_raw_fd());
+    let listener = UnixListener::bind(through_fd)?;
+    let stat = fstatat(dir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)?;
+    if SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT != SFlag::S_IFSOCK {
+        return Err(std::io::Error::other("the bound socket was replaced"));
     }
-    let listener = UnixListener::bind(path)?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    fchmodat(
+        dir,
+        name,
+        Mode::from_bits_truncate(0o600),
+        FchmodatFlags::FollowSymlink,
+    )?;
     if let Some((uid, gid)) = owner {
-        std::os::unix::fs::chown(path, Some(uid), Some(gid))?;
+        fchownat(
+            dir,
+            name,
+            Some(Uid::from_raw(uid)),
+            Some(Gid::from_raw(gid)),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )?;
     }
     Ok(listener)
 }
 
-/// Answers helper queries until the runtime stops: one JSON line in, one JSON line out, per
-/// connection.
-pub async fn serve_socket(listener: UnixListener, store: Arc<CredentialStore>, path: PathBuf) {
+/// Answers helper queries until shutdown drains: one JSON line in, one JSON line out, per
+/// connection. Each connection is bounded by [`CREDENTIAL_QUERY_TIMEOUT`] and owned by a set that
+/// is aborted when this returns.
+pub async fn serve_socket(
+    listener: UnixListener,
+    store: Arc<CredentialStore>,
+    path: PathBuf,
+    mut stage: tokio::sync::watch::Receiver<super::listener::Stage>,
+) {
+    let mut queries = tokio::task::JoinSet::new();
     loop {
-        let (stream, _) = match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stage.wait_for(|s| *s >= super::listener::Stage::Drain) => return,
+            Some(_) = queries.join_next(), if !queries.is_empty() => continue,
+        };
+        let (stream, _) = match accepted {
             Ok(accepted) => accepted,
             Err(err) => {
                 tracing::warn!(%err, socket = %path.display(), "credential socket accept failed");
@@ -146,7 +181,7 @@ pub async fn serve_socket(listener: UnixListener, store: Arc<CredentialStore>, p
             }
         };
         let store = store.clone();
-        tokio::spawn(async move {
+        queries.spawn(async move {
             let (read, mut write) = stream.into_split();
             let mut line = String::new();
             let mut reader = BufReader::new(read.take(MAX_CREDENTIAL_QUERY_BYTES as u64));
@@ -161,7 +196,7 @@ pub async fn serve_socket(listener: UnixListener, store: Arc<CredentialStore>, p
             };
             let mut reply = serde_json::to_vec(&answer).expect("answers serialize");
             reply.push(b'\n');
-            let _ = write.write_all(&reply).await;
+            let _ = tokio::time::timeout(CREDENTIAL_QUERY_TIMEOUT, write.write_all(&reply)).await;
         });
     }
 }

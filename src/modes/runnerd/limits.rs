@@ -5,12 +5,40 @@ use std::time::Duration;
 // --- HTTP edge -------------------------------------------------------------------------------
 /// Largest request body accepted on any route; larger bodies get 413 `payload_too_large`.
 pub const MAX_REQUEST_BODY_BYTES: usize = 8 * 1024 * 1024;
-/// Threads for blocking work (spawning, file operations, spool reads).
-pub const BLOCKING_THREADS: usize = 8;
 /// Execs being spawned at once (the rest of a burst waits its turn before building its command).
-pub const SPAWNS_AT_ONCE: usize = BLOCKING_THREADS;
+pub const SPAWNS_AT_ONCE: usize = 8;
+/// Workspace file operations (stage, delete, list, read) running at once: fewer than the blocking
+/// threads, so file work can never take every thread spawns need.
+pub const FILE_OPS_AT_ONCE: usize = 4;
+/// Threads for blocking work: one per concurrent spawn and file operation, plus spool reads.
+pub const BLOCKING_THREADS: usize = SPAWNS_AT_ONCE + FILE_OPS_AT_ONCE + 2;
 /// Time allowed for a client to send the request headers.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default time allowed for a whole request body once the headers arrived
+/// (`--body-read-timeout-ms`); a body still arriving after it (a never-ending chunked body) gets
+/// 408 `request_timeout` and the connection is closed.
+pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+// --- connections -----------------------------------------------------------------------------
+/// Default cap on connections open at once (`--max-connections`).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// Default cap on connections from one source address that have not yet sent an authenticated
+/// request (`--max-connections-per-source`).
+pub const DEFAULT_MAX_CONNECTIONS_PER_SOURCE: usize = 64;
+/// Descriptors kept free for everything but connections (runnerd's own files, the spool, the
+/// credential socket) on top of [`FDS_PER_LIVE_EXEC`] per allowed live exec: the connection cap
+/// is lowered at boot so that sockets can never take them.
+pub const FD_RESERVE: usize = 256;
+/// Descriptors an exec costs runnerd while it runs (three pipes while spawning, pump ends, spool).
+pub const FDS_PER_LIVE_EXEC: usize = 8;
+/// On shutdown, how long open connections get to finish what is in flight before they are closed.
+pub const CONNECTION_DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
+/// `/healthz` probes the spawn path (a blocking thread, then a real spawn as the exec user); each
+/// probe step must answer within this time or the daemon reports itself unhealthy.
+pub const HEALTH_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// A spawn probe's answer is reused by `/healthz` calls within this time (one probe process per
+/// interval at most, however often the daemon is polled).
+pub const HEALTH_PROBE_REUSE: Duration = Duration::from_secs(1);
 
 // --- execs -----------------------------------------------------------------------------------
 /// Default number of execs that may run at once (`--max-live-execs`).
@@ -66,6 +94,9 @@ pub const MAX_STAGE_URL_BYTES: u64 = 100 * 1024 * 1024;
 pub const STAGE_URL_TIMEOUT: Duration = Duration::from_secs(120);
 /// Largest file `GET /fs/read` returns.
 pub const MAX_READ_FILE_BYTES: u64 = 20 * 1024 * 1024;
+/// Time limit of one blocking file operation (stage write, delete, list, read); past it the
+/// request fails with 503 `file_operation_timed_out` (or the skipped reason `timed_out`).
+pub const FILE_OP_TIMEOUT: Duration = Duration::from_secs(30);
 
 // --- git credentials -------------------------------------------------------------------------
 /// Most hosts with a granted git credential at once.

@@ -2,14 +2,18 @@
 //! groups as the unprivileged exec user, streams their events from a replayable journal, and keeps
 //! the session's env store and workspace file operations.
 pub mod activity;
+pub mod boot_dirs;
 pub mod credentials;
 pub mod env_store;
 pub mod exec;
 pub mod files;
+pub mod health;
 pub mod init;
 pub mod limits;
+pub mod listener;
 pub mod server;
 pub mod state;
+pub mod state_dir;
 mod stream;
 
 use crate::shared::logging::{self, LogFormat};
@@ -21,6 +25,7 @@ use exec::spool::SpoolBudget;
 use exec::ExecTable;
 use init::Reaper;
 use limits::*;
+use listener::Stage;
 use nix::sys::signal::Signal;
 use state::Daemon;
 use std::path::{Path, PathBuf};
@@ -52,14 +57,18 @@ pub struct Args {
     /// Finished execs kept for attach and status.
     #[arg(long, env = "TALE_MAX_RETAINED_EXECS", default_value_t = DEFAULT_MAX_RETAINED_EXECS)]
     pub max_retained_execs: usize,
-    /// Directory of the journal's disk spool [default: <workspace root>/.tale/journal].
+    /// Base of runnerd's private state (journal spool, credential socket): a fresh directory is
+    /// made inside it at boot [default: /run/tale, else the system temp dir].
+    #[arg(long, env = "TALE_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Directory of the journal's disk spool [default: <state dir>/journal].
     #[arg(long, env = "TALE_JOURNAL_DIR")]
     pub journal_dir: Option<PathBuf>,
     /// Directories shared by every user of the session (per-organization caches): created and set
     /// to mode 1777 at boot. Colon-separated in the environment.
     #[arg(long = "shared-dir", env = "TALE_SHARED_DIRS", value_delimiter = ':')]
     pub shared_dirs: Vec<PathBuf>,
-    /// Unix socket the git credential helper asks [default: <workspace root>/.tale/credential.sock].
+    /// Unix socket the git credential helper asks [default: <state dir>/credential.sock].
     #[arg(long, env = "TALE_CREDENTIAL_SOCKET")]
     pub credential_socket: Option<PathBuf>,
     /// In-memory tail of each exec's journal, in bytes.
@@ -74,6 +83,15 @@ pub struct Args {
     /// On SIGTERM/SIGINT/SIGHUP: milliseconds between SIGTERM to every exec and SIGKILL.
     #[arg(long, env = "TALE_SHUTDOWN_GRACE_MS", default_value_t = DEFAULT_SHUTDOWN_GRACE.as_millis() as u64)]
     pub shutdown_grace_ms: u64,
+    /// Connections open at once (lowered at boot to keep a descriptor reserve for execs).
+    #[arg(long, env = "TALE_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// Connections from one source address that have not yet sent an authenticated request.
+    #[arg(long, env = "TALE_MAX_CONNECTIONS_PER_SOURCE", default_value_t = DEFAULT_MAX_CONNECTIONS_PER_SOURCE)]
+    pub max_connections_per_source: usize,
+    /// Milliseconds allowed for a whole request body.
+    #[arg(long, env = "TALE_BODY_READ_TIMEOUT_MS", default_value_t = DEFAULT_BODY_READ_TIMEOUT.as_millis() as u64)]
+    pub body_read_timeout_ms: u64,
     /// Log line format.
     #[arg(long, env = "TALE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -181,57 +199,94 @@ fn decode_sha256_hex(text: &str) -> Option<Vec<u8>> {
     crate::shared::hex::decode(text).filter(|digest| digest.len() == 32)
 }
 
-/// Creates `dir` (and parents) and hands it to `owner` when given.
-fn prepare_dir(dir: &Path, owner: Option<(u32, u32)>, mode: Option<u32>) -> Result<(), BootError> {
-    let fail = |source| BootError::Prepare {
-        path: dir.to_path_buf(),
-        source,
+/// Boot-time directories in the workspace and the caches, prepared without following a symlink
+/// the exec user may have planted (see [`boot_dirs`]). A refusal is logged and boot goes on: an
+/// exec home or a cache that cannot be prepared costs the session comfort, not safety.
+fn prepare_session_dirs(
+    args: &Args,
+    root: &Path,
+    root_fd: &std::os::fd::OwnedFd,
+    exec_user: Option<(u32, u32)>,
+) -> PathBuf {
+    let home = args.exec_home.clone().unwrap_or_else(|| root.join(".home"));
+    let owned = boot_dirs::Settings {
+        owner: exec_user,
+        mode: None,
     };
-    std::fs::create_dir_all(dir).map_err(fail)?;
-    if let Some(mode) = mode {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).map_err(fail)?;
+    if let Err(err) = boot_dirs::prepare(root, root_fd, &home, owned) {
+        tracing::warn!(%err, "exec home not prepared");
     }
-    if let Some((uid, gid)) = owner {
-        std::os::unix::fs::chown(dir, Some(uid), Some(gid)).map_err(fail)?;
+    let shared = boot_dirs::Settings {
+        owner: None,
+        mode: Some(0o1777),
+    };
+    for dir in &args.shared_dirs {
+        if let Err(err) = boot_dirs::prepare(root, root_fd, dir, shared) {
+            tracing::warn!(%err, "shared directory not prepared");
+        }
     }
-    Ok(())
+    home
+}
+
+/// The connection caps, the total lowered so that [`FD_RESERVE`] descriptors plus
+/// [`FDS_PER_LIVE_EXEC`] per allowed live exec always stay free.
+fn connection_caps(args: &Args, nofile: u64) -> listener::ConnectionCaps {
+    let reserve = FD_RESERVE + FDS_PER_LIVE_EXEC * args.max_live_execs;
+    let room = (nofile as usize).saturating_sub(reserve).max(1);
+    if room < args.max_connections {
+        tracing::warn!(
+            nofile,
+            max_connections = room,
+            "descriptor limit lowers the connection cap"
+        );
+    }
+    listener::ConnectionCaps {
+        max_connections: args.max_connections.min(room),
+        max_per_source: args.max_connections_per_source.max(1),
+    }
 }
 
 fn boot_and_serve(args: Args) -> Result<(), BootError> {
     let token = load_token(args.insecure_no_token)?;
+    let nofile = crate::shared::sys::rlimit::raise_nofile_limit().unwrap_or_else(|err| {
+        tracing::warn!(%err, "descriptor limit not raised");
+        crate::shared::sys::rlimit::nofile_soft_limit().unwrap_or(1024)
+    });
     init::adopt_orphans();
     let reaper = Reaper::start().map_err(BootError::Reaper)?;
 
     let is_root = nix::unistd::geteuid().is_root();
     let exec_user = is_root.then_some(args.exec_user);
-    prepare_dir(&args.workspace_root, exec_user, None)?;
-    let root =
-        std::fs::canonicalize(&args.workspace_root).map_err(|source| BootError::Prepare {
-            path: args.workspace_root.clone(),
-            source,
-        })?;
-    let home = args.exec_home.clone().unwrap_or_else(|| root.join(".home"));
-    prepare_dir(&home, exec_user, None)?;
-    for dir in &args.shared_dirs {
-        // A cache volume that cannot be prepared costs speed, not correctness: warn and go on.
-        if let Err(err) = prepare_dir(dir, None, Some(0o1777)) {
-            tracing::warn!("shared directory not prepared: {err}");
+    let prepare_failed = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| BootError::Prepare { path, source }
+    };
+    let (root, root_fd) = boot_dirs::prepare_root(&args.workspace_root, exec_user)
+        .map_err(prepare_failed(&args.workspace_root))?;
+    let home = prepare_session_dirs(&args, &root, &root_fd, exec_user);
+    drop(root_fd);
+    // runnerd's own state lives outside the workspace, where the exec user can neither delete nor
+    // replace it and the files API cannot reach it.
+    let state_dir = state_dir::StateDir::create(args.state_dir.as_deref()).map_err(|err| {
+        BootError::Prepare {
+            path: args.state_dir.clone().unwrap_or_default(),
+            source: std::io::Error::other(err),
         }
-    }
-    // runnerd's own corner of the workspace: root-owned, so the exec user can neither replace the
-    // credential socket nor reach the journal spool.
-    let private_dir = root.join(".tale");
-    prepare_dir(&private_dir, None, Some(0o755))?;
-    let journal_dir = args
-        .journal_dir
-        .clone()
-        .unwrap_or_else(|| private_dir.join("journal"));
-    prepare_dir(&journal_dir, None, Some(0o700))?;
+    })?;
+    let journal_dir = match &args.journal_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).map_err(prepare_failed(dir))?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(prepare_failed(dir))?;
+            dir.clone()
+        }
+        None => state_dir.journal_dir(),
+    };
     let credential_socket = args
         .credential_socket
         .clone()
-        .unwrap_or_else(|| private_dir.join("credential.sock"));
+        .unwrap_or_else(|| state_dir.credential_socket());
 
     let mut env_store = EnvStore::default();
     if let Ok(seed) = std::env::var("TALE_SESSION_ENV") {
@@ -262,6 +317,8 @@ fn boot_and_serve(args: Args) -> Result<(), BootError> {
         token,
         Arc::new(CredentialStore::default()),
     );
+    daemon.set_body_read_timeout(Duration::from_millis(args.body_read_timeout_ms));
+    let caps = connection_caps(&args, nofile);
 
     // One thread runs every request, stream and output pump: runnerd's work is moving bytes, and
     // on one thread a reader is woken without a cross-thread hand-off (measured: no slower than
@@ -274,60 +331,87 @@ fn boot_and_serve(args: Args) -> Result<(), BootError> {
         .enable_all()
         .build()
         .map_err(BootError::Runtime)?;
-    runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(args.listen)
-            .await
-            .map_err(|source| BootError::Listen {
-                addr: args.listen,
-                source,
-            })?;
-        tracing::info!(
-            listen = %listener.local_addr().map_or(args.listen, |a| a),
-            root = %root.display(),
-            shell = %daemon.launcher.shell().display(),
-            exec_user = ?exec_user,
-            pid = std::process::id(),
-            "runnerd ready"
-        );
-        let socket = credentials::bind_socket(&credential_socket, exec_user).map_err(|source| {
-            BootError::Prepare {
-                path: credential_socket.clone(),
-                source,
-            }
+    let result = runtime.block_on(serve(&args, daemon, caps, &credential_socket, exec_user));
+    state_dir.remove();
+    result
+}
+
+/// Serves until a shutdown signal, then shuts down in order: stop accepting, end the execs, drain
+/// the connections (their streams end with the execs), stop the credential socket.
+async fn serve(
+    args: &Args,
+    daemon: Arc<Daemon>,
+    caps: listener::ConnectionCaps,
+    credential_socket: &Path,
+    exec_user: Option<(u32, u32)>,
+) -> Result<(), BootError> {
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|source| BootError::Listen {
+            addr: args.listen,
+            source,
         })?;
-        tokio::spawn(credentials::serve_socket(
-            socket,
-            daemon.credentials.clone(),
-            credential_socket.clone(),
-        ));
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server_daemon = daemon.clone();
-        let server = tokio::spawn(crate::shared::http::serve(
-            listener,
-            crate::shared::http::ServeOptions {
-                header_read_timeout: HEADER_READ_TIMEOUT,
-                // Streams are the bulk of runnerd's connections: 8 KiB less each. A client that
-                // went away costs its exec nothing either way (B+ semantics: the exec goes on).
-                allow_half_close: true,
-            },
-            move |request| server::handle(server_daemon.clone(), request),
-            async {
-                let _ = stop_rx.await;
-            },
-        ));
-        let signal = match init::shutdown_signal().await {
-            Ok(name) => name,
-            Err(err) => {
-                tracing::error!(%err, "cannot install signal handlers; serving without them");
-                std::future::pending().await
-            }
-        };
-        tracing::info!(signal, "shutting down");
-        let _ = stop_tx.send(());
-        let _ = server.await;
-        shut_down_execs(&daemon, Duration::from_millis(args.shutdown_grace_ms)).await;
-        Ok(())
-    })
+    let socket = bind_credential_socket(credential_socket, exec_user).map_err(|source| {
+        BootError::Prepare {
+            path: credential_socket.to_path_buf(),
+            source,
+        }
+    })?;
+    tracing::info!(
+        listen = %listener.local_addr().map_or(args.listen, |a| a),
+        root = %daemon.root.display(),
+        shell = %daemon.launcher.shell().display(),
+        exec_user = ?exec_user,
+        credential_socket = %credential_socket.display(),
+        max_connections = caps.max_connections,
+        pid = std::process::id(),
+        "runnerd ready"
+    );
+    // The shutdown signal: every task started here watches it, and this set owns them all.
+    let (stage, watch_stage) = tokio::sync::watch::channel(Stage::Serving);
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(credentials::serve_socket(
+        socket,
+        daemon.credentials.clone(),
+        credential_socket.to_path_buf(),
+        watch_stage.clone(),
+    ));
+    tasks.spawn(listener::serve(
+        listener,
+        daemon.clone(),
+        listener::ConnectionTable::new(caps),
+        watch_stage,
+    ));
+    let signal = match init::shutdown_signal().await {
+        Ok(name) => name,
+        Err(err) => {
+            tracing::error!(%err, "cannot install signal handlers; serving without them");
+            std::future::pending().await
+        }
+    };
+    tracing::info!(signal, "shutting down");
+    // No new connections; the open ones still carry the execs' last events to their readers.
+    stage.send_replace(Stage::StopAccepting);
+    shut_down_execs(&daemon, Duration::from_millis(args.shutdown_grace_ms)).await;
+    stage.send_replace(Stage::Drain);
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// Binds the credential socket through a descriptor of its directory.
+fn bind_credential_socket(
+    path: &Path,
+    exec_user: Option<(u32, u32)>,
+) -> std::io::Result<tokio::net::UnixListener> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
+        return Err(std::io::Error::other("not a socket path"));
+    };
+    let dir = nix::fcntl::open(
+        dir,
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    credentials::bind_socket(&dir, name, exec_user)
 }
 
 /// SIGTERM to every exec's group, SIGKILL to what is left after `grace`, then a moment for the
@@ -341,20 +425,11 @@ async fn shut_down_execs(daemon: &Daemon, grace: Duration) {
     for exec in &live {
         exec.signal_group(Signal::SIGTERM);
     }
-    if !all_execs_ended(daemon, grace).await {
+    let all_ended = |limit| tokio::time::timeout(limit, daemon.execs.all_ended());
+    if all_ended(grace).await.is_err() {
         for exec in &live {
             exec.signal_group(Signal::SIGKILL);
         }
-        all_execs_ended(daemon, PIPE_DRAIN_GRACE + Duration::from_millis(500)).await;
+        let _ = all_ended(PIPE_DRAIN_GRACE + Duration::from_millis(500)).await;
     }
-}
-
-/// Waits up to `limit` for every exec's driver to have written its terminal event.
-async fn all_execs_ended(daemon: &Daemon, limit: Duration) -> bool {
-    let ended = async {
-        while daemon.execs.live_count() > 0 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    tokio::time::timeout(limit, ended).await.is_ok()
 }

@@ -2,6 +2,7 @@
 use super::exec::driver::{refusal_event, start_exec};
 use super::exec::journal::JournalCursor;
 use super::exec::stdin::parse_line;
+use super::files::FileError;
 use super::limits::MAX_REQUEST_BODY_BYTES;
 use super::state::Daemon;
 use super::stream::CursorBody;
@@ -33,7 +34,7 @@ pub async fn handle(daemon: Arc<Daemon>, request: Request<Incoming>) -> HttpResp
         return error(StatusCode::UNAUTHORIZED, "unauthorized", None);
     }
     match (&method, segments.as_slice()) {
-        (&Method::GET, ["healthz"]) => health(&daemon),
+        (&Method::GET, ["healthz"]) => health(&daemon).await,
         (&Method::POST, ["execs"]) => exec(daemon, request).await,
         (&Method::GET, ["execs", id, "attach"]) if is_valid_id(id) => attach(&daemon, id, &request),
         (&Method::POST, ["execs", id, "cancel"]) if is_valid_id(id) => cancel(&daemon, id),
@@ -57,7 +58,8 @@ fn not_found() -> HttpResponse {
     error(StatusCode::NOT_FOUND, "not_found", None)
 }
 
-fn authorized(daemon: &Daemon, request: &Request<Incoming>) -> bool {
+/// Whether the request carries the right token (always, with `--insecure-no-token`).
+pub fn authorized(daemon: &Daemon, request: &Request<Incoming>) -> bool {
     let Some(expected) = &daemon.token else {
         return true;
     };
@@ -67,10 +69,26 @@ fn authorized(daemon: &Daemon, request: &Request<Incoming>) -> bool {
         .is_some_and(|given| constant_time_eq(&super::token_digest(given.as_bytes()), expected))
 }
 
-/// Reads and parses a JSON body: 413 over the cap, 400 when unreadable or not the expected shape.
-async fn json_body<T: DeserializeOwned>(request: Request<Incoming>) -> Result<T, HttpResponse> {
-    let bytes = read_body(request, MAX_REQUEST_BODY_BYTES)
+/// Reads and parses a JSON body: 413 over the cap, 400 when unreadable or not the expected shape,
+/// 408 `request_timeout` when it does not arrive whole within the body read timeout (the
+/// connection is then closed: hyper does not keep a connection whose body was left unread).
+async fn json_body<T: DeserializeOwned>(
+    daemon: &Daemon,
+    request: Request<Incoming>,
+) -> Result<T, HttpResponse> {
+    let timeout = daemon.body_read_timeout();
+    let bytes = tokio::time::timeout(timeout, read_body(request, MAX_REQUEST_BODY_BYTES))
         .await
+        .map_err(|_| {
+            error(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                Some(format!(
+                    "the request body did not arrive within {} ms",
+                    timeout.as_millis()
+                )),
+            )
+        })?
         .map_err(|err| match err {
             BodyError::TooLarge(_) => error(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -92,23 +110,45 @@ async fn json_body<T: DeserializeOwned>(request: Request<Incoming>) -> Result<T,
     })
 }
 
-fn health(daemon: &Daemon) -> HttpResponse {
+/// 200 with the report while an exec could be spawned; 503 with the same report, `ok: false` and
+/// `unhealthy: <reason>` when the spawn probe fails (see [`super::health`]).
+async fn health(daemon: &Arc<Daemon>) -> HttpResponse {
+    #[derive(serde::Serialize)]
+    struct Report {
+        #[serde(flatten)]
+        report: HealthReport,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        unhealthy: Option<String>,
+    }
+    let probe = daemon.spawn_probe.check(daemon).await;
+    let status = if probe.is_ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     json(
-        StatusCode::OK,
-        &HealthReport {
-            ok: true,
-            booted_at_ms: daemon.activity.booted_at_ms,
-            last_activity_at_ms: daemon.activity.last_activity_at_ms(),
-            live_execs: daemon.execs.live_count() as u64,
-            active_screencasts: 0,
-            reaped_orphans: daemon.reaper.orphans_reaped(),
-            credential_accesses: daemon.credentials.accesses(),
+        status,
+        &Report {
+            unhealthy: probe.as_ref().err().map(ToString::to_string),
+            report: health_report(daemon, probe.is_ok()),
         },
     )
 }
 
+fn health_report(daemon: &Daemon, ok: bool) -> HealthReport {
+    HealthReport {
+        ok,
+        booted_at_ms: daemon.activity.booted_at_ms,
+        last_activity_at_ms: daemon.activity.last_activity_at_ms(),
+        live_execs: daemon.execs.live_count() as u64,
+        active_screencasts: 0,
+        reaped_orphans: daemon.reaper.orphans_reaped(),
+        credential_accesses: daemon.credentials.accesses(),
+    }
+}
+
 async fn exec(daemon: Arc<Daemon>, request: Request<Incoming>) -> HttpResponse {
-    let wire: ExecRequestWire = match json_body(request).await {
+    let wire: ExecRequestWire = match json_body(&daemon, request).await {
         Ok(wire) => wire,
         Err(response) => return response,
     };
@@ -151,7 +191,7 @@ fn cancel(daemon: &Daemon, id: &str) -> HttpResponse {
 }
 
 async fn stdin(daemon: &Daemon, id: &str, request: Request<Incoming>) -> HttpResponse {
-    let body: StdinRequest = match json_body(request).await {
+    let body: StdinRequest = match json_body(daemon, request).await {
         Ok(body) => body,
         Err(response) => return response,
     };
@@ -202,7 +242,7 @@ fn status(daemon: &Daemon, id: &str) -> HttpResponse {
 }
 
 async fn env(daemon: &Daemon, request: Request<Incoming>) -> HttpResponse {
-    let patch: EnvPatch = match json_body(request).await {
+    let patch: EnvPatch = match json_body(daemon, request).await {
         Ok(patch) => patch,
         Err(response) => return response,
     };
@@ -215,7 +255,7 @@ async fn env(daemon: &Daemon, request: Request<Incoming>) -> HttpResponse {
 }
 
 async fn stage(daemon: &Daemon, request: Request<Incoming>) -> HttpResponse {
-    let body: StageRequest = match json_body(request).await {
+    let body: StageRequest = match json_body(daemon, request).await {
         Ok(body) => body,
         Err(response) => return response,
     };
@@ -226,7 +266,7 @@ async fn stage(daemon: &Daemon, request: Request<Incoming>) -> HttpResponse {
 }
 
 async fn delete(daemon: &Daemon, request: Request<Incoming>) -> HttpResponse {
-    let body: DeleteRequest = match json_body(request).await {
+    let body: DeleteRequest = match json_body(daemon, request).await {
         Ok(body) => body,
         Err(response) => return response,
     };
@@ -239,7 +279,7 @@ async fn list(daemon: &Daemon, request: &Request<Incoming>) -> HttpResponse {
     let path = query_param(request, "path").unwrap_or_else(|| ".".into());
     match daemon.workspace.list(&path).await {
         Ok(reply) => json(StatusCode::OK, &reply),
-        Err(_) => not_found(),
+        Err(err) => file_error(err),
     }
 }
 
@@ -256,12 +296,31 @@ async fn read(daemon: &Daemon, request: &Request<Incoming>) -> HttpResponse {
             );
             response
         }
-        Err(_) => not_found(),
+        Err(err) => file_error(err),
+    }
+}
+
+/// 404 for a path that is missing, not allowed or of the wrong kind (not told apart); 400
+/// `not_a_regular_file` for a FIFO, socket or device, whose content runnerd never opens for
+/// reading; 503 `file_operation_timed_out` past [`FILE_OP_TIMEOUT`](super::limits::FILE_OP_TIMEOUT).
+fn file_error(err: FileError) -> HttpResponse {
+    match err {
+        FileError::NotFound => not_found(),
+        FileError::NotRegular => error(
+            StatusCode::BAD_REQUEST,
+            "not_a_regular_file",
+            Some("the path is a FIFO, socket or device; runnerd reads regular files only".into()),
+        ),
+        FileError::TimedOut => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "file_operation_timed_out",
+            Some("the file operation did not finish in time".into()),
+        ),
     }
 }
 
 async fn grant_credential(daemon: &Daemon, request: Request<Incoming>) -> HttpResponse {
-    let grant: GitCredentialGrant = match json_body(request).await {
+    let grant: GitCredentialGrant = match json_body(daemon, request).await {
         Ok(grant) => grant,
         Err(response) => return response,
     };

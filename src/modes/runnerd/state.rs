@@ -7,9 +7,11 @@ use super::exec::launcher::Launcher;
 use super::exec::ExecTable;
 use super::files::Workspace;
 use super::init::Reaper;
-use super::limits::SPAWNS_AT_ONCE;
+use super::limits::{DEFAULT_BODY_READ_TIMEOUT, SPAWNS_AT_ONCE};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 /// Everything a request may need.
 pub struct Daemon {
@@ -31,6 +33,10 @@ pub struct Daemon {
     /// One permit per exec being spawned: a burst of execs waits here holding only its parsed
     /// request, not a fully built command (whole environment included) queued for a thread.
     pub spawn_permits: tokio::sync::Semaphore,
+    /// `/healthz`'s spawn probe.
+    pub spawn_probe: super::health::SpawnProbe,
+    /// Time allowed for a request body (`--body-read-timeout-ms`), in milliseconds.
+    body_read_timeout_ms: AtomicU64,
 }
 
 impl Daemon {
@@ -59,7 +65,18 @@ impl Daemon {
             token,
             credentials,
             spawn_permits: tokio::sync::Semaphore::new(SPAWNS_AT_ONCE),
+            spawn_probe: Default::default(),
+            body_read_timeout_ms: AtomicU64::new(DEFAULT_BODY_READ_TIMEOUT.as_millis() as u64),
         })
+    }
+
+    pub fn set_body_read_timeout(&self, timeout: Duration) {
+        self.body_read_timeout_ms
+            .store(timeout.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    pub fn body_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.body_read_timeout_ms.load(Ordering::Relaxed))
     }
 
     pub fn env_store(&self) -> MutexGuard<'_, EnvStore> {

@@ -3,6 +3,8 @@
 //! Everything here is a thin wrapper that gives the rest of the crate a safe signature.
 #![allow(unsafe_code)]
 
+pub mod rlimit;
+
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 

@@ -41,6 +41,11 @@ impl Launcher {
         }
     }
 
+    /// The uid:gid execs drop to, when runnerd runs as root.
+    pub fn exec_user(&self) -> Option<(u32, u32)> {
+        self.exec_user
+    }
+
     /// The shell used for the `shell` form.
     pub fn shell(&self) -> &Path {
         &self.shell
@@ -83,6 +88,8 @@ impl Launcher {
             std::os::unix::process::CommandExt::gid(&mut command, gid);
         }
         crate::shared::sys::spawn_in_new_session(&mut command);
+        // runnerd raised its own descriptor limit; the exec gets the one runnerd inherited.
+        crate::shared::sys::rlimit::restore_inherited_nofile_limit(&mut command);
         command
     }
 }

@@ -207,6 +207,8 @@ struct Tables {
 /// Live execs and the most recent finished ones.
 pub struct ExecTable {
     tables: Mutex<Tables>,
+    /// Woken whenever an exec retires, so shutdown can wait for the last one without polling.
+    retired: tokio::sync::Notify,
     max_live: usize,
     max_retained: usize,
 }
@@ -219,6 +221,7 @@ impl ExecTable {
                 retained: VecDeque::new(),
                 accepting: true,
             }),
+            retired: tokio::sync::Notify::new(),
             max_live,
             max_retained,
         }
@@ -278,6 +281,22 @@ impl ExecTable {
         tables.retained.push_back(exec.clone());
         while tables.retained.len() > self.max_retained {
             tables.retained.pop_front();
+        }
+        drop(tables);
+        self.retired.notify_waiters();
+    }
+
+    /// Resolves once no exec is live.
+    pub async fn all_ended(&self) {
+        loop {
+            // Registered before the check, so a retire between the check and the await still wakes.
+            let retired = self.retired.notified();
+            tokio::pin!(retired);
+            retired.as_mut().enable();
+            if self.live_count() == 0 {
+                return;
+            }
+            retired.await;
         }
     }
 

@@ -14,7 +14,8 @@ mod ops;
 
 use super::exec::spec::lenient_base64;
 use super::limits::{
-    MAX_READ_FILE_BYTES, MAX_STAGE_INLINE_BYTES, MAX_STAGE_URL_BYTES, STAGE_URL_TIMEOUT,
+    FILE_OPS_AT_ONCE, FILE_OP_TIMEOUT, MAX_READ_FILE_BYTES, MAX_STAGE_INLINE_BYTES,
+    MAX_STAGE_URL_BYTES, STAGE_URL_TIMEOUT,
 };
 use crate::shared::protocol::runnerd::{
     DeleteReply, DeleteRequest, ListReply, SkippedPath, StageItem, StageReply, StageRequest,
@@ -42,16 +43,42 @@ pub enum FilesError {
 #[derive(Debug, PartialEq, Eq)]
 pub struct NotFound;
 
+/// Why `list` or `read` gave nothing.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FileError {
+    /// Missing, not allowed, or a directory where a file was asked for (or the reverse).
+    NotFound,
+    /// A FIFO, socket or device: its content is never opened for reading.
+    NotRegular,
+    /// The operation did not finish within [`FILE_OP_TIMEOUT`].
+    TimedOut,
+}
+
+impl From<NotFound> for FileError {
+    fn from(_: NotFound) -> FileError {
+        FileError::NotFound
+    }
+}
+
+/// Skipped reason of a stage or delete that did not finish within [`FILE_OP_TIMEOUT`].
+const TIMED_OUT: &str = "timed_out";
+
 /// The workspace: its canonical root, a descriptor of it, and who owns what stage creates.
 pub struct Workspace {
     root: PathBuf,
     root_fd: Arc<OwnedFd>,
     owner: Option<(u32, u32)>,
+    /// One permit per blocking file operation running: file work can never take every blocking
+    /// thread (spawns need them).
+    permits: Arc<tokio::sync::Semaphore>,
 }
 
-/// Blocking work on the workspace, off the async runtime.
-async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Option<T> {
-    tokio::task::spawn_blocking(work).await.ok()
+/// Why a blocking file operation gave no answer.
+enum Blocking {
+    /// The task panicked or was cancelled.
+    Failed,
+    /// It did not finish within [`FILE_OP_TIMEOUT`]; it keeps its permit until it does finish.
+    TimedOut,
 }
 
 impl Workspace {
@@ -71,11 +98,36 @@ impl Workspace {
             root,
             root_fd: Arc::new(fd),
             owner,
+            permits: Arc::new(tokio::sync::Semaphore::new(FILE_OPS_AT_ONCE)),
         })
     }
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Runs blocking work on the workspace off the async runtime, at most [`FILE_OPS_AT_ONCE`] at
+    /// a time and within [`FILE_OP_TIMEOUT`] (waiting for a permit included).
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, Blocking> {
+        let permits = self.permits.clone();
+        let run = async move {
+            let permit = permits
+                .acquire_owned()
+                .await
+                .map_err(|_| Blocking::Failed)?;
+            tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                work()
+            })
+            .await
+            .map_err(|_| Blocking::Failed)
+        };
+        tokio::time::timeout(FILE_OP_TIMEOUT, run)
+            .await
+            .map_err(|_| Blocking::TimedOut)?
     }
 
     fn rel(&self, path: &str) -> Option<RelPath> {
@@ -109,15 +161,16 @@ impl Workspace {
             if bytes.len() as u64 > MAX_STAGE_INLINE_BYTES {
                 return Err("too_large".into());
             }
-            return blocking(move || {
-                ops::write_file(&root_fd, &rel, owner, |file| {
-                    use std::io::Write;
-                    file.write_all(&bytes).map_err(|e| e.to_string())?;
-                    Ok(bytes.len() as u64)
+            return self
+                .blocking(move || {
+                    ops::write_file(&root_fd, &rel, owner, |file| {
+                        use std::io::Write;
+                        file.write_all(&bytes).map_err(|e| e.to_string())?;
+                        Ok(bytes.len() as u64)
+                    })
                 })
-            })
-            .await
-            .unwrap_or_else(|| Err("stage task failed".into()));
+                .await
+                .unwrap_or_else(|err| Err(skipped(err, "stage task failed")));
         }
         let Some(url) = item.url else {
             return Err("no_source".into());
@@ -128,22 +181,24 @@ impl Workspace {
                 .map_err(|e| e.reason())?;
             let staging = {
                 let (root_fd, rel) = (root_fd.clone(), rel.clone());
-                blocking(move || ops::create_temp(&root_fd, &rel, owner))
+                self.blocking(move || ops::create_temp(&root_fd, &rel, owner))
                     .await
-                    .ok_or("stage task failed")??
+                    .map_err(|err| skipped(err, "stage task failed"))??
             };
             match fetch::copy_to(body, staging.file, MAX_STAGE_URL_BYTES).await {
                 Ok((bytes, file)) => {
                     drop(file);
                     let (root_fd, rel, temp) = (root_fd.clone(), rel.clone(), staging.temp_name);
-                    blocking(move || ops::commit_temp(&root_fd, &rel, &temp))
+                    self.blocking(move || ops::commit_temp(&root_fd, &rel, &temp))
                         .await
-                        .ok_or("stage task failed")??;
+                        .map_err(|err| skipped(err, "stage task failed"))??;
                     Ok(bytes)
                 }
                 Err(err) => {
                     let (root_fd, rel, temp) = (root_fd.clone(), rel.clone(), staging.temp_name);
-                    let _ = blocking(move || ops::discard_temp(&root_fd, &rel, &temp)).await;
+                    let _ = self
+                        .blocking(move || ops::discard_temp(&root_fd, &rel, &temp))
+                        .await;
                     Err(err.reason())
                 }
             }
@@ -161,9 +216,9 @@ impl Workspace {
                 None => Err("unsafe_path".to_string()),
                 Some(rel) => {
                     let root_fd = self.root_fd.clone();
-                    blocking(move || ops::delete(&root_fd, &rel))
+                    self.blocking(move || ops::delete(&root_fd, &rel))
                         .await
-                        .unwrap_or_else(|| Err("delete task failed".into()))
+                        .unwrap_or_else(|err| Err(skipped(err, "delete task failed")))
                 }
             };
             match result {
@@ -175,23 +230,38 @@ impl Workspace {
     }
 
     /// Lists a directory (`""` or `.` is the root).
-    pub async fn list(&self, path: &str) -> Result<ListReply, NotFound> {
+    pub async fn list(&self, path: &str) -> Result<ListReply, FileError> {
         let rel = self
             .rel(if path.is_empty() { "." } else { path })
-            .ok_or(NotFound)?;
+            .ok_or(FileError::NotFound)?;
         let root_fd = self.root_fd.clone();
-        blocking(move || ops::list(&root_fd, &rel))
+        Ok(self
+            .blocking(move || ops::list(&root_fd, &rel))
             .await
-            .ok_or(NotFound)?
+            .map_err(file_error)??)
     }
 
     /// Reads a regular file of at most [`MAX_READ_FILE_BYTES`].
-    pub async fn read(&self, path: &str) -> Result<Vec<u8>, NotFound> {
-        let rel = self.rel(path).ok_or(NotFound)?;
+    pub async fn read(&self, path: &str) -> Result<Vec<u8>, FileError> {
+        let rel = self.rel(path).ok_or(FileError::NotFound)?;
         let root_fd = self.root_fd.clone();
-        blocking(move || ops::read(&root_fd, &rel, MAX_READ_FILE_BYTES))
+        self.blocking(move || ops::read(&root_fd, &rel, MAX_READ_FILE_BYTES))
             .await
-            .ok_or(NotFound)?
+            .map_err(file_error)?
+    }
+}
+
+fn skipped(err: Blocking, failed: &str) -> String {
+    match err {
+        Blocking::Failed => failed.into(),
+        Blocking::TimedOut => TIMED_OUT.into(),
+    }
+}
+
+fn file_error(err: Blocking) -> FileError {
+    match err {
+        Blocking::Failed => FileError::NotFound,
+        Blocking::TimedOut => FileError::TimedOut,
     }
 }
 

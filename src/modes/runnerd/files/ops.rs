@@ -1,6 +1,6 @@
 //! The blocking, descriptor-relative file operations behind [`super::Workspace`].
 use super::beneath::{open_beneath, open_dir_beneath, RelPath};
-use super::NotFound;
+use super::{FileError, NotFound};
 use crate::shared::protocol::runnerd::{DirEntry, EntryType, ListReply};
 use nix::errno::Errno;
 use nix::fcntl::{openat, renameat, AtFlags, OFlag};
@@ -13,6 +13,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Deepest directory tree `delete` removes.
 const MAX_DELETE_DEPTH: usize = 512;
+/// Skipped reason (stage) for a path that is a FIFO, socket or device.
+pub const NOT_REGULAR: &str = "not_a_regular_file";
+
+/// FIFO, socket, character or block device: files whose "content" can block or has side effects.
+fn is_special(mode: u32) -> bool {
+    matches!(
+        SFlag::from_bits_truncate(mode) & SFlag::S_IFMT,
+        SFlag::S_IFIFO | SFlag::S_IFSOCK | SFlag::S_IFCHR | SFlag::S_IFBLK
+    )
+}
 
 fn reason(errno: Errno) -> String {
     match errno {
@@ -76,7 +86,14 @@ pub fn create_temp(
     owner: Option<(u32, u32)>,
 ) -> Result<Staging, String> {
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    let (parent, _) = ensure_parent(root, rel, owner)?;
+    let (parent, name) = ensure_parent(root, rel, owner)?;
+    // Replacing a FIFO, socket or device by a file is refused like reading one: the caller named
+    // something that is not a file.
+    if let Ok(stat) = fstatat(&parent, name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+        if is_special(stat.st_mode) {
+            return Err(NOT_REGULAR.into());
+        }
+    }
     let temp_name: std::ffi::OsString = format!(
         ".tale-stage-{}-{}",
         std::process::id(),
@@ -163,7 +180,11 @@ fn remove_tree(parent: &OwnedFd, name: &OsStr, depth: usize) -> Result<(), Errno
     let dir_fd = openat(
         parent,
         name,
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        OFlag::O_RDONLY
+            | OFlag::O_DIRECTORY
+            | OFlag::O_NOFOLLOW
+            | OFlag::O_NONBLOCK
+            | OFlag::O_CLOEXEC,
         Mode::empty(),
     )?;
     let at = dir_fd.try_clone().map_err(|_| Errno::EMFILE)?;
@@ -206,7 +227,12 @@ fn entry_type(mode: u32) -> EntryType {
 
 /// The entries of directory `rel`, sorted by name.
 pub fn list(root: &OwnedFd, rel: &RelPath) -> Result<ListReply, NotFound> {
-    let fd = open_beneath(root, rel, OFlag::O_RDONLY | OFlag::O_DIRECTORY).map_err(|_| NotFound)?;
+    let fd = open_beneath(
+        root,
+        rel,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NONBLOCK,
+    )
+    .map_err(|_| NotFound)?;
     let at = fd.try_clone().map_err(|_| NotFound)?;
     let mut dir = nix::dir::Dir::from_fd(fd).map_err(|_| NotFound)?;
     let mut entries: Vec<DirEntry> = dir
@@ -240,20 +266,30 @@ pub fn list(root: &OwnedFd, rel: &RelPath) -> Result<ListReply, NotFound> {
     Ok(ListReply { entries })
 }
 
-/// The bytes of the regular file `rel`, if it has at most `cap` bytes.
-pub fn read(root: &OwnedFd, rel: &RelPath, cap: u64) -> Result<Vec<u8>, NotFound> {
-    let fd = open_beneath(root, rel, OFlag::O_RDONLY).map_err(|_| NotFound)?;
+/// The bytes of the regular file `rel`, if it has at most `cap` bytes. Opened with `O_NONBLOCK`
+/// (a FIFO with no writer would block the open forever) and checked with `fstat` before any read.
+pub fn read(root: &OwnedFd, rel: &RelPath, cap: u64) -> Result<Vec<u8>, FileError> {
+    let fd = open_beneath(
+        root,
+        rel,
+        OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY,
+    )
+    .map_err(|_| NotFound)?;
+    let stat = nix::sys::stat::fstat(&fd).map_err(|_| NotFound)?;
+    if is_special(stat.st_mode) {
+        return Err(FileError::NotRegular);
+    }
     let file = std::fs::File::from(fd);
     let meta = file.metadata().map_err(|_| NotFound)?;
     if !meta.is_file() || meta.len() > cap {
-        return Err(NotFound);
+        return Err(FileError::NotFound);
     }
     let mut bytes = Vec::with_capacity(meta.len() as usize);
     file.take(cap + 1)
         .read_to_end(&mut bytes)
         .map_err(|_| NotFound)?;
     if bytes.len() as u64 > cap {
-        return Err(NotFound);
+        return Err(FileError::NotFound);
     }
     Ok(bytes)
 }

@@ -275,17 +275,17 @@ async fn list_and_read() {
     assert_eq!(summary[3].1, EntryType::Other);
     assert!(listing.entries[1].mtime_ms > 0);
     assert_eq!(ws.list("").await.unwrap(), listing);
-    assert_eq!(ws.list("out").await, Err(NotFound));
-    assert_eq!(ws.list("missing").await, Err(NotFound));
-    assert_eq!(ws.list("f").await, Err(NotFound));
+    assert_eq!(ws.list("out").await, Err(FileError::NotFound));
+    assert_eq!(ws.list("missing").await, Err(FileError::NotFound));
+    assert_eq!(ws.list("f").await, Err(FileError::NotFound));
     assert_eq!(ws.read("f").await.unwrap(), b"12345");
     assert_eq!(ws.read("inner-link").await.unwrap(), b"12345");
-    assert_eq!(ws.read("out/secret").await, Err(NotFound));
-    assert_eq!(ws.read("../outside/secret").await, Err(NotFound));
-    assert_eq!(ws.read("d").await, Err(NotFound));
+    assert_eq!(ws.read("out/secret").await, Err(FileError::NotFound));
+    assert_eq!(ws.read("../outside/secret").await, Err(FileError::NotFound));
+    assert_eq!(ws.read("d").await, Err(FileError::NotFound));
     let big = std::fs::File::create(s.ws().join("big")).unwrap();
     big.set_len(MAX_READ_FILE_BYTES + 1).unwrap();
-    assert_eq!(ws.read("big").await, Err(NotFound));
+    assert_eq!(ws.read("big").await, Err(FileError::NotFound));
 }
 
 /// A tiny HTTP server answering one fixed response per connection.
