@@ -7,6 +7,7 @@
 //! `event: agent`, `id: <seq>.<n>`. A resumed agent attach replays the exec from its start (to
 //! re-parse it) and sends only what lies after the client's position.
 use crate::modes::spawner::metrics::Metrics;
+use crate::modes::spawner::runnerd_client::EventStream;
 use crate::modes::spawner::state::Spawner;
 use crate::shared::agents::{AgentEvent, AgentEventParser};
 use crate::shared::http::{ChannelBody, HttpResponse};
@@ -15,7 +16,6 @@ use crate::shared::protocol::runnerd::{ExecEvent, Truncated};
 use crate::shared::protocol::spawner::{
     ErrorData, GapData, OutputData, PhaseData, SessionExecResponse,
 };
-use crate::shared::runnerd_client::EventStream;
 use crate::shared::sse::{
     event_frame, event_frame_with_id, Utf8StreamDecoder, KEEPALIVE_FRAME, KEEPALIVE_INTERVAL,
 };
