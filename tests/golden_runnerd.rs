@@ -267,11 +267,16 @@ async fn attach_status_cancel() {
     let attach_request = get("/execs/live/attach?sinceSeq=0");
     let mut attached = send(port, &attach_request).await;
     attached.read_until(b"\"t\":\"start\"").await;
+    // A reader already past what the exec will still write (its exit is seq 2) gets nothing more.
+    let past_request = get("/execs/live/attach?sinceSeq=2");
+    let mut past = send(port, &past_request).await;
     t.run(port, post("/execs/live/cancel", "")).await;
     live.finish().await;
     t.record(&live_request, &live);
     attached.finish().await;
     t.record(&attach_request, &attached);
+    past.finish().await;
+    t.record(&past_request, &past);
     t.run(port, post("/execs/live/cancel", "")).await;
     t.run(port, post("/execs/unknown/cancel", "")).await;
     t.run(port, get("/execs/live")).await;

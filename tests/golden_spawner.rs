@@ -306,6 +306,17 @@ async fn execs() {
         signed("GET", "/v1/sessions/x1/exec/argv/attach", "").header("last-event-id", "1"),
     )
     .await;
+    t.note("a reader that has the result (id 3) reconnects: nothing more");
+    t.run(
+        port,
+        signed("GET", "/v1/sessions/x1/exec/argv/attach", "").header("last-event-id", "3"),
+    )
+    .await;
+    t.run(
+        port,
+        signed("GET", "/v1/sessions/x1/exec/argv/attach?sinceSeq=7", ""),
+    )
+    .await;
     t.run(port, signed("GET", "/v1/sessions/x1/exec/nope/attach", ""))
         .await;
     t.note("status: exited, unknown");

@@ -101,8 +101,12 @@ pub async fn replay(
         Some(stream) => {
             let spawner = spawner.clone();
             let session_id = id.to_owned();
+            let mode = ProxyMode::Attach {
+                runnerd: entry.runnerd.clone(),
+                exec_id: exec_id.to_owned(),
+            };
             tokio::spawn(async move {
-                pump(spawner, session_id, stream, tx, ProxyMode::Attach, agent).await;
+                pump(spawner, session_id, stream, tx, mode, agent).await;
             });
         }
     }
