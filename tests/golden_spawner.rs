@@ -344,6 +344,20 @@ async fn execs() {
         .await;
     t.run(
         port,
+        signed("POST", "/v1/sessions/x1/exec/held/stdin", "{}"),
+    )
+    .await;
+    t.run(
+        port,
+        signed(
+            "POST",
+            "/v1/sessions/x1/exec/held/stdin",
+            &format!(r#"{{"dataBase64":"{}"}}"#, b64("{}\n")),
+        ),
+    )
+    .await;
+    t.run(
+        port,
         signed(
             "POST",
             "/v1/sessions/x1/exec/held/stdin",

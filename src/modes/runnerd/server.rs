@@ -171,6 +171,13 @@ async fn stdin(daemon: &Daemon, id: &str, request: Request<Incoming>) -> HttpRes
         Ok(body) => body,
         Err(response) => return response,
     };
+    if body.is_empty() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            Some(StdinRequest::EMPTY_MESSAGE.into()),
+        );
+    }
     let reply = |result: Result<(), _>| {
         json(
             StatusCode::OK,

@@ -272,6 +272,17 @@ pub struct StdinRequest {
     pub eof: Option<bool>,
 }
 
+impl StdinRequest {
+    /// What a request carrying neither `b64` nor `eof` is refused with (400 `bad_request`); other
+    /// unknown fields are allowed, for additive evolution.
+    pub const EMPTY_MESSAGE: &'static str = "one of b64 or eof is required";
+
+    /// True when neither `b64` nor `eof` was given (e.g. a misspelled field).
+    pub fn is_empty(&self) -> bool {
+        self.b64.is_none() && self.eof.is_none()
+    }
+}
+
 /// Why a stdin write was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -536,6 +547,16 @@ mod tests {
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
         assert_eq!(token_digest(b"abc").len(), 32);
+    }
+
+    /// A stdin request must carry `b64` or `eof`; unknown fields are ignored.
+    #[test]
+    fn stdin_requests_carry_something() {
+        let parse = |json: &str| serde_json::from_str::<StdinRequest>(json).unwrap();
+        assert!(parse("{}").is_empty());
+        assert!(parse(r#"{"dataBase64":"e30K"}"#).is_empty());
+        assert!(!parse(r#"{"eof":false}"#).is_empty());
+        assert!(!parse(r#"{"b64":"","x":1}"#).is_empty());
     }
 
     /// The id rule of paths and bodies.

@@ -173,6 +173,9 @@ pub async fn stdin(
         b64: body.get("b64").and_then(|v| v.as_str()).map(str::to_owned),
         eof: body.get("eof").and_then(|v| v.as_bool()),
     };
+    if stdin.is_empty() {
+        return bad_request(StdinRequest::EMPTY_MESSAGE);
+    }
     match entry.runnerd.stdin(exec_id, &stdin).await {
         Ok(reply) => ok(&reply),
         Err(err) => lost_or_upstream(spawner, id, err).await,
