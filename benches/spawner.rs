@@ -13,6 +13,7 @@ use serde_json::json;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tale::shared::hmac::{derive_runnerd_token, SignedHeaders};
+use tale::shared::protocol::runnerd::ExecRequest;
 
 const TOKEN: &str = "bench-token";
 const CREATE_RUNS: usize = 20;
@@ -215,7 +216,7 @@ async fn main() {
             .stdout,
     )
     .unwrap();
-    let runnerd = tale::shared::runnerd_client::RunnerdClient::new(
+    let runnerd = tale::modes::spawner::runnerd_client::RunnerdClient::new(
         &format!("http://{}:8200", endpoint.trim()),
         &derive_runnerd_token(TOKEN.as_bytes(), "rt"),
     );
@@ -224,7 +225,12 @@ async fn main() {
     for i in 0..ROUND_TRIPS + 20 {
         let start = Instant::now();
         let mut stream = runnerd
-            .exec(&json!({"execId": format!("d{i}"), "command": ["true"], "timeoutMs": 10000}))
+            .exec(&ExecRequest {
+                exec_id: format!("d{i}"),
+                command: Some(vec!["true".into()]),
+                timeout_ms: 10_000,
+                ..ExecRequest::default()
+            })
             .await
             .unwrap();
         while stream.next().await.unwrap().is_some() {}

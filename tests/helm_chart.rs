@@ -10,7 +10,8 @@ use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::process::Command;
-use tale::modes::spawner::config::{BackendChoice, SpawnerConfig};
+use tale::modes::spawner::backend::BackendKind;
+use tale::modes::spawner::config::SpawnerConfig;
 
 const RELEASE: &str = "tale";
 const RELEASE_NAMESPACE: &str = "tale-system";
@@ -204,7 +205,7 @@ fn default_chart() {
         .collect();
     let config = SpawnerConfig::from_env(|name| lookup.get(name).cloned(), false)
         .expect("the chart's env is a valid configuration");
-    assert_eq!(config.backend, BackendChoice::Kubernetes);
+    assert_eq!(config.backend, BackendKind::Kubernetes);
     let k = &config.kubernetes;
     assert_eq!(k.namespace, "tale-sandbox");
     assert_eq!(k.spawner_namespace.as_deref(), Some(RELEASE_NAMESPACE));

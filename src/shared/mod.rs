@@ -7,6 +7,5 @@ pub mod http;
 pub mod logging;
 pub mod ndjson;
 pub mod protocol;
-pub mod runnerd_client;
 pub mod sse;
 pub mod sys;

@@ -3,7 +3,7 @@
 //! `TALE_CREDENTIAL_SOCKET`, for the credential of the host git names, and prints it only when one
 //! is granted; `store` and `erase` are no-ops (runnerd is the only store). It never fails loudly:
 //! printing nothing makes git fall through to its next helper, then fail without leaking anything.
-use crate::modes::runnerd::credentials::CREDENTIAL_SOCKET_ENV;
+use crate::shared::protocol::runnerd::CREDENTIAL_SOCKET_ENV;
 use crate::shared::protocol::runnerd::{CredentialAnswer, CredentialQuery};
 use std::io::{BufRead, Read, Write};
 use std::os::unix::net::UnixStream;

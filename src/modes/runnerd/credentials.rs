@@ -17,7 +17,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 
 /// Environment variable through which execs (and so the helper) learn the socket path.
-pub const CREDENTIAL_SOCKET_ENV: &str = "TALE_CREDENTIAL_SOCKET";
+pub use crate::shared::protocol::runnerd::CREDENTIAL_SOCKET_ENV;
 
 /// Why a grant was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

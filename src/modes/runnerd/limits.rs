@@ -1,10 +1,11 @@
 //! Every limit of runnerd in one place, named with its unit. Defaults that operators may change are
 //! overridden through `Config` (flags / env); the README's configuration table lists them all.
+//! Limits the spawner must agree with are defined in `shared::protocol::runnerd` and listed here.
 use std::time::Duration;
 
 // --- HTTP edge -------------------------------------------------------------------------------
 /// Largest request body accepted on any route; larger bodies get 413 `payload_too_large`.
-pub const MAX_REQUEST_BODY_BYTES: usize = 8 * 1024 * 1024;
+pub use crate::shared::protocol::runnerd::MAX_REQUEST_BODY_BYTES;
 /// Execs being spawned at once (the rest of a burst waits its turn before building its command).
 pub const SPAWNS_AT_ONCE: usize = 8;
 /// Workspace file operations (stage, delete, list, read) running at once: fewer than the blocking
@@ -46,7 +47,7 @@ pub const DEFAULT_MAX_LIVE_EXECS: usize = 64;
 /// Default number of finished execs kept for attach/status (`--max-retained-execs`).
 pub const DEFAULT_MAX_RETAINED_EXECS: usize = 64;
 /// Deadline used when a request carries no positive `timeoutMs`.
-pub const DEFAULT_EXEC_TIMEOUT_MS: u64 = 10 * 60 * 1000;
+pub use crate::shared::protocol::runnerd::DEFAULT_EXEC_TIMEOUT_MS;
 /// Between SIGTERM and SIGKILL of an exec's process group (deadline, cancel).
 pub const KILL_GRACE: Duration = Duration::from_secs(5);
 /// After the exec's process exits, how long to keep draining its pipes (a background child may
@@ -57,13 +58,13 @@ pub const PIPE_READ_CHUNK_BYTES: usize = 64 * 1024;
 /// Size requested for exec output pipes (F_SETPIPE_SZ); the kernel default is 64 KiB.
 pub const PIPE_BUFFER_BYTES: usize = 1024 * 1024;
 /// Default uid:gid execs run as when runnerd runs as root (`TALE_EXEC_USER`).
-pub const DEFAULT_EXEC_USER: (u32, u32) = (10001, 10001);
+pub use crate::shared::protocol::runnerd::{DEFAULT_EXEC_USER, DEFAULT_EXEC_USER_TEXT};
 /// On SIGTERM/SIGINT/SIGHUP: time between SIGTERM to every exec group and SIGKILL (`--shutdown-grace-ms`).
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 // --- stdin -----------------------------------------------------------------------------------
 /// Largest line accepted by `POST /execs/:id/stdin`.
-pub const MAX_STDIN_LINE_BYTES: usize = 64 * 1024;
+pub use crate::shared::protocol::runnerd::MAX_STDIN_LINE_BYTES;
 /// A stdin write that the process does not drain within this time fails with `WRITE_FAILED`.
 pub const STDIN_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 

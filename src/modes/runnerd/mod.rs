@@ -17,6 +17,7 @@ pub mod state_dir;
 mod stream;
 
 use crate::shared::logging::{self, LogFormat};
+use crate::shared::protocol::runnerd::{parse_uid_gid, TOKEN_SHA256_ENV};
 use credentials::CredentialStore;
 use env_store::EnvStore;
 use exec::journal::JournalBudget;
@@ -49,7 +50,7 @@ pub struct Args {
     #[arg(long, env = "TALE_EXEC_HOME")]
     pub exec_home: Option<PathBuf>,
     /// uid:gid execs run as when runnerd runs as root.
-    #[arg(long, env = "TALE_EXEC_USER", default_value = "10001:10001", value_parser = parse_user)]
+    #[arg(long, env = "TALE_EXEC_USER", default_value = DEFAULT_EXEC_USER_TEXT, value_parser = parse_user)]
     pub exec_user: (u32, u32),
     /// Execs that may run at once.
     #[arg(long, env = "TALE_MAX_LIVE_EXECS", default_value_t = DEFAULT_MAX_LIVE_EXECS)]
@@ -98,14 +99,7 @@ pub struct Args {
 }
 
 fn parse_user(value: &str) -> Result<(u32, u32), String> {
-    let (uid, gid) = value
-        .split_once(':')
-        .ok_or_else(|| format!("{value:?} is not uid:gid"))?;
-    let number = |s: &str| {
-        s.parse::<u32>()
-            .map_err(|_| format!("{value:?} is not uid:gid"))
-    };
-    Ok((number(uid)?, number(gid)?))
+    parse_uid_gid(value).ok_or_else(|| format!("{value:?} is not uid:gid"))
 }
 
 /// Why runnerd refused to start.
@@ -159,7 +153,7 @@ pub fn run(args: Args) -> ExitCode {
 /// enters the container), `TALE_RUNNERD_TOKEN_FILE` or `TALE_RUNNERD_TOKEN`. Only the digest is
 /// kept, and presented tokens are compared by digest.
 fn load_token(insecure: bool) -> Result<Option<Vec<u8>>, BootError> {
-    if let Ok(hex) = std::env::var("TALE_RUNNERD_TOKEN_SHA256") {
+    if let Ok(hex) = std::env::var(TOKEN_SHA256_ENV) {
         if !hex.is_empty() {
             return decode_sha256_hex(hex.trim())
                 .map(Some)
@@ -188,12 +182,8 @@ fn load_token(insecure: bool) -> Result<Option<Vec<u8>>, BootError> {
     }
 }
 
-/// SHA-256 of a presented or configured token.
-pub fn token_digest(token: &[u8]) -> Vec<u8> {
-    ring::digest::digest(&ring::digest::SHA256, token)
-        .as_ref()
-        .to_vec()
-}
+/// SHA-256 of a presented or configured token (the rule both ends share).
+pub use crate::shared::protocol::runnerd::token_digest;
 
 fn decode_sha256_hex(text: &str) -> Option<Vec<u8>> {
     crate::shared::hex::decode(text).filter(|digest| digest.len() == 32)

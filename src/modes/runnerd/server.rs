@@ -101,6 +101,14 @@ async fn json_body<T: DeserializeOwned>(
                 Some(err.to_string()),
             ),
         })?;
+    // Every body is an object: serde would also read a struct from an array of its fields.
+    if !starts_json_object(&bytes) {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            Some("the body must be a JSON object".into()),
+        ));
+    }
     serde_json::from_slice(&bytes).map_err(|err| {
         error(
             StatusCode::BAD_REQUEST,
@@ -108,6 +116,14 @@ async fn json_body<T: DeserializeOwned>(
             Some(format!("the body is not the expected JSON: {err}")),
         )
     })
+}
+
+/// Whether JSON text starts an object (`{` after optional whitespace); the parse checks the rest.
+fn starts_json_object(bytes: &[u8]) -> bool {
+    bytes
+        .iter()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+        .is_some_and(|b| *b == b'{')
 }
 
 /// 200 with the report while an exec could be spawned; 503 with the same report, `ok: false` and
@@ -195,6 +211,13 @@ async fn stdin(daemon: &Daemon, id: &str, request: Request<Incoming>) -> HttpRes
         Ok(body) => body,
         Err(response) => return response,
     };
+    if body.is_empty() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            Some(StdinRequest::EMPTY_MESSAGE.into()),
+        );
+    }
     let reply = |result: Result<(), _>| {
         json(
             StatusCode::OK,
@@ -370,4 +393,20 @@ fn ndjson_response(body: crate::shared::http::ResponseBody) -> HttpResponse {
 /// Streams a journal cursor until the journal ends or the client goes away.
 fn ndjson_stream(cursor: JournalCursor) -> HttpResponse {
     ndjson_response(CursorBody::new(cursor).boxed_unsync())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only an object is a request body; arrays, scalars and nothing are not.
+    #[test]
+    fn bodies_must_be_objects() {
+        for body in [&b"{}"[..], b" \n\t{\"a\":1}", b"{"] {
+            assert!(starts_json_object(body), "{body:?}");
+        }
+        for body in [&b"[{\"X\":\"1\"}]"[..], b"7", b"\"x\"", b"null", b"", b"  "] {
+            assert!(!starts_json_object(body), "{body:?}");
+        }
+    }
 }

@@ -2,8 +2,10 @@
 pub mod api;
 pub mod backend;
 pub mod config;
+pub mod limits;
 pub mod metrics;
 pub mod registry;
+pub mod runnerd_client;
 pub mod state;
 pub mod sweeper;
 
@@ -12,7 +14,8 @@ use backend::docker::{DockerBackend, DockerConfig};
 use backend::kubernetes::{KubernetesBackend, KubernetesConfig};
 use backend::local::LocalBackend;
 use backend::Backend;
-use config::{BackendChoice, SpawnerConfig};
+use backend::BackendKind;
+use config::SpawnerConfig;
 use state::Spawner;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -49,14 +52,14 @@ pub enum BootError {
 
 async fn build_backend(config: &SpawnerConfig) -> Result<Arc<dyn Backend>, BootError> {
     Ok(match config.backend {
-        BackendChoice::Local => {
+        BackendKind::Local => {
             let binary = std::env::current_exe().map_err(|source| backend::BackendError::Io {
                 context: "cannot find this executable".into(),
                 source,
             })?;
             LocalBackend::new(&config.host_session_root, &binary)?
         }
-        BackendChoice::Docker => Arc::new(DockerBackend::new(DockerConfig {
+        BackendKind::Docker => Arc::new(DockerBackend::new(DockerConfig {
             socket: config.docker_socket.clone(),
             image: config.runtime_image.clone(),
             network: config.egress_network.clone(),
@@ -68,7 +71,7 @@ async fn build_backend(config: &SpawnerConfig) -> Result<Arc<dyn Backend>, BootE
             no_new_privileges: config.hardening.no_new_privileges,
             drop_all_capabilities: config.hardening.drop_all_capabilities,
         })?),
-        BackendChoice::Kubernetes => Arc::new(
+        BackendKind::Kubernetes => Arc::new(
             KubernetesBackend::connect(KubernetesConfig {
                 settings: config.kubernetes.clone(),
                 image: config.runtime_image.clone(),

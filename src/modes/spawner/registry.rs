@@ -1,8 +1,8 @@
 //! The session registry: a cache of what the backend says exists, with this replica's exec proxies.
 //! It is never the truth — `GET` re-checks the backend, boot re-adopts from it — so losing it (a
 //! restart, a crash) loses nothing but the in-flight SSE proxies, which clients re-attach.
+use crate::modes::spawner::runnerd_client::RunnerdClient;
 use crate::shared::protocol::spawner::{Profile, SessionInfo, SessionState};
-use crate::shared::runnerd_client::RunnerdClient;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
 

@@ -3,17 +3,17 @@ use super::backend::Backend;
 use super::config::SpawnerConfig;
 use super::metrics::Metrics;
 use super::registry::{Registry, SessionEntry};
+use crate::modes::spawner::runnerd_client::RunnerdClient;
 use crate::shared::hmac::{derive_runnerd_token, RequestVerifier};
 use crate::shared::protocol::spawner::{Profile, SessionState};
-use crate::shared::runnerd_client::RunnerdClient;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Key used to derive runnerd tokens in `--insecure-dev` mode (no SANDBOX_TOKEN): tokens are then
 /// predictable, which is what that mode is — insecure.
 pub const INSECURE_DEV_KEY: &[u8] = b"tale-insecure-dev";
 /// How long a `/health` backend probe is reused.
-pub const HEALTH_CACHE_TTL: Duration = Duration::from_secs(60);
+pub use super::limits::HEALTH_CACHE_TTL;
 
 /// Everything a route needs.
 pub struct Spawner {

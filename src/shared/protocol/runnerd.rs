@@ -12,6 +12,52 @@ pub const TOKEN_HEADER: &str = "x-tale-runnerd-token";
 pub const DEFAULT_PORT: u16 = 8200;
 /// Longest exec / session id accepted in a path or body.
 pub const MAX_ID_LEN: usize = 64;
+/// Largest request body runnerd accepts on any route (larger: 413 `payload_too_large`); the
+/// spawner's own body cap may not exceed it, since it forwards bodies.
+pub const MAX_REQUEST_BODY_BYTES: usize = 8 * 1024 * 1024;
+/// Largest line `POST /execs/:id/stdin` accepts, decoded (`BAD_LINE` beyond it).
+pub const MAX_STDIN_LINE_BYTES: usize = 64 * 1024;
+/// Deadline of an exec whose request carries no positive `timeoutMs` (runnerd), and of an exec
+/// request that names none (the spawner's default for `SANDBOX_EXEC_DEFAULT_TIMEOUT_MS`).
+pub const DEFAULT_EXEC_TIMEOUT_MS: u64 = 10 * 60 * 1000;
+/// uid:gid execs run as when runnerd runs as root, as text (`TALE_EXEC_USER`, `SANDBOX_AGENT_USER`).
+pub const DEFAULT_EXEC_USER_TEXT: &str = "10001:10001";
+/// [`DEFAULT_EXEC_USER_TEXT`] parsed.
+pub const DEFAULT_EXEC_USER: (u32, u32) = (10001, 10001);
+/// Environment variable carrying the hex SHA-256 of the session's runnerd token (see
+/// [`token_digest`]): the backends set it, runnerd compares presented tokens against it.
+pub const TOKEN_SHA256_ENV: &str = "TALE_RUNNERD_TOKEN_SHA256";
+/// Environment variable naming the credential socket, set for every exec; the git credential
+/// helper reads it.
+pub const CREDENTIAL_SOCKET_ENV: &str = "TALE_CREDENTIAL_SOCKET";
+
+/// `uid:gid` (both decimal) → the pair; anything else → `None`.
+pub fn parse_uid_gid(text: &str) -> Option<(u32, u32)> {
+    let (uid, gid) = text.split_once(':')?;
+    Some((uid.parse().ok()?, gid.parse().ok()?))
+}
+
+/// The token digest rule: runnerd keeps and compares SHA-256 digests of tokens, never the token.
+pub fn token_digest(token: &[u8]) -> Vec<u8> {
+    ring::digest::digest(&ring::digest::SHA256, token)
+        .as_ref()
+        .to_vec()
+}
+
+/// [`token_digest`] as lowercase hex, the form of [`TOKEN_SHA256_ENV`].
+pub fn token_digest_hex(token: &[u8]) -> String {
+    crate::shared::hex::encode(&token_digest(token))
+}
+
+/// Base64 as the original reads it (Node's `Buffer.from(s, 'base64')`): padding optional. Used for
+/// every base64 field runnerd decodes (`stdinBase64`, stdin `b64`, `contentBase64`).
+pub fn lenient_base64() -> base64::engine::GeneralPurpose {
+    base64::engine::GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        base64::engine::GeneralPurposeConfig::new()
+            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+    )
+}
 
 /// True when `id` matches `^[A-Za-z0-9_-]{1,64}$`.
 pub fn is_valid_id(id: &str) -> bool {
@@ -35,9 +81,51 @@ pub fn is_denied_name(name: &str) -> bool {
         || matches!(upper.as_str(), "HTTP_PROXY" | "HTTPS_PROXY" | "NO_PROXY")
 }
 
-/// `POST /execs` body as it arrives. Every field is kept loose (`serde_json::Value`) so that a field of
-/// the wrong type becomes a `fail BAD_REQUEST` event in the specified validation order rather than a
-/// parse error; `exec::spec` turns it into a typed `ExecSpec`.
+/// What happens to an exec's stdin after `stdinBase64`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StdinMode {
+    /// Write `stdinBase64`, then close.
+    #[default]
+    Close,
+    /// Write `stdinBase64`, keep the pipe for `POST /execs/:id/stdin`.
+    Hold,
+}
+
+/// `POST /execs` body: what the spawner sends and what runnerd's validation yields (from an
+/// [`ExecRequestWire`], in the original's order). Numbers: a `timeoutMs` of 0 means runnerd's
+/// default deadline, a cap of 0 means unlimited.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecRequest {
+    pub exec_id: String,
+    /// `command[0]` run with `command[1..]`, no shell; exactly one of `command` and `shell`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// A command line for `bash -lc` (`sh -lc` where there is no bash).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shell: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    /// Per-exec overlay over the env store; deny-listed names are dropped by runnerd.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin_base64: Option<String>,
+    #[serde(default)]
+    pub stdin_mode: StdinMode,
+    #[serde(default)]
+    pub timeout_ms: u64,
+    #[serde(default)]
+    pub stdout_max_bytes: u64,
+    #[serde(default)]
+    pub stderr_max_bytes: u64,
+}
+
+/// `POST /execs` body as it arrives at runnerd. Every field is kept loose (`serde_json::Value`) so
+/// that a field of the wrong type becomes a `fail BAD_REQUEST` event with the original's message, in
+/// the original's validation order, rather than a 400; runnerd's `exec::spec` turns it into an
+/// [`ExecRequest`].
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ExecRequestWire {
@@ -182,6 +270,17 @@ pub struct StdinRequest {
     pub b64: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eof: Option<bool>,
+}
+
+impl StdinRequest {
+    /// What a request carrying neither `b64` nor `eof` is refused with (400 `bad_request`); other
+    /// unknown fields are allowed, for additive evolution.
+    pub const EMPTY_MESSAGE: &'static str = "one of b64 or eof is required";
+
+    /// True when neither `b64` nor `eof` was given (e.g. a misspelled field).
+    pub fn is_empty(&self) -> bool {
+        self.b64.is_none() && self.eof.is_none()
+    }
 }
 
 /// Why a stdin write was refused.
@@ -432,6 +531,32 @@ mod tests {
             serde_json::to_string(&gone).unwrap(),
             r#"{"execId":"a","state":"gone"}"#
         );
+    }
+
+    /// Values that exist as text and parsed, or on both ends, agree.
+    #[test]
+    fn shared_constants_agree() {
+        assert_eq!(
+            parse_uid_gid(DEFAULT_EXEC_USER_TEXT),
+            Some(DEFAULT_EXEC_USER)
+        );
+        assert_eq!(parse_uid_gid("1:x"), None);
+        assert_eq!(parse_uid_gid("12"), None);
+        assert_eq!(
+            token_digest_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(token_digest(b"abc").len(), 32);
+    }
+
+    /// A stdin request must carry `b64` or `eof`; unknown fields are ignored.
+    #[test]
+    fn stdin_requests_carry_something() {
+        let parse = |json: &str| serde_json::from_str::<StdinRequest>(json).unwrap();
+        assert!(parse("{}").is_empty());
+        assert!(parse(r#"{"dataBase64":"e30K"}"#).is_empty());
+        assert!(!parse(r#"{"eof":false}"#).is_empty());
+        assert!(!parse(r#"{"b64":"","x":1}"#).is_empty());
     }
 
     /// The id rule of paths and bodies.

@@ -1,6 +1,8 @@
 //! The spawner's wire contract (spec era B): session and exec requests with their validation, replies,
 //! the SSE event data, and the error envelope. camelCase JSON, field order as the original.
-use super::runnerd::{is_denied_name, is_valid_id, ExecEvent, FailCode, Truncated};
+use super::runnerd::{
+    is_denied_name, is_valid_id, ExecEvent, ExecRequest, FailCode, StdinMode, Truncated,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -286,37 +288,29 @@ impl SessionExec {
         })
     }
 
-    /// The runnerd `POST /execs` body, with output caps (0 = unlimited when not collecting).
-    pub fn runnerd_request(&self, stdout_cap: u64, stderr_cap: u64) -> Value {
+    /// The runnerd `POST /execs` request, with output caps (0 = unlimited when not collecting).
+    pub fn runnerd_request(&self, stdout_cap: u64, stderr_cap: u64) -> ExecRequest {
         let (stdout_cap, stderr_cap) = if self.collect_output {
             (stdout_cap, stderr_cap)
         } else {
             (0, 0)
         };
-        let mut request = serde_json::json!({
-            "execId": self.exec_id,
-            "timeoutMs": self.timeout_ms,
-            "stdoutMaxBytes": stdout_cap,
-            "stderrMaxBytes": stderr_cap,
-            "stdinMode": if self.stdin_hold { "hold" } else { "close" },
-        });
-        let map = request.as_object_mut().expect("an object");
-        if let Some(command) = &self.command {
-            map.insert("command".into(), serde_json::json!(command));
+        ExecRequest {
+            exec_id: self.exec_id.clone(),
+            command: self.command.clone(),
+            shell: self.shell.clone(),
+            cwd: self.cwd.clone(),
+            env: self.env.clone(),
+            stdin_base64: self.stdin_base64.clone(),
+            stdin_mode: if self.stdin_hold {
+                StdinMode::Hold
+            } else {
+                StdinMode::Close
+            },
+            timeout_ms: self.timeout_ms,
+            stdout_max_bytes: stdout_cap,
+            stderr_max_bytes: stderr_cap,
         }
-        if let Some(shell) = &self.shell {
-            map.insert("shell".into(), Value::String(shell.clone()));
-        }
-        if let Some(cwd) = &self.cwd {
-            map.insert("cwd".into(), Value::String(cwd.clone()));
-        }
-        if !self.env.is_empty() {
-            map.insert("env".into(), serde_json::json!(self.env));
-        }
-        if let Some(stdin) = &self.stdin_base64 {
-            map.insert("stdinBase64".into(), Value::String(stdin.clone()));
-        }
-        request
     }
 }
 
@@ -561,7 +555,7 @@ mod tests {
         assert_eq!(exec.timeout_ms, 7_200_000);
         assert!(exec.collect_output);
         assert_eq!(
-            exec.runnerd_request(5, 6),
+            serde_json::to_value(exec.runnerd_request(5, 6)).unwrap(),
             json!({"execId": "e", "command": ["ls", "-l"], "timeoutMs": 7_200_000, "stdoutMaxBytes": 5, "stderrMaxBytes": 6, "stdinMode": "close"})
         );
         let agent = SessionExec::parse(
@@ -570,7 +564,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(agent.timeout_ms, 600_000);
-        let request = agent.runnerd_request(5, 6);
+        let request = serde_json::to_value(agent.runnerd_request(5, 6)).unwrap();
         assert_eq!(
             (
                 request["stdoutMaxBytes"].clone(),

@@ -67,6 +67,10 @@ impl Launcher {
             }
             Program::Shell(line) => {
                 let mut c = Command::new(&self.shell);
+                // `$0` is the shell's name (`bash`, `sh`) as where the original looked it up in PATH.
+                if let Some(name) = self.shell.file_name() {
+                    std::os::unix::process::CommandExt::arg0(&mut c, name);
+                }
                 c.arg("-lc").arg(line);
                 c
             }

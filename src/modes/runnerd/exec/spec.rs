@@ -1,9 +1,15 @@
-//! Parse, don't validate: `ExecRequestWire` (untrusted JSON) becomes an [`ExecSpec`], or a `fail`
-//! event with the specified code and message, checked in the original daemon's order.
-use super::super::limits::DEFAULT_EXEC_TIMEOUT_MS;
-use crate::shared::protocol::runnerd::{is_denied_name, is_valid_id, ExecRequestWire, FailCode};
+//! Parse, don't validate: `ExecRequestWire` (untrusted JSON) becomes the typed [`ExecRequest`] of
+//! the wire contract — or a `fail` event with the specified code and message, checked in the
+//! original daemon's order — and then an [`ExecSpec`], what the launcher runs.
+/// Kept here too for callers of the exec module; the rule itself is part of the wire contract.
+pub use crate::shared::protocol::runnerd::lenient_base64;
+pub use crate::shared::protocol::runnerd::StdinMode;
+use crate::shared::protocol::runnerd::{
+    is_denied_name, is_valid_id, ExecRequest, ExecRequestWire, FailCode, DEFAULT_EXEC_TIMEOUT_MS,
+};
 use base64::Engine;
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -32,15 +38,6 @@ pub enum Program {
     Shell(String),
 }
 
-/// What happens to the exec's stdin after the initial bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StdinMode {
-    /// Write `stdinBase64`, then close.
-    Close,
-    /// Write `stdinBase64`, keep the pipe for `POST /execs/:id/stdin`.
-    Hold,
-}
-
 /// A validated exec request (cwd still to be resolved).
 #[derive(Debug, Clone)]
 pub struct ExecSpec {
@@ -57,15 +54,6 @@ pub struct ExecSpec {
     pub stderr_cap: Option<u64>,
 }
 
-/// Base64 as Node's `Buffer.from(s, 'base64')` reads it: padding optional.
-pub fn lenient_base64() -> base64::engine::GeneralPurpose {
-    base64::engine::GeneralPurpose::new(
-        &base64::alphabet::STANDARD,
-        base64::engine::GeneralPurposeConfig::new()
-            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
-    )
-}
-
 /// Step 2 of the order: the exec id.
 pub fn parse_exec_id(wire: &ExecRequestWire) -> Result<String, SpecError> {
     match &wire.exec_id {
@@ -76,18 +64,31 @@ pub fn parse_exec_id(wire: &ExecRequestWire) -> Result<String, SpecError> {
 
 /// Steps 4 onwards (the id was parsed and checked for duplicates already), except the cwd.
 pub fn parse_spec(exec_id: String, wire: &ExecRequestWire) -> Result<ExecSpec, SpecError> {
-    let program = parse_program(wire)?;
+    let (request, stdin) = parse_request(exec_id, wire)?;
+    Ok(ExecSpec::new(request, stdin))
+}
+
+/// The typed request, checked field by field in the original's order, with its stdin decoded
+/// (the decoding is the check of `stdinBase64`).
+pub fn parse_request(
+    exec_id: String,
+    wire: &ExecRequestWire,
+) -> Result<(ExecRequest, Vec<u8>), SpecError> {
+    let (command, shell) = parse_program(wire)?;
     let cwd = match &wire.cwd {
         None | Some(Value::Null) => None,
         Some(Value::String(cwd)) => Some(cwd.clone()),
         Some(_) => return Err(SpecError::bad("cwd must be a string")),
     };
     let env = parse_env(wire.env.as_ref())?;
-    let stdin = match &wire.stdin_base64 {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::String(b64)) => lenient_base64()
-            .decode(b64)
-            .map_err(|_| SpecError::bad("stdinBase64 is not valid base64"))?,
+    let (stdin_base64, stdin) = match &wire.stdin_base64 {
+        None | Some(Value::Null) => (None, Vec::new()),
+        Some(Value::String(b64)) => (
+            Some(b64.clone()),
+            lenient_base64()
+                .decode(b64)
+                .map_err(|_| SpecError::bad("stdinBase64 is not valid base64"))?,
+        ),
         Some(_) => return Err(SpecError::bad("stdinBase64 must be a string")),
     };
     let stdin_mode = match &wire.stdin_mode {
@@ -96,22 +97,52 @@ pub fn parse_spec(exec_id: String, wire: &ExecRequestWire) -> Result<ExecSpec, S
         Some(Value::String(mode)) if mode == "hold" => StdinMode::Hold,
         Some(_) => return Err(SpecError::bad("stdinMode must be \"close\" or \"hold\"")),
     };
-    let timeout_ms =
-        positive_number(wire.timeout_ms.as_ref(), "timeoutMs")?.unwrap_or(DEFAULT_EXEC_TIMEOUT_MS);
-    Ok(ExecSpec {
+    let request = ExecRequest {
         exec_id,
-        program,
+        command,
+        shell,
         cwd,
         env,
-        stdin,
+        stdin_base64,
         stdin_mode,
-        timeout: Duration::from_millis(timeout_ms),
-        stdout_cap: positive_number(wire.stdout_max_bytes.as_ref(), "stdoutMaxBytes")?,
-        stderr_cap: positive_number(wire.stderr_max_bytes.as_ref(), "stderrMaxBytes")?,
-    })
+        timeout_ms: positive_number(wire.timeout_ms.as_ref(), "timeoutMs")?,
+        stdout_max_bytes: positive_number(wire.stdout_max_bytes.as_ref(), "stdoutMaxBytes")?,
+        stderr_max_bytes: positive_number(wire.stderr_max_bytes.as_ref(), "stderrMaxBytes")?,
+    };
+    Ok((request, stdin))
 }
 
-fn parse_program(wire: &ExecRequestWire) -> Result<Program, SpecError> {
+impl ExecSpec {
+    /// What runs for a validated request whose `stdinBase64` decoded to `stdin`.
+    pub fn new(request: ExecRequest, stdin: Vec<u8>) -> ExecSpec {
+        let program = match (request.command, request.shell) {
+            (Some(argv), _) => Program::Argv(argv),
+            (None, shell) => Program::Shell(shell.unwrap_or_default()),
+        };
+        let positive = |n: u64| (n > 0).then_some(n);
+        ExecSpec {
+            exec_id: request.exec_id,
+            program,
+            cwd: request.cwd,
+            env: request
+                .env
+                .into_iter()
+                .filter(|(name, _)| !is_denied_name(name))
+                .collect(),
+            stdin,
+            stdin_mode: request.stdin_mode,
+            timeout: Duration::from_millis(
+                positive(request.timeout_ms).unwrap_or(DEFAULT_EXEC_TIMEOUT_MS),
+            ),
+            stdout_cap: positive(request.stdout_max_bytes),
+            stderr_cap: positive(request.stderr_max_bytes),
+        }
+    }
+}
+
+type CommandOrShell = (Option<Vec<String>>, Option<String>);
+
+fn parse_program(wire: &ExecRequestWire) -> Result<CommandOrShell, SpecError> {
     const EXACTLY_ONE: &str = "exactly one of command[] or shell required";
     let command = wire.command.as_ref().filter(|v| !v.is_null());
     let shell = wire.shell.as_ref().filter(|v| !v.is_null());
@@ -120,22 +151,21 @@ fn parse_program(wire: &ExecRequestWire) -> Result<Program, SpecError> {
             .iter()
             .map(|v| v.as_str().map(str::to_owned))
             .collect::<Option<Vec<_>>>()
-            .map(Program::Argv)
+            .map(|argv| (Some(argv), None))
             .ok_or_else(|| SpecError::bad("command[] must hold only strings")),
-        (None, Some(Value::String(shell))) if !shell.is_empty() => {
-            Ok(Program::Shell(shell.clone()))
-        }
+        (None, Some(Value::String(shell))) if !shell.is_empty() => Ok((None, Some(shell.clone()))),
         _ => Err(SpecError::bad(EXACTLY_ONE)),
     }
 }
 
-fn parse_env(env: Option<&Value>) -> Result<Vec<(String, String)>, SpecError> {
+/// The overlay as sent (deny-listed names included: [`ExecSpec::new`] drops them).
+fn parse_env(env: Option<&Value>) -> Result<BTreeMap<String, String>, SpecError> {
     let object = match env {
-        None | Some(Value::Null) => return Ok(Vec::new()),
+        None | Some(Value::Null) => return Ok(BTreeMap::new()),
         Some(Value::Object(object)) => object,
         Some(_) => return Err(SpecError::bad("env must be an object")),
     };
-    let mut vars = Vec::with_capacity(object.len());
+    let mut vars = BTreeMap::new();
     for (name, value) in object {
         let Some(value) = value.as_str() else {
             return Err(SpecError::bad(format!("env.{name} must be a string")));
@@ -143,20 +173,18 @@ fn parse_env(env: Option<&Value>) -> Result<Vec<(String, String)>, SpecError> {
         if value.contains('\0') {
             return Err(SpecError::bad(format!("env.{name} must not contain NUL")));
         }
-        if !is_denied_name(name) {
-            vars.push((name.clone(), value.to_owned()));
-        }
+        vars.insert(name.clone(), value.to_owned());
     }
     Ok(vars)
 }
 
-/// A number > 0 (floored) → `Some`; ≤ 0 or absent → `None`; anything else is refused.
-fn positive_number(value: Option<&Value>, field: &str) -> Result<Option<u64>, SpecError> {
+/// A number ≥ 1 (floored) → itself; below 1 or absent → 0 (the default); anything else is refused.
+fn positive_number(value: Option<&Value>, field: &str) -> Result<u64, SpecError> {
     match value {
-        None | Some(Value::Null) => Ok(None),
+        None | Some(Value::Null) => Ok(0),
         Some(Value::Number(n)) => {
             let n = n.as_f64().unwrap_or(0.0);
-            Ok((n >= 1.0).then_some(n as u64))
+            Ok(if n >= 1.0 { n as u64 } else { 0 })
         }
         Some(_) => Err(SpecError::bad(format!("{field} must be a number"))),
     }
@@ -242,6 +270,31 @@ mod tests {
         assert_eq!(s.stdin_mode, StdinMode::Close);
         let d = spec(r#"{"execId":"a","shell":"true"}"#).unwrap();
         assert_eq!(d.timeout, Duration::from_millis(DEFAULT_EXEC_TIMEOUT_MS));
+    }
+
+    /// The contract is one type: whatever request the spawner builds, runnerd's validation of its
+    /// JSON yields the same typed request (and the stdin it carries).
+    #[test]
+    fn spawner_requests_decode_to_the_same_request() {
+        use crate::shared::protocol::spawner::{SessionExec, TEST_LIMITS};
+        for body in [
+            serde_json::json!({"execId": "e", "command": ["ls", "-l"], "timeoutMs": 5}),
+            serde_json::json!({"execId": "e2", "shell": "echo $A", "cwd": "sub", "stdinMode": "hold",
+                "env": {"A": "1", "B": "2"}, "stdinBase64": "aGk=", "collectOutput": false}),
+        ] {
+            let exec = SessionExec::parse(&body, &TEST_LIMITS).unwrap();
+            let sent = exec.runnerd_request(7, 8);
+            let wire: ExecRequestWire =
+                serde_json::from_slice(&serde_json::to_vec(&sent).unwrap()).unwrap();
+            let (decoded, stdin) = parse_request(parse_exec_id(&wire).unwrap(), &wire).unwrap();
+            assert_eq!(decoded, sent);
+            let expected_stdin = sent
+                .stdin_base64
+                .as_deref()
+                .map(|b64| lenient_base64().decode(b64).unwrap())
+                .unwrap_or_default();
+            assert_eq!(stdin, expected_stdin);
+        }
     }
 
     /// cwd must exist beneath the root, also after resolving symlinks.

@@ -1,6 +1,6 @@
 //! An exec's stdin: the initial bytes, and in hold mode the lines `POST /execs/:id/stdin` adds.
 use super::super::limits::{MAX_STDIN_LINE_BYTES, STDIN_WRITE_TIMEOUT};
-use super::spec::lenient_base64;
+use crate::shared::protocol::runnerd::lenient_base64;
 use crate::shared::protocol::runnerd::StdinRefusal;
 use base64::Engine;
 use tokio::io::AsyncWriteExt;

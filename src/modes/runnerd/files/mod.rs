@@ -12,11 +12,11 @@ pub mod beneath;
 pub mod fetch;
 mod ops;
 
-use super::exec::spec::lenient_base64;
 use super::limits::{
     FILE_OPS_AT_ONCE, FILE_OP_TIMEOUT, MAX_READ_FILE_BYTES, MAX_STAGE_INLINE_BYTES,
     MAX_STAGE_URL_BYTES, STAGE_URL_TIMEOUT,
 };
+use crate::shared::protocol::runnerd::lenient_base64;
 use crate::shared::protocol::runnerd::{
     DeleteReply, DeleteRequest, ListReply, SkippedPath, StageItem, StageReply, StageRequest,
     StagedFile,

@@ -1,10 +1,10 @@
 //! Per-operation git credentials: granted to the session's runnerd, held in its memory only.
 use super::sessions::lost_or_upstream;
 use super::{bad_request, not_found, ok, ApiRequest};
+use crate::modes::spawner::runnerd_client::RunnerdError;
 use crate::modes::spawner::state::Spawner;
 use crate::shared::http::HttpResponse;
 use crate::shared::protocol::runnerd::GitCredentialGrant;
-use crate::shared::runnerd_client::RunnerdError;
 
 pub async fn grant(spawner: &Spawner, id: &str, request: &ApiRequest) -> HttpResponse {
     let Some(entry) = spawner.lookup(id).await else {

@@ -101,8 +101,12 @@ pub async fn replay(
         Some(stream) => {
             let spawner = spawner.clone();
             let session_id = id.to_owned();
+            let mode = ProxyMode::Attach {
+                runnerd: entry.runnerd.clone(),
+                exec_id: exec_id.to_owned(),
+            };
             tokio::spawn(async move {
-                pump(spawner, session_id, stream, tx, ProxyMode::Attach, agent).await;
+                pump(spawner, session_id, stream, tx, mode, agent).await;
             });
         }
     }
@@ -169,6 +173,9 @@ pub async fn stdin(
         b64: body.get("b64").and_then(|v| v.as_str()).map(str::to_owned),
         eof: body.get("eof").and_then(|v| v.as_bool()),
     };
+    if stdin.is_empty() {
+        return bad_request(StdinRequest::EMPTY_MESSAGE);
+    }
     match entry.runnerd.stdin(exec_id, &stdin).await {
         Ok(reply) => ok(&reply),
         Err(err) => lost_or_upstream(spawner, id, err).await,

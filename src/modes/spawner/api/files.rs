@@ -7,7 +7,7 @@ use crate::shared::protocol::runnerd::DeleteRequest;
 async fn upstream(
     spawner: &Spawner,
     id: &str,
-    err: crate::shared::runnerd_client::RunnerdError,
+    err: crate::modes::spawner::runnerd_client::RunnerdError,
 ) -> HttpResponse {
     if err.is_transport() {
         spawner.evict_if_gone(id).await;
@@ -28,7 +28,7 @@ pub async fn stage(spawner: &Spawner, id: &str, request: &ApiRequest) -> HttpRes
     }
     match entry.runnerd.stage(&body).await {
         Ok(reply) => ok(&reply),
-        Err(crate::shared::runnerd_client::RunnerdError::Status { status, body })
+        Err(crate::modes::spawner::runnerd_client::RunnerdError::Status { status, body })
             if status == hyper::StatusCode::BAD_REQUEST =>
         {
             bad_request(body)

@@ -348,7 +348,7 @@ pub async fn pin(spawner: &Spawner, id: &str, request: &ApiRequest) -> HttpRespo
 pub async fn lost_or_upstream(
     spawner: &Spawner,
     id: &str,
-    err: crate::shared::runnerd_client::RunnerdError,
+    err: crate::modes::spawner::runnerd_client::RunnerdError,
 ) -> HttpResponse {
     if err.is_transport() && spawner.evict_if_gone(id).await {
         return not_found();

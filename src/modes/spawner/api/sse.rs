@@ -7,15 +7,15 @@
 //! `event: agent`, `id: <seq>.<n>`. A resumed agent attach replays the exec from its start (to
 //! re-parse it) and sends only what lies after the client's position.
 use crate::modes::spawner::metrics::Metrics;
+use crate::modes::spawner::runnerd_client::{EventStream, RunnerdClient};
 use crate::modes::spawner::state::Spawner;
 use crate::shared::agents::{AgentEvent, AgentEventParser};
 use crate::shared::http::{ChannelBody, HttpResponse};
 use crate::shared::protocol::agent_runs::StreamPosition;
-use crate::shared::protocol::runnerd::{ExecEvent, Truncated};
+use crate::shared::protocol::runnerd::{ExecEvent, ExecStatus, ExecStatusState, Truncated};
 use crate::shared::protocol::spawner::{
     ErrorData, GapData, OutputData, PhaseData, SessionExecResponse,
 };
-use crate::shared::runnerd_client::EventStream;
 use crate::shared::sse::{
     event_frame, event_frame_with_id, Utf8StreamDecoder, KEEPALIVE_FRAME, KEEPALIVE_INTERVAL,
 };
@@ -31,12 +31,36 @@ use tokio::sync::mpsc;
 const SSE_CHANNEL_DEPTH: usize = 16;
 
 /// What the proxy is for.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone)]
 pub enum ProxyMode {
     /// The primary exec stream: collects output into the result when `collect` is set.
     Exec { collect: bool },
-    /// An attach: the result carries empty buffers.
-    Attach,
+    /// An attach: the result carries empty buffers. When runnerd's replay ends at once with nothing
+    /// (the reader was at or past the terminal event), `runnerd` is asked whether the exec exited:
+    /// then the client already has the end, and gets no second (`SESSION_LOST`) result.
+    Attach {
+        runnerd: RunnerdClient,
+        exec_id: String,
+    },
+}
+
+impl ProxyMode {
+    /// True when an attach that received nothing ended because its exec had already ended.
+    async fn reader_was_past_the_end(&self) -> bool {
+        let ProxyMode::Attach { runnerd, exec_id } = self else {
+            return false;
+        };
+        matches!(
+            runnerd.status(exec_id).await,
+            Ok((
+                _,
+                ExecStatus {
+                    state: ExecStatusState::Exited { .. },
+                    ..
+                }
+            ))
+        )
+    }
 }
 
 /// An SSE response and the sender that feeds it.
@@ -118,6 +142,7 @@ pub async fn pump(
         let tx = tx.clone();
         async move { tx.send(frame).await.is_ok() }
     };
+    let mut received_any = false;
     loop {
         let next = tokio::select! {
             next = stream.next() => next,
@@ -128,8 +153,14 @@ pub async fn pump(
             _ = tx.closed() => return None,
         };
         let event = match next {
-            Ok(Some(event)) => event,
+            Ok(Some(event)) => {
+                received_any = true;
+                event
+            }
             Ok(None) => {
+                if !received_any && mode.reader_was_past_the_end().await {
+                    return None;
+                }
                 let result = SessionExecResponse::session_lost(
                     STANDARD.encode(&collected.stdout),
                     STANDARD.encode(&collected.stderr),

@@ -15,6 +15,7 @@ use super::{
     wait_for_runnerd, Backend, BackendError, BackendKind, BackendResult, BoxFuture, ListedSession,
     SessionSpec,
 };
+use crate::shared::protocol::runnerd as runnerd_protocol;
 use crate::shared::protocol::runnerd::{is_valid_id, DEFAULT_PORT};
 use bollard::errors::Error as DockerError;
 use bollard::models::{
@@ -205,8 +206,9 @@ impl DockerBackend {
             // Only the token's digest enters the container: runnerd compares digests, so neither
             // `docker inspect` nor root inside the session ever sees the token itself.
             format!(
-                "TALE_RUNNERD_TOKEN_SHA256={}",
-                crate::shared::hmac::sha256_hex(spec.runnerd_token.as_bytes())
+                "{}={}",
+                runnerd_protocol::TOKEN_SHA256_ENV,
+                runnerd_protocol::token_digest_hex(spec.runnerd_token.as_bytes())
             ),
             format!("TALE_WORKSPACE_ROOT={WORKSPACE_PATH}"),
             format!("TALE_EXEC_USER={}:{}", r.exec_user.0, r.exec_user.1),

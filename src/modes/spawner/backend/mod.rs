@@ -164,7 +164,7 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<(), String>>,
 {
-    let client = crate::shared::runnerd_client::RunnerdClient::new(url, token);
+    let client = crate::modes::spawner::runnerd_client::RunnerdClient::new(url, token);
     let started = tokio::time::Instant::now();
     let mut interval = READINESS_POLL_FIRST_INTERVAL;
     loop {

@@ -1,6 +1,7 @@
 //! The `SANDBOX_K8S_*` settings (and `SANDBOX_RUNTIME_CLASS`): read whatever the backend, used by the
 //! kubernetes backend only, and validated with Kubernetes' own name and quantity syntax.
-use super::{parse_size, BackendChoice, ConfigError};
+use super::{parse_size, ConfigError};
+use crate::modes::spawner::backend::BackendKind;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -203,9 +204,9 @@ pub fn parse_label_selector(text: &str) -> Option<BTreeMap<String, String>> {
 /// nothing there).
 pub fn ignored_kubernetes_variables(
     lookup: impl Fn(&str) -> Option<String>,
-    backend: BackendChoice,
+    backend: BackendKind,
 ) -> Vec<&'static str> {
-    if backend == BackendChoice::Kubernetes {
+    if backend == BackendKind::Kubernetes {
         return Vec::new();
     }
     KUBERNETES_VARIABLES
@@ -287,10 +288,10 @@ mod tests {
         let set = HashMap::from([("SANDBOX_K8S_NAMESPACE", "x")]);
         let lookup = |name: &str| set.get(name).map(|v| v.to_string());
         assert_eq!(
-            ignored_kubernetes_variables(lookup, BackendChoice::Docker),
+            ignored_kubernetes_variables(lookup, BackendKind::Docker),
             ["SANDBOX_K8S_NAMESPACE"]
         );
-        assert!(ignored_kubernetes_variables(lookup, BackendChoice::Kubernetes).is_empty());
+        assert!(ignored_kubernetes_variables(lookup, BackendKind::Kubernetes).is_empty());
     }
 
     /// Kubernetes sizes and CPU amounts.

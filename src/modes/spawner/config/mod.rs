@@ -1,7 +1,8 @@
 //! The spawner's configuration, read from the environment (names and defaults of the original,
 //! spec config.md). Numbers: trimmed; empty or unset means the default; anything unparsable or out
 //! of range stops the boot with an error naming the variable.
-use super::backend::SessionResources;
+use super::backend::{BackendKind, SessionResources};
+use crate::shared::protocol::runnerd::{parse_uid_gid, DEFAULT_EXEC_USER};
 use crate::shared::protocol::spawner::{Profile, RequestLimits};
 use std::path::PathBuf;
 
@@ -14,14 +15,6 @@ pub use kubernetes::{
     KUBERNETES_VARIABLES,
 };
 
-/// Which backend runs sessions.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BackendChoice {
-    Docker,
-    Kubernetes,
-    Local,
-}
-
 pub const DEFAULT_PORT: u16 = 8003;
 pub const DEFAULT_RUNTIME_IMAGE: &str = "tale-sandbox-runtime:latest";
 pub const DEFAULT_HOST_SESSION_ROOT: &str = "/var/lib/tale-sandbox/sessions";
@@ -32,19 +25,12 @@ pub const DEFAULT_DOCKER_SOCKET: &str = "/var/run/docker.sock";
 /// Root of the LLM gateway agent runs talk to when a request names none (the compose stack's
 /// gateway service; it is in `DEFAULT_NO_PROXY`).
 pub const DEFAULT_LLM_GATEWAY_URL: &str = "http://sandbox-llm-gateway:8080";
-pub const DEFAULT_OUTPUT_MAX_BYTES: u64 = 5 * 1024 * 1024;
-pub const DEFAULT_MAX_REQUEST_BODY_BYTES: u64 = 2 * 1024 * 1024;
-pub const DEFAULT_MAX_SESSIONS: u64 = 16;
-pub const DEFAULT_MAX_SESSIONS_PER_ORG: u64 = 50;
-pub const DEFAULT_SESSION_MAX_LIFETIME_MS: u64 = 86_400_000;
-pub const DEFAULT_SESSION_MAX_IDLE_MS: u64 = 1_800_000;
-pub const DEFAULT_EXEC_TIMEOUT_MS: u64 = 600_000;
-pub const DEFAULT_EXEC_MAX_TIMEOUT_MS: u64 = 7_200_000;
-pub const DEFAULT_CREATE_TIMEOUT_MS: u64 = 180_000;
-pub const DEFAULT_SWEEP_INTERVAL_MS: u64 = 60_000;
-/// The runnerd body cap; the spawner's own cap may not exceed it.
-pub const RUNNERD_MAX_BODY_BYTES: u64 =
-    crate::modes::runnerd::limits::MAX_REQUEST_BODY_BYTES as u64;
+pub use super::limits::{
+    DEFAULT_CREATE_TIMEOUT_MS, DEFAULT_EXEC_MAX_TIMEOUT_MS, DEFAULT_EXEC_TIMEOUT_MS,
+    DEFAULT_MAX_REQUEST_BODY_BYTES, DEFAULT_MAX_SESSIONS, DEFAULT_MAX_SESSIONS_PER_ORG,
+    DEFAULT_OUTPUT_MAX_BYTES, DEFAULT_SESSION_MAX_IDLE_MS, DEFAULT_SESSION_MAX_LIFETIME_MS,
+    DEFAULT_SWEEP_INTERVAL_MS, RUNNERD_MAX_BODY_BYTES,
+};
 
 /// A configuration error, naming the variable.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -78,7 +64,7 @@ pub enum ConfigError {
 #[derive(Clone, Debug)]
 pub struct SpawnerConfig {
     pub port: u16,
-    pub backend: BackendChoice,
+    pub backend: BackendKind,
     /// `None` only in insecure dev mode.
     pub token: Option<Vec<u8>>,
     pub runtime_image: String,
@@ -168,9 +154,9 @@ impl SpawnerConfig {
             }
         };
         let backend = match get("SANDBOX_BACKEND").as_deref() {
-            None | Some("docker") => BackendChoice::Docker,
-            Some("kubernetes") => BackendChoice::Kubernetes,
-            Some("local") => BackendChoice::Local,
+            None | Some("docker") => BackendKind::Docker,
+            Some("kubernetes") => BackendKind::Kubernetes,
+            Some("local") => BackendKind::Local,
             Some(other) => {
                 return Err(ConfigError::NotAllowed {
                     name: "SANDBOX_BACKEND",
@@ -192,15 +178,15 @@ impl SpawnerConfig {
                 shape: "a size like 512m, 4g or 1048576",
             })
         };
-        let user = |name: &'static str, default: &str| -> Result<(u32, u32), ConfigError> {
-            let text = get(name).unwrap_or_else(|| default.to_owned());
-            text.split_once(':')
-                .and_then(|(u, g)| Some((u.parse().ok()?, g.parse().ok()?)))
-                .ok_or(ConfigError::BadShape {
-                    name,
-                    value: text,
-                    shape: "uid:gid",
-                })
+        let user = |name: &'static str, default: (u32, u32)| -> Result<(u32, u32), ConfigError> {
+            let Some(text) = get(name) else {
+                return Ok(default);
+            };
+            parse_uid_gid(&text).ok_or(ConfigError::BadShape {
+                name,
+                value: text,
+                shape: "uid:gid",
+            })
         };
         let max_body = number(
             "SANDBOX_MAX_REQUEST_BODY_BYTES",
@@ -210,7 +196,7 @@ impl SpawnerConfig {
         )?;
         let caches = flag("SANDBOX_CACHE_VOLUMES", true)?;
         let agent = SessionResources {
-            exec_user: user("SANDBOX_AGENT_USER", "10001:10001")?,
+            exec_user: user("SANDBOX_AGENT_USER", DEFAULT_EXEC_USER)?,
             cpus: number("SANDBOX_AGENT_CPUS", 2, 1, 1024)? as f64,
             memory_bytes: size("SANDBOX_AGENT_MEMORY", "4g")?,
             pids_limit: number("SANDBOX_AGENT_PIDS", 512, 64, 1 << 22)? as i64,
@@ -396,7 +382,7 @@ mod tests {
         assert_eq!(c.token.as_deref(), Some(&b"t"[..]));
         assert_eq!(
             (c.port, c.backend, c.max_sessions, c.max_sessions_per_org),
-            (8003, BackendChoice::Docker, 16, 50)
+            (8003, BackendKind::Docker, 16, 50)
         );
         assert_eq!(c.limits.max_idle_ms, 1_800_000);
         assert_eq!(c.agent.memory_bytes, 4 << 30);

@@ -42,7 +42,7 @@ pub const RUNNERD_COMMAND: [&str; 2] = ["/usr/local/bin/tale", "runnerd"];
 pub const WORKSPACE_PATH: &str = super::super::docker::WORKSPACE_PATH;
 /// Secret key holding the hex SHA-256 of the session's runnerd token (the token never enters the
 /// cluster).
-pub const TOKEN_DIGEST_KEY: &str = "TALE_RUNNERD_TOKEN_SHA256";
+pub const TOKEN_DIGEST_KEY: &str = crate::shared::protocol::runnerd::TOKEN_SHA256_ENV;
 /// Name of the namespace's session NetworkPolicy.
 pub const NETWORK_POLICY_NAME: &str = "tale-sandbox-session-egress";
 /// Grace given to runnerd when a session Pod is deleted (it forwards SIGTERM to every exec).
@@ -149,7 +149,7 @@ pub fn secret(spec: &SessionSpec, config: &ManifestConfig) -> Secret {
         immutable: Some(true),
         string_data: Some(BTreeMap::from([(
             TOKEN_DIGEST_KEY.to_string(),
-            crate::shared::hmac::sha256_hex(spec.runnerd_token.as_bytes()),
+            crate::shared::protocol::runnerd::token_digest_hex(spec.runnerd_token.as_bytes()),
         )])),
         ..Default::default()
     }

@@ -1,10 +1,14 @@
 //! The spawner's client for one session's runnerd: JSON calls with a timeout, and exec streams read
 //! line by line as typed events.
+use super::limits::{
+    MAX_EVENT_LINE_BYTES, RUNNERD_CALL_TIMEOUT, RUNNERD_POOL_IDLE_TIMEOUT, RUNNERD_PROBE_TIMEOUT,
+    RUNNERD_STAGE_TIMEOUT,
+};
 use crate::shared::ndjson::NdjsonLines;
 use crate::shared::protocol::runnerd::{
     CancelReply, CredentialReply, DeleteReply, DeleteRequest, EnvPatch, EnvReply, ExecEvent,
-    ExecStatus, GitCredentialGrant, HealthReport, ListReply, StageReply, StdinReply, StdinRequest,
-    TOKEN_HEADER,
+    ExecRequest, ExecStatus, GitCredentialGrant, HealthReport, ListReply, StageReply, StdinReply,
+    StdinRequest, TOKEN_HEADER,
 };
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -17,28 +21,27 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::time::Duration;
 
-/// Time allowed for a JSON call (not for streams, which last as long as the exec).
-pub const RUNNERD_CALL_TIMEOUT: Duration = Duration::from_secs(30);
-/// Time allowed for a `/healthz` probe.
-pub const RUNNERD_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Longest NDJSON line accepted from runnerd (a 64 KiB chunk is ~88 KiB as base64).
-pub const MAX_EVENT_LINE_BYTES: usize = 4 * 1024 * 1024;
+/// A transport failure's cause.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// What went wrong talking to runnerd.
 #[derive(Debug, thiserror::Error)]
 pub enum RunnerdError {
-    /// runnerd could not be reached or the connection broke.
-    #[error("runnerd could not be reached: {0}")]
-    Transport(String),
-    /// runnerd did not answer in time.
+    /// runnerd could not be reached or the connection broke. The message names the whole chain of
+    /// causes because it reaches clients in `upstream_error` bodies.
+    #[error("runnerd could not be reached: {}", error_chain(.0.as_ref()))]
+    Transport(#[source] BoxError),
     #[error("runnerd did not answer within {0:?}")]
     Timeout(Duration),
-    /// runnerd answered with an unexpected status.
     #[error("runnerd answered {status}: {body}")]
     Status { status: StatusCode, body: String },
-    /// runnerd's answer was not what the protocol says.
+    /// A reply or event line was not what the protocol says.
     #[error("runnerd's answer could not be understood: {0}")]
-    Decode(String),
+    Decode(#[source] serde_json::Error),
+    #[error("runnerd's answer could not be understood: bad event line: {0}")]
+    BadEvent(#[source] serde_json::Error),
+    #[error("runnerd's answer could not be understood: event line too long")]
+    EventLineTooLong,
 }
 
 impl RunnerdError {
@@ -65,7 +68,7 @@ impl RunnerdClient {
             base: base_url.trim_end_matches('/').to_owned(),
             token: token.to_owned(),
             http: Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(Duration::from_secs(30))
+                .pool_idle_timeout(RUNNERD_POOL_IDLE_TIMEOUT)
                 .build(connector),
         }
     }
@@ -90,7 +93,7 @@ impl RunnerdClient {
         }
         let request = builder
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .map_err(|e| RunnerdError::Transport(e.to_string()))?;
+            .map_err(|e| RunnerdError::Transport(e.into()))?;
         let call = self.http.request(request);
         let response = match timeout {
             Some(limit) => tokio::time::timeout(limit, call)
@@ -98,7 +101,7 @@ impl RunnerdClient {
                 .map_err(|_| RunnerdError::Timeout(limit))?,
             None => call.await,
         };
-        response.map_err(|e| RunnerdError::Transport(error_chain(&e)))
+        response.map_err(|e| RunnerdError::Transport(e.into()))
     }
 
     /// A JSON call: `Ok((status, body))` for any status in `accepted`, else an error.
@@ -118,13 +121,12 @@ impl RunnerdClient {
                 .into_body()
                 .collect()
                 .await
-                .map_err(|e| RunnerdError::Transport(e.to_string()))?
+                .map_err(|e| RunnerdError::Transport(e.into()))?
                 .to_bytes();
             if !accepted.contains(&status) {
                 return Err(status_error(status, &bytes));
             }
-            let value =
-                serde_json::from_slice(&bytes).map_err(|e| RunnerdError::Decode(e.to_string()))?;
+            let value = serde_json::from_slice(&bytes).map_err(RunnerdError::Decode)?;
             Ok((status, value))
         };
         tokio::time::timeout(timeout, work)
@@ -159,13 +161,14 @@ impl RunnerdClient {
             .1)
     }
 
-    /// Starts an exec; `body` is the runnerd `ExecRequest` JSON.
-    pub async fn exec(&self, body: &serde_json::Value) -> Result<EventStream, RunnerdError> {
+    /// Starts an exec.
+    pub async fn exec(&self, request: &ExecRequest) -> Result<EventStream, RunnerdError> {
+        let body = serde_json::to_vec(request).expect("requests serialize");
         let response = self
             .send(
                 Method::POST,
                 "/execs",
-                Some(body.to_string().into_bytes()),
+                Some(body),
                 Some(RUNNERD_CALL_TIMEOUT),
             )
             .await?;
@@ -220,15 +223,17 @@ impl RunnerdClient {
         self.call_ok(Method::POST, "/env", Some(patch)).await
     }
 
+    /// Stages files. The body is generic: the spawner forwards the platform's stage body as it came
+    /// (a [`StageRequest`](crate::shared::protocol::runnerd::StageRequest) in shape), so that
+    /// runnerd's own validation answers a malformed one.
     pub async fn stage(&self, request: &impl Serialize) -> Result<StageReply, RunnerdError> {
-        // Staging may download up to 100 MiB per file: allow it the whole stage budget.
         Ok(self
             .call(
                 Method::POST,
                 "/files/stage",
                 Some(request),
                 &[StatusCode::OK],
-                Duration::from_secs(600),
+                RUNNERD_STAGE_TIMEOUT,
             )
             .await?
             .1)
@@ -257,7 +262,7 @@ impl RunnerdClient {
         }
         serde_json::from_value(value)
             .map(Some)
-            .map_err(|e| RunnerdError::Decode(e.to_string()))
+            .map_err(RunnerdError::Decode)
     }
 
     /// File bytes; `None` for runnerd's 404.
@@ -270,7 +275,7 @@ impl RunnerdClient {
         let bytes = tokio::time::timeout(RUNNERD_CALL_TIMEOUT, response.into_body().collect())
             .await
             .map_err(|_| RunnerdError::Timeout(RUNNERD_CALL_TIMEOUT))?
-            .map_err(|e| RunnerdError::Transport(e.to_string()))?
+            .map_err(|e| RunnerdError::Transport(e.into()))?
             .to_bytes();
         match status {
             StatusCode::OK => Ok(Some(bytes)),
@@ -306,7 +311,7 @@ fn encode_query(value: &str) -> String {
     percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
-fn error_chain(err: &dyn std::error::Error) -> String {
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {
@@ -355,11 +360,11 @@ impl EventStream {
             let line = self
                 .lines
                 .next_line()
-                .map_err(|_| RunnerdError::Decode("event line too long".into()))?;
+                .map_err(|_| RunnerdError::EventLineTooLong)?;
             if let Some(line) = line {
                 return serde_json::from_slice(&line)
                     .map(Some)
-                    .map_err(|e| RunnerdError::Decode(format!("bad event line: {e}")));
+                    .map_err(RunnerdError::BadEvent);
             }
             match self.body.frame().await {
                 Some(Ok(frame)) => {
@@ -367,7 +372,7 @@ impl EventStream {
                         self.lines.push(&data);
                     }
                 }
-                Some(Err(err)) => return Err(RunnerdError::Transport(err.to_string())),
+                Some(Err(err)) => return Err(RunnerdError::Transport(err.into())),
                 None => return Ok(None),
             }
         }
