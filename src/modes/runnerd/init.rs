@@ -8,6 +8,7 @@
 //! over its oneshot channel; any other pid is an orphan re-parented to us (we are PID 1 or a child
 //! subreaper), reaped and counted. tokio's process module is never used: it would wait on its own
 //! children and race this thread.
+use super::limits::PIPE_DRAIN_GRACE;
 use nix::errno::Errno;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
@@ -16,7 +17,6 @@ use std::process::{Child, Command};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use super::limits::PIPE_DRAIN_GRACE;
 use tokio::sync::oneshot;
 
 /// How a process ended.

@@ -33,7 +33,10 @@ pub fn drop_privileges<'a>(
     gid: u32,
     groups: &[u32],
 ) -> &'a mut Command {
-    let groups: Vec<nix::unistd::Gid> = groups.iter().map(|g| nix::unistd::Gid::from_raw(*g)).collect();
+    let groups: Vec<nix::unistd::Gid> = groups
+        .iter()
+        .map(|g| nix::unistd::Gid::from_raw(*g))
+        .collect();
     // SAFETY: the closure runs in the forked child before exec; setgroups(2), setgid(2) and
     // setuid(2) are async-signal-safe, and `groups` was allocated before the fork (the closure only
     // reads it).

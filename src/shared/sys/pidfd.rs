@@ -23,7 +23,9 @@ impl ProcessHandle {
         let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
         if fd >= 0 {
             // SAFETY: the kernel just handed us this descriptor; nobody else owns it.
-            return Ok(ProcessHandle::Fd(unsafe { OwnedFd::from_raw_fd(fd as i32) }));
+            return Ok(ProcessHandle::Fd(unsafe {
+                OwnedFd::from_raw_fd(fd as i32)
+            }));
         }
         let err = std::io::Error::last_os_error();
         match err.raw_os_error() {
@@ -55,8 +57,10 @@ impl ProcessHandle {
                     Err(std::io::Error::last_os_error())
                 }
             }
-            ProcessHandle::Pid(pid) => nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), signal)
-                .map_err(std::io::Error::from),
+            ProcessHandle::Pid(pid) => {
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), signal)
+                    .map_err(std::io::Error::from)
+            }
         }
     }
 }
@@ -68,7 +72,10 @@ mod tests {
     /// A handle signals its own process; after that process is reaped, the handle reaches nobody.
     #[test]
     fn handle_outlives_its_process_safely() {
-        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
         let handle = ProcessHandle::open(child.id() as i32).unwrap();
         handle.signal(Signal::SIGKILL).unwrap();
         let status = child.wait().unwrap();

@@ -90,7 +90,10 @@ impl Snapshot {
         let mut processes = HashMap::new();
         if let Ok(dir) = std::fs::read_dir("/proc") {
             for entry in dir.flatten() {
-                let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok())
+                let Some(pid) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| n.parse::<i32>().ok())
                 else {
                     continue;
                 };
@@ -119,7 +122,9 @@ impl Snapshot {
         known.insert(ancestor, true);
         let mut found = Vec::new();
         for info in self.processes.values() {
-            if info.pid != ancestor && !info.is_dead() && self.reaches(info.pid, ancestor, &mut known)
+            if info.pid != ancestor
+                && !info.is_dead()
+                && self.reaches(info.pid, ancestor, &mut known)
             {
                 found.push(info);
             }
@@ -185,19 +190,23 @@ pub fn proc_matches_own_namespace() -> bool {
         == Some(std::process::id())
 }
 
+/// What a round does with its members: given their pids and the check to re-apply to each right
+/// before signalling it.
+pub type RoundAction<'a> = dyn FnMut(&[i32], &dyn Fn(&ProcessInfo) -> bool) + 'a;
+
 /// Which processes a cancel or shutdown is about. Each round takes a fresh snapshot.
 pub trait Selector {
     /// Finds the members now and runs `act` on them, with the check to re-apply to each process
     /// right before it is signalled (the finding and the signals happen under whatever lock the
     /// selector needs to keep its criteria valid).
-    fn round(&self, act: &mut dyn FnMut(&[i32], &dyn Fn(&ProcessInfo) -> bool));
+    fn round(&self, act: &mut RoundAction<'_>);
 }
 
 /// Every living process below one ancestor (runnerd itself at shutdown).
 pub struct DescendantsOf(pub i32);
 
 impl Selector for DescendantsOf {
-    fn round(&self, act: &mut dyn FnMut(&[i32], &dyn Fn(&ProcessInfo) -> bool)) {
+    fn round(&self, act: &mut RoundAction<'_>) {
         let ancestor = self.0;
         let snapshot = Snapshot::take();
         let members: Vec<i32> = snapshot
@@ -359,7 +368,10 @@ mod tests {
     #[test]
     fn finds_real_children() {
         assert!(proc_matches_own_namespace());
-        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
         let me = std::process::id() as i32;
         let found = Snapshot::take()
             .descendants_of(me)

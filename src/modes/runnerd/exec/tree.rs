@@ -13,7 +13,7 @@
 //! an exec starts ever leaves its subtree, and processes of other sessions on the same host (the
 //! local backend shares the mark range between sessions) are never candidates.
 use super::super::init::Reaper;
-use crate::shared::sys::proctree::{self, ProcessInfo, Selector, Snapshot};
+use crate::shared::sys::proctree::{self, ProcessInfo, RoundAction, Selector, Snapshot};
 use nix::sys::signal::Signal;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -154,7 +154,9 @@ impl Trees {
     pub fn allocate_mark(&self) -> Option<u32> {
         let gid = self.marks.as_ref()?.allocate(self.own_pid);
         if gid.is_none() {
-            tracing::warn!("every exec mark gid is carried by a living process; this exec runs unmarked");
+            tracing::warn!(
+                "every exec mark gid is carried by a living process; this exec runs unmarked"
+            );
         }
         gid
     }
@@ -254,7 +256,7 @@ impl ExecMembers {
 }
 
 impl Selector for ExecMembers {
-    fn round(&self, act: &mut dyn FnMut(&[i32], &dyn Fn(&ProcessInfo) -> bool)) {
+    fn round(&self, act: &mut RoundAction<'_>) {
         let own = self.trees.own_pid;
         let mut run = |leader: Option<i32>| {
             let snapshot = Snapshot::take();
