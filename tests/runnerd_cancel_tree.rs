@@ -76,7 +76,16 @@ enum Ending {
 /// foreground), ends it by cancel or deadline, and checks that nothing of it is left once the
 /// `exit` event arrived; another exec's escaped processes must survive it.
 async fn ends_the_tree(case: u32, ending: Ending, script: impl Fn(&str) -> String) {
-    let daemon = Runnerd::start(Options::default()).await;
+    ends_the_tree_with(Options::default(), case, ending, script).await;
+}
+
+async fn ends_the_tree_with(
+    options: Options,
+    case: u32,
+    ending: Ending,
+    script: impl Fn(&str) -> String,
+) {
+    let daemon = Runnerd::start(options).await;
     let m = marker(case);
     let bystander = marker(case + 50);
     let mut other = daemon
@@ -161,6 +170,27 @@ async fn cancel_ends_a_double_forked_daemon() {
 #[tokio::test(flavor = "multi_thread")]
 async fn deadline_ends_a_double_forked_daemon() {
     ends_the_tree(6, Ending::Deadline, double_fork).await;
+}
+
+/// runnerd not root (no mark groups): the exec's session, group and parent chain still reach a
+/// tool process in its own session below a living child.
+#[tokio::test(flavor = "multi_thread")]
+async fn unprivileged_cancel_ends_a_tool_process_in_its_own_session() {
+    let options = Options {
+        run_as: Some(10088),
+        ..Options::default()
+    };
+    ends_the_tree_with(options, 11, Ending::Cancel, tool_process).await;
+}
+
+/// runnerd not root: a `setsid` child ignoring SIGTERM is found through its parent and killed.
+#[tokio::test(flavor = "multi_thread")]
+async fn unprivileged_deadline_ends_a_setsid_process_ignoring_sigterm() {
+    let options = Options {
+        run_as: Some(10088),
+        ..Options::default()
+    };
+    ends_the_tree_with(options, 12, Ending::Deadline, stubborn).await;
 }
 
 /// After a normal exit the exec is over: what it left in the background (a dev server, say) keeps

@@ -78,6 +78,15 @@ impl ProcessInfo {
     }
 }
 
+/// When `pid` started, in clock ticks after boot (`/proc/<pid>/stat` field 22): with the pid, it
+/// names one process even across pid reuse. `None` when the process is gone.
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name (which may hold spaces): state is field 3.
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    after_name.split_whitespace().nth(22 - 3)?.parse().ok()
+}
+
 /// Every process `/proc` lists, read once.
 #[derive(Debug, Default)]
 pub struct Snapshot {
@@ -362,6 +371,16 @@ mod tests {
         assert!(snapshot.is_under(12, 10));
         assert!(!snapshot.is_under(20, 10));
         assert!(!snapshot.is_under(21, 10));
+    }
+
+    /// Start times tell processes apart and stay put for one process.
+    #[test]
+    fn start_time_names_a_process() {
+        let me = std::process::id() as i32;
+        let first = start_time(me).unwrap();
+        assert_eq!(start_time(me), Some(first));
+        assert!(start_time(1).is_some_and(|init| init <= first));
+        assert_eq!(start_time(i32::MAX), None);
     }
 
     /// This test process's own children are found in a real `/proc`.

@@ -15,7 +15,7 @@
 use super::super::init::Reaper;
 use crate::shared::sys::proctree::{self, ProcessInfo, RoundAction, Selector, Snapshot};
 use nix::sys::signal::Signal;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -172,7 +172,7 @@ impl Trees {
         if !self.proc_usable {
             return end_group(mark.leader, grace).await;
         }
-        let selector = Arc::new(ExecMembers { trees: self, mark });
+        let selector = Arc::new(ExecMembers::new(self, mark));
         terminate(selector, grace).await;
     }
 
@@ -243,15 +243,41 @@ async fn end_group(leader: i32, grace: Duration) {
 struct ExecMembers {
     trees: Arc<Trees>,
     mark: ExecMark,
+    /// Processes found through the leader while it was unreaped, by pid and start time (the pair
+    /// names one process even if the pid is recycled). Without a mark group they are how the
+    /// later rounds still reach, say, a child ignoring SIGTERM after the leader died of it.
+    known: Mutex<HashMap<i32, u64>>,
 }
 
 impl ExecMembers {
+    fn new(trees: Arc<Trees>, mark: ExecMark) -> ExecMembers {
+        ExecMembers {
+            trees,
+            mark,
+            known: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn has_mark(&self, p: &ProcessInfo) -> bool {
+        self.mark.gid.is_some_and(|gid| p.groups.contains(&gid))
+    }
+
     /// Whether `p` belongs to the exec, judged with `snapshot`; `leader` only while unreaped.
     fn belongs(&self, p: &ProcessInfo, leader: Option<i32>, snapshot: &Snapshot) -> bool {
-        self.mark.gid.is_some_and(|gid| p.groups.contains(&gid))
+        self.has_mark(p)
             || leader.is_some_and(|l| {
                 p.pid == l || p.pgid == l || p.sid == l || snapshot.is_under(p.ppid, l)
             })
+    }
+
+    fn known(&self) -> std::sync::MutexGuard<'_, HashMap<i32, u64>> {
+        self.known.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `p` is a process seen in an earlier round (same pid, same start time).
+    fn was_seen(&self, p: &ProcessInfo) -> bool {
+        let started = self.known().get(&p.pid).copied();
+        started.is_some() && started == proctree::start_time(p.pid)
     }
 }
 
@@ -263,12 +289,20 @@ impl Selector for ExecMembers {
             let members: Vec<i32> = snapshot
                 .descendants_of(own)
                 .into_iter()
-                .filter(|p| self.belongs(p, leader, &snapshot))
+                .filter(|p| self.belongs(p, leader, &snapshot) || self.was_seen(p))
                 .map(|p| p.pid)
                 .collect();
+            if leader.is_some() {
+                let mut known = self.known();
+                for &pid in &members {
+                    if let Some(started) = proctree::start_time(pid) {
+                        known.insert(pid, started);
+                    }
+                }
+            }
             act(&members, &|now| {
                 (now.ppid == own || snapshot.is_under(now.ppid, own))
-                    && self.belongs(now, leader, &snapshot)
+                    && (self.belongs(now, leader, &snapshot) || self.was_seen(now))
             });
         };
         // While the leader is unreaped its pid is ours: hold the reaper so it stays so all round.
