@@ -299,6 +299,7 @@ fn boot_and_serve(args: Args) -> Result<(), BootError> {
             root = %root.display(),
             shell = %daemon.launcher.shell().display(),
             exec_user = ?exec_user,
+            exec_mark_groups = daemon.trees.marks_enabled(),
             pid = std::process::id(),
             "runnerd ready"
         );
