@@ -27,6 +27,8 @@ pub struct Options {
     pub env: Vec<(String, String)>,
     /// Pass the token as a file (`TALE_RUNNERD_TOKEN_FILE`) rather than an env var.
     pub token_file: bool,
+    /// Run the daemon as this uid (and gid), not root (`setpriv`), owning its workspace.
+    pub run_as: Option<u32>,
 }
 
 /// A running daemon; stopped (SIGTERM, then SIGKILL) and its workspace removed on drop.
@@ -70,6 +72,13 @@ impl Runnerd {
         let mut command = if options.pid1 {
             let mut c = Command::new("unshare");
             c.args(["--pid", "--fork", "--mount-proc", bin]);
+            c
+        } else if let Some(id) = options.run_as {
+            std::os::unix::fs::chown(&root, Some(id), Some(id)).unwrap();
+            let mut c = Command::new("setpriv");
+            c.arg(format!("--reuid={id}"))
+                .arg(format!("--regid={id}"))
+                .args(["--clear-groups", bin]);
             c
         } else {
             Command::new(bin)

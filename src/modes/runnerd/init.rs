@@ -8,6 +8,7 @@
 //! over its oneshot channel; any other pid is an orphan re-parented to us (we are PID 1 or a child
 //! subreaper), reaped and counted. tokio's process module is never used: it would wait on its own
 //! children and race this thread.
+use super::limits::PIPE_DRAIN_GRACE;
 use nix::errno::Errno;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
@@ -15,6 +16,7 @@ use std::collections::HashMap;
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::sync::oneshot;
 
 /// How a process ended.
@@ -76,6 +78,14 @@ impl Reaper {
         Ok((child, rx))
     }
 
+    /// Runs `f` while `pid` (a child spawned here) is not yet reaped, holding the process table so
+    /// it cannot be reaped meanwhile: until then its pid — and so the process group and session
+    /// named after it — cannot be recycled. `None` when it was already reaped.
+    pub fn while_unreaped<T>(&self, pid: i32, f: impl FnOnce() -> T) -> Option<T> {
+        let waiting = self.lock();
+        waiting.contains_key(&pid).then(f)
+    }
+
     /// Processes re-parented to us and reaped since boot.
     pub fn orphans_reaped(&self) -> u64 {
         self.orphans_reaped.load(Ordering::Relaxed)
@@ -126,6 +136,21 @@ pub async fn shutdown_signal() -> std::io::Result<&'static str> {
         _ = int.recv() => "SIGINT",
         _ = hup.recv() => "SIGHUP",
     })
+}
+
+/// Ends the session's processes: stops accepting execs, SIGTERMs every process below runnerd (those
+/// of running execs, and what finished execs left in the background), SIGKILLs what is left after
+/// `grace`, then gives the drivers a moment to write their `exit` events.
+pub async fn shut_down(daemon: &super::state::Daemon, grace: Duration) {
+    let live = daemon.execs.close();
+    tracing::info!(live_execs = live.len(), "terminating every process");
+    let leaders = live.iter().filter_map(|exec| exec.leader()).collect();
+    daemon.trees.end_everything(leaders, grace).await;
+    let _ = tokio::time::timeout(
+        PIPE_DRAIN_GRACE + Duration::from_millis(500),
+        daemon.execs.all_ended(),
+    )
+    .await;
 }
 
 /// When not PID 1, become a child subreaper so orphans still come to our reaper.

@@ -27,7 +27,6 @@ use exec::ExecTable;
 use init::Reaper;
 use limits::*;
 use listener::Stage;
-use nix::sys::signal::Signal;
 use state::Daemon;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -81,6 +80,13 @@ pub struct Args {
     /// Disk spool for the whole daemon, in bytes.
     #[arg(long, env = "TALE_JOURNAL_TOTAL_SPOOL_BYTES", default_value_t = DEFAULT_JOURNAL_TOTAL_SPOOL_BYTES)]
     pub journal_total_spool_bytes: u64,
+    /// First gid of the range runnerd (as root) gives execs as mark groups, one per exec, to find
+    /// every process an exec started. The range must own no files and name no other group.
+    #[arg(long, env = "TALE_EXEC_MARK_GID_BASE", default_value_t = exec::tree::DEFAULT_MARK_GID_BASE)]
+    pub exec_mark_gid_base: u32,
+    /// Number of gids in the mark range; 0 turns mark groups off.
+    #[arg(long, env = "TALE_EXEC_MARK_GIDS", default_value_t = exec::tree::DEFAULT_MARK_GIDS)]
+    pub exec_mark_gids: u32,
     /// On SIGTERM/SIGINT/SIGHUP: milliseconds between SIGTERM to every exec and SIGKILL.
     #[arg(long, env = "TALE_SHUTDOWN_GRACE_MS", default_value_t = DEFAULT_SHUTDOWN_GRACE.as_millis() as u64)]
     pub shutdown_grace_ms: u64,
@@ -293,8 +299,15 @@ fn boot_and_serve(args: Args) -> Result<(), BootError> {
         args.journal_exec_spool_bytes,
         SPOOL_SEGMENT_BYTES,
     ));
+    let marks = exec_user.and_then(|_| {
+        exec::tree::usable_marks(args.exec_mark_gid_base, args.exec_mark_gids)
+            .map_err(|why| tracing::warn!("exec mark groups off ({why}): cancel finds an exec's processes by session, group and parent only"))
+            .ok()
+    });
+    let trees = Arc::new(exec::tree::Trees::new(reaper.clone(), marks));
     let daemon = Daemon::new(
         reaper,
+        trees,
         ExecTable::new(args.max_live_execs, args.max_retained_execs),
         budget,
         args.journal_memory_bytes,
@@ -352,6 +365,7 @@ async fn serve(
         root = %daemon.root.display(),
         shell = %daemon.launcher.shell().display(),
         exec_user = ?exec_user,
+        exec_mark_groups = daemon.trees.marks_enabled(),
         credential_socket = %credential_socket.display(),
         max_connections = caps.max_connections,
         pid = std::process::id(),
@@ -382,7 +396,7 @@ async fn serve(
     tracing::info!(signal, "shutting down");
     // No new connections; the open ones still carry the execs' last events to their readers.
     stage.send_replace(Stage::StopAccepting);
-    shut_down_execs(&daemon, Duration::from_millis(args.shutdown_grace_ms)).await;
+    init::shut_down(&daemon, Duration::from_millis(args.shutdown_grace_ms)).await;
     stage.send_replace(Stage::Drain);
     while tasks.join_next().await.is_some() {}
     Ok(())
@@ -402,24 +416,4 @@ fn bind_credential_socket(
         nix::sys::stat::Mode::empty(),
     )?;
     credentials::bind_socket(&dir, name, exec_user)
-}
-
-/// SIGTERM to every exec's group, SIGKILL to what is left after `grace`, then a moment for the
-/// drivers to write their `exit` events.
-async fn shut_down_execs(daemon: &Daemon, grace: Duration) {
-    let live = daemon.execs.close();
-    if live.is_empty() {
-        return;
-    }
-    tracing::info!(count = live.len(), "terminating live execs");
-    for exec in &live {
-        exec.signal_group(Signal::SIGTERM);
-    }
-    let all_ended = |limit| tokio::time::timeout(limit, daemon.execs.all_ended());
-    if all_ended(grace).await.is_err() {
-        for exec in &live {
-            exec.signal_group(Signal::SIGKILL);
-        }
-        let _ = all_ended(PIPE_DRAIN_GRACE + Duration::from_millis(500)).await;
-    }
 }

@@ -199,7 +199,10 @@ fn attach(daemon: &Daemon, id: &str, request: &Request<Incoming>) -> HttpRespons
 }
 
 fn cancel(daemon: &Daemon, id: &str) -> HttpResponse {
-    let killed = daemon.execs.get(id).is_some_and(|exec| exec.cancel());
+    let killed = daemon
+        .execs
+        .get(id)
+        .is_some_and(|exec| exec.cancel(&daemon.trees));
     if killed {
         daemon.activity.touch();
     }

@@ -4,6 +4,7 @@ use super::credentials::CredentialStore;
 use super::env_store::EnvStore;
 use super::exec::journal::JournalBudget;
 use super::exec::launcher::Launcher;
+use super::exec::tree::Trees;
 use super::exec::ExecTable;
 use super::files::Workspace;
 use super::init::Reaper;
@@ -16,6 +17,8 @@ use std::time::Duration;
 /// Everything a request may need.
 pub struct Daemon {
     pub reaper: Arc<Reaper>,
+    /// Finds and ends execs' process trees.
+    pub trees: Arc<Trees>,
     pub execs: ExecTable,
     pub journal_budget: Arc<JournalBudget>,
     pub journal_memory_bytes: usize,
@@ -43,6 +46,7 @@ impl Daemon {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         reaper: Arc<Reaper>,
+        trees: Arc<Trees>,
         execs: ExecTable,
         journal_budget: Arc<JournalBudget>,
         journal_memory_bytes: usize,
@@ -54,6 +58,7 @@ impl Daemon {
     ) -> Arc<Daemon> {
         Arc::new(Daemon {
             reaper,
+            trees,
             execs,
             journal_budget,
             journal_memory_bytes,

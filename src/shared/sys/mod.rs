@@ -3,6 +3,8 @@
 //! Everything here is a thin wrapper that gives the rest of the crate a safe signature.
 #![allow(unsafe_code)]
 
+pub mod pidfd;
+pub mod proctree;
 pub mod rlimit;
 
 use std::os::unix::process::CommandExt;
@@ -17,6 +19,33 @@ pub fn spawn_in_new_session(command: &mut Command) -> &mut Command {
     unsafe {
         command.pre_exec(|| {
             nix::unistd::setsid().map_err(std::io::Error::from)?;
+            Ok(())
+        })
+    }
+}
+
+/// Drops the spawned child to `uid`:`gid` with exactly `groups` as its supplementary groups. std's
+/// own `uid`/`gid` would clear the supplementary groups, which would lose runnerd's per-exec mark
+/// group. Needs root (CAP_SETGID and CAP_SETUID); after setuid the child holds no capability, so
+/// neither it nor its descendants can drop or change these groups.
+pub fn drop_privileges<'a>(
+    command: &'a mut Command,
+    uid: u32,
+    gid: u32,
+    groups: &[u32],
+) -> &'a mut Command {
+    let groups: Vec<nix::unistd::Gid> = groups
+        .iter()
+        .map(|g| nix::unistd::Gid::from_raw(*g))
+        .collect();
+    // SAFETY: the closure runs in the forked child before exec; setgroups(2), setgid(2) and
+    // setuid(2) are async-signal-safe, and `groups` was allocated before the fork (the closure only
+    // reads it).
+    unsafe {
+        command.pre_exec(move || {
+            nix::unistd::setgroups(&groups).map_err(std::io::Error::from)?;
+            nix::unistd::setgid(nix::unistd::Gid::from_raw(gid)).map_err(std::io::Error::from)?;
+            nix::unistd::setuid(nix::unistd::Uid::from_raw(uid)).map_err(std::io::Error::from)?;
             Ok(())
         })
     }

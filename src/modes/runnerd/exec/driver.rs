@@ -5,6 +5,7 @@ use super::journal::{Journal, JournalCursor};
 use super::output::{pump, OutputStream};
 use super::spec::{parse_exec_id, parse_spec, resolve_cwd, ExecSpec, SpecError, StdinMode};
 use super::stdin::StdinState;
+use super::tree::{ExecMark, Trees};
 use super::{Exec, Phase, RegisterRefusal};
 use crate::shared::clock::now_ms;
 use crate::shared::protocol::runnerd::{ExecEvent, ExecRequestWire, FailCode, Truncated};
@@ -139,7 +140,7 @@ async fn run_process(
     cwd: &std::path::Path,
     stdin_guard: StdinGuard,
 ) -> std::io::Result<Outcome> {
-    let (mut child, exit) = {
+    let (mut child, exit, mark_gid) = {
         let _permit = daemon
             .spawn_permits
             .acquire()
@@ -149,13 +150,28 @@ async fn run_process(
             let store = daemon.env_store();
             daemon.launcher.command(spec, cwd, store.vars())
         };
-        let reaper = daemon.reaper.clone();
-        tokio::task::spawn_blocking(move || reaper.spawn(&mut command))
-            .await
-            .map_err(std::io::Error::other)??
+        let daemon = daemon.clone();
+        tokio::task::spawn_blocking(move || {
+            // Only a root runnerd can hand out mark groups (allocation may scan /proc).
+            let mark = daemon
+                .launcher
+                .exec_user()
+                .and_then(|_| daemon.trees.allocate_mark());
+            daemon.launcher.set_identity(&mut command, mark);
+            daemon
+                .reaper
+                .spawn(&mut command)
+                .map(|(child, exit)| (child, exit, mark))
+        })
+        .await
+        .map_err(std::io::Error::other)??
     };
-    exec.set_pgid(child.id() as i32);
-    tracing::info!(exec_id = %exec.id, pid = child.id(), "exec started");
+    let mark = ExecMark {
+        leader: child.id() as i32,
+        gid: mark_gid,
+    };
+    exec.set_mark(mark, &daemon.trees);
+    tracing::info!(exec_id = %exec.id, pid = child.id(), ?mark_gid, "exec started");
 
     let stdout = pipe_receiver(child.stdout.take())?;
     let stderr = pipe_receiver(child.stderr.take())?;
@@ -179,7 +195,12 @@ async fn run_process(
         spec.stderr_cap,
     ));
 
-    let status = wait_with_deadline(exec, exit).await;
+    let status = wait_with_deadline(exec, exit, &daemon.trees).await;
+    // A cancel or deadline ends the whole tree before `exit` is written: once it is, nothing the
+    // exec started is left (and the pipes are closed, so the drain below ends at once).
+    if let Some(ending) = exec.take_ending() {
+        let _ = ending.await;
+    }
     // The process is gone; a background child may still hold the pipes, so drain only for a grace.
     let drained = tokio::time::timeout(PIPE_DRAIN_GRACE, async {
         (
@@ -257,6 +278,7 @@ fn start_stdin(
 async fn wait_with_deadline(
     exec: &Arc<Exec>,
     mut exit: tokio::sync::oneshot::Receiver<super::super::init::ProcessExit>,
+    trees: &Arc<Trees>,
 ) -> i32 {
     let mut deadline = exec.deadline.subscribe();
     let mut expired = false;
@@ -266,7 +288,7 @@ async fn wait_with_deadline(
             status = &mut exit => return status.map_or(-1, |s| s.exit_code()),
             _ = tokio::time::sleep_until(at), if !expired => {
                 tracing::info!(exec_id = %exec.id, "exec deadline passed");
-                exec.expire();
+                exec.expire(trees);
                 expired = true;
             }
             changed = deadline.changed(), if !expired => {

@@ -52,7 +52,8 @@ impl Launcher {
     }
 
     /// The command for `spec`, run in `cwd` with env layers base < store < overlay, in a new session
-    /// (own process group), as the exec user, with all three stdio streams piped.
+    /// (own process group), with all three stdio streams piped. [`Launcher::set_identity`] then
+    /// decides the user it runs as.
     pub fn command(
         &self,
         spec: &ExecSpec,
@@ -85,16 +86,22 @@ impl Launcher {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        if let Some((uid, gid)) = self.exec_user {
-            // std clears the supplementary groups (we are root) before setgid/setuid; leaving root
-            // through setuid clears every capability.
-            std::os::unix::process::CommandExt::uid(&mut command, uid);
-            std::os::unix::process::CommandExt::gid(&mut command, gid);
-        }
         crate::shared::sys::spawn_in_new_session(&mut command);
         // runnerd raised its own descriptor limit; the exec gets the one runnerd inherited.
         crate::shared::sys::rlimit::restore_inherited_nofile_limit(&mut command);
         command
+    }
+
+    /// Runs `command` as the exec user (when runnerd is root) whose only supplementary group is the
+    /// exec's mark group, if any; leaving root through setuid clears every capability.
+    pub fn set_identity(&self, command: &mut Command, mark_gid: Option<u32>) {
+        if let Some((uid, gid)) = self.exec_user {
+            let groups: &[u32] = match &mark_gid {
+                Some(mark) => std::slice::from_ref(mark),
+                None => &[],
+            };
+            crate::shared::sys::drop_privileges(command, uid, gid, groups);
+        }
     }
 }
 

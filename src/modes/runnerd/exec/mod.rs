@@ -3,7 +3,7 @@
 //! An [`Exec`] is shared by its driver task (which owns the process from spawn to `exit`), the
 //! [`ExecTable`] (live, then retained once finished), and request handlers (cancel, stdin, attach,
 //! status). Handlers never touch the process directly: they flip flags under the exec's lock and
-//! signal its process group, and the driver reports what happened.
+//! start the ending of its process tree ([`tree`]), and the driver reports what happened.
 pub mod driver;
 pub mod journal;
 pub mod launcher;
@@ -11,19 +11,19 @@ pub mod output;
 pub mod spec;
 pub mod spool;
 pub mod stdin;
+pub mod tree;
 
 use super::activity::Activity;
 use super::limits::KILL_GRACE;
 use crate::shared::protocol::runnerd::{ExecStatusState, StdinRefusal};
 use journal::Journal;
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use stdin::StdinState;
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tree::{ExecMark, Trees};
 
 /// Where an exec is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,10 +36,12 @@ pub enum Phase {
 #[derive(Debug)]
 struct Control {
     phase: Phase,
-    /// Process group id, known once spawned.
-    pgid: Option<i32>,
+    /// How its processes are found, known once spawned.
+    mark: Option<ExecMark>,
     cancelled: bool,
     timed_out: bool,
+    /// The ending of its process tree (cancel, deadline), once started.
+    ending: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// One exec.
@@ -68,9 +70,10 @@ impl Exec {
             deadline: watch::Sender::new(Instant::now() + timeout),
             control: Mutex::new(Control {
                 phase: Phase::Running,
-                pgid: None,
+                mark: None,
                 cancelled: false,
                 timed_out: false,
+                ending: None,
             }),
             stdin: Arc::new(tokio::sync::Mutex::new(StdinState::Closed)),
         })
@@ -105,48 +108,65 @@ impl Exec {
         }
     }
 
-    /// Cancels a live exec (SIGTERM to its group, SIGKILL after [`KILL_GRACE`]); returns whether it
-    /// was live.
-    pub fn cancel(&self) -> bool {
+    /// Cancels a running exec: SIGTERM to every process it started, SIGKILL after [`KILL_GRACE`].
+    /// Returns whether it was running. Once its first process exited, the exec is over and what it
+    /// left running in the background is left alone.
+    pub fn cancel(&self, trees: &Arc<Trees>) -> bool {
         let mut control = self.control();
         if control.phase != Phase::Running {
             return false;
         }
+        if let Some(mark) = control.mark {
+            if !trees.is_running(mark.leader) {
+                return false;
+            }
+        }
         if !control.cancelled {
             control.cancelled = true;
-            if let Some(pgid) = control.pgid {
-                terminate_group(pgid);
+            if let Some(mark) = control.mark {
+                start_ending(&mut control, trees, mark);
             }
         }
         true
     }
 
     /// The deadline fired: same ladder as cancel, reported as `timedOut`.
-    fn expire(&self) {
+    fn expire(&self, trees: &Arc<Trees>) {
         let mut control = self.control();
-        if control.phase == Phase::Running && !control.timed_out && !control.cancelled {
+        let Some(mark) = control.mark else { return };
+        if control.phase == Phase::Running
+            && !control.timed_out
+            && !control.cancelled
+            && trees.is_running(mark.leader)
+        {
             control.timed_out = true;
-            if let Some(pgid) = control.pgid {
-                terminate_group(pgid);
-            }
+            start_ending(&mut control, trees, mark);
         }
     }
 
-    /// Records the process group; a cancel that came before the spawn takes effect now.
-    fn set_pgid(&self, pgid: i32) {
+    /// Records how to find the exec's processes; a cancel that came before the spawn takes effect
+    /// now.
+    fn set_mark(&self, mark: ExecMark, trees: &Arc<Trees>) {
         let mut control = self.control();
-        control.pgid = Some(pgid);
+        control.mark = Some(mark);
         if control.cancelled {
-            terminate_group(pgid);
+            start_ending(&mut control, trees, mark);
         }
     }
 
-    /// Signals the process group with `signal` if the exec is still running; used at shutdown.
-    pub fn signal_group(&self, signal: Signal) {
+    /// The first process of a running exec (shutdown without a usable `/proc`).
+    pub fn leader(&self) -> Option<i32> {
         let control = self.control();
-        if let (Phase::Running, Some(pgid)) = (control.phase, control.pgid) {
-            let _ = killpg(Pid::from_raw(pgid), signal);
+        match control.phase {
+            Phase::Running => control.mark.map(|m| m.leader),
+            Phase::Exited(_) => None,
         }
+    }
+
+    /// The ending of the process tree, if one was started; the driver waits for it so `exit` comes
+    /// after the last process of a cancelled or timed-out exec is gone.
+    fn take_ending(&self) -> Option<tokio::task::JoinHandle<()>> {
+        self.control().ending.take()
     }
 
     /// Writes one line (and/or EOF) to a held stdin.
@@ -174,16 +194,11 @@ impl Exec {
     }
 }
 
-/// SIGTERM to the group now, SIGKILL to whatever of it is left after [`KILL_GRACE`] — also when the
-/// leader already exited, so a grandchild that ignores SIGTERM does not outlive a cancel.
-fn terminate_group(pgid: i32) {
-    let pgid = Pid::from_raw(pgid);
-    let _ = killpg(pgid, Signal::SIGTERM);
-    // Owned by the runtime; ends by itself after the grace.
-    tokio::spawn(async move {
-        tokio::time::sleep(KILL_GRACE).await;
-        let _ = killpg(pgid, Signal::SIGKILL);
-    });
+/// Starts ending the exec's tree (once).
+fn start_ending(control: &mut Control, trees: &Arc<Trees>, mark: ExecMark) {
+    if control.ending.is_none() {
+        control.ending = Some(tokio::spawn(trees.clone().end_exec(mark, KILL_GRACE)));
+    }
 }
 
 /// Why an exec could not be registered.

@@ -13,6 +13,7 @@ use super::{
     SessionSpec,
 };
 use crate::shared::protocol::runnerd::is_valid_id;
+use crate::shared::sys::proctree;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
@@ -22,7 +23,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-/// How long `stop` waits for runnerd to exit after SIGTERM before SIGKILL.
+/// How long `stop` waits for runnerd to exit after SIGTERM (runnerd then ends every process of the
+/// session itself) before the backend kills what is left of the session and then runnerd.
 pub const LOCAL_STOP_GRACE: Duration = Duration::from_secs(10);
 /// How often exited runnerd children are reaped.
 pub const LOCAL_REAP_INTERVAL: Duration = Duration::from_secs(2);
@@ -189,6 +191,18 @@ impl LocalBackend {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         if self.is_running(record) {
+            // runnerd did not finish its own shutdown. Freeze it (it stays the subreaper of its
+            // session, so nothing escapes while it is stopped), end every process below it, then
+            // kill it: a session's processes never outlive its runnerd on the host.
+            tracing::warn!(session_id = %record.session_id, "runnerd did not exit in time; killing its processes");
+            let _ = kill(pid, Signal::SIGSTOP);
+            let _ = tokio::task::spawn_blocking(move || {
+                proctree::kill_rounds(
+                    &proctree::DescendantsOf(pid.as_raw()),
+                    proctree::KILL_ROUNDS_LIMIT,
+                )
+            })
+            .await;
             let _ = kill(pid, Signal::SIGKILL);
         }
         if let Some(mut child) = child {
