@@ -110,6 +110,11 @@ impl SpawnerProcess {
         }
     }
 
+    /// The spawner's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

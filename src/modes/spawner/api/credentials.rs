@@ -1,38 +1,24 @@
 //! Per-operation git credentials: granted to the session's runnerd, held in its memory only.
 use super::sessions::lost_or_upstream;
-use super::{bad_request, not_found, ok, ApiRequest};
+use super::{bad_request, not_found, ok, ApiRequest, Reply};
 use crate::modes::spawner::state::Spawner;
-use crate::shared::http::HttpResponse;
 use crate::shared::protocol::runnerd::GitCredentialGrant;
-use crate::shared::runnerd_client::RunnerdError;
 
-pub async fn grant(spawner: &Spawner, id: &str, request: &ApiRequest) -> HttpResponse {
-    let Some(entry) = spawner.lookup(id).await else {
-        return not_found();
-    };
-    let grant: GitCredentialGrant = match request.json().and_then(|v| {
-        serde_json::from_value(v)
-            .map_err(|_| bad_request("body must be {host, username, password, expiresAtMs?}"))
-    }) {
-        Ok(grant) => grant,
-        Err(response) => return response,
-    };
+pub async fn grant(spawner: &Spawner, id: &str, request: &ApiRequest) -> Reply {
+    let entry = spawner.lookup(id).await.ok_or_else(not_found)?;
+    let grant: GitCredentialGrant = serde_json::from_value(request.json()?)
+        .map_err(|_| bad_request("body must be {host, username, password, expiresAtMs?}"))?;
     match entry.runnerd.grant_git_credential(&grant).await {
-        Ok(reply) => ok(&reply),
-        Err(RunnerdError::Status { status, body }) if status == hyper::StatusCode::BAD_REQUEST => {
-            bad_request(body)
-        }
-        Err(err) => lost_or_upstream(spawner, id, err).await,
+        Ok(reply) => Ok(ok(&reply)),
+        Err(err) => Err(lost_or_upstream(spawner, id, err).await),
     }
 }
 
-pub async fn revoke(spawner: &Spawner, id: &str, host: &str) -> HttpResponse {
-    let Some(entry) = spawner.lookup(id).await else {
-        return not_found();
-    };
+pub async fn revoke(spawner: &Spawner, id: &str, host: &str) -> Reply {
+    let entry = spawner.lookup(id).await.ok_or_else(not_found)?;
     let host = percent_encoding::percent_decode_str(host).decode_utf8_lossy();
     match entry.runnerd.revoke_git_credential(&host).await {
-        Ok(reply) => ok(&reply),
-        Err(err) => lost_or_upstream(spawner, id, err).await,
+        Ok(reply) => Ok(ok(&reply)),
+        Err(err) => Err(lost_or_upstream(spawner, id, err).await),
     }
 }

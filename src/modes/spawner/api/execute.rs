@@ -2,9 +2,8 @@
 //! as SSE, then the session is destroyed (also when the client leaves early).
 use super::sessions::create_session;
 use super::sse::{pump, sse_response, ProxyMode};
-use super::{bad_request, upstream_error, ApiRequest};
+use super::{bad_request, ApiError, ApiRequest, Reply};
 use crate::modes::spawner::state::Spawner;
-use crate::shared::http::HttpResponse;
 use crate::shared::protocol::runnerd::StageRequest;
 use crate::shared::protocol::spawner::{CreateSession, Profile, SessionExec};
 use std::sync::Arc;
@@ -18,33 +17,33 @@ fn random_id() -> String {
     format!("exe-{}", crate::shared::hex::random::<8>())
 }
 
-pub async fn execute(spawner: Arc<Spawner>, request: &ApiRequest) -> HttpResponse {
-    let mut body = match request.json() {
-        Ok(body) => body,
-        Err(response) => return response,
-    };
-    let Some(map) = body.as_object_mut() else {
-        return bad_request("body must be a JSON object");
-    };
+pub async fn execute(spawner: Arc<Spawner>, request: &ApiRequest) -> Reply {
+    let mut body = request.json()?;
+    let map = body
+        .as_object_mut()
+        .ok_or_else(|| bad_request("body must be a JSON object"))?;
     map.insert("execId".into(), ONE_SHOT_EXEC_ID.into());
     let files: Option<StageRequest> = match map.remove("files") {
         None | Some(serde_json::Value::Null) => None,
         Some(files) => match serde_json::from_value(serde_json::json!({ "files": files })) {
             Ok(stage) => Some(stage),
-            Err(_) => return bad_request("files must be an array of {path, url?, contentBase64?}"),
+            Err(_) => {
+                return Err(bad_request(
+                    "files must be an array of {path, url?, contentBase64?}",
+                ))
+            }
         },
     };
-    let exec = match SessionExec::parse(&body, &spawner.config.limits) {
-        Ok(exec) => exec,
-        Err(err) => return bad_request(err.0),
-    };
+    let exec = SessionExec::parse(&body, &spawner.config.limits)?;
     let organization_id = body
         .get("organizationId")
         .and_then(|v| v.as_str())
         .unwrap_or(ONE_SHOT_ORGANIZATION)
         .to_owned();
     if !crate::shared::protocol::spawner::is_valid_org_id(&organization_id) {
-        return bad_request("organizationId must match ^[A-Za-z0-9_-]{1,128}$");
+        return Err(bad_request(
+            "organizationId must match ^[A-Za-z0-9_-]{1,128}$",
+        ));
     }
     let create = CreateSession {
         session_id: random_id(),
@@ -55,10 +54,7 @@ pub async fn execute(spawner: Arc<Spawner>, request: &ApiRequest) -> HttpRespons
         env: Default::default(),
     };
     let session_id = create.session_id.clone();
-    let entry = match create_session(&spawner, &create).await {
-        Ok(entry) => entry,
-        Err(response) => return response,
-    };
+    let entry = create_session(&spawner, &create).await?;
     let teardown = |spawner: Arc<Spawner>, session_id: String| async move {
         spawner.registry.remove(&session_id);
         if let Err(err) = spawner.backend.destroy_session(&session_id).await {
@@ -71,11 +67,14 @@ pub async fn execute(spawner: Arc<Spawner>, request: &ApiRequest) -> HttpRespons
             Ok(reply) => {
                 teardown(spawner.clone(), session_id).await;
                 let first = &reply.skipped[0];
-                return bad_request(format!("staging failed: {}: {}", first.path, first.reason));
+                return Err(bad_request(format!(
+                    "staging failed: {}: {}",
+                    first.path, first.reason
+                )));
             }
             Err(err) => {
                 teardown(spawner.clone(), session_id).await;
-                return upstream_error(err.to_string());
+                return Err(err.into());
             }
         }
     }
@@ -87,7 +86,7 @@ pub async fn execute(spawner: Arc<Spawner>, request: &ApiRequest) -> HttpRespons
         Ok(stream) => stream,
         Err(err) => {
             teardown(spawner.clone(), session_id).await;
-            return upstream_error(err.to_string());
+            return Err(ApiError::upstream(err.to_string()));
         }
     };
     spawner.metrics.execs.inc();
@@ -108,5 +107,5 @@ pub async fn execute(spawner: Arc<Spawner>, request: &ApiRequest) -> HttpRespons
         }
         teardown(spawner, session_id).await;
     });
-    response
+    Ok(response)
 }
