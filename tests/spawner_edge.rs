@@ -15,6 +15,8 @@ use tale::shared::hmac::sign_request;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
+/// Times one flooding connection comes back after the spawner closed it.
+const MAX_ATTEMPTS: u32 = 3;
 /// Most bytes a body may have by default, less one: the largest body the spawner accepts.
 const BODY_BYTES: usize = 2 * 1024 * 1024 - 1;
 
@@ -189,7 +191,7 @@ async fn body_flood_is_bounded() {
             // Each connection sends its head and all of the body but the last byte, then holds;
             // when the spawner closes it (refused, busy, timed out) it comes back, until the end.
             let mut attempts = 0u32;
-            while started.elapsed() < flood_for && attempts < 40 {
+            while started.elapsed() < flood_for && attempts < MAX_ATTEMPTS {
                 attempts += 1;
                 let Ok(mut stream) = connect_from(source, port).await else {
                     continue;
@@ -214,30 +216,52 @@ async fn body_flood_is_bounded() {
             }
         }));
     }
+    // The platform's client runs on its own thread and runtime, so the flood's tasks in this
+    // process cannot starve it: what is measured is the spawner.
+    let checker = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let client = support::spawner::SpawnerClient::new(port);
+            let (mut answered, mut slowest) = (0u32, Duration::ZERO);
+            while started.elapsed() < flood_for {
+                let asked = Instant::now();
+                let reply = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    client.json(Method::GET, "/v1/sessions", None),
+                )
+                .await;
+                if !matches!(reply, Ok((StatusCode::OK, _))) {
+                    return Err(format!(
+                        "signed GET at {:?} into the flood: {reply:?} after {:?}",
+                        started.elapsed(),
+                        asked.elapsed()
+                    ));
+                }
+                answered += 1;
+                slowest = slowest.max(asked.elapsed());
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Ok((answered, slowest))
+        })
+    });
     let mut peak = 0;
-    let mut answered = 0;
-    while started.elapsed() < flood_for {
-        let asked = Instant::now();
-        let reply = tokio::time::timeout(
-            Duration::from_secs(5),
-            spawner.client.json(Method::GET, "/v1/sessions", None),
-        )
-        .await;
-        assert!(
-            matches!(reply, Ok((StatusCode::OK, _))),
-            "signed GET during the flood: {reply:?} after {:?}",
-            asked.elapsed()
-        );
-        answered += 1;
+    while !checker.is_finished() {
         peak = peak.max(rss_bytes(pid));
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let (answered, slowest) = checker
+        .join()
+        .unwrap()
+        .unwrap_or_else(|err| panic!("{err}"));
     for attacker in attackers {
         attacker.await.unwrap();
     }
     peak = peak.max(rss_bytes(pid));
     eprintln!(
-        "idle RSS {} KiB, peak {} KiB, {answered} signed requests answered",
+        "idle RSS {} KiB, peak {} KiB, {answered} signed requests answered, slowest {slowest:?}",
         idle / 1024,
         peak / 1024
     );
@@ -252,12 +276,6 @@ async fn body_flood_is_bounded() {
         rss_bytes(pid) / 1024,
         idle / 1024
     );
-    let (_, metrics) = spawner
-        .client
-        .raw(Method::GET, "/metrics", None, false)
-        .await
-        .unwrap();
-    let _ = metrics;
 }
 
 /// Per source address, only so many connections may wait unauthenticated; one that authenticated
@@ -348,7 +366,7 @@ async fn connection_caps() {
 #[tokio::test(flavor = "multi_thread")]
 async fn body_deadline_and_budget() {
     let spawner = SpawnerProcess::local(&[
-        ("SANDBOX_BODY_READ_TIMEOUT_MS", "1500"),
+        ("SANDBOX_BODY_READ_TIMEOUT_MS", "6000"),
         ("SANDBOX_BODY_BUDGET_BYTES", &(2 * 1024 * 1024).to_string()),
     ])
     .await;
@@ -361,8 +379,9 @@ async fn body_deadline_and_budget() {
     .await
     .unwrap();
     hog.write_all(&vec![b'x'; 1024]).await.unwrap();
-    // Give the spawner the head (polling for the refusal below is the wait).
-    let body = br#"{"sessionId":"s1","organizationId":"o"}"#;
+    // Polling for the refusal is the wait for the spawner to take the hog's head. The probe's body
+    // is invalid, so one that got through before the hog changes nothing.
+    let body = br#"{}"#;
     let busy = poll(Duration::from_secs(5), async || {
         let mut stream = connect_from([127, 0, 0, 1].into(), port).await.ok()?;
         let head = post_head(

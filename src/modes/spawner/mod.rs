@@ -103,6 +103,7 @@ async fn shutdown_signal() {
 /// Runs the spawner until SIGTERM/SIGINT.
 pub fn run(args: Args) -> ExitCode {
     logging::init(args.log_format);
+    crate::shared::sys::purge_freed_memory_at_once();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

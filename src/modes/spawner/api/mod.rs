@@ -167,15 +167,16 @@ pub async fn handle(spawner: Arc<Spawner>, mut request: Request<Incoming>) -> Ht
         .unwrap_or_else(HttpResponse::from)
 }
 
-/// 401 `unauthorized`; the reason is logged, never returned. Sent before any body byte was read
-/// when the headers alone fail, so the connection closes after it.
+/// 401 `unauthorized`; the reason is logged (at debug: a flood of strangers must not flood the
+/// log; the metric counts them), never returned. Sent before any body byte was read when the
+/// headers alone fail, so the connection closes after it.
 fn unauthorized(
     spawner: &Spawner,
     failure: AuthFailure,
     method: &Method,
     path: &str,
 ) -> HttpResponse {
-    tracing::info!(reason = %failure, %method, path, "request refused");
+    tracing::debug!(reason = %failure, %method, path, "request refused");
     spawner.metrics.edge_refused("unauthorized");
     ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", None).into()
 }

@@ -72,14 +72,13 @@ impl BodyBudget {
         if declared.is_some_and(|len| len > cap as u64) {
             return Err(BodyRefusal::TooLarge(cap));
         }
-        let mut reserved = match declared {
-            Some(len) => len as usize,
-            None => CHUNKED_RESERVE_STEP_BYTES.min(cap),
+        // A declared body reserves its length before a byte of it is read; a chunked one
+        // reserves as it grows; a request without a body (most GETs) reserves nothing.
+        let mut reserved = declared.map_or(0, |len| len as usize);
+        let mut permit = match reserved {
+            0 => None,
+            bytes => Some(self.reserve(bytes)?),
         };
-        if reserved == 0 && declared.is_some() {
-            return Ok((Bytes::new(), BodyLease { _permit: None }));
-        }
-        let mut permit = self.reserve(reserved)?;
         let mut buffer = BytesMut::with_capacity(reserved);
         let collect = async {
             while let Some(frame) = body.frame().await {
@@ -95,7 +94,11 @@ impl BodyBudget {
                     // Only a chunked body gets here (hyper holds a declared one to its length).
                     let more =
                         (needed - reserved).max(CHUNKED_RESERVE_STEP_BYTES.min(cap - reserved));
-                    permit.merge(self.reserve(more)?);
+                    let more_permit = self.reserve(more)?;
+                    match permit.as_mut() {
+                        Some(permit) => permit.merge(more_permit),
+                        None => permit = Some(more_permit),
+                    }
                     reserved += more;
                 }
                 buffer.extend_from_slice(&data);
@@ -105,12 +108,7 @@ impl BodyBudget {
         tokio::time::timeout(deadline, collect)
             .await
             .map_err(|_| BodyRefusal::Timeout(deadline))??;
-        Ok((
-            buffer.freeze(),
-            BodyLease {
-                _permit: Some(permit),
-            },
-        ))
+        Ok((buffer.freeze(), BodyLease { _permit: permit }))
     }
 }
 
