@@ -137,9 +137,8 @@ pub async fn status(spawner: &Spawner, id: &str, exec_id: &str) -> Reply {
     }
 }
 
-pub async fn stdin(spawner: &Spawner, id: &str, exec_id: &str, request: &ApiRequest) -> Reply {
-    let entry = spawner.lookup(id).await.ok_or_else(not_found)?;
-    let body = request.json()?;
+/// The stdin route's body: `{b64?: string, eof?: boolean}` (nulls mean absent).
+pub fn stdin_body(body: &serde_json::Value) -> Result<StdinRequest, ApiError> {
     if body
         .get("b64")
         .is_some_and(|v| !v.is_string() && !v.is_null())
@@ -152,10 +151,15 @@ pub async fn stdin(spawner: &Spawner, id: &str, exec_id: &str, request: &ApiRequ
     {
         return Err(bad_request("eof must be a boolean"));
     }
-    let stdin = StdinRequest {
+    Ok(StdinRequest {
         b64: body.get("b64").and_then(|v| v.as_str()).map(str::to_owned),
         eof: body.get("eof").and_then(|v| v.as_bool()),
-    };
+    })
+}
+
+pub async fn stdin(spawner: &Spawner, id: &str, exec_id: &str, request: &ApiRequest) -> Reply {
+    let entry = spawner.lookup(id).await.ok_or_else(not_found)?;
+    let stdin = stdin_body(&request.json()?)?;
     match entry.runnerd.stdin(exec_id, &stdin).await {
         Ok(reply) => Ok(ok(&reply)),
         Err(err) => Err(lost_or_upstream(spawner, id, err).await),

@@ -17,8 +17,19 @@ fn random_id() -> String {
     format!("exe-{}", crate::shared::hex::random::<8>())
 }
 
-pub async fn execute(spawner: Arc<Spawner>, request: &ApiRequest) -> Reply {
-    let mut body = request.json()?;
+/// What a one-shot request asks for.
+pub struct OneShot {
+    pub exec: SessionExec,
+    pub files: Option<StageRequest>,
+    pub organization_id: String,
+}
+
+/// The execute route's body: an exec (its `execId` is always [`ONE_SHOT_EXEC_ID`]), optional
+/// `files` to stage first, optional `organizationId`.
+pub fn execute_body(
+    mut body: serde_json::Value,
+    limits: &crate::shared::protocol::spawner::RequestLimits,
+) -> Result<OneShot, ApiError> {
     let map = body
         .as_object_mut()
         .ok_or_else(|| bad_request("body must be a JSON object"))?;
@@ -34,7 +45,7 @@ pub async fn execute(spawner: Arc<Spawner>, request: &ApiRequest) -> Reply {
             }
         },
     };
-    let exec = SessionExec::parse(&body, &spawner.config.limits)?;
+    let exec = SessionExec::parse(&body, limits)?;
     let organization_id = body
         .get("organizationId")
         .and_then(|v| v.as_str())
@@ -45,6 +56,19 @@ pub async fn execute(spawner: Arc<Spawner>, request: &ApiRequest) -> Reply {
             "organizationId must match ^[A-Za-z0-9_-]{1,128}$",
         ));
     }
+    Ok(OneShot {
+        exec,
+        files,
+        organization_id,
+    })
+}
+
+pub async fn execute(spawner: Arc<Spawner>, request: &ApiRequest) -> Reply {
+    let OneShot {
+        exec,
+        files,
+        organization_id,
+    } = execute_body(request.json()?, &spawner.config.limits)?;
     let create = CreateSession {
         session_id: random_id(),
         organization_id,

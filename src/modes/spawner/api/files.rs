@@ -13,14 +13,24 @@ async fn upstream(spawner: &Spawner, id: &str, err: RunnerdError) -> ApiError {
     err.into()
 }
 
-pub async fn stage(spawner: &Spawner, id: &str, request: &ApiRequest) -> Reply {
-    let entry = spawner.lookup(id).await.ok_or_else(not_found)?;
-    let body = request.json()?;
+/// The stage route's body: `{files: [...]}`; each item's rules are runnerd's.
+pub fn stage_body(body: serde_json::Value) -> Result<serde_json::Value, ApiError> {
     if !body.get("files").is_some_and(serde_json::Value::is_array) {
         return Err(bad_request(
             "files must be an array of {path, url?, contentBase64?}",
         ));
     }
+    Ok(body)
+}
+
+/// The delete route's body: `{paths: [string]}`.
+pub fn delete_body(body: serde_json::Value) -> Result<DeleteRequest, ApiError> {
+    serde_json::from_value(body).map_err(|_| bad_request("paths must be an array of strings"))
+}
+
+pub async fn stage(spawner: &Spawner, id: &str, request: &ApiRequest) -> Reply {
+    let entry = spawner.lookup(id).await.ok_or_else(not_found)?;
+    let body = stage_body(request.json()?)?;
     match entry.runnerd.stage(&body).await {
         Ok(reply) => Ok(ok(&reply)),
         Err(err) => Err(upstream(spawner, id, err).await),
@@ -29,8 +39,7 @@ pub async fn stage(spawner: &Spawner, id: &str, request: &ApiRequest) -> Reply {
 
 pub async fn delete(spawner: &Spawner, id: &str, request: &ApiRequest) -> Reply {
     let entry = spawner.lookup(id).await.ok_or_else(not_found)?;
-    let body: DeleteRequest = serde_json::from_value(request.json()?)
-        .map_err(|_| bad_request("paths must be an array of strings"))?;
+    let body = delete_body(request.json()?)?;
     match entry.runnerd.delete_files(&body).await {
         Ok(reply) => Ok(ok(&reply)),
         Err(err) => Err(upstream(spawner, id, err).await),

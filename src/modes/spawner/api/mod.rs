@@ -9,6 +9,8 @@ mod error;
 mod exec;
 mod execute;
 mod files;
+#[cfg(test)]
+mod fuzz;
 mod sessions;
 mod sse;
 

@@ -275,24 +275,32 @@ pub async fn destroy(spawner: &Spawner, id: &str, request: &ApiRequest) -> Reply
 
 pub async fn patch_env(spawner: &Spawner, id: &str, request: &ApiRequest) -> Reply {
     let entry = spawner.lookup(id).await.ok_or_else(not_found)?;
-    let patch: EnvPatch = serde_json::from_value(request.json()?).map_err(|e| {
-        bad_request(format!(
-            "env patch must be {{set?: {{name: string}}, unset?: [string]}}: {e}"
-        ))
-    })?;
+    let patch = env_patch_body(request.json()?)?;
     match entry.runnerd.patch_env(&patch).await {
         Ok(reply) => Ok(ok(&reply)),
         Err(err) => Err(lost_or_upstream(spawner, id, err).await),
     }
 }
 
+/// The pin route's body: `{pinned: boolean}`.
+pub fn pin_body(body: &serde_json::Value) -> Result<bool, ApiError> {
+    body.get("pinned")
+        .and_then(serde_json::Value::as_bool)
+        .ok_or_else(|| bad_request("pinned must be a boolean"))
+}
+
+/// The env route's body: `{set?: {name: string}, unset?: [string]}`.
+pub fn env_patch_body(body: serde_json::Value) -> Result<EnvPatch, ApiError> {
+    serde_json::from_value(body).map_err(|e| {
+        bad_request(format!(
+            "env patch must be {{set?: {{name: string}}, unset?: [string]}}: {e}"
+        ))
+    })
+}
+
 pub async fn pin(spawner: &Spawner, id: &str, request: &ApiRequest) -> Reply {
     spawner.lookup(id).await.ok_or_else(not_found)?;
-    let pinned = request
-        .json()?
-        .get("pinned")
-        .and_then(serde_json::Value::as_bool)
-        .ok_or_else(|| bad_request("pinned must be a boolean"))?;
+    let pinned = pin_body(&request.json()?)?;
     let max_lifetime = spawner.config.limits.max_lifetime_ms;
     let now = crate::shared::clock::now_ms();
     spawner.registry.update(id, |e| {

@@ -36,6 +36,14 @@ pub struct BodyLease {
     _permit: Option<OwnedSemaphorePermit>,
 }
 
+impl BodyLease {
+    /// A lease holding nothing (a request built in a test).
+    #[cfg(test)]
+    pub fn none() -> BodyLease {
+        BodyLease { _permit: None }
+    }
+}
+
 impl BodyBudget {
     pub fn new(bytes: usize) -> BodyBudget {
         BodyBudget {
