@@ -598,3 +598,44 @@ async fn attach_after_the_end_sends_no_second_result() {
     assert_eq!(result(&stream.collect_all().await)["exitCode"], 0);
     c.json(Method::DELETE, "/v1/sessions/after", None).await;
 }
+
+/// SIGTERM drains: the spawner stops accepting, lets a stream in flight finish (within its
+/// grace), and exits 0; the session keeps running for the next start.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_lets_requests_in_flight_finish() {
+    let mut spawner = SpawnerProcess::local(&[]).await;
+    let c = spawner.client.clone();
+    c.create("drain", "o").await;
+    let (_, mut stream) = c
+        .sse(
+            Method::POST,
+            "/v1/sessions/drain/exec",
+            Some(json!({"execId": "slow", "shell": "sleep 1; echo done"})),
+            &[],
+        )
+        .await;
+    assert_eq!(stream.next().await.unwrap().event, "phase");
+    let port = spawner.port;
+    let exit = tokio::spawn(async move {
+        let status = spawner.terminate(Duration::from_secs(15)).await;
+        (status, spawner)
+    });
+    let events = stream.collect_all().await;
+    assert_eq!(
+        support::spawner::stdout_text(&events),
+        "done\n",
+        "{events:?}"
+    );
+    assert_eq!(result(&events)["exitCode"], 0);
+    let (status, mut spawner) = exit.await.unwrap();
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).await.is_err(),
+        "no longer accepting"
+    );
+    spawner.restart().await;
+    spawner
+        .client
+        .json(Method::DELETE, "/v1/sessions/drain", None)
+        .await;
+}
