@@ -1,7 +1,6 @@
-//! The spawner's HTTP API (spec era B, byte-compatible): routing, the signed-request check, body
-//! caps, and the error envelope `{error, message?}`.
-// Handlers return `Result<T, HttpResponse>` so a refusal is the response itself; its size is fine here.
-#![allow(clippy::result_large_err)]
+//! The spawner's HTTP API (spec era B, byte-compatible): the signed-request check in two steps
+//! around the bounded body read (see `super::edge`), routing, and the error envelope
+//! `{error, message?}` ([`ApiError`]).
 
 mod agent_runs;
 mod credentials;
