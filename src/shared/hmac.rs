@@ -117,6 +117,9 @@ pub enum AuthFailure {
     BadTimestamp,
     #[error("timestamp_skew")]
     TimestampSkew,
+    /// Signed before this process started: a replay cache that was empty then cannot vouch for it.
+    #[error("signed_before_start")]
+    SignedBeforeStart,
     #[error("bad_signature")]
     BadSignature,
     #[error("replay")]
@@ -124,6 +127,9 @@ pub enum AuthFailure {
     #[error("replay_cache_full")]
     ReplayCacheFull,
 }
+
+/// Bytes of an HMAC-SHA256 tag; the signature header is exactly twice as many hex digits.
+pub const MAC_LEN: usize = 32;
 
 /// What a request presents.
 pub struct Presented<'a> {
@@ -135,21 +141,35 @@ pub struct Presented<'a> {
     pub body: &'a [u8],
 }
 
+/// The headers of a request that passed every check that needs no body: a well-formed signature
+/// and a fresh timestamp. Only such requests get their body read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Prechecked {
+    mac: [u8; MAC_LEN],
+    timestamp_text: String,
+}
+
 struct ReplayCache {
-    expiries: HashMap<String, i64>,
+    /// Keyed on the decoded tag, so no spelling of the same signature counts as new.
+    expiries: HashMap<[u8; MAC_LEN], i64>,
     calls: u64,
 }
 
 /// Verifies signatures and remembers them for the replay window.
 pub struct RequestVerifier {
     key: hmac::Key,
+    /// Timestamps before this are refused: the replay cache starts empty with the process, so a
+    /// request signed earlier may already have been served by the previous one.
+    not_before_ms: i64,
     replay: Mutex<ReplayCache>,
 }
 
 impl RequestVerifier {
-    pub fn new(key: &[u8]) -> RequestVerifier {
+    /// A verifier that accepts requests signed at or after `not_before_ms` (the process start).
+    pub fn new(key: &[u8], not_before_ms: i64) -> RequestVerifier {
         RequestVerifier {
             key: hmac::Key::new(hmac::HMAC_SHA256, key),
+            not_before_ms,
             replay: Mutex::new(ReplayCache {
                 expiries: HashMap::new(),
                 calls: 0,
@@ -157,14 +177,18 @@ impl RequestVerifier {
         }
     }
 
-    /// Checks a request in the original's order.
-    pub fn verify(&self, request: &Presented<'_>, now_ms: i64) -> Result<(), AuthFailure> {
-        let signature = request
-            .signature
+    /// The checks that need no body, in the original's order: signature present and well formed
+    /// (exactly 64 hex digits), timestamp present, numeric, within the skew and not before start.
+    pub fn precheck(
+        &self,
+        signature: Option<&str>,
+        timestamp: Option<&str>,
+        now_ms: i64,
+    ) -> Result<Prechecked, AuthFailure> {
+        let signature = signature
             .filter(|s| !s.is_empty())
             .ok_or(AuthFailure::MissingSignature)?;
-        let timestamp_text = request
-            .timestamp
+        let timestamp_text = timestamp
             .filter(|s| !s.is_empty())
             .ok_or(AuthFailure::MissingTimestamp)?;
         let timestamp: f64 = timestamp_text
@@ -177,25 +201,44 @@ impl RequestVerifier {
         if (now_ms as f64 - timestamp).abs() > MAX_CLOCK_SKEW_MS as f64 {
             return Err(AuthFailure::TimestampSkew);
         }
-        let given = hex::decode(signature).ok_or(AuthFailure::BadSignature)?;
+        if timestamp < self.not_before_ms as f64 {
+            return Err(AuthFailure::SignedBeforeStart);
+        }
+        let mac = hex::decode_exact::<MAC_LEN>(signature).ok_or(AuthFailure::BadSignature)?;
+        Ok(Prechecked {
+            mac,
+            timestamp_text: timestamp_text.to_owned(),
+        })
+    }
+
+    /// Checks the tag over the whole request, then the replay cache.
+    pub fn verify_prechecked(
+        &self,
+        prechecked: &Prechecked,
+        method: &str,
+        path_and_query: &str,
+        nonce: Option<&str>,
+        body: &[u8],
+        now_ms: i64,
+    ) -> Result<(), AuthFailure> {
         let message = signing_string(
-            request.method,
-            request.path_and_query,
-            timestamp_text,
-            request.nonce,
-            request.body,
+            method,
+            path_and_query,
+            &prechecked.timestamp_text,
+            nonce,
+            body,
         );
-        hmac::verify(&self.key, message.as_bytes(), &given)
+        // ring compares the tag in constant time.
+        hmac::verify(&self.key, message.as_bytes(), &prechecked.mac)
             .map_err(|_| AuthFailure::BadSignature)?;
         let mut cache = self.replay.lock().unwrap_or_else(|e| e.into_inner());
         cache.calls += 1;
         if cache.calls % REPLAY_SWEEP_EVERY == 0 || cache.expiries.len() >= MAX_REPLAY_ENTRIES {
             cache.expiries.retain(|_, expiry| *expiry > now_ms);
         }
-        let key = signature.to_ascii_lowercase();
         if cache
             .expiries
-            .get(&key)
+            .get(&prechecked.mac)
             .is_some_and(|expiry| *expiry > now_ms)
         {
             return Err(AuthFailure::Replay);
@@ -203,8 +246,23 @@ impl RequestVerifier {
         if cache.expiries.len() >= MAX_REPLAY_ENTRIES {
             return Err(AuthFailure::ReplayCacheFull);
         }
-        cache.expiries.insert(key, now_ms + REPLAY_WINDOW_MS);
+        cache
+            .expiries
+            .insert(prechecked.mac, now_ms + REPLAY_WINDOW_MS);
         Ok(())
+    }
+
+    /// Both steps at once (a request whose body is already in hand).
+    pub fn verify(&self, request: &Presented<'_>, now_ms: i64) -> Result<(), AuthFailure> {
+        let prechecked = self.precheck(request.signature, request.timestamp, now_ms)?;
+        self.verify_prechecked(
+            &prechecked,
+            request.method,
+            request.path_and_query,
+            request.nonce,
+            request.body,
+            now_ms,
+        )
     }
 }
 
@@ -254,7 +312,7 @@ mod tests {
     /// Valid signatures pass once, with and without a nonce; replays, skew and tampering fail.
     #[test]
     fn verification_order_and_replay() {
-        let verifier = RequestVerifier::new(KEY);
+        let verifier = RequestVerifier::new(KEY, 0);
         let now = 1_700_000_000_000i64;
         let ts = now.to_string();
         let sig = sign_request(KEY, "POST", "/v1/sessions?x=1", &ts, Some("abc"), b"{}");
@@ -323,6 +381,97 @@ mod tests {
         assert_eq!(
             verifier.verify(&no_ts, now),
             Err(AuthFailure::MissingTimestamp)
+        );
+    }
+    /// Every respelling of a valid signature is refused: `+` in place of a byte's leading zero,
+    /// padding, prefixes, sign and whitespace are malformed; a case change decodes to the same tag
+    /// and so is a replay once the original was served (and the original a replay after it).
+    #[test]
+    fn respelled_signatures_never_pass_twice() {
+        let now = 1_700_000_000_000i64;
+        let ts = now.to_string();
+        // A nonce whose tag has a byte below 0x10, so `0x` → `+x` is possible.
+        let (nonce, sig) = (0..)
+            .map(|n| {
+                let nonce = format!("n{n}");
+                let sig = sign_request(KEY, "POST", "/v1/sessions?x=1", &ts, Some(&nonce), b"{}");
+                (nonce, sig)
+            })
+            .find(|(_, sig)| sig.as_bytes().chunks(2).any(|pair| pair[0] == b'0'))
+            .unwrap();
+        let mut malformed = Vec::new();
+        for (i, pair) in sig.as_bytes().chunks(2).enumerate() {
+            if pair[0] == b'0' {
+                let mut plus = sig.clone();
+                plus.replace_range(i * 2..i * 2 + 1, "+");
+                malformed.push(plus);
+            }
+        }
+        for padded in [
+            format!(" {sig}"),
+            format!("{sig} "),
+            format!("0{sig}"),
+            format!("{sig}0"),
+            format!("00{sig}"),
+            format!("0x{sig}"),
+            format!("+{sig}"),
+            format!("{sig}="),
+            format!("{sig}\n"),
+            sig[..62].to_string(),
+        ] {
+            malformed.push(padded);
+        }
+        let verifier = RequestVerifier::new(KEY, 0);
+        for bad in &malformed {
+            assert_eq!(
+                verifier.verify(&presented(bad, &ts, Some(&nonce), b"{}"), now),
+                Err(AuthFailure::BadSignature),
+                "{bad:?}"
+            );
+        }
+        let upper = sig.to_ascii_uppercase();
+        let mut mixed = sig.clone();
+        mixed.replace_range(..1, &sig[..1].to_ascii_uppercase());
+        assert_eq!(
+            verifier.verify(&presented(&sig, &ts, Some(&nonce), b"{}"), now),
+            Ok(())
+        );
+        for respelled in [&upper, &mixed, &sig] {
+            assert_eq!(
+                verifier.verify(&presented(respelled, &ts, Some(&nonce), b"{}"), now),
+                Err(AuthFailure::Replay),
+                "{respelled}"
+            );
+        }
+        // The uppercase spelling served first makes the lowercase one the replay.
+        let fresh = RequestVerifier::new(KEY, 0);
+        assert_eq!(
+            fresh.verify(&presented(&upper, &ts, Some(&nonce), b"{}"), now),
+            Ok(())
+        );
+        assert_eq!(
+            fresh.verify(&presented(&sig, &ts, Some(&nonce), b"{}"), now),
+            Err(AuthFailure::Replay)
+        );
+    }
+
+    /// A request signed before the verifier's start is refused even within the skew; one signed
+    /// at or after it is served at once.
+    #[test]
+    fn signatures_from_before_start_are_refused() {
+        let start = 1_700_000_000_000i64;
+        let verifier = RequestVerifier::new(KEY, start);
+        let before = (start - 1).to_string();
+        let sig = sign_request(KEY, "POST", "/v1/sessions?x=1", &before, None, b"{}");
+        assert_eq!(
+            verifier.verify(&presented(&sig, &before, None, b"{}"), start + 5),
+            Err(AuthFailure::SignedBeforeStart)
+        );
+        let at = start.to_string();
+        let sig = sign_request(KEY, "POST", "/v1/sessions?x=1", &at, None, b"{}");
+        assert_eq!(
+            verifier.verify(&presented(&sig, &at, None, b"{}"), start),
+            Ok(())
         );
     }
 }

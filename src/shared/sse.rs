@@ -37,33 +37,20 @@ impl Utf8StreamDecoder {
     /// The text of everything fed so far that forms complete characters.
     pub fn feed(&mut self, chunk: &[u8]) -> String {
         self.pending.extend_from_slice(chunk);
-        let mut out = String::new();
-        let mut rest: &[u8] = &self.pending;
-        loop {
-            match std::str::from_utf8(rest) {
-                Ok(text) => {
-                    out.push_str(text);
-                    rest = &[];
-                    break;
-                }
-                Err(err) => {
-                    let (valid, after) = rest.split_at(err.valid_up_to());
-                    out.push_str(std::str::from_utf8(valid).expect("checked valid"));
-                    match err.error_len() {
-                        Some(bad) => {
-                            out.push('\u{FFFD}');
-                            rest = &after[bad..];
-                        }
-                        // An incomplete sequence at the end: keep it for the next chunk.
-                        None => {
-                            rest = after;
-                            break;
-                        }
-                    }
-                }
+        let mut out = String::with_capacity(self.pending.len());
+        let mut held = 0;
+        let mut pieces = self.pending.utf8_chunks().peekable();
+        while let Some(piece) = pieces.next() {
+            out.push_str(piece.valid());
+            let invalid = piece.invalid();
+            if pieces.peek().is_none() && is_cut_character(invalid) {
+                // An incomplete sequence at the end: keep it for the next chunk.
+                held = invalid.len();
+            } else if !invalid.is_empty() {
+                out.push('\u{FFFD}');
             }
         }
-        self.pending = rest.to_vec();
+        self.pending.drain(..self.pending.len() - held);
         out
     }
 
@@ -73,6 +60,11 @@ impl Utf8StreamDecoder {
         self.pending.clear();
         text
     }
+}
+
+/// Whether `bytes` is the start of a character that more bytes could complete.
+fn is_cut_character(bytes: &[u8]) -> bool {
+    !bytes.is_empty() && std::str::from_utf8(bytes).is_err_and(|err| err.error_len().is_none())
 }
 
 /// One parsed event.

@@ -2,6 +2,7 @@
 pub mod fake_kube;
 pub mod fake_model;
 pub mod git_http;
+pub mod raw_http;
 pub mod rbac;
 pub mod runnerd;
 pub mod spawner;

@@ -27,6 +27,8 @@ pub struct Metrics {
     pub bytes_streamed: Counter,
     /// Sessions stopped by the sweep, by cause (ttl, idle).
     pub sweep_stops: Family<Labels, Counter>,
+    /// Connections and requests refused at the edge, by reason.
+    pub edge_refusals: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -46,6 +48,7 @@ impl Metrics {
         let exec_outcomes = Family::<Labels, Counter>::default();
         let bytes_streamed = Counter::default();
         let sweep_stops = Family::<Labels, Counter>::default();
+        let edge_refusals = Family::<Labels, Counter>::default();
         registry.register(
             "sessions",
             "Sessions in the registry, by state",
@@ -82,6 +85,11 @@ impl Metrics {
             "Sessions stopped by the sweep, by cause",
             sweep_stops.clone(),
         );
+        registry.register(
+            "edge_refusals",
+            "Connections and requests refused before authentication or for want of room, by reason",
+            edge_refusals.clone(),
+        );
         Metrics {
             registry,
             sessions,
@@ -92,11 +100,19 @@ impl Metrics {
             exec_outcomes,
             bytes_streamed,
             sweep_stops,
+            edge_refusals,
         }
     }
 
     pub fn label(key: &str, value: &str) -> Labels {
         vec![(key.to_owned(), value.to_owned())]
+    }
+
+    /// Counts one edge refusal.
+    pub fn edge_refused(&self, reason: &str) {
+        self.edge_refusals
+            .get_or_create(&Self::label("reason", reason))
+            .inc();
     }
 
     /// The exposition text.

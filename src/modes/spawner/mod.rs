@@ -2,7 +2,9 @@
 pub mod api;
 pub mod backend;
 pub mod config;
+pub mod edge;
 pub mod limits;
+pub mod listener;
 pub mod metrics;
 pub mod registry;
 pub mod runnerd_client;
@@ -84,9 +86,27 @@ async fn build_backend(config: &SpawnerConfig) -> Result<Arc<dyn Backend>, BootE
     })
 }
 
+/// After the drain signal, how long requests in flight (SSE streams, which clients resume) may go
+/// on before they are cut.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Resolves at SIGTERM or SIGINT (never, if the handlers cannot be installed).
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; serving without them");
+        return std::future::pending().await;
+    };
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+}
+
 /// Runs the spawner until SIGTERM/SIGINT.
 pub fn run(args: Args) -> ExitCode {
     logging::init(args.log_format);
+    crate::shared::sys::purge_freed_memory_at_once();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -122,38 +142,35 @@ async fn serve(args: Args) -> Result<(), BootError> {
         .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], config.port)));
     let spawner = Spawner::new(config, backend);
     spawner.adopt_all().await;
-    let listener = tokio::net::TcpListener::bind(listen)
+    let socket = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|source| BootError::Listen {
             addr: listen,
             source,
         })?;
     tracing::info!(%listen, backend = spawner.backend_name(), sessions = spawner.registry.len(), "spawner ready");
-    tokio::spawn(sweeper::run(spawner.clone()));
-    let handler_state = spawner.clone();
-    crate::shared::http::serve(
-        listener,
-        crate::shared::http::ServeOptions {
-            header_read_timeout: std::time::Duration::from_secs(10),
-            // A platform that went away must release its SSE proxy (and the session's keep-alive)
-            // at once, not at the next keepalive.
-            allow_half_close: false,
-        },
-        move |request| api::handle(handler_state.clone(), request),
-        async {
-            use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut term), Ok(mut int)) = (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-            ) else {
-                return std::future::pending().await;
-            };
-            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-            tracing::info!(
-                "spawner shutting down; sessions keep running and are re-adopted at the next start"
-            );
-        },
-    )
+    // Every task the spawner starts for its lifetime is owned here and ends through one signal.
+    let (drain_tx, drain) = listener::Drain::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn({
+        let (spawner, drain) = (spawner.clone(), drain.clone());
+        async move {
+            tokio::select! { _ = sweeper::run(spawner) => {}, _ = drain.fired() => {} }
+        }
+    });
+    tasks.spawn(listener::accept_loop(socket, spawner.clone(), drain));
+    shutdown_signal().await;
+    tracing::info!(
+        "spawner shutting down; sessions keep running and are re-adopted at the next start"
+    );
+    let _ = drain_tx.send(true);
+    let finished = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while tasks.join_next().await.is_some() {}
+    })
     .await;
+    if finished.is_err() {
+        tracing::info!(grace = ?SHUTDOWN_GRACE, "requests still in flight at the end of the grace period are cut");
+        tasks.shutdown().await;
+    }
     Ok(())
 }

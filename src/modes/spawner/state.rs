@@ -1,6 +1,7 @@
 //! The spawner's shared state and the session operations every route builds on.
 use super::backend::Backend;
 use super::config::SpawnerConfig;
+use super::edge::body::BodyBudget;
 use super::metrics::Metrics;
 use super::registry::{Registry, SessionEntry};
 use crate::modes::spawner::runnerd_client::RunnerdClient;
@@ -23,13 +24,20 @@ pub struct Spawner {
     /// `None` only in `--insecure-dev` mode.
     pub verifier: Option<RequestVerifier>,
     pub metrics: Metrics,
+    /// Request body bytes in flight, across all requests.
+    pub body_budget: BodyBudget,
     pub health_cache: Mutex<Option<(Instant, Result<serde_json::Value, String>)>>,
 }
 
 impl Spawner {
     pub fn new(config: SpawnerConfig, backend: Arc<dyn Backend>) -> Arc<Spawner> {
         Arc::new(Spawner {
-            verifier: config.token.as_deref().map(RequestVerifier::new),
+            // Requests signed before now may have been served by a previous process.
+            verifier: config
+                .token
+                .as_deref()
+                .map(|key| RequestVerifier::new(key, crate::shared::clock::now_ms() as i64)),
+            body_budget: BodyBudget::new(config.edge.body_budget_bytes),
             config,
             backend,
             registry: Registry::default(),

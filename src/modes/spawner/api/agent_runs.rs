@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 pub async fn start(spawner: Arc<Spawner>, id: &str, request: &ApiRequest) -> HttpResponse {
     let Some(entry) = spawner.lookup(id).await else {
-        return not_found();
+        return not_found().into();
     };
     let run = match request.json().and_then(|body| {
         AgentRunRequest::parse(
@@ -39,7 +39,7 @@ pub async fn start(spawner: Arc<Spawner>, id: &str, request: &ApiRequest) -> Htt
         .map_err(|e| bad_request(e.0))
     }) {
         Ok(run) => run,
-        Err(response) => return response,
+        Err(refusal) => return refusal.into(),
     };
     let session = SessionContext {
         exec_home: spawner.backend.exec_home(id),
@@ -63,7 +63,9 @@ pub async fn start(spawner: Arc<Spawner>, id: &str, request: &ApiRequest) -> Htt
         "agent run"
     );
     let tap = AgentTap::new(run.adapter.parser(), StreamPosition::START);
-    launch(spawner, id, &entry, &exec, Some(tap)).await
+    launch(spawner, id, &entry, &exec, Some(tap))
+        .await
+        .unwrap_or_else(Into::into)
 }
 
 pub async fn attach(
@@ -73,17 +75,19 @@ pub async fn attach(
     request: &ApiRequest,
 ) -> HttpResponse {
     let Some(entry) = spawner.lookup(id).await else {
-        return not_found();
+        return not_found().into();
     };
     let Some(adapter) = request.query("agent").as_deref().and_then(adapter) else {
-        return bad_request("agent must be one of \"claude-code\", \"opencode\"");
+        return bad_request("agent must be one of \"claude-code\", \"opencode\"").into();
     };
     // Unreadable means the start.
     let position = request
         .resume_position(StreamPosition::parse)
         .unwrap_or(StreamPosition::START);
     let tap = AgentTap::new(adapter.parser(), position);
-    replay(spawner, id, &entry, exec_id, 0, Some(tap)).await
+    replay(spawner, id, &entry, exec_id, 0, Some(tap))
+        .await
+        .unwrap_or_else(Into::into)
 }
 
 pub async fn steer(
@@ -93,13 +97,13 @@ pub async fn steer(
     request: &ApiRequest,
 ) -> HttpResponse {
     let Some(entry) = spawner.lookup(id).await else {
-        return not_found();
+        return not_found().into();
     };
     let steer = match request.json().and_then(|body| {
         SteerRequest::parse(&body, MAX_STDIN_LINE_BYTES).map_err(|e| bad_request(e.0))
     }) {
         Ok(steer) => steer,
-        Err(response) => return response,
+        Err(refusal) => return refusal.into(),
     };
     let stdin = StdinRequest {
         b64: steer.line.map(|line| STANDARD.encode(line)),
@@ -107,6 +111,6 @@ pub async fn steer(
     };
     match entry.runnerd.stdin(exec_id, &stdin).await {
         Ok(reply) => ok(&reply),
-        Err(err) => lost_or_upstream(spawner, id, err).await,
+        Err(err) => lost_or_upstream(spawner, id, err).await.into(),
     }
 }

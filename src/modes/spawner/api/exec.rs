@@ -1,8 +1,8 @@
 //! Exec routes: start (SSE), attach (SSE, resumable by `sinceSeq` or `Last-Event-ID`), cancel,
 //! status, stdin.
 use super::sessions::lost_or_upstream;
-use super::sse::{pump, sse_response, AgentTap, ProxyMode};
-use super::{bad_request, not_found, ok, upstream_error, ApiRequest};
+use super::sse::{pump, sse_response, AgentTap, ProxyMode, ResumedAttach};
+use super::{bad_request, not_found, ok, ApiError, ApiRequest, Reply};
 use crate::modes::spawner::registry::SessionEntry;
 use crate::modes::spawner::state::Spawner;
 use crate::shared::http::{json, HttpResponse};
@@ -12,17 +12,9 @@ use crate::shared::sse::event_frame;
 use hyper::StatusCode;
 use std::sync::Arc;
 
-pub async fn start(spawner: Arc<Spawner>, id: &str, request: &ApiRequest) -> HttpResponse {
-    let Some(entry) = spawner.lookup(id).await else {
-        return not_found();
-    };
-    let exec = match request
-        .json()
-        .and_then(|b| SessionExec::parse(&b, &spawner.config.limits).map_err(|e| bad_request(e.0)))
-    {
-        Ok(exec) => exec,
-        Err(response) => return response,
-    };
+pub async fn start(spawner: Arc<Spawner>, id: &str, request: &ApiRequest) -> Reply {
+    let entry = spawner.lookup(id).await.ok_or_else(not_found)?;
+    let exec = SessionExec::parse(&request.json()?, &spawner.config.limits)?;
     launch(spawner, id, &entry, &exec, None).await
 }
 
@@ -34,14 +26,14 @@ pub async fn launch(
     entry: &SessionEntry,
     exec: &SessionExec,
     agent: Option<AgentTap>,
-) -> HttpResponse {
+) -> Reply {
     let body = exec.runnerd_request(
         spawner.config.stdout_max_bytes,
         spawner.config.stderr_max_bytes,
     );
     let stream = match entry.runnerd.exec(&body).await {
         Ok(stream) => stream,
-        Err(err) => return lost_or_upstream(&spawner, id, err).await,
+        Err(err) => return Err(lost_or_upstream(&spawner, id, err).await),
     };
     spawner.metrics.execs.inc();
     let (tx, response) = sse_response();
@@ -59,18 +51,11 @@ pub async fn launch(
     spawner
         .registry
         .add_proxy(id, &exec.exec_id, task.abort_handle());
-    response
+    Ok(response)
 }
 
-pub async fn attach(
-    spawner: Arc<Spawner>,
-    id: &str,
-    exec_id: &str,
-    request: &ApiRequest,
-) -> HttpResponse {
-    let Some(entry) = spawner.lookup(id).await else {
-        return not_found();
-    };
+pub async fn attach(spawner: Arc<Spawner>, id: &str, exec_id: &str, request: &ApiRequest) -> Reply {
+    let entry = spawner.lookup(id).await.ok_or_else(not_found)?;
     // Non-numeric means 0.
     let since_seq = request
         .resume_position(|v| v.trim().parse::<u64>().ok())
@@ -87,10 +72,10 @@ pub async fn replay(
     exec_id: &str,
     since_seq: u64,
     agent: Option<AgentTap>,
-) -> HttpResponse {
+) -> Reply {
     let stream = match entry.runnerd.attach(exec_id, since_seq).await {
         Ok(stream) => stream,
-        Err(err) => return lost_or_upstream(&spawner, id, err).await,
+        Err(err) => return Err(lost_or_upstream(&spawner, id, err).await),
     };
     let (tx, response) = sse_response();
     match stream {
@@ -101,25 +86,31 @@ pub async fn replay(
         Some(stream) => {
             let spawner = spawner.clone();
             let session_id = id.to_owned();
-            let mode = ProxyMode::Attach {
+            let resumed = (since_seq > 0).then(|| ResumedAttach {
                 runnerd: entry.runnerd.clone(),
                 exec_id: exec_id.to_owned(),
-            };
+            });
             tokio::spawn(async move {
-                pump(spawner, session_id, stream, tx, mode, agent).await;
+                pump(
+                    spawner,
+                    session_id,
+                    stream,
+                    tx,
+                    ProxyMode::Attach { resumed },
+                    agent,
+                )
+                .await;
             });
         }
     }
-    response
+    Ok(response)
 }
 
-pub async fn cancel(spawner: &Spawner, id: &str, exec_id: &str) -> HttpResponse {
-    let Some(entry) = spawner.lookup(id).await else {
-        return not_found();
-    };
+pub async fn cancel(spawner: &Spawner, id: &str, exec_id: &str) -> Reply {
+    let entry = spawner.lookup(id).await.ok_or_else(not_found)?;
     match entry.runnerd.cancel(exec_id).await {
-        Ok(reply) => ok(&reply),
-        Err(err) => lost_or_upstream(spawner, id, err).await,
+        Ok(reply) => Ok(ok(&reply)),
+        Err(err) => Err(lost_or_upstream(spawner, id, err).await),
     }
 }
 
@@ -133,51 +124,48 @@ fn gone(exec_id: &str) -> HttpResponse {
     )
 }
 
-pub async fn status(spawner: &Spawner, id: &str, exec_id: &str) -> HttpResponse {
+/// The exec's state; an exec of a session that is gone is `{state: "gone"}` (404), in the
+/// status reply's own shape.
+pub async fn status(spawner: &Spawner, id: &str, exec_id: &str) -> Reply {
     let Some(entry) = spawner.lookup(id).await else {
-        return gone(exec_id);
+        return Ok(gone(exec_id));
     };
     match entry.runnerd.status(exec_id).await {
-        Ok((status, body)) => json(status, &body),
-        Err(err) if err.is_transport() && spawner.evict_if_gone(id).await => gone(exec_id),
-        Err(err) => upstream_error(err.to_string()),
+        Ok((status, body)) => Ok(json(status, &body)),
+        Err(err) if err.is_transport() && spawner.evict_if_gone(id).await => Ok(gone(exec_id)),
+        Err(err) => Err(ApiError::upstream(err.to_string())),
     }
 }
 
-pub async fn stdin(
-    spawner: &Spawner,
-    id: &str,
-    exec_id: &str,
-    request: &ApiRequest,
-) -> HttpResponse {
-    let Some(entry) = spawner.lookup(id).await else {
-        return not_found();
-    };
-    let body = match request.json() {
-        Ok(body) => body,
-        Err(response) => return response,
-    };
+/// The stdin route's body: `{b64?: string, eof?: boolean}` (nulls mean absent).
+pub fn stdin_body(body: &serde_json::Value) -> Result<StdinRequest, ApiError> {
     if body
         .get("b64")
         .is_some_and(|v| !v.is_string() && !v.is_null())
     {
-        return bad_request("b64 must be a string");
+        return Err(bad_request("b64 must be a string"));
     }
     if body
         .get("eof")
         .is_some_and(|v| !v.is_boolean() && !v.is_null())
     {
-        return bad_request("eof must be a boolean");
+        return Err(bad_request("eof must be a boolean"));
     }
     let stdin = StdinRequest {
         b64: body.get("b64").and_then(|v| v.as_str()).map(str::to_owned),
         eof: body.get("eof").and_then(|v| v.as_bool()),
     };
     if stdin.is_empty() {
-        return bad_request(StdinRequest::EMPTY_MESSAGE);
+        return Err(bad_request(StdinRequest::EMPTY_MESSAGE));
     }
+    Ok(stdin)
+}
+
+pub async fn stdin(spawner: &Spawner, id: &str, exec_id: &str, request: &ApiRequest) -> Reply {
+    let entry = spawner.lookup(id).await.ok_or_else(not_found)?;
+    let stdin = stdin_body(&request.json()?)?;
     match entry.runnerd.stdin(exec_id, &stdin).await {
-        Ok(reply) => ok(&reply),
-        Err(err) => lost_or_upstream(spawner, id, err).await,
+        Ok(reply) => Ok(ok(&reply)),
+        Err(err) => Err(lost_or_upstream(spawner, id, err).await),
     }
 }

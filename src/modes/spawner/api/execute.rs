@@ -2,9 +2,8 @@
 //! as SSE, then the session is destroyed (also when the client leaves early).
 use super::sessions::create_session;
 use super::sse::{pump, sse_response, ProxyMode};
-use super::{bad_request, upstream_error, ApiRequest};
+use super::{bad_request, ApiError, ApiRequest, Reply};
 use crate::modes::spawner::state::Spawner;
-use crate::shared::http::HttpResponse;
 use crate::shared::protocol::runnerd::StageRequest;
 use crate::shared::protocol::spawner::{CreateSession, Profile, SessionExec};
 use std::sync::Arc;
@@ -18,34 +17,58 @@ fn random_id() -> String {
     format!("exe-{}", crate::shared::hex::random::<8>())
 }
 
-pub async fn execute(spawner: Arc<Spawner>, request: &ApiRequest) -> HttpResponse {
-    let mut body = match request.json() {
-        Ok(body) => body,
-        Err(response) => return response,
-    };
-    let Some(map) = body.as_object_mut() else {
-        return bad_request("body must be a JSON object");
-    };
+/// What a one-shot request asks for.
+pub struct OneShot {
+    pub exec: SessionExec,
+    pub files: Option<StageRequest>,
+    pub organization_id: String,
+}
+
+/// The execute route's body: an exec (its `execId` is always [`ONE_SHOT_EXEC_ID`]), optional
+/// `files` to stage first, optional `organizationId`.
+pub fn execute_body(
+    mut body: serde_json::Value,
+    limits: &crate::shared::protocol::spawner::RequestLimits,
+) -> Result<OneShot, ApiError> {
+    let map = body
+        .as_object_mut()
+        .ok_or_else(|| bad_request("body must be a JSON object"))?;
     map.insert("execId".into(), ONE_SHOT_EXEC_ID.into());
     let files: Option<StageRequest> = match map.remove("files") {
         None | Some(serde_json::Value::Null) => None,
         Some(files) => match serde_json::from_value(serde_json::json!({ "files": files })) {
             Ok(stage) => Some(stage),
-            Err(_) => return bad_request("files must be an array of {path, url?, contentBase64?}"),
+            Err(_) => {
+                return Err(bad_request(
+                    "files must be an array of {path, url?, contentBase64?}",
+                ))
+            }
         },
     };
-    let exec = match SessionExec::parse(&body, &spawner.config.limits) {
-        Ok(exec) => exec,
-        Err(err) => return bad_request(err.0),
-    };
+    let exec = SessionExec::parse(&body, limits)?;
     let organization_id = body
         .get("organizationId")
         .and_then(|v| v.as_str())
         .unwrap_or(ONE_SHOT_ORGANIZATION)
         .to_owned();
     if !crate::shared::protocol::spawner::is_valid_org_id(&organization_id) {
-        return bad_request("organizationId must match ^[A-Za-z0-9_-]{1,128}$");
+        return Err(bad_request(
+            "organizationId must match ^[A-Za-z0-9_-]{1,128}$",
+        ));
     }
+    Ok(OneShot {
+        exec,
+        files,
+        organization_id,
+    })
+}
+
+pub async fn execute(spawner: Arc<Spawner>, request: &ApiRequest) -> Reply {
+    let OneShot {
+        exec,
+        files,
+        organization_id,
+    } = execute_body(request.json()?, &spawner.config.limits)?;
     let create = CreateSession {
         session_id: random_id(),
         organization_id,
@@ -55,10 +78,7 @@ pub async fn execute(spawner: Arc<Spawner>, request: &ApiRequest) -> HttpRespons
         env: Default::default(),
     };
     let session_id = create.session_id.clone();
-    let entry = match create_session(&spawner, &create).await {
-        Ok(entry) => entry,
-        Err(response) => return response,
-    };
+    let entry = create_session(&spawner, &create).await?;
     let teardown = |spawner: Arc<Spawner>, session_id: String| async move {
         spawner.registry.remove(&session_id);
         if let Err(err) = spawner.backend.destroy_session(&session_id).await {
@@ -71,11 +91,14 @@ pub async fn execute(spawner: Arc<Spawner>, request: &ApiRequest) -> HttpRespons
             Ok(reply) => {
                 teardown(spawner.clone(), session_id).await;
                 let first = &reply.skipped[0];
-                return bad_request(format!("staging failed: {}: {}", first.path, first.reason));
+                return Err(bad_request(format!(
+                    "staging failed: {}: {}",
+                    first.path, first.reason
+                )));
             }
             Err(err) => {
                 teardown(spawner.clone(), session_id).await;
-                return upstream_error(err.to_string());
+                return Err(err.into());
             }
         }
     }
@@ -87,7 +110,7 @@ pub async fn execute(spawner: Arc<Spawner>, request: &ApiRequest) -> HttpRespons
         Ok(stream) => stream,
         Err(err) => {
             teardown(spawner.clone(), session_id).await;
-            return upstream_error(err.to_string());
+            return Err(ApiError::upstream(err.to_string()));
         }
     };
     spawner.metrics.execs.inc();
@@ -108,5 +131,5 @@ pub async fn execute(spawner: Arc<Spawner>, request: &ApiRequest) -> HttpRespons
         }
         teardown(spawner, session_id).await;
     });
-    response
+    Ok(response)
 }

@@ -1,77 +1,66 @@
 //! File routes. A lost session answers 502 `upstream_error` here, never 404: 404 means "no such path".
-use super::{bad_request, not_found, ok, upstream_error, ApiRequest};
+use super::{bad_request, not_found, ok, ApiError, ApiRequest, Reply};
 use crate::modes::spawner::state::Spawner;
-use crate::shared::http::HttpResponse;
 use crate::shared::protocol::runnerd::DeleteRequest;
+use crate::modes::spawner::runnerd_client::RunnerdError;
 
-async fn upstream(
-    spawner: &Spawner,
-    id: &str,
-    err: crate::modes::spawner::runnerd_client::RunnerdError,
-) -> HttpResponse {
+/// A runnerd error of a file route: a 400 is the caller's input, everything else 502 (after
+/// evicting a session whose compute is gone).
+async fn upstream(spawner: &Spawner, id: &str, err: RunnerdError) -> ApiError {
     if err.is_transport() {
         spawner.evict_if_gone(id).await;
     }
-    upstream_error(err.to_string())
+    err.into()
 }
 
-pub async fn stage(spawner: &Spawner, id: &str, request: &ApiRequest) -> HttpResponse {
-    let Some(entry) = spawner.lookup(id).await else {
-        return not_found();
-    };
-    let body = match request.json() {
-        Ok(body) => body,
-        Err(response) => return response,
-    };
+/// The stage route's body: `{files: [...]}`; each item's rules are runnerd's.
+pub fn stage_body(body: serde_json::Value) -> Result<serde_json::Value, ApiError> {
     if !body.get("files").is_some_and(serde_json::Value::is_array) {
-        return bad_request("files must be an array of {path, url?, contentBase64?}");
+        return Err(bad_request(
+            "files must be an array of {path, url?, contentBase64?}",
+        ));
     }
+    Ok(body)
+}
+
+/// The delete route's body: `{paths: [string]}`.
+pub fn delete_body(body: serde_json::Value) -> Result<DeleteRequest, ApiError> {
+    serde_json::from_value(body).map_err(|_| bad_request("paths must be an array of strings"))
+}
+
+pub async fn stage(spawner: &Spawner, id: &str, request: &ApiRequest) -> Reply {
+    let entry = spawner.lookup(id).await.ok_or_else(not_found)?;
+    let body = stage_body(request.json()?)?;
     match entry.runnerd.stage(&body).await {
-        Ok(reply) => ok(&reply),
-        Err(crate::modes::spawner::runnerd_client::RunnerdError::Status { status, body })
-            if status == hyper::StatusCode::BAD_REQUEST =>
-        {
-            bad_request(body)
-        }
-        Err(err) => upstream(spawner, id, err).await,
+        Ok(reply) => Ok(ok(&reply)),
+        Err(err) => Err(upstream(spawner, id, err).await),
     }
 }
 
-pub async fn delete(spawner: &Spawner, id: &str, request: &ApiRequest) -> HttpResponse {
-    let Some(entry) = spawner.lookup(id).await else {
-        return not_found();
-    };
-    let body: DeleteRequest = match request.json().and_then(|v| {
-        serde_json::from_value(v).map_err(|_| bad_request("paths must be an array of strings"))
-    }) {
-        Ok(body) => body,
-        Err(response) => return response,
-    };
+pub async fn delete(spawner: &Spawner, id: &str, request: &ApiRequest) -> Reply {
+    let entry = spawner.lookup(id).await.ok_or_else(not_found)?;
+    let body = delete_body(request.json()?)?;
     match entry.runnerd.delete_files(&body).await {
-        Ok(reply) => ok(&reply),
-        Err(err) => upstream(spawner, id, err).await,
+        Ok(reply) => Ok(ok(&reply)),
+        Err(err) => Err(upstream(spawner, id, err).await),
     }
 }
 
-pub async fn list(spawner: &Spawner, id: &str, request: &ApiRequest) -> HttpResponse {
-    let Some(entry) = spawner.lookup(id).await else {
-        return not_found();
-    };
+pub async fn list(spawner: &Spawner, id: &str, request: &ApiRequest) -> Reply {
+    let entry = spawner.lookup(id).await.ok_or_else(not_found)?;
     let path = request.query("path").unwrap_or_else(|| ".".into());
     match entry.runnerd.list(&path).await {
-        Ok(Some(reply)) => ok(&reply),
-        Ok(None) => not_found(),
-        Err(err) => upstream(spawner, id, err).await,
+        Ok(Some(reply)) => Ok(ok(&reply)),
+        Ok(None) => Err(not_found()),
+        Err(err) => Err(upstream(spawner, id, err).await),
     }
 }
 
-pub async fn content(spawner: &Spawner, id: &str, request: &ApiRequest) -> HttpResponse {
-    let Some(entry) = spawner.lookup(id).await else {
-        return not_found();
-    };
-    let Some(path) = request.query("path") else {
-        return bad_request("path is required");
-    };
+pub async fn content(spawner: &Spawner, id: &str, request: &ApiRequest) -> Reply {
+    let entry = spawner.lookup(id).await.ok_or_else(not_found)?;
+    let path = request
+        .query("path")
+        .ok_or_else(|| bad_request("path is required"))?;
     match entry.runnerd.read(&path).await {
         Ok(Some(bytes)) => {
             let mut response = hyper::Response::new(crate::shared::http::full(bytes));
@@ -79,9 +68,9 @@ pub async fn content(spawner: &Spawner, id: &str, request: &ApiRequest) -> HttpR
                 hyper::header::CONTENT_TYPE,
                 hyper::header::HeaderValue::from_static("application/octet-stream"),
             );
-            response
+            Ok(response)
         }
-        Ok(None) => not_found(),
-        Err(err) => upstream(spawner, id, err).await,
+        Ok(None) => Err(not_found()),
+        Err(err) => Err(upstream(spawner, id, err).await),
     }
 }

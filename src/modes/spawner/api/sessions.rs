@@ -1,10 +1,10 @@
 //! Session routes: health, create (or resume), list, get, destroy, env, pin.
-use super::{bad_request, not_found, ok, upstream_error, ApiRequest};
+use super::{bad_request, not_found, ok, ApiError, ApiRequest, Reply};
 use crate::modes::spawner::backend::SessionSpec;
 use crate::modes::spawner::metrics::Metrics;
 use crate::modes::spawner::registry::{Admission, SessionEntry};
 use crate::modes::spawner::state::{Spawner, HEALTH_CACHE_TTL};
-use crate::shared::http::{error, json, HttpResponse};
+use crate::shared::http::{json, HttpResponse};
 use crate::shared::protocol::runnerd::EnvPatch;
 use crate::shared::protocol::spawner::{
     CreateSession, DestroyReply, SessionListReply, SessionReply, SessionState,
@@ -13,7 +13,7 @@ use hyper::StatusCode;
 use std::time::{Duration, Instant};
 
 /// Seconds a client should wait before retrying a create refused for capacity.
-pub const RETRY_AFTER_SECONDS: &str = "10";
+pub const RETRY_AFTER_SECONDS: u64 = 10;
 
 pub async fn health(spawner: &Spawner) -> HttpResponse {
     let cached = spawner
@@ -49,44 +49,31 @@ pub async fn health(spawner: &Spawner) -> HttpResponse {
     }
 }
 
-fn quota(message: &str) -> HttpResponse {
-    let mut response = error(
+fn quota(message: &str) -> ApiError {
+    ApiError::new(
         StatusCode::TOO_MANY_REQUESTS,
         "session_quota",
         Some(message.into()),
-    );
-    response.headers_mut().insert(
-        hyper::header::RETRY_AFTER,
-        hyper::header::HeaderValue::from_static(RETRY_AFTER_SECONDS),
-    );
-    response
+    )
+    .retry_after(RETRY_AFTER_SECONDS)
 }
 
-pub async fn create(spawner: &Spawner, request: &ApiRequest) -> HttpResponse {
-    let body = match request.json() {
-        Ok(body) => body,
-        Err(response) => return response,
-    };
-    let create = match CreateSession::parse(&body, &spawner.config.limits) {
-        Ok(create) => create,
-        Err(err) => return bad_request(err.0),
-    };
-    match create_session(spawner, &create).await {
-        Ok(entry) => json(
-            StatusCode::CREATED,
-            &SessionReply {
-                session: entry.info(spawner.backend_name()),
-            },
-        ),
-        Err(response) => response,
-    }
+pub async fn create(spawner: &Spawner, request: &ApiRequest) -> Reply {
+    let create = CreateSession::parse(&request.json()?, &spawner.config.limits)?;
+    let entry = create_session(spawner, &create).await?;
+    Ok(json(
+        StatusCode::CREATED,
+        &SessionReply {
+            session: entry.info(spawner.backend_name()),
+        },
+    ))
 }
 
 /// Admission (caps, duplicates), then the create itself; records metrics either way.
 pub async fn create_session(
     spawner: &Spawner,
     create: &CreateSession,
-) -> Result<SessionEntry, HttpResponse> {
+) -> Result<SessionEntry, ApiError> {
     let id = create.session_id.clone();
     if let Err(refused) = spawner.registry.admit(
         &id,
@@ -100,12 +87,12 @@ pub async fn create_session(
             .get_or_create(&Metrics::label("reason", "admission"))
             .inc();
         return Err(match refused {
-            Admission::Duplicate => error(
+            Admission::Duplicate => ApiError::new(
                 StatusCode::CONFLICT,
                 "duplicate",
                 Some(format!("session {id} exists")),
             ),
-            Admission::BeingCreated => error(
+            Admission::BeingCreated => ApiError::new(
                 StatusCode::CONFLICT,
                 "duplicate",
                 Some(format!("session {id} is being created")),
@@ -130,13 +117,13 @@ pub async fn create_session(
                 .observe(started.elapsed().as_secs_f64());
             Ok(entry)
         }
-        Err((reason, response)) => {
+        Err((reason, refusal)) => {
             spawner
                 .metrics
                 .create_failures
                 .get_or_create(&Metrics::label("reason", reason))
                 .inc();
-            Err(response)
+            Err(refusal)
         }
     }
 }
@@ -145,7 +132,7 @@ pub async fn create_session(
 async fn create_reserved(
     spawner: &Spawner,
     create: &CreateSession,
-) -> Result<SessionEntry, (&'static str, HttpResponse)> {
+) -> Result<SessionEntry, (&'static str, ApiError)> {
     let created_at_ms = crate::shared::clock::now_ms();
     let id = &create.session_id;
     let spec = SessionSpec {
@@ -161,26 +148,12 @@ async fn create_reserved(
     let deadline = Duration::from_millis(spawner.config.create_timeout_ms);
     let endpoint = match spawner.backend.create_session(&spec, deadline).await {
         Ok(endpoint) => endpoint,
-        Err(crate::modes::spawner::backend::BackendError::Exists(_)) => {
-            return Err((
-                "exists",
-                error(
-                    StatusCode::CONFLICT,
-                    "duplicate",
-                    Some(format!("session {id} exists")),
-                ),
-            ));
+        Err(err @ crate::modes::spawner::backend::BackendError::Exists(_)) => {
+            return Err(("exists", err.into()));
         }
         Err(err) => {
             tracing::warn!(session_id = %id, %err, "session create failed");
-            return Err((
-                "backend",
-                error(
-                    StatusCode::BAD_GATEWAY,
-                    "create_failed",
-                    Some(err.to_string()),
-                ),
-            ));
+            return Err(("backend", err.into()));
         }
     };
     let runnerd = spawner.runnerd_client(id, &endpoint);
@@ -202,7 +175,7 @@ async fn create_reserved(
                 }
                 return Err((
                     "seed_env",
-                    error(
+                    ApiError::new(
                         StatusCode::BAD_GATEWAY,
                         "create_failed",
                         Some(format!("seed env push failed: {err}")),
@@ -225,7 +198,7 @@ async fn create_reserved(
     })
 }
 
-pub fn list(spawner: &Spawner, request: &ApiRequest) -> HttpResponse {
+pub fn list(spawner: &Spawner, request: &ApiRequest) -> Reply {
     let org = request.query("organizationId");
     let sessions = spawner
         .registry
@@ -233,16 +206,14 @@ pub fn list(spawner: &Spawner, request: &ApiRequest) -> HttpResponse {
         .iter()
         .map(|e| e.info(spawner.backend_name()))
         .collect();
-    ok(&SessionListReply { sessions })
+    Ok(ok(&SessionListReply { sessions }))
 }
 
-pub async fn get(spawner: &Spawner, id: &str) -> HttpResponse {
+pub async fn get(spawner: &Spawner, id: &str) -> Reply {
     if spawner.evict_if_gone(id).await {
-        return not_found();
+        return Err(not_found());
     }
-    let Some(entry) = spawner.lookup(id).await else {
-        return not_found();
-    };
+    let entry = spawner.lookup(id).await.ok_or_else(not_found)?;
     // The activity clock is runnerd's: refresh it when runnerd answers.
     let entry = match entry.runnerd.health().await {
         Ok(health) => spawner
@@ -251,12 +222,12 @@ pub async fn get(spawner: &Spawner, id: &str) -> HttpResponse {
             .unwrap_or(entry),
         Err(_) => entry,
     };
-    ok(&SessionReply {
+    Ok(ok(&SessionReply {
         session: entry.info(spawner.backend_name()),
-    })
+    }))
 }
 
-pub async fn destroy(spawner: &Spawner, id: &str, request: &ApiRequest) -> HttpResponse {
+pub async fn destroy(spawner: &Spawner, id: &str, request: &ApiRequest) -> Reply {
     let entry = spawner.lookup(id).await;
     if request.query("if_idle").as_deref() == Some("1") {
         let busy = match &entry {
@@ -269,16 +240,17 @@ pub async fn destroy(spawner: &Spawner, id: &str, request: &ApiRequest) -> HttpR
             None => false,
         };
         if busy {
-            return ok(&DestroyReply {
+            return Ok(ok(&DestroyReply {
                 destroyed: false,
                 busy: true,
                 error: None,
-            });
+            }));
         }
     }
     let _lifecycle = spawner.registry.lifecycle(id).await;
     let removed = spawner.registry.remove(id);
-    match spawner.backend.destroy_session(id).await {
+    // A failed destroy answers in the destroy reply's own shape (`{destroyed, busy, error}`).
+    Ok(match spawner.backend.destroy_session(id).await {
         Ok(existed) => ok(&DestroyReply {
             destroyed: removed.is_some() || existed,
             busy: false,
@@ -298,41 +270,37 @@ pub async fn destroy(spawner: &Spawner, id: &str, request: &ApiRequest) -> HttpR
                 },
             )
         }
-    }
+    })
 }
 
-pub async fn patch_env(spawner: &Spawner, id: &str, request: &ApiRequest) -> HttpResponse {
-    let Some(entry) = spawner.lookup(id).await else {
-        return not_found();
-    };
-    let patch: EnvPatch = match request.json().and_then(|v| {
-        serde_json::from_value(v).map_err(|e| {
-            bad_request(format!(
-                "env patch must be {{set?: {{name: string}}, unset?: [string]}}: {e}"
-            ))
-        })
-    }) {
-        Ok(patch) => patch,
-        Err(response) => return response,
-    };
+pub async fn patch_env(spawner: &Spawner, id: &str, request: &ApiRequest) -> Reply {
+    let entry = spawner.lookup(id).await.ok_or_else(not_found)?;
+    let patch = env_patch_body(request.json()?)?;
     match entry.runnerd.patch_env(&patch).await {
-        Ok(reply) => ok(&reply),
-        Err(err) => lost_or_upstream(spawner, id, err).await,
+        Ok(reply) => Ok(ok(&reply)),
+        Err(err) => Err(lost_or_upstream(spawner, id, err).await),
     }
 }
 
-pub async fn pin(spawner: &Spawner, id: &str, request: &ApiRequest) -> HttpResponse {
-    if spawner.lookup(id).await.is_none() {
-        return not_found();
-    }
-    let pinned = match request
-        .json()
-        .map(|v| v.get("pinned").and_then(serde_json::Value::as_bool))
-    {
-        Ok(Some(pinned)) => pinned,
-        Ok(None) => return bad_request("pinned must be a boolean"),
-        Err(response) => return response,
-    };
+/// The pin route's body: `{pinned: boolean}`.
+pub fn pin_body(body: &serde_json::Value) -> Result<bool, ApiError> {
+    body.get("pinned")
+        .and_then(serde_json::Value::as_bool)
+        .ok_or_else(|| bad_request("pinned must be a boolean"))
+}
+
+/// The env route's body: `{set?: {name: string}, unset?: [string]}`.
+pub fn env_patch_body(body: serde_json::Value) -> Result<EnvPatch, ApiError> {
+    serde_json::from_value(body).map_err(|e| {
+        bad_request(format!(
+            "env patch must be {{set?: {{name: string}}, unset?: [string]}}: {e}"
+        ))
+    })
+}
+
+pub async fn pin(spawner: &Spawner, id: &str, request: &ApiRequest) -> Reply {
+    spawner.lookup(id).await.ok_or_else(not_found)?;
+    let pinned = pin_body(&request.json()?)?;
     let max_lifetime = spawner.config.limits.max_lifetime_ms;
     let now = crate::shared::clock::now_ms();
     spawner.registry.update(id, |e| {
@@ -341,17 +309,17 @@ pub async fn pin(spawner: &Spawner, id: &str, request: &ApiRequest) -> HttpRespo
         }
         e.pinned = pinned;
     });
-    ok(&serde_json::json!({"ok": true, "pinned": pinned}))
+    Ok(ok(&serde_json::json!({"ok": true, "pinned": pinned})))
 }
 
-/// After a transport error: 404 when the session is gone, else 502.
+/// After a runnerd error: 404 when the session is gone, else what the error converts to.
 pub async fn lost_or_upstream(
     spawner: &Spawner,
     id: &str,
     err: crate::modes::spawner::runnerd_client::RunnerdError,
-) -> HttpResponse {
+) -> ApiError {
     if err.is_transport() && spawner.evict_if_gone(id).await {
         return not_found();
     }
-    upstream_error(err.to_string())
+    err.into()
 }

@@ -10,9 +10,10 @@ use crate::modes::spawner::metrics::Metrics;
 use crate::modes::spawner::runnerd_client::{EventStream, RunnerdClient};
 use crate::modes::spawner::state::Spawner;
 use crate::shared::agents::{AgentEvent, AgentEventParser};
-use crate::shared::http::{ChannelBody, HttpResponse};
+use crate::shared::http::{channel_body, HttpResponse};
 use crate::shared::protocol::agent_runs::StreamPosition;
-use crate::shared::protocol::runnerd::{ExecEvent, ExecStatus, ExecStatusState, Truncated};
+use crate::shared::protocol::runnerd::{ExecEvent, Truncated};
+use crate::shared::protocol::runnerd::{ExecStatus, ExecStatusState};
 use crate::shared::protocol::spawner::{
     ErrorData, GapData, OutputData, PhaseData, SessionExecResponse,
 };
@@ -22,7 +23,6 @@ use crate::shared::sse::{
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use bytes::Bytes;
-use http_body_util::BodyExt;
 use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -31,27 +31,26 @@ use tokio::sync::mpsc;
 const SSE_CHANNEL_DEPTH: usize = 16;
 
 /// What the proxy is for.
-#[derive(Clone)]
 pub enum ProxyMode {
     /// The primary exec stream: collects output into the result when `collect` is set.
     Exec { collect: bool },
-    /// An attach: the result carries empty buffers. When runnerd's replay ends at once with nothing
-    /// (the reader was at or past the terminal event), `runnerd` is asked whether the exec exited:
-    /// then the client already has the end, and gets no second (`SESSION_LOST`) result.
-    Attach {
-        runnerd: RunnerdClient,
-        exec_id: String,
-    },
+    /// An attach: the result carries empty buffers. `resumed` is set when the client resumes
+    /// after a position it already has.
+    Attach { resumed: Option<ResumedAttach> },
 }
 
-impl ProxyMode {
-    /// True when an attach that received nothing ended because its exec had already ended.
-    async fn reader_was_past_the_end(&self) -> bool {
-        let ProxyMode::Attach { runnerd, exec_id } = self else {
-            return false;
-        };
+/// A resumed attach whose stream may end before any event: the client already holds everything
+/// up to the end (its `Last-Event-ID` is the `result`'s id or beyond) when runnerd says the exec
+/// finished. Then the stream just ends; it is not a lost session.
+pub struct ResumedAttach {
+    pub runnerd: RunnerdClient,
+    pub exec_id: String,
+}
+
+impl ResumedAttach {
+    async fn exec_finished(&self) -> bool {
         matches!(
-            runnerd.status(exec_id).await,
+            self.runnerd.status(&self.exec_id).await,
             Ok((
                 _,
                 ExecStatus {
@@ -65,8 +64,8 @@ impl ProxyMode {
 
 /// An SSE response and the sender that feeds it.
 pub fn sse_response() -> (mpsc::Sender<Bytes>, HttpResponse) {
-    let (tx, body) = ChannelBody::new(SSE_CHANNEL_DEPTH);
-    let mut response = hyper::Response::new(body.boxed_unsync());
+    let (tx, body) = channel_body(SSE_CHANNEL_DEPTH);
+    let mut response = hyper::Response::new(body);
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     headers.insert(
@@ -142,7 +141,7 @@ pub async fn pump(
         let tx = tx.clone();
         async move { tx.send(frame).await.is_ok() }
     };
-    let mut received_any = false;
+    let mut seen_any = false;
     loop {
         let next = tokio::select! {
             next = stream.next() => next,
@@ -153,13 +152,18 @@ pub async fn pump(
             _ = tx.closed() => return None,
         };
         let event = match next {
-            Ok(Some(event)) => {
-                received_any = true;
-                event
-            }
+            Ok(Some(event)) => event,
             Ok(None) => {
-                if !received_any && mode.reader_was_past_the_end().await {
-                    return None;
+                if let (
+                    false,
+                    ProxyMode::Attach {
+                        resumed: Some(resumed),
+                    },
+                ) = (seen_any, &mode)
+                {
+                    if resumed.exec_finished().await {
+                        return None;
+                    }
                 }
                 let result = SessionExecResponse::session_lost(
                     STANDARD.encode(&collected.stdout),
@@ -185,6 +189,7 @@ pub async fn pump(
             }
         };
         keepalive.reset();
+        seen_any = true;
         // Replayed events the client already has (a resumed agent attach) are parsed, not sent.
         let fresh = match (&agent, &event) {
             (None, _) => true,
@@ -245,7 +250,7 @@ pub async fn pump(
                         events.extend(tap.parser.end());
                         agent_frames = tap.frames(seq, events);
                     }
-                    if !rest.is_empty() {
+                    if fresh && !rest.is_empty() {
                         send(event_frame(name, None, &OutputData { text: rest, seq })).await;
                     }
                 }
@@ -262,7 +267,10 @@ pub async fn pump(
                 };
                 let result = SessionExecResponse::from_terminal(&event, stdout, stderr)
                     .expect("terminal events map to a result");
-                send(event_frame("result", event.seq(), &result)).await;
+                // A resumed agent attach whose client already has the result gets none again.
+                if fresh {
+                    send(event_frame("result", event.seq(), &result)).await;
+                }
                 record_outcome(&spawner, &result);
                 return Some(result);
             }

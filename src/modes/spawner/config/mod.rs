@@ -2,6 +2,7 @@
 //! spec config.md). Numbers: trimmed; empty or unset means the default; anything unparsable or out
 //! of range stops the boot with an error naming the variable.
 use super::backend::{BackendKind, SessionResources};
+use super::edge::{self, EdgeLimits};
 use crate::shared::protocol::runnerd::{parse_uid_gid, DEFAULT_EXEC_USER};
 use crate::shared::protocol::spawner::{Profile, RequestLimits};
 use std::path::PathBuf;
@@ -80,6 +81,8 @@ pub struct SpawnerConfig {
     pub stdout_max_bytes: u64,
     pub stderr_max_bytes: u64,
     pub max_request_body_bytes: u64,
+    /// What a caller can make the spawner hold before it authenticates.
+    pub edge: EdgeLimits,
     pub max_sessions: u64,
     pub max_sessions_per_org: u64,
     pub limits: RequestLimits,
@@ -281,6 +284,33 @@ impl SpawnerConfig {
                 u64::MAX,
             )?,
             max_request_body_bytes: max_body.min(RUNNERD_MAX_BODY_BYTES),
+            edge: EdgeLimits {
+                max_connections: number(
+                    "SANDBOX_MAX_CONNECTIONS",
+                    edge::DEFAULT_MAX_CONNECTIONS,
+                    1,
+                    1_000_000,
+                )? as usize,
+                max_preauth_connections_per_address: number(
+                    "SANDBOX_MAX_PREAUTH_CONNECTIONS_PER_ADDRESS",
+                    edge::DEFAULT_MAX_PREAUTH_CONNECTIONS_PER_ADDRESS,
+                    1,
+                    1_000_000,
+                )? as usize,
+                // One body of the largest size always fits.
+                body_budget_bytes: number(
+                    "SANDBOX_BODY_BUDGET_BYTES",
+                    edge::DEFAULT_BODY_BUDGET_BYTES,
+                    max_body.min(RUNNERD_MAX_BODY_BYTES),
+                    u32::MAX as u64,
+                )? as usize,
+                body_read_timeout: std::time::Duration::from_millis(number(
+                    "SANDBOX_BODY_READ_TIMEOUT_MS",
+                    edge::DEFAULT_BODY_READ_TIMEOUT_MS,
+                    100,
+                    600_000,
+                )?),
+            },
             max_sessions: number("SANDBOX_MAX_SESSIONS", DEFAULT_MAX_SESSIONS, 1, 100_000)?,
             max_sessions_per_org: number(
                 "SANDBOX_MAX_SESSIONS_PER_ORG",
@@ -397,6 +427,43 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.llm_gateway_url, "https://gw");
+    }
+
+    /// The edge limits: documented defaults, each settable, a budget below one body refused.
+    #[test]
+    fn edge_limits() {
+        let c = config(&[("SANDBOX_TOKEN", "t")], false).unwrap();
+        assert_eq!(c.edge, EdgeLimits::default());
+        let c = config(
+            &[
+                ("SANDBOX_TOKEN", "t"),
+                ("SANDBOX_MAX_CONNECTIONS", "10"),
+                ("SANDBOX_MAX_PREAUTH_CONNECTIONS_PER_ADDRESS", "3"),
+                ("SANDBOX_BODY_BUDGET_BYTES", "4194304"),
+                ("SANDBOX_BODY_READ_TIMEOUT_MS", "1500"),
+            ],
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            c.edge,
+            EdgeLimits {
+                max_connections: 10,
+                max_preauth_connections_per_address: 3,
+                body_budget_bytes: 4 << 20,
+                body_read_timeout: std::time::Duration::from_millis(1500),
+            }
+        );
+        let err = config(
+            &[
+                ("SANDBOX_TOKEN", "t"),
+                ("SANDBOX_BODY_BUDGET_BYTES", "1000"),
+            ],
+            false,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("SANDBOX_BODY_BUDGET_BYTES"), "{err}");
     }
 
     /// Bad numbers and choices name the variable.
