@@ -12,7 +12,7 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::json;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use tale::modes::runnerd::exec::output::{write_output_line, OutputStream};
+use tale::modes::runnerd::exec::record::{write_output_line, OutputStream};
 use tale::shared::ndjson::NdjsonLines;
 
 const TOKEN: &str = "bench-token";

@@ -71,6 +71,10 @@ pub struct Args {
     /// Disk spool for the whole daemon, in bytes.
     #[arg(long, env = "TALE_JOURNAL_TOTAL_SPOOL_BYTES", default_value_t = DEFAULT_JOURNAL_TOTAL_SPOOL_BYTES)]
     pub journal_total_spool_bytes: u64,
+    /// Milliseconds a connected reader may consume nothing before it stops holding its exec back
+    /// (after that, output it has not received may be evicted and it gets a `gap`).
+    #[arg(long, env = "TALE_JOURNAL_STALL_MS", default_value_t = DEFAULT_JOURNAL_STALL_WINDOW.as_millis() as u64)]
+    pub journal_stall_ms: u64,
     /// On SIGTERM/SIGINT/SIGHUP: milliseconds between SIGTERM to every exec and SIGKILL.
     #[arg(long, env = "TALE_SHUTDOWN_GRACE_MS", default_value_t = DEFAULT_SHUTDOWN_GRACE.as_millis() as u64)]
     pub shutdown_grace_ms: u64,
@@ -242,12 +246,15 @@ fn boot_and_serve(args: Args) -> Result<(), BootError> {
         credential_socket.display().to_string(),
     )]);
     let launcher = Launcher::new(exec_env, &home, exec_user);
-    let budget = JournalBudget::new(SpoolBudget::new(
-        journal_dir,
-        args.journal_total_spool_bytes,
-        args.journal_exec_spool_bytes,
-        SPOOL_SEGMENT_BYTES,
-    ));
+    let budget = JournalBudget::with_stall_window(
+        SpoolBudget::new(
+            journal_dir,
+            args.journal_total_spool_bytes,
+            args.journal_exec_spool_bytes,
+            SPOOL_SEGMENT_BYTES,
+        ),
+        Duration::from_millis(args.journal_stall_ms),
+    );
     let daemon = Daemon::new(
         reaper,
         ExecTable::new(args.max_live_execs, args.max_retained_execs),

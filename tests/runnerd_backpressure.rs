@@ -1,0 +1,359 @@
+//! End-to-end: the real `tale runnerd` keeps every byte for readers that keep reading (it stops
+//! reading the exec's pipes instead of evicting), lets a stalled reader go after the stall window,
+//! and keeps its spool budget while doing so.
+mod support;
+
+use base64::Engine;
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::{Method, StatusCode};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+use support::runnerd::{poll, Options, Runnerd};
+
+/// Bytes the issue's throughput case streams.
+const MIB: u64 = 1024 * 1024;
+
+/// A shell command printing the first `bytes` bytes of `1\n2\n3\n…`: every byte checkable, and
+/// fast enough (`seq`'s integer path) to outrun any reader here.
+fn counting_output(bytes: u64) -> String {
+    format!("seq 1 100000000 | head -c {bytes}")
+}
+
+/// Checks a stream against `1\n2\n3\n…` as it arrives, without holding it.
+struct CountingCheck {
+    next_number: u64,
+    /// The not yet matched rest of the current line.
+    pending: Vec<u8>,
+    bytes: u64,
+}
+
+impl CountingCheck {
+    fn new() -> CountingCheck {
+        CountingCheck {
+            next_number: 1,
+            pending: Vec::new(),
+            bytes: 0,
+        }
+    }
+
+    fn push(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            if self.pending.is_empty() {
+                self.pending = format!("{}\n", self.next_number).into_bytes();
+                self.pending.reverse();
+                self.next_number += 1;
+            }
+            let n = self.pending.len().min(data.len());
+            for &byte in &data[..n] {
+                let want = self.pending.pop().unwrap();
+                assert_eq!(
+                    byte, want,
+                    "byte {} differs from the counting pattern",
+                    self.bytes
+                );
+                self.bytes += 1;
+            }
+            data = &data[n..];
+        }
+    }
+}
+
+/// What a reader saw of one exec's stream.
+#[derive(Default)]
+struct Seen {
+    stdout_bytes: u64,
+    gaps: Vec<Value>,
+    terminal: Option<Value>,
+    /// Seqs in order (to check there is no hole and no repeat).
+    last_seq: u64,
+}
+
+/// Reads an NDJSON stream, checking stdout against the counting pattern, at most
+/// `bytes_per_sec` of decoded stdout (`None`: as fast as it can).
+struct Reader {
+    body: Incoming,
+    buffer: Vec<u8>,
+    /// `None` after a gap: the pattern cannot be followed past lost bytes.
+    check: Option<CountingCheck>,
+    seen: Seen,
+    rate: Option<f64>,
+    started: Instant,
+}
+
+impl Reader {
+    fn new(body: Incoming, bytes_per_sec: Option<f64>) -> Reader {
+        Reader {
+            body,
+            buffer: Vec::new(),
+            check: Some(CountingCheck::new()),
+            seen: Seen::default(),
+            rate: bytes_per_sec,
+            started: Instant::now(),
+        }
+    }
+
+    /// Reads one frame; `false` at the end of the stream.
+    async fn read_frame(&mut self) -> bool {
+        let Some(frame) = self.body.frame().await else {
+            assert!(self.buffer.is_empty(), "stream ended inside a line");
+            return false;
+        };
+        let Ok(data) = frame.expect("stream broke").into_data() else {
+            return true;
+        };
+        self.buffer.extend_from_slice(&data);
+        let mut start = 0;
+        while let Some(end) = memchr::memchr(b'\n', &self.buffer[start..]) {
+            let line = &self.buffer[start..start + end];
+            self.line(line.to_vec());
+            start += end + 1;
+        }
+        self.buffer.drain(..start);
+        if let Some(rate) = self.rate {
+            let due = Duration::from_secs_f64(self.seen.stdout_bytes as f64 / rate);
+            if let Some(ahead) = due.checked_sub(self.started.elapsed()) {
+                tokio::time::sleep(ahead).await;
+            }
+        }
+        true
+    }
+
+    fn line(&mut self, line: Vec<u8>) {
+        const STDOUT_HEAD: &[u8] = br#"{"t":"stdout","b64":""#;
+        assert!(
+            self.seen.terminal.is_none(),
+            "nothing after the terminal event"
+        );
+        if let Some(rest) = line.strip_prefix(STDOUT_HEAD) {
+            let end = memchr::memchr(b'"', rest).unwrap();
+            let chunk = base64::engine::general_purpose::STANDARD
+                .decode(&rest[..end])
+                .unwrap();
+            let seq: u64 = std::str::from_utf8(&rest[end + r#"","seq":"#.len()..rest.len() - 1])
+                .unwrap()
+                .parse()
+                .unwrap();
+            self.seq(seq);
+            if let Some(check) = &mut self.check {
+                check.push(&chunk);
+            }
+            self.seen.stdout_bytes += chunk.len() as u64;
+            return;
+        }
+        let event: Value = serde_json::from_slice(&line).unwrap();
+        match event["t"].as_str().unwrap() {
+            "gap" => {
+                let to = event["toSeq"].as_u64().unwrap();
+                assert_eq!(event["fromSeq"].as_u64().unwrap(), self.seen.last_seq + 1);
+                self.seen.last_seq = to;
+                self.check = None;
+                self.seen.gaps.push(event);
+            }
+            "exit" | "fail" => {
+                self.seq(event["seq"].as_u64().unwrap());
+                self.seen.terminal = Some(event);
+            }
+            _ => self.seq(event["seq"].as_u64().unwrap()),
+        }
+    }
+
+    fn seq(&mut self, seq: u64) {
+        assert_eq!(seq, self.seen.last_seq + 1, "seqs without hole or repeat");
+        self.seen.last_seq = seq;
+    }
+
+    async fn read_to_end(mut self) -> Seen {
+        while self.read_frame().await {}
+        self.seen
+    }
+}
+
+async fn start_exec(daemon: &Runnerd, body: Value) -> Incoming {
+    let response = daemon
+        .client
+        .request(
+            Method::POST,
+            "/execs",
+            Some(Bytes::from(body.to_string())),
+            true,
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    response.into_body()
+}
+
+/// Bytes held right now by runnerd's spool files (anonymous files in its journal directory,
+/// found through its open descriptors).
+fn spool_bytes(daemon: &Runnerd) -> u64 {
+    let journal_dir = daemon.root.join(".tale/journal");
+    let fds = format!("/proc/{}/fd", daemon.daemon_pid());
+    std::fs::read_dir(&fds)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .filter(|e| std::fs::read_link(e.path()).is_ok_and(|t| t.starts_with(&journal_dir)))
+                .filter_map(|e| std::fs::metadata(e.path()).ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn rss_bytes(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024
+}
+
+/// 256 MiB read by a client throttled to ~40 MB/s arrive complete and byte-exact, with no gap,
+/// though they are four times the per-exec spool: runnerd waits for the reader instead of evicting.
+#[tokio::test(flavor = "multi_thread")]
+async fn throttled_reader_gets_256_mib_byte_exact() {
+    let daemon = Runnerd::start(Options::default()).await;
+    let bytes = 256 * MIB;
+    let body = start_exec(
+        &daemon,
+        json!({"execId": "big", "shell": counting_output(bytes), "timeoutMs": 600000}),
+    )
+    .await;
+    let seen = Reader::new(body, Some(40e6)).read_to_end().await;
+    assert!(seen.gaps.is_empty(), "no gap: {:?}", seen.gaps);
+    assert_eq!(seen.stdout_bytes, bytes);
+    let exit = seen.terminal.expect("an exit event");
+    assert_eq!(exit["t"], "exit");
+    assert_eq!(exit["exitCode"], 0);
+}
+
+/// A fast and a slow reader of the same exec both get every byte: the exec runs at the slow
+/// reader's pace, the fast one is never held back from what exists.
+#[tokio::test(flavor = "multi_thread")]
+async fn fast_and_slow_readers_both_get_everything() {
+    let daemon = Runnerd::start(Options {
+        args: vec!["--journal-exec-spool-bytes".into(), (4 * MIB).to_string()],
+        ..Options::default()
+    })
+    .await;
+    let bytes = 48 * MIB;
+    // The exec waits for stdin's end, so both readers are connected before the first byte.
+    let primary = start_exec(
+        &daemon,
+        json!({"execId": "two", "shell": format!("read _; {}", counting_output(bytes)),
+               "stdinMode": "hold", "timeoutMs": 600000}),
+    )
+    .await;
+    let attach = daemon
+        .client
+        .request(Method::GET, "/execs/two/attach?sinceSeq=0", None, true)
+        .await
+        .unwrap();
+    assert_eq!(attach.status(), StatusCode::OK);
+    let (status, reply) = daemon
+        .client
+        .json(Method::POST, "/execs/two/stdin", Some(json!({"eof": true})))
+        .await;
+    assert_eq!((status, reply), (StatusCode::OK, json!({"ok": true})));
+    let fast = tokio::spawn(Reader::new(primary, None).read_to_end());
+    let slow = tokio::spawn(Reader::new(attach.into_body(), Some(20e6)).read_to_end());
+    for seen in [fast.await.unwrap(), slow.await.unwrap()] {
+        assert!(seen.gaps.is_empty(), "no gap: {:?}", seen.gaps);
+        assert_eq!(seen.stdout_bytes, bytes);
+        assert_eq!(seen.terminal.expect("exit")["exitCode"], 0);
+    }
+}
+
+/// A reader that stops reading holds the exec back only for the stall window: then the exec
+/// finishes, and the reader, reading again, gets an explicit gap and the stream's end.
+#[tokio::test(flavor = "multi_thread")]
+async fn stalled_reader_lets_the_exec_finish_after_the_stall_window() {
+    let stall = Duration::from_secs(2);
+    let daemon = Runnerd::start(Options {
+        args: vec![
+            "--journal-stall-ms".into(),
+            stall.as_millis().to_string(),
+            "--journal-exec-spool-bytes".into(),
+            (4 * MIB).to_string(),
+        ],
+        ..Options::default()
+    })
+    .await;
+    let body = start_exec(
+        &daemon,
+        json!({"execId": "stall", "shell": counting_output(64 * MIB), "timeoutMs": 600000}),
+    )
+    .await;
+    let mut reader = Reader::new(body, None);
+    assert!(reader.read_frame().await);
+    // Now read nothing: the exec must still finish, once the stall window has passed.
+    let exited = poll(stall + Duration::from_secs(20), async || {
+        let (_, status) = daemon.client.json(Method::GET, "/execs/stall", None).await;
+        (status["state"] == "exited").then_some(status)
+    })
+    .await
+    .expect("the exec finished although its reader stalled");
+    assert_eq!(exited["exitCode"], 0);
+    let seen = reader.read_to_end().await;
+    assert!(!seen.gaps.is_empty(), "the stalled reader lost output");
+    let exit = seen.terminal.expect("an exit event");
+    assert_eq!(exit["exitCode"], 0);
+    let duration = Duration::from_millis(exit["durationMs"].as_u64().unwrap());
+    assert!(
+        duration >= stall,
+        "the reader held the exec until it stalled ({duration:?})"
+    );
+}
+
+/// Several execs whose readers lag share the daemon-wide spool budget: on disk it never passes
+/// its cap, runnerd's memory stays small, and every reader still gets every byte.
+#[tokio::test(flavor = "multi_thread")]
+async fn spool_budget_holds_while_readers_lag() {
+    let total = 8 * MIB;
+    let daemon = Runnerd::start(Options {
+        args: vec![
+            "--journal-total-spool-bytes".into(),
+            total.to_string(),
+            "--journal-exec-spool-bytes".into(),
+            (6 * MIB).to_string(),
+        ],
+        ..Options::default()
+    })
+    .await;
+    let bytes = 24 * MIB;
+    let mut readers = Vec::new();
+    for i in 0..3 {
+        let body = start_exec(
+            &daemon,
+            json!({"execId": format!("lag{i}"), "shell": counting_output(bytes), "timeoutMs": 600000}),
+        )
+        .await;
+        readers.push(tokio::spawn(Reader::new(body, Some(12e6)).read_to_end()));
+    }
+    let pid = daemon.daemon_pid();
+    let (mut peak_spool, mut peak_rss) = (0, 0);
+    while !readers.iter().all(|r| r.is_finished()) {
+        peak_spool = peak_spool.max(spool_bytes(&daemon));
+        peak_rss = peak_rss.max(rss_bytes(pid));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for reader in readers {
+        let seen = reader.await.unwrap();
+        assert!(seen.gaps.is_empty(), "no gap: {:?}", seen.gaps);
+        assert_eq!(seen.stdout_bytes, bytes);
+    }
+    assert!(peak_spool > 0, "the readers lagged enough to use the spool");
+    assert!(
+        peak_spool <= total,
+        "spool files held {peak_spool} bytes, over the {total}-byte budget"
+    );
+    assert!(
+        peak_rss <= 64 * MIB,
+        "runnerd grew to {peak_rss} bytes of RSS"
+    );
+}
