@@ -3,7 +3,6 @@
 //! and keeps its spool budget while doing so.
 mod support;
 
-use base64::Engine;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -21,62 +20,40 @@ fn counting_output(bytes: u64) -> String {
     format!("seq 1 100000000 | head -c {bytes}")
 }
 
-/// Checks a stream against `1\n2\n3\n…` as it arrives, without holding it.
-struct CountingCheck {
-    next_number: u64,
-    /// The not yet matched rest of the current line.
-    pending: Vec<u8>,
-    bytes: u64,
+/// SHA-256 (hex) of what [`counting_output`] prints, computed outside runnerd.
+fn reference_sha256(bytes: u64) -> String {
+    let output = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("{} | sha256sum", counting_output(bytes)))
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    String::from_utf8(output.stdout).unwrap()[..64].to_owned()
 }
 
-impl CountingCheck {
-    fn new() -> CountingCheck {
-        CountingCheck {
-            next_number: 1,
-            pending: Vec::new(),
-            bytes: 0,
-        }
-    }
-
-    fn push(&mut self, mut data: &[u8]) {
-        while !data.is_empty() {
-            if self.pending.is_empty() {
-                self.pending = format!("{}\n", self.next_number).into_bytes();
-                self.pending.reverse();
-                self.next_number += 1;
-            }
-            let n = self.pending.len().min(data.len());
-            for &byte in &data[..n] {
-                let want = self.pending.pop().unwrap();
-                assert_eq!(
-                    byte, want,
-                    "byte {} differs from the counting pattern",
-                    self.bytes
-                );
-                self.bytes += 1;
-            }
-            data = &data[n..];
-        }
-    }
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// What a reader saw of one exec's stream.
 #[derive(Default)]
 struct Seen {
     stdout_bytes: u64,
+    /// SHA-256 (hex) of the stdout bytes received.
+    stdout_sha256: String,
     gaps: Vec<Value>,
     terminal: Option<Value>,
     /// Seqs in order (to check there is no hole and no repeat).
     last_seq: u64,
 }
 
-/// Reads an NDJSON stream, checking stdout against the counting pattern, at most
-/// `bytes_per_sec` of decoded stdout (`None`: as fast as it can).
+/// Reads an NDJSON stream, hashing stdout, at most `bytes_per_sec` of decoded stdout (`None`: as
+/// fast as it can).
 struct Reader {
     body: Incoming,
     buffer: Vec<u8>,
-    /// `None` after a gap: the pattern cannot be followed past lost bytes.
-    check: Option<CountingCheck>,
+    decoded: Vec<u8>,
+    sha256: ring::digest::Context,
     seen: Seen,
     rate: Option<f64>,
     started: Instant,
@@ -87,7 +64,8 @@ impl Reader {
         Reader {
             body,
             buffer: Vec::new(),
-            check: Some(CountingCheck::new()),
+            decoded: Vec::new(),
+            sha256: ring::digest::Context::new(&ring::digest::SHA256),
             seen: Seen::default(),
             rate: bytes_per_sec,
             started: Instant::now(),
@@ -128,18 +106,17 @@ impl Reader {
         );
         if let Some(rest) = line.strip_prefix(STDOUT_HEAD) {
             let end = memchr::memchr(b'"', rest).unwrap();
-            let chunk = base64::engine::general_purpose::STANDARD
-                .decode(&rest[..end])
+            self.decoded.clear();
+            base64_simd::STANDARD
+                .decode_append(&rest[..end], &mut self.decoded)
                 .unwrap();
             let seq: u64 = std::str::from_utf8(&rest[end + r#"","seq":"#.len()..rest.len() - 1])
                 .unwrap()
                 .parse()
                 .unwrap();
             self.seq(seq);
-            if let Some(check) = &mut self.check {
-                check.push(&chunk);
-            }
-            self.seen.stdout_bytes += chunk.len() as u64;
+            self.sha256.update(&self.decoded);
+            self.seen.stdout_bytes += self.decoded.len() as u64;
             return;
         }
         let event: Value = serde_json::from_slice(&line).unwrap();
@@ -148,7 +125,6 @@ impl Reader {
                 let to = event["toSeq"].as_u64().unwrap();
                 assert_eq!(event["fromSeq"].as_u64().unwrap(), self.seen.last_seq + 1);
                 self.seen.last_seq = to;
-                self.check = None;
                 self.seen.gaps.push(event);
             }
             "exit" | "fail" => {
@@ -166,6 +142,7 @@ impl Reader {
 
     async fn read_to_end(mut self) -> Seen {
         while self.read_frame().await {}
+        self.seen.stdout_sha256 = hex(self.sha256.finish().as_ref());
         self.seen
     }
 }
@@ -227,6 +204,7 @@ async fn throttled_reader_gets_256_mib_byte_exact() {
     let seen = Reader::new(body, Some(40e6)).read_to_end().await;
     assert!(seen.gaps.is_empty(), "no gap: {:?}", seen.gaps);
     assert_eq!(seen.stdout_bytes, bytes);
+    assert_eq!(seen.stdout_sha256, reference_sha256(bytes), "byte-exact");
     let exit = seen.terminal.expect("an exit event");
     assert_eq!(exit["t"], "exit");
     assert_eq!(exit["exitCode"], 0);
@@ -237,11 +215,11 @@ async fn throttled_reader_gets_256_mib_byte_exact() {
 #[tokio::test(flavor = "multi_thread")]
 async fn fast_and_slow_readers_both_get_everything() {
     let daemon = Runnerd::start(Options {
-        args: vec!["--journal-exec-spool-bytes".into(), (4 * MIB).to_string()],
+        args: vec!["--journal-exec-spool-bytes".into(), (2 * MIB).to_string()],
         ..Options::default()
     })
     .await;
-    let bytes = 48 * MIB;
+    let bytes = 24 * MIB;
     // The exec waits for stdin's end, so both readers are connected before the first byte.
     let primary = start_exec(
         &daemon,
@@ -262,9 +240,11 @@ async fn fast_and_slow_readers_both_get_everything() {
     assert_eq!((status, reply), (StatusCode::OK, json!({"ok": true})));
     let fast = tokio::spawn(Reader::new(primary, None).read_to_end());
     let slow = tokio::spawn(Reader::new(attach.into_body(), Some(20e6)).read_to_end());
+    let want = reference_sha256(bytes);
     for seen in [fast.await.unwrap(), slow.await.unwrap()] {
         assert!(seen.gaps.is_empty(), "no gap: {:?}", seen.gaps);
         assert_eq!(seen.stdout_bytes, bytes);
+        assert_eq!(seen.stdout_sha256, want, "byte-exact");
         assert_eq!(seen.terminal.expect("exit")["exitCode"], 0);
     }
 }
@@ -279,14 +259,14 @@ async fn stalled_reader_lets_the_exec_finish_after_the_stall_window() {
             "--journal-stall-ms".into(),
             stall.as_millis().to_string(),
             "--journal-exec-spool-bytes".into(),
-            (4 * MIB).to_string(),
+            (2 * MIB).to_string(),
         ],
         ..Options::default()
     })
     .await;
     let body = start_exec(
         &daemon,
-        json!({"execId": "stall", "shell": counting_output(64 * MIB), "timeoutMs": 600000}),
+        json!({"execId": "stall", "shell": counting_output(32 * MIB), "timeoutMs": 600000}),
     )
     .await;
     let mut reader = Reader::new(body, None);
@@ -314,18 +294,18 @@ async fn stalled_reader_lets_the_exec_finish_after_the_stall_window() {
 /// its cap, runnerd's memory stays small, and every reader still gets every byte.
 #[tokio::test(flavor = "multi_thread")]
 async fn spool_budget_holds_while_readers_lag() {
-    let total = 8 * MIB;
+    let total = 4 * MIB;
     let daemon = Runnerd::start(Options {
         args: vec![
             "--journal-total-spool-bytes".into(),
             total.to_string(),
             "--journal-exec-spool-bytes".into(),
-            (6 * MIB).to_string(),
+            (3 * MIB).to_string(),
         ],
         ..Options::default()
     })
     .await;
-    let bytes = 24 * MIB;
+    let bytes = 12 * MIB;
     let mut readers = Vec::new();
     for i in 0..3 {
         let body = start_exec(
@@ -333,7 +313,7 @@ async fn spool_budget_holds_while_readers_lag() {
             json!({"execId": format!("lag{i}"), "shell": counting_output(bytes), "timeoutMs": 600000}),
         )
         .await;
-        readers.push(tokio::spawn(Reader::new(body, Some(12e6)).read_to_end()));
+        readers.push(tokio::spawn(Reader::new(body, Some(8e6)).read_to_end()));
     }
     let pid = daemon.daemon_pid();
     let (mut peak_spool, mut peak_rss) = (0, 0);
@@ -342,10 +322,18 @@ async fn spool_budget_holds_while_readers_lag() {
         peak_rss = peak_rss.max(rss_bytes(pid));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let want = reference_sha256(bytes);
     for reader in readers {
         let seen = reader.await.unwrap();
         assert!(seen.gaps.is_empty(), "no gap: {:?}", seen.gaps);
-        assert_eq!(seen.stdout_bytes, bytes);
+        assert_eq!(
+            seen.stdout_bytes,
+            bytes,
+            "{:?}\n{}",
+            seen.terminal,
+            daemon.log()
+        );
+        assert_eq!(seen.stdout_sha256, want, "byte-exact");
     }
     assert!(peak_spool > 0, "the readers lagged enough to use the spool");
     assert!(

@@ -28,7 +28,14 @@ pub async fn pump(
     loop {
         journal.wait_for_room().await;
         buf.clear();
-        let n = match pipe.read_buf(&mut buf).await {
+        let read = match pipe.try_read_buf(&mut buf) {
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                journal.pipe_caught_up();
+                pipe.read_buf(&mut buf).await
+            }
+            read => read,
+        };
+        let n = match read {
             Ok(0) => return truncated,
             Ok(n) => n,
             Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,

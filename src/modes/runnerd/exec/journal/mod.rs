@@ -65,26 +65,23 @@ struct JournalState {
 }
 
 /// How long the journal has kept its pumps from reading, so that the drain grace after the exit
-/// does not count time the readers took.
+/// does not count time the readers took. An episode runs from a pump's first wait until a pump
+/// finds its pipe empty (the backlog is drained): the moments between two waits, when the pump
+/// reads its chunk and the runtime serves other work, belong to it too, however busy the machine.
 #[derive(Default)]
 struct PressureClock {
-    pumps_waiting: usize,
     since: Option<Instant>,
     total: Duration,
 }
 
 impl PressureClock {
-    fn start(&mut self, now: Instant) {
-        self.pumps_waiting += 1;
+    fn waits(&mut self, now: Instant) {
         self.since.get_or_insert(now);
     }
 
-    fn end(&mut self, now: Instant) {
-        self.pumps_waiting -= 1;
-        if self.pumps_waiting == 0 {
-            if let Some(since) = self.since.take() {
-                self.total += now.saturating_duration_since(since);
-            }
+    fn keeps_up(&mut self, now: Instant) {
+        if let Some(since) = self.since.take() {
+            self.total += now.saturating_duration_since(since);
         }
     }
 
@@ -220,6 +217,7 @@ impl Journal {
             tokio::pin!(notified);
             notified.as_mut().enable();
             let wake_at = match self.relieve() {
+                Room::Yes if !waiting => return,
                 Room::Yes => break,
                 Room::No { wake_at } => wake_at,
             };
@@ -228,7 +226,7 @@ impl Journal {
                 // made between the look above and the announcement is then never missed.
                 waiting = true;
                 self.budget.pump_waits(true);
-                self.lock().pressure.start(Instant::now());
+                self.lock().pressure.waits(Instant::now());
                 continue;
             }
             match wake_at {
@@ -241,10 +239,12 @@ impl Journal {
                 None => notified.await,
             }
         }
-        if waiting {
-            self.lock().pressure.end(Instant::now());
-            self.budget.pump_waits(false);
-        }
+        self.budget.pump_waits(false);
+    }
+
+    /// A pump found its pipe empty: whatever backlog the journal held back is drained.
+    pub fn pipe_caught_up(&self) {
+        self.lock().pressure.keeps_up(Instant::now());
     }
 
     /// Runs `drain` for up to `grace`, not counting time the journal kept the pumps from reading:
@@ -259,7 +259,11 @@ impl Journal {
         let held_before = self.lock().pressure.held_back(start);
         tokio::pin!(drain);
         loop {
-            let held = self.lock().pressure.held_back(Instant::now()) - held_before;
+            let held = self
+                .lock()
+                .pressure
+                .held_back(Instant::now())
+                .saturating_sub(held_before);
             let deadline = start + grace + held;
             if Instant::now() >= deadline {
                 return None;
