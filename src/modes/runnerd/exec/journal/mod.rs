@@ -46,6 +46,9 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use tokio::sync::watch;
 use tokio::time::{Duration, Instant};
 
+/// How often the drain grace looks whether the journal still holds output back.
+const DRAIN_CHECK_INTERVAL: Duration = Duration::from_millis(50);
+
 struct JournalState {
     tail: VecDeque<Record>,
     tail_bytes: usize,
@@ -247,30 +250,43 @@ impl Journal {
         self.lock().pressure.keeps_up(Instant::now());
     }
 
-    /// Runs `drain` for up to `grace`, not counting time the journal kept the pumps from reading:
-    /// after the process exited, its pipes still hold output that connected readers must get, and
-    /// a slow reader must not turn into lost output. `None` when the grace ran out.
+    /// Runs `drain` for up to `grace`, counting only time in which the journal held nothing back:
+    /// after the process exited its pipes still hold output, and readers connected at the exit
+    /// drain to the end. So the grace does not run while the pumps wait for room, nor while a
+    /// reader that keeps reading has not been handed everything yet. `None` when the grace ran
+    /// out.
     pub async fn within_drain_grace<F: Future>(
         &self,
         grace: Duration,
         drain: F,
     ) -> Option<F::Output> {
-        let start = Instant::now();
-        let held_before = self.lock().pressure.held_back(start);
         tokio::pin!(drain);
+        let mut counted = Duration::ZERO;
+        let mut last = Instant::now();
+        let mut held_before = self.lock().pressure.held_back(last);
         loop {
-            let held = self
-                .lock()
-                .pressure
-                .held_back(Instant::now())
-                .saturating_sub(held_before);
-            let deadline = start + grace + held;
-            if Instant::now() >= deadline {
+            let now = Instant::now();
+            let (held, reader_behind) = {
+                let mut state = self.lock();
+                let held = state.pressure.held_back(now);
+                let hold = state.readers.hold(now, self.budget.stall_window());
+                (held, hold.is_some_and(|h| h < state.next_seq))
+            };
+            let held_now = held.saturating_sub(held_before);
+            if !reader_behind {
+                counted += now.saturating_duration_since(last).saturating_sub(held_now);
+            }
+            (last, held_before) = (now, held);
+            if counted >= grace {
+                tracing::info!(
+                    "the exec's pipes stayed open past the drain grace; what they still hold is dropped"
+                );
                 return None;
             }
+            let step = (grace - counted).min(DRAIN_CHECK_INTERVAL);
             tokio::select! {
                 output = &mut drain => return Some(output),
-                _ = tokio::time::sleep_until(deadline) => {}
+                _ = tokio::time::sleep(step) => {}
             }
         }
     }

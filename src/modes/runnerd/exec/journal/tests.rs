@@ -171,7 +171,10 @@ fn dropping_a_journal_refunds_its_spool() {
     // The writer thread may hold the journal for a moment while it reports a batch.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while budget.spool.used_bytes() != 0 {
-        assert!(std::time::Instant::now() < deadline, "the spool was never refunded");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the spool was never refunded"
+        );
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
 }
@@ -315,4 +318,31 @@ async fn drain_grace_excludes_time_held_back() {
         .within_drain_grace(grace, tokio::time::sleep(Duration::from_secs(3)))
         .await;
     assert!(drained.is_none(), "nothing held back: the grace is 2 s");
+}
+
+/// The drain grace does not run while a reader that keeps reading has output still to receive.
+#[tokio::test(start_paused = true)]
+async fn drain_grace_waits_for_readers_behind() {
+    let budget = budget(u64::MAX, u64::MAX, 1 << 20);
+    let journal = Journal::new(&budget, 1 << 20);
+    let mut cursor = journal.cursor(0);
+    out(&journal, "first");
+    let drained = journal
+        .within_drain_grace(
+            Duration::from_secs(2),
+            tokio::time::sleep(Duration::from_secs(10)),
+        )
+        .await;
+    assert!(
+        drained.is_some(),
+        "the reader is behind (within its stall window)"
+    );
+    assert!(cursor.next_batch(1024).await.is_some());
+    let drained = journal
+        .within_drain_grace(
+            Duration::from_secs(2),
+            tokio::time::sleep(Duration::from_secs(3)),
+        )
+        .await;
+    assert!(drained.is_none(), "caught up: the grace runs");
 }
