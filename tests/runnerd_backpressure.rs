@@ -147,19 +147,33 @@ impl Reader {
     }
 }
 
-async fn start_exec(daemon: &Runnerd, body: Value) -> Incoming {
-    let response = daemon
-        .client
-        .request(
-            Method::POST,
-            "/execs",
-            Some(Bytes::from(body.to_string())),
-            true,
-        )
-        .await
+/// A GET or POST whose client socket buffers little (64 KiB): what a reader has not read stays
+/// in runnerd, not in the kernel, so the tests need less output to show the difference.
+async fn small_buffer_request(
+    daemon: &Runnerd,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> Incoming {
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.set_recv_buffer_size(Some(64 * 1024));
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build::<_, http_body_util::Full<Bytes>>(connector);
+    let request = hyper::Request::builder()
+        .method(method)
+        .uri(format!("http://127.0.0.1:{}{path}", daemon.port))
+        .header("x-tale-runnerd-token", support::runnerd::TOKEN)
+        .body(http_body_util::Full::new(
+            body.map_or_else(Bytes::new, |b| Bytes::from(b.to_string())),
+        ))
         .unwrap();
+    let response = client.request(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     response.into_body()
+}
+
+async fn start_exec(daemon: &Runnerd, body: Value) -> Incoming {
+    small_buffer_request(daemon, Method::POST, "/execs", Some(body)).await
 }
 
 /// Bytes held right now by runnerd's spool files (anonymous files in its journal directory,
@@ -227,19 +241,15 @@ async fn fast_and_slow_readers_both_get_everything() {
                "stdinMode": "hold", "timeoutMs": 600000}),
     )
     .await;
-    let attach = daemon
-        .client
-        .request(Method::GET, "/execs/two/attach?sinceSeq=0", None, true)
-        .await
-        .unwrap();
-    assert_eq!(attach.status(), StatusCode::OK);
+    let attach =
+        small_buffer_request(&daemon, Method::GET, "/execs/two/attach?sinceSeq=0", None).await;
     let (status, reply) = daemon
         .client
         .json(Method::POST, "/execs/two/stdin", Some(json!({"eof": true})))
         .await;
     assert_eq!((status, reply), (StatusCode::OK, json!({"ok": true})));
     let fast = tokio::spawn(Reader::new(primary, None).read_to_end());
-    let slow = tokio::spawn(Reader::new(attach.into_body(), Some(20e6)).read_to_end());
+    let slow = tokio::spawn(Reader::new(attach, Some(4e6)).read_to_end());
     let want = reference_sha256(bytes);
     for seen in [fast.await.unwrap(), slow.await.unwrap()] {
         assert!(seen.gaps.is_empty(), "no gap: {:?}", seen.gaps);
@@ -313,7 +323,7 @@ async fn spool_budget_holds_while_readers_lag() {
             json!({"execId": format!("lag{i}"), "shell": counting_output(bytes), "timeoutMs": 600000}),
         )
         .await;
-        readers.push(tokio::spawn(Reader::new(body, Some(8e6)).read_to_end()));
+        readers.push(tokio::spawn(Reader::new(body, Some(3e6)).read_to_end()));
     }
     let pid = daemon.daemon_pid();
     let (mut peak_spool, mut peak_rss) = (0, 0);
