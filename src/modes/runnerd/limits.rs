@@ -75,7 +75,12 @@ pub const DEFAULT_JOURNAL_MEMORY_BYTES: usize = 256 * 1024;
 pub const DEFAULT_JOURNAL_EXEC_SPOOL_BYTES: u64 = 64 * 1024 * 1024;
 /// Default disk spool for the whole daemon (`--journal-total-spool-bytes`).
 pub const DEFAULT_JOURNAL_TOTAL_SPOOL_BYTES: u64 = 256 * 1024 * 1024;
-/// Size of one spool segment file; eviction drops whole segments, oldest first.
+/// Default time a reader may consume nothing before it stops holding its exec back
+/// (`--journal-stall-ms`): until then runnerd stops reading the exec's pipes rather than evict
+/// output that reader has not received.
+pub const DEFAULT_JOURNAL_STALL_WINDOW: Duration = Duration::from_secs(30);
+/// Size of one spool segment file (or a quarter of the per-exec spool, if smaller); eviction drops
+/// whole segments, oldest first.
 pub const SPOOL_SEGMENT_BYTES: u64 = 4 * 1024 * 1024;
 /// Most bytes one response frame carries when a reader catches up (many lines per write).
 pub const STREAM_FRAME_BYTES: usize = 256 * 1024;

@@ -87,6 +87,10 @@ pub struct Args {
     /// Number of gids in the mark range; 0 turns mark groups off.
     #[arg(long, env = "TALE_EXEC_MARK_GIDS", default_value_t = exec::tree::DEFAULT_MARK_GIDS)]
     pub exec_mark_gids: u32,
+    /// Milliseconds a connected reader may consume nothing before it stops holding its exec back
+    /// (after that, output it has not received may be evicted and it gets a `gap`).
+    #[arg(long, env = "TALE_JOURNAL_STALL_MS", default_value_t = DEFAULT_JOURNAL_STALL_WINDOW.as_millis() as u64)]
+    pub journal_stall_ms: u64,
     /// On SIGTERM/SIGINT/SIGHUP: milliseconds between SIGTERM to every exec and SIGKILL.
     #[arg(long, env = "TALE_SHUTDOWN_GRACE_MS", default_value_t = DEFAULT_SHUTDOWN_GRACE.as_millis() as u64)]
     pub shutdown_grace_ms: u64,
@@ -293,12 +297,15 @@ fn boot_and_serve(args: Args) -> Result<(), BootError> {
         credential_socket.display().to_string(),
     )]);
     let launcher = Launcher::new(exec_env, &home, exec_user);
-    let budget = JournalBudget::new(SpoolBudget::new(
-        journal_dir,
-        args.journal_total_spool_bytes,
-        args.journal_exec_spool_bytes,
-        SPOOL_SEGMENT_BYTES,
-    ));
+    let budget = JournalBudget::with_stall_window(
+        SpoolBudget::new(
+            journal_dir,
+            args.journal_total_spool_bytes,
+            args.journal_exec_spool_bytes,
+            SPOOL_SEGMENT_BYTES,
+        ),
+        Duration::from_millis(args.journal_stall_ms),
+    );
     let marks = exec_user.and_then(|_| {
         exec::tree::usable_marks(args.exec_mark_gid_base, args.exec_mark_gids)
             .map_err(|why| tracing::warn!("exec mark groups off ({why}): cancel finds an exec's processes by session, group and parent only"))

@@ -201,17 +201,20 @@ async fn run_process(
     if let Some(ending) = exec.take_ending() {
         let _ = ending.await;
     }
-    // The process is gone; a background child may still hold the pipes, so drain only for a grace.
-    let drained = tokio::time::timeout(PIPE_DRAIN_GRACE, async {
-        (
-            (&mut stdout_pump).await.unwrap_or(false),
-            (&mut stderr_pump).await.unwrap_or(false),
-        )
-    })
-    .await;
+    // The process is gone; a background child may still hold the pipes, so drain only for a grace
+    // (not counting time the journal held the pumps back for readers that keep reading).
+    let drained = exec
+        .journal
+        .within_drain_grace(PIPE_DRAIN_GRACE, async {
+            (
+                (&mut stdout_pump).await.unwrap_or(false),
+                (&mut stderr_pump).await.unwrap_or(false),
+            )
+        })
+        .await;
     let (stdout_truncated, stderr_truncated) = match drained {
-        Ok(flags) => flags,
-        Err(_) => {
+        Some(flags) => flags,
+        None => {
             stdout_pump.abort();
             stderr_pump.abort();
             let stdout = stdout_pump.await.unwrap_or(false);

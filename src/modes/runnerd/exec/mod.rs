@@ -8,8 +8,10 @@ pub mod driver;
 pub mod journal;
 pub mod launcher;
 pub mod output;
+pub mod record;
 pub mod spec;
 pub mod spool;
+pub mod spool_writer;
 pub mod stdin;
 pub mod tree;
 

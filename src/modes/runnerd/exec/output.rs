@@ -1,59 +1,16 @@
-//! Pumps one output pipe of an exec into its journal, clipping at the stream's byte cap, and writes
-//! the `stdout`/`stderr` wire lines for the raw chunks the journal keeps.
+//! Pumps one output pipe of an exec into its journal, clipping at the stream's byte cap. A pump
+//! reads only when the journal has room: while readers that keep reading lag too far behind, the
+//! bytes stay in the pipe and the process blocks on write (see the journal's module doc).
 use super::super::limits::PIPE_READ_CHUNK_BYTES;
 use super::journal::Journal;
+pub use super::record::OutputStream;
 use bytes::{Bytes, BytesMut};
-use std::io::Write;
 use std::sync::Arc;
 use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
 
 /// First read buffer of each output pipe.
 const INITIAL_READ_BYTES: usize = 512;
-
-/// Which output stream.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OutputStream {
-    Stdout,
-    Stderr,
-}
-
-impl OutputStream {
-    fn line_head(self) -> &'static [u8] {
-        match self {
-            OutputStream::Stdout => b"{\"t\":\"stdout\",\"b64\":\"",
-            OutputStream::Stderr => b"{\"t\":\"stderr\",\"b64\":\"",
-        }
-    }
-}
-
-/// Bytes of the wire line around the base64 text and the seq digits.
-const LINE_FRAMING_BYTES: usize = r#"{"t":"stdout","b64":"","seq":}"#.len() + 1;
-
-/// Length of the wire line [`write_output_line`] writes for `chunk_len` bytes at `seq`.
-pub fn output_line_len(chunk_len: usize, seq: u64) -> usize {
-    LINE_FRAMING_BYTES + chunk_len.div_ceil(3) * 4 + decimal_digits(seq)
-}
-
-fn decimal_digits(mut n: u64) -> usize {
-    let mut digits = 1;
-    while n >= 10 {
-        n /= 10;
-        digits += 1;
-    }
-    digits
-}
-
-/// Appends the `stdout`/`stderr` event line for `chunk` to `out`, written directly (it is the hot
-/// path) but byte-equal to serializing `ExecEvent::Stdout`/`Stderr`.
-pub fn write_output_line(stream: OutputStream, chunk: &[u8], seq: u64, out: &mut Vec<u8>) {
-    out.reserve(output_line_len(chunk.len(), seq));
-    out.extend_from_slice(stream.line_head());
-    base64_simd::STANDARD.encode_append(chunk, out);
-    out.extend_from_slice(b"\",\"seq\":");
-    let _ = write!(out, "{seq}");
-    out.extend_from_slice(b"}\n");
-}
 
 /// Reads `pipe` to EOF, appending each chunk to the journal as raw bytes. Past `cap` bytes the rest
 /// is read and dropped (the process keeps running). Returns whether anything was dropped.
@@ -69,8 +26,16 @@ pub async fn pump(
     let mut emitted: u64 = 0;
     let mut truncated = false;
     loop {
+        journal.wait_for_room().await;
         buf.clear();
-        let n = match pipe.read_buf(&mut buf).await {
+        let read = match pipe.try_read_buf(&mut buf) {
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                journal.pipe_caught_up();
+                pipe.read_buf(&mut buf).await
+            }
+            read => read,
+        };
+        let n = match read {
             Ok(0) => return truncated,
             Ok(n) => n,
             Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -132,32 +97,6 @@ mod tests {
     use crate::shared::protocol::runnerd::ExecEvent;
     use base64::engine::general_purpose::STANDARD;
     use base64::Engine;
-
-    /// The hand-written line equals the serde one, and its length is known in advance.
-    #[test]
-    fn output_line_matches_serde() {
-        for chunk in [&b""[..], b"a", b"ab", b"abc", b"\x00\xff binary \n"] {
-            for seq in [1, 7, 9, 10, 42, 999_999, u64::MAX] {
-                let serde = ExecEvent::Stdout {
-                    b64: STANDARD.encode(chunk),
-                    seq,
-                }
-                .to_line();
-                let mut line = Vec::new();
-                write_output_line(OutputStream::Stdout, chunk, seq, &mut line);
-                assert_eq!(line, serde);
-                assert_eq!(output_line_len(chunk.len(), seq), line.len());
-                let serde = ExecEvent::Stderr {
-                    b64: STANDARD.encode(chunk),
-                    seq,
-                }
-                .to_line();
-                line.clear();
-                write_output_line(OutputStream::Stderr, chunk, seq, &mut line);
-                assert_eq!(line, serde);
-            }
-        }
-    }
 
     /// A chatty pipe is read in full-size chunks after its first full small read, and every byte
     /// arrives in order.

@@ -6,14 +6,18 @@
 //! `seq: u64 LE | len: u32 LE | kind: u32 LE | bytes` (kind 0: an event line, 1/2: raw stdout/stderr
 //! bytes), so a reader finds records by seq without parsing anything. Eviction drops whole
 //! segments, oldest first.
-use super::journal::{Record, RecordKind};
-use super::output::OutputStream;
+//!
+//! Space is reserved before a batch is handed to the spool writer thread
+//! ([`super::spool_writer`]): the budget and a segment's length count a batch from the moment it
+//! is queued, so the caps hold even while the disk lags; a segment's `written` length says how much
+//! of it readers may read.
+use super::record::{OutputStream, Record, RecordKind};
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// Bytes of the record header before each line.
 pub const RECORD_HEADER_BYTES: usize = 16;
@@ -43,7 +47,7 @@ impl SpoolBudget {
         }
     }
 
-    /// Bytes currently held by all segments.
+    /// Bytes currently reserved by all segments (written or queued for writing).
     pub fn used_bytes(&self) -> u64 {
         self.used_bytes.load(Ordering::Relaxed)
     }
@@ -52,24 +56,34 @@ impl SpoolBudget {
         self.per_exec_cap_bytes
     }
 
+    /// Size at which a segment is closed: the configured size, or a quarter of the per-exec cap
+    /// when that is smaller, so eviction can free part of an exec's spool while a reader still
+    /// needs the rest.
     pub fn segment_bytes(&self) -> u64 {
-        self.segment_bytes
+        self.segment_bytes.min((self.per_exec_cap_bytes / 4).max(1))
     }
 
-    pub fn is_over(&self) -> bool {
-        self.used_bytes() > self.total_cap_bytes
+    /// Whether `more` bytes fit in the daemon-wide cap now.
+    pub fn has_room_for(&self, more: u64) -> bool {
+        self.used_bytes().saturating_add(more) <= self.total_cap_bytes
     }
 
-    fn charge(&self, bytes: u64) {
-        self.used_bytes.fetch_add(bytes, Ordering::Relaxed);
+    /// Reserves `bytes` if they fit in the daemon-wide cap; the total never exceeds it.
+    pub fn try_charge(&self, bytes: u64) -> bool {
+        self.used_bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                let after = used.checked_add(bytes)?;
+                (after <= self.total_cap_bytes).then_some(after)
+            })
+            .is_ok()
     }
 
     fn refund(&self, bytes: u64) {
-        self.used_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        self.used_bytes.fetch_sub(bytes, Ordering::AcqRel);
     }
 
-    fn create_file(&self) -> std::io::Result<File> {
-        create_anonymous_file(&self.dir)
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 }
 
@@ -103,15 +117,69 @@ fn create_anonymous_file(dir: &Path) -> std::io::Result<File> {
     }
 }
 
+/// A segment's file, created by the spool writer with the segment's first write (so that opening
+/// it never happens on the runtime thread either).
+#[derive(Default)]
+pub struct SegmentFile {
+    file: OnceLock<File>,
+}
+
+impl SegmentFile {
+    /// The file, once its first write created it.
+    pub fn get(&self) -> Option<&File> {
+        self.file.get()
+    }
+
+    /// Appends `records` with one `writev` per batch (no intermediate copy), creating the file in
+    /// `dir` first if needed. Blocking: only the spool writer thread calls it. Batches of one
+    /// segment arrive in order, so appending puts each at the offset reserved for it.
+    pub fn append(&self, dir: &Path, records: &[Record]) -> std::io::Result<()> {
+        let file = match self.file.get() {
+            Some(file) => file,
+            None => {
+                let created = create_anonymous_file(dir)?;
+                self.file.get_or_init(|| created)
+            }
+        };
+        let headers: Vec<[u8; RECORD_HEADER_BYTES]> = records.iter().map(header).collect();
+        let mut slices: Vec<std::io::IoSlice<'_>> = Vec::with_capacity(records.len() * 2);
+        for (header, record) in headers.iter().zip(records) {
+            slices.push(std::io::IoSlice::new(header));
+            slices.push(std::io::IoSlice::new(&record.bytes));
+        }
+        let mut remaining: &mut [std::io::IoSlice<'_>] = &mut slices;
+        while !remaining.is_empty() {
+            let written = match (&*file).write_vectored(remaining) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => n,
+                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(err) => return Err(err),
+            };
+            std::io::IoSlice::advance_slices(&mut remaining, written);
+        }
+        Ok(())
+    }
+}
+
+/// Bytes a batch of records takes on disk.
+pub fn spooled_len(records: &[Record]) -> u64 {
+    records
+        .iter()
+        .map(|r| (RECORD_HEADER_BYTES + r.bytes.len()) as u64)
+        .sum()
+}
+
 /// One segment file and the seq range it holds.
 pub struct Segment {
-    file: Arc<File>,
+    file: Arc<SegmentFile>,
     /// Seq of the first record.
     pub first_seq: u64,
     /// Seq of the last record.
     pub last_seq: u64,
-    /// Bytes written.
+    /// Bytes reserved (written or queued).
     pub len: u64,
+    /// Bytes the writer has put on disk: readers read below this.
+    written: u64,
     /// `(seq, offset)` of the first record of every write batch, for seeking.
     checkpoints: Vec<(u64, u64)>,
 }
@@ -119,7 +187,7 @@ pub struct Segment {
 /// Where to read the records at or after a seq: a file handle that stays valid even if the segment
 /// is evicted meanwhile, and the byte range to read.
 pub struct SpoolRead {
-    pub file: Arc<File>,
+    pub file: Arc<SegmentFile>,
     pub offset: u64,
     pub end: u64,
 }
@@ -132,50 +200,33 @@ pub struct Spool {
 }
 
 impl Spool {
-    /// Bytes held on disk by this spool.
+    /// Bytes reserved on disk by this spool.
     pub fn bytes(&self) -> u64 {
         self.bytes
     }
 
-    /// Seq of the oldest record still on disk.
-    pub fn first_seq(&self) -> Option<u64> {
-        self.segments.front().map(|s| s.first_seq)
+    /// Last seq of the oldest segment, if any.
+    pub fn oldest_last_seq(&self) -> Option<u64> {
+        self.segments.front().map(|s| s.last_seq)
     }
 
-    /// Appends `records` as one write. Blocking, but bounded to one batch of records from the
-    /// memory tail, written to the page cache.
-    pub fn append<'a>(
+    /// Places a batch of `len` bytes (records `first..=last`) at the end of the newest segment, or
+    /// of a new one once the newest reached `segment_bytes`; the caller already charged the budget.
+    /// Returns the file to hand to the writer and the offset the batch will end at.
+    pub fn reserve(
         &mut self,
-        budget: &SpoolBudget,
-        records: impl Iterator<Item = &'a Record>,
-    ) -> std::io::Result<()> {
-        let records: Vec<&Record> = records.collect();
-        let (Some(first), Some(last)) = (
-            records.first().map(|r| r.seq),
-            records.last().map(|r| r.seq),
-        ) else {
-            return Ok(());
-        };
-        let headers: Vec<[u8; RECORD_HEADER_BYTES]> = records.iter().map(|r| header(r)).collect();
-        let mut slices: Vec<std::io::IoSlice<'_>> = Vec::with_capacity(records.len() * 2);
-        for (header, record) in headers.iter().zip(&records) {
-            slices.push(std::io::IoSlice::new(header));
-            slices.push(std::io::IoSlice::new(&record.bytes));
-        }
-        let total: u64 = records
-            .iter()
-            .map(|r| (RECORD_HEADER_BYTES + r.bytes.len()) as u64)
-            .sum();
-        let needs_new = self
-            .segments
-            .back()
-            .is_none_or(|s| s.len >= budget.segment_bytes());
-        if needs_new {
+        segment_bytes: u64,
+        first: u64,
+        last: u64,
+        len: u64,
+    ) -> (Arc<SegmentFile>, u64) {
+        if self.segments.back().is_none_or(|s| s.len >= segment_bytes) {
             self.segments.push_back(Segment {
-                file: Arc::new(budget.create_file()?),
+                file: Arc::new(SegmentFile::default()),
                 first_seq: first,
                 last_seq: first,
                 len: 0,
+                written: 0,
                 checkpoints: Vec::new(),
             });
         }
@@ -183,38 +234,31 @@ impl Spool {
             .segments
             .back_mut()
             .expect("a segment was just ensured");
-        // One writev per batch: the records go to the page cache without an intermediate copy.
-        let mut remaining: &mut [std::io::IoSlice<'_>] = &mut slices;
-        while !remaining.is_empty() {
-            let written = (&*segment.file).write_vectored(remaining)?;
-            if written == 0 {
-                return Err(std::io::ErrorKind::WriteZero.into());
-            }
-            std::io::IoSlice::advance_slices(&mut remaining, written);
-        }
         segment.checkpoints.push((first, segment.len));
-        segment.len += total;
+        segment.len += len;
         segment.last_seq = last;
-        self.bytes += total;
-        budget.charge(total);
-        Ok(())
+        self.bytes += len;
+        (segment.file.clone(), segment.len)
     }
 
-    /// Drops the oldest segment; returns the last seq it held.
-    pub fn evict_oldest(&mut self, budget: &SpoolBudget) -> Option<u64> {
+    /// The writer put `file`'s bytes up to `end` on disk (a no-op when the segment was evicted).
+    pub fn mark_written(&mut self, file: &Arc<SegmentFile>, end: u64) {
+        if let Some(segment) = self
+            .segments
+            .iter_mut()
+            .find(|s| Arc::ptr_eq(&s.file, file))
+        {
+            segment.written = segment.written.max(end);
+        }
+    }
+
+    /// Drops the oldest segment and refunds it; returns the last seq it held and its file (whose
+    /// last handle the caller should let the writer thread close).
+    pub fn evict_oldest(&mut self, budget: &SpoolBudget) -> Option<(u64, Arc<SegmentFile>)> {
         let segment = self.segments.pop_front()?;
         self.bytes -= segment.len;
         budget.refund(segment.len);
-        Some(segment.last_seq)
-    }
-
-    /// Drops every segment; returns the last seq any of them held.
-    pub fn evict_all(&mut self, budget: &SpoolBudget) -> Option<u64> {
-        let mut last = None;
-        while let Some(seq) = self.evict_oldest(budget) {
-            last = Some(seq);
-        }
-        last
+        Some((segment.last_seq, segment.file))
     }
 
     /// Where to start reading for the first record with seq ≥ `seq`, if the spool holds it.
@@ -235,7 +279,7 @@ impl Spool {
         Some(SpoolRead {
             file: segment.file.clone(),
             offset,
-            end: segment.len,
+            end: segment.written,
         })
     }
 }
@@ -285,18 +329,22 @@ pub fn read_records(
     let mut gathered = 0usize;
     let mut last_seq = None;
     let mut offset = read.offset;
+    if read.end <= offset {
+        return Ok((records, None));
+    }
+    let file = read
+        .file
+        .get()
+        .ok_or_else(|| std::io::Error::other("spool segment has no file"))?;
     while offset < read.end && gathered < max_bytes {
         let want =
             ((read.end - offset) as usize).min(max_bytes.max(64 * 1024) + RECORD_HEADER_BYTES);
-        let mut chunk = crate::shared::sys::read_exact_at(&read.file, want, offset)?;
+        let mut chunk = crate::shared::sys::read_exact_at(file, want, offset)?;
         let (_, first_len, _) = parse_header(&chunk).ok_or_else(corrupt)?;
         if first_len + RECORD_HEADER_BYTES > chunk.len() {
             // A record larger than the chunk: read exactly it.
-            chunk = crate::shared::sys::read_exact_at(
-                &read.file,
-                RECORD_HEADER_BYTES + first_len,
-                offset,
-            )?;
+            chunk =
+                crate::shared::sys::read_exact_at(file, RECORD_HEADER_BYTES + first_len, offset)?;
         }
         let mut pos = 0;
         while pos + RECORD_HEADER_BYTES <= chunk.len() {
@@ -340,6 +388,20 @@ mod tests {
         }
     }
 
+    /// Reserves and writes a batch the way the journal and the writer thread do together.
+    fn spool_batch(spool: &mut Spool, budget: &SpoolBudget, batch: &[Record]) {
+        let len = spooled_len(batch);
+        assert!(budget.try_charge(len));
+        let (file, end) = spool.reserve(
+            budget.segment_bytes(),
+            batch[0].seq,
+            batch.last().unwrap().seq,
+            len,
+        );
+        file.append(budget.dir(), batch).unwrap();
+        spool.mark_written(&file, end);
+    }
+
     /// Records written in batches come back by seq, with their kind, from any starting seq.
     #[test]
     fn records_round_trip_from_any_seq() {
@@ -354,7 +416,7 @@ mod tests {
             .map(|i| record(i, kinds[i as usize % 3], format!("line {i}\n").as_bytes()))
             .collect();
         for batch in records.chunks(4) {
-            spool.append(&budget, batch.iter()).unwrap();
+            spool_batch(&mut spool, &budget, batch);
         }
         for from in 1..=30u64 {
             let mut got = Vec::new();
@@ -379,28 +441,40 @@ mod tests {
         assert!(spool.segments.len() > 1, "small segments roll over");
     }
 
-    /// Eviction drops whole segments and refunds the budget.
+    /// Reserved but unwritten bytes are invisible to readers.
+    #[test]
+    fn readers_see_only_written_bytes() {
+        let budget = budget(1 << 20);
+        let mut spool = Spool::default();
+        let batch = [record(1, RecordKind::Event, b"queued")];
+        assert!(budget.try_charge(spooled_len(&batch)));
+        spool.reserve(budget.segment_bytes(), 1, 1, spooled_len(&batch));
+        let read = spool.locate(1).unwrap();
+        assert_eq!(read.end, 0);
+        assert_eq!(read_records(&read, 1, 1024).unwrap().0.len(), 0);
+    }
+
+    /// Eviction drops whole segments and refunds the budget; the daemon-wide cap is never passed.
     #[test]
     fn eviction_refunds_the_budget() {
-        let budget = budget(10);
+        let budget = SpoolBudget::new(std::env::temp_dir(), 60, u64::MAX, 10);
         let mut spool = Spool::default();
-        spool
-            .append(
-                &budget,
-                [record(1, RecordKind::Event, b"aaaaaaaaaa")].iter(),
-            )
-            .unwrap();
-        spool
-            .append(
-                &budget,
-                [record(2, RecordKind::Event, b"bbbbbbbbbb")].iter(),
-            )
-            .unwrap();
+        spool_batch(
+            &mut spool,
+            &budget,
+            &[record(1, RecordKind::Event, b"aaaaaaaaaa")],
+        );
+        spool_batch(
+            &mut spool,
+            &budget,
+            &[record(2, RecordKind::Event, b"bbbbbbbbbb")],
+        );
         assert_eq!(budget.used_bytes(), 52);
-        assert_eq!(spool.evict_oldest(&budget), Some(1));
-        assert_eq!(spool.first_seq(), Some(2));
+        assert!(!budget.try_charge(26), "over the total cap");
+        assert_eq!(spool.evict_oldest(&budget).map(|(last, _)| last), Some(1));
+        assert_eq!(spool.oldest_last_seq(), Some(2));
         assert_eq!(budget.used_bytes(), 26);
-        assert_eq!(spool.evict_all(&budget), Some(2));
+        assert_eq!(spool.evict_oldest(&budget).map(|(last, _)| last), Some(2));
         assert_eq!(budget.used_bytes(), 0);
     }
 }
