@@ -109,6 +109,17 @@ pub async fn replay(
     response
 }
 
+/// `GET /v1/sessions/:id/exec`: the session's live and retained execs, as runnerd lists them.
+pub async fn list(spawner: &Spawner, id: &str) -> HttpResponse {
+    let Some(entry) = spawner.lookup(id).await else {
+        return not_found();
+    };
+    match entry.runnerd.list_execs().await {
+        Ok(reply) => ok(&reply),
+        Err(err) => lost_or_upstream(spawner, id, err).await,
+    }
+}
+
 pub async fn cancel(spawner: &Spawner, id: &str, exec_id: &str) -> HttpResponse {
     let Some(entry) = spawner.lookup(id).await else {
         return not_found();
