@@ -51,6 +51,9 @@ pub async fn run(
     } else {
         Method::GET
     };
+    // Registered before the request, so a Ctrl-C from the moment the id is printed detaches.
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|e| CliError::local(format!("cannot watch for Ctrl-C: {e}")))?;
     let response = client.send(method, path, body).await?;
     let status = response.status().as_u16();
     let mut stream = response.into_body();
@@ -87,12 +90,10 @@ pub async fn run(
     };
     let mut parser = SseParser::default();
     let mut last_seq = 0;
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
     let outcome = loop {
         let frame = tokio::select! {
             frame = stream.frame() => frame,
-            _ = &mut ctrl_c => {
+            _ = interrupt.recv() => {
                 eprintln!(
                     "\ntale session: detached; exec {} keeps running in session {}; {} (stop it: tale session cancel {} {})",
                     target.exec_id, target.session, target.resume_hint(last_seq), target.session, target.exec_id
