@@ -106,9 +106,9 @@ case "${1:-}" in
   fi
   # The static binary serves as both spawner and runnerd (the compose path builds the same one).
   [ -n "${TALE_BIN:-}" ] || step "build the static binary" scripts/build-static.sh
-  log="$state/logs/spawner.log"
+  spawner_log="$state/logs/spawner.log"
   SANDBOX_BACKEND=local SANDBOX_HOST_SESSION_ROOT=$state/sessions \
-    "$static_bin" spawner --listen "127.0.0.1:$port" >"$log" 2>&1 &
+    "$static_bin" spawner --listen "127.0.0.1:$port" >"$spawner_log" 2>&1 &
   pid=$!
   cleanup() {
     trap - EXIT INT TERM
@@ -120,12 +120,12 @@ case "${1:-}" in
   trap 'exit 130' INT TERM
   wait_for_spawner() {
     for _ in $(seq 1 100); do
-      kill -0 "$pid" 2>/dev/null || { echo "the spawner exited:"; cat "$log"; return 1; }
+      kill -0 "$pid" 2>/dev/null || { echo "the spawner exited:"; cat "$spawner_log"; return 1; }
       # Healthy and still ours (a spawner that could not listen has exited).
-      curl -fsS "$TALE_SPAWNER_URL/health" >/dev/null 2>&1 && sleep 0.2 && kill -0 "$pid" 2>/dev/null && return 0
+      curl -fsS --max-time 2 "$TALE_SPAWNER_URL/health" >/dev/null 2>&1 && sleep 0.2 && kill -0 "$pid" 2>/dev/null && return 0
       sleep 0.1
     done
-    echo "the spawner did not answer within 10 s:"; cat "$log"; return 1
+    echo "the spawner did not answer within 10 s:"; cat "$spawner_log"; return 1
   }
   step "start the spawner on 127.0.0.1:$port" wait_for_spawner
   step "create session demo" "$static_bin" session --json create demo --org quickstart
