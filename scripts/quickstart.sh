@@ -35,7 +35,9 @@ step() {
   started=$SECONDS
   printf '%-44s ' "$name"
   # Long stages (the static build takes minutes) show that they are alive.
-  ( while sleep 30; do printf '[%ss] ' $((SECONDS - started)); done ) &
+  # (Its sleep is killed with it, so it holds no pipe open after the stage.)
+  ( trap 'kill $nap 2>/dev/null; exit 0' TERM
+    while :; do sleep 30 & nap=$!; wait $nap; printf '[%ss] ' $((SECONDS - started)); done ) &
   ticker=$!
   status=0
   "$@" >"$log" 2>&1 || status=$?
