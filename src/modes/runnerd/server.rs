@@ -10,9 +10,9 @@ use crate::shared::http::{
     constant_time_eq, error, json, query_param, read_body, BodyError, HttpResponse,
 };
 use crate::shared::protocol::runnerd::{
-    is_valid_id, CancelReply, CredentialReply, DeleteRequest, EnvPatch, EnvReply, ExecRequestWire,
-    ExecStatus, ExecStatusState, GitCredentialGrant, HealthReport, StageRequest, StdinReply,
-    StdinRequest, TOKEN_HEADER,
+    is_valid_id, CancelReply, CredentialReply, DeleteRequest, EnvPatch, EnvReply, ExecList,
+    ExecRequestWire, ExecStatus, ExecStatusState, ExecSummary, GitCredentialGrant, HealthReport,
+    StageRequest, StdinReply, StdinRequest, TOKEN_HEADER,
 };
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -36,6 +36,7 @@ pub async fn handle(daemon: Arc<Daemon>, request: Request<Incoming>) -> HttpResp
     match (&method, segments.as_slice()) {
         (&Method::GET, ["healthz"]) => health(&daemon).await,
         (&Method::POST, ["execs"]) => exec(daemon, request).await,
+        (&Method::GET, ["execs"]) => list_execs(&daemon),
         (&Method::GET, ["execs", id, "attach"]) if is_valid_id(id) => attach(&daemon, id, &request),
         (&Method::POST, ["execs", id, "cancel"]) if is_valid_id(id) => cancel(&daemon, id),
         (&Method::POST, ["execs", id, "stdin"]) if is_valid_id(id) => {
@@ -196,6 +197,29 @@ fn attach(daemon: &Daemon, id: &str, request: &Request<Incoming>) -> HttpRespons
     };
     exec.rearm_deadline();
     ndjson_stream(exec.journal.cursor(since_seq))
+}
+
+/// `GET /execs` (tale, additive): live and retained execs with their state.
+fn list_execs(daemon: &Daemon) -> HttpResponse {
+    let execs = daemon
+        .execs
+        .all()
+        .iter()
+        .map(|exec| {
+            let (state, exit_code) = match exec.status() {
+                ExecStatusState::Running { .. } => ("running", None),
+                ExecStatusState::Exited { exit_code } => ("exited", exit_code),
+                ExecStatusState::Gone {} => ("gone", None),
+            };
+            ExecSummary {
+                exec_id: exec.id.clone(),
+                state: state.to_owned(),
+                started_at_ms: exec.started_at_ms,
+                exit_code,
+            }
+        })
+        .collect();
+    json(StatusCode::OK, &ExecList { execs })
 }
 
 fn cancel(daemon: &Daemon, id: &str) -> HttpResponse {

@@ -1,35 +1,50 @@
 //! `tale session …`: operator one-liners against a spawner, every request HMAC-signed with
-//! `SANDBOX_TOKEN` (from the environment or `--token-file`). `exec` streams the command's output to
-//! this terminal and exits with the command's exit code.
+//! `SANDBOX_TOKEN` (from the environment or `--token-file`). People get tables, scripts get JSON;
+//! `exec` streams the command's output to this terminal and exits with the command's exit code.
+mod client;
+mod render;
+mod stdin;
+mod stream;
+
 use crate::shared::clock::now_ms;
-use crate::shared::hmac::SignedHeaders;
-use crate::shared::sse::SseParser;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::{Method, Request};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use client::{check_id, parse_base_url, refusal, session_missing, CliError, SpawnerClient};
+use hyper::Method;
+use render::Format;
 use serde_json::{json, Value};
-use std::io::Write;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use stdin::StdinPlan;
+use stream::Target;
 
-/// Exit code when the CLI itself fails (as opposed to the remote command).
+/// Exit code when the CLI itself fails (bad flags or configuration, spawner unreachable).
 pub const CLI_FAILURE: u8 = 125;
+/// Exit code when the spawner refused (401, unknown session or exec, bad request).
+pub const REFUSED: u8 = 1;
 
 /// Flags shared by every `tale session` command.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Spawner base URL.
+    /// Spawner base URL (http://HOST[:PORT]).
     #[arg(
         long,
         env = "TALE_SPAWNER_URL",
         default_value = "http://127.0.0.1:8003"
     )]
     pub url: String,
-    /// File holding SANDBOX_TOKEN (else the SANDBOX_TOKEN environment variable; none = unsigned).
+    /// File holding the spawner's SANDBOX_TOKEN (else the SANDBOX_TOKEN environment variable; one
+    /// of the two is required unless --unsigned).
     #[arg(long, env = "TALE_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// Send unsigned requests (only a spawner started without SANDBOX_TOKEN accepts them).
+    #[arg(long, conflicts_with = "token_file")]
+    pub unsigned: bool,
+    /// Print replies as JSON (the default when stdout is not a terminal).
+    #[arg(long, global = true, conflicts_with = "table")]
+    pub json: bool,
+    /// Print replies as tables (the default on a terminal).
+    #[arg(long, global = true)]
+    pub table: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -54,7 +69,11 @@ pub enum Command {
     },
     /// Show one session.
     Get { id: String },
-    /// Run a shell command line (or, after `--`, an argv) and stream its output.
+    /// List a session's execs (running and recently finished).
+    Execs { id: String },
+    /// Run a command in a session and stream its output: `exec ID 'shell line'`, or
+    /// `exec ID --argv -- PROGRAM ARG…`. Prints the exec id on stderr; Ctrl-C detaches (the exec
+    /// keeps running; `attach` resumes).
     Exec {
         id: String,
         /// Exec id [default: a fresh one].
@@ -64,189 +83,206 @@ pub enum Command {
         cwd: Option<String>,
         #[arg(long)]
         timeout_ms: Option<u64>,
-        /// Run as argv instead of a shell line.
+        /// Run the words as an argv (no shell); a missing program exits 127.
         #[arg(long)]
         argv: bool,
+        /// Forward stdin: piped input is sent whole (up to 2 MiB, any bytes); from a terminal each
+        /// line is sent as typed and must be one JSON line (raw keystrokes need terminal support).
+        #[arg(short, long)]
+        interactive: bool,
+        /// The shell line (its words are joined by spaces), or with --argv the program and its
+        /// arguments; put `--` before words that start with `-`.
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
     },
-    /// Re-attach to an exec and stream the rest of its output.
+    /// Re-attach to an exec and stream its output (from the start, or after --since-seq).
     Attach {
         id: String,
         exec_id: String,
         #[arg(long, default_value_t = 0)]
         since_seq: u64,
     },
-    /// Cancel an exec.
+    /// Cancel a running exec (exits 1 when it is unknown or already finished).
     Cancel { id: String, exec_id: String },
-    /// Destroy a session and its workspace.
+    /// Destroy a session and its workspace (exits 1 when it does not exist).
     Rm { id: String },
 }
 
-struct SpawnerClient {
-    base: String,
-    token: Option<Vec<u8>>,
-    http: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
-}
-
-impl SpawnerClient {
-    async fn send(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<&Value>,
-    ) -> Result<hyper::Response<hyper::body::Incoming>, String> {
-        let bytes = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
-        let mut builder = Request::builder()
-            .method(method.clone())
-            .uri(format!("{}{path}", self.base.trim_end_matches('/')));
-        if let Some(token) = &self.token {
-            let signed = SignedHeaders::new(token, method.as_str(), path, &bytes, now_ms());
-            builder = signed.apply(builder);
-        }
-        if body.is_some() {
-            builder = builder.header("content-type", "application/json");
-        }
-        let request = builder
-            .body(Full::new(Bytes::from(bytes)))
-            .map_err(|e| e.to_string())?;
-        self.http
-            .request(request)
-            .await
-            .map_err(|e| format!("cannot reach the spawner at {}: {e}", self.base))
+fn token(args: &Args) -> Result<Option<Vec<u8>>, CliError> {
+    if args.unsigned {
+        return Ok(None);
     }
-
-    async fn json(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<&Value>,
-    ) -> Result<(u16, Value), String> {
-        let response = self.send(method, path, body).await?;
-        let status = response.status().as_u16();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        Ok((
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        ))
+    if let Some(file) = &args.token_file {
+        let text = std::fs::read_to_string(file).map_err(|err| {
+            CliError::local(format!(
+                "cannot read --token-file {}: {err}",
+                file.display()
+            ))
+        })?;
+        if text.trim().is_empty() {
+            return Err(CliError::local(format!(
+                "--token-file {} is empty",
+                file.display()
+            )));
+        }
+        return Ok(Some(text.trim().as_bytes().to_vec()));
     }
-}
-
-fn fail(message: impl std::fmt::Display) -> ExitCode {
-    eprintln!("tale session: {message}");
-    ExitCode::from(CLI_FAILURE)
-}
-
-fn print_json(status: u16, value: &Value) -> ExitCode {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(value).unwrap_or_default()
-    );
-    if (200..300).contains(&status) {
-        ExitCode::SUCCESS
-    } else {
-        eprintln!("tale session: the spawner answered {status}");
-        ExitCode::from(1)
+    match std::env::var("SANDBOX_TOKEN") {
+        Ok(token) if !token.is_empty() => Ok(Some(token.into_bytes())),
+        _ => Err(CliError::local(
+            "SANDBOX_TOKEN is not set: export SANDBOX_TOKEN=<the spawner's token> or pass \
+             --token-file FILE (--unsigned for a spawner started without a token)",
+        )),
     }
 }
 
 /// Runs one CLI command.
 pub fn run(args: Args) -> ExitCode {
-    let token = match (&args.token_file, std::env::var("SANDBOX_TOKEN")) {
-        (Some(file), _) => match std::fs::read_to_string(file) {
-            Ok(text) => Some(text.trim().as_bytes().to_vec()),
-            Err(err) => return fail(format!("cannot read {}: {err}", file.display())),
-        },
-        (None, Ok(token)) if !token.is_empty() => Some(token.into_bytes()),
-        _ => None,
+    let format = if args.json {
+        Format::Json
+    } else if args.table || std::io::stdout().is_terminal() {
+        Format::Table
+    } else {
+        Format::Json
+    };
+    let setup = token(&args).and_then(|token| Ok((token, parse_base_url(&args.url)?)));
+    let (token, base) = match setup {
+        Ok(setup) => setup,
+        Err(err) => return fail(err),
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
         Ok(runtime) => runtime,
-        Err(err) => return fail(err),
+        Err(err) => return fail(CliError::local(err.to_string())),
     };
-    runtime.block_on(async move {
-        let client = SpawnerClient {
-            base: args.url.clone(),
-            token,
-            http: Client::builder(TokioExecutor::new()).build_http(),
-        };
-        match execute(&client, args.command).await {
-            Ok(code) => code,
-            Err(message) => fail(message),
-        }
-    })
+    let client = SpawnerClient::new(base, token);
+    let outcome = runtime.block_on(execute(&client, args.command, format));
+    // A stdin reader may still be blocked on the terminal: do not wait for it.
+    runtime.shutdown_background();
+    outcome.unwrap_or_else(fail)
 }
 
-async fn execute(client: &SpawnerClient, command: Command) -> Result<ExitCode, String> {
-    Ok(match command {
+fn fail(err: CliError) -> ExitCode {
+    eprintln!("tale session: {}", err.message);
+    ExitCode::from(err.code)
+}
+
+/// Prints a 2xx reply (JSON, or `human` on a terminal); a refusal becomes an error.
+fn show(
+    reply: client::Reply,
+    format: Format,
+    session: Option<&str>,
+    human: impl FnOnce(&Value) -> String,
+) -> Result<ExitCode, CliError> {
+    match (reply.status, session) {
+        (200..=299, _) => {}
+        (404, Some(id)) => return Err(session_missing(id)),
+        (status, _) => return Err(refusal(status, &reply.body)),
+    }
+    match format {
+        Format::Json => render::print_json(&reply.body),
+        Format::Table => render::print_text(&human(&reply.body)),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn execute(
+    client: &SpawnerClient,
+    command: Command,
+    format: Format,
+) -> Result<ExitCode, CliError> {
+    // Relative times are taken after the reply, so nothing the spawner just made is "in the future".
+    let now = now_ms;
+    match command {
         Command::Create {
             id,
             org,
             profile,
             env,
         } => {
+            check_id("session", &id)?;
             let env: serde_json::Map<String, Value> = env
                 .iter()
                 .map(|pair| {
                     pair.split_once('=')
                         .map(|(k, v)| (k.to_owned(), Value::String(v.to_owned())))
-                        .ok_or(format!("--env {pair}: expected NAME=VALUE"))
+                        .ok_or(CliError::local(format!(
+                            "--env {pair}: expected NAME=VALUE"
+                        )))
                 })
                 .collect::<Result<_, _>>()?;
             let body =
                 json!({"sessionId": id, "organizationId": org, "profile": profile, "env": env});
-            let (status, value) = client
+            let reply = client
                 .json(Method::POST, "/v1/sessions", Some(&body))
                 .await?;
-            print_json(status, &value)
+            show(reply, format, None, |v| {
+                render::session_detail(&v["session"], now())
+            })
         }
         Command::Ls { org } => {
             let path = match org {
-                Some(org) => format!("/v1/sessions?organizationId={org}"),
+                Some(org) => format!(
+                    "/v1/sessions?organizationId={}",
+                    form_urlencoded::byte_serialize(org.as_bytes()).collect::<String>()
+                ),
                 None => "/v1/sessions".into(),
             };
-            let (status, value) = client.json(Method::GET, &path, None).await?;
-            print_json(status, &value)
+            let reply = client.json(Method::GET, &path, None).await?;
+            show(reply, format, None, |v| render::sessions_table(v, now()))
         }
         Command::Get { id } => {
-            let (status, value) = client
+            check_id("session", &id)?;
+            let reply = client
                 .json(Method::GET, &format!("/v1/sessions/{id}"), None)
                 .await?;
-            print_json(status, &value)
+            show(reply, format, Some(&id), |v| {
+                render::session_detail(&v["session"], now())
+            })
+        }
+        Command::Execs { id } => {
+            check_id("session", &id)?;
+            let reply = client
+                .json(Method::GET, &format!("/v1/sessions/{id}/exec"), None)
+                .await?;
+            show(reply, format, Some(&id), |v| render::execs_table(v, now()))
         }
         Command::Rm { id } => {
-            let (status, value) = client
+            check_id("session", &id)?;
+            let reply = client
                 .json(Method::DELETE, &format!("/v1/sessions/{id}"), None)
                 .await?;
-            print_json(status, &value)
+            if reply.status == 200 && reply.body["destroyed"] == json!(false) {
+                return Err(match (&reply.body["busy"], reply.body["error"].as_str()) {
+                    (Value::Bool(true), _) => CliError::refused(format!(
+                        "session {id:?} is busy and was not removed; try again"
+                    )),
+                    (_, Some(error)) => {
+                        CliError::refused(format!("session {id:?} was not removed: {error}"))
+                    }
+                    _ => session_missing(&id),
+                });
+            }
+            show(reply, format, Some(&id), |_| {
+                format!("removed session {id}\n")
+            })
         }
-        Command::Cancel { id, exec_id } => {
-            let (status, value) = client
-                .json(
-                    Method::POST,
-                    &format!("/v1/sessions/{id}/exec/{exec_id}/cancel"),
-                    None,
-                )
-                .await?;
-            print_json(status, &value)
-        }
+        Command::Cancel { id, exec_id } => cancel(client, &id, &exec_id, format).await,
         Command::Exec {
             id,
             exec_id,
             cwd,
             timeout_ms,
             argv,
+            interactive,
             command,
         } => {
+            check_id("session", &id)?;
             let exec_id = exec_id.unwrap_or_else(|| format!("cli-{}", now_ms()));
+            check_id("exec", &exec_id)?;
+            let stdin = StdinPlan::from_process(interactive)?;
             let mut body = json!({"execId": exec_id, "collectOutput": false});
             let map = body.as_object_mut().expect("an object");
             if argv {
@@ -260,94 +296,68 @@ async fn execute(client: &SpawnerClient, command: Command) -> Result<ExitCode, S
             if let Some(timeout) = timeout_ms {
                 map.insert("timeoutMs".into(), json!(timeout));
             }
-            let response = client
-                .send(
-                    Method::POST,
-                    &format!("/v1/sessions/{id}/exec"),
-                    Some(&body),
-                )
-                .await?;
-            stream(response, &exec_id).await?
+            stdin.apply(map);
+            let target = Target {
+                session: &id,
+                exec_id: &exec_id,
+                program: argv.then(|| command[0].as_str()),
+            };
+            let path = format!("/v1/sessions/{id}/exec");
+            stream::run(client, &path, Some(&body), target, stdin).await
         }
         Command::Attach {
             id,
             exec_id,
             since_seq,
         } => {
-            let response = client
-                .send(
-                    Method::GET,
-                    &format!("/v1/sessions/{id}/exec/{exec_id}/attach?sinceSeq={since_seq}"),
-                    None,
-                )
-                .await?;
-            stream(response, &exec_id).await?
+            check_id("session", &id)?;
+            check_id("exec", &exec_id)?;
+            let path = format!("/v1/sessions/{id}/exec/{exec_id}/attach?sinceSeq={since_seq}");
+            let target = Target {
+                session: &id,
+                exec_id: &exec_id,
+                program: None,
+            };
+            stream::run(client, &path, None, target, StdinPlan::Closed).await
         }
-    })
+    }
 }
 
-/// Prints an exec's SSE stream; returns the command's exit code.
-async fn stream(
-    response: hyper::Response<hyper::body::Incoming>,
+/// Cancels a running exec; an unknown or finished one is an error that says which.
+async fn cancel(
+    client: &SpawnerClient,
+    id: &str,
     exec_id: &str,
-) -> Result<ExitCode, String> {
-    let status = response.status().as_u16();
-    let mut body = response.into_body();
-    if status != 200 {
-        let bytes = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
-        return Err(format!(
-            "the spawner answered {status}: {}",
-            String::from_utf8_lossy(&bytes)
-        ));
+    format: Format,
+) -> Result<ExitCode, CliError> {
+    check_id("session", id)?;
+    check_id("exec", exec_id)?;
+    let reply = client
+        .json(
+            Method::POST,
+            &format!("/v1/sessions/{id}/exec/{exec_id}/cancel"),
+            None,
+        )
+        .await?;
+    if reply.status == 200 && reply.body["killed"] == json!(false) {
+        let status = client
+            .json(
+                Method::GET,
+                &format!("/v1/sessions/{id}/exec/{exec_id}"),
+                None,
+            )
+            .await?;
+        return Err(CliError::refused(match status.body["state"].as_str() {
+            Some("exited") => format!(
+                "exec {exec_id:?} had already finished (exit code {})",
+                status.body["exitCode"]
+            ),
+            _ => format!(
+                "exec {exec_id:?} not found in session {id:?} (list its execs with `tale session execs {id}`)"
+            ),
+        }));
     }
-    let mut parser = SseParser::default();
-    let mut last_seq = 0;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| format!("stream broke after seq {last_seq}; resume with `tale session attach <id> {exec_id} --since-seq {last_seq}`: {e}"))?;
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        for event in parser.feed(&data) {
-            let value: Value = serde_json::from_str(&event.data).unwrap_or(Value::Null);
-            if let Some(seq) = value.get("seq").and_then(Value::as_u64) {
-                last_seq = seq;
-            }
-            match event.event.as_str() {
-                "stdout" => {
-                    let mut out = std::io::stdout().lock();
-                    let _ = out.write_all(value["text"].as_str().unwrap_or("").as_bytes());
-                    let _ = out.flush();
-                }
-                "stderr" => {
-                    let _ = std::io::stderr()
-                        .write_all(value["text"].as_str().unwrap_or("").as_bytes());
-                }
-                "gap" => eprintln!(
-                    "tale session: output {}..{} was lost (beyond the replay budget)",
-                    value["fromSeq"], value["toSeq"]
-                ),
-                "error" => {
-                    return Err(value["message"]
-                        .as_str()
-                        .unwrap_or("stream error")
-                        .to_owned())
-                }
-                "result" => {
-                    if let Some(message) = value["errorMessage"].as_str() {
-                        eprintln!(
-                            "tale session: {} ({})",
-                            message,
-                            value["errorCode"].as_str().unwrap_or("")
-                        );
-                    }
-                    return Ok(match value["exitCode"].as_i64() {
-                        Some(code) => ExitCode::from((code & 0xff) as u8),
-                        None => ExitCode::from(CLI_FAILURE),
-                    });
-                }
-                _ => {}
-            }
-        }
-    }
-    Err(format!("the stream ended without a result; resume with `tale session attach <id> {exec_id} --since-seq {last_seq}`"))
+    show(reply, format, Some(id), |_| {
+        format!("cancelled exec {exec_id}\n")
+    })
 }

@@ -7,8 +7,8 @@ use super::limits::{
 use crate::shared::ndjson::NdjsonLines;
 use crate::shared::protocol::runnerd::{
     CancelReply, CredentialReply, DeleteReply, DeleteRequest, EnvPatch, EnvReply, ExecEvent,
-    ExecRequest, ExecStatus, GitCredentialGrant, HealthReport, ListReply, StageReply, StdinReply,
-    StdinRequest, TOKEN_HEADER,
+    ExecList, ExecRequest, ExecStatus, GitCredentialGrant, HealthReport, ListReply, StageReply,
+    StdinReply, StdinRequest, TOKEN_HEADER,
 };
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -203,6 +203,12 @@ impl RunnerdClient {
     ) -> Result<StdinReply, RunnerdError> {
         let path = format!("/execs/{exec_id}/stdin");
         self.call_ok(Method::POST, &path, Some(body)).await
+    }
+
+    /// Live and retained execs (`GET /execs`).
+    pub async fn list_execs(&self) -> Result<ExecList, RunnerdError> {
+        let none: Option<&()> = None;
+        self.call_ok(Method::GET, "/execs", none).await
     }
 
     /// Exec status; runnerd's 404 `gone` comes back as `Ok` with status 404.

@@ -263,6 +263,24 @@ pub struct ExecStatus {
     pub state: ExecStatusState,
 }
 
+/// One entry of `GET /execs` (tale, additive): a live or retained exec.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecSummary {
+    pub exec_id: String,
+    /// `running` or `exited`.
+    pub state: String,
+    pub started_at_ms: u64,
+    /// The exit code once exited (`null` while running or when killed by a signal).
+    pub exit_code: Option<i32>,
+}
+
+/// `GET /execs` reply: live and retained execs, oldest start first.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ExecList {
+    pub execs: Vec<ExecSummary>,
+}
+
 /// `POST /execs/:id/stdin` body.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct StdinRequest {

@@ -327,6 +327,21 @@ impl ExecTable {
             .or_else(|| tables.retained.iter().rev().find(|e| e.id == id).cloned())
     }
 
+    /// Every live and retained exec, oldest start first (`GET /execs`).
+    pub fn all(&self) -> Vec<Arc<Exec>> {
+        let tables = self.tables();
+        let mut all: Vec<Arc<Exec>> = tables.live.values().cloned().collect();
+        all.extend(
+            tables
+                .retained
+                .iter()
+                .filter(|e| !tables.live.contains_key(&e.id))
+                .cloned(),
+        );
+        all.sort_by_key(|e| e.started_at_ms);
+        all
+    }
+
     /// Stops accepting execs and returns the live ones (shutdown).
     pub fn close(&self) -> Vec<Arc<Exec>> {
         let mut tables = self.tables();

@@ -1,8 +1,8 @@
 //! The one error envelope of the spawner's API: `{error: <code>, message?}` with a status. Every
 //! route refuses through [`ApiError`]; runnerd, backend and validation errors convert into it.
 use crate::modes::spawner::backend::BackendError;
-use crate::shared::http::{json, HttpResponse};
 use crate::modes::spawner::runnerd_client::RunnerdError;
+use crate::shared::http::{json, HttpResponse};
 use hyper::header::{HeaderValue, RETRY_AFTER};
 use hyper::StatusCode;
 use serde::Serialize;

@@ -106,6 +106,15 @@ pub async fn replay(
     Ok(response)
 }
 
+/// `GET /v1/sessions/:id/exec`: the session's live and retained execs, as runnerd lists them.
+pub async fn list(spawner: &Spawner, id: &str) -> Reply {
+    let entry = spawner.lookup(id).await.ok_or_else(not_found)?;
+    match entry.runnerd.list_execs().await {
+        Ok(reply) => Ok(ok(&reply)),
+        Err(err) => Err(lost_or_upstream(spawner, id, err).await),
+    }
+}
+
 pub async fn cancel(spawner: &Spawner, id: &str, exec_id: &str) -> Reply {
     let entry = spawner.lookup(id).await.ok_or_else(not_found)?;
     match entry.runnerd.cancel(exec_id).await {

@@ -1,8 +1,8 @@
 //! File routes. A lost session answers 502 `upstream_error` here, never 404: 404 means "no such path".
 use super::{bad_request, not_found, ok, ApiError, ApiRequest, Reply};
+use crate::modes::spawner::runnerd_client::RunnerdError;
 use crate::modes::spawner::state::Spawner;
 use crate::shared::protocol::runnerd::DeleteRequest;
-use crate::modes::spawner::runnerd_client::RunnerdError;
 
 /// A runnerd error of a file route: a 400 is the caller's input, everything else 502 (after
 /// evicting a session whose compute is gone).

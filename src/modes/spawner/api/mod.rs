@@ -233,6 +233,7 @@ async fn session_route(
         (&M::PATCH, ["env"]) => sessions::patch_env(&spawner, id, request).await,
         (&M::PATCH, ["pin"]) => sessions::pin(&spawner, id, request).await,
         (&M::POST, ["exec"]) => exec::start(spawner, id, request).await,
+        (&M::GET, ["exec"]) => exec::list(&spawner, id).await,
         (&M::POST, ["exec", exec_id, "cancel"]) if is_valid_id(exec_id) => {
             exec::cancel(&spawner, id, exec_id).await
         }
