@@ -455,7 +455,6 @@ impl JournalBudget {
 mod tests {
     use super::*;
     use crate::shared::protocol::runnerd::ExecEvent;
-    use base64::Engine;
 
     fn budget(total: u64, per_exec: u64, segment: u64) -> Arc<JournalBudget> {
         JournalBudget::new(SpoolBudget::new(
@@ -489,9 +488,7 @@ mod tests {
             .iter()
             .map(|e| match e {
                 ExecEvent::Stdout { b64, seq } => {
-                    let text = base64::engine::general_purpose::STANDARD
-                        .decode(b64)
-                        .unwrap();
+                    let text = base64_simd::STANDARD.decode_to_vec(b64).unwrap();
                     format!("{seq}:{}", String::from_utf8(text).unwrap())
                 }
                 ExecEvent::Gap { from_seq, to_seq } => format!("gap {from_seq}-{to_seq}"),
