@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use tale::modes::runnerd::exec::output::{write_output_line, OutputStream};
 use tale::shared::ndjson::NdjsonLines;
 
+#[path = "runnerd/memory.rs"]
 mod memory;
 
 const TOKEN: &str = "bench-token";
