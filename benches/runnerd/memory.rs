@@ -100,6 +100,9 @@ async fn live_execs(http: &Http, port: u16) -> u64 {
 
 /// The memory rows of the runnerd table.
 pub async fn report(http: &Http, binary: &str) -> Vec<String> {
+    // A binary written moments ago has dirty page-cache pages, which smaps counts as Private_Dirty
+    // of every process mapping them until writeback: flush them first.
+    std::fs::File::open(binary).unwrap().sync_all().unwrap();
     let daemon = Daemon::start(&["--exec-user", "0:0", "--max-live-execs", "1100"]);
     let pid = daemon.child.id();
     // The first request has been answered: runnerd is up and idle.
