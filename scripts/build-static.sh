@@ -20,7 +20,7 @@ if cargo tree --locked --target all -e normal,build 2>/dev/null | grep -E "aws-l
   exit 1
 fi
 cargo build --locked --profile "$profile" --target "$target" "$@" >&2
-bin=target/$target/$profile/tale
+bin=${CARGO_TARGET_DIR:-target}/$target/$profile/tale
 file "$bin" >&2 2>/dev/null || true
 ls -l "$bin" >&2
 echo "$bin"
