@@ -5,18 +5,18 @@
 #   docker build --target spawner -t tale-sandbox:latest .
 #   docker build --target egress  -t tale-sandbox-egress:latest .
 #   docker build --target runtime -t tale-sandbox-runtime:latest .
-ARG RUST_IMAGE=rust:1-bookworm
+ARG RUST_IMAGE=rust:1.95-bookworm
 ARG DEBIAN_IMAGE=debian:bookworm-slim
 
 # --- builder: the static musl binary (or the prebuilt one in dist/tale when present) -------------
+# One `cargo build --locked --release` (scripts/build-static.sh) with rust-toolchain.toml's
+# toolchain, which rustup installs on first use; the only package it needs is musl-tools.
 FROM ${RUST_IMAGE} AS builder
 WORKDIR /src
 COPY . .
 RUN mkdir -p dist && if [ -x dist/tale ]; then cp dist/tale /tale; \
-    else apt-get update && apt-get install -y --no-install-recommends musl-tools valgrind curl python3 file \
-      && rustup target add x86_64-unknown-linux-musl \
-      && scripts/build-static.sh \
-      && cp target/x86_64-unknown-linux-musl/release/tale /tale; fi
+    else apt-get update && apt-get install -y --no-install-recommends musl-tools \
+      && cp "$(TALE_PROFILE=release scripts/build-static.sh | tail -1)" /tale; fi
 
 FROM ${DEBIAN_IMAGE} AS certs
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates && rm -rf /var/lib/apt/lists/*

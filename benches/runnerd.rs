@@ -2,7 +2,8 @@
 //! through the NDJSON stream vs a raw pipe and vs the same work with no daemon, a reader throttled
 //! far below the producer (every byte must arrive), and 1000 concurrent live execs.
 //!
-//! Run: `scripts/bench.sh runnerd` (builds the static release binary, then `cargo bench --bench runnerd`).
+//! Run: `scripts/bench.sh runnerd` (builds the static release binary, then `cargo bench --bench runnerd`);
+//! `scripts/bench.sh runnerd memory` prints the memory rows only (`memory.rs`).
 //! `TALE_BIN` picks the binary (default: the static release build).
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -15,6 +16,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tale::modes::runnerd::exec::record::{write_output_line, OutputStream};
 use tale::shared::ndjson::NdjsonLines;
+
+#[path = "runnerd/memory.rs"]
+mod memory;
 
 const TOKEN: &str = "bench-token";
 const ROUND_TRIPS: usize = 500;
@@ -274,6 +278,10 @@ async fn main() {
     let mut report = Vec::new();
     let http: Http = Client::builder(TokioExecutor::new()).build_http();
     println!("binary: {}", binary());
+    if std::env::args().any(|a| a == "memory") {
+        println!("{}", memory::report(&http, &binary()).await.join("\n"));
+        return;
+    }
 
     // The spool is sized to hold the whole throughput run, as in the figures before backpressure
     // (then, past the default 64 MiB, a lagging reader got a gap): A/B runs against older binaries
@@ -472,6 +480,8 @@ async fn main() {
         (peak_rss.saturating_sub(base)) as f64 / CONCURRENT_EXECS as f64
     ));
     drop(daemon);
+
+    report.extend(memory::report(&http, &binary()).await);
 
     let table = format!(
         "| measure | result | target |\n|---|---|---|\n{}\n",

@@ -3,7 +3,8 @@
 #   scripts/build-images.sh [TARGET...]           public bases (needs a registry)
 #   scripts/build-images.sh --local [TARGET...]   no registry: a debootstrapped Debian imported with
 #                                                 `docker import` as every base, and the prebuilt
-#                                                 static binary (scripts/build-static.sh) in dist/.
+#                                                 static binary (scripts/build-static.sh;
+#                                                 TALE_PROFILE picks its cargo profile) in dist/.
 # TARGETs: spawner egress runtime (default: spawner egress).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,8 +23,8 @@ if [ $local_mode = 1 ]; then
     tar -C "$root" -c . | docker import - "$base" >/dev/null
     rm -rf "$root"
   fi
-  scripts/build-static.sh >/dev/null
-  mkdir -p dist && cp target/x86_64-unknown-linux-musl/release/tale dist/tale
+  bin=$(scripts/build-static.sh | tail -1)
+  mkdir -p dist && cp "$bin" dist/tale
   # Behind a TLS-inspecting proxy the host trusts a CA the image does not: hand it to npm.
   if [ -f /etc/ssl/certs/ca-certificates.crt ]; then cp /etc/ssl/certs/ca-certificates.crt dist/extra-ca.crt; fi
   args+=(--build-arg "RUST_IMAGE=$base" --build-arg "DEBIAN_IMAGE=$base")

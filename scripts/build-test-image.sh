@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Builds the session test image (default tag tale-test-runtime:latest) without any registry:
 # FROM scratch + Debian's busybox-static + the static tale binary, runnerd as the entrypoint.
-# Usage: scripts/build-test-image.sh [TAG]   (TALE_BIN overrides the binary to copy)
+# Usage: scripts/build-test-image.sh [TAG]   (TALE_BIN overrides the binary to copy; TALE_PROFILE
+# picks the cargo profile of the one built otherwise, default release)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tag=${1:-tale-test-runtime:latest}
-bin=${TALE_BIN:-target/x86_64-unknown-linux-musl/release/tale}
-if [ -z "${TALE_BIN:-}" ]; then
+bin=${TALE_BIN:-}
+if [ -z "$bin" ]; then
   # Always (re)build: a stale binary in the image tests old code. Cargo makes this quick when nothing changed.
-  scripts/build-static.sh >/dev/null
+  bin=$(scripts/build-static.sh | tail -1)
 fi
 busybox=/bin/busybox
 if ! [ -x "$busybox" ] || ! file -L "$busybox" 2>/dev/null | grep -q "statically linked"; then

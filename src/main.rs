@@ -1,4 +1,7 @@
 //! `tale`: picks a mode from argv[0] (busybox style) or from the first argument, then runs it.
+//! A crate root of its own: the library's `deny(unsafe_code)` does not reach it, and nothing here
+//! needs unsafe (that lives in the library's `shared::sys`).
+#![forbid(unsafe_code)]
 use clap::{Parser, Subcommand};
 use std::ffi::OsString;
 use std::process::ExitCode;

@@ -233,8 +233,7 @@ async fn output_caps_clip_exactly() {
 /// Held stdin takes JSON lines, refuses others, and closes on eof.
 #[tokio::test(flavor = "multi_thread")]
 async fn held_stdin_steers_the_process() {
-    use base64::Engine;
-    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let b64 = |s: &str| base64_simd::STANDARD.encode_to_string(s);
     let daemon = Runnerd::start(Options::default()).await;
     let stream = daemon
         .client

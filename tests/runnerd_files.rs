@@ -1,7 +1,6 @@
 //! End-to-end: workspace file routes over HTTP, including a symlink an exec plants to reach the host.
 mod support;
 
-use base64::Engine;
 use hyper::{Method, StatusCode};
 use serde_json::json;
 use support::runnerd::{terminal, Options, Runnerd};
@@ -11,7 +10,7 @@ use support::runnerd::{terminal, Options, Runnerd};
 async fn stage_list_read_delete() {
     let daemon = Runnerd::start(Options::default()).await;
     let c = &daemon.client;
-    let content = base64::engine::general_purpose::STANDARD.encode(b"print('hi')\n");
+    let content = base64_simd::STANDARD.encode_to_string(b"print('hi')\n");
     let (status, reply) = c
         .json(
             Method::POST,
@@ -76,7 +75,7 @@ async fn planted_symlinks_do_not_escape() {
         .exec(json!({"execId": "plant", "shell": format!("ln -s {} escape && ln -s {}/keep keep-link", outside.display(), outside.display()), "timeoutMs": 10000}))
         .await;
     assert_eq!(terminal(&events)["exitCode"], 0);
-    let content = base64::engine::general_purpose::STANDARD.encode(b"pwned");
+    let content = base64_simd::STANDARD.encode_to_string(b"pwned");
     let (_, reply) = c
         .json(
             Method::POST,

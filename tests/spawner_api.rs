@@ -2,7 +2,6 @@
 //! bad-input table, caps, sweep to stop and resume, kill -9 and re-adopt, and the operator CLI.
 mod support;
 
-use base64::Engine;
 use bytes::Bytes;
 use hyper::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -11,7 +10,7 @@ use support::runnerd::poll;
 use support::spawner::{now_ms, result, stdout_text, SpawnerProcess, SANDBOX_TOKEN};
 
 fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(bytes)
+    base64_simd::STANDARD.encode_to_string(bytes)
 }
 
 /// Create, exec (SSE with ids and collected output), attach replay, status, env, files, stdin, pin,

@@ -13,7 +13,6 @@
 //! exited (SIGKILL after the grace period), as a kubelet does.
 #![allow(dead_code)]
 
-use base64::Engine;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -509,8 +508,8 @@ fn create(
                     object.as_object_mut().unwrap().remove("stringData")
                 {
                     for (k, v) in strings {
-                        let encoded = base64::engine::general_purpose::STANDARD
-                            .encode(v.as_str().unwrap_or(""));
+                        let encoded =
+                            base64_simd::STANDARD.encode_to_string(v.as_str().unwrap_or(""));
                         object["data"][k] = json!(encoded);
                     }
                 }
@@ -718,7 +717,7 @@ async fn run_pod(
             .objects
             .get(&("secrets".into(), namespace.clone(), secret.into()))
             .and_then(|s| s["data"][k].as_str().map(str::to_owned))
-            .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok())
+            .and_then(|b64| base64_simd::STANDARD.decode_to_vec(b64).ok())
             .and_then(|bytes| String::from_utf8(bytes).ok());
         match value {
             Some(value) => env.push((name, value)),

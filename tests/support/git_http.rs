@@ -2,7 +2,6 @@
 //! requires HTTP Basic auth. Serves the bare repositories under a directory it owns.
 #![allow(dead_code)]
 
-use base64::Engine;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -29,7 +28,7 @@ impl GitServer {
         let port = listener.local_addr().unwrap().port();
         let expected = format!(
             "Basic {}",
-            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+            base64_simd::STANDARD.encode_to_string(format!("{user}:{password}"))
         );
         let refused = Arc::new(AtomicU64::new(0));
         let served_root = root.to_path_buf();

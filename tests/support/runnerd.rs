@@ -394,13 +394,12 @@ impl EventStream {
 
 /// Concatenated decoded payload of every event of type `t` (`stdout` / `stderr`).
 pub fn output(events: &[Value], t: &str) -> Vec<u8> {
-    use base64::Engine;
     events
         .iter()
         .filter(|e| e["t"] == t)
         .flat_map(|e| {
-            base64::engine::general_purpose::STANDARD
-                .decode(e["b64"].as_str().unwrap())
+            base64_simd::STANDARD
+                .decode_to_vec(e["b64"].as_str().unwrap())
                 .unwrap()
         })
         .collect()

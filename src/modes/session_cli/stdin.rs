@@ -4,7 +4,6 @@
 //! lines there (≤ 64 KiB each) until raw stdin arrives with terminal support, so other lines are
 //! refused and reported.
 use super::client::{CliError, SpawnerClient};
-use base64::Engine;
 use hyper::Method;
 use serde_json::json;
 use std::io::{BufRead, IsTerminal, Read};
@@ -58,7 +57,7 @@ impl StdinPlan {
             StdinPlan::Whole(bytes) => {
                 request.insert(
                     "stdinBase64".into(),
-                    json!(base64::engine::general_purpose::STANDARD.encode(bytes)),
+                    json!(base64_simd::STANDARD.encode_to_string(bytes)),
                 );
             }
             StdinPlan::Lines => {
@@ -97,7 +96,7 @@ pub async fn forward_lines(client: SpawnerClient, path: String) {
     });
     while let Some(line) = rx.recv().await {
         let body = match &line {
-            Some(line) => json!({"b64": base64::engine::general_purpose::STANDARD.encode(line)}),
+            Some(line) => json!({"b64": base64_simd::STANDARD.encode_to_string(line)}),
             None => json!({"eof": true}),
         };
         match client.json(Method::POST, &path, Some(&body)).await {

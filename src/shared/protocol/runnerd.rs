@@ -49,15 +49,28 @@ pub fn token_digest_hex(token: &[u8]) -> String {
     crate::shared::hex::encode(&token_digest(token))
 }
 
-/// Base64 as the original reads it (Node's `Buffer.from(s, 'base64')`): padding optional. Used for
-/// every base64 field runnerd decodes (`stdinBase64`, stdin `b64`, `contentBase64`).
-pub fn lenient_base64() -> base64::engine::GeneralPurpose {
-    base64::engine::GeneralPurpose::new(
-        &base64::alphabet::STANDARD,
-        base64::engine::GeneralPurposeConfig::new()
-            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
-    )
+/// Used for every base64 field runnerd decodes (`stdinBase64`, stdin `b64`, `contentBase64`).
+/// Base64 as Node's `Buffer.from(s, 'base64')` reads it: the standard alphabet, padding optional.
+/// No whitespace, and canonical trailing bits.
+pub fn decode_lenient_base64(text: &str) -> Result<Vec<u8>, InvalidBase64> {
+    let data = text.trim_end_matches('=');
+    let padding = text.len() - data.len();
+    // Padding may only fill up the last group of four, partly or fully, never stand alone or
+    // overflow it: the rule of the decoder this one replaced (the `base64` crate's
+    // padding-indifferent engine), pinned by the test below.
+    let partial_group = data.len() % 4;
+    if padding > 0 && (partial_group < 2 || partial_group + padding > 4) {
+        return Err(InvalidBase64);
+    }
+    base64_simd::STANDARD_NO_PAD
+        .decode_to_vec(data)
+        .map_err(|_| InvalidBase64)
 }
+
+/// A text [`decode_lenient_base64`] refuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("not valid base64")]
+pub struct InvalidBase64;
 
 /// True when `id` matches `^[A-Za-z0-9_-]{1,64}$`.
 pub fn is_valid_id(id: &str) -> bool {

@@ -2,12 +2,11 @@
 //! the wire contract — or a `fail` event with the specified code and message, checked in the
 //! original daemon's order — and then an [`ExecSpec`], what the launcher runs.
 /// Kept here too for callers of the exec module; the rule itself is part of the wire contract.
-pub use crate::shared::protocol::runnerd::lenient_base64;
+pub use crate::shared::protocol::runnerd::decode_lenient_base64;
 pub use crate::shared::protocol::runnerd::StdinMode;
 use crate::shared::protocol::runnerd::{
     is_denied_name, is_valid_id, ExecRequest, ExecRequestWire, FailCode, DEFAULT_EXEC_TIMEOUT_MS,
 };
-use base64::Engine;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -85,8 +84,7 @@ pub fn parse_request(
         None | Some(Value::Null) => (None, Vec::new()),
         Some(Value::String(b64)) => (
             Some(b64.clone()),
-            lenient_base64()
-                .decode(b64)
+            decode_lenient_base64(b64)
                 .map_err(|_| SpecError::bad("stdinBase64 is not valid base64"))?,
         ),
         Some(_) => return Err(SpecError::bad("stdinBase64 must be a string")),
@@ -291,7 +289,7 @@ mod tests {
             let expected_stdin = sent
                 .stdin_base64
                 .as_deref()
-                .map(|b64| lenient_base64().decode(b64).unwrap())
+                .map(|b64| decode_lenient_base64(b64).unwrap())
                 .unwrap_or_default();
             assert_eq!(stdin, expected_stdin);
         }
@@ -319,5 +317,46 @@ mod tests {
             );
         }
         std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    /// The lenient decoder accepts and rejects exactly what the `base64` crate's padding-indifferent
+    /// engine (the decoder before base64-simd) did: every text of up to 5 characters over a set
+    /// that covers padding, non-canonical trailing bits, whitespace and foreign alphabets, and
+    /// long texts past the SIMD block size.
+    #[test]
+    fn lenient_decoder_matches_the_padding_indifferent_base64_engine() {
+        use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+        use base64::Engine;
+        let oracle = GeneralPurpose::new(
+            &base64::alphabet::STANDARD,
+            GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+        );
+        let symbols = ["A", "B", "Q", "g", "/", "+", "=", " ", "-", "\n", "\u{e9}"];
+        let mut texts = vec![String::new()];
+        let mut last = vec![String::new()];
+        for _ in 0..5 {
+            last = last
+                .iter()
+                .flat_map(|t| symbols.iter().map(move |s| format!("{t}{s}")))
+                .collect();
+            texts.extend(last.iter().cloned());
+        }
+        let long = oracle.encode((0..=255u8).cycle().take(10_001).collect::<Vec<u8>>());
+        let unpadded = long.trim_end_matches('=').to_string();
+        texts.extend([
+            long.clone(),
+            unpadded.clone(),
+            format!("{}*{}", &long[..5000], &long[5001..]),
+            format!("{unpadded}="),
+        ]);
+        for text in &texts {
+            assert_eq!(
+                decode_lenient_base64(text).ok(),
+                oracle.decode(text).ok(),
+                "{text:?}"
+            );
+        }
+        assert_eq!(decode_lenient_base64("aGk").unwrap(), b"hi");
+        assert_eq!(decode_lenient_base64("aGk=").unwrap(), b"hi");
     }
 }

@@ -1,8 +1,7 @@
 //! An exec's stdin: the initial bytes, and in hold mode the lines `POST /execs/:id/stdin` adds.
 use super::super::limits::{MAX_STDIN_LINE_BYTES, STDIN_WRITE_TIMEOUT};
-use crate::shared::protocol::runnerd::lenient_base64;
+use crate::shared::protocol::runnerd::decode_lenient_base64;
 use crate::shared::protocol::runnerd::StdinRefusal;
-use base64::Engine;
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::pipe;
 
@@ -18,9 +17,7 @@ pub enum StdinState {
 
 /// A `/stdin` payload must be exactly one JSON line: 1..=64 KiB, ending in `\n`, no other `\n`.
 pub fn parse_line(b64: &str) -> Result<Vec<u8>, StdinRefusal> {
-    let bytes = lenient_base64()
-        .decode(b64)
-        .map_err(|_| StdinRefusal::BadLine)?;
+    let bytes = decode_lenient_base64(b64).map_err(|_| StdinRefusal::BadLine)?;
     let valid = !bytes.is_empty()
         && bytes.len() <= MAX_STDIN_LINE_BYTES
         && bytes.last() == Some(&b'\n')
@@ -44,12 +41,12 @@ pub async fn write_bounded(sender: &mut pipe::Sender, bytes: &[u8]) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
-    use base64::engine::general_purpose::STANDARD;
+    use base64_simd::STANDARD;
 
     /// Only single JSON lines pass.
     #[test]
     fn line_rules() {
-        let ok = |s: &str| parse_line(&STANDARD.encode(s));
+        let ok = |s: &str| parse_line(&STANDARD.encode_to_string(s));
         assert_eq!(ok("{\"a\":1}\n").unwrap(), b"{\"a\":1}\n");
         assert_eq!(ok("{\"a\":1}"), Err(StdinRefusal::BadLine));
         assert_eq!(ok("{}\n{}\n"), Err(StdinRefusal::BadLine));

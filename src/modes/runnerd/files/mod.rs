@@ -16,12 +16,11 @@ use super::limits::{
     FILE_OPS_AT_ONCE, FILE_OP_TIMEOUT, MAX_READ_FILE_BYTES, MAX_STAGE_INLINE_BYTES,
     MAX_STAGE_URL_BYTES, STAGE_URL_TIMEOUT,
 };
-use crate::shared::protocol::runnerd::lenient_base64;
+use crate::shared::protocol::runnerd::decode_lenient_base64;
 use crate::shared::protocol::runnerd::{
     DeleteReply, DeleteRequest, ListReply, SkippedPath, StageItem, StageReply, StageRequest,
     StagedFile,
 };
-use base64::Engine;
 use beneath::{normalize, RelPath};
 use nix::fcntl::OFlag;
 use std::os::fd::OwnedFd;
@@ -155,9 +154,7 @@ impl Workspace {
         let root_fd = self.root_fd.clone();
         let owner = self.owner;
         if let Some(b64) = item.content_base64 {
-            let bytes = lenient_base64()
-                .decode(b64)
-                .map_err(|_| "bad_base64".to_string())?;
+            let bytes = decode_lenient_base64(&b64).map_err(|_| "bad_base64".to_string())?;
             if bytes.len() as u64 > MAX_STAGE_INLINE_BYTES {
                 return Err("too_large".into());
             }

@@ -38,7 +38,7 @@ impl Drop for Scratch {
 }
 
 fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(bytes)
+    base64_simd::STANDARD.encode_to_string(bytes)
 }
 
 fn inline(path: &str, bytes: &[u8]) -> StageItem {

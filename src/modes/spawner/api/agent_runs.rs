@@ -22,8 +22,7 @@ use crate::shared::protocol::agent_runs::{AgentRunRequest, SteerRequest, StreamP
 use crate::shared::protocol::runnerd::StdinRequest;
 use crate::shared::protocol::runnerd::MAX_STDIN_LINE_BYTES;
 use crate::shared::protocol::spawner::SessionExec;
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
+use base64_simd::STANDARD;
 use std::sync::Arc;
 
 pub async fn start(spawner: Arc<Spawner>, id: &str, request: &ApiRequest) -> HttpResponse {
@@ -51,7 +50,7 @@ pub async fn start(spawner: Arc<Spawner>, id: &str, request: &ApiRequest) -> Htt
         shell: None,
         cwd: built.cwd,
         env: built.env,
-        stdin_base64: built.stdin.map(|stdin| STANDARD.encode(stdin)),
+        stdin_base64: built.stdin.map(|stdin| STANDARD.encode_to_string(stdin)),
         stdin_hold: built.stdin_mode == StdinMode::Hold,
         timeout_ms: run.timeout_ms,
         collect_output: false,
@@ -106,7 +105,7 @@ pub async fn steer(
         Err(refusal) => return refusal.into(),
     };
     let stdin = StdinRequest {
-        b64: steer.line.map(|line| STANDARD.encode(line)),
+        b64: steer.line.map(|line| STANDARD.encode_to_string(line)),
         eof: steer.eof.then_some(true),
     };
     match entry.runnerd.stdin(exec_id, &stdin).await {

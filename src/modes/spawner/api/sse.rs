@@ -20,8 +20,7 @@ use crate::shared::protocol::spawner::{
 use crate::shared::sse::{
     event_frame, event_frame_with_id, Utf8StreamDecoder, KEEPALIVE_FRAME, KEEPALIVE_INTERVAL,
 };
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
+use base64_simd::STANDARD;
 use bytes::Bytes;
 use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use std::sync::Arc;
@@ -166,8 +165,8 @@ pub async fn pump(
                     }
                 }
                 let result = SessionExecResponse::session_lost(
-                    STANDARD.encode(&collected.stdout),
-                    STANDARD.encode(&collected.stderr),
+                    STANDARD.encode_to_string(&collected.stdout),
+                    STANDARD.encode_to_string(&collected.stderr),
                     Truncated::default(),
                 );
                 send(event_frame("result", None, &result)).await;
@@ -259,8 +258,8 @@ pub async fn pump(
                 }
                 let (stdout, stderr) = if collect {
                     (
-                        STANDARD.encode(&collected.stdout),
-                        STANDARD.encode(&collected.stderr),
+                        STANDARD.encode_to_string(&collected.stdout),
+                        STANDARD.encode_to_string(&collected.stderr),
                     )
                 } else {
                     (String::new(), String::new())
@@ -289,7 +288,7 @@ pub async fn pump(
 /// The bytes of a `stdout`/`stderr` event. runnerd sends padded standard base64; a chunk that is not
 /// (which runnerd never sends) counts as empty rather than ending the stream, its seq still sent.
 fn chunk_bytes(b64: &str) -> Vec<u8> {
-    base64_simd::STANDARD.decode_to_vec(b64).unwrap_or_default()
+    STANDARD.decode_to_vec(b64).unwrap_or_default()
 }
 
 fn record_outcome(spawner: &Spawner, result: &SessionExecResponse) {
@@ -312,12 +311,15 @@ fn background_evict(spawner: &Arc<Spawner>, session_id: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    // The `base64` crate as an independent oracle (a dev-dependency only).
+    use base64::engine::general_purpose::STANDARD as ORACLE;
+    use base64::Engine;
 
     /// The SIMD decoder accepts and rejects exactly what the `base64` crate's strict decoder did
     /// (padding required, canonical trailing bits, no whitespace), so invalid chunks stay empty.
     #[test]
     fn chunk_bytes_matches_the_strict_base64_decoder() {
-        let long = STANDARD.encode((0..=255u8).cycle().take(10_000).collect::<Vec<u8>>());
+        let long = ORACLE.encode((0..=255u8).cycle().take(10_000).collect::<Vec<u8>>());
         // Past the SIMD decoder's block size, with one bad character in the middle.
         let long_bad = format!("{}*{}", &long[..5000], &long[5001..]);
         let inputs = [
@@ -345,7 +347,7 @@ mod tests {
         for input in inputs {
             assert_eq!(
                 chunk_bytes(input),
-                STANDARD.decode(input).unwrap_or_default(),
+                ORACLE.decode(input).unwrap_or_default(),
                 "{input:?}"
             );
         }

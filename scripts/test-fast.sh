@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The inner loop: unit tests and the end-to-end suites that need nothing beyond the toolchain and
+# this tree (no Docker, no apt packages, no network): the real `tale` binary driven on loopback,
+# runnerd as a child subreaper or PID 1 of a PID namespace (unshare, from util-linux, which every
+# Debian has), the spawner's local backend and the Kubernetes backend against the in-process fake
+# API server. About a minute and a half on 2 cores from a warm target/ (README, "Testing").
+#
+#   scripts/test-fast.sh [CARGO TEST ARGS...]     e.g. scripts/test-fast.sh exec_replay
+#   scripts/test-fast.sh --check-tiers            only check that every suite is in one list
+#
+# scripts/test.sh runs everything (the suites below that need host tools as well).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# Suites of tests/ that run here.
+fast_suites=(runnerd_bad_input runnerd_exec runnerd_files runnerd_pid1 spawner_api spawner_kubernetes)
+# Suites that need more than the toolchain, and what (they run in scripts/test.sh only).
+host_suites=(
+  agent_claude_code # the Claude Code CLI from npm
+  compose_stack     # Docker and docker-compose
+  egress_firewall   # ip, iptables, network namespaces
+  egress_proxy      # tinyproxy
+  git_credentials   # git with its http backend
+  helm_chart        # the helm-python-sdk venv (PyPI)
+  spawner_docker    # Docker and the test image (a static release build)
+)
+# A new suite must be sorted into one list: an unlisted one would silently run in neither tier's
+# selection here.
+listed=" ${fast_suites[*]} ${host_suites[*]} "
+for file in tests/*.rs; do
+  suite=$(basename "$file" .rs)
+  if [[ $listed != *" $suite "* ]]; then
+    echo "test-fast: tests/$suite.rs is in neither fast_suites nor host_suites of $0" >&2
+    exit 1
+  fi
+done
+if [ "${1:-}" = --check-tiers ]; then exit 0; fi
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+export CARGO_PROFILE_DEV_DEBUG=line-tables-only
+args=(--locked --lib --bins)
+for suite in "${fast_suites[@]}"; do args+=(--test "$suite"); done
+exec cargo test "${args[@]}" "$@"
