@@ -12,10 +12,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Suites of tests/ that run here.
-fast_suites=(runnerd_bad_input runnerd_exec runnerd_files runnerd_pid1 spawner_api spawner_kubernetes)
+fast_suites=(
+  golden_runnerd golden_spawner quickstart runnerd_backpressure runnerd_bad_input runnerd_cancel_tree
+  runnerd_exec runnerd_files runnerd_hostile runnerd_pid1 session_cli spawner_api spawner_edge
+  spawner_kubernetes
+)
 # Suites that need more than the toolchain, and what (they run in scripts/test.sh only).
 host_suites=(
   agent_claude_code # the Claude Code CLI from npm
+  agent_codex       # the Codex CLI from npm
+  agent_opencode    # the OpenCode CLI from npm
+  client_libraries  # httpx and pytest from PyPI, TypeScript from npm
   compose_stack     # Docker and docker-compose
   egress_firewall   # ip, iptables, network namespaces
   egress_proxy      # tinyproxy
