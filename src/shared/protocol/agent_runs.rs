@@ -11,7 +11,7 @@
 //! ```
 use super::runnerd::is_valid_id;
 use super::spawner::{BadRequest, RequestLimits};
-use crate::shared::agents::{
+use crate::modes::spawner::agents::{
     adapter, AgentAdapter, AgentRunSpec, GatewayTarget, PermissionMode, MAX_STEER_TEXT_CHARS,
 };
 use serde_json::{Map, Value};
@@ -295,7 +295,7 @@ impl StreamPosition {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shared::agents::AgentSlug;
+    use crate::modes::spawner::agents::AgentSlug;
     use serde_json::json;
 
     const LIMITS: RequestLimits = crate::shared::protocol::spawner::TEST_LIMITS;

@@ -8,7 +8,7 @@
 //! re-parse it) and sends only what lies after the client's position.
 use crate::modes::spawner::metrics::Metrics;
 use crate::modes::spawner::state::Spawner;
-use crate::shared::agents::{AgentEvent, AgentEventParser};
+use crate::modes::spawner::agents::{AgentEvent, AgentEventParser};
 use crate::shared::http::{ChannelBody, HttpResponse};
 use crate::shared::protocol::agent_runs::StreamPosition;
 use crate::shared::protocol::runnerd::{ExecEvent, Truncated};

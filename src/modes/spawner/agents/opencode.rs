@@ -243,7 +243,7 @@ impl EventMapper for OpenCodeMapper {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shared::agents::GatewayTarget;
+    use crate::modes::spawner::agents::GatewayTarget;
 
     fn spec() -> AgentRunSpec {
         AgentRunSpec::new(

@@ -172,10 +172,10 @@ impl EventMapper for ClaudeMapper {
 mod tests {
     use super::super::ClaudeCode;
     use super::*;
-    use crate::shared::agents::{AgentAdapter, AgentEventParser};
+    use crate::modes::spawner::agents::{AgentAdapter, AgentEventParser};
     use serde_json::json;
 
-    const FIXTURE: &str = include_str!("../../../../tests/fixtures/claude_code/issue-to-pr.jsonl");
+    const FIXTURE: &str = include_str!("../../../../../tests/fixtures/claude_code/issue-to-pr.jsonl");
 
     fn parse_all(chunks: &[&str]) -> Vec<AgentEvent> {
         let mut parser = ClaudeCode.parser();
