@@ -31,6 +31,8 @@ pub enum AgentResultStatus {
     Error,
     MaxTurns,
     Cancelled,
+    /// The run's deadline (`timeoutMs`) ended it.
+    TimedOut,
 }
 
 /// `usageTotals` of a `result`: the cost is a client-side estimate; the gateway meters
@@ -120,6 +122,10 @@ pub enum AgentEvent {
         is_error: Option<bool>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         api_error_status: Option<Value>,
+        /// Why a run did not complete: the CLI's error, its last stderr line, or how the exec
+        /// ended; at most [`MAX_RESULT_REASON_BYTES`](super::terminal::MAX_RESULT_REASON_BYTES).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
     },
     /// The CLI reported an error, or its output could not be read (an oversized line).
     Error {
@@ -198,8 +204,9 @@ mod tests {
                     }),
                     is_error: None,
                     api_error_status: None,
+                    reason: Some("r".into()),
                 },
-                json!({"type": "result", "status": "max-turns", "durationMs": 5,
+                json!({"type": "result", "status": "max-turns", "durationMs": 5, "reason": "r",
                        "usageTotals": {"inputTokens": 0, "outputTokens": 0, "costEstimateUsd": 0.5}}),
             ),
             (

@@ -10,9 +10,11 @@ pub mod claude_code;
 pub mod events;
 pub mod jsonl;
 pub mod opencode;
+pub mod terminal;
 
 pub use events::{AgentEvent, AgentResultStatus, AgentSlug, UsageTotals};
 pub use jsonl::{AgentEventParser, EventMapper, LineReassembler, MAX_AGENT_LINE_BYTES};
+pub use terminal::{ExecEnding, RunEnd};
 
 use std::collections::BTreeMap;
 
