@@ -471,7 +471,7 @@ async fn agent_run_bad_input() {
     let cases = [
         (
             with("agent", json!("cursor")),
-            "agent must be one of \"claude-code\", \"opencode\"",
+            "agent must be one of \"claude-code\", \"opencode\", \"codex\"",
         ),
         (
             with("execId", json!("no/slash")),
@@ -563,7 +563,7 @@ async fn agent_run_bad_input() {
         (status, &reply["message"]),
         (
             StatusCode::BAD_REQUEST,
-            &json!("agent must be one of \"claude-code\", \"opencode\"")
+            &json!("agent must be one of \"claude-code\", \"opencode\", \"codex\"")
         )
     );
     let (status, stream) = c

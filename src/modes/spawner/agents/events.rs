@@ -11,14 +11,17 @@ pub enum AgentSlug {
     ClaudeCode,
     #[serde(rename = "opencode")]
     OpenCode,
+    #[serde(rename = "codex")]
+    Codex,
 }
 
 impl AgentSlug {
-    /// The wire name (`claude-code`, `opencode`).
+    /// The wire name (`claude-code`, `opencode`, `codex`).
     pub fn as_str(self) -> &'static str {
         match self {
             AgentSlug::ClaudeCode => "claude-code",
             AgentSlug::OpenCode => "opencode",
+            AgentSlug::Codex => "codex",
         }
     }
 }

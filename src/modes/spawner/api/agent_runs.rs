@@ -76,7 +76,7 @@ pub async fn attach(
         return not_found();
     };
     let Some(adapter) = request.query("agent").as_deref().and_then(adapter) else {
-        return bad_request("agent must be one of \"claude-code\", \"opencode\"");
+        return bad_request("agent must be one of \"claude-code\", \"opencode\", \"codex\"");
     };
     // Unreadable means the start.
     let position = request
