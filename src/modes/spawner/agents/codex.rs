@@ -23,6 +23,10 @@ pub const PROVIDER_ID: &str = "tale";
 /// The environment variable that holds the gateway key (the provider's `env_key`).
 pub const TOKEN_ENV: &str = "TALE_GATEWAY_TOKEN";
 
+/// Codex refuses a `CODEX_HOME` that does not exist, and a fresh workspace has none: the exec
+/// creates it, then becomes the CLI (`$0` is `codex`, the CLI's arguments follow).
+pub const LAUNCH_SCRIPT: &str = "mkdir -p \"$CODEX_HOME\" && exec codex \"$@\"";
+
 /// The Codex adapter.
 pub struct Codex;
 
@@ -39,7 +43,13 @@ impl AgentAdapter for Codex {
     }
 
     fn build_exec(&self, spec: &AgentRunSpec, session: &SessionContext) -> SessionExecSpec {
-        let mut argv: Vec<String> = vec![CODEX_BINARY.into(), "exec".into()];
+        let mut argv: Vec<String> = vec![
+            "sh".into(),
+            "-c".into(),
+            LAUNCH_SCRIPT.into(),
+            CODEX_BINARY.into(),
+            "exec".into(),
+        ];
         if spec.agent_session_id.is_some() {
             argv.push("resume".into());
         }
@@ -321,7 +331,7 @@ mod tests {
     #[test]
     fn build_exec_new_thread() {
         let exec = Codex.build_exec(&spec(), &session());
-        let mut expected = vec!["codex", "exec"];
+        let mut expected = vec!["sh", "-c", LAUNCH_SCRIPT, "codex", "exec"];
         expected.extend(FIXED);
         expected.push("-");
         assert_eq!(exec.argv, expected);
@@ -350,7 +360,7 @@ mod tests {
         spec.system_prompt_append = Some("be \"brief\"".into());
         spec.workdir = Some("repo".into());
         let exec = Codex.build_exec(&spec, &session());
-        let mut expected = vec!["codex", "exec", "resume"];
+        let mut expected = vec!["sh", "-c", LAUNCH_SCRIPT, "codex", "exec", "resume"];
         expected.extend(FIXED);
         expected.extend([
             "-c",

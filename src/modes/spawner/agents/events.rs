@@ -140,10 +140,215 @@ pub enum AgentEvent {
     Raw { agent: AgentSlug, payload: Value },
 }
 
+/// Which adapters emit each event type (the README's event table is checked against it). The
+/// spawner itself adds a `result` for every adapter when a run ends without one.
+pub const EMITTED_BY: [(&str, &[AgentSlug]); 9] = {
+    use AgentSlug::{ClaudeCode as C, Codex as X, OpenCode as O};
+    [
+        ("run-started", &[C, O, X]),
+        ("text-delta", &[C]),
+        ("text", &[C, O, X]),
+        ("tool-use", &[C, O, X]),
+        ("tool-result", &[C, O, X]),
+        ("usage", &[C, O, X]),
+        ("result", &[C, O, X]),
+        ("error", &[C, O, X]),
+        ("raw", &[C, O, X]),
+    ]
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// One event of each type with every field set, to read the wire field names off serde.
+    fn every_variant_full() -> Vec<AgentEvent> {
+        let s = || Some("x".to_owned());
+        vec![
+            AgentEvent::RunStarted {
+                agent: AgentSlug::Codex,
+                agent_session_id: s(),
+                model: s(),
+            },
+            AgentEvent::TextDelta {
+                text: "x".into(),
+                parent_tool_use_id: s(),
+            },
+            AgentEvent::Text {
+                text: "x".into(),
+                parent_tool_use_id: s(),
+            },
+            AgentEvent::ToolUse {
+                tool_use_id: "x".into(),
+                tool_name: "x".into(),
+                input: json!(1),
+                parent_tool_use_id: s(),
+            },
+            AgentEvent::ToolResult {
+                tool_use_id: "x".into(),
+                output: Some(json!(1)),
+                is_error: Some(true),
+                parent_tool_use_id: s(),
+            },
+            AgentEvent::Usage {
+                model: s(),
+                input_tokens: 1,
+                output_tokens: 1,
+                cache_read_tokens: Some(1),
+                cache_write_tokens: Some(1),
+                cost_estimate_usd: Some(1.0),
+                parent_tool_use_id: s(),
+            },
+            AgentEvent::Result {
+                status: AgentResultStatus::Completed,
+                agent_session_id: s(),
+                final_text: s(),
+                duration_ms: Some(1),
+                usage_totals: Some(UsageTotals {
+                    input_tokens: 1,
+                    output_tokens: 1,
+                    cost_estimate_usd: None,
+                }),
+                is_error: Some(true),
+                api_error_status: Some(json!(529)),
+                reason: s(),
+            },
+            AgentEvent::Error {
+                message: "x".into(),
+                raw: Some(json!(1)),
+            },
+            AgentEvent::Raw {
+                agent: AgentSlug::Codex,
+                payload: json!(1),
+            },
+        ]
+    }
+
+    /// The README's event table lists exactly the union: every type, every field (`?` when it may
+    /// be absent: the ones serde omits when `None`), and the adapters of [`EMITTED_BY`].
+    #[test]
+    fn readme_event_table_matches_the_code() {
+        let readme = include_str!("../../../../README.md");
+        let table = readme
+            .split("<!-- agent-events:start -->")
+            .nth(1)
+            .and_then(|rest| rest.split("<!-- agent-events:end -->").next())
+            .expect("README has the agent event table between its markers");
+        let slugs = [AgentSlug::ClaudeCode, AgentSlug::OpenCode, AgentSlug::Codex];
+        let mut rows = Vec::new();
+        for line in table
+            .lines()
+            .filter(|l| l.starts_with("| `") && !l.starts_with("| `type`"))
+        {
+            let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
+            assert_eq!(cells.len(), 2 + slugs.len(), "{line}");
+            let kind = cells[0].trim_matches('`').to_owned();
+            let fields: Vec<String> = cells[1]
+                .split(", ")
+                .map(|f| f.trim().trim_matches('`').to_owned())
+                .collect();
+            let emitters: Vec<AgentSlug> = slugs
+                .iter()
+                .zip(&cells[2..])
+                .filter(|(_, cell)| **cell == "yes")
+                .map(|(slug, _)| *slug)
+                .collect();
+            rows.push((kind, fields, emitters));
+        }
+        let mut expected = Vec::new();
+        for (full, (kind, emitters)) in every_variant_full().into_iter().zip(EMITTED_BY) {
+            let wire = serde_json::to_value(&full).unwrap();
+            assert_eq!(wire["type"], kind);
+            let mut minimal_keys = Vec::new();
+            // The same event with every Option cleared shows which fields may be absent.
+            let minimal = serde_json::to_value(match full {
+                AgentEvent::RunStarted { agent, .. } => AgentEvent::RunStarted {
+                    agent,
+                    agent_session_id: None,
+                    model: None,
+                },
+                AgentEvent::TextDelta { text, .. } => AgentEvent::TextDelta {
+                    text,
+                    parent_tool_use_id: None,
+                },
+                AgentEvent::Text { text, .. } => AgentEvent::Text {
+                    text,
+                    parent_tool_use_id: None,
+                },
+                AgentEvent::ToolUse {
+                    tool_use_id,
+                    tool_name,
+                    input,
+                    ..
+                } => AgentEvent::ToolUse {
+                    tool_use_id,
+                    tool_name,
+                    input,
+                    parent_tool_use_id: None,
+                },
+                AgentEvent::ToolResult { tool_use_id, .. } => AgentEvent::ToolResult {
+                    tool_use_id,
+                    output: None,
+                    is_error: None,
+                    parent_tool_use_id: None,
+                },
+                AgentEvent::Usage {
+                    input_tokens,
+                    output_tokens,
+                    ..
+                } => AgentEvent::Usage {
+                    model: None,
+                    input_tokens,
+                    output_tokens,
+                    cache_read_tokens: None,
+                    cache_write_tokens: None,
+                    cost_estimate_usd: None,
+                    parent_tool_use_id: None,
+                },
+                AgentEvent::Result { status, .. } => AgentEvent::Result {
+                    status,
+                    agent_session_id: None,
+                    final_text: None,
+                    duration_ms: None,
+                    usage_totals: None,
+                    is_error: None,
+                    api_error_status: None,
+                    reason: None,
+                },
+                AgentEvent::Error { message, .. } => AgentEvent::Error { message, raw: None },
+                raw @ AgentEvent::Raw { .. } => raw,
+            })
+            .unwrap();
+            for key in minimal.as_object().unwrap().keys() {
+                minimal_keys.push(key.clone());
+            }
+            let fields: Vec<String> = wire
+                .as_object()
+                .unwrap()
+                .keys()
+                .filter(|k| *k != "type")
+                .map(|k| {
+                    if minimal_keys.contains(k) {
+                        k.clone()
+                    } else {
+                        format!("{k}?")
+                    }
+                })
+                .collect();
+            expected.push((kind.to_owned(), fields, emitters.to_vec()));
+        }
+        // Field order in the README is free; compare sorted.
+        let sorted = |rows: Vec<(String, Vec<String>, Vec<AgentSlug>)>| {
+            rows.into_iter()
+                .map(|(k, mut f, e)| {
+                    f.sort();
+                    (k, f, e)
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(sorted(rows), sorted(expected));
+    }
 
     /// Tags are kebab-case, fields camelCase, absent options omitted; the JSON reads back.
     #[test]
