@@ -46,7 +46,7 @@ pub const OVERLOAD_MARKER: &str = "OVERLOAD:";
 pub const TRUNCATE_MARKER: &str = "TRUNCATE:";
 pub const HANG_MARKER: &str = "HANG:";
 /// A tool command that runs long; its marker argument finds it in `/proc`.
-pub const HANG_COMMAND: &str = "sleep 300 tale-hang-e2e || sleep 301 tale-hang-e2e";
+pub const HANG_COMMAND: &str = "sh -c 'sleep 317; echo tale-hang-e2e'";
 /// The call id the OpenAI-format scripts give their one tool call.
 pub const HANG_TOOL_USE_ID: &str = "toolu_tale_hang";
 pub const OPENAI_CALL_ID: &str = "call_tale_01";
@@ -367,6 +367,9 @@ impl Script {
                     "overloaded_error",
                     "Overloaded",
                 )
+            } else if reply == Reply::Truncated && body["stream"] != true {
+                // The CLI's non-streaming fallback gets a cut body too.
+                respond(StatusCode::OK, "application/json", "{\"id\": \"msg_cut")
             } else if body["stream"] == true {
                 respond(
                     StatusCode::OK,
