@@ -41,6 +41,7 @@ ENTRYPOINT ["/usr/local/bin/tale", "egress-proxy", "run"]
 FROM ${DEBIAN_IMAGE} AS runtime
 ARG CLAUDE_CODE_VERSION=2.1.173
 ARG OPENCODE_VERSION=1.18.33
+ARG CODEX_VERSION=0.169.0
 ARG PLAYWRIGHT_MCP_VERSION=0.0.41
 ENV PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 \
     NPM_CONFIG_UPDATE_NOTIFIER=false \
@@ -55,7 +56,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends \
 COPY --from=builder /src/dist/ /tmp/tale-dist/
 RUN if [ -f /tmp/tale-dist/extra-ca.crt ]; then export NODE_EXTRA_CA_CERTS=/tmp/tale-dist/extra-ca.crt; fi \
     && npm install -g --omit=dev "@anthropic-ai/claude-code@${CLAUDE_CODE_VERSION}" "opencode-ai@${OPENCODE_VERSION}" \
-      "@playwright/mcp@${PLAYWRIGHT_MCP_VERSION}" && npm cache clean --force && rm -rf /tmp/tale-dist
+      "@openai/codex@${CODEX_VERSION}" "@playwright/mcp@${PLAYWRIGHT_MCP_VERSION}" && npm cache clean --force && rm -rf /tmp/tale-dist
 RUN /usr/sbin/groupadd -g 10001 agent && /usr/sbin/useradd -u 10001 -g 10001 -d /workspace/.home -s /bin/bash agent \
     && git config --system credential.helper tale
 COPY --from=builder /tale /usr/local/bin/tale

@@ -35,6 +35,24 @@ if ! claude_ok; then
   claude_ok || { echo "setup: claude --version does not print ${claude_version}" >&2; exit 1; }
 fi
 
+# OpenCode and Codex for tests/agent_opencode.rs and tests/agent_codex.rs: the runtime image's pins.
+# Both npm packages ship their native binary in a per-platform dependency.
+pin() { sed -n "s/^ARG $1=//p" "$(dirname "$0")/../Dockerfile"; }
+opencode_version=$(pin OPENCODE_VERSION)
+if [ "$(opencode --version 2>/dev/null)" != "${opencode_version}" ]; then
+  echo "setup: installing opencode-ai@${opencode_version}"
+  npm install -g --no-fund --no-audit "opencode-ai@${opencode_version}" >/dev/null
+  [ "$(opencode --version 2>/dev/null)" = "${opencode_version}" ] \
+    || { echo "setup: opencode --version does not print ${opencode_version}" >&2; exit 1; }
+fi
+codex_version=$(pin CODEX_VERSION)
+if [ "$(codex --version 2>/dev/null)" != "codex-cli ${codex_version}" ]; then
+  echo "setup: installing @openai/codex@${codex_version}"
+  npm install -g --no-fund --no-audit "@openai/codex@${codex_version}" >/dev/null
+  [ "$(codex --version 2>/dev/null)" = "codex-cli ${codex_version}" ] \
+    || { echo "setup: codex --version does not print codex-cli ${codex_version}" >&2; exit 1; }
+fi
+
 # Helm's engine for tests/helm_chart.rs: Debian ships no helm binary; the helm-python-sdk wheel
 # (PyPI) bundles the helm v4 SDK as a native library. Pinned, in its own venv.
 helm_venv=/opt/tale-helm-sdk

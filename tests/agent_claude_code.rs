@@ -471,7 +471,7 @@ async fn agent_run_bad_input() {
     let cases = [
         (
             with("agent", json!("cursor")),
-            "agent must be one of \"claude-code\", \"opencode\"",
+            "agent must be one of \"claude-code\", \"opencode\", \"codex\"",
         ),
         (
             with("execId", json!("no/slash")),
@@ -563,7 +563,7 @@ async fn agent_run_bad_input() {
         (status, &reply["message"]),
         (
             StatusCode::BAD_REQUEST,
-            &json!("agent must be one of \"claude-code\", \"opencode\"")
+            &json!("agent must be one of \"claude-code\", \"opencode\", \"codex\"")
         )
     );
     let (status, stream) = c
@@ -581,4 +581,238 @@ async fn agent_run_bad_input() {
         (events[0].event.as_str(), events[0].data.as_str()),
         ("error", r#"{"message":"exec zz not found"}"#)
     );
+}
+
+/// Pids whose command line holds `marker` (the fake's hanging tool command).
+fn processes_with(marker: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(marker))
+        })
+        .collect()
+}
+
+/// Polls `check` until it holds or `deadline` passes.
+async fn eventually(deadline: Duration, check: impl Fn() -> bool) -> bool {
+    let until = tokio::time::Instant::now() + deadline;
+    while tokio::time::Instant::now() < until {
+        if check() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    check()
+}
+
+/// How runs end, with the real CLI: HTTP 529 after retries is an `error` result with the API
+/// status; a truncated model stream an `error` with a reason; a cancel a `cancelled` result (and no
+/// tool process left); a deadline a `timed-out` result. Each is the last agent event, once.
+#[tokio::test(flavor = "multi_thread")]
+async fn claude_code_run_endings() {
+    use support::agent_runs::{assert_ends_with_one_result, drain};
+    use support::fake_model::{HANG_MARKER, OVERLOAD_MARKER, TRUNCATE_MARKER};
+    claude_version();
+    let fake = FakeModel::start("/anthropic", GATEWAY_TOKEN).await;
+    let spawner = SpawnerProcess::local(&[]).await;
+    let c = &spawner.client;
+    let (status, created) = c
+        .json(
+            Method::POST,
+            "/v1/sessions",
+            Some(
+                json!({"sessionId": "cc2", "organizationId": "org", "profile": "agent",
+                "env": {"CLAUDE_CODE_MAX_RETRIES": "0"}}),
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let context = || {
+        format!(
+            "fake model saw:\n{}\nspawner log:\n{}",
+            fake.summary(),
+            spawner.log()
+        )
+    };
+    let start = |exec_id: &str, prompt: &str, timeout_ms: u64| {
+        let body = json!({"agent": "claude-code", "execId": exec_id,
+            "run": {"prompt": prompt, "model": "tale-e2e-model", "maxTurns": 3},
+            "gateway": {"baseUrl": fake.root(), "token": GATEWAY_TOKEN}, "timeoutMs": timeout_ms});
+        async move {
+            c.sse(Method::POST, "/v1/sessions/cc2/agent-runs", Some(body), &[])
+                .await
+                .1
+        }
+    };
+    let eof = |exec_id: &str| {
+        let path = format!("/v1/sessions/cc2/agent-runs/{exec_id}/steer");
+        async move {
+            c.json(
+                Method::POST,
+                &path,
+                Some(json!({"agent": "claude-code", "eof": true})),
+            )
+            .await
+        }
+    };
+
+    // 529 after the CLI's retries, then EOF ends the CLI.
+    let mut stream = start("over", &format!("{OVERLOAD_MARKER} hi"), 60_000).await;
+    let mut seen = Vec::new();
+    read_until(
+        &mut stream,
+        &mut seen,
+        |e| is_agent(e, "result"),
+        "529 result",
+        &context,
+    )
+    .await;
+    eof("over").await;
+    seen.extend(drain(stream, &context).await);
+    let result = assert_ends_with_one_result(&seen);
+    assert_eq!(
+        (
+            &result["status"],
+            &result["apiErrorStatus"],
+            &result["isError"]
+        ),
+        (&json!("error"), &json!(529), &json!(true)),
+        "{result}"
+    );
+    assert!(
+        result["reason"].as_str().unwrap().contains("529"),
+        "{result}"
+    );
+
+    // A model stream cut inside an event.
+    let mut stream = start("trunc", &format!("{TRUNCATE_MARKER} hi"), 60_000).await;
+    let mut seen = Vec::new();
+    read_until(
+        &mut stream,
+        &mut seen,
+        |e| is_agent(e, "result"),
+        "truncated result",
+        &context,
+    )
+    .await;
+    eof("trunc").await;
+    seen.extend(drain(stream, &context).await);
+    let result = assert_ends_with_one_result(&seen);
+    assert_eq!(result["status"], "error", "{result}");
+    assert!(
+        result["reason"]
+            .as_str()
+            .is_some_and(|r| !r.trim().is_empty()),
+        "{result}"
+    );
+
+    // Cancel while the tool runs: `cancelled`, and the tool process is gone.
+    let mut stream = start("hang", &format!("{HANG_MARKER} run it"), 60_000).await;
+    let mut seen = Vec::new();
+    read_until(
+        &mut stream,
+        &mut seen,
+        |e| is_agent(e, "tool-use"),
+        "hanging tool-use",
+        &context,
+    )
+    .await;
+    assert!(
+        eventually(RUN_DEADLINE, || !processes_with("tale-hang-e2e").is_empty()).await,
+        "the tool never started"
+    );
+    let (status, _) = c
+        .json(Method::POST, "/v1/sessions/cc2/exec/hang/cancel", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    seen.extend(drain(stream, &context).await);
+    let result = assert_ends_with_one_result(&seen);
+    assert_eq!(
+        (&result["status"], &result["isError"]),
+        (&json!("cancelled"), &json!(true)),
+        "{result}"
+    );
+    let id = seen[seen.len() - 2].id.clone().unwrap();
+    let exec_seq = seen.last().unwrap().id.clone().unwrap();
+    assert!(
+        id.starts_with(&format!("{exec_seq}.")),
+        "{id} at the terminal seq {exec_seq}"
+    );
+    // Replay gives the synthesized result the same id.
+    let (_, replay) = c
+        .sse(
+            Method::GET,
+            "/v1/sessions/cc2/agent-runs/hang/attach?agent=claude-code",
+            None,
+            &[],
+        )
+        .await;
+    let replay = replay.collect_all().await;
+    assert_eq!(replay[replay.len() - 2].id.as_deref(), Some(id.as_str()));
+    assert_eq!(replay[replay.len() - 2].data, seen[seen.len() - 2].data);
+    // That no tool process survives is `claude_code_cancel_kills_the_tool`.
+
+    // The deadline passes while the tool runs: `timed-out`.
+    let stream = start("late", &format!("{HANG_MARKER} run it again"), 5_000).await;
+    let seen = drain(stream, &context).await;
+    let result = assert_ends_with_one_result(&seen);
+    assert_eq!(result["status"], "timed-out", "{result}");
+    let (status, _) = c.json(Method::DELETE, "/v1/sessions/cc2", None).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+/// A cancel ends the agent's tool processes too: `cancelled`, and nothing of the tool left.
+#[tokio::test(flavor = "multi_thread")]
+async fn claude_code_cancel_kills_the_tool() {
+    use support::agent_runs::{assert_ends_with_one_result, drain};
+    use support::fake_model::HANG_MARKER;
+    claude_version();
+    let fake = FakeModel::start("/anthropic", GATEWAY_TOKEN).await;
+    let spawner = SpawnerProcess::local(&[]).await;
+    let c = &spawner.client;
+    c.create("cc3", "org").await;
+    let context = || {
+        format!(
+            "fake model saw:\n{}\nspawner log:\n{}",
+            fake.summary(),
+            spawner.log()
+        )
+    };
+    let body = json!({"agent": "claude-code", "execId": "hang",
+        "run": {"prompt": format!("{HANG_MARKER} run it"), "model": "tale-e2e-model", "maxTurns": 3},
+        "gateway": {"baseUrl": fake.root(), "token": GATEWAY_TOKEN}, "timeoutMs": 60_000});
+    let (_, mut stream) = c
+        .sse(Method::POST, "/v1/sessions/cc3/agent-runs", Some(body), &[])
+        .await;
+    let mut seen = Vec::new();
+    read_until(
+        &mut stream,
+        &mut seen,
+        |e| is_agent(e, "tool-use"),
+        "hanging tool-use",
+        &context,
+    )
+    .await;
+    assert!(
+        eventually(RUN_DEADLINE, || !processes_with("tale-hang-e2e").is_empty()).await,
+        "the tool never started"
+    );
+    let (status, _) = c
+        .json(Method::POST, "/v1/sessions/cc3/exec/hang/cancel", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    seen.extend(drain(stream, &context).await);
+    assert_eq!(assert_ends_with_one_result(&seen)["status"], "cancelled");
+    let gone = eventually(Duration::from_secs(5), || {
+        processes_with("tale-hang-e2e").is_empty()
+    })
+    .await;
+    assert!(
+        gone,
+        "tool processes survived the cancel: {:?}",
+        processes_with("tale-hang-e2e")
+    );
+    c.json(Method::DELETE, "/v1/sessions/cc3", None).await;
 }

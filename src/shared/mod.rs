@@ -1,5 +1,4 @@
 //! Code shared by more than one mode: the wire contract, logging, and the only unsafe code.
-pub mod agents;
 pub mod clock;
 pub mod hex;
 pub mod hmac;

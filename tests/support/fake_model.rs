@@ -13,6 +13,18 @@
 //! 2. a request carrying the `tool_result` for [`TOOL_USE_ID`] → the text [`FINAL_TEXT`];
 //! 3. a request whose last user text contains [`STEER_MARKER`] → the text [`STEERED_TEXT`];
 //! 4. anything else (side requests such as titles) → the text `ok`.
+//!
+//! Run endings, chosen by a marker in the last user text: [`OVERLOAD_MARKER`] → HTTP 529
+//! `overloaded_error`; [`TRUNCATE_MARKER`] → a 200 stream cut off inside a text delta;
+//! [`HANG_MARKER`] → a Bash `tool_use` running [`HANG_COMMAND`] (a tool process that outlives the
+//! run unless its tree is killed).
+//!
+//! The same server speaks the two OpenAI wire formats the other CLIs use, under the same prefix
+//! rules: `POST …/v1/chat/completions` (OpenCode, streamed `chat.completion.chunk`s) and
+//! `POST …/v1/responses` (Codex, streamed Responses events). Their scripts: no tool output yet and a
+//! shell tool offered → one call of it running [`BASH_COMMAND`] under [`OPENAI_CALL_ID`]; a tool
+//! output present → [`FINAL_TEXT`]; the last user text holding [`STEER_MARKER`] → [`STEERED_TEXT`];
+//! anything else → `ok`.
 #![allow(dead_code)]
 
 use bytes::Bytes;
@@ -23,11 +35,21 @@ use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 
+mod openai;
+
 pub const TOOL_USE_ID: &str = "toolu_tale_01";
 pub const BASH_COMMAND: &str = "echo tale-was-here > proof.txt";
 pub const FINAL_TEXT: &str = "done";
 pub const STEER_MARKER: &str = "STEER:";
 pub const STEERED_TEXT: &str = "steered";
+pub const OVERLOAD_MARKER: &str = "OVERLOAD:";
+pub const TRUNCATE_MARKER: &str = "TRUNCATE:";
+pub const HANG_MARKER: &str = "HANG:";
+/// A tool command that runs long; its marker argument finds it in `/proc`.
+pub const HANG_COMMAND: &str = "sh -c 'sleep 317; echo tale-hang-e2e'";
+/// The call id the OpenAI-format scripts give their one tool call.
+pub const HANG_TOOL_USE_ID: &str = "toolu_tale_hang";
+pub const OPENAI_CALL_ID: &str = "call_tale_01";
 
 /// One request as the fake saw it.
 #[derive(Clone, Debug)]
@@ -129,20 +151,26 @@ fn api_error(status: StatusCode, kind: &str, message: &str) -> FakeResponse {
 
 /// Which reply the conversation so far calls for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Reply {
+pub(crate) enum Reply {
     ToolUse,
     Done,
     Steered,
     Ok,
+    Overloaded,
+    Truncated,
+    Hang,
 }
 
 impl Reply {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Reply::ToolUse => "tool_use",
             Reply::Done => FINAL_TEXT,
             Reply::Steered => STEERED_TEXT,
             Reply::Ok => "ok",
+            Reply::Overloaded => "529",
+            Reply::Truncated => "truncated",
+            Reply::Hang => "hang",
         }
     }
 }
@@ -176,8 +204,19 @@ fn choose(request: &Value) -> Reply {
             .iter()
             .any(|b| b["type"] == "tool_result" && b["tool_use_id"] == TOOL_USE_ID)
     });
+    let has_hang_result = messages.iter().any(|m| {
+        blocks(m)
+            .iter()
+            .any(|b| b["type"] == "tool_result" && b["tool_use_id"] == HANG_TOOL_USE_ID)
+    });
     if last_user_text.contains(STEER_MARKER) {
         Reply::Steered
+    } else if last_user_text.contains(OVERLOAD_MARKER) {
+        Reply::Overloaded
+    } else if last_user_text.contains(TRUNCATE_MARKER) {
+        Reply::Truncated
+    } else if last_user_text.contains(HANG_MARKER) && offers_bash && !has_hang_result {
+        Reply::Hang
     } else if has_result {
         Reply::Done
     } else if offers_bash {
@@ -201,12 +240,16 @@ fn stream(reply: Reply, model: &str, id: &str) -> String {
         "stop_reason": null, "stop_sequence": null,
         "usage": {"input_tokens": 42, "output_tokens": 1, "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0}}})];
     let stop_reason = match reply {
-        Reply::ToolUse => {
-            let input =
-                json!({"command": BASH_COMMAND, "description": "Write the proof file"}).to_string();
+        Reply::ToolUse | Reply::Hang => {
+            let (id, command) = if reply == Reply::Hang {
+                (HANG_TOOL_USE_ID, HANG_COMMAND)
+            } else {
+                (TOOL_USE_ID, BASH_COMMAND)
+            };
+            let input = json!({"command": command, "description": "Run the command"}).to_string();
             let (head, tail) = input.split_at(input.len() / 2);
             events.push(json!({"type": "content_block_start", "index": 0,
-                "content_block": {"type": "tool_use", "id": TOOL_USE_ID, "name": "Bash", "input": {}}}));
+                "content_block": {"type": "tool_use", "id": id, "name": "Bash", "input": {}}}));
             for part in [head, tail] {
                 events.push(json!({"type": "content_block_delta", "index": 0,
                     "delta": {"type": "input_json_delta", "partial_json": part}}));
@@ -225,6 +268,13 @@ fn stream(reply: Reply, model: &str, id: &str) -> String {
             "end_turn"
         }
     };
+    if reply == Reply::Truncated {
+        // Cut inside the first text event: no text, no stop, half a JSON object.
+        events.truncate(2);
+        let mut text = sse(&events);
+        text.push_str("event: content_block_delta\ndata: {\"type\": \"content_block_delta\", \"index\": 0, \"delta\": {\"type\": \"text_d");
+        return text;
+    }
     events.push(json!({"type": "content_block_stop", "index": 0}));
     events.push(json!({"type": "message_delta",
         "delta": {"stop_reason": stop_reason, "stop_sequence": null}, "usage": {"output_tokens": 7}}));
@@ -235,7 +285,7 @@ fn stream(reply: Reply, model: &str, id: &str) -> String {
 /// The same reply as one JSON message (a request without `"stream": true`).
 fn message(reply: Reply, model: &str, id: &str) -> Value {
     let (content, stop_reason) = match reply {
-        Reply::ToolUse => (
+        Reply::ToolUse | Reply::Hang => (
             json!([{"type": "tool_use", "id": TOOL_USE_ID, "name": "Bash",
                 "input": {"command": BASH_COMMAND, "description": "Write the proof file"}}]),
             "tool_use",
@@ -311,7 +361,16 @@ impl Script {
             seen.reply = reply.name().into();
             let model = body["model"].as_str().unwrap_or("fake-model").to_owned();
             let id = format!("msg_fake_{}", self.seen.lock().unwrap().len());
-            if body["stream"] == true {
+            if reply == Reply::Overloaded {
+                api_error(
+                    StatusCode::from_u16(529).unwrap(),
+                    "overloaded_error",
+                    "Overloaded",
+                )
+            } else if reply == Reply::Truncated && body["stream"] != true {
+                // The CLI's non-streaming fallback gets a cut body too.
+                respond(StatusCode::OK, "application/json", "{\"id\": \"msg_cut")
+            } else if body["stream"] == true {
                 respond(
                     StatusCode::OK,
                     "text/event-stream",
@@ -324,6 +383,26 @@ impl Script {
                     message(reply, &model, &id).to_string(),
                 )
             }
+        } else if method == Method::POST && route == format!("{}/v1/chat/completions", self.prefix)
+        {
+            let body = body.unwrap_or(Value::Null);
+            let reply = openai::choose_chat(&body);
+            seen.reply = reply.name().into();
+            respond(
+                StatusCode::OK,
+                "text/event-stream",
+                openai::chat_stream(reply),
+            )
+        } else if method == Method::POST && route == format!("{}/v1/responses", self.prefix) {
+            let body = body.unwrap_or(Value::Null);
+            let reply = openai::choose_responses(&body);
+            seen.reply = reply.name().into();
+            let id = format!("resp_fake_{}", self.seen.lock().unwrap().len());
+            respond(
+                StatusCode::OK,
+                "text/event-stream",
+                openai::responses_stream(reply, &body, &id),
+            )
         } else {
             seen.reply = "404".into();
             api_error(

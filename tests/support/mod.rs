@@ -1,4 +1,5 @@
 //! Shared by the end-to-end tests.
+pub mod agent_runs;
 pub mod fake_kube;
 pub mod fake_model;
 pub mod git_http;

@@ -1,4 +1,5 @@
 //! `tale spawner`: the control plane — sessions API, registry, sweeper, backends.
+pub mod agents;
 pub mod api;
 pub mod backend;
 pub mod config;

@@ -3,7 +3,7 @@
 //! resume position of an agent stream.
 //!
 //! ```text
-//! { agent: "claude-code"|"opencode", execId,
+//! { agent: "claude-code"|"opencode"|"codex", execId,
 //!   run: { prompt, model?, agentSessionId?, maxTurns?, systemPromptAppend?, workdir?,
 //!          browserMcp?, permissionMode?: "bypassPermissions"|"plan" },
 //!   gateway: { baseUrl?, token },      // baseUrl defaults to SANDBOX_LLM_GATEWAY_URL
@@ -11,7 +11,7 @@
 //! ```
 use super::runnerd::is_valid_id;
 use super::spawner::{BadRequest, RequestLimits};
-use crate::shared::agents::{
+use crate::modes::spawner::agents::{
     adapter, AgentAdapter, AgentRunSpec, GatewayTarget, PermissionMode, MAX_STEER_TEXT_CHARS,
 };
 use serde_json::{Map, Value};
@@ -42,7 +42,7 @@ fn agent_field(body: &Map<String, Value>) -> Result<&'static dyn AgentAdapter, B
     body.get("agent")
         .and_then(Value::as_str)
         .and_then(adapter)
-        .ok_or_else(|| bad("agent must be one of \"claude-code\", \"opencode\""))
+        .ok_or_else(|| bad("agent must be one of \"claude-code\", \"opencode\", \"codex\""))
 }
 
 fn exec_id_field(body: &Map<String, Value>) -> Result<String, BadRequest> {
@@ -295,7 +295,7 @@ impl StreamPosition {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shared::agents::AgentSlug;
+    use crate::modes::spawner::agents::AgentSlug;
     use serde_json::json;
 
     const LIMITS: RequestLimits = crate::shared::protocol::spawner::TEST_LIMITS;
@@ -355,7 +355,7 @@ mod tests {
     fn bad_input_table() {
         let cases = [
             (json!([1]), "body must be a JSON object"),
-            (with(&["agent"], json!("cursor")), "agent must be one of \"claude-code\", \"opencode\""),
+            (with(&["agent"], json!("cursor")), "agent must be one of \"claude-code\", \"opencode\", \"codex\""),
             (with(&["execId"], json!("a/b")), "execId must match ^[A-Za-z0-9_-]{1,64}$"),
             (with(&["run"], json!("hi")), "run must be an object"),
             (with(&["run", "prompt"], json!("  ")), "run.prompt must be a non-empty string"),

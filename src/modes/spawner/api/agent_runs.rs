@@ -10,13 +10,13 @@
 //!
 //! The spawner keeps no state about a run: the client names the agent on every call.
 //!
-//! [`AgentEvent`]: crate::shared::agents::AgentEvent
+//! [`AgentEvent`]: crate::modes::spawner::agents::AgentEvent
 use super::exec::{launch, replay};
 use super::sessions::lost_or_upstream;
 use super::sse::AgentTap;
 use super::{bad_request, not_found, ok, ApiRequest};
+use crate::modes::spawner::agents::{adapter, SessionContext, StdinMode};
 use crate::modes::spawner::state::Spawner;
-use crate::shared::agents::{adapter, SessionContext, StdinMode};
 use crate::shared::http::HttpResponse;
 use crate::shared::protocol::agent_runs::{AgentRunRequest, SteerRequest, StreamPosition};
 use crate::shared::protocol::runnerd::StdinRequest;
@@ -77,7 +77,7 @@ pub async fn attach(
         return not_found().into();
     };
     let Some(adapter) = request.query("agent").as_deref().and_then(adapter) else {
-        return bad_request("agent must be one of \"claude-code\", \"opencode\"").into();
+        return bad_request("agent must be one of \"claude-code\", \"opencode\", \"codex\"").into();
     };
     // Unreadable means the start.
     let position = request

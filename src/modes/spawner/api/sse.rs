@@ -6,10 +6,10 @@
 //! parser and each normalized event follows the `stdout` event that completed it as
 //! `event: agent`, `id: <seq>.<n>`. A resumed agent attach replays the exec from its start (to
 //! re-parse it) and sends only what lies after the client's position.
+use crate::modes::spawner::agents::{AgentEvent, AgentEventParser, ExecEnding, RunEnd};
 use crate::modes::spawner::metrics::Metrics;
 use crate::modes::spawner::runnerd_client::{EventStream, RunnerdClient};
 use crate::modes::spawner::state::Spawner;
-use crate::shared::agents::{AgentEvent, AgentEventParser};
 use crate::shared::http::{channel_body, HttpResponse};
 use crate::shared::protocol::agent_runs::StreamPosition;
 use crate::shared::protocol::runnerd::{ExecEvent, Truncated};
@@ -75,18 +75,23 @@ pub fn sse_response() -> (mpsc::Sender<Bytes>, HttpResponse) {
     (tx, response)
 }
 
-/// Normalized agent events parsed from an exec's stdout, alongside the exec events.
+/// Normalized agent events parsed from an exec's stdout, alongside the exec events, and the one
+/// terminal `result` the run's ending calls for ([`RunEnd`]).
 pub struct AgentTap {
     parser: AgentEventParser,
+    end: RunEnd,
     /// Everything at or before this position was delivered on an earlier connection.
     resume_after: StreamPosition,
+    last_seq: u64,
 }
 
 impl AgentTap {
     pub fn new(parser: AgentEventParser, resume_after: StreamPosition) -> AgentTap {
         AgentTap {
             parser,
+            end: RunEnd::default(),
             resume_after,
+            last_seq: 0,
         }
     }
 
@@ -96,19 +101,61 @@ impl AgentTap {
     }
 
     /// The `agent` frames of `events`, parsed from the chunk at `seq`, that are new to the client.
-    fn frames(&self, seq: u64, events: Vec<AgentEvent>) -> Vec<Bytes> {
+    fn frames(&mut self, seq: u64, events: Vec<AgentEvent>) -> Vec<Bytes> {
+        self.frames_from(seq, 1, events)
+    }
+
+    /// Like [`AgentTap::frames`], numbering from `first_sub`.
+    fn frames_from(&mut self, seq: u64, first_sub: usize, events: Vec<AgentEvent>) -> Vec<Bytes> {
+        self.last_seq = self.last_seq.max(seq);
         events
             .into_iter()
             .enumerate()
-            .filter_map(|(n, event)| {
+            .filter_map(|(n, mut event)| {
+                self.end.observe(&mut event);
                 let position = StreamPosition {
                     seq,
-                    sub: u32::try_from(n + 1).unwrap_or(u32::MAX),
+                    sub: u32::try_from(n + first_sub).unwrap_or(u32::MAX),
                 };
                 (position > self.resume_after)
                     .then(|| event_frame_with_id("agent", Some(&position.id()), &event))
             })
             .collect()
+    }
+
+    /// The frames that end the run at the terminal event `seq`: the events of the last stdout
+    /// text, then the synthesized `result` if the ending calls for one (`<seq>.<n+1>`: the same
+    /// id on every replay).
+    fn finish(&mut self, seq: u64, rest: &str, ending: ExecEnding) -> Vec<Bytes> {
+        let mut events = self.parser.feed(rest);
+        events.extend(self.parser.end());
+        let count = events.len();
+        let mut frames = self.frames(seq, events);
+        if let Some(terminal) = self.end.finish(&ending) {
+            frames.extend(self.frames_from(seq, count + 1, vec![terminal]));
+        }
+        frames
+    }
+}
+
+/// How a terminal exec event ended the run (the same rule as the exec's `result.reason`).
+fn ending(event: &ExecEvent) -> ExecEnding {
+    match event {
+        ExecEvent::Exit {
+            cancelled: true, ..
+        } => ExecEnding::Cancelled,
+        ExecEvent::Exit {
+            timed_out: true,
+            exit_code,
+            ..
+        } if *exit_code != 0 => ExecEnding::TimedOut,
+        ExecEvent::Exit { exit_code, .. } => ExecEnding::Exited {
+            exit_code: *exit_code,
+        },
+        ExecEvent::Fail { message, .. } => ExecEnding::Failed {
+            message: message.clone(),
+        },
+        _ => ExecEnding::Lost,
     }
 }
 
@@ -169,6 +216,13 @@ pub async fn pump(
                     STANDARD.encode_to_string(&collected.stderr),
                     Truncated::default(),
                 );
+                if let Some(tap) = agent.as_mut() {
+                    // No terminal seq: the run's end sits after everything it streamed.
+                    let seq = tap.last_seq + 1;
+                    for frame in tap.finish(seq, "", ExecEnding::Lost) {
+                        send(frame).await;
+                    }
+                }
                 send(event_frame("result", None, &result)).await;
                 record_outcome(&spawner, &result);
                 background_evict(&spawner, &session_id);
@@ -217,9 +271,13 @@ pub async fn pump(
                     buffer.extend_from_slice(&bytes);
                 }
                 let text = decoder.feed(&bytes);
-                if let (true, Some(tap)) = (is_stdout, agent.as_mut()) {
-                    let events = tap.parser.feed(&text);
-                    agent_frames = tap.frames(*seq, events);
+                match (is_stdout, agent.as_mut()) {
+                    (true, Some(tap)) => {
+                        let events = tap.parser.feed(&text);
+                        agent_frames = tap.frames(*seq, events);
+                    }
+                    (false, Some(tap)) => tap.end.observe_stderr(&text),
+                    _ => {}
                 }
                 event_frame(name, Some(*seq), &OutputData { text, seq: *seq })
             }
@@ -241,17 +299,21 @@ pub async fn pump(
             ExecEvent::Exit { .. } | ExecEvent::Fail { .. } => {
                 // Bytes of a character cut at the very end are flushed (lossily) before the result.
                 let seq = event.seq().unwrap_or(0);
+                let mut stdout_rest = String::new();
                 for (decoder, name) in [(&mut stdout_text, "stdout"), (&mut stderr_text, "stderr")]
                 {
                     let rest = decoder.finish();
-                    if let (Some(tap), "stdout") = (agent.as_mut(), name) {
-                        let mut events = tap.parser.feed(&rest);
-                        events.extend(tap.parser.end());
-                        agent_frames = tap.frames(seq, events);
+                    match (agent.as_mut(), name) {
+                        (Some(_), "stdout") => stdout_rest.clone_from(&rest),
+                        (Some(tap), _) => tap.end.observe_stderr(&rest),
+                        _ => {}
                     }
                     if fresh && !rest.is_empty() {
                         send(event_frame(name, None, &OutputData { text: rest, seq })).await;
                     }
+                }
+                if let Some(tap) = agent.as_mut() {
+                    agent_frames = tap.finish(seq, &stdout_rest, ending(&event));
                 }
                 for frame in agent_frames {
                     send(frame).await;

@@ -2,6 +2,7 @@
 //! per assistant message id.
 use super::super::events::{AgentEvent, AgentResultStatus, AgentSlug, UsageTotals};
 use super::super::jsonl::EventMapper;
+use super::super::terminal::{bounded, MAX_RESULT_REASON_BYTES};
 use super::super::{count, string};
 use serde_json::{Map, Value};
 use std::collections::{HashSet, VecDeque};
@@ -101,16 +102,28 @@ fn tool_results(event: &Map<String, Value>, parent: Option<String>) -> Vec<Agent
 }
 
 fn result(event: &Map<String, Value>) -> AgentEvent {
+    let is_error = event.get("is_error").and_then(Value::as_bool);
     let status = match event.get("subtype").and_then(Value::as_str) {
+        // An API failure after the CLI's retries (e.g. HTTP 529) is reported as `success` with
+        // `is_error: true` and the error text as `result`.
+        _ if is_error == Some(true) => AgentResultStatus::Error,
         None | Some("") | Some("success") => AgentResultStatus::Completed,
         Some("error_max_turns") => AgentResultStatus::MaxTurns,
         Some(_) => AgentResultStatus::Error,
     };
     let cost = event.get("total_cost_usd").and_then(Value::as_f64);
+    let final_text = string(event.get("result"));
+    let reason = match status {
+        AgentResultStatus::Completed => None,
+        _ => final_text
+            .clone()
+            .filter(|t| !t.trim().is_empty())
+            .map(|t| bounded(&t, MAX_RESULT_REASON_BYTES)),
+    };
     AgentEvent::Result {
         status,
         agent_session_id: string(event.get("session_id")),
-        final_text: string(event.get("result")),
+        final_text,
         duration_ms: event
             .get("duration_ms")
             .filter(|v| v.is_number())
@@ -120,11 +133,12 @@ fn result(event: &Map<String, Value>) -> AgentEvent {
             output_tokens: 0,
             cost_estimate_usd: Some(cost),
         }),
-        is_error: event.get("is_error").and_then(Value::as_bool),
+        is_error,
         api_error_status: event
             .get("api_error_status")
             .filter(|v| !v.is_null())
             .cloned(),
+        reason,
     }
 }
 
@@ -172,10 +186,11 @@ impl EventMapper for ClaudeMapper {
 mod tests {
     use super::super::ClaudeCode;
     use super::*;
-    use crate::shared::agents::{AgentAdapter, AgentEventParser};
+    use crate::modes::spawner::agents::{AgentAdapter, AgentEventParser};
     use serde_json::json;
 
-    const FIXTURE: &str = include_str!("../../../../tests/fixtures/claude_code/issue-to-pr.jsonl");
+    const FIXTURE: &str =
+        include_str!("../../../../../tests/fixtures/claude_code/issue-to-pr.jsonl");
 
     fn parse_all(chunks: &[&str]) -> Vec<AgentEvent> {
         let mut parser = ClaudeCode.parser();
@@ -286,7 +301,8 @@ mod tests {
                     cost_estimate_usd: Some(0.0123)
                 }),
                 is_error: Some(false),
-                api_error_status: None
+                api_error_status: None,
+                reason: None
             }
         );
     }
@@ -446,6 +462,16 @@ mod tests {
         assert_eq!(
             status(json!({"type": "result", "subtype": "error_during_execution"})),
             AgentResultStatus::Error
+        );
+        // HTTP 529 after the CLI's retries, as 2.1.173 reports it: `success` yet `is_error`.
+        let overloaded = map(
+            json!({"type": "result", "subtype": "success", "is_error": true,
+            "api_error_status": 529, "result": "API Error: Repeated 529 Overloaded errors"}),
+        );
+        assert!(
+            matches!(&overloaded[..], [AgentEvent::Result { status: AgentResultStatus::Error,
+                api_error_status: Some(s), reason: Some(r), .. }] if s == &json!(529) && r.contains("529")),
+            "{overloaded:?}"
         );
         let errored = map(
             json!({"type": "result", "subtype": "error_during_execution", "is_error": true,

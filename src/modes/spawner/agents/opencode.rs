@@ -12,7 +12,7 @@ use super::{
     PLAYWRIGHT_MCP_ARGS, PLAYWRIGHT_MCP_COMMAND,
 };
 use serde_json::{json, Map, Value};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 /// The CLI, found on the session's PATH.
 pub const OPENCODE_BINARY: &str = "opencode";
@@ -110,14 +110,19 @@ impl AgentAdapter for OpenCode {
     }
 }
 
-/// Maps `--format json` events (spec §7): one `run-started` before the first step, text, tool
-/// calls, per-step usage and a `result` when a step finishes with reason `stop`.
+/// Maps `--format json` events (spec §7, extended): one `run-started` as soon as a line names the
+/// session, text, each tool call as `tool-use` then `tool-result` under the model's call id,
+/// per-step usage, and a `result` (with the last step's text) when a step finishes with `stop`.
 #[derive(Default)]
 pub struct OpenCodeMapper {
     started: bool,
     session_id: Option<String>,
     /// Running totals over the steps so far, reported in `result.usageTotals`.
     totals: Option<UsageTotals>,
+    /// Call ids whose `tool-use` was sent (a call may be printed running, then finished).
+    announced: HashSet<String>,
+    /// Text parts of the current step: the final answer when the step ends the run.
+    step_text: Vec<String>,
 }
 
 impl OpenCodeMapper {
@@ -151,39 +156,51 @@ impl OpenCodeMapper {
             parent_tool_use_id: None,
         }];
         if part.get("reason").and_then(Value::as_str) == Some("stop") {
+            let text = self.step_text.join("\n");
             out.push(AgentEvent::Result {
                 status: AgentResultStatus::Completed,
                 agent_session_id: self.session_id.clone(),
-                final_text: None,
+                final_text: (!text.is_empty()).then_some(text),
                 duration_ms: None,
                 usage_totals: self.totals.clone(),
                 is_error: None,
                 api_error_status: None,
+                reason: None,
             });
         }
         out
     }
-}
 
-fn tool_call(part: Option<&Value>) -> AgentEvent {
-    let part = part.cloned().unwrap_or(Value::Null);
-    let tool_use_id = string(part.get("id"))
-        .or_else(|| string(part.get("callID")))
-        .unwrap_or_default();
-    let state = &part["state"];
-    match state.get("status").and_then(Value::as_str) {
-        Some(status @ ("completed" | "error")) => AgentEvent::ToolResult {
-            tool_use_id,
-            output: state.get("output").cloned(),
-            is_error: (status == "error").then_some(true),
-            parent_tool_use_id: None,
-        },
-        _ => AgentEvent::ToolUse {
-            tool_use_id,
-            tool_name: string(part.get("tool")).unwrap_or_default(),
-            input: state.get("input").cloned().unwrap_or(Value::Null),
-            parent_tool_use_id: None,
-        },
+    /// `tool-use` once per call, then `tool-result` when the call finished. The id is the
+    /// model's `callID` (what the model's next request refers to); OpenCode's part id only when
+    /// the call id is missing.
+    fn tool_call(&mut self, part: Option<&Value>) -> Vec<AgentEvent> {
+        let part = part.cloned().unwrap_or(Value::Null);
+        let tool_use_id = string(part.get("callID"))
+            .or_else(|| string(part.get("id")))
+            .unwrap_or_default();
+        let state = &part["state"];
+        let mut out = Vec::new();
+        if self.announced.insert(tool_use_id.clone()) {
+            out.push(AgentEvent::ToolUse {
+                tool_use_id: tool_use_id.clone(),
+                tool_name: string(part.get("tool")).unwrap_or_default(),
+                input: state.get("input").cloned().unwrap_or(Value::Null),
+                parent_tool_use_id: None,
+            });
+        }
+        if let Some(status @ ("completed" | "error")) = state.get("status").and_then(Value::as_str)
+        {
+            let failed = status == "error";
+            out.push(AgentEvent::ToolResult {
+                tool_use_id,
+                // A failed call carries its message in `error`, not `output`.
+                output: state.get("output").or_else(|| state.get("error")).cloned(),
+                is_error: Some(failed),
+                parent_tool_use_id: None,
+            });
+        }
+        out
     }
 }
 
@@ -194,7 +211,9 @@ impl EventMapper for OpenCodeMapper {
         }
         let kind = event.get("type").and_then(Value::as_str).unwrap_or("");
         let mut out = Vec::new();
-        if matches!(kind, "step_start" | "text" | "tool_use" | "step_finish") && !self.started {
+        let starts = self.session_id.is_some()
+            || matches!(kind, "step_start" | "text" | "tool_use" | "step_finish");
+        if starts && !self.started {
             self.started = true;
             out.push(AgentEvent::RunStarted {
                 agent: AgentSlug::OpenCode,
@@ -204,18 +223,19 @@ impl EventMapper for OpenCodeMapper {
         }
         let part = event.get("part");
         match kind {
-            "step_start" => {}
+            "step_start" => self.step_text.clear(),
             "text" => {
                 if let Some(text) =
                     string(part.and_then(|p| p.get("text"))).filter(|t| !t.is_empty())
                 {
+                    self.step_text.push(text.clone());
                     out.push(AgentEvent::Text {
                         text,
                         parent_tool_use_id: None,
                     });
                 }
             }
-            "tool_use" => out.push(tool_call(part)),
+            "tool_use" => out.extend(self.tool_call(part)),
             "step_finish" => out.extend(self.step_finish(part)),
             "error" => {
                 let error = event.get("error");
@@ -243,7 +263,7 @@ impl EventMapper for OpenCodeMapper {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shared::agents::GatewayTarget;
+    use crate::modes::spawner::agents::GatewayTarget;
 
     fn spec() -> AgentRunSpec {
         AgentRunSpec::new(
@@ -356,18 +376,22 @@ mod tests {
         assert!(OpenCode.steer_line("x").is_none());
     }
 
-    /// The mapping table, one run: run-started once, text, a pending and a finished tool call,
-    /// per-step usage (reasoning counted as output), the result with running totals, errors, raw.
+    /// The mapping table, one run: run-started once, text, a call printed running then finished
+    /// (one tool-use, one tool-result, under the call id), a failed call, per-step usage
+    /// (reasoning counted as output), the result with running totals and the last step's text,
+    /// errors, raw.
     #[test]
     fn mapping_table() {
         let events = parse(&[
             json!({"type": "step_start", "sessionID": "ses_a", "part": {"type": "step-start"}}),
             json!({"type": "text", "sessionID": "ses_a", "part": {"text": "Looking."}}),
             json!({"type": "tool_use", "part": {"callID": "c1", "tool": "bash", "state": {"status": "running", "input": {"command": "ls"}}}}),
-            json!({"type": "tool_use", "part": {"id": "p1", "callID": "c1", "tool": "bash", "state": {"status": "completed", "output": "a\n"}}}),
-            json!({"type": "tool_use", "part": {"tool": "read", "state": {"status": "error", "output": "nope"}}}),
+            json!({"type": "tool_use", "part": {"id": "p1", "callID": "c1", "tool": "bash", "state": {"status": "completed", "input": {"command": "ls"}, "output": "a\n"}}}),
+            json!({"type": "tool_use", "part": {"id": "p2", "tool": "read", "state": {"status": "error", "input": {"path": "x"}, "error": "nope"}}}),
             json!({"type": "step_finish", "part": {"cost": 0.01, "reason": "tool-calls", "tokens": {"input": 100, "output": 10, "reasoning": 5, "cache": {"read": 50, "write": 2}}}}),
             json!({"type": "step_start", "sessionID": "ses_b"}),
+            json!({"type": "text", "part": {"text": "All"}}),
+            json!({"type": "text", "part": {"text": "done."}}),
             json!({"type": "step_finish", "part": {"cost": 0.02, "reason": "stop", "tokens": {"input": 200, "output": 20}}}),
             json!({"type": "error", "error": {"name": "APIError", "data": {"message": "rate limited"}}}),
             json!({"type": "error", "error": {"name": "APIError"}}),
@@ -378,47 +402,82 @@ mod tests {
             .iter()
             .map(|e| serde_json::to_value(e).unwrap())
             .collect();
+        let expected_head = [
+            json!({"type": "run-started", "agent": "opencode", "agentSessionId": "ses_a"}),
+            json!({"type": "text", "text": "Looking."}),
+            json!({"type": "tool-use", "toolUseId": "c1", "toolName": "bash", "input": {"command": "ls"}}),
+            json!({"type": "tool-result", "toolUseId": "c1", "output": "a\n", "isError": false}),
+            json!({"type": "tool-use", "toolUseId": "p2", "toolName": "read", "input": {"path": "x"}}),
+            json!({"type": "tool-result", "toolUseId": "p2", "output": "nope", "isError": true}),
+            json!({"type": "usage", "inputTokens": 100, "outputTokens": 15, "cacheReadTokens": 50, "cacheWriteTokens": 2, "costEstimateUsd": 0.01}),
+            json!({"type": "text", "text": "All"}),
+            json!({"type": "text", "text": "done."}),
+        ];
+        assert_eq!(wire[..9], expected_head[..]);
+        assert_eq!(wire[9]["type"], "usage");
+        assert_eq!(wire[9]["cacheReadTokens"], 0);
+        assert_eq!(wire[10]["type"], "result");
+        assert_eq!(wire[10]["status"], "completed");
+        assert_eq!(wire[10]["finalText"], "All\ndone.", "the last step's text");
         assert_eq!(
-            wire[0],
-            json!({"type": "run-started", "agent": "opencode", "agentSessionId": "ses_a"})
-        );
-        assert_eq!(wire[1], json!({"type": "text", "text": "Looking."}));
-        assert_eq!(
-            wire[2],
-            json!({"type": "tool-use", "toolUseId": "c1", "toolName": "bash", "input": {"command": "ls"}})
-        );
-        assert_eq!(
-            wire[3],
-            json!({"type": "tool-result", "toolUseId": "p1", "output": "a\n"})
-        );
-        assert_eq!(
-            wire[4],
-            json!({"type": "tool-result", "toolUseId": "", "output": "nope", "isError": true})
-        );
-        assert_eq!(
-            wire[5],
-            json!({"type": "usage", "inputTokens": 100, "outputTokens": 15, "cacheReadTokens": 50, "cacheWriteTokens": 2, "costEstimateUsd": 0.01})
-        );
-        assert_eq!(wire[6]["type"], "usage");
-        assert_eq!(wire[6]["cacheReadTokens"], 0);
-        assert_eq!(wire[7]["type"], "result");
-        assert_eq!(wire[7]["status"], "completed");
-        assert_eq!(
-            wire[7]["agentSessionId"], "ses_b",
+            wire[10]["agentSessionId"], "ses_b",
             "the last sessionID seen"
         );
-        assert_eq!(wire[7]["usageTotals"]["inputTokens"], 300);
-        assert_eq!(wire[7]["usageTotals"]["outputTokens"], 35);
-        assert!((wire[7]["usageTotals"]["costEstimateUsd"].as_f64().unwrap() - 0.03).abs() < 1e-9);
-        assert_eq!(wire[8]["message"], "rate limited");
-        assert_eq!(wire[8]["raw"]["error"]["name"], "APIError");
-        assert_eq!(wire[9]["message"], "APIError");
-        assert_eq!(wire[10]["message"], "opencode error");
+        assert_eq!(wire[10]["usageTotals"]["inputTokens"], 300);
+        assert_eq!(wire[10]["usageTotals"]["outputTokens"], 35);
+        assert!((wire[10]["usageTotals"]["costEstimateUsd"].as_f64().unwrap() - 0.03).abs() < 1e-9);
+        assert_eq!(wire[11]["message"], "rate limited");
+        assert_eq!(wire[11]["raw"]["error"]["name"], "APIError");
+        assert_eq!(wire[12]["message"], "APIError");
+        assert_eq!(wire[13]["message"], "opencode error");
         assert_eq!(
-            wire[11],
+            wire[14],
             json!({"type": "raw", "agent": "opencode", "payload": {"type": "permission", "x": 1}})
         );
-        assert_eq!(wire.len(), 12);
+        assert_eq!(wire.len(), 15);
+    }
+
+    /// A failed run whose first line is the error still names its session first.
+    #[test]
+    fn error_line_starts_the_run() {
+        let events = parse(&[
+            json!({"type": "error", "sessionID": "ses_x", "error": {"name": "APIError", "data": {"message": "boom"}}}),
+        ]);
+        assert_eq!(
+            events[0],
+            AgentEvent::RunStarted {
+                agent: AgentSlug::OpenCode,
+                agent_session_id: Some("ses_x".into()),
+                model: None
+            }
+        );
+        assert!(matches!(&events[1], AgentEvent::Error { message, .. } if message == "boom"));
+        assert_eq!(events.len(), 2);
+    }
+
+    /// A finished call exactly as opencode 1.18.33 printed it here (one line, input and output).
+    #[test]
+    fn real_cli_tool_line() {
+        let events = parse(&[json!({"type": "tool_use", "timestamp": 1796160820269u64,
+            "sessionID": "ses_dcc7908cdffeLf74uA4UJ6xliA", "part": {"type": "tool", "tool": "bash",
+            "callID": "call_oc_1", "state": {"status": "completed",
+                "input": {"command": "echo tale-was-here > proof.txt", "description": "write proof"},
+                "output": "(no output)", "metadata": {"output": "(no output)", "exit": 0, "truncated": false},
+                "title": "echo tale-was-here > proof.txt", "time": {"start": 1796160819083u64, "end": 1796160819741u64}},
+            "id": "prt_233870f59001mK5lhNjHWfxoTb", "sessionID": "ses_dcc7908cdffeLf74uA4UJ6xliA",
+            "messageID": "msg_23387025b001a6xwR2OQ3lyik9"}})]);
+        let wire: Vec<Value> = events
+            .iter()
+            .map(|e| serde_json::to_value(e).unwrap())
+            .collect();
+        assert_eq!(
+            wire[1..],
+            [
+                json!({"type": "tool-use", "toolUseId": "call_oc_1", "toolName": "bash",
+                    "input": {"command": "echo tale-was-here > proof.txt", "description": "write proof"}}),
+                json!({"type": "tool-result", "toolUseId": "call_oc_1", "output": "(no output)", "isError": false}),
+            ]
+        );
     }
 
     /// Lines as opencode 1.18.33 printed them here (a model endpoint that answered badly).

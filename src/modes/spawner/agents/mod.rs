@@ -7,12 +7,15 @@
 //! prompt is the trailing argv element — the spec's one documented exception. Real provider keys
 //! never enter a session: the session holds only the gateway's session-scoped virtual key.
 pub mod claude_code;
+pub mod codex;
 pub mod events;
 pub mod jsonl;
 pub mod opencode;
+pub mod terminal;
 
 pub use events::{AgentEvent, AgentResultStatus, AgentSlug, UsageTotals};
 pub use jsonl::{AgentEventParser, EventMapper, LineReassembler, MAX_AGENT_LINE_BYTES};
+pub use terminal::{ExecEnding, RunEnd};
 
 use std::collections::BTreeMap;
 
@@ -32,7 +35,8 @@ pub const PLAYWRIGHT_MCP_ARGS: [&str; 6] = [
     "/usr/bin/chromium",
 ];
 /// The agents this build can run.
-pub const SUPPORTED_AGENTS: [AgentSlug; 2] = [AgentSlug::ClaudeCode, AgentSlug::OpenCode];
+pub const SUPPORTED_AGENTS: [AgentSlug; 3] =
+    [AgentSlug::ClaudeCode, AgentSlug::OpenCode, AgentSlug::Codex];
 
 /// Where the agent's model traffic goes: the LLM gateway's root (no trailing slash) and the
 /// session-scoped virtual key the gateway meters.
@@ -142,11 +146,12 @@ pub trait AgentAdapter: Sync {
     }
 }
 
-/// The adapter of `slug` (`claude-code`, `opencode`).
+/// The adapter of `slug` (`claude-code`, `opencode`, `codex`).
 pub fn adapter(slug: &str) -> Option<&'static dyn AgentAdapter> {
     match slug {
         "claude-code" => Some(&claude_code::ClaudeCode),
         "opencode" => Some(&opencode::OpenCode),
+        "codex" => Some(&codex::Codex),
         _ => None,
     }
 }

@@ -162,7 +162,7 @@ impl AgentAdapter for ClaudeCode {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shared::agents::GatewayTarget;
+    use crate::modes::spawner::agents::GatewayTarget;
     use serde_json::{json, Value};
 
     fn session() -> SessionContext {
