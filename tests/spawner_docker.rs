@@ -136,10 +136,10 @@ async fn docker_session_lifecycle() {
                 .await
         }
     };
-    let events = exec("who", "echo $SEED; id -u; grep CapEff /proc/self/status; touch /rootfs-write 2>/dev/null || echo read-only; cat /workspace/.tale/token 2>/dev/null || echo token-hidden; echo data > kept.txt").await;
+    let events = exec("who", "echo $SEED; id -u; grep CapEff /proc/self/status; touch /rootfs-write 2>/dev/null || echo read-only; cat /workspace/.tale/token 2>/dev/null || echo token-hidden; ls -d /run/tale/runnerd-* >/dev/null && echo state-on-disk; ls -d /tmp/runnerd-* 2>/dev/null || echo tmp-clean; echo data > kept.txt").await;
     assert_eq!(
         stdout_text(&events),
-        "planted\n65534\nCapEff:\t0000000000000000\nread-only\ntoken-hidden\n",
+        "planted\n65534\nCapEff:\t0000000000000000\nread-only\ntoken-hidden\nstate-on-disk\ntmp-clean\n",
         "{events:?}"
     );
     assert_eq!(result(&events)["exitCode"], 0);
@@ -165,6 +165,19 @@ async fn docker_session_lifecycle() {
         .iter()
         .any(|e| e["name"] == "kept.txt"));
 
+    // runnerd's state (journal spool, credential socket) sits on an anonymous volume.
+    let state_volume = || {
+        docker(&[
+            "inspect",
+            "-f",
+            "{{range .Mounts}}{{if eq .Destination \"/run/tale\"}}{{.Name}}{{end}}{{end}}",
+            &container,
+        ])
+        .1
+    };
+    let first_state = state_volume();
+    assert!(!first_state.is_empty(), "a volume at /run/tale");
+
     // Idle: the sweep stops the container and keeps the workspace volume.
     let stopped = poll(Duration::from_secs(30), async || {
         (!docker(&["inspect", &container]).0).then_some(())
@@ -178,6 +191,10 @@ async fn docker_session_lifecycle() {
     assert!(
         docker(&["volume", "inspect", &format!("{container}-ws")]).0,
         "workspace volume kept"
+    );
+    assert!(
+        !docker(&["volume", "inspect", &first_state]).0,
+        "the state volume went with the container"
     );
     assert_eq!(
         c.json(Method::GET, &format!("/v1/sessions/{id}"), None)
@@ -196,6 +213,8 @@ async fn docker_session_lifecycle() {
         .await;
     assert_eq!(status, StatusCode::CREATED);
     assert_eq!(stdout_text(&exec("again", "cat kept.txt").await), "data\n");
+    let second_state = state_volume();
+    assert!(!second_state.is_empty() && second_state != first_state);
 
     assert_eq!(
         c.json(Method::DELETE, &format!("/v1/sessions/{id}"), None)
@@ -206,6 +225,10 @@ async fn docker_session_lifecycle() {
     assert!(
         !docker(&["volume", "inspect", &format!("{container}-ws")]).0,
         "workspace volume gone"
+    );
+    assert!(
+        !docker(&["volume", "inspect", &second_state]).0,
+        "state volume gone"
     );
     remove_network(&spawner);
 }

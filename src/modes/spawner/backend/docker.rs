@@ -34,6 +34,8 @@ use std::time::Duration;
 pub const SESSION_LABEL: &str = "tale.sandbox-session";
 /// Where the workspace volume is mounted in the container.
 pub const WORKSPACE_PATH: &str = "/workspace";
+/// Where runnerd keeps its own state in a session container (an anonymous volume; see `create`).
+pub const RUNNERD_STATE_PATH: &str = "/run/tale";
 /// Label set on volumes at creation, to tell "created now" from "existed already".
 pub const VOLUME_NONCE_LABEL: &str = "tale.create-nonce";
 /// Time allowed for one engine call.
@@ -211,6 +213,7 @@ impl DockerBackend {
                 runnerd_protocol::token_digest_hex(spec.runnerd_token.as_bytes())
             ),
             format!("TALE_WORKSPACE_ROOT={WORKSPACE_PATH}"),
+            format!("TALE_STATE_DIR={RUNNERD_STATE_PATH}"),
             format!("TALE_EXEC_USER={}:{}", r.exec_user.0, r.exec_user.1),
             "PIP_CACHE_DIR=/cache/pip".into(),
             "UV_CACHE_DIR=/cache/pip".into(),
@@ -224,12 +227,22 @@ impl DockerBackend {
             env.push(format!("NO_PROXY={}", self.config.no_proxy));
             env.push(format!("no_proxy={}", self.config.no_proxy));
         }
-        let mut mounts = vec![Mount {
-            target: Some(WORKSPACE_PATH.into()),
-            source: Some(workspace_volume(&spec.session_id)),
-            typ: Some(MountType::VOLUME),
-            ..Default::default()
-        }];
+        let mut mounts = vec![
+            Mount {
+                target: Some(WORKSPACE_PATH.into()),
+                source: Some(workspace_volume(&spec.session_id)),
+                typ: Some(MountType::VOLUME),
+                ..Default::default()
+            },
+            // runnerd's own state (journal spool, credential socket) on disk, root-owned, out of
+            // the exec user's reach; the root filesystem is read-only and /tmp is a small tmpfs the
+            // exec user can fill. Anonymous: removed with the container.
+            Mount {
+                target: Some(RUNNERD_STATE_PATH.into()),
+                typ: Some(MountType::VOLUME),
+                ..Default::default()
+            },
+        ];
         if let Some(prefixes) = &self.config.cache_volume_prefixes {
             env.push("TALE_SHARED_DIRS=/cache/pip:/cache/npm:/cache/bun".into());
             for (prefix, target) in prefixes
@@ -340,7 +353,8 @@ impl DockerBackend {
     }
 
     async fn remove_container(&self, name: &str) -> BackendResult<bool> {
-        let options = RemoveContainerOptionsBuilder::new().force(true).build();
+        // `v`: the anonymous state volume goes with the container (named volumes stay).
+        let options = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
         match self.docker.remove_container(name, Some(options)).await {
             Ok(()) => Ok(true),
             Err(err) if is_not_found(&err) => Ok(false),
