@@ -7,7 +7,7 @@
 //!
 //! Cases per target: `TALE_FUZZ_CASES` (default [`DEFAULT_CASES`]; the scratch-workspace target
 //! runs a tenth of that, each case doing real file operations); a longer local run is
-//! `TALE_FUZZ_CASES=20000 cargo test --release --lib runnerd::fuzz`.
+//! `TALE_FUZZ_CASES=20000 cargo test --lib runnerd::fuzz -- --test-threads=1`.
 use super::credentials::CredentialStore;
 use super::env_store::{is_denied_name, EnvStore};
 use super::exec::spec::{parse_exec_id, parse_request, ExecSpec};
