@@ -228,7 +228,11 @@ pub async fn serve_connection<H, F>(
 
 /// The first value of `name` in the request's query string, percent-decoded.
 pub fn query_param(request: &Request<Incoming>, name: &str) -> Option<String> {
-    let query = request.uri().query()?;
+    query_value(request.uri().query()?, name)
+}
+
+/// The first value of `name` in a query string, percent-decoded (`+` is a space).
+pub fn query_value(query: &str, name: &str) -> Option<String> {
     form_urlencoded::parse(query.as_bytes())
         .find(|(key, _)| key == name)
         .map(|(_, value)| value.into_owned())

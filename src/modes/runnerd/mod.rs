@@ -7,6 +7,8 @@ pub mod credentials;
 pub mod env_store;
 pub mod exec;
 pub mod files;
+#[cfg(test)]
+mod fuzz;
 pub mod health;
 pub mod init;
 pub mod limits;

@@ -102,21 +102,17 @@ async fn json_body<T: DeserializeOwned>(
                 Some(err.to_string()),
             ),
         })?;
+    decode_body(&bytes)
+        .map_err(|message| error(StatusCode::BAD_REQUEST, "bad_request", Some(message)))
+}
+
+/// A whole body as the route's type, or the message of its 400 `bad_request`.
+pub(super) fn decode_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     // Every body is an object: serde would also read a struct from an array of its fields.
-    if !starts_json_object(&bytes) {
-        return Err(error(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            Some("the body must be a JSON object".into()),
-        ));
+    if !starts_json_object(bytes) {
+        return Err("the body must be a JSON object".into());
     }
-    serde_json::from_slice(&bytes).map_err(|err| {
-        error(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            Some(format!("the body is not the expected JSON: {err}")),
-        )
-    })
+    serde_json::from_slice(bytes).map_err(|err| format!("the body is not the expected JSON: {err}"))
 }
 
 /// Whether JSON text starts an object (`{` after optional whitespace); the parse checks the rest.
@@ -179,24 +175,25 @@ async fn exec(daemon: Arc<Daemon>, request: Request<Incoming>) -> HttpResponse {
 }
 
 fn attach(daemon: &Daemon, id: &str, request: &Request<Incoming>) -> HttpResponse {
-    let since_seq = match query_param(request, "sinceSeq") {
-        None => 0,
-        Some(value) => match value.parse::<u64>() {
-            Ok(seq) => seq,
-            Err(_) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    Some("sinceSeq must be a non-negative integer".into()),
-                )
-            }
-        },
+    let since_seq = match parse_since_seq(query_param(request, "sinceSeq").as_deref()) {
+        Ok(seq) => seq,
+        Err(message) => return error(StatusCode::BAD_REQUEST, "bad_request", Some(message.into())),
     };
     let Some(exec) = daemon.execs.get(id) else {
         return not_found();
     };
     exec.rearm_deadline();
     ndjson_stream(exec.journal.cursor(since_seq))
+}
+
+/// The `sinceSeq` of an attach: absent is 0, else a decimal `u64`, or the message of the 400.
+pub(super) fn parse_since_seq(value: Option<&str>) -> Result<u64, &'static str> {
+    match value {
+        None => Ok(0),
+        Some(value) => value
+            .parse::<u64>()
+            .map_err(|_| "sinceSeq must be a non-negative integer"),
+    }
 }
 
 /// `GET /execs` (tale, additive): live and retained execs with their state.
@@ -391,8 +388,7 @@ async fn grant_credential(daemon: &Daemon, request: Request<Incoming>) -> HttpRe
 }
 
 fn revoke_credential(daemon: &Daemon, host: &str) -> HttpResponse {
-    let host = percent_encoding::percent_decode_str(host).decode_utf8_lossy();
-    let existed = daemon.credentials.revoke(&host);
+    let existed = daemon.credentials.revoke(&revoke_host(host));
     json(
         StatusCode::OK,
         &CredentialReply {
@@ -400,6 +396,13 @@ fn revoke_credential(daemon: &Daemon, host: &str) -> HttpResponse {
             existed: Some(existed),
         },
     )
+}
+
+/// The host of `DELETE /credentials/git/:host`, percent-decoded (invalid UTF-8 replaced).
+pub(super) fn revoke_host(segment: &str) -> String {
+    percent_encoding::percent_decode_str(segment)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 fn ndjson_response(body: crate::shared::http::ResponseBody) -> HttpResponse {
