@@ -354,7 +354,10 @@ impl DockerBackend {
 
     async fn remove_container(&self, name: &str) -> BackendResult<bool> {
         // `v`: the anonymous state volume goes with the container (named volumes stay).
-        let options = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
+        let options = RemoveContainerOptionsBuilder::new()
+            .force(true)
+            .v(true)
+            .build();
         match self.docker.remove_container(name, Some(options)).await {
             Ok(()) => Ok(true),
             Err(err) if is_not_found(&err) => Ok(false),
