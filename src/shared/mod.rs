@@ -1,5 +1,7 @@
 //! Code shared by more than one mode: the wire contract, logging, and the only unsafe code.
 pub mod clock;
+#[cfg(test)]
+pub mod fuzz;
 pub mod hex;
 pub mod hmac;
 pub mod http;

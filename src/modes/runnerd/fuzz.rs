@@ -16,6 +16,7 @@ use super::files::beneath::normalize;
 use super::files::Workspace;
 use super::limits::{MAX_ENV_ENTRIES, MAX_ENV_VALUE_BYTES, MAX_STDIN_LINE_BYTES};
 use super::server::{decode_body, parse_since_seq, revoke_host};
+use crate::shared::fuzz::{self, runner_with};
 use crate::shared::http::query_value;
 use crate::shared::ndjson::NdjsonLines;
 use crate::shared::protocol::runnerd::{
@@ -23,8 +24,8 @@ use crate::shared::protocol::runnerd::{
     GitCredentialGrant, StageItem, StageRequest, StdinRefusal, StdinRequest, MAX_ID_LEN,
 };
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestRunner};
-use serde_json::{json, Map, Value};
+use proptest::test_runner::TestRunner;
+use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 
@@ -32,18 +33,7 @@ use std::path::{Component, Path, PathBuf};
 pub const DEFAULT_CASES: u32 = 1000;
 
 fn cases() -> u32 {
-    std::env::var("TALE_FUZZ_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(DEFAULT_CASES)
-}
-
-fn runner_with(cases: u32) -> TestRunner {
-    TestRunner::new(Config {
-        cases: cases.max(1),
-        failure_persistence: None,
-        ..Config::default()
-    })
+    fuzz::cases(DEFAULT_CASES)
 }
 
 fn runner() -> TestRunner {
@@ -63,21 +53,7 @@ fn text() -> impl Strategy<Value = String> {
 }
 
 fn json_value() -> impl Strategy<Value = Value> {
-    let leaf = prop_oneof![
-        Just(Value::Null),
-        any::<bool>().prop_map(Value::from),
-        any::<i64>().prop_map(Value::from),
-        any::<u64>().prop_map(Value::from),
-        any::<f64>().prop_map(|f| json!(f)),
-        text().prop_map(Value::from),
-    ];
-    leaf.prop_recursive(4, 48, 6, |inner| {
-        prop_oneof![
-            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::from),
-            prop::collection::btree_map(text(), inner, 0..6)
-                .prop_map(|map| Value::Object(map.into_iter().collect())),
-        ]
-    })
+    fuzz::json_value(text().boxed())
 }
 
 /// Every field name a runnerd route reads, so that mutations hit real fields.
@@ -123,34 +99,7 @@ fn templates() -> Vec<Value> {
 
 /// A valid body with some fields (top level or one level down) replaced, added or removed.
 fn mutated_body() -> impl Strategy<Value = Value> {
-    let edits = prop::collection::vec(
-        (
-            prop::sample::select(FIELDS),
-            prop::option::of(json_value()),
-            any::<bool>(),
-        ),
-        0..4,
-    );
-    (prop::sample::select(templates()), edits).prop_map(|(mut body, edits)| {
-        for (field, value, nested) in edits {
-            let target = match (nested, body.as_object_mut()) {
-                (true, Some(map)) => map
-                    .values_mut()
-                    .find(|v| v.is_object())
-                    .and_then(Value::as_object_mut),
-                (false, Some(map)) => Some(map),
-                _ => None,
-            };
-            let Some(target): Option<&mut Map<String, Value>> = target else {
-                continue;
-            };
-            match value {
-                Some(value) => target.insert(field.to_owned(), value),
-                None => target.remove(field),
-            };
-        }
-        body
-    })
+    fuzz::mutated_body(templates(), FIELDS, json_value())
 }
 
 fn any_body() -> impl Strategy<Value = Value> {

@@ -13,28 +13,21 @@ use super::files::{delete_body, stage_body};
 use super::sessions::{env_patch_body, pin_body};
 use super::{ApiError, ApiRequest};
 use crate::modes::spawner::edge::body::BodyLease;
+use crate::shared::fuzz;
 use crate::shared::hmac::{sign_request, AuthFailure, RequestVerifier, MAC_LEN};
 use crate::shared::protocol::agent_runs::{AgentRunRequest, SteerRequest, StreamPosition};
 use crate::shared::protocol::spawner::{CreateSession, SessionExec, TEST_LIMITS};
 use bytes::Bytes;
 use hyper::{HeaderMap, Method, StatusCode};
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestRunner};
-use serde_json::{json, Map, Value};
+use proptest::test_runner::TestRunner;
+use serde_json::{json, Value};
 
 /// Cases per target when `TALE_FUZZ_CASES` is unset.
 pub const DEFAULT_CASES: u32 = 2000;
 
 fn runner() -> TestRunner {
-    let cases = std::env::var("TALE_FUZZ_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(DEFAULT_CASES);
-    TestRunner::new(Config {
-        cases,
-        failure_persistence: None,
-        ..Config::default()
-    })
+    fuzz::runner_with(fuzz::cases(DEFAULT_CASES))
 }
 
 /// Text with the characters that matter to parsers: digits, hex, signs, dots, separators,
@@ -50,21 +43,7 @@ fn text() -> impl Strategy<Value = String> {
 }
 
 fn json_value() -> impl Strategy<Value = Value> {
-    let leaf = prop_oneof![
-        Just(Value::Null),
-        any::<bool>().prop_map(Value::from),
-        any::<i64>().prop_map(Value::from),
-        any::<u64>().prop_map(Value::from),
-        any::<f64>().prop_map(|f| json!(f)),
-        text().prop_map(Value::from),
-    ];
-    leaf.prop_recursive(4, 48, 6, |inner| {
-        prop_oneof![
-            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::from),
-            prop::collection::btree_map(text(), inner, 0..6)
-                .prop_map(|map| Value::Object(map.into_iter().collect())),
-        ]
-    })
+    fuzz::json_value(text().boxed())
 }
 
 /// Every field name some route reads, so that mutations hit real fields.
@@ -126,34 +105,7 @@ fn templates() -> Vec<Value> {
 
 /// A valid body with some fields (top level or one level down) replaced, added or removed.
 fn mutated_body() -> impl Strategy<Value = Value> {
-    let edits = prop::collection::vec(
-        (
-            prop::sample::select(FIELDS),
-            prop::option::of(json_value()),
-            any::<bool>(),
-        ),
-        0..4,
-    );
-    (prop::sample::select(templates()), edits).prop_map(|(mut body, edits)| {
-        for (field, value, nested) in edits {
-            let target = match (nested, body.as_object_mut()) {
-                (true, Some(map)) => map
-                    .values_mut()
-                    .find(|v| v.is_object())
-                    .and_then(Value::as_object_mut),
-                (false, Some(map)) => Some(map),
-                _ => None,
-            };
-            let Some(target): Option<&mut Map<String, Value>> = target else {
-                continue;
-            };
-            match value {
-                Some(value) => target.insert(field.to_owned(), value),
-                None => target.remove(field),
-            };
-        }
-        body
-    })
+    fuzz::mutated_body(templates(), FIELDS, json_value())
 }
 
 /// Any body a caller could send: arbitrary JSON, a mutated valid body.
