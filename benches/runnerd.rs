@@ -443,29 +443,11 @@ async fn main() {
             .1
         }));
     }
-    let health = |http: Http, port: u16| async move {
-        let request = Request::get(format!("http://127.0.0.1:{port}/healthz"))
-            .header("x-tale-runnerd-token", TOKEN)
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        let bytes = http
-            .request(request)
-            .await
-            .unwrap()
-            .into_body()
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes();
-        serde_json::from_slice::<serde_json::Value>(&bytes).unwrap()["liveExecs"]
-            .as_u64()
-            .unwrap()
-    };
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut peak_live = 0;
     let mut peak_rss = 0;
     while Instant::now() < deadline {
-        let live = health(http.clone(), daemon.port).await;
+        let live = memory::live_execs(&http, daemon.port).await;
         peak_live = peak_live.max(live);
         peak_rss = peak_rss.max(rss_kib(daemon.child.id()));
         if live as usize >= CONCURRENT_EXECS {

@@ -79,7 +79,8 @@ fn children_running(pid: u32, comm: &str) -> usize {
         .count()
 }
 
-async fn live_execs(http: &Http, port: u16) -> u64 {
+/// The live exec count runnerd reports on `/healthz`.
+pub async fn live_execs(http: &Http, port: u16) -> u64 {
     let request = Request::get(format!("http://127.0.0.1:{port}/healthz"))
         .header("x-tale-runnerd-token", TOKEN)
         .body(Full::new(Bytes::new()))
