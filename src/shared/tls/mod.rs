@@ -8,8 +8,11 @@
 pub mod pinned;
 pub mod server;
 pub mod session_cert;
+pub mod stream;
 
 pub use session_cert::SessionTls;
+pub use stream::MaybeTls;
+pub use tokio_rustls::TlsAcceptor;
 
 /// The crypto provider of every TLS configuration in the crate.
 pub fn provider() -> rustls::crypto::CryptoProvider {

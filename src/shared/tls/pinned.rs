@@ -65,14 +65,12 @@ impl ServerCertVerifier for PinnedCert {
     }
 }
 
-/// A TLS 1.3 client configuration that accepts only `cert_der` (HTTP/1.1 by ALPN).
-pub fn pinned_client_config(cert_der: &[u8]) -> Arc<ClientConfig> {
-    let mut config = ClientConfig::builder_with_provider(Arc::new(super::provider()))
+/// A TLS 1.3 client configuration that accepts only `cert_der` (ALPN is left to the connector).
+pub fn pinned_client_config(cert_der: &[u8]) -> ClientConfig {
+    ClientConfig::builder_with_provider(Arc::new(super::provider()))
         .with_protocol_versions(&[&rustls::version::TLS13])
         .expect("the ring provider supports TLS 1.3")
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(PinnedCert::new(cert_der)))
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Arc::new(config)
+        .with_no_client_auth()
 }

@@ -220,6 +220,12 @@ impl DockerBackend {
             "NPM_CONFIG_CACHE=/cache/npm".into(),
             "BUN_INSTALL_CACHE_DIR=/cache/bun".into(),
         ];
+        // runnerd (root) reads its TLS key at boot; execs never see it (see `runnerd_tls_env`).
+        env.extend(
+            super::runnerd_tls_env(spec)
+                .into_iter()
+                .map(|(name, value)| format!("{name}={value}")),
+        );
         if let Some(proxy) = &self.config.egress_proxy {
             for name in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
                 env.push(format!("{name}={proxy}"));
@@ -437,7 +443,7 @@ impl DockerBackend {
                 });
             }
         };
-        wait_for_runnerd(&url, &spec.runnerd_token, deadline, || async {
+        wait_for_runnerd(&url, spec, deadline, || async {
             let state = self
                 .docker
                 .inspect_container(&name, None::<InspectContainerOptions>)
