@@ -83,7 +83,9 @@ mod tests {
         assert!(acceptor(Some(tls.cert_pem()), Some(tls.key_pem()))
             .unwrap()
             .is_some());
-        let err = acceptor(Some(tls.cert_pem()), None).unwrap_err().to_string();
+        let err = acceptor(Some(tls.cert_pem()), None)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(RUNNERD_TLS_KEY_ENV), "{err}");
         let err = acceptor(Some(tls.cert_pem()), Some(other.key_pem()))
             .unwrap_err()

@@ -25,10 +25,7 @@ pub enum TlsConfigError {
     #[error("{what} holds no PEM private key (PKCS#8, PKCS#1 or SEC1)")]
     NoKey { what: String },
     #[error("{what}: {source}")]
-    Rejected {
-        what: String,
-        source: rustls::Error,
-    },
+    Rejected { what: String, source: rustls::Error },
 }
 
 /// Which TLS versions a server offers.

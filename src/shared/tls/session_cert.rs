@@ -182,8 +182,14 @@ mod tests {
     fn derivation_is_stable_and_separates_sessions() {
         let a = SessionTls::derive(b"token", "ses-1");
         assert_eq!(a, SessionTls::derive(b"token", "ses-1"));
-        assert_ne!(a.key_pkcs8_der(), SessionTls::derive(b"token", "ses-2").key_pkcs8_der());
-        assert_ne!(a.key_pkcs8_der(), SessionTls::derive(b"other", "ses-1").key_pkcs8_der());
+        assert_ne!(
+            a.key_pkcs8_der(),
+            SessionTls::derive(b"token", "ses-2").key_pkcs8_der()
+        );
+        assert_ne!(
+            a.key_pkcs8_der(),
+            SessionTls::derive(b"other", "ses-1").key_pkcs8_der()
+        );
         assert!(!format!("{a:?}").contains(&a.key_pem()[30..60]));
     }
 

@@ -10,13 +10,13 @@ use std::path::PathBuf;
 mod kubernetes;
 mod tls;
 use kubernetes::kubernetes_settings;
-pub use tls::{TlsFiles, TlsSettings};
 pub use kubernetes::{
     ignored_kubernetes_variables, is_dns_label, is_dns_subdomain, parse_cpu_millis, parse_k8s_size,
     parse_label_selector, KubernetesSettings, DEFAULT_K8S_CPU_REQUEST, DEFAULT_K8S_MEMORY_REQUEST,
     DEFAULT_K8S_NAMESPACE, DEFAULT_K8S_SPAWNER_SELECTOR, DEFAULT_K8S_WORKSPACE_SIZE,
     KUBERNETES_VARIABLES,
 };
+pub use tls::{TlsFiles, TlsSettings};
 
 pub const DEFAULT_PORT: u16 = 8003;
 pub const DEFAULT_RUNTIME_IMAGE: &str = "tale-sandbox-runtime:latest";

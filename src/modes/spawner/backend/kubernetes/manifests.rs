@@ -444,7 +444,10 @@ pub(super) mod fixtures {
                 shm_bytes: 64 << 20,
             },
             runnerd_token: "secret-token".into(),
-            runnerd_tls: Some(crate::shared::tls::SessionTls::derive(b"sandbox-token", "Ses_1")),
+            runnerd_tls: Some(crate::shared::tls::SessionTls::derive(
+                b"sandbox-token",
+                "Ses_1",
+            )),
         }
     }
 
@@ -566,7 +569,13 @@ mod tests {
         assert!(!env.contains_key("TALE_RUNNERD_TOKEN"));
         assert_eq!(env["TALE_RUNNERD_TLS_CERT"], None, "from the Secret");
         assert_eq!(env["TALE_RUNNERD_TLS_KEY"], None, "from the Secret");
-        let probe = c.readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap();
+        let probe = c
+            .readiness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap();
         assert_eq!(probe.scheme.as_deref(), Some("HTTPS"), "runnerd serves TLS");
         let volumes = spec.volumes.as_ref().unwrap();
         let tmp = volumes.iter().find(|v| v.name == "tmp").unwrap();
