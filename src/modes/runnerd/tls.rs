@@ -84,15 +84,18 @@ mod tests {
             .unwrap()
             .is_some());
         let err = acceptor(Some(tls.cert_pem()), None)
-            .unwrap_err()
+            .err()
+            .expect("refused")
             .to_string();
         assert!(err.contains(RUNNERD_TLS_KEY_ENV), "{err}");
         let err = acceptor(Some(tls.cert_pem()), Some(other.key_pem()))
-            .unwrap_err()
+            .err()
+            .expect("refused")
             .to_string();
         assert!(err.contains(RUNNERD_TLS_KEY_ENV), "{err}");
         let err = acceptor(Some("junk".into()), Some(tls.key_pem()))
-            .unwrap_err()
+            .err()
+            .expect("refused")
             .to_string();
         assert!(err.contains(RUNNERD_TLS_CERT_ENV), "{err}");
     }

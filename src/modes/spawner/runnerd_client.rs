@@ -65,8 +65,9 @@ pub struct RunnerdClient {
 #[derive(Clone)]
 enum Transport {
     Plain(Client<HttpConnector, Full<Bytes>>),
-    /// TLS only (an `http://` base is taken as `https://`), trusting one certificate.
-    Pinned(Client<HttpsConnector<HttpConnector>, Full<Bytes>>),
+    /// TLS only (an `http://` base is taken as `https://`), trusting one certificate. Boxed: the
+    /// TLS connector would double the size of every client value.
+    Pinned(Box<Client<HttpsConnector<HttpConnector>, Full<Bytes>>>),
 }
 
 impl Transport {
@@ -119,7 +120,7 @@ impl RunnerdClient {
         RunnerdClient {
             base,
             token: token.to_owned(),
-            http: Transport::Pinned(pooled().build(connector)),
+            http: Transport::Pinned(Box::new(pooled().build(connector))),
         }
     }
 
