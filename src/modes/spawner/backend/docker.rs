@@ -660,4 +660,35 @@ mod tests {
         assert!(name.starts_with("tale-sbx-ses-"));
         assert_eq!(workspace_volume("abc"), "tale-sbx-ses-abc-ws");
     }
+
+    /// With runnerd TLS on, the container's environment hands runnerd its certificate and key;
+    /// without it, neither is there.
+    #[test]
+    fn runnerd_tls_reaches_the_container_env() {
+        // bollard wants the socket path to exist; nothing connects to it here.
+        let socket = std::env::temp_dir().join(format!("tale-tls-docker-{}", std::process::id()));
+        std::fs::write(&socket, b"").unwrap();
+        let backend = DockerBackend::new(DockerConfig {
+            socket: socket.display().to_string(),
+            image: "img".into(),
+            network: "net".into(),
+            runtime: None,
+            egress_proxy: None,
+            no_proxy: String::new(),
+            cache_volume_prefixes: None,
+            read_only_rootfs: true,
+            no_new_privileges: true,
+            drop_all_capabilities: true,
+        })
+        .unwrap();
+        let mut spec = crate::modes::spawner::backend::kubernetes::manifests::fixtures::spec();
+        let tls = spec.runnerd_tls.clone().unwrap();
+        let env = backend.container_body(&spec).env.unwrap();
+        assert!(env.contains(&format!("TALE_RUNNERD_TLS_CERT={}", tls.cert_pem())));
+        assert!(env.contains(&format!("TALE_RUNNERD_TLS_KEY={}", tls.key_pem())));
+        spec.runnerd_tls = None;
+        let env = backend.container_body(&spec).env.unwrap();
+        assert!(!env.iter().any(|e| e.starts_with("TALE_RUNNERD_TLS")));
+        let _ = std::fs::remove_file(&socket);
+    }
 }

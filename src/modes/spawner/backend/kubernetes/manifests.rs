@@ -421,7 +421,7 @@ pub fn network_policy(config: &ManifestConfig) -> NetworkPolicy {
 }
 
 #[cfg(test)]
-pub(super) mod fixtures {
+pub(in crate::modes::spawner::backend) mod fixtures {
     use super::super::super::SessionResources;
     use super::*;
 
