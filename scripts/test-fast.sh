@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 fast_suites=(
   golden_runnerd golden_spawner quickstart runnerd_backpressure runnerd_bad_input runnerd_cancel_tree
   runnerd_exec runnerd_files runnerd_hostile runnerd_pid1 session_cli spawner_api spawner_edge
-  spawner_kubernetes
+  runnerd_tls spawner_kubernetes
 )
 # Suites that need more than the toolchain, and what (they run in scripts/test.sh only).
 host_suites=(
@@ -29,6 +29,7 @@ host_suites=(
   git_credentials   # git with its http backend
   helm_chart        # the helm-python-sdk venv (PyPI)
   spawner_docker    # Docker and the test image (a static release build)
+  spawner_tls       # curl and openssl (a CA and certificates made per run)
 )
 # A new suite must be sorted into one list: an unlisted one would silently run in neither tier's
 # selection here.

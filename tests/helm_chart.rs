@@ -288,4 +288,42 @@ fn chart_options() {
         ),
         ("agents", Some("fast-ssd"), Some("gvisor"))
     );
+    assert_eq!(
+        config.tls.api, None,
+        "plain HTTP unless a TLS Secret is named"
+    );
+    assert!(
+        config.tls.runnerd,
+        "runnerd traffic is always TLS on kubernetes"
+    );
+}
+
+/// `tls.existingSecret`: the spawner reads its certificate and key from that Secret, mounted
+/// read-only and readable by its group only, and is probed over HTTPS.
+#[test]
+fn chart_tls() {
+    let chart = render(json!({"tls": {"existingSecret": "tale-api-tls"}}));
+    assert_eq!(chart.lint["errors"], json!([]), "{}", chart.lint);
+    let deployment = chart.named("Deployment", "tale-spawner");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    assert_eq!(container["readinessProbe"]["httpGet"]["scheme"], "HTTPS");
+    assert_eq!(container["volumeMounts"][0]["mountPath"], "/etc/tale/tls");
+    assert_eq!(container["volumeMounts"][0]["readOnly"], true);
+    let volume = &pod["volumes"][0];
+    assert_eq!(volume["secret"]["secretName"], "tale-api-tls");
+    assert_eq!(volume["secret"]["defaultMode"], 0o440);
+    assert_eq!(pod["securityContext"]["fsGroup"], 65534);
+    let env = env_of(deployment);
+    let lookup: HashMap<String, String> = env.into_iter().collect();
+    let config = SpawnerConfig::from_env(|name| lookup.get(name).cloned(), false).unwrap();
+    let files = config.tls.api.expect("the API serves TLS");
+    assert_eq!(
+        files.cert_file,
+        std::path::PathBuf::from("/etc/tale/tls/tls.crt")
+    );
+    assert_eq!(
+        files.key_file,
+        std::path::PathBuf::from("/etc/tale/tls/tls.key")
+    );
 }

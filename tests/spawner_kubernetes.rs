@@ -197,8 +197,27 @@ async fn kubernetes_session_lifecycle() {
     }
     assert_eq!(
         secret["data"].as_object().unwrap().len(),
-        1,
-        "only the digest: {secret}"
+        3,
+        "only the digest and runnerd's TLS certificate and key: {secret}"
+    );
+    // The key material is this session's (derived from SANDBOX_TOKEN and the id, so a restarted
+    // spawner pins the same certificate) and is a working pair for runnerd.
+    let secret_text = |key: &str| {
+        let b64 = secret["data"][key].as_str().unwrap();
+        String::from_utf8(base64_simd::STANDARD.decode_to_vec(b64).unwrap()).unwrap()
+    };
+    let derived =
+        tale::shared::tls::SessionTls::derive(support::spawner::SANDBOX_TOKEN.as_bytes(), id);
+    let (cert_pem, key_pem) = (
+        secret_text("TALE_RUNNERD_TLS_CERT"),
+        secret_text("TALE_RUNNERD_TLS_KEY"),
+    );
+    assert_eq!(cert_pem, derived.cert_pem());
+    assert_eq!(key_pem, derived.key_pem());
+    assert!(
+        tale::modes::runnerd::tls::acceptor(Some(cert_pem), Some(key_pem))
+            .unwrap()
+            .is_some()
     );
 
     // The exact objects sent.
@@ -213,8 +232,16 @@ async fn kubernetes_session_lifecycle() {
         ("persistentvolumeclaims", "pvc"),
         ("networkpolicies", "networkpolicy"),
     ] {
-        let bodies = created(&requests, resource);
+        let mut bodies = created(&requests, resource);
         assert_eq!(bodies.len(), 1, "one {resource} POST: {bodies:?}");
+        // The key material was checked above; the golden file keeps no private key.
+        if let Some(data) = bodies[0].get_mut("stringData") {
+            for key in ["TALE_RUNNERD_TLS_CERT", "TALE_RUNNERD_TLS_KEY"] {
+                if let Some(value) = data.get_mut(key) {
+                    *value = json!(format!("<{key}>"));
+                }
+            }
+        }
         golden(name, &normalize(&bodies[0], &created_at, port));
     }
 
@@ -238,6 +265,17 @@ async fn kubernetes_session_lifecycle() {
         fake.pod_log(&pod_name(id))
     );
     assert_eq!(result(&events)["exitCode"], 0);
+
+    // runnerd runs as the exec user's uid here, yet an exec can neither find the TLS key in its
+    // environment nor read runnerd's (runnerd is non-dumpable).
+    let events = exec(
+        &spawner,
+        id,
+        "guarded",
+        "env | grep -c TALE_RUNNERD_TLS; cat /proc/$PPID/environ >/dev/null 2>&1 && echo readable || echo unreadable",
+    )
+    .await;
+    assert_eq!(stdout_text(&events), "0\nunreadable\n", "{events:?}");
 
     // kill -9 and restart: re-adopted from the Pod list; the NetworkPolicy is replaced.
     spawner.restart().await;

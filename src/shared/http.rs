@@ -12,7 +12,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 /// The body type of every response we build.
@@ -158,6 +158,7 @@ pub async fn serve<H, F>(
             _ = &mut shutdown => return,
         };
         let handler = handler.clone();
+        let _ = stream.set_nodelay(true);
         tokio::spawn(serve_connection(
             stream,
             options,
@@ -181,18 +182,19 @@ pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// with these), and no request of ours has headers near 16 KiB.
 pub const CONNECTION_READ_BUFFER_BYTES: usize = 16 * 1024;
 
-/// Serves one HTTP/1.1 connection; when `drain` resolves, the connection finishes its in-flight
-/// request and closes (an idle one closes at once).
-pub async fn serve_connection<H, F>(
-    stream: TcpStream,
+/// Serves one HTTP/1.1 connection (plain or TLS: the caller sets `TCP_NODELAY` and does any
+/// handshake); when `drain` resolves, the connection finishes its in-flight request and closes
+/// (an idle one closes at once).
+pub async fn serve_connection<IO, H, F>(
+    stream: IO,
     options: ServeOptions,
     handler: H,
     drain: impl Future<Output = ()>,
 ) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
     F: Future<Output = HttpResponse> + Send + 'static,
 {
-    let _ = stream.set_nodelay(true);
     let handler = Arc::new(handler);
     let service = hyper::service::service_fn(move |request| {
         // Each request runs as its own task so a bug that panics costs that request a 500, never

@@ -10,3 +10,4 @@ pub mod ndjson;
 pub mod protocol;
 pub mod sse;
 pub mod sys;
+pub mod tls;

@@ -18,6 +18,7 @@ use super::limits::{CONNECTION_DRAIN_TIMEOUT, HEADER_READ_TIMEOUT};
 use super::server;
 use super::state::Daemon;
 use crate::shared::http::{error, HttpResponse};
+use crate::shared::tls::{MaybeTls, TlsAcceptor};
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -134,11 +135,13 @@ impl Drop for Admission {
 
 /// Accepts connections until the stage reaches `StopAccepting`; at `Drain`, drains the open ones
 /// (finish what is in flight, close) for up to [`CONNECTION_DRAIN_TIMEOUT`] and aborts what is left.
+/// With `tls`, every connection is TLS (the handshake within [`HEADER_READ_TIMEOUT`]).
 pub async fn serve(
     listener: TcpListener,
     daemon: Arc<Daemon>,
     table: Arc<ConnectionTable>,
     mut stage: watch::Receiver<Stage>,
+    tls: Option<TlsAcceptor>,
 ) {
     let mut connections = JoinSet::new();
     loop {
@@ -169,6 +172,7 @@ pub async fn serve(
             daemon.clone(),
             Arc::new(admission),
             stage.clone(),
+            tls.clone(),
         ));
     }
     drop(listener);
@@ -197,7 +201,15 @@ async fn connection(
     daemon: Arc<Daemon>,
     admission: Arc<Admission>,
     mut stage: watch::Receiver<Stage>,
+    tls: Option<TlsAcceptor>,
 ) {
+    let stream = match MaybeTls::accept(stream, tls.as_ref(), HEADER_READ_TIMEOUT).await {
+        Ok(stream) => stream,
+        Err(err) => {
+            tracing::debug!(%err, "TLS handshake failed");
+            return;
+        }
+    };
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
         let daemon = daemon.clone();
         if server::authorized(&daemon, &request) {

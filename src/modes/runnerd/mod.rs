@@ -17,6 +17,7 @@ pub mod server;
 pub mod state;
 pub mod state_dir;
 mod stream;
+pub mod tls;
 
 use crate::shared::logging::{self, LogFormat};
 use crate::shared::protocol::runnerd::{parse_uid_gid, TOKEN_SHA256_ENV};
@@ -144,6 +145,9 @@ pub enum BootError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    /// The TLS certificate or key is unusable.
+    #[error("runnerd TLS: {0}")]
+    Tls(#[from] tls::RunnerdTlsError),
     /// The async runtime could not start.
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
@@ -250,6 +254,7 @@ fn connection_caps(args: &Args, nofile: u64) -> listener::ConnectionCaps {
 
 fn boot_and_serve(args: Args) -> Result<(), BootError> {
     let token = load_token(args.insecure_no_token)?;
+    let tls = tls::acceptor_from_env()?;
     let nofile = crate::shared::sys::rlimit::raise_nofile_limit().unwrap_or_else(|err| {
         tracing::warn!(%err, "descriptor limit not raised");
         crate::shared::sys::rlimit::nofile_soft_limit().unwrap_or(1024)
@@ -343,7 +348,14 @@ fn boot_and_serve(args: Args) -> Result<(), BootError> {
         .enable_all()
         .build()
         .map_err(BootError::Runtime)?;
-    let result = runtime.block_on(serve(&args, daemon, caps, &credential_socket, exec_user));
+    let result = runtime.block_on(serve(
+        &args,
+        daemon,
+        caps,
+        &credential_socket,
+        exec_user,
+        tls,
+    ));
     state_dir.remove();
     result
 }
@@ -356,6 +368,7 @@ async fn serve(
     caps: listener::ConnectionCaps,
     credential_socket: &Path,
     exec_user: Option<(u32, u32)>,
+    tls: Option<crate::shared::tls::TlsAcceptor>,
 ) -> Result<(), BootError> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -369,8 +382,11 @@ async fn serve(
             source,
         }
     })?;
+    // Before the first exec can start.
+    tls::guard_memory(exec_user.is_some());
     tracing::info!(
         listen = %listener.local_addr().map_or(args.listen, |a| a),
+        tls = tls.is_some(),
         root = %daemon.root.display(),
         shell = %daemon.launcher.shell().display(),
         exec_user = ?exec_user,
@@ -394,6 +410,7 @@ async fn serve(
         daemon.clone(),
         listener::ConnectionTable::new(caps),
         watch_stage,
+        tls,
     ));
     let signal = match init::shutdown_signal().await {
         Ok(name) => name,

@@ -5,6 +5,7 @@ use super::api;
 use super::edge::connections::{ConnectionGate, ConnectionTicket, Refusal};
 use super::state::Spawner;
 use crate::shared::http::{accept_failed, serve_connection, ServeOptions};
+use crate::shared::tls::{MaybeTls, TlsAcceptor};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -39,8 +40,14 @@ impl Drain {
 }
 
 /// Accepts connections until `drain` fires, then waits for the open ones to finish their
-/// in-flight requests. Dropping this future ends every connection at once.
-pub async fn accept_loop(listener: TcpListener, spawner: Arc<Spawner>, drain: Drain) {
+/// in-flight requests. Dropping this future ends every connection at once. With `tls`, every
+/// connection is TLS (the handshake within [`HEADER_READ_TIMEOUT`]).
+pub async fn accept_loop(
+    listener: TcpListener,
+    spawner: Arc<Spawner>,
+    drain: Drain,
+    tls: Option<TlsAcceptor>,
+) {
     let gate = ConnectionGate::new(&spawner.config.edge);
     let mut connections = JoinSet::new();
     let stop = drain.clone().fired();
@@ -57,7 +64,13 @@ pub async fn accept_loop(listener: TcpListener, spawner: Arc<Spawner>, drain: Dr
                 };
                 match gate.admit(peer.ip()) {
                     Ok(ticket) => {
-                        connections.spawn(connection(stream, spawner.clone(), ticket, drain.clone()));
+                        connections.spawn(connection(
+                            stream,
+                            spawner.clone(),
+                            ticket,
+                            drain.clone(),
+                            tls.clone(),
+                        ));
                     }
                     Err(refusal) => {
                         // Closed unread; counted, not logged line by line (a flood would flood the log).
@@ -83,7 +96,16 @@ async fn connection(
     spawner: Arc<Spawner>,
     ticket: ConnectionTicket,
     drain: Drain,
+    tls: Option<TlsAcceptor>,
 ) {
+    let _ = stream.set_nodelay(true);
+    let stream = match MaybeTls::accept(stream, tls.as_ref(), HEADER_READ_TIMEOUT).await {
+        Ok(stream) => stream,
+        Err(err) => {
+            tracing::debug!(%err, "TLS handshake failed");
+            return;
+        }
+    };
     let ticket = Arc::new(ticket);
     serve_connection(
         stream,

@@ -44,6 +44,8 @@ pub enum BootError {
     Config(#[from] config::ConfigError),
     #[error("backend: {0}")]
     Backend(#[from] backend::BackendError),
+    #[error("API TLS: {0}")]
+    Tls(#[from] crate::shared::tls::server::TlsConfigError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: std::net::SocketAddr,
@@ -137,6 +139,17 @@ async fn serve(args: Args) -> Result<(), BootError> {
     if !ignored.is_empty() {
         tracing::warn!(variables = ?ignored, "these variables only apply to SANDBOX_BACKEND=kubernetes and are ignored");
     }
+    // Certificate problems stop the boot before anything else is touched.
+    let tls = match &config.tls.api {
+        Some(files) => Some(crate::shared::tls::TlsAcceptor::from(
+            crate::shared::tls::server::load_server_config(
+                &files.cert_file,
+                &files.key_file,
+                crate::shared::tls::server::Versions::Compatible,
+            )?,
+        )),
+        None => None,
+    };
     let backend = build_backend(&config).await?;
     let listen = args
         .listen
@@ -149,7 +162,7 @@ async fn serve(args: Args) -> Result<(), BootError> {
             addr: listen,
             source,
         })?;
-    tracing::info!(%listen, backend = spawner.backend_name(), sessions = spawner.registry.len(), "spawner ready");
+    tracing::info!(%listen, backend = spawner.backend_name(), sessions = spawner.registry.len(), tls = tls.is_some(), runnerd_tls = spawner.config.tls.runnerd, "spawner ready");
     // Every task the spawner starts for its lifetime is owned here and ends through one signal.
     let (drain_tx, drain) = listener::Drain::new();
     let mut tasks = tokio::task::JoinSet::new();
@@ -159,7 +172,7 @@ async fn serve(args: Args) -> Result<(), BootError> {
             tokio::select! { _ = sweeper::run(spawner) => {}, _ = drain.fired() => {} }
         }
     });
-    tasks.spawn(listener::accept_loop(socket, spawner.clone(), drain));
+    tasks.spawn(listener::accept_loop(socket, spawner.clone(), drain, tls));
     shutdown_signal().await;
     tracing::info!(
         "spawner shutting down; sessions keep running and are re-adopted at the next start"

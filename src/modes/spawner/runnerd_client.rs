@@ -1,5 +1,6 @@
 //! The spawner's client for one session's runnerd: JSON calls with a timeout, and exec streams read
-//! line by line as typed events.
+//! line by line as typed events. Plain HTTP, or TLS that trusts exactly the session's own
+//! certificate ([`RunnerdClient::pinned`]).
 use super::limits::{
     MAX_EVENT_LINE_BYTES, RUNNERD_CALL_TIMEOUT, RUNNERD_POOL_IDLE_TIMEOUT, RUNNERD_PROBE_TIMEOUT,
     RUNNERD_STAGE_TIMEOUT,
@@ -14,8 +15,9 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Method, Request, StatusCode};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::TokioExecutor;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -56,20 +58,81 @@ impl RunnerdError {
 pub struct RunnerdClient {
     base: String,
     token: String,
-    http: Client<HttpConnector, Full<Bytes>>,
+    http: Transport,
+}
+
+/// How bytes reach runnerd.
+#[derive(Clone)]
+enum Transport {
+    Plain(Client<HttpConnector, Full<Bytes>>),
+    /// TLS only (an `http://` base is taken as `https://`), trusting one certificate. Boxed: the
+    /// TLS connector would double the size of every client value.
+    Pinned(Box<Client<HttpsConnector<HttpConnector>, Full<Bytes>>>),
+}
+
+impl Transport {
+    fn request(&self, request: Request<Full<Bytes>>) -> ResponseFuture {
+        match self {
+            Transport::Plain(client) => client.request(request),
+            Transport::Pinned(client) => client.request(request),
+        }
+    }
+}
+
+fn tcp_connector() -> HttpConnector {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(RUNNERD_PROBE_TIMEOUT));
+    connector
+}
+
+fn pooled() -> hyper_util::client::legacy::Builder {
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder.pool_idle_timeout(RUNNERD_POOL_IDLE_TIMEOUT);
+    builder
 }
 
 impl RunnerdClient {
+    /// A plain-HTTP client.
     pub fn new(base_url: &str, token: &str) -> RunnerdClient {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(RUNNERD_PROBE_TIMEOUT));
         RunnerdClient {
             base: base_url.trim_end_matches('/').to_owned(),
             token: token.to_owned(),
-            http: Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(RUNNERD_POOL_IDLE_TIMEOUT)
-                .build(connector),
+            http: Transport::Plain(pooled().build(tcp_connector())),
+        }
+    }
+
+    /// A TLS client that accepts only a server presenting `cert_der` (and proving it holds its
+    /// key): no CA, no host name check. `base_url` may say `http://`; the client speaks TLS anyway.
+    pub fn pinned(base_url: &str, token: &str, cert_der: &[u8]) -> RunnerdClient {
+        let base = base_url.trim_end_matches('/');
+        let base = match base.strip_prefix("http://") {
+            Some(rest) => format!("https://{rest}"),
+            None => base.to_owned(),
+        };
+        let mut tcp = tcp_connector();
+        tcp.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(crate::shared::tls::pinned::pinned_client_config(cert_der))
+            .https_only()
+            .enable_http1()
+            .wrap_connector(tcp);
+        RunnerdClient {
+            base,
+            token: token.to_owned(),
+            http: Transport::Pinned(Box::new(pooled().build(connector))),
+        }
+    }
+
+    /// A client for a session's runnerd: pinned to `tls`'s certificate when given, else plain.
+    pub fn for_session(
+        base_url: &str,
+        token: &str,
+        tls: Option<&crate::shared::tls::SessionTls>,
+    ) -> RunnerdClient {
+        match tls {
+            Some(tls) => RunnerdClient::pinned(base_url, token, tls.cert_der()),
+            None => RunnerdClient::new(base_url, token),
         }
     }
 

@@ -7,6 +7,7 @@ use super::registry::{Registry, SessionEntry};
 use crate::modes::spawner::runnerd_client::RunnerdClient;
 use crate::shared::hmac::{derive_runnerd_token, RequestVerifier};
 use crate::shared::protocol::spawner::{Profile, SessionState};
+use crate::shared::tls::SessionTls;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -58,8 +59,24 @@ impl Spawner {
         )
     }
 
+    /// The session's runnerd key and certificate when runnerd traffic is TLS, derived from
+    /// SANDBOX_TOKEN like the token: the same at creation and after any restart.
+    pub fn runnerd_tls(&self, session_id: &str) -> Option<SessionTls> {
+        self.config.tls.runnerd.then(|| {
+            SessionTls::derive(
+                self.config.token.as_deref().unwrap_or(INSECURE_DEV_KEY),
+                session_id,
+            )
+        })
+    }
+
+    /// A client for the session's runnerd (pinned to its certificate when runnerd serves TLS).
     pub fn runnerd_client(&self, session_id: &str, endpoint: &str) -> RunnerdClient {
-        RunnerdClient::new(endpoint, &self.runnerd_token(session_id))
+        RunnerdClient::for_session(
+            endpoint,
+            &self.runnerd_token(session_id),
+            self.runnerd_tls(session_id).as_ref(),
+        )
     }
 
     /// The registry entry, or — on a miss — the session adopted from the backend (another replica

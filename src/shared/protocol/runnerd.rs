@@ -27,6 +27,11 @@ pub const DEFAULT_EXEC_USER: (u32, u32) = (10001, 10001);
 /// Environment variable carrying the hex SHA-256 of the session's runnerd token (see
 /// [`token_digest`]): the backends set it, runnerd compares presented tokens against it.
 pub const TOKEN_SHA256_ENV: &str = "TALE_RUNNERD_TOKEN_SHA256";
+/// Environment variables carrying the PEM certificate and private key runnerd serves TLS with
+/// (both or neither; neither: plain HTTP). The `TALE_RUNNERD_` prefix keeps them out of every
+/// exec's environment.
+pub const RUNNERD_TLS_CERT_ENV: &str = "TALE_RUNNERD_TLS_CERT";
+pub const RUNNERD_TLS_KEY_ENV: &str = "TALE_RUNNERD_TLS_KEY";
 /// Environment variable naming the credential socket, set for every exec; the git credential
 /// helper reads it.
 pub const CREDENTIAL_SOCKET_ENV: &str = "TALE_CREDENTIAL_SOCKET";

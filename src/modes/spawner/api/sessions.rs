@@ -144,6 +144,7 @@ async fn create_reserved(
         created_at_ms,
         resources: spawner.config.resources(create.profile),
         runnerd_token: spawner.runnerd_token(id),
+        runnerd_tls: spawner.runnerd_tls(id),
     };
     let deadline = Duration::from_millis(spawner.config.create_timeout_ms);
     let endpoint = match spawner.backend.create_session(&spec, deadline).await {

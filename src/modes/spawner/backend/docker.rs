@@ -220,6 +220,12 @@ impl DockerBackend {
             "NPM_CONFIG_CACHE=/cache/npm".into(),
             "BUN_INSTALL_CACHE_DIR=/cache/bun".into(),
         ];
+        // runnerd (root) reads its TLS key at boot; execs never see it (see `runnerd_tls_env`).
+        env.extend(
+            super::runnerd_tls_env(spec)
+                .into_iter()
+                .map(|(name, value)| format!("{name}={value}")),
+        );
         if let Some(proxy) = &self.config.egress_proxy {
             for name in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
                 env.push(format!("{name}={proxy}"));
@@ -437,7 +443,7 @@ impl DockerBackend {
                 });
             }
         };
-        wait_for_runnerd(&url, &spec.runnerd_token, deadline, || async {
+        wait_for_runnerd(&url, spec, deadline, || async {
             let state = self
                 .docker
                 .inspect_container(&name, None::<InspectContainerOptions>)
@@ -653,5 +659,36 @@ mod tests {
         assert_eq!(name.len(), "tale-sbx-ses-".len() + 16);
         assert!(name.starts_with("tale-sbx-ses-"));
         assert_eq!(workspace_volume("abc"), "tale-sbx-ses-abc-ws");
+    }
+
+    /// With runnerd TLS on, the container's environment hands runnerd its certificate and key;
+    /// without it, neither is there.
+    #[test]
+    fn runnerd_tls_reaches_the_container_env() {
+        // bollard wants the socket path to exist; nothing connects to it here.
+        let socket = std::env::temp_dir().join(format!("tale-tls-docker-{}", std::process::id()));
+        std::fs::write(&socket, b"").unwrap();
+        let backend = DockerBackend::new(DockerConfig {
+            socket: socket.display().to_string(),
+            image: "img".into(),
+            network: "net".into(),
+            runtime: None,
+            egress_proxy: None,
+            no_proxy: String::new(),
+            cache_volume_prefixes: None,
+            read_only_rootfs: true,
+            no_new_privileges: true,
+            drop_all_capabilities: true,
+        })
+        .unwrap();
+        let mut spec = crate::modes::spawner::backend::kubernetes::manifests::fixtures::spec();
+        let tls = spec.runnerd_tls.clone().unwrap();
+        let env = backend.container_body(&spec).env.unwrap();
+        assert!(env.contains(&format!("TALE_RUNNERD_TLS_CERT={}", tls.cert_pem())));
+        assert!(env.contains(&format!("TALE_RUNNERD_TLS_KEY={}", tls.key_pem())));
+        spec.runnerd_tls = None;
+        let env = backend.container_body(&spec).env.unwrap();
+        assert!(!env.iter().any(|e| e.starts_with("TALE_RUNNERD_TLS")));
+        let _ = std::fs::remove_file(&socket);
     }
 }

@@ -164,6 +164,7 @@ impl LocalBackend {
         if let Ok(filter) = std::env::var("RUST_LOG") {
             command.env("RUST_LOG", filter);
         }
+        command.envs(super::runnerd_tls_env(spec));
         // Its own session: a Ctrl-C or kill of the spawner's group leaves sessions running.
         crate::shared::sys::spawn_in_new_session(&mut command);
         command.spawn().map_err(io_error("cannot start runnerd"))
@@ -278,7 +279,7 @@ impl Backend for LocalBackend {
                 }),
                 Ok(()) => {
                     let log = self.state_file(id, "log");
-                    wait_for_runnerd(&url, &spec.runnerd_token, deadline, || {
+                    wait_for_runnerd(&url, spec, deadline, || {
                         let exited = child.try_wait().ok().flatten();
                         let log = log.clone();
                         async move {

@@ -63,6 +63,22 @@ pub struct SessionSpec {
     pub resources: SessionResources,
     /// The session's runnerd token; handed to the session as a file, never as an env var.
     pub runnerd_token: String,
+    /// The key and certificate runnerd serves TLS with (`None`: plain HTTP). Handed to the
+    /// session as [`RUNNERD_TLS_CERT_ENV`](crate::shared::protocol::runnerd::RUNNERD_TLS_CERT_ENV)
+    /// and [`RUNNERD_TLS_KEY_ENV`](crate::shared::protocol::runnerd::RUNNERD_TLS_KEY_ENV).
+    pub runnerd_tls: Option<crate::shared::tls::SessionTls>,
+}
+
+/// The environment that hands runnerd its TLS key and certificate (empty for plain HTTP).
+pub fn runnerd_tls_env(spec: &SessionSpec) -> Vec<(&'static str, String)> {
+    use crate::shared::protocol::runnerd::{RUNNERD_TLS_CERT_ENV, RUNNERD_TLS_KEY_ENV};
+    match &spec.runnerd_tls {
+        Some(tls) => vec![
+            (RUNNERD_TLS_CERT_ENV, tls.cert_pem()),
+            (RUNNERD_TLS_KEY_ENV, tls.key_pem()),
+        ],
+        None => Vec::new(),
+    }
 }
 
 /// A session as the backend reports it.
@@ -152,11 +168,12 @@ pub trait Backend: Send + Sync {
 /// user's home in the runtime image).
 pub const SESSION_EXEC_HOME: &str = "/workspace/.home";
 
-/// Polls `url`'s runnerd `/healthz` until it answers or `deadline` passes; `still_alive` is asked
-/// after each failed probe so a dead session fails fast with its reason.
+/// Polls `url`'s runnerd `/healthz` (over TLS pinned to the session's certificate when `spec`
+/// has one) until it answers or `deadline` passes; `still_alive` is asked after each failed probe
+/// so a dead session fails fast with its reason.
 pub async fn wait_for_runnerd<F, Fut>(
     url: &str,
-    token: &str,
+    spec: &SessionSpec,
     deadline: std::time::Duration,
     mut still_alive: F,
 ) -> BackendResult<()>
@@ -164,7 +181,11 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<(), String>>,
 {
-    let client = crate::modes::spawner::runnerd_client::RunnerdClient::new(url, token);
+    let client = crate::modes::spawner::runnerd_client::RunnerdClient::for_session(
+        url,
+        &spec.runnerd_token,
+        spec.runnerd_tls.as_ref(),
+    );
     let started = tokio::time::Instant::now();
     let mut interval = READINESS_POLL_FIRST_INTERVAL;
     loop {

@@ -8,6 +8,7 @@ use crate::shared::protocol::spawner::{Profile, RequestLimits};
 use std::path::PathBuf;
 
 mod kubernetes;
+mod tls;
 use kubernetes::kubernetes_settings;
 pub use kubernetes::{
     ignored_kubernetes_variables, is_dns_label, is_dns_subdomain, parse_cpu_millis, parse_k8s_size,
@@ -15,6 +16,7 @@ pub use kubernetes::{
     DEFAULT_K8S_NAMESPACE, DEFAULT_K8S_SPAWNER_SELECTOR, DEFAULT_K8S_WORKSPACE_SIZE,
     KUBERNETES_VARIABLES,
 };
+pub use tls::{TlsFiles, TlsSettings};
 
 pub const DEFAULT_PORT: u16 = 8003;
 pub const DEFAULT_RUNTIME_IMAGE: &str = "tale-sandbox-runtime:latest";
@@ -53,6 +55,11 @@ pub enum ConfigError {
     },
     #[error("SANDBOX_TOKEN is required: set it (the HMAC key of the API), or start with --insecure-dev for development")]
     MissingToken,
+    #[error("{set} is set but {missing} is not: set both or neither")]
+    Incomplete {
+        set: &'static str,
+        missing: &'static str,
+    },
     #[error("{name} must look like {shape}, got {value:?}")]
     BadShape {
         name: &'static str,
@@ -92,6 +99,8 @@ pub struct SpawnerConfig {
     pub agent: SessionResources,
     pub default_profile: SessionResources,
     pub kubernetes: KubernetesSettings,
+    /// TLS of the API and of runnerd traffic.
+    pub tls: TlsSettings,
 }
 
 /// Container hardening switches (all on by default).
@@ -227,6 +236,7 @@ impl SpawnerConfig {
             shm_bytes: 64 * 1024 * 1024,
         };
         let kubernetes = kubernetes_settings(&get, &number)?;
+        let tls = tls::tls_settings(&get, &flag, backend)?;
         Ok(SpawnerConfig {
             port: number("SANDBOX_PORT", u64::from(DEFAULT_PORT), 1, 65535)? as u16,
             backend,
@@ -364,6 +374,7 @@ impl SpawnerConfig {
             agent,
             default_profile,
             kubernetes,
+            tls,
         })
     }
 }

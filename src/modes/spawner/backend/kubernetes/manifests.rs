@@ -43,6 +43,10 @@ pub const WORKSPACE_PATH: &str = super::super::docker::WORKSPACE_PATH;
 /// Secret key holding the hex SHA-256 of the session's runnerd token (the token never enters the
 /// cluster).
 pub const TOKEN_DIGEST_KEY: &str = crate::shared::protocol::runnerd::TOKEN_SHA256_ENV;
+/// Secret keys holding runnerd's TLS certificate and key (PEM) when runnerd traffic is TLS; the
+/// Pod reads them into the same-named environment variables.
+pub const TLS_CERT_KEY: &str = crate::shared::protocol::runnerd::RUNNERD_TLS_CERT_ENV;
+pub const TLS_KEY_KEY: &str = crate::shared::protocol::runnerd::RUNNERD_TLS_KEY_ENV;
 /// Name of the namespace's session NetworkPolicy.
 pub const NETWORK_POLICY_NAME: &str = "tale-sandbox-session-egress";
 /// Grace given to runnerd when a session Pod is deleted (it forwards SIGTERM to every exec).
@@ -131,9 +135,18 @@ fn env(name: &str, value: impl Into<String>) -> EnvVar {
     }
 }
 
-/// The Secret `<pod>-spec`: the digest of the runnerd token, nothing else (the seed env is pushed
-/// to runnerd over HTTP once it is ready, never stored in the cluster).
+/// The Secret `<pod>-spec`: the digest of the runnerd token and runnerd's TLS certificate and key,
+/// nothing else (the seed env is pushed to runnerd once it is ready, never stored in the cluster).
 pub fn secret(spec: &SessionSpec, config: &ManifestConfig) -> Secret {
+    let mut data = BTreeMap::from([(
+        TOKEN_DIGEST_KEY.to_string(),
+        crate::shared::protocol::runnerd::token_digest_hex(spec.runnerd_token.as_bytes()),
+    )]);
+    data.extend(
+        super::super::runnerd_tls_env(spec)
+            .into_iter()
+            .map(|(key, value)| (key.to_string(), value)),
+    );
     Secret {
         metadata: ObjectMeta {
             name: Some(secret_name(&spec.session_id)),
@@ -147,10 +160,7 @@ pub fn secret(spec: &SessionSpec, config: &ManifestConfig) -> Secret {
         },
         type_: Some("Opaque".into()),
         immutable: Some(true),
-        string_data: Some(BTreeMap::from([(
-            TOKEN_DIGEST_KEY.to_string(),
-            crate::shared::protocol::runnerd::token_digest_hex(spec.runnerd_token.as_bytes()),
-        )])),
+        string_data: Some(data),
         ..Default::default()
     }
 }
@@ -197,23 +207,28 @@ pub fn pod(spec: &SessionSpec, config: &ManifestConfig) -> Pod {
     let r = &spec.resources;
     let (uid, gid) = r.exec_user;
     let port = i32::from(config.runnerd_port);
-    let mut env = vec![
-        EnvVar {
-            name: TOKEN_DIGEST_KEY.into(),
-            value_from: Some(EnvVarSource {
-                secret_key_ref: Some(SecretKeySelector {
-                    name: secret_name(&spec.session_id),
-                    key: TOKEN_DIGEST_KEY.into(),
-                    optional: Some(false),
-                }),
-                ..Default::default()
+    let from_secret = |key: &str| EnvVar {
+        name: key.into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret_name(&spec.session_id),
+                key: key.into(),
+                optional: Some(false),
             }),
             ..Default::default()
-        },
+        }),
+        ..Default::default()
+    };
+    let tls = spec.runnerd_tls.is_some();
+    let mut env = vec![
+        from_secret(TOKEN_DIGEST_KEY),
         env("TALE_WORKSPACE_ROOT", WORKSPACE_PATH),
         env("TALE_EXEC_USER", format!("{uid}:{gid}")),
         env("TALE_RUNNERD_LISTEN", format!("0.0.0.0:{port}")),
     ];
+    if tls {
+        env.extend([from_secret(TLS_CERT_KEY), from_secret(TLS_KEY_KEY)]);
+    }
     if let Some(proxy) = &config.egress_proxy {
         for name in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
             env.push(self::env(name, proxy.clone()));
@@ -270,6 +285,8 @@ pub fn pod(spec: &SessionSpec, config: &ManifestConfig) -> Pod {
             http_get: Some(HTTPGetAction {
                 path: Some("/readyz".into()),
                 port: IntOrString::Int(port),
+                // The kubelet's HTTPS probes do not check the certificate.
+                scheme: tls.then(|| "HTTPS".into()),
                 ..Default::default()
             }),
             initial_delay_seconds: Some(READINESS_INITIAL_DELAY_SECONDS),
@@ -404,7 +421,7 @@ pub fn network_policy(config: &ManifestConfig) -> NetworkPolicy {
 }
 
 #[cfg(test)]
-pub(super) mod fixtures {
+pub(in crate::modes::spawner::backend) mod fixtures {
     use super::super::super::SessionResources;
     use super::*;
 
@@ -427,6 +444,10 @@ pub(super) mod fixtures {
                 shm_bytes: 64 << 20,
             },
             runnerd_token: "secret-token".into(),
+            runnerd_tls: Some(crate::shared::tls::SessionTls::derive(
+                b"sandbox-token",
+                "Ses_1",
+            )),
         }
     }
 
@@ -546,6 +567,16 @@ mod tests {
         assert_eq!(env["HTTPS_PROXY"], Some("http://sandbox-egress:3128"));
         assert_eq!(env["NO_PROXY"], Some("127.0.0.1,localhost"));
         assert!(!env.contains_key("TALE_RUNNERD_TOKEN"));
+        assert_eq!(env["TALE_RUNNERD_TLS_CERT"], None, "from the Secret");
+        assert_eq!(env["TALE_RUNNERD_TLS_KEY"], None, "from the Secret");
+        let probe = c
+            .readiness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap();
+        assert_eq!(probe.scheme.as_deref(), Some("HTTPS"), "runnerd serves TLS");
         let volumes = spec.volumes.as_ref().unwrap();
         let tmp = volumes.iter().find(|v| v.name == "tmp").unwrap();
         let tmp = tmp.empty_dir.as_ref().unwrap();
@@ -555,6 +586,10 @@ mod tests {
         assert!(
             !json.contains("secret-token"),
             "the token never enters the Pod"
+        );
+        assert!(
+            !json.contains("PRIVATE KEY"),
+            "the TLS key is in the Secret only"
         );
     }
 
@@ -578,16 +613,20 @@ mod tests {
         assert!(!c.env.iter().flatten().any(|e| e.name.contains("PROXY")));
     }
 
-    /// The Secret holds only the token's digest; the PVC is sized and classed.
+    /// The Secret holds only the token's digest and runnerd's TLS certificate and key; the PVC is
+    /// sized and classed.
     #[test]
     fn secret_and_pvc() {
         let secret = secret(&spec(), &config());
         let data = secret.string_data.as_ref().unwrap();
-        assert_eq!(data.len(), 1);
+        assert_eq!(data.len(), 3);
         assert_eq!(
             data[TOKEN_DIGEST_KEY],
             crate::shared::hmac::sha256_hex(b"secret-token")
         );
+        let tls = spec().runnerd_tls.unwrap();
+        assert_eq!(data[TLS_CERT_KEY], tls.cert_pem());
+        assert_eq!(data[TLS_KEY_KEY], tls.key_pem());
         let pvc = pvc(&spec(), &config());
         assert_eq!(pvc.metadata.labels.as_ref().unwrap()[WORKSPACE_LABEL], "1");
         let pvc_spec = pvc.spec.as_ref().unwrap();

@@ -369,7 +369,7 @@ impl KubernetesBackend {
         let name = manifests::pod_name(&spec.session_id);
         let mut last_check = Instant::now();
         let remaining = deadline.saturating_duration_since(Instant::now());
-        wait_for_runnerd(&url, &spec.runnerd_token, remaining, || {
+        wait_for_runnerd(&url, spec, remaining, || {
             let due = last_check.elapsed() >= POD_POLL_MAX_INTERVAL;
             if due {
                 last_check = Instant::now();
