@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 # Suites of tests/ that run here.
 fast_suites=(
   golden_runnerd golden_spawner quickstart runnerd_backpressure runnerd_bad_input runnerd_cancel_tree
-  runnerd_exec runnerd_files runnerd_hostile runnerd_pid1 session_cli spawner_api spawner_edge
+  runnerd_exec runnerd_files runnerd_hostile runnerd_pid1 runnerd_pty session_cli spawner_api spawner_edge
   spawner_kubernetes
 )
 # Suites that need more than the toolchain, and what (they run in scripts/test.sh only).
