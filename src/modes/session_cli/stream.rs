@@ -174,7 +174,7 @@ fn print_events(
 }
 
 /// The exit code for a `result` event: the command's own, else 127/126 when it could not start.
-fn result_code(value: &Value, target: &Target<'_>) -> ExitCode {
+pub(super) fn result_code(value: &Value, target: &Target<'_>) -> ExitCode {
     let message = value["errorMessage"].as_str();
     if let Some(code) = value["exitCode"].as_i64() {
         if let Some(message) = message {
