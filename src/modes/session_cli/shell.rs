@@ -89,6 +89,10 @@ pub async fn run(client: &SpawnerClient, session: Interactive<'_>) -> Result<Exi
         .map_err(|e| CliError::local(format!("cannot watch for SIGTERM: {e}")))?;
     let mut hangup = signal(SignalKind::hangup())
         .map_err(|e| CliError::local(format!("cannot watch for SIGHUP: {e}")))?;
+    // In raw mode Ctrl-C is a byte for the session; a SIGINT can only come from elsewhere (`kill`),
+    // and like SIGTERM and SIGHUP it detaches, so the terminal is restored.
+    let mut interrupt = signal(SignalKind::interrupt())
+        .map_err(|e| CliError::local(format!("cannot watch for SIGINT: {e}")))?;
     let response = client
         .send(method, &session.path, session.body.as_ref())
         .await?;
@@ -144,6 +148,7 @@ pub async fn run(client: &SpawnerClient, session: Interactive<'_>) -> Result<Exi
             _ = detach_rx.recv() => break Ending::Detached,
             _ = terminate.recv() => break Ending::Detached,
             _ = hangup.recv() => break Ending::Detached,
+            _ = interrupt.recv() => break Ending::Detached,
         };
         match frame {
             None => break Ending::Broken("the stream ended without a result".into()),

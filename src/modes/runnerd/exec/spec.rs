@@ -339,6 +339,8 @@ mod tests {
             serde_json::json!({"execId": "e", "command": ["ls", "-l"], "timeoutMs": 5}),
             serde_json::json!({"execId": "e2", "shell": "echo $A", "cwd": "sub", "stdinMode": "hold",
                 "env": {"A": "1", "B": "2"}, "stdinBase64": "aGk=", "collectOutput": false}),
+            serde_json::json!({"execId": "e3", "shell": "bash", "pty": {"cols": 80, "rows": 24}}),
+            serde_json::json!({"execId": "e4", "command": ["cat"], "stdinMode": "raw"}),
         ] {
             let exec = SessionExec::parse(&body, &TEST_LIMITS).unwrap();
             let sent = exec.runnerd_request(7, 8);
