@@ -20,9 +20,10 @@ struct Tmux {
 }
 
 impl Tmux {
-    fn new(spawner_url: &str) -> Tmux {
+    /// `tag` tells apart the servers of tests running at once in this process.
+    fn new(spawner_url: &str, tag: &str) -> Tmux {
         Tmux {
-            socket: format!("tale-shell-test-{}", std::process::id()),
+            socket: format!("tale-shell-test-{}-{tag}", std::process::id()),
             env: vec![
                 ("TALE_SPAWNER_URL".into(), spawner_url.into()),
                 ("SANDBOX_TOKEN".into(), SANDBOX_TOKEN.into()),
@@ -115,7 +116,7 @@ async fn shell_in_a_real_terminal() {
         "{}",
         String::from_utf8_lossy(&created.stderr)
     );
-    let tmux = Tmux::new(&url);
+    let tmux = Tmux::new(&url, "shell");
     let shell = pane_command(&format!("{} session shell sh1 --exec-id term1", tale()));
     tmux.run(&[
         "new-session",
@@ -227,6 +228,46 @@ async fn shell_in_a_real_terminal() {
     let screen = tmux.wait_for_text(pane, "mode:");
     assert!(screen.contains("cli-exit:3"), "{screen}");
     assert!(screen.lines().any(|l| l == "mode:icanon"), "{screen}");
+}
+
+/// `exec -i` from a terminal sends each typed line as it is, JSON or not (raw stdin), and Ctrl-D
+/// ends the input.
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_interactive_from_a_terminal_sends_any_line() {
+    let spawner = SpawnerProcess::local(&[]).await;
+    let url = format!("http://127.0.0.1:{}", spawner.port);
+    let created = Command::new(tale())
+        .args(["session", "create", "in1", "--json"])
+        .env("TALE_SPAWNER_URL", &url)
+        .env("SANDBOX_TOKEN", SANDBOX_TOKEN)
+        .output()
+        .unwrap();
+    assert!(created.status.success());
+    let tmux = Tmux::new(&url, "exec");
+    // A shell loop, not sed: its output is not held back in a pipe buffer.
+    let exec = pane_command(&format!(
+        "{} session exec -i in1 'while read -r l; do echo \"got:$l\"; done'",
+        tale()
+    ));
+    tmux.run(&[
+        "new-session",
+        "-d",
+        "-s",
+        "t",
+        "-x",
+        "100",
+        "-y",
+        "30",
+        &exec,
+    ]);
+    let pane = "t:0";
+    tmux.wait_for_text(pane, "started in session in1");
+    tmux.keys(pane, &["not json at all", "Enter"]);
+    tmux.wait_for_text(pane, "got:not json at all");
+    tmux.keys(pane, &["C-d"]);
+    let screen = tmux.wait_for_text(pane, "mode:");
+    assert!(screen.contains("cli-exit:0"), "{screen}");
+    assert!(!screen.contains("not delivered"), "{screen}");
 }
 
 /// Outside a terminal `shell` refuses with what to use instead; bad detach keys are named.
