@@ -162,6 +162,40 @@ async fn ctrl_c_interrupts_the_foreground_program() {
     assert_eq!(exit["cancelled"], json!(false));
 }
 
+/// Keys typed into a pty exec restart its sliding deadline, as an attach does: a shell in use
+/// outlives its `timeoutMs`; left alone, it times out.
+#[tokio::test(flavor = "multi_thread")]
+async fn typing_restarts_the_deadline() {
+    let daemon = Runnerd::start(Options::default()).await;
+    let mut stream = daemon
+        .client
+        .exec_stream(json!({
+            "execId": "typed",
+            "shell": "echo ready; sleep 3; echo survived; sleep 100",
+            "pty": {"cols": 80, "rows": 24},
+            "timeoutMs": 1000,
+        }))
+        .await;
+    let mut events = Vec::new();
+    read_until(&mut stream, &mut events, "ready").await;
+    // A key every 300 ms (the pace of the typing, not a wait for anything) until the sleep is over.
+    let mut keys = tokio::time::interval(Duration::from_millis(300));
+    while !String::from_utf8_lossy(&output(&events, "stdout")).contains("survived") {
+        tokio::select! {
+            _ = keys.tick() => {
+                assert_eq!(stdin(&daemon, "typed", b"x").await, json!({"ok": true}));
+            }
+            event = stream.next() => events.push(event.expect("the exec ended while typed at")),
+        }
+    }
+    // No more keys: the deadline ends it.
+    while let Some(event) = tokio::time::timeout(WAIT, stream.next()).await.unwrap() {
+        events.push(event);
+    }
+    let exit = terminal(&events);
+    assert_eq!(exit["timedOut"], json!(true), "{events:?}");
+}
+
 /// Cancel still ends every process a pty exec started, also one that left its session.
 #[tokio::test(flavor = "multi_thread")]
 async fn cancel_ends_the_whole_pty_tree() {

@@ -246,6 +246,11 @@ impl Exec {
         if eof {
             *state = StdinState::Closed;
         }
+        // Keys typed into a terminal show a person at it, as an attach does: the sliding deadline
+        // starts again (a shell someone is using is not ended mid-session).
+        if self.is_pty {
+            self.rearm_deadline();
+        }
         activity.touch();
         Ok(())
     }
