@@ -112,14 +112,15 @@ pub enum Command {
     /// session, the size follows this terminal; detach with the detach keys and come back with
     /// `attach`. Exits with the shell's exit code.
     Shell {
+        /// Session id.
         id: String,
         /// Exec id (default `shell-<unix ms>`).
         #[arg(long)]
         exec_id: Option<String>,
         #[arg(long)]
         cwd: Option<String>,
-        /// Deadline of the shell (the spawner clamps it to its maximum); attaching again restarts
-        /// it.
+        /// Deadline of the shell (the spawner clamps it to its maximum); each key sent and each
+        /// attach restarts it.
         #[arg(long, default_value_t = shell::DEFAULT_SHELL_TIMEOUT_MS)]
         timeout_ms: u64,
         /// Keys that detach, leaving the shell running (comma-separated; empty: never).
