@@ -15,7 +15,7 @@ const WAIT: Duration = Duration::from_secs(30);
 
 /// A tmux server of this test alone (its own socket), ended on drop.
 struct Tmux {
-    socket: String,
+    socket: std::path::PathBuf,
     env: Vec<(String, String)>,
 }
 
@@ -23,7 +23,8 @@ impl Tmux {
     /// `tag` tells apart the servers of tests running at once in this process.
     fn new(spawner_url: &str, tag: &str) -> Tmux {
         Tmux {
-            socket: format!("tale-shell-test-{}-{tag}", std::process::id()),
+            socket: std::env::temp_dir()
+                .join(format!("tale-shell-test-{}-{tag}.sock", std::process::id())),
             env: vec![
                 ("TALE_SPAWNER_URL".into(), spawner_url.into()),
                 ("SANDBOX_TOKEN".into(), SANDBOX_TOKEN.into()),
@@ -34,7 +35,9 @@ impl Tmux {
 
     fn run(&self, args: &[&str]) -> Output {
         let output = Command::new("tmux")
-            .args(["-L", &self.socket, "-f", "/dev/null"])
+            .arg("-S")
+            .arg(&self.socket)
+            .args(["-f", "/dev/null"])
             .args(args)
             .envs(self.env.iter().cloned())
             .env_remove("TMUX")
@@ -83,8 +86,11 @@ impl Tmux {
 impl Drop for Tmux {
     fn drop(&mut self) {
         let _ = Command::new("tmux")
-            .args(["-L", &self.socket, "kill-server"])
+            .arg("-S")
+            .arg(&self.socket)
+            .arg("kill-server")
             .output();
+        let _ = std::fs::remove_file(&self.socket);
     }
 }
 
@@ -219,7 +225,7 @@ async fn shell_in_a_real_terminal() {
     // `attach` from a terminal takes the same shell back: the earlier output is replayed, new
     // commands run, and the shell's own exit code ends it.
     let attach = pane_command(&format!("{} session attach sh1 term1", tale()));
-    tmux.run(&["new-window", "-t", "t", &attach]);
+    tmux.run(&["new-window", "-t", "t:1", &attach]);
     let pane = "t:1";
     tmux.wait_for_text(pane, "hi-42");
     tmux.keys(pane, &["echo again-$((3+4))", "Enter"]);
@@ -227,6 +233,72 @@ async fn shell_in_a_real_terminal() {
     tmux.keys(pane, &["exit 3", "Enter"]);
     let screen = tmux.wait_for_text(pane, "mode:");
     assert!(screen.contains("cli-exit:3"), "{screen}");
+    assert!(screen.lines().any(|l| l == "mode:icanon"), "{screen}");
+}
+
+/// The local terminal comes back from raw mode on the other ways out too: SIGTERM to the CLI
+/// (which detaches, naming the shell) and a stream that breaks (the spawner killed; exit 125 with
+/// the attach command).
+#[tokio::test(flavor = "multi_thread")]
+async fn terminal_restored_on_sigterm_and_broken_stream() {
+    let mut spawner = SpawnerProcess::local(&[]).await;
+    let url = format!("http://127.0.0.1:{}", spawner.port);
+    let created = Command::new(tale())
+        .args(["session", "create", "rs1", "--json"])
+        .env("TALE_SPAWNER_URL", &url)
+        .env("SANDBOX_TOKEN", SANDBOX_TOKEN)
+        .output()
+        .unwrap();
+    assert!(created.status.success());
+    let tmux = Tmux::new(&url, "restore");
+    let shell = pane_command(&format!("{} session shell rs1 --exec-id termed", tale()));
+    tmux.run(&[
+        "new-session",
+        "-d",
+        "-s",
+        "t",
+        "-x",
+        "100",
+        "-y",
+        "30",
+        &shell,
+    ]);
+    tmux.wait_for_text("t:0", "shell exec termed in session rs1");
+    tmux.keys("t:0", &["echo up-$((1+1))", "Enter"]);
+    tmux.wait_for_text("t:0", "up-2");
+    // The CLI itself, not the pane's `sh -c` whose command line holds the same words.
+    let cli: Vec<i32> = processes_with("termed")
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.starts_with(format!("{}\0", tale()).as_bytes()))
+        })
+        .collect();
+    assert_eq!(cli.len(), 1, "{cli:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(cli[0]),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let screen = tmux.wait_for_text("t:0", "mode:");
+    assert!(screen.contains("cli-exit:0"), "{screen}");
+    assert!(
+        screen.contains("tale session attach rs1 termed"),
+        "{screen}"
+    );
+    assert!(screen.lines().any(|l| l == "mode:icanon"), "{screen}");
+
+    let shell = pane_command(&format!("{} session shell rs1 --exec-id broken", tale()));
+    tmux.run(&["new-window", "-t", "t:1", &shell]);
+    tmux.keys("t:1", &["echo up-$((2+2))", "Enter"]);
+    tmux.wait_for_text("t:1", "up-4");
+    spawner.kill9();
+    let screen = tmux.wait_for_text("t:1", "mode:");
+    assert!(screen.contains("cli-exit:125"), "{screen}");
+    assert!(
+        screen.contains("tale session attach rs1 broken"),
+        "{screen}"
+    );
     assert!(screen.lines().any(|l| l == "mode:icanon"), "{screen}");
 }
 
