@@ -33,6 +33,23 @@ impl Tmux {
         }
     }
 
+    /// A server whose session `t` (100x30) runs `command` in window 0.
+    fn start(spawner_url: &str, tag: &str, command: &str) -> Tmux {
+        let tmux = Tmux::new(spawner_url, tag);
+        tmux.run(&[
+            "new-session",
+            "-d",
+            "-s",
+            "t",
+            "-x",
+            "100",
+            "-y",
+            "30",
+            command,
+        ]);
+        tmux
+    }
+
     fn run(&self, args: &[&str]) -> Output {
         let output = Command::new("tmux")
             .arg("-S")
@@ -106,14 +123,11 @@ fn tale() -> &'static str {
     env!("CARGO_BIN_EXE_tale")
 }
 
-/// A whole interactive session: type, interrupt, resize, detach, reattach, exit.
-#[tokio::test(flavor = "multi_thread")]
-async fn shell_in_a_real_terminal() {
-    let spawner = SpawnerProcess::local(&[]).await;
-    let url = format!("http://127.0.0.1:{}", spawner.port);
+/// Creates session `id` with the CLI.
+fn create_session(url: &str, id: &str) {
     let created = Command::new(tale())
-        .args(["session", "create", "sh1", "--json"])
-        .env("TALE_SPAWNER_URL", &url)
+        .args(["session", "create", id, "--json"])
+        .env("TALE_SPAWNER_URL", url)
         .env("SANDBOX_TOKEN", SANDBOX_TOKEN)
         .output()
         .unwrap();
@@ -122,19 +136,16 @@ async fn shell_in_a_real_terminal() {
         "{}",
         String::from_utf8_lossy(&created.stderr)
     );
-    let tmux = Tmux::new(&url, "shell");
+}
+
+/// A whole interactive session: type, interrupt, resize, detach, reattach, exit.
+#[tokio::test(flavor = "multi_thread")]
+async fn shell_in_a_real_terminal() {
+    let spawner = SpawnerProcess::local(&[]).await;
+    let url = format!("http://127.0.0.1:{}", spawner.port);
+    create_session(&url, "sh1");
     let shell = pane_command(&format!("{} session shell sh1 --exec-id term1", tale()));
-    tmux.run(&[
-        "new-session",
-        "-d",
-        "-s",
-        "t",
-        "-x",
-        "100",
-        "-y",
-        "30",
-        &shell,
-    ]);
+    let tmux = Tmux::start(&url, "shell", &shell);
     let pane = "t:0";
     tmux.wait_for_text(
         pane,
@@ -243,26 +254,9 @@ async fn shell_in_a_real_terminal() {
 async fn terminal_restored_on_sigterm_and_broken_stream() {
     let mut spawner = SpawnerProcess::local(&[]).await;
     let url = format!("http://127.0.0.1:{}", spawner.port);
-    let created = Command::new(tale())
-        .args(["session", "create", "rs1", "--json"])
-        .env("TALE_SPAWNER_URL", &url)
-        .env("SANDBOX_TOKEN", SANDBOX_TOKEN)
-        .output()
-        .unwrap();
-    assert!(created.status.success());
-    let tmux = Tmux::new(&url, "restore");
+    create_session(&url, "rs1");
     let shell = pane_command(&format!("{} session shell rs1 --exec-id termed", tale()));
-    tmux.run(&[
-        "new-session",
-        "-d",
-        "-s",
-        "t",
-        "-x",
-        "100",
-        "-y",
-        "30",
-        &shell,
-    ]);
+    let tmux = Tmux::start(&url, "restore", &shell);
     tmux.wait_for_text("t:0", "shell exec termed in session rs1");
     tmux.keys("t:0", &["echo up-$((1+1))", "Enter"]);
     tmux.wait_for_text("t:0", "up-2");
@@ -308,30 +302,13 @@ async fn terminal_restored_on_sigterm_and_broken_stream() {
 async fn exec_interactive_from_a_terminal_sends_any_line() {
     let spawner = SpawnerProcess::local(&[]).await;
     let url = format!("http://127.0.0.1:{}", spawner.port);
-    let created = Command::new(tale())
-        .args(["session", "create", "in1", "--json"])
-        .env("TALE_SPAWNER_URL", &url)
-        .env("SANDBOX_TOKEN", SANDBOX_TOKEN)
-        .output()
-        .unwrap();
-    assert!(created.status.success());
-    let tmux = Tmux::new(&url, "exec");
+    create_session(&url, "in1");
     // A shell loop, not sed: its output is not held back in a pipe buffer.
     let exec = pane_command(&format!(
         "{} session exec -i in1 'while read -r l; do echo \"got:$l\"; done'",
         tale()
     ));
-    tmux.run(&[
-        "new-session",
-        "-d",
-        "-s",
-        "t",
-        "-x",
-        "100",
-        "-y",
-        "30",
-        &exec,
-    ]);
+    let tmux = Tmux::start(&url, "exec", &exec);
     let pane = "t:0";
     tmux.wait_for_text(pane, "started in session in1");
     tmux.keys(pane, &["not json at all", "Enter"]);

@@ -5,8 +5,8 @@
 //! the runtime from shutting down) and hands chunks over; one forwarder task posts them to
 //! `…/stdin` in order, joining what piled up while a post was in flight; SIGWINCH posts a resize.
 //! The local terminal is in raw mode meanwhile ([`RawMode`], restored when the loop returns).
-use super::client::{session_missing, CliError, SpawnerClient};
-use super::stream::{result_code, Target};
+use super::client::{CliError, SpawnerClient};
+use super::stream::{open, result_code, Target};
 use super::terminal::{local_size, DetachScanner, RawMode};
 use crate::shared::sse::SseParser;
 use http_body_util::BodyExt;
@@ -78,11 +78,6 @@ pub fn shell_request(
 /// Runs the interactive loop; the exit code is the exec's, or 0 after a detach.
 pub async fn run(client: &SpawnerClient, session: Interactive<'_>) -> Result<ExitCode, CliError> {
     let target = &session.target;
-    let method = if session.body.is_some() {
-        Method::POST
-    } else {
-        Method::GET
-    };
     let mut winch = signal(SignalKind::window_change())
         .map_err(|e| CliError::local(format!("cannot watch the terminal size: {e}")))?;
     let mut terminate = signal(SignalKind::terminate())
@@ -93,24 +88,7 @@ pub async fn run(client: &SpawnerClient, session: Interactive<'_>) -> Result<Exi
     // and like SIGTERM and SIGHUP it detaches, so the terminal is restored.
     let mut interrupt = signal(SignalKind::interrupt())
         .map_err(|e| CliError::local(format!("cannot watch for SIGINT: {e}")))?;
-    let response = client
-        .send(method, &session.path, session.body.as_ref())
-        .await?;
-    let status = response.status().as_u16();
-    let mut stream = response.into_body();
-    if status != 200 {
-        let bytes = stream
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        return Err(if status == 404 {
-            session_missing(target.session)
-        } else {
-            super::client::refusal(status, &value)
-        });
-    }
+    let mut stream = open(client, &session.path, session.body.as_ref(), target.session).await?;
     let detach_hint = if session.detach_keys.is_empty() {
         String::new()
     } else {
