@@ -3,7 +3,8 @@
 # this tree (no Docker, no apt packages, no network): the real `tale` binary driven on loopback,
 # runnerd as a child subreaper or PID 1 of a PID namespace (unshare, from util-linux, which every
 # Debian has), the spawner's local backend and the Kubernetes backend against the in-process fake
-# API server. About a minute and a half on 2 cores from a warm target/ (README, "Testing").
+# API server; `session_shell` drives the CLI in a real terminal through tmux (scripts/setup.sh
+# installs it). About a minute and a half on 2 cores from a warm target/ (README, "Testing").
 #
 #   scripts/test-fast.sh [CARGO TEST ARGS...]     e.g. scripts/test-fast.sh exec_replay
 #   scripts/test-fast.sh --check-tiers            only check that every suite is in one list
@@ -14,8 +15,8 @@ cd "$(dirname "$0")/.."
 # Suites of tests/ that run here.
 fast_suites=(
   golden_runnerd golden_spawner quickstart runnerd_backpressure runnerd_bad_input runnerd_cancel_tree
-  runnerd_exec runnerd_files runnerd_hostile runnerd_pid1 session_cli spawner_api spawner_edge
-  runnerd_tls spawner_kubernetes
+  runnerd_exec runnerd_files runnerd_hostile runnerd_pid1 runnerd_pty runnerd_tls session_cli
+  session_shell spawner_api spawner_edge spawner_kubernetes
 )
 # Suites that need more than the toolchain, and what (they run in scripts/test.sh only).
 host_suites=(

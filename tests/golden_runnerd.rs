@@ -495,3 +495,81 @@ async fn credentials() {
         .await;
     t.finish();
 }
+
+/// Terminals (additive): a pty exec, `POST /execs/:id/resize`, raw stdin, and their refusals.
+#[tokio::test(flavor = "multi_thread")]
+async fn terminal() {
+    let daemon = Runnerd::start(Options::default()).await;
+    let mut t = Transcript::new("runnerd", "terminal", normalizer(&daemon));
+    let port = daemon.port;
+    t.note(
+        "a pty exec: its size, a resize, keys through raw stdin (echo off, so output is stable)",
+    );
+    let (tty_request, mut tty) = start_live(
+        &daemon,
+        r#"{"execId":"tty","shell":"stty -echo; stty size; read line; stty size","pty":{"cols":80,"rows":24}}"#,
+    )
+    .await;
+    tty.read_until(b64("24 80\r\n").as_bytes()).await;
+    t.run(port, post("/execs/tty/resize", r#"{"cols":100,"rows":30}"#))
+        .await;
+    t.run(port, get("/execs")).await;
+    t.run(
+        port,
+        post(
+            "/execs/tty/stdin",
+            &format!(r#"{{"b64":"{}"}}"#, b64("not json\r")),
+        ),
+    )
+    .await;
+    tty.finish().await;
+    t.record(&tty_request, &tty);
+    t.note("resize refusals: ended, unknown, not a terminal, bad sizes");
+    t.run(port, post("/execs/tty/resize", r#"{"cols":100,"rows":30}"#))
+        .await;
+    t.run(
+        port,
+        post("/execs/nope/resize", r#"{"cols":100,"rows":30}"#),
+    )
+    .await;
+    let (pipe_request, mut pipe) = start_live(
+        &daemon,
+        r#"{"execId":"pipe","command":["cat"],"stdinMode":"raw"}"#,
+    )
+    .await;
+    t.run(
+        port,
+        post("/execs/pipe/resize", r#"{"cols":100,"rows":30}"#),
+    )
+    .await;
+    for body in [
+        r#"{"cols":0,"rows":30}"#,
+        r#"{"cols":100,"rows":1001}"#,
+        r#"{"cols":100}"#,
+        r#"{"cols":"100","rows":30}"#,
+        "[100,30]",
+        "{",
+    ] {
+        t.run(port, post("/execs/pipe/resize", body)).await;
+    }
+    t.note("raw stdin on pipes: any bytes, then EOF");
+    t.run(
+        port,
+        post(
+            "/execs/pipe/stdin",
+            &format!(r#"{{"b64":"{}","eof":true}}"#, b64("no newline, not JSON")),
+        ),
+    )
+    .await;
+    pipe.finish().await;
+    t.record(&pipe_request, &pipe);
+    t.note("refused pty requests: one seq-less fail line");
+    for body in [
+        r#"{"execId":"p1","shell":"true","pty":{"cols":0,"rows":24}}"#,
+        r#"{"execId":"p2","shell":"true","pty":"80x24"}"#,
+        r#"{"execId":"p3","shell":"true","pty":{"cols":80,"rows":24},"stdinMode":"hold"}"#,
+    ] {
+        t.run(port, post("/execs", body)).await;
+    }
+    t.finish();
+}

@@ -388,6 +388,105 @@ async fn execs() {
     t.finish();
 }
 
+/// Terminals through the spawner (additive): a pty exec, resize, raw stdin, and their refusals.
+#[tokio::test(flavor = "multi_thread")]
+async fn terminal() {
+    let spawner = spawner().await;
+    let port = spawner.port;
+    let mut t = Transcript::new("spawner", "terminal", normalizer(&spawner));
+    t.run(
+        port,
+        signed(
+            "POST",
+            "/v1/sessions",
+            r#"{"sessionId":"t1","organizationId":"org1"}"#,
+        ),
+    )
+    .await;
+    let exec = |body: &str| signed("POST", "/v1/sessions/t1/exec", body);
+    t.note(
+        "a pty exec: its size, a resize, keys through raw stdin (echo off, so output is stable)",
+    );
+    let tty_request = exec(
+        r#"{"execId":"tty","shell":"stty -echo; stty size; read line; stty size","pty":{"cols":80,"rows":24},"collectOutput":false}"#,
+    );
+    let mut tty = send(port, &tty_request).await;
+    tty.read_until(b"24 80").await;
+    t.run(
+        port,
+        signed(
+            "POST",
+            "/v1/sessions/t1/exec/tty/resize",
+            r#"{"cols":100,"rows":30}"#,
+        ),
+    )
+    .await;
+    t.run(
+        port,
+        signed(
+            "POST",
+            "/v1/sessions/t1/exec/tty/stdin",
+            &format!(r#"{{"b64":"{}"}}"#, b64("not json\r")),
+        ),
+    )
+    .await;
+    tty.finish().await;
+    t.record(&tty_request, &tty);
+    t.note("resize refusals: ended exec, bad size, unknown session");
+    t.run(
+        port,
+        signed(
+            "POST",
+            "/v1/sessions/t1/exec/tty/resize",
+            r#"{"cols":100,"rows":30}"#,
+        ),
+    )
+    .await;
+    t.run(
+        port,
+        signed(
+            "POST",
+            "/v1/sessions/t1/exec/tty/resize",
+            r#"{"cols":0,"rows":30}"#,
+        ),
+    )
+    .await;
+    t.run(
+        port,
+        signed(
+            "POST",
+            "/v1/sessions/nope/exec/tty/resize",
+            r#"{"cols":100,"rows":30}"#,
+        ),
+    )
+    .await;
+    t.note("raw stdin on pipes: any bytes, then EOF");
+    let raw_request =
+        exec(r#"{"execId":"raw","command":["cat"],"stdinMode":"raw","collectOutput":false}"#);
+    let mut raw = send(port, &raw_request).await;
+    raw.read_until(b"event: phase").await;
+    t.run(
+        port,
+        signed(
+            "POST",
+            "/v1/sessions/t1/exec/raw/stdin",
+            &format!(r#"{{"b64":"{}","eof":true}}"#, b64("no newline, not JSON")),
+        ),
+    )
+    .await;
+    raw.finish().await;
+    t.record(&raw_request, &raw);
+    t.note("refused pty requests");
+    for body in [
+        r#"{"execId":"p1","shell":"true","pty":{"cols":0,"rows":24}}"#,
+        r#"{"execId":"p2","shell":"true","pty":{"cols":80,"rows":24},"stdinMode":"hold"}"#,
+    ] {
+        t.run(port, exec(body)).await;
+    }
+    t.run(port, signed("DELETE", "/v1/sessions/t1", "")).await;
+    t.finish();
+}
+
 /// Files and git credentials through the spawner.
 #[tokio::test(flavor = "multi_thread")]
 async fn files_and_credentials() {

@@ -1,7 +1,7 @@
 //! runnerd's HTTP routes (spec era B, byte-compatible) and the token check.
 use super::exec::driver::{refusal_event, start_exec};
 use super::exec::journal::JournalCursor;
-use super::exec::stdin::parse_line;
+use super::exec::stdin::{parse_line, parse_raw};
 use super::files::FileError;
 use super::limits::MAX_REQUEST_BODY_BYTES;
 use super::state::Daemon;
@@ -12,7 +12,7 @@ use crate::shared::http::{
 use crate::shared::protocol::runnerd::{
     is_valid_id, CancelReply, CredentialReply, DeleteRequest, EnvPatch, EnvReply, ExecList,
     ExecRequestWire, ExecStatus, ExecStatusState, ExecSummary, GitCredentialGrant, HealthReport,
-    StageRequest, StdinReply, StdinRequest, TOKEN_HEADER,
+    PtySize, ResizeRefusal, ResizeReply, StageRequest, StdinReply, StdinRequest, TOKEN_HEADER,
 };
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -42,6 +42,10 @@ pub async fn handle(daemon: Arc<Daemon>, request: Request<Incoming>) -> HttpResp
         (&Method::POST, ["execs", id, "stdin"]) if is_valid_id(id) => {
             let id = id.to_string();
             stdin(&daemon, &id, request).await
+        }
+        (&Method::POST, ["execs", id, "resize"]) if is_valid_id(id) => {
+            let id = id.to_string();
+            resize(&daemon, &id, request).await
         }
         (&Method::GET, ["execs", id]) if is_valid_id(id) => status(&daemon, id),
         (&Method::POST, ["env"]) => env(&daemon, request).await,
@@ -213,6 +217,7 @@ fn list_execs(daemon: &Daemon) -> HttpResponse {
                 state: state.to_owned(),
                 started_at_ms: exec.started_at_ms,
                 exit_code,
+                pty: exec.is_pty(),
             }
         })
         .collect();
@@ -256,9 +261,14 @@ async fn stdin(daemon: &Daemon, id: &str, request: Request<Incoming>) -> HttpRes
             crate::shared::protocol::runnerd::StdinRefusal::NotFound,
         ));
     };
+    let parse = if exec.has_raw_stdin() {
+        parse_raw
+    } else {
+        parse_line
+    };
     let line = match body.b64.as_deref() {
         None | Some("") => None,
-        Some(b64) => match parse_line(b64) {
+        Some(b64) => match parse(b64) {
             Ok(line) => Some(line),
             Err(refusal) => return reply(Err(refusal)),
         },
@@ -266,6 +276,29 @@ async fn stdin(daemon: &Daemon, id: &str, request: Request<Incoming>) -> HttpRes
     reply(
         exec.write_stdin(line, body.eof.unwrap_or(false), &daemon.activity)
             .await,
+    )
+}
+
+/// `POST /execs/:id/resize` (tale, additive): `{cols, rows}` for a running pty exec.
+async fn resize(daemon: &Daemon, id: &str, request: Request<Incoming>) -> HttpResponse {
+    let body: serde_json::Value = match json_body(daemon, request).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    let size = match PtySize::from_value(&body) {
+        Ok(size) => size,
+        Err(message) => return error(StatusCode::BAD_REQUEST, "bad_request", Some(message)),
+    };
+    let result = match daemon.execs.get(id) {
+        Some(exec) => exec.resize(size, &daemon.activity),
+        None => Err(ResizeRefusal::NotFound),
+    };
+    json(
+        StatusCode::OK,
+        &ResizeReply {
+            ok: result.is_ok(),
+            reason: result.err(),
+        },
     )
 }
 

@@ -3,8 +3,10 @@
 //! `exec` streams the command's output to this terminal and exits with the command's exit code.
 mod client;
 mod render;
+mod shell;
 mod stdin;
 mod stream;
+mod terminal;
 
 use crate::shared::clock::now_ms;
 use client::{check_id, parse_base_url, refusal, session_missing, CliError, SpawnerClient};
@@ -87,7 +89,7 @@ pub enum Command {
         #[arg(long)]
         argv: bool,
         /// Forward stdin: piped input is sent whole (up to 2 MiB, any bytes); from a terminal each
-        /// line is sent as typed and must be one JSON line (raw keystrokes need terminal support).
+        /// line is sent as typed (any text; for keystrokes use `tale session shell`).
         #[arg(short, long)]
         interactive: bool,
         /// The shell line (its words are joined by spaces), or with --argv the program and its
@@ -95,12 +97,38 @@ pub enum Command {
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
     },
-    /// Re-attach to an exec and stream its output (from the start, or after --since-seq).
+    /// Re-attach to an exec and stream its output (from the start, or after --since-seq). A shell
+    /// (a pty exec) attached from a terminal is interactive again, as `shell` left it.
     Attach {
         id: String,
         exec_id: String,
         #[arg(long, default_value_t = 0)]
         since_seq: u64,
+        /// Keys that detach from an interactive shell (comma-separated; empty: never).
+        #[arg(long, default_value = terminal::DEFAULT_DETACH_KEYS)]
+        detach_keys: String,
+    },
+    /// An interactive shell in the session on a pseudo-terminal: keys (Ctrl-C too) go to the
+    /// session, the size follows this terminal; detach with the detach keys and come back with
+    /// `attach`. Exits with the shell's exit code.
+    Shell {
+        /// Session id.
+        id: String,
+        /// Exec id (default `shell-<unix ms>`).
+        #[arg(long)]
+        exec_id: Option<String>,
+        #[arg(long)]
+        cwd: Option<String>,
+        /// Deadline of the shell (the spawner clamps it to its maximum); each key sent and each
+        /// attach restarts it.
+        #[arg(long, default_value_t = shell::DEFAULT_SHELL_TIMEOUT_MS)]
+        timeout_ms: u64,
+        /// Keys that detach, leaving the shell running (comma-separated; empty: never).
+        #[arg(long, default_value = terminal::DEFAULT_DETACH_KEYS)]
+        detach_keys: String,
+        /// Run this command line on the terminal instead of a login shell.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
     },
     /// Cancel a running exec (exits 1 when it is unknown or already finished).
     Cancel { id: String, exec_id: String },
@@ -305,13 +333,54 @@ async fn execute(
             let path = format!("/v1/sessions/{id}/exec");
             stream::run(client, &path, Some(&body), target, stdin).await
         }
+        Command::Shell {
+            id,
+            exec_id,
+            cwd,
+            timeout_ms,
+            detach_keys,
+            command,
+        } => {
+            check_id("session", &id)?;
+            let exec_id = exec_id.unwrap_or_else(|| format!("shell-{}", now_ms()));
+            check_id("exec", &exec_id)?;
+            let detach_keys = terminal::parse_detach_keys(&detach_keys)?;
+            shell::require_terminal("`tale session shell`")?;
+            let body = shell::shell_request(&exec_id, &command, cwd.as_deref(), timeout_ms);
+            let session = shell::Interactive {
+                target: Target {
+                    session: &id,
+                    exec_id: &exec_id,
+                    program: None,
+                },
+                body: Some(body),
+                path: format!("/v1/sessions/{id}/exec"),
+                detach_keys,
+            };
+            shell::run(client, session).await
+        }
         Command::Attach {
             id,
             exec_id,
             since_seq,
+            detach_keys,
         } => {
             check_id("session", &id)?;
             check_id("exec", &exec_id)?;
+            let detach_keys = terminal::parse_detach_keys(&detach_keys)?;
+            if shell::require_terminal("").is_ok() && is_pty_exec(client, &id, &exec_id).await? {
+                let session = shell::Interactive {
+                    target: Target {
+                        session: &id,
+                        exec_id: &exec_id,
+                        program: None,
+                    },
+                    body: None,
+                    path: format!("/v1/sessions/{id}/exec/{exec_id}/attach?sinceSeq={since_seq}"),
+                    detach_keys,
+                };
+                return shell::run(client, session).await;
+            }
             let path = format!("/v1/sessions/{id}/exec/{exec_id}/attach?sinceSeq={since_seq}");
             let target = Target {
                 session: &id,
@@ -321,6 +390,23 @@ async fn execute(
             stream::run(client, &path, None, target, StdinPlan::Closed).await
         }
     }
+}
+
+/// Whether the session lists `exec_id` as a running pty exec (an interactive attach).
+async fn is_pty_exec(client: &SpawnerClient, id: &str, exec_id: &str) -> Result<bool, CliError> {
+    let reply = client
+        .json(Method::GET, &format!("/v1/sessions/{id}/exec"), None)
+        .await?;
+    if reply.status == 404 {
+        return Err(session_missing(id));
+    }
+    Ok(reply.body["execs"].as_array().is_some_and(|execs| {
+        execs.iter().any(|exec| {
+            exec["execId"] == json!(exec_id)
+                && exec["pty"] == json!(true)
+                && exec["state"] == json!("running")
+        })
+    }))
 }
 
 /// Cancels a running exec; an unknown or finished one is an error that says which.

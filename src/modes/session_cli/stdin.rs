@@ -1,8 +1,7 @@
 //! `exec -i`: what to do with this process's stdin. Piped stdin is read whole (up to
 //! [`MAX_PIPED_STDIN_BYTES`]) and sent with the exec request, so any bytes arrive exactly. A terminal
-//! is forwarded line by line through `…/stdin` while the exec runs; runnerd accepts only single JSON
-//! lines there (≤ 64 KiB each) until raw stdin arrives with terminal support, so other lines are
-//! refused and reported.
+//! is forwarded line by line through `…/stdin` while the exec runs; the exec asks for raw stdin, so
+//! any line passes (for keystrokes and full-screen programs use `tale session shell`).
 use super::client::{CliError, SpawnerClient};
 use hyper::Method;
 use serde_json::json;
@@ -11,7 +10,7 @@ use std::io::{BufRead, IsTerminal, Read};
 /// The most piped stdin `exec -i` sends (it travels base64-encoded inside the exec request, which
 /// the spawner caps at 4 MiB).
 pub const MAX_PIPED_STDIN_BYTES: usize = 2 * 1024 * 1024;
-/// The longest line forwarded from a terminal (runnerd's `/stdin` line cap).
+/// The longest line forwarded from a terminal in one request (longer ones go in pieces).
 pub const MAX_STDIN_LINE_BYTES: usize = 64 * 1024;
 
 /// How an exec gets its stdin.
@@ -61,7 +60,7 @@ impl StdinPlan {
                 );
             }
             StdinPlan::Lines => {
-                request.insert("stdinMode".into(), json!("hold"));
+                request.insert("stdinMode".into(), json!("raw"));
             }
         }
     }
@@ -84,9 +83,7 @@ pub async fn forward_lines(client: SpawnerClient, path: String) {
                     return;
                 }
                 Ok(_) => {
-                    if line.last() != Some(&b'\n') {
-                        line.push(b'\n');
-                    }
+                    // Raw stdin: a long line goes in pieces, a last line without `\n` as it is.
                     if tx.blocking_send(Some(line)).is_err() {
                         return;
                     }
@@ -103,13 +100,7 @@ pub async fn forward_lines(client: SpawnerClient, path: String) {
             Ok(reply) if reply.body["ok"] == json!(true) => {}
             Ok(reply) => {
                 let reason = reply.body["reason"].as_str().unwrap_or("refused");
-                let hint = if reason == "BAD_LINE" {
-                    ": a running exec's stdin takes one JSON line at a time (≤ 64 KiB) until raw \
-                     stdin arrives; pipe the input instead to send any bytes"
-                } else {
-                    ""
-                };
-                eprintln!("tale session: stdin line not delivered ({reason}){hint}");
+                eprintln!("tale session: stdin line not delivered ({reason})");
             }
             Err(err) => eprintln!("tale session: stdin not delivered: {}", err.message),
         }

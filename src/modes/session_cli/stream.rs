@@ -4,6 +4,7 @@ use super::client::{session_missing, CliError, SpawnerClient};
 use super::stdin::{forward_lines, StdinPlan};
 use crate::shared::sse::SseParser;
 use http_body_util::BodyExt;
+use hyper::body::Incoming;
 use hyper::Method;
 use serde_json::Value;
 use std::io::Write;
@@ -46,30 +47,10 @@ pub async fn run(
     target: Target<'_>,
     stdin: StdinPlan,
 ) -> Result<ExitCode, CliError> {
-    let method = if body.is_some() {
-        Method::POST
-    } else {
-        Method::GET
-    };
     // Registered before the request, so a Ctrl-C from the moment the id is printed detaches.
     let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         .map_err(|e| CliError::local(format!("cannot watch for Ctrl-C: {e}")))?;
-    let response = client.send(method, path, body).await?;
-    let status = response.status().as_u16();
-    let mut stream = response.into_body();
-    if status != 200 {
-        let bytes = stream
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        return Err(if status == 404 {
-            session_missing(target.session)
-        } else {
-            super::client::refusal(status, &value)
-        });
-    }
+    let mut stream = open(client, path, body, target.session).await?;
     if body.is_some() {
         eprintln!(
             "tale session: exec {} started in session {} (Ctrl-C detaches; {})",
@@ -129,6 +110,38 @@ pub async fn run(
     outcome
 }
 
+/// Starts (`body` given: POST) or attaches to (GET) an exec: its SSE body, or the refusal (a 404
+/// names the session).
+pub async fn open(
+    client: &SpawnerClient,
+    path: &str,
+    body: Option<&Value>,
+    session: &str,
+) -> Result<Incoming, CliError> {
+    let method = if body.is_some() {
+        Method::POST
+    } else {
+        Method::GET
+    };
+    let response = client.send(method, path, body).await?;
+    let status = response.status().as_u16();
+    let stream = response.into_body();
+    if status == 200 {
+        return Ok(stream);
+    }
+    let bytes = stream
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    Err(if status == 404 {
+        session_missing(session)
+    } else {
+        super::client::refusal(status, &value)
+    })
+}
+
 /// Prints the events in one chunk; `Some` once the exec's result (or an error) arrived.
 fn print_events(
     parser: &mut SseParser,
@@ -174,7 +187,7 @@ fn print_events(
 }
 
 /// The exit code for a `result` event: the command's own, else 127/126 when it could not start.
-fn result_code(value: &Value, target: &Target<'_>) -> ExitCode {
+pub(super) fn result_code(value: &Value, target: &Target<'_>) -> ExitCode {
     let message = value["errorMessage"].as_str();
     if let Some(code) = value["exitCode"].as_i64() {
         if let Some(message) = message {

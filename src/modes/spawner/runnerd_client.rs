@@ -8,8 +8,8 @@ use super::limits::{
 use crate::shared::ndjson::NdjsonLines;
 use crate::shared::protocol::runnerd::{
     CancelReply, CredentialReply, DeleteReply, DeleteRequest, EnvPatch, EnvReply, ExecEvent,
-    ExecList, ExecRequest, ExecStatus, GitCredentialGrant, HealthReport, ListReply, StageReply,
-    StdinReply, StdinRequest, TOKEN_HEADER,
+    ExecList, ExecRequest, ExecStatus, GitCredentialGrant, HealthReport, ListReply, PtySize,
+    ResizeReply, StageReply, StdinReply, StdinRequest, TOKEN_HEADER,
 };
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -266,6 +266,12 @@ impl RunnerdClient {
     ) -> Result<StdinReply, RunnerdError> {
         let path = format!("/execs/{exec_id}/stdin");
         self.call_ok(Method::POST, &path, Some(body)).await
+    }
+
+    /// Sets a pty exec's window size (`POST /execs/:id/resize`).
+    pub async fn resize(&self, exec_id: &str, size: &PtySize) -> Result<ResizeReply, RunnerdError> {
+        let path = format!("/execs/{exec_id}/resize");
+        self.call_ok(Method::POST, &path, Some(size)).await
     }
 
     /// Live and retained execs (`GET /execs`).

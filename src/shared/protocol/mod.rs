@@ -2,3 +2,4 @@
 pub mod agent_runs;
 pub mod runnerd;
 pub mod spawner;
+pub mod terminal;

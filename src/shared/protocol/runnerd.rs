@@ -3,6 +3,7 @@
 //! Field names and key order follow the original daemon's JSON exactly (`t` first, `seq` last), so
 //! a client written against it reads our lines unchanged. Additive fields are optional and omitted
 //! when absent.
+pub use super::terminal::{PtySize, ResizeRefusal, ResizeReply, MAX_STDIN_RAW_BYTES};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -106,8 +107,12 @@ pub enum StdinMode {
     /// Write `stdinBase64`, then close.
     #[default]
     Close,
-    /// Write `stdinBase64`, keep the pipe for `POST /execs/:id/stdin`.
+    /// Write `stdinBase64`, keep the pipe for `POST /execs/:id/stdin`, which takes one JSON line
+    /// per request (agent runs steering `stream-json`).
     Hold,
+    /// Additive: like `hold`, but `POST /execs/:id/stdin` takes any bytes (keystrokes, piped
+    /// data). The mode of every pty exec.
+    Raw,
 }
 
 /// `POST /execs` body: what the spawner sends and what runnerd's validation yields (from an
@@ -138,6 +143,9 @@ pub struct ExecRequest {
     pub stdout_max_bytes: u64,
     #[serde(default)]
     pub stderr_max_bytes: u64,
+    /// Additive: run the exec on a pseudo-terminal of this size (its output arrives as `stdout`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pty: Option<PtySize>,
 }
 
 /// `POST /execs` body as it arrives at runnerd. Every field is kept loose (`serde_json::Value`) so
@@ -157,6 +165,7 @@ pub struct ExecRequestWire {
     pub timeout_ms: Option<serde_json::Value>,
     pub stdout_max_bytes: Option<serde_json::Value>,
     pub stderr_max_bytes: Option<serde_json::Value>,
+    pub pty: Option<serde_json::Value>,
 }
 
 /// Why an exec stream ended without an `exit`.
@@ -291,6 +300,9 @@ pub struct ExecSummary {
     pub started_at_ms: u64,
     /// The exit code once exited (`null` while running or when killed by a signal).
     pub exit_code: Option<i32>,
+    /// Additive: the exec runs on a pty (omitted when not).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pty: bool,
 }
 
 /// `GET /execs` reply: live and retained execs, oldest start first.
@@ -327,6 +339,8 @@ pub enum StdinRefusal {
     StdinClosed,
     BadLine,
     WriteFailed,
+    /// Additive: a raw chunk over [`MAX_STDIN_RAW_BYTES`].
+    TooLarge,
 }
 
 /// `POST /execs/:id/stdin` reply: `{ok:true}` or `{ok:false, reason}`.

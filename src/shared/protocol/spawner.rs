@@ -1,7 +1,7 @@
 //! The spawner's wire contract (spec era B): session and exec requests with their validation, replies,
 //! the SSE event data, and the error envelope. camelCase JSON, field order as the original.
 use super::runnerd::{
-    is_denied_name, is_valid_id, ExecEvent, ExecRequest, FailCode, StdinMode, Truncated,
+    is_denied_name, is_valid_id, ExecEvent, ExecRequest, FailCode, PtySize, StdinMode, Truncated,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -225,9 +225,11 @@ pub struct SessionExec {
     pub cwd: Option<String>,
     pub env: BTreeMap<String, String>,
     pub stdin_base64: Option<String>,
-    pub stdin_hold: bool,
+    pub stdin_mode: StdinMode,
     pub timeout_ms: u64,
     pub collect_output: bool,
+    /// Additive: run on a pseudo-terminal of this size (stdin is then raw).
+    pub pty: Option<PtySize>,
 }
 
 impl SessionExec {
@@ -260,11 +262,23 @@ impl SessionExec {
             Some(Value::String(s)) => Ok(Some(s.clone())),
             Some(_) => Err(bad(format!("{field} must be a string"))),
         };
-        let stdin_hold = match body.get("stdinMode") {
-            None | Some(Value::Null) => false,
-            Some(Value::String(m)) if m == "close" => false,
-            Some(Value::String(m)) if m == "hold" => true,
+        let stdin_mode = match body.get("stdinMode") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(m)) if m == "close" => Some(StdinMode::Close),
+            Some(Value::String(m)) if m == "hold" => Some(StdinMode::Hold),
+            Some(Value::String(m)) if m == "raw" => Some(StdinMode::Raw),
+            // The message predates `raw` and is part of recorded transcripts: kept as it was.
             Some(_) => return Err(bad("stdinMode must be \"close\" or \"hold\"")),
+        };
+        let (pty, stdin_mode) = match body.get("pty") {
+            None | Some(Value::Null) => (None, stdin_mode.unwrap_or_default()),
+            Some(value) => {
+                let size = PtySize::from_value(value).map_err(bad)?;
+                if stdin_mode.is_some_and(|mode| mode != StdinMode::Raw) {
+                    return Err(bad("a pty exec's stdinMode is \"raw\""));
+                }
+                (Some(size), StdinMode::Raw)
+            }
         };
         let collect_output = match body.get("collectOutput") {
             None | Some(Value::Null) => true,
@@ -278,13 +292,14 @@ impl SessionExec {
             cwd: optional_string("cwd")?,
             env: parse_env(body.get("env"))?,
             stdin_base64: optional_string("stdinBase64")?,
-            stdin_hold,
+            stdin_mode,
             timeout_ms: clamped(
                 body.get("timeoutMs"),
                 limits.exec_default_timeout_ms,
                 limits.exec_max_timeout_ms,
             ),
             collect_output,
+            pty,
         })
     }
 
@@ -302,14 +317,11 @@ impl SessionExec {
             cwd: self.cwd.clone(),
             env: self.env.clone(),
             stdin_base64: self.stdin_base64.clone(),
-            stdin_mode: if self.stdin_hold {
-                StdinMode::Hold
-            } else {
-                StdinMode::Close
-            },
+            stdin_mode: self.stdin_mode,
             timeout_ms: self.timeout_ms,
             stdout_max_bytes: stdout_cap,
             stderr_max_bytes: stderr_cap,
+            pty: self.pty,
         }
     }
 }
@@ -573,6 +585,32 @@ mod tests {
             (json!(0), json!("hold"))
         );
         let err = |body: Value| SessionExec::parse(&body, &LIMITS).unwrap_err().0;
+        let shell = SessionExec::parse(
+            &json!({"execId": "e", "shell": "bash", "pty": {"cols": 100, "rows": 30}}),
+            &LIMITS,
+        )
+        .unwrap();
+        let request = serde_json::to_value(shell.runnerd_request(5, 6)).unwrap();
+        assert_eq!(
+            (request["pty"].clone(), request["stdinMode"].clone()),
+            (json!({"cols": 100, "rows": 30}), json!("raw"))
+        );
+        let raw = SessionExec::parse(
+            &json!({"execId": "e", "shell": "cat", "stdinMode": "raw"}),
+            &LIMITS,
+        )
+        .unwrap();
+        assert_eq!((raw.stdin_mode, raw.pty), (StdinMode::Raw, None));
+        assert_eq!(
+            err(json!({"execId": "e", "shell": "x", "pty": {"cols": 100}})),
+            PtySize::rule()
+        );
+        assert_eq!(
+            err(
+                json!({"execId": "e", "shell": "x", "pty": {"cols": 1, "rows": 1}, "stdinMode": "close"})
+            ),
+            "a pty exec's stdinMode is \"raw\""
+        );
         assert_eq!(
             err(json!({"execId": "e"})),
             "exactly one of command or shell is required"

@@ -5,6 +5,7 @@
 
 pub mod pidfd;
 pub mod proctree;
+pub mod pty;
 pub mod rlimit;
 
 use std::os::unix::process::CommandExt;

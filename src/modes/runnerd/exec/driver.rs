@@ -8,7 +8,8 @@ use super::stdin::StdinState;
 use super::tree::{ExecMark, Trees};
 use super::{Exec, Phase, RegisterRefusal};
 use crate::shared::clock::now_ms;
-use crate::shared::protocol::runnerd::{ExecEvent, ExecRequestWire, FailCode, Truncated};
+use crate::shared::protocol::runnerd::{ExecEvent, ExecRequestWire, FailCode, PtySize, Truncated};
+use crate::shared::sys::pty::{PtyPair, WindowSize};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
@@ -61,8 +62,29 @@ pub async fn start_exec(
             message: "cwd check failed".into(),
         })??;
 
+    let terminal = match spec.pty {
+        None => None,
+        Some(size) => Some(open_terminal(size).map_err(|err| SpecError {
+            code: FailCode::BadRequest,
+            message: format!("cannot open a pseudo-terminal: {err}"),
+        })?),
+    };
+    let resize_handle = match &terminal {
+        Some(pair) => Some(pair.master.try_clone().map_err(|err| SpecError {
+            code: FailCode::BadRequest,
+            message: format!("cannot open a pseudo-terminal: {err}"),
+        })?),
+        None => None,
+    };
     let journal = Journal::new(&daemon.journal_budget, daemon.journal_memory_bytes);
-    let exec = Exec::new(spec.exec_id.clone(), journal, now_ms(), spec.timeout);
+    let exec = Exec::new(
+        spec.exec_id.clone(),
+        journal,
+        now_ms(),
+        spec.timeout,
+        spec.stdin_mode,
+        resize_handle,
+    );
     daemon
         .execs
         .register(exec.clone())
@@ -75,8 +97,20 @@ pub async fn start_exec(
         .try_lock_owned()
         .expect("nobody else holds a new exec's stdin");
     let cursor = exec.journal.cursor(0);
-    tokio::spawn(drive(daemon.clone(), exec, spec, cwd, stdin));
+    tokio::spawn(drive(daemon.clone(), exec, spec, cwd, stdin, terminal));
     Ok(cursor)
+}
+
+/// A pty of `size` whose master is non-blocking (it is read and written through tokio).
+fn open_terminal(size: PtySize) -> std::io::Result<PtyPair> {
+    let pair = crate::shared::sys::pty::open_pty(WindowSize {
+        cols: size.cols,
+        rows: size.rows,
+    })?;
+    let flags = nix::fcntl::fcntl(&pair.master, nix::fcntl::FcntlArg::F_GETFL)?;
+    let flags = nix::fcntl::OFlag::from_bits_retain(flags) | nix::fcntl::OFlag::O_NONBLOCK;
+    nix::fcntl::fcntl(&pair.master, nix::fcntl::FcntlArg::F_SETFL(flags))?;
+    Ok(pair)
 }
 
 /// Owns the process from spawn to the terminal event, then retires the exec.
@@ -86,6 +120,7 @@ async fn drive(
     spec: ExecSpec,
     cwd: std::path::PathBuf,
     stdin: StdinGuard,
+    terminal: Option<PtyPair>,
 ) {
     daemon.activity.touch();
     let started_at_ms = exec.started_at_ms;
@@ -94,7 +129,7 @@ async fn drive(
         started_at_ms,
         seq,
     });
-    let exit_code = match run_process(&daemon, &exec, &spec, &cwd, stdin).await {
+    let exit_code = match run_process(&daemon, &exec, &spec, &cwd, stdin, terminal).await {
         Ok(outcome) => {
             let (cancelled, timed_out) = {
                 let mut control = exec.control();
@@ -122,6 +157,7 @@ async fn drive(
         }
     };
     *exec.stdin.lock().await = StdinState::Closed;
+    exec.release_terminal();
     exec.journal.finish();
     daemon.execs.retire(&exec);
     daemon.activity.touch();
@@ -139,6 +175,7 @@ async fn run_process(
     spec: &ExecSpec,
     cwd: &std::path::Path,
     stdin_guard: StdinGuard,
+    terminal: Option<PtyPair>,
 ) -> std::io::Result<Outcome> {
     let (mut child, exit, mark_gid) = {
         let _permit = daemon
@@ -148,8 +185,18 @@ async fn run_process(
             .map_err(std::io::Error::other)?;
         let mut command = {
             let store = daemon.env_store();
-            daemon.launcher.command(spec, cwd, store.vars())
+            let slave = terminal.as_ref().map(|pair| &pair.slave);
+            daemon.launcher.command(spec, cwd, store.vars(), slave)?
         };
+        if let (Some(pair), Some((uid, gid))) = (&terminal, daemon.launcher.exec_user()) {
+            // The exec user owns its terminal, as a login would (programs that reopen it need
+            // that); best effort, the exec already holds it open.
+            let _ = nix::unistd::fchown(
+                &pair.slave,
+                Some(nix::unistd::Uid::from_raw(uid)),
+                Some(nix::unistd::Gid::from_raw(gid)),
+            );
+        }
         let daemon = daemon.clone();
         tokio::task::spawn_blocking(move || {
             // Only a root runnerd can hand out mark groups (allocation may scan /proc).
@@ -173,13 +220,29 @@ async fn run_process(
     exec.set_mark(mark, &daemon.trees);
     tracing::info!(exec_id = %exec.id, pid = child.id(), ?mark_gid, "exec started");
 
-    let stdout = pipe_receiver(child.stdout.take())?;
-    let stderr = pipe_receiver(child.stderr.take())?;
-    let stdin = child
-        .stdin
-        .take()
-        .map(|s| pipe::Sender::from_owned_fd(OwnedFd::from(s)))
-        .transpose()?;
+    let (stdout, stderr, stdin) = match terminal {
+        None => (
+            pipe_receiver(child.stdout.take())?,
+            Some(pipe_receiver(child.stderr.take())?),
+            child
+                .stdin
+                .take()
+                .map(|s| pipe::Sender::from_owned_fd(OwnedFd::from(s)))
+                .transpose()?,
+        ),
+        Some(PtyPair { master, slave }) => {
+            // Only the exec may hold the slave: the master reports the end of output once the
+            // last process holding it is gone.
+            drop(slave);
+            let writer = master.try_clone()?;
+            (
+                // A pty master is no pipe; tokio reads and writes it all the same.
+                pipe::Receiver::from_owned_fd_unchecked(master)?,
+                None,
+                Some(pipe::Sender::from_owned_fd_unchecked(writer)?),
+            )
+        }
+    };
     let stdin_writer = start_stdin(stdin_guard, spec, stdin);
 
     let mut stdout_pump = tokio::spawn(pump(
@@ -188,12 +251,16 @@ async fn run_process(
         OutputStream::Stdout,
         spec.stdout_cap,
     ));
-    let mut stderr_pump = tokio::spawn(pump(
-        exec.journal.clone(),
-        stderr,
-        OutputStream::Stderr,
-        spec.stderr_cap,
-    ));
+    // A pty has one output stream: everything arrives as `stdout`.
+    let mut stderr_pump = match stderr {
+        Some(stderr) => tokio::spawn(pump(
+            exec.journal.clone(),
+            stderr,
+            OutputStream::Stderr,
+            spec.stderr_cap,
+        )),
+        None => tokio::spawn(async { false }),
+    };
 
     let status = wait_with_deadline(exec, exit, &daemon.trees).await;
     // A cancel or deadline ends the whole tree before `exit` is written: once it is, nothing the
@@ -259,7 +326,7 @@ fn start_stdin(
 ) -> Option<tokio::task::JoinHandle<()>> {
     let mut sender = sender?;
     let initial = spec.stdin.clone();
-    let hold = spec.stdin_mode == StdinMode::Hold;
+    let hold = spec.stdin_mode != StdinMode::Close;
     if initial.is_empty() {
         // Nothing to write: no task needed (dropping the sender closes stdin in close mode).
         if hold {

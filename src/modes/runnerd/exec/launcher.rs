@@ -1,8 +1,12 @@
 //! How an exec's process is set up: program, environment, user, process group, pipes.
 use super::spec::{ExecSpec, Program};
 use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+
+/// `TERM` of a pty exec unless the env store or the request's overlay sets another.
+pub const PTY_TERM: &str = "xterm-256color";
 
 /// Everything about the process that does not depend on the request, decided once at boot.
 #[derive(Debug, Clone)]
@@ -52,14 +56,16 @@ impl Launcher {
     }
 
     /// The command for `spec`, run in `cwd` with env layers base < store < overlay, in a new session
-    /// (own process group), with all three stdio streams piped. [`Launcher::set_identity`] then
-    /// decides the user it runs as.
+    /// (own process group), with all three stdio streams piped — or, given a pty's slave
+    /// (`terminal`), with that as stdin, stdout, stderr and controlling terminal.
+    /// [`Launcher::set_identity`] then decides the user it runs as.
     pub fn command(
         &self,
         spec: &ExecSpec,
         cwd: &Path,
         store: &BTreeMap<String, String>,
-    ) -> Command {
+        terminal: Option<&OwnedFd>,
+    ) -> std::io::Result<Command> {
         let mut command = match &spec.program {
             Program::Argv(argv) => {
                 let mut c = Command::new(&argv[0]);
@@ -78,18 +84,37 @@ impl Launcher {
         };
         command
             .env_clear()
-            .envs(self.base_env.iter().map(|(k, v)| (k, v)))
+            .envs(self.base_env.iter().map(|(k, v)| (k, v)));
+        if terminal.is_some() {
+            // Full-screen programs need a terminal type; the store and the overlay may change it.
+            command.env("TERM", PTY_TERM);
+        }
+        command
             .envs(store)
             .envs(spec.env.iter().map(|(k, v)| (k, v)))
             .env("TALE_EXEC_ID", &spec.exec_id)
-            .current_dir(cwd)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .current_dir(cwd);
+        match terminal {
+            None => {
+                command
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped());
+            }
+            Some(slave) => {
+                command
+                    .stdin(slave.try_clone()?)
+                    .stdout(slave.try_clone()?)
+                    .stderr(slave.try_clone()?);
+            }
+        }
         crate::shared::sys::spawn_in_new_session(&mut command);
+        if terminal.is_some() {
+            crate::shared::sys::pty::take_controlling_terminal(&mut command);
+        }
         // runnerd raised its own descriptor limit; the exec gets the one runnerd inherited.
         crate::shared::sys::rlimit::restore_inherited_nofile_limit(&mut command);
-        command
+        Ok(command)
     }
 
     /// Runs `command` as the exec user (when runnerd is root) whose only supplementary group is the

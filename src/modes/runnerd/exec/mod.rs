@@ -17,9 +17,12 @@ pub mod tree;
 
 use super::activity::Activity;
 use super::limits::KILL_GRACE;
-use crate::shared::protocol::runnerd::{ExecStatusState, StdinRefusal};
+use crate::shared::protocol::runnerd::{
+    ExecStatusState, PtySize, ResizeRefusal, StdinMode, StdinRefusal,
+};
 use journal::Journal;
 use std::collections::{HashMap, VecDeque};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use stdin::StdinState;
@@ -55,6 +58,12 @@ pub struct Exec {
     deadline: watch::Sender<Instant>,
     control: Mutex<Control>,
     stdin: Arc<tokio::sync::Mutex<StdinState>>,
+    /// What `/stdin` accepts: one JSON line per request (`hold`) or any bytes (`raw`).
+    stdin_mode: StdinMode,
+    /// The master side of the exec's pty while it runs (resizes go through it); `None` for an
+    /// exec on pipes and once the exec ended.
+    terminal: Mutex<Option<OwnedFd>>,
+    is_pty: bool,
 }
 
 impl Exec {
@@ -63,8 +72,13 @@ impl Exec {
         journal: Arc<Journal>,
         started_at_ms: u64,
         timeout: Duration,
+        stdin_mode: StdinMode,
+        terminal: Option<OwnedFd>,
     ) -> Arc<Exec> {
         Arc::new(Exec {
+            stdin_mode,
+            is_pty: terminal.is_some(),
+            terminal: Mutex::new(terminal),
             id,
             journal,
             started_at_ms,
@@ -101,6 +115,47 @@ impl Exec {
             },
             Phase::Exited(exit_code) => ExecStatusState::Exited { exit_code },
         }
+    }
+
+    /// Whether `/stdin` takes any bytes rather than one JSON line per request.
+    pub fn has_raw_stdin(&self) -> bool {
+        self.stdin_mode == StdinMode::Raw
+    }
+
+    /// Whether the exec runs on a pty.
+    pub fn is_pty(&self) -> bool {
+        self.is_pty
+    }
+
+    /// Sets the window size of a running pty exec (its foreground processes get SIGWINCH).
+    pub fn resize(&self, size: PtySize, activity: &Activity) -> Result<(), ResizeRefusal> {
+        if !self.is_live() {
+            return Err(ResizeRefusal::NotFound);
+        }
+        if !self.is_pty {
+            return Err(ResizeRefusal::NotATerminal);
+        }
+        let terminal = self.terminal.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(master) = terminal.as_ref() else {
+            return Err(ResizeRefusal::NotFound);
+        };
+        let size = crate::shared::sys::pty::WindowSize {
+            cols: size.cols,
+            rows: size.rows,
+        };
+        // The only failure of TIOCSWINSZ on a pty master we hold is a closed terminal.
+        crate::shared::sys::pty::set_window_size(master.as_fd(), size)
+            .map_err(|_| ResizeRefusal::NotFound)?;
+        activity.touch();
+        Ok(())
+    }
+
+    /// Lets go of the pty once the exec ended (a retained exec holds no descriptor).
+    fn release_terminal(&self) {
+        self.terminal
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
     }
 
     /// Sliding deadline: an attach to a live exec gives it its full `timeoutMs` again.
@@ -190,6 +245,11 @@ impl Exec {
         }
         if eof {
             *state = StdinState::Closed;
+        }
+        // Keys typed into a terminal show a person at it, as an attach does: the sliding deadline
+        // starts again (a shell someone is using is not ended mid-session).
+        if self.is_pty {
+            self.rearm_deadline();
         }
         activity.touch();
         Ok(())
@@ -368,6 +428,8 @@ mod tests {
             Journal::new(&budget, 1024),
             1,
             Duration::from_secs(1),
+            StdinMode::Close,
+            None,
         )
     }
 

@@ -39,6 +39,8 @@ pub async fn pump(
             Ok(0) => return truncated,
             Ok(n) => n,
             Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+            // A pty master reports the end of output (every slave descriptor closed) as EIO.
+            Err(err) if err.raw_os_error() == Some(libc::EIO) => return truncated,
             Err(err) => {
                 tracing::warn!(%err, ?stream, "reading exec output failed");
                 return truncated;

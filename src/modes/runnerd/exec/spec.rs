@@ -5,7 +5,8 @@
 pub use crate::shared::protocol::runnerd::decode_lenient_base64;
 pub use crate::shared::protocol::runnerd::StdinMode;
 use crate::shared::protocol::runnerd::{
-    is_denied_name, is_valid_id, ExecRequest, ExecRequestWire, FailCode, DEFAULT_EXEC_TIMEOUT_MS,
+    is_denied_name, is_valid_id, ExecRequest, ExecRequestWire, FailCode, PtySize,
+    DEFAULT_EXEC_TIMEOUT_MS,
 };
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -51,6 +52,8 @@ pub struct ExecSpec {
     pub timeout: Duration,
     pub stdout_cap: Option<u64>,
     pub stderr_cap: Option<u64>,
+    /// Run on a pseudo-terminal of this size instead of pipes.
+    pub pty: Option<PtySize>,
 }
 
 /// Step 2 of the order: the exec id.
@@ -93,7 +96,21 @@ pub fn parse_request(
         None | Some(Value::Null) => StdinMode::Close,
         Some(Value::String(mode)) if mode == "close" => StdinMode::Close,
         Some(Value::String(mode)) if mode == "hold" => StdinMode::Hold,
+        Some(Value::String(mode)) if mode == "raw" => StdinMode::Raw,
+        // The message predates `raw` and is part of recorded transcripts: kept as it was.
         Some(_) => return Err(SpecError::bad("stdinMode must be \"close\" or \"hold\"")),
+    };
+    // A terminal takes keystrokes: its stdin is raw, whatever else was asked is refused.
+    let (pty, stdin_mode) = match &wire.pty {
+        None | Some(Value::Null) => (None, stdin_mode),
+        Some(value) => {
+            let size = PtySize::from_value(value).map_err(SpecError::bad)?;
+            if !matches!(wire.stdin_mode, None | Some(Value::Null)) && stdin_mode != StdinMode::Raw
+            {
+                return Err(SpecError::bad("a pty exec's stdinMode is \"raw\""));
+            }
+            (Some(size), StdinMode::Raw)
+        }
     };
     let request = ExecRequest {
         exec_id,
@@ -106,6 +123,7 @@ pub fn parse_request(
         timeout_ms: positive_number(wire.timeout_ms.as_ref(), "timeoutMs")?,
         stdout_max_bytes: positive_number(wire.stdout_max_bytes.as_ref(), "stdoutMaxBytes")?,
         stderr_max_bytes: positive_number(wire.stderr_max_bytes.as_ref(), "stderrMaxBytes")?,
+        pty,
     };
     Ok((request, stdin))
 }
@@ -134,6 +152,7 @@ impl ExecSpec {
             ),
             stdout_cap: positive(request.stdout_max_bytes),
             stderr_cap: positive(request.stderr_max_bytes),
+            pty: request.pty,
         }
     }
 }
@@ -266,8 +285,49 @@ mod tests {
         assert_eq!(s.env, vec![("A".to_string(), "1".to_string())]);
         assert_eq!(s.stdin, b"hi");
         assert_eq!(s.stdin_mode, StdinMode::Close);
+        assert_eq!(s.pty, None);
         let d = spec(r#"{"execId":"a","shell":"true"}"#).unwrap();
         assert_eq!(d.timeout, Duration::from_millis(DEFAULT_EXEC_TIMEOUT_MS));
+    }
+
+    /// `pty` is a size within bounds; its stdin is raw (absent or `raw` only); `raw` stands alone
+    /// too.
+    #[test]
+    fn pty_and_raw_stdin() {
+        let s = spec(r#"{"execId":"a","shell":"bash","pty":{"cols":80,"rows":24}}"#).unwrap();
+        assert_eq!(s.pty, Some(PtySize { cols: 80, rows: 24 }));
+        assert_eq!(s.stdin_mode, StdinMode::Raw);
+        let s =
+            spec(r#"{"execId":"a","shell":"bash","pty":{"cols":8,"rows":2},"stdinMode":"raw"}"#)
+                .unwrap();
+        assert_eq!(s.stdin_mode, StdinMode::Raw);
+        let s = spec(r#"{"execId":"a","shell":"cat","stdinMode":"raw"}"#).unwrap();
+        assert_eq!((s.pty, s.stdin_mode), (None, StdinMode::Raw));
+        for (body, message) in [
+            (
+                r#"{"execId":"a","shell":"x","pty":{"cols":0,"rows":24}}"#,
+                PtySize::rule(),
+            ),
+            (
+                r#"{"execId":"a","shell":"x","pty":"80x24"}"#,
+                PtySize::rule(),
+            ),
+            (
+                r#"{"execId":"a","shell":"x","pty":{"cols":80,"rows":24},"stdinMode":"hold"}"#,
+                "a pty exec's stdinMode is \"raw\"".to_string(),
+            ),
+            (
+                r#"{"execId":"a","shell":"x","stdinMode":"lines"}"#,
+                "stdinMode must be \"close\" or \"hold\"".to_string(),
+            ),
+        ] {
+            let err = spec(body).unwrap_err();
+            assert_eq!(
+                (err.code, err.message),
+                (FailCode::BadRequest, message),
+                "{body}"
+            );
+        }
     }
 
     /// The contract is one type: whatever request the spawner builds, runnerd's validation of its
@@ -279,6 +339,8 @@ mod tests {
             serde_json::json!({"execId": "e", "command": ["ls", "-l"], "timeoutMs": 5}),
             serde_json::json!({"execId": "e2", "shell": "echo $A", "cwd": "sub", "stdinMode": "hold",
                 "env": {"A": "1", "B": "2"}, "stdinBase64": "aGk=", "collectOutput": false}),
+            serde_json::json!({"execId": "e3", "shell": "bash", "pty": {"cols": 80, "rows": 24}}),
+            serde_json::json!({"execId": "e4", "command": ["cat"], "stdinMode": "raw"}),
         ] {
             let exec = SessionExec::parse(&body, &TEST_LIMITS).unwrap();
             let sent = exec.runnerd_request(7, 8);

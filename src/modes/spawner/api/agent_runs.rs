@@ -51,9 +51,13 @@ pub async fn start(spawner: Arc<Spawner>, id: &str, request: &ApiRequest) -> Htt
         cwd: built.cwd,
         env: built.env,
         stdin_base64: built.stdin.map(|stdin| STANDARD.encode_to_string(stdin)),
-        stdin_hold: built.stdin_mode == StdinMode::Hold,
+        stdin_mode: match built.stdin_mode {
+            StdinMode::Hold => crate::shared::protocol::runnerd::StdinMode::Hold,
+            StdinMode::Close => crate::shared::protocol::runnerd::StdinMode::Close,
+        },
         timeout_ms: run.timeout_ms,
         collect_output: false,
+        pty: None,
     };
     tracing::info!(
         session_id = id,

@@ -1,12 +1,12 @@
 //! Exec routes: start (SSE), attach (SSE, resumable by `sinceSeq` or `Last-Event-ID`), cancel,
-//! status, stdin.
+//! status, stdin, resize.
 use super::sessions::lost_or_upstream;
 use super::sse::{pump, sse_response, AgentTap, ProxyMode, ResumedAttach};
 use super::{bad_request, not_found, ok, ApiError, ApiRequest, Reply};
 use crate::modes::spawner::registry::SessionEntry;
 use crate::modes::spawner::state::Spawner;
 use crate::shared::http::{json, HttpResponse};
-use crate::shared::protocol::runnerd::{ExecStatus, ExecStatusState, StdinRequest};
+use crate::shared::protocol::runnerd::{ExecStatus, ExecStatusState, PtySize, StdinRequest};
 use crate::shared::protocol::spawner::{ErrorData, SessionExec};
 use crate::shared::sse::event_frame;
 use hyper::StatusCode;
@@ -174,6 +174,16 @@ pub async fn stdin(spawner: &Spawner, id: &str, exec_id: &str, request: &ApiRequ
     let entry = spawner.lookup(id).await.ok_or_else(not_found)?;
     let stdin = stdin_body(&request.json()?)?;
     match entry.runnerd.stdin(exec_id, &stdin).await {
+        Ok(reply) => Ok(ok(&reply)),
+        Err(err) => Err(lost_or_upstream(spawner, id, err).await),
+    }
+}
+
+/// `POST …/exec/:execId/resize` `{cols, rows}`: passed to runnerd, whose `{ok, reason?}` comes back.
+pub async fn resize(spawner: &Spawner, id: &str, exec_id: &str, request: &ApiRequest) -> Reply {
+    let entry = spawner.lookup(id).await.ok_or_else(not_found)?;
+    let size = PtySize::from_value(&request.json()?).map_err(bad_request)?;
+    match entry.runnerd.resize(exec_id, &size).await {
         Ok(reply) => Ok(ok(&reply)),
         Err(err) => Err(lost_or_upstream(spawner, id, err).await),
     }

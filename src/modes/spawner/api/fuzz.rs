@@ -158,6 +158,10 @@ fn route_bodies() {
             )?;
             check(SteerRequest::parse(&body, 4096).map_err(ApiError::from))?;
             check(stdin_body(&body))?;
+            check(
+                crate::shared::protocol::terminal::PtySize::from_value(&body)
+                    .map_err(ApiError::bad_request),
+            )?;
             check(pin_body(&body))?;
             check(env_patch_body(body.clone()))?;
             check(stage_body(body.clone()))?;

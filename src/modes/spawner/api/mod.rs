@@ -243,6 +243,9 @@ async fn session_route(
         (&M::POST, ["exec", exec_id, "stdin"]) if is_valid_id(exec_id) => {
             exec::stdin(&spawner, id, exec_id, request).await
         }
+        (&M::POST, ["exec", exec_id, "resize"]) if is_valid_id(exec_id) => {
+            exec::resize(&spawner, id, exec_id, request).await
+        }
         (&M::GET, ["exec", exec_id]) if is_valid_id(exec_id) => {
             exec::status(&spawner, id, exec_id).await
         }
