@@ -1,4 +1,3 @@
 //! The wire contract, shared by both ends of every connection.
-pub mod agent_runs;
 pub mod runnerd;
 pub mod spawner;
