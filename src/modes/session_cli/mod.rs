@@ -7,7 +7,7 @@ mod stdin;
 mod stream;
 
 use crate::shared::clock::now_ms;
-use client::{check_id, parse_base_url, refusal, session_missing, CliError, SpawnerClient};
+use client::{check_id, parse_base_url, refusal, session_missing, CliClient, CliError};
 use hyper::Method;
 use render::Format;
 use serde_json::{json, Value};
@@ -157,7 +157,7 @@ pub fn run(args: Args) -> ExitCode {
         Ok(runtime) => runtime,
         Err(err) => return fail(CliError::local(err.to_string())),
     };
-    let client = SpawnerClient::new(base, token);
+    let client = CliClient::new(base, token);
     let outcome = runtime.block_on(execute(&client, args.command, format));
     // A stdin reader may still be blocked on the terminal: do not wait for it.
     runtime.shutdown_background();
@@ -189,7 +189,7 @@ fn show(
 }
 
 async fn execute(
-    client: &SpawnerClient,
+    client: &CliClient,
     command: Command,
     format: Format,
 ) -> Result<ExitCode, CliError> {
@@ -325,7 +325,7 @@ async fn execute(
 
 /// Cancels a running exec; an unknown or finished one is an error that says which.
 async fn cancel(
-    client: &SpawnerClient,
+    client: &CliClient,
     id: &str,
     exec_id: &str,
     format: Format,

@@ -3,7 +3,7 @@
 //! is forwarded line by line through `…/stdin` while the exec runs; runnerd accepts only single JSON
 //! lines there (≤ 64 KiB each) until raw stdin arrives with terminal support, so other lines are
 //! refused and reported.
-use super::client::{CliError, SpawnerClient};
+use super::client::{CliClient, CliError};
 use hyper::Method;
 use serde_json::json;
 use std::io::{BufRead, IsTerminal, Read};
@@ -68,7 +68,7 @@ impl StdinPlan {
 }
 
 /// Forwards terminal lines to `path` (`…/exec/:execId/stdin`) until EOF, then sends `eof`.
-pub async fn forward_lines(client: SpawnerClient, path: String) {
+pub async fn forward_lines(client: CliClient, path: String) {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Option<Vec<u8>>>(16);
     // A plain thread: a blocked terminal read must not keep the runtime from shutting down.
     std::thread::spawn(move || {
