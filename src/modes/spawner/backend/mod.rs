@@ -9,6 +9,7 @@ pub mod docker;
 pub mod kubernetes;
 pub mod local;
 
+use crate::shared::http::BoxError;
 use std::future::Future;
 use std::pin::Pin;
 
@@ -91,9 +92,16 @@ pub enum BackendError {
     /// The session's compute ended while starting.
     #[error("the session's compute ended while starting: {0}")]
     Died(String),
-    /// The backend's engine refused or failed.
+    /// The backend's engine refused or failed, and no lower error says why (a container without
+    /// an address, a setting that cannot work).
     #[error("{0}")]
     Engine(String),
+    /// A call to the engine failed: `context` names the call, `source` is the engine's error.
+    #[error("{context}: {source}")]
+    EngineCall { context: String, source: BoxError },
+    /// A blocking task the backend ran panicked or was cancelled.
+    #[error(transparent)]
+    Task(#[from] tokio::task::JoinError),
     /// A filesystem operation failed.
     #[error("{context}: {source}")]
     Io {
@@ -106,6 +114,16 @@ pub enum BackendError {
 }
 
 pub type BackendResult<T> = Result<T, BackendError>;
+
+impl BackendError {
+    /// A failed engine call, keeping the engine's error as the cause.
+    pub fn engine_call(context: impl Into<String>, source: impl Into<BoxError>) -> BackendError {
+        BackendError::EngineCall {
+            context: context.into(),
+            source: source.into(),
+        }
+    }
+}
 
 /// A session engine.
 pub trait Backend: Send + Sync {
@@ -191,3 +209,30 @@ where
 pub const READINESS_POLL_FIRST_INTERVAL: std::time::Duration = std::time::Duration::from_millis(2);
 /// Longest wait between readiness probes.
 pub const READINESS_POLL_MAX_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A failed engine call reads "context: cause" and keeps the engine's error as its source; a
+    /// panicked blocking task is the task error itself.
+    #[tokio::test]
+    async fn engine_errors_keep_their_cause() {
+        let io = std::io::Error::new(std::io::ErrorKind::PermissionDenied, "socket says no");
+        let error = BackendError::engine_call("cannot list containers", io);
+        assert_eq!(error.to_string(), "cannot list containers: socket says no");
+        let cause = std::error::Error::source(&error).expect("a cause");
+        let io = cause
+            .downcast_ref::<std::io::Error>()
+            .expect("the io error");
+        assert_eq!(io.kind(), std::io::ErrorKind::PermissionDenied);
+
+        let join = tokio::task::spawn_blocking(|| panic!("boom"))
+            .await
+            .unwrap_err();
+        let text = join.to_string();
+        let error = BackendError::from(join);
+        assert_eq!(error.to_string(), text, "the message is the task error's");
+        assert!(matches!(error, BackendError::Task(ref j) if j.is_panic()));
+    }
+}
