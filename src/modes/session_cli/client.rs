@@ -1,5 +1,5 @@
-//! The CLI's use of the shared signed client (`shared::spawner_client`) and the translation of spawner refusals into messages that say what
-//! to do.
+//! The CLI's use of the shared signed client (`shared::spawner_client`) and the translation of
+//! spawner refusals into messages that say what to do.
 use crate::shared::spawner_client::{read_reply, SpawnerClient, SpawnerClientError};
 use hyper::{Method, Uri};
 use serde_json::Value;
