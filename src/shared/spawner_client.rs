@@ -27,7 +27,7 @@ pub enum SpawnerClientError {
         #[source]
         source: hyper_util::client::legacy::Error,
     },
-    /// The reply's body broke off.
+    /// The head arrived but the connection failed before the body's end.
     #[error("the reply broke off")]
     Body(#[source] hyper::Error),
 }

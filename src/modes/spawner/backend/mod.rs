@@ -86,10 +86,12 @@ pub enum BackendError {
     /// A session with this id already has compute that is not ours to replace.
     #[error("session {0} already exists in the backend")]
     Exists(String),
-    /// runnerd did not become ready in time.
+    /// The compute runs but runnerd's `/healthz` never answered before the create deadline;
+    /// `detail` is the last probe's failure.
     #[error("runnerd did not become ready within {waited_ms} ms: {detail}")]
     NotReady { waited_ms: u64, detail: String },
-    /// The session's compute ended while starting.
+    /// The container, process or Pod exited before runnerd answered; the text is its last words
+    /// (log tail, exit status or Pod reason).
     #[error("the session's compute ended while starting: {0}")]
     Died(String),
     /// The backend's engine refused or failed, and no lower error says why (a container without
