@@ -4,24 +4,19 @@
 //!
 //! Run: `scripts/bench.sh spawner` (needs Docker and the test image: `scripts/build-test-image.sh`).
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::{Method, Request};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper::Method;
 use serde_json::json;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use tale::shared::hmac::{derive_runnerd_token, SignedHeaders};
+use tale::shared::hmac::derive_runnerd_token;
 use tale::shared::protocol::runnerd::ExecRequest;
+use tale::shared::spawner_client::SpawnerClient;
 
 const TOKEN: &str = "bench-token";
 const CREATE_RUNS: usize = 20;
 const ROUND_TRIPS: usize = 300;
 const CONCURRENT_SESSIONS: usize = 50;
 const IMAGE: &str = "tale-test-runtime:latest";
-
-type Http = Client<HttpConnector, Full<Bytes>>;
 
 fn binary() -> String {
     std::env::var("TALE_BIN").unwrap_or_else(|_| {
@@ -31,13 +26,6 @@ fn binary() -> String {
         )
         .into()
     })
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -51,8 +39,7 @@ fn rss_kib(pid: u32) -> u64 {
 
 struct Spawner {
     child: Child,
-    port: u16,
-    http: Http,
+    client: SpawnerClient,
     root: std::path::PathBuf,
 }
 
@@ -83,33 +70,15 @@ impl Spawner {
         }
         Spawner {
             child,
-            port,
-            http: Client::builder(TokioExecutor::new()).build_http(),
+            client: SpawnerClient::new(format!("http://127.0.0.1:{port}"), Some(TOKEN.as_bytes())),
             root,
         }
     }
 
     async fn call(&self, method: Method, path: &str, body: serde_json::Value) -> (u16, Bytes) {
-        let bytes = if body.is_null() {
-            Vec::new()
-        } else {
-            body.to_string().into_bytes()
-        };
-        let signed = SignedHeaders::new(TOKEN.as_bytes(), method.as_str(), path, &bytes, now_ms());
-        let request = signed
-            .apply(
-                Request::builder()
-                    .method(method)
-                    .uri(format!("http://127.0.0.1:{}{path}", self.port)),
-            )
-            .body(Full::new(Bytes::from(bytes)))
-            .unwrap();
-        let response = self.http.request(request).await.unwrap();
-        let status = response.status().as_u16();
-        (
-            status,
-            response.into_body().collect().await.unwrap().to_bytes(),
-        )
+        let body = (!body.is_null()).then_some(&body);
+        let reply = self.client.call(method, path, body).await.unwrap();
+        (reply.status.as_u16(), reply.body)
     }
 }
 

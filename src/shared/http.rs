@@ -53,16 +53,20 @@ pub fn error(status: StatusCode, code: &str, message: Option<String>) -> HttpRes
     )
 }
 
-/// Why a request body could not be read.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+/// Why a request body could not be read. The message is the `message` of the 413/400 reply, so
+/// the unreadable case names its cause in the text too, as it always has on the wire.
+#[derive(Debug, thiserror::Error)]
 pub enum BodyError {
-    /// The request body is larger than the {0} bytes this route accepts.
+    /// Over the route's cap (by `content-length`, or while reading).
     #[error("the request body is larger than the {0} bytes this route accepts")]
     TooLarge(usize),
-    /// The request body could not be read: {0}
+    /// The connection failed or the framing broke mid-body.
     #[error("the request body could not be read: {0}")]
-    Unreadable(String),
+    Unreadable(#[source] BoxError),
 }
+
+/// The cause an I/O layer hands back (hyper's body errors arrive boxed).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Reads the whole body, refusing more than `cap` bytes (by `content-length` up front, or while
 /// reading a chunked body).
@@ -83,7 +87,7 @@ pub async fn read_body(request: Request<Incoming>, cap: usize) -> Result<Bytes, 
             discard_body(&mut body, u64::MAX).await;
             Err(BodyError::TooLarge(cap))
         }
-        Err(err) => Err(BodyError::Unreadable(err.to_string())),
+        Err(err) => Err(BodyError::Unreadable(err)),
     }
 }
 

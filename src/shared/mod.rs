@@ -8,6 +8,7 @@ pub mod http;
 pub mod logging;
 pub mod ndjson;
 pub mod protocol;
+pub mod spawner_client;
 pub mod sse;
 pub mod sys;
 pub mod tls;

@@ -5,14 +5,11 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use tale::shared::hmac::SignedHeaders;
+use tale::shared::spawner_client::{read_reply, SpawnerClientError};
 use tale::shared::sse::{SseEvent, SseParser};
 
 pub const SANDBOX_TOKEN: &str = "spawner-test-token";
@@ -177,22 +174,26 @@ impl Drop for SpawnerProcess {
     }
 }
 
-/// A client that signs every request like the platform does.
+/// The crate's signed spawner client bound to a test spawner (key [`SANDBOX_TOKEN`]), with the
+/// shapes the tests use.
 #[derive(Clone)]
 pub struct SpawnerClient {
     pub port: u16,
-    http: Client<HttpConnector, Full<Bytes>>,
+    signed: tale::shared::spawner_client::SpawnerClient,
 }
 
 impl SpawnerClient {
     pub fn new(port: u16) -> SpawnerClient {
         SpawnerClient {
             port,
-            http: Client::builder(TokioExecutor::new()).build_http(),
+            signed: tale::shared::spawner_client::SpawnerClient::new(
+                format!("http://127.0.0.1:{port}"),
+                Some(SANDBOX_TOKEN.as_bytes()),
+            ),
         }
     }
 
-    /// Builds a signed request; `sign` false sends it unsigned.
+    /// Builds a signed request; `sign` false sends it unsigned. Always JSON-typed, body or not.
     pub fn request(
         &self,
         method: Method,
@@ -200,27 +201,16 @@ impl SpawnerClient {
         body: Bytes,
         sign: bool,
     ) -> Request<Full<Bytes>> {
-        let mut builder = Request::builder()
-            .method(method.clone())
-            .uri(format!("http://127.0.0.1:{}{path}", self.port));
-        if sign {
-            let signed = SignedHeaders::new(
-                SANDBOX_TOKEN.as_bytes(),
-                method.as_str(),
-                path,
-                &body,
-                now_ms(),
-            );
-            builder = signed.apply(builder);
-        }
-        builder
-            .header("content-type", "application/json")
-            .body(Full::new(body))
-            .unwrap()
+        let client = if sign {
+            self.signed.clone()
+        } else {
+            self.signed.unsigned()
+        };
+        client.request(method, path, Some(body)).unwrap()
     }
 
     pub async fn send(&self, request: Request<Full<Bytes>>) -> Response<Incoming> {
-        self.http.request(request).await.unwrap()
+        self.signed.send(request).await.unwrap()
     }
 
     pub async fn raw(
@@ -230,22 +220,10 @@ impl SpawnerClient {
         body: Option<Bytes>,
         sign: bool,
     ) -> Result<(StatusCode, Value), String> {
-        let response = self
-            .http
-            .request(self.request(method, path, body.unwrap_or_default(), sign))
-            .await
-            .map_err(|e| e.to_string())?;
-        let status = response.status();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        Ok((
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        ))
+        let request = self.request(method, path, body.unwrap_or_default(), sign);
+        let response = self.signed.send(request).await.map_err(error_chain)?;
+        let reply = read_reply(response).await.map_err(error_chain)?;
+        Ok((reply.status, reply.json()))
     }
 
     pub async fn json(
@@ -301,6 +279,17 @@ impl SpawnerClient {
         assert_eq!(status, StatusCode::CREATED, "{body}");
         body
     }
+}
+
+/// The error and its causes on one line.
+fn error_chain(error: SpawnerClientError) -> String {
+    let mut text = error.to_string();
+    let mut cause = std::error::Error::source(&error);
+    while let Some(c) = cause {
+        text.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    text
 }
 
 /// Parsed SSE events of a response.

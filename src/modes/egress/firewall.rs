@@ -39,10 +39,16 @@ pub enum FirewallError {
         path: String,
         source: std::io::Error,
     },
-    #[error("{tool} does not work here ({detail}); refusing to run without the SSRF firewall")]
-    ToolUnusable { tool: &'static str, detail: String },
-    #[error("{tool} refused the rules: {detail}")]
-    Rejected { tool: &'static str, detail: String },
+    #[error("{tool} does not work here ({source}); refusing to run without the SSRF firewall")]
+    ToolUnusable {
+        tool: &'static str,
+        source: ToolFailure,
+    },
+    #[error("{tool} refused the rules: {source}")]
+    Rejected {
+        tool: &'static str,
+        source: ToolFailure,
+    },
     #[error("IPv6 is enabled but ip6tables does not work; disable IPv6 or provide ip6tables")]
     Ipv6Unfenced,
 }
@@ -112,7 +118,18 @@ pub fn rules_v6(resolvers: &[IpAddr]) -> String {
     rules(true, resolvers)
 }
 
-fn run(tool: &'static str, args: &[&str], stdin: Option<&str>) -> Result<(), String> {
+/// Why one run of iptables (or its restore tool) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ToolFailure {
+    /// It could not be started or fed its rules.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// It ran and exited non-zero; its stderr, trimmed.
+    #[error("{stderr}")]
+    Failed { stderr: String },
+}
+
+fn run(tool: &'static str, args: &[&str], stdin: Option<&str>) -> Result<(), ToolFailure> {
     use std::io::Write;
     let mut child = Command::new(tool)
         .args(args)
@@ -123,21 +140,21 @@ fn run(tool: &'static str, args: &[&str], stdin: Option<&str>) -> Result<(), Str
         })
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| e.to_string())?;
+        .spawn()?;
     if let Some(input) = stdin {
         child
             .stdin
             .take()
             .expect("piped")
-            .write_all(input.as_bytes())
-            .map_err(|e| e.to_string())?;
+            .write_all(input.as_bytes())?;
     }
-    let output = child.wait_with_output().map_err(|e| e.to_string())?;
+    let output = child.wait_with_output()?;
     if output.status.success() {
         Ok(())
     } else {
-        Err(String::from_utf8_lossy(&output.stderr).trim().to_owned())
+        Err(ToolFailure::Failed {
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        })
     }
 }
 
@@ -146,21 +163,21 @@ fn apply_family(
     restore: &'static str,
     rules: &str,
 ) -> Result<(), FirewallError> {
-    run(iptables, &["-w", "-L", "OUTPUT", "-n"], None).map_err(|detail| {
+    run(iptables, &["-w", "-L", "OUTPUT", "-n"], None).map_err(|source| {
         FirewallError::ToolUnusable {
             tool: iptables,
-            detail,
+            source,
         }
     })?;
-    run(restore, &["-w", "--noflush"], Some(rules)).map_err(|detail| FirewallError::Rejected {
+    run(restore, &["-w", "--noflush"], Some(rules)).map_err(|source| FirewallError::Rejected {
         tool: restore,
-        detail,
+        source,
     })?;
     if run(iptables, &["-w", "-C", "OUTPUT", "-j", CHAIN], None).is_err() {
-        run(iptables, &["-w", "-I", "OUTPUT", "1", "-j", CHAIN], None).map_err(|detail| {
+        run(iptables, &["-w", "-I", "OUTPUT", "1", "-j", CHAIN], None).map_err(|source| {
             FirewallError::Rejected {
                 tool: iptables,
-                detail,
+                source,
             }
         })?;
     }
@@ -202,6 +219,38 @@ pub fn resolvers_from(path: &str) -> Result<Vec<IpAddr>, FirewallError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A tool that cannot start keeps its I/O error as the cause; one that exits non-zero is
+    /// reported by its stderr; the message reads as before either way.
+    #[test]
+    fn tool_failures_keep_their_cause() {
+        let missing = run("/nonexistent/tale-no-such-iptables", &["-L"], None).unwrap_err();
+        let ToolFailure::Io(io) = &missing else {
+            panic!("{missing:?}");
+        };
+        assert_eq!(io.kind(), std::io::ErrorKind::NotFound);
+        let error = FirewallError::ToolUnusable {
+            tool: "iptables",
+            source: missing,
+        };
+        let cause = std::error::Error::source(&error).expect("the tool failure is the cause");
+        assert!(error
+            .to_string()
+            .starts_with(&format!("iptables does not work here ({cause});")));
+        let refused = run("sh", &["-c", "echo ' no such chain ' >&2; exit 1"], None).unwrap_err();
+        assert!(
+            matches!(&refused, ToolFailure::Failed { stderr } if stderr == "no such chain"),
+            "{refused:?}"
+        );
+        let error = FirewallError::Rejected {
+            tool: "iptables-restore",
+            source: refused,
+        };
+        assert_eq!(
+            error.to_string(),
+            "iptables-restore refused the rules: no such chain"
+        );
+    }
 
     /// Nameserver lines become literal addresses; junk is ignored.
     #[test]

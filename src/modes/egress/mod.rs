@@ -71,23 +71,46 @@ pub struct Rendered {
     pub open_mode: bool,
 }
 
+/// Why a render wrote no configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    /// A file the render reads or writes failed; `action` says which way.
+    #[error("cannot {action} {}: {source}", path.display())]
+    File {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The allowlist has an entry the proxy cannot enforce.
+    #[error(transparent)]
+    Allowlist(#[from] allowlist::AllowlistError),
+}
+
+fn file_error(
+    action: &'static str,
+    path: &std::path::Path,
+) -> impl FnOnce(std::io::Error) -> RenderError {
+    let path = path.to_path_buf();
+    move |source| RenderError::File {
+        action,
+        path,
+        source,
+    }
+}
+
 /// Renders into `args.out_dir`.
-pub fn render(args: &RenderArgs) -> Result<Rendered, String> {
+pub fn render(args: &RenderArgs) -> Result<Rendered, RenderError> {
     let text = match &args.allowlist_file {
-        Some(file) => Some(
-            std::fs::read_to_string(file)
-                .map_err(|e| format!("cannot read {}: {e}", file.display()))?,
-        ),
+        Some(file) => Some(std::fs::read_to_string(file).map_err(file_error("read", file))?),
         None => args.allowlist.clone(),
     };
-    let entries = allowlist::parse(text.as_deref()).map_err(|e| e.to_string())?;
-    std::fs::create_dir_all(&args.out_dir)
-        .map_err(|e| format!("cannot create {}: {e}", args.out_dir.display()))?;
+    let entries = allowlist::parse(text.as_deref())?;
+    std::fs::create_dir_all(&args.out_dir).map_err(file_error("create", &args.out_dir))?;
     let filter = args.out_dir.join("allowlist");
     let filter_file = match &entries {
         Some(entries) => {
             std::fs::write(&filter, tinyproxy::render_filter(entries))
-                .map_err(|e| format!("cannot write {}: {e}", filter.display()))?;
+                .map_err(file_error("write", &filter))?;
             Some(filter.as_path())
         }
         None => None,
@@ -109,7 +132,7 @@ pub fn render(args: &RenderArgs) -> Result<Rendered, String> {
     let config = args.out_dir.join("tinyproxy.conf");
     let text =
         tinyproxy::render_config(&settings, filter_file, &args.out_dir.join("tinyproxy.pid"));
-    std::fs::write(&config, text).map_err(|e| format!("cannot write {}: {e}", config.display()))?;
+    std::fs::write(&config, text).map_err(file_error("write", &config))?;
     Ok(Rendered {
         config,
         open_mode: entries.is_none(),
@@ -175,7 +198,8 @@ mod tests {
         }
     }
 
-    /// Open and allowlist renders match the golden files (pid paths normalised).
+    /// Open and allowlist renders match the golden files (pid paths normalised); refusals keep
+    /// their cause.
     #[test]
     fn golden_configs() {
         let dir = std::env::temp_dir().join(format!("tale-egress-golden-{}", std::process::id()));
@@ -199,9 +223,23 @@ mod tests {
             std::fs::read_to_string(dir.join("allowlist")).unwrap(),
             include_str!("../../../tests/golden/egress/allowlist.filter")
         );
-        assert!(render(&args(&dir, Some("http://x")))
-            .unwrap_err()
-            .contains("\"http://x\""));
+        let refused = render(&args(&dir, Some("http://x"))).unwrap_err();
+        assert!(matches!(refused, RenderError::Allowlist(_)), "{refused:?}");
+        assert!(refused.to_string().contains("\"http://x\""));
+        let unwritable = render(&args(&dir.join("allowlist").join("sub"), None)).unwrap_err();
+        assert!(
+            unwritable.to_string().starts_with(&format!(
+                "cannot create {}: ",
+                dir.join("allowlist").join("sub").display()
+            )),
+            "{unwritable}"
+        );
+        assert!(
+            std::error::Error::source(&unwritable)
+                .and_then(|c| c.downcast_ref::<std::io::Error>())
+                .is_some(),
+            "the io error is the cause"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

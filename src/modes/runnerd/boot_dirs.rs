@@ -22,7 +22,7 @@ pub enum DirError {
     /// A component is a symlink (or the walk would leave the workspace): refused, never followed.
     #[error("{path}: a symlink is in the way; refused (runnerd never follows it)")]
     Symlink { path: PathBuf },
-    /// A component exists but is not a directory.
+    /// A file (or device, socket…) sits where the path needs a directory; it is left alone.
     #[error("{path}: exists and is not a directory")]
     NotDirectory { path: PathBuf },
     /// Any other failure of the system call named.

@@ -14,15 +14,17 @@ use std::sync::Arc;
 use std::time::Instant;
 
 /// Why runnerd cannot spawn now.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum Unhealthy {
-    /// No blocking thread picked up the probe in time.
+    /// Every blocking thread stayed busy for the probe timeout, so an exec could not start either.
     #[error("blocking threads stuck: no thread picked up the spawn probe in time")]
     BlockingThreadsStuck,
-    /// The probe process could not be started.
+    /// The probe process could not be started. The cause is in the message too: the message is
+    /// the `unhealthy` field of `/healthz`. Shared (`Arc`) because one probe's answer is reused.
     #[error("spawn failed: {0}")]
-    SpawnFailed(String),
-    /// The probe process did not exit in time.
+    SpawnFailed(#[source] Arc<std::io::Error>),
+    /// The probe (`<shell> -c :` as the exec user) started but outlived the probe timeout; it is
+    /// killed.
     #[error("spawn probe did not exit in time")]
     ProbeHung,
 }
@@ -75,7 +77,7 @@ async fn probe(daemon: &Arc<Daemon>) -> Result<(), Unhealthy> {
         .await
         .map_err(|_| Unhealthy::BlockingThreadsStuck)?
         .map_err(|_| Unhealthy::BlockingThreadsStuck)?
-        .map_err(|err| Unhealthy::SpawnFailed(err.to_string()))?;
+        .map_err(|err| Unhealthy::SpawnFailed(Arc::new(err)))?;
     if tokio::time::timeout(HEALTH_PROBE_TIMEOUT, exit)
         .await
         .is_err()

@@ -118,10 +118,10 @@ fn parse_user(value: &str) -> Result<(u32, u32), String> {
 /// Why runnerd refused to start.
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
-    /// No token: set TALE_RUNNERD_TOKEN_FILE or TALE_RUNNERD_TOKEN, or pass --insecure-no-token.
+    /// Neither a token file nor a token, and no explicit opt-out.
     #[error("no runnerd token: set TALE_RUNNERD_TOKEN_FILE or TALE_RUNNERD_TOKEN, or pass --insecure-no-token for development")]
     NoToken,
-    /// TALE_RUNNERD_TOKEN_SHA256 is not 64 hex digits.
+    /// The pinned digest is malformed, so no token could ever match it.
     #[error("TALE_RUNNERD_TOKEN_SHA256 must be 64 hex digits")]
     BadTokenDigest,
     /// The token file could not be read.
@@ -130,15 +130,21 @@ pub enum BootError {
         path: PathBuf,
         source: std::io::Error,
     },
-    /// The workspace root could not be prepared.
+    /// A directory or socket runnerd needs could not be made or opened.
     #[error("cannot prepare {path}: {source}")]
     Prepare {
         path: PathBuf,
         source: std::io::Error,
     },
-    /// The reaper could not start.
+    /// The workspace root could not be opened for file operations.
+    #[error("cannot prepare {path}: {source}")]
+    Workspace {
+        path: PathBuf,
+        source: files::FilesError,
+    },
+    /// The reaper thread or its signal handling could not be set up.
     #[error("cannot start the reaper: {0}")]
-    Reaper(std::io::Error),
+    Reaper(#[source] std::io::Error),
     /// The listen address is unusable.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -148,9 +154,9 @@ pub enum BootError {
     /// The TLS certificate or key is unusable.
     #[error("runnerd TLS: {0}")]
     Tls(#[from] tls::RunnerdTlsError),
-    /// The async runtime could not start.
+    /// The tokio runtime could not be built (threads, epoll).
     #[error("cannot start the async runtime: {0}")]
-    Runtime(std::io::Error),
+    Runtime(#[source] std::io::Error),
 }
 
 /// Runs the daemon until a shutdown signal; exits 0 after a clean shutdown.
@@ -327,9 +333,9 @@ fn boot_and_serve(args: Args) -> Result<(), BootError> {
         args.journal_memory_bytes,
         launcher,
         env_store,
-        files::Workspace::open(&root, exec_user).map_err(|err| BootError::Prepare {
+        files::Workspace::open(&root, exec_user).map_err(|source| BootError::Workspace {
             path: root.clone(),
-            source: std::io::Error::other(err.to_string()),
+            source,
         })?,
         token,
         Arc::new(CredentialStore::default()),

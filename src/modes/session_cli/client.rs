@@ -1,13 +1,7 @@
-//! The CLI's signed HTTP client and the translation of spawner refusals into messages that say what
-//! to do.
-use crate::shared::clock::now_ms;
-use crate::shared::hmac::SignedHeaders;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::{Method, Request, Uri};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+//! The CLI's use of the shared signed client (`shared::spawner_client`) and the translation of
+//! spawner refusals into messages that say what to do.
+use crate::shared::spawner_client::{read_reply, SpawnerClient, SpawnerClientError};
+use hyper::{Method, Uri};
 use serde_json::Value;
 
 /// A failure with its exit code: [`super::REFUSED`] when the spawner said no, [`super::CLI_FAILURE`]
@@ -65,11 +59,11 @@ pub fn check_id(what: &str, id: &str) -> Result<(), CliError> {
     }
 }
 
+/// The shared signed client with the CLI's policy: failures become [`CliError`]s that say what to
+/// do, and a 401 is a refusal before any caller sees it.
 #[derive(Clone)]
-pub struct SpawnerClient {
-    pub base: String,
-    token: Option<Vec<u8>>,
-    http: Client<HttpConnector, Full<Bytes>>,
+pub struct CliClient {
+    spawner: SpawnerClient,
 }
 
 /// A JSON reply: status and body (`Null` when the body is not JSON).
@@ -78,13 +72,11 @@ pub struct Reply {
     pub body: Value,
 }
 
-impl SpawnerClient {
+impl CliClient {
     /// `token` `None` sends unsigned requests (a spawner started without SANDBOX_TOKEN).
-    pub fn new(base: String, token: Option<Vec<u8>>) -> SpawnerClient {
-        SpawnerClient {
-            base,
-            token,
-            http: Client::builder(TokioExecutor::new()).build_http(),
+    pub fn new(base: String, token: Option<Vec<u8>>) -> CliClient {
+        CliClient {
+            spawner: SpawnerClient::new(base, token.as_deref()),
         }
     }
 
@@ -95,26 +87,11 @@ impl SpawnerClient {
         path: &str,
         body: Option<&Value>,
     ) -> Result<hyper::Response<hyper::body::Incoming>, CliError> {
-        let bytes = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
-        let mut builder = Request::builder()
-            .method(method.clone())
-            .uri(format!("{}{path}", self.base));
-        if let Some(token) = &self.token {
-            builder =
-                SignedHeaders::new(token, method.as_str(), path, &bytes, now_ms()).apply(builder);
-        }
-        if body.is_some() {
-            builder = builder.header("content-type", "application/json");
-        }
-        let request = builder
-            .body(Full::new(Bytes::from(bytes)))
-            .map_err(|e| CliError::local(format!("cannot build the request: {e}")))?;
-        let response = self.http.request(request).await.map_err(|e| {
-            CliError::local(format!(
-                "cannot reach the spawner at {}: {e} (is it running? check --url / TALE_SPAWNER_URL)",
-                self.base
-            ))
-        })?;
+        let response = self
+            .spawner
+            .open(method, path, body)
+            .await
+            .map_err(cannot_ask)?;
         if response.status() == hyper::StatusCode::UNAUTHORIZED {
             return Err(unauthorized());
         }
@@ -128,19 +105,27 @@ impl SpawnerClient {
         path: &str,
         body: Option<&Value>,
     ) -> Result<Reply, CliError> {
-        let response = self.send(method, path, body).await?;
-        let status = response.status().as_u16();
-        let bytes = response
-            .into_body()
-            .collect()
+        let reply = read_reply(self.send(method, path, body).await?)
             .await
-            .map_err(|e| CliError::local(format!("the reply broke off: {e}")))?
-            .to_bytes();
+            .map_err(cannot_ask)?;
         Ok(Reply {
-            status,
-            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            status: reply.status.as_u16(),
+            body: reply.json(),
         })
     }
+}
+
+/// The message for a request that got no whole reply: the client's error, its cause, and for an
+/// unreachable spawner where to look.
+fn cannot_ask(error: SpawnerClientError) -> CliError {
+    let cause = std::error::Error::source(&error).map_or_else(String::new, |c| format!(": {c}"));
+    let hint = match error {
+        SpawnerClientError::Unreachable { .. } => {
+            " (is it running? check --url / TALE_SPAWNER_URL)"
+        }
+        _ => "",
+    };
+    CliError::local(format!("{error}{cause}{hint}"))
 }
 
 fn unauthorized() -> CliError {

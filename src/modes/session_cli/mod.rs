@@ -9,7 +9,7 @@ mod stream;
 mod terminal;
 
 use crate::shared::clock::now_ms;
-use client::{check_id, parse_base_url, refusal, session_missing, CliError, SpawnerClient};
+use client::{check_id, parse_base_url, refusal, session_missing, CliClient, CliError};
 use hyper::Method;
 use render::Format;
 use serde_json::{json, Value};
@@ -185,7 +185,7 @@ pub fn run(args: Args) -> ExitCode {
         Ok(runtime) => runtime,
         Err(err) => return fail(CliError::local(err.to_string())),
     };
-    let client = SpawnerClient::new(base, token);
+    let client = CliClient::new(base, token);
     let outcome = runtime.block_on(execute(&client, args.command, format));
     // A stdin reader may still be blocked on the terminal: do not wait for it.
     runtime.shutdown_background();
@@ -217,7 +217,7 @@ fn show(
 }
 
 async fn execute(
-    client: &SpawnerClient,
+    client: &CliClient,
     command: Command,
     format: Format,
 ) -> Result<ExitCode, CliError> {
@@ -393,7 +393,7 @@ async fn execute(
 }
 
 /// Whether the session lists `exec_id` as a running pty exec (an interactive attach).
-async fn is_pty_exec(client: &SpawnerClient, id: &str, exec_id: &str) -> Result<bool, CliError> {
+async fn is_pty_exec(client: &CliClient, id: &str, exec_id: &str) -> Result<bool, CliError> {
     let reply = client
         .json(Method::GET, &format!("/v1/sessions/{id}/exec"), None)
         .await?;
@@ -411,7 +411,7 @@ async fn is_pty_exec(client: &SpawnerClient, id: &str, exec_id: &str) -> Result<
 
 /// Cancels a running exec; an unknown or finished one is an error that says which.
 async fn cancel(
-    client: &SpawnerClient,
+    client: &CliClient,
     id: &str,
     exec_id: &str,
     format: Format,

@@ -5,7 +5,7 @@
 //! the runtime from shutting down) and hands chunks over; one forwarder task posts them to
 //! `…/stdin` in order, joining what piled up while a post was in flight; SIGWINCH posts a resize.
 //! The local terminal is in raw mode meanwhile ([`RawMode`], restored when the loop returns).
-use super::client::{CliError, SpawnerClient};
+use super::client::{CliError, CliClient};
 use super::stream::{open, result_code, Target};
 use super::terminal::{local_size, DetachScanner, RawMode};
 use crate::shared::sse::SseParser;
@@ -76,7 +76,7 @@ pub fn shell_request(
 }
 
 /// Runs the interactive loop; the exit code is the exec's, or 0 after a detach.
-pub async fn run(client: &SpawnerClient, session: Interactive<'_>) -> Result<ExitCode, CliError> {
+pub async fn run(client: &CliClient, session: Interactive<'_>) -> Result<ExitCode, CliError> {
     let target = &session.target;
     let mut winch = signal(SignalKind::window_change())
         .map_err(|e| CliError::local(format!("cannot watch the terminal size: {e}")))?;
@@ -190,7 +190,7 @@ fn write_events(parser: &mut SseParser, data: &[u8]) -> Option<Ending> {
 }
 
 /// Tells the remote terminal this terminal's size; a failure only costs the redraw.
-async fn resize(client: &SpawnerClient, path: &str) {
+async fn resize(client: &CliClient, path: &str) {
     let (cols, rows) = local_size();
     let _ = client
         .json(
@@ -225,7 +225,7 @@ fn spawn_stdin_reader(typed: mpsc::Sender<Vec<u8>>, keys: Vec<u8>, detach: mpsc:
 }
 
 /// Posts typed bytes in order; bytes that arrived during a post go out together in the next.
-async fn forward_stdin(client: SpawnerClient, path: String, mut typed: mpsc::Receiver<Vec<u8>>) {
+async fn forward_stdin(client: CliClient, path: String, mut typed: mpsc::Receiver<Vec<u8>>) {
     while let Some(mut bytes) = typed.recv().await {
         while bytes.len() < STDIN_CHUNK_BYTES {
             match typed.try_recv() {

@@ -2,7 +2,7 @@
 //! [`MAX_PIPED_STDIN_BYTES`]) and sent with the exec request, so any bytes arrive exactly. A terminal
 //! is forwarded line by line through `…/stdin` while the exec runs; the exec asks for raw stdin, so
 //! any line passes (for keystrokes and full-screen programs use `tale session shell`).
-use super::client::{CliError, SpawnerClient};
+use super::client::{CliClient, CliError};
 use hyper::Method;
 use serde_json::json;
 use std::io::{BufRead, IsTerminal, Read};
@@ -67,7 +67,7 @@ impl StdinPlan {
 }
 
 /// Forwards terminal lines to `path` (`…/exec/:execId/stdin`) until EOF, then sends `eof`.
-pub async fn forward_lines(client: SpawnerClient, path: String) {
+pub async fn forward_lines(client: CliClient, path: String) {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Option<Vec<u8>>>(16);
     // A plain thread: a blocked terminal read must not keep the runtime from shutting down.
     std::thread::spawn(move || {

@@ -1,6 +1,6 @@
 //! `exec` and `attach`: stream an exec's SSE output to this terminal, announce the exec id, detach on
 //! Ctrl-C with the command that resumes, and forward stdin when asked.
-use super::client::{session_missing, CliError, SpawnerClient};
+use super::client::{session_missing, CliClient, CliError};
 use super::stdin::{forward_lines, StdinPlan};
 use crate::shared::sse::SseParser;
 use http_body_util::BodyExt;
@@ -41,7 +41,7 @@ impl Target<'_> {
 
 /// Starts (`body` given) or attaches to an exec and streams it until its result.
 pub async fn run(
-    client: &SpawnerClient,
+    client: &CliClient,
     path: &str,
     body: Option<&Value>,
     target: Target<'_>,
@@ -113,7 +113,7 @@ pub async fn run(
 /// Starts (`body` given: POST) or attaches to (GET) an exec: its SSE body, or the refusal (a 404
 /// names the session).
 pub async fn open(
-    client: &SpawnerClient,
+    client: &CliClient,
     path: &str,
     body: Option<&Value>,
     session: &str,

@@ -52,7 +52,7 @@ pub enum BootError {
         source: std::io::Error,
     },
     #[error("cannot start the async runtime: {0}")]
-    Runtime(std::io::Error),
+    Runtime(#[source] std::io::Error),
 }
 
 async fn build_backend(config: &SpawnerConfig) -> Result<Arc<dyn Backend>, BootError> {

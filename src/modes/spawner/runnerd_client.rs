@@ -24,7 +24,7 @@ use serde::Serialize;
 use std::time::Duration;
 
 /// A transport failure's cause.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use crate::shared::http::BoxError;
 
 /// What went wrong talking to runnerd.
 #[derive(Debug, thiserror::Error)]

@@ -1,5 +1,6 @@
 //! Downloads for `stage` items given by URL: `http://` and `https://` (rustls, ring, webpki roots),
 //! streamed to a file with a size cap. URLs are fetched directly from the session's network.
+use crate::shared::http::BoxError;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
@@ -18,8 +19,9 @@ pub enum FetchError {
     TooLarge,
     #[error("no_body")]
     NoBody,
+    /// The connection, the body or the write to disk failed; the cause is in the reason too.
     #[error("fetch failed: {0}")]
-    Failed(String),
+    Failed(#[source] BoxError),
 }
 
 impl FetchError {
@@ -52,7 +54,7 @@ pub async fn start(url: &str, cap: u64) -> Result<Incoming, FetchError> {
     let response = client()
         .get(uri)
         .await
-        .map_err(|e| FetchError::Failed(e.to_string()))?;
+        .map_err(|e| FetchError::Failed(e.into()))?;
     let status = response.status();
     if !status.is_success() {
         return Err(FetchError::Status(status.as_u16()));
@@ -84,7 +86,7 @@ pub async fn copy_to(
     let mut total = 0u64;
     let mut out = Some(out);
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| FetchError::Failed(e.to_string()))?;
+        let frame = frame.map_err(|e| FetchError::Failed(e.into()))?;
         let Ok(data) = frame.into_data() else {
             continue;
         };
@@ -95,9 +97,34 @@ pub async fn copy_to(
         let mut file = out.take().expect("file is put back after each write");
         file = tokio::task::spawn_blocking(move || file.write_all(&data).map(|()| file))
             .await
-            .map_err(|e| FetchError::Failed(e.to_string()))?
-            .map_err(|e| FetchError::Failed(e.to_string()))?;
+            .map_err(|e| FetchError::Failed(e.into()))?
+            .map_err(|e| FetchError::Failed(e.into()))?;
         out = Some(file);
     }
     Ok((total, out.expect("file present")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A download that cannot connect is `fetch failed: …` in `skipped[].reason`, and keeps the
+    /// connection error as its cause.
+    #[tokio::test]
+    async fn failed_fetches_keep_their_cause() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let error = start(&format!("http://127.0.0.1:{port}/file"), 1024)
+            .await
+            .unwrap_err();
+        assert!(matches!(error, FetchError::Failed(_)), "{error:?}");
+        let cause = std::error::Error::source(&error).expect("a cause");
+        assert_eq!(error.reason(), format!("fetch failed: {cause}"));
+        assert!(cause
+            .downcast_ref::<hyper_util::client::legacy::Error>()
+            .is_some_and(|e| e.is_connect()));
+    }
 }

@@ -11,6 +11,7 @@ pub mod codex;
 pub mod events;
 pub mod jsonl;
 pub mod opencode;
+pub mod request;
 pub mod terminal;
 
 pub use events::{AgentEvent, AgentResultStatus, AgentSlug, UsageTotals};

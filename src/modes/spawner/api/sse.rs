@@ -6,12 +6,12 @@
 //! parser and each normalized event follows the `stdout` event that completed it as
 //! `event: agent`, `id: <seq>.<n>`. A resumed agent attach replays the exec from its start (to
 //! re-parse it) and sends only what lies after the client's position.
+use crate::modes::spawner::agents::request::StreamPosition;
 use crate::modes::spawner::agents::{AgentEvent, AgentEventParser, ExecEnding, RunEnd};
 use crate::modes::spawner::metrics::Metrics;
 use crate::modes::spawner::runnerd_client::{EventStream, RunnerdClient};
 use crate::modes::spawner::state::Spawner;
 use crate::shared::http::{channel_body, HttpResponse};
-use crate::shared::protocol::agent_runs::StreamPosition;
 use crate::shared::protocol::runnerd::{ExecEvent, Truncated};
 use crate::shared::protocol::runnerd::{ExecStatus, ExecStatusState};
 use crate::shared::protocol::spawner::{

@@ -73,7 +73,7 @@ pub struct DockerBackend {
 }
 
 fn engine(context: &str) -> impl FnOnce(DockerError) -> BackendError + '_ {
-    move |err| BackendError::Engine(format!("{context}: {err}"))
+    move |err| BackendError::engine_call(context, err)
 }
 
 fn is_not_found(err: &DockerError) -> bool {

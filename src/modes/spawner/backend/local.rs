@@ -355,7 +355,7 @@ impl Backend for LocalBackend {
             if had_workspace {
                 tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&workspace))
                     .await
-                    .map_err(|e| BackendError::Engine(e.to_string()))?
+                    .map_err(BackendError::Task)?
                     .map_err(io_error("cannot remove the workspace"))?;
             }
             let _ = std::fs::remove_file(self.state_file(session_id, "log"));

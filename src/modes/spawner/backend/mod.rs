@@ -9,6 +9,8 @@ pub mod docker;
 pub mod kubernetes;
 pub mod local;
 
+use crate::modes::spawner::runnerd_client::RunnerdError;
+use crate::shared::http::BoxError;
 use std::future::Future;
 use std::pin::Pin;
 
@@ -101,15 +103,32 @@ pub enum BackendError {
     /// A session with this id already has compute that is not ours to replace.
     #[error("session {0} already exists in the backend")]
     Exists(String),
-    /// runnerd did not become ready in time.
+    /// The compute did not become reachable before the create deadline (a Pod that got no
+    /// address); `detail` says how far it got.
     #[error("runnerd did not become ready within {waited_ms} ms: {detail}")]
     NotReady { waited_ms: u64, detail: String },
-    /// The session's compute ended while starting.
+    /// The compute runs but runnerd's `/healthz` never answered before the create deadline; the
+    /// last probe's failure is the source (and, as ever, the end of the message).
+    #[error("runnerd did not become ready within {waited_ms} ms: {last_probe}")]
+    HealthNeverAnswered {
+        waited_ms: u64,
+        #[source]
+        last_probe: RunnerdError,
+    },
+    /// The container, process or Pod exited before runnerd answered; the text is its last words
+    /// (log tail, exit status or Pod reason).
     #[error("the session's compute ended while starting: {0}")]
     Died(String),
-    /// The backend's engine refused or failed.
+    /// The backend's engine refused or failed, and no lower error says why (a container without
+    /// an address, a setting that cannot work).
     #[error("{0}")]
     Engine(String),
+    /// A call to the engine failed: `context` names the call, `source` is the engine's error.
+    #[error("{context}: {source}")]
+    EngineCall { context: String, source: BoxError },
+    /// A blocking task the backend ran panicked or was cancelled.
+    #[error(transparent)]
+    Task(#[from] tokio::task::JoinError),
     /// A filesystem operation failed.
     #[error("{context}: {source}")]
     Io {
@@ -122,6 +141,16 @@ pub enum BackendError {
 }
 
 pub type BackendResult<T> = Result<T, BackendError>;
+
+impl BackendError {
+    /// A failed engine call, keeping the engine's error as the cause.
+    pub fn engine_call(context: impl Into<String>, source: impl Into<BoxError>) -> BackendError {
+        BackendError::EngineCall {
+            context: context.into(),
+            source: source.into(),
+        }
+    }
+}
 
 /// A session engine.
 pub trait Backend: Send + Sync {
@@ -189,17 +218,17 @@ where
     let started = tokio::time::Instant::now();
     let mut interval = READINESS_POLL_FIRST_INTERVAL;
     loop {
-        let last = match client.health().await {
+        let last_probe = match client.health().await {
             Ok(_) => return Ok(()),
-            Err(err) => err.to_string(),
+            Err(err) => err,
         };
         if let Err(reason) = still_alive().await {
             return Err(BackendError::Died(reason));
         }
         if started.elapsed() >= deadline {
-            return Err(BackendError::NotReady {
+            return Err(BackendError::HealthNeverAnswered {
                 waited_ms: deadline.as_millis() as u64,
-                detail: last,
+                last_probe,
             });
         }
         tokio::time::sleep(interval).await;
@@ -212,3 +241,61 @@ where
 pub const READINESS_POLL_FIRST_INTERVAL: std::time::Duration = std::time::Duration::from_millis(2);
 /// Longest wait between readiness probes.
 pub const READINESS_POLL_MAX_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A failed engine call reads "context: cause" and keeps the engine's error as its source; a
+    /// failed (here: cancelled) task is the task error itself.
+    #[tokio::test]
+    async fn engine_errors_keep_their_cause() {
+        let io = std::io::Error::new(std::io::ErrorKind::PermissionDenied, "socket says no");
+        let error = BackendError::engine_call("cannot list containers", io);
+        assert_eq!(error.to_string(), "cannot list containers: socket says no");
+        let cause = std::error::Error::source(&error).expect("a cause");
+        let io = cause
+            .downcast_ref::<std::io::Error>()
+            .expect("the io error");
+        assert_eq!(io.kind(), std::io::ErrorKind::PermissionDenied);
+
+        let task = tokio::spawn(std::future::pending::<()>());
+        task.abort();
+        let join = task.await.unwrap_err();
+        let text = join.to_string();
+        let error = BackendError::from(join);
+        assert_eq!(error.to_string(), text, "the message is the task error's");
+        assert!(matches!(error, BackendError::Task(ref j) if j.is_cancelled()));
+    }
+
+    /// A runnerd that never answers ends the readiness wait at its deadline (paused time: no real
+    /// waiting) with the last probe's error as the cause, at the end of the usual message.
+    #[tokio::test(start_paused = true)]
+    async fn readiness_wait_keeps_the_last_probe_error() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let started = tokio::time::Instant::now();
+        let error = wait_for_runnerd(
+            &format!("http://127.0.0.1:{port}"),
+            "token",
+            std::time::Duration::from_secs(5),
+            || async { Ok(()) },
+        )
+        .await
+        .unwrap_err();
+        assert!(started.elapsed() >= std::time::Duration::from_secs(5));
+        let BackendError::HealthNeverAnswered { ref last_probe, .. } = error else {
+            panic!("{error:?}");
+        };
+        assert!(last_probe.is_transport(), "{last_probe:?}");
+        assert_eq!(
+            error.to_string(),
+            format!("runnerd did not become ready within 5000 ms: {last_probe}")
+        );
+        let cause = std::error::Error::source(&error).expect("a cause");
+        assert!(cause.downcast_ref::<RunnerdError>().is_some());
+    }
+}

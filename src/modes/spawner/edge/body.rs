@@ -8,11 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::shared::http::BoxError;
+
 /// How much more a chunked body (no `content-length`) reserves each time it outgrows its share.
 pub const CHUNKED_RESERVE_STEP_BYTES: usize = 64 * 1024;
 
 /// Why a body was not read.
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum BodyRefusal {
     #[error("the request body is larger than the {0} bytes this route accepts")]
     TooLarge(usize),
@@ -20,8 +22,10 @@ pub enum BodyRefusal {
     Busy,
     #[error("the request body did not arrive within {0:?}")]
     Timeout(Duration),
+    /// The connection failed or the framing broke mid-body. The cause is in the message too: the
+    /// message is the 400's `message` on the wire.
     #[error("the request body could not be read: {0}")]
-    Unreadable(String),
+    Unreadable(#[source] BoxError),
 }
 
 /// The budget of body bytes in flight, shared by every request.
@@ -75,7 +79,7 @@ impl BodyBudget {
     ) -> Result<(Bytes, BodyLease), BodyRefusal>
     where
         B: hyper::body::Body<Data = Bytes> + Unpin,
-        B::Error: std::fmt::Display,
+        B::Error: Into<BoxError>,
     {
         if declared.is_some_and(|len| len > cap as u64) {
             return Err(BodyRefusal::TooLarge(cap));
@@ -90,7 +94,7 @@ impl BodyBudget {
         let mut buffer = BytesMut::with_capacity(reserved);
         let collect = async {
             while let Some(frame) = body.frame().await {
-                let frame = frame.map_err(|err| BodyRefusal::Unreadable(err.to_string()))?;
+                let frame = frame.map_err(|err| BodyRefusal::Unreadable(err.into()))?;
                 let Ok(data) = frame.into_data() else {
                     continue;
                 };
@@ -156,29 +160,28 @@ mod tests {
             .unwrap();
         assert_eq!(&bytes[..], b"123456");
         assert_eq!(budget.available(), 4);
-        assert_eq!(
-            budget
-                .read(
-                    &mut Full::new(Bytes::from_static(b"12345")),
-                    Some(5),
-                    8,
-                    DEADLINE
-                )
-                .await
-                .unwrap_err(),
-            BodyRefusal::Busy
-        );
-        assert_eq!(
-            budget
-                .read(
-                    &mut Full::new(Bytes::from_static(b"123456789")),
-                    Some(9),
-                    8,
-                    DEADLINE
-                )
-                .await
-                .unwrap_err(),
-            BodyRefusal::TooLarge(8)
+        let refusal = budget
+            .read(
+                &mut Full::new(Bytes::from_static(b"12345")),
+                Some(5),
+                8,
+                DEADLINE,
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(refusal, BodyRefusal::Busy), "{refusal:?}");
+        let refusal = budget
+            .read(
+                &mut Full::new(Bytes::from_static(b"123456789")),
+                Some(9),
+                8,
+                DEADLINE,
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(refusal, BodyRefusal::TooLarge(n) if n == 8),
+            "{refusal:?}"
         );
         drop(lease);
         assert_eq!(budget.available(), 10);
@@ -201,25 +204,24 @@ mod tests {
             .unwrap();
         assert_eq!(bytes.len(), 2 * step);
         assert_eq!(budget.available(), step);
-        assert_eq!(
-            budget
-                .read(&mut chunked(vec![big, big]), None, 4 * step, DEADLINE)
-                .await
-                .unwrap_err(),
-            BodyRefusal::Busy
-        );
+        let refusal = budget
+            .read(&mut chunked(vec![big, big]), None, 4 * step, DEADLINE)
+            .await
+            .unwrap_err();
+        assert!(matches!(refusal, BodyRefusal::Busy), "{refusal:?}");
         assert_eq!(
             budget.available(),
             step,
             "a refused body gives its share back"
         );
         drop(lease);
-        assert_eq!(
-            budget
-                .read(&mut chunked(vec![big, big, b"x"]), None, 2 * step, DEADLINE)
-                .await
-                .unwrap_err(),
-            BodyRefusal::TooLarge(2 * step)
+        let refusal = budget
+            .read(&mut chunked(vec![big, big, b"x"]), None, 2 * step, DEADLINE)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(refusal, BodyRefusal::TooLarge(n) if n == 2 * step),
+            "{refusal:?}"
         );
         assert_eq!(budget.available(), 3 * step);
     }
@@ -231,12 +233,42 @@ mod tests {
         let mut never = StreamBody::new(futures_util::stream::pending::<
             Result<Frame<Bytes>, Infallible>,
         >());
+        let refusal = budget
+            .read(&mut never, Some(50), 100, Duration::from_secs(3))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(refusal, BodyRefusal::Timeout(n) if n == Duration::from_secs(3)),
+            "{refusal:?}"
+        );
+        assert_eq!(budget.available(), 100);
+    }
+
+    /// A body that breaks mid-way is refused with the transport error as its cause (and in the
+    /// message, which is the 400's text), and gives its share back.
+    #[tokio::test]
+    async fn broken_bodies_keep_their_cause() {
+        let budget = BodyBudget::new(100);
+        let frames: Vec<Result<Frame<Bytes>, std::io::Error>> = vec![
+            Ok(Frame::data(Bytes::from_static(b"12"))),
+            Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "peer reset",
+            )),
+        ];
+        let mut broken = StreamBody::new(futures_util::stream::iter(frames));
+        let refusal = budget
+            .read(&mut broken, Some(50), 100, DEADLINE)
+            .await
+            .unwrap_err();
         assert_eq!(
-            budget
-                .read(&mut never, Some(50), 100, Duration::from_secs(3))
-                .await
-                .unwrap_err(),
-            BodyRefusal::Timeout(Duration::from_secs(3))
+            refusal.to_string(),
+            "the request body could not be read: peer reset"
+        );
+        let cause = std::error::Error::source(&refusal).expect("a cause");
+        assert_eq!(
+            cause.downcast_ref::<std::io::Error>().map(|e| e.kind()),
+            Some(std::io::ErrorKind::ConnectionReset)
         );
         assert_eq!(budget.available(), 100);
     }

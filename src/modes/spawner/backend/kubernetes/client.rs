@@ -31,7 +31,7 @@ pub async fn client_config(settings: &KubernetesSettings) -> Result<kube::Config
         // AuthInfo's token is a secrecy::SecretString; its Deserialize impl builds one without
         // this crate depending on secrecy itself.
         config.auth_info = serde_json::from_value(serde_json::json!({ "token": token }))
-            .map_err(|err| BackendError::Engine(format!("SANDBOX_K8S_TOKEN: {err}")))?;
+            .map_err(|err| BackendError::engine_call("SANDBOX_K8S_TOKEN", err))?;
     }
     if let Some(path) = &settings.ca_file {
         config.root_cert = Some(read_ca_bundle(path)?);

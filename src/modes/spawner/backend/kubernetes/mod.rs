@@ -68,8 +68,13 @@ fn is_conflict(err: &kube::Error) -> bool {
 }
 
 fn api(context: &str) -> impl FnOnce(kube::Error) -> BackendError + '_ {
-    move |err| BackendError::Engine(format!("{context}: {}", describe(&err)))
+    move |err| BackendError::engine_call(context, Described(err))
 }
+
+/// A kube error that reads as [`describe`] says, with the kube error as its cause.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", describe(.0))]
+struct Described(#[source] kube::Error);
 
 /// A kube error as one sentence (an API Status by its code and message).
 fn describe(err: &kube::Error) -> String {
@@ -91,9 +96,8 @@ impl KubernetesBackend {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client_config = client::client_config(&config.settings).await?;
         let own_namespace = client_config.default_namespace.clone();
-        let client = kube::Client::try_from(client_config).map_err(|err| {
-            BackendError::Engine(format!("cannot build the Kubernetes client: {err}"))
-        })?;
+        let client = kube::Client::try_from(client_config)
+            .map_err(|err| BackendError::engine_call("cannot build the Kubernetes client", err))?;
         let settings = &config.settings;
         let namespace = settings.namespace.clone();
         let manifests = ManifestConfig {
@@ -536,5 +540,33 @@ impl Backend for KubernetesBackend {
                 "namespace": self.manifests.namespace,
             }))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An API Status reads as one sentence after the call's context, and the kube error stays
+    /// reachable as the cause of that sentence.
+    #[test]
+    fn api_errors_read_as_a_sentence_and_keep_the_kube_error() {
+        let status: kube::core::Status = serde_json::from_value(serde_json::json!({
+            "code": 403, "reason": "Forbidden", "message": "pods is forbidden"
+        }))
+        .unwrap();
+        let error = api("cannot create the session Pod")(kube::Error::Api(Box::new(status)));
+        assert_eq!(
+            error.to_string(),
+            "cannot create the session Pod: the API server answered 403 Forbidden: pods is forbidden"
+        );
+        let described = std::error::Error::source(&error).expect("a cause");
+        let kube_error = described
+            .source()
+            .expect("the kube error under the sentence");
+        assert!(matches!(
+            kube_error.downcast_ref::<kube::Error>(),
+            Some(kube::Error::Api(s)) if s.code == 403
+        ));
     }
 }

@@ -9,11 +9,11 @@
 //!   gateway: { baseUrl?, token },      // baseUrl defaults to SANDBOX_LLM_GATEWAY_URL
 //!   timeoutMs? }
 //! ```
-use super::runnerd::is_valid_id;
-use super::spawner::{BadRequest, RequestLimits};
-use crate::modes::spawner::agents::{
+use super::{
     adapter, AgentAdapter, AgentRunSpec, GatewayTarget, PermissionMode, MAX_STEER_TEXT_CHARS,
 };
+use crate::shared::protocol::runnerd::is_valid_id;
+use crate::shared::protocol::spawner::{BadRequest, RequestLimits};
 use serde_json::{Map, Value};
 
 /// Highest `run.maxTurns` accepted.
