@@ -28,6 +28,7 @@ host_suites=(
   egress_proxy      # tinyproxy
   git_credentials   # git with its http backend
   helm_chart        # the helm-python-sdk venv (PyPI)
+  quickstart_agents # Docker, docker-compose, the npm agent CLIs (the compose quick start)
   spawner_docker    # Docker and the test image (a static release build)
 )
 # A new suite must be sorted into one list: an unlisted one would silently run in neither tier's
