@@ -14,15 +14,7 @@ targets=("${@:-spawner egress}")
 targets=(${targets[*]})
 args=()
 if [ $local_mode = 1 ]; then
-  base=tale-local-debian:bookworm
-  if ! docker image inspect "$base" >/dev/null 2>&1; then
-    command -v debootstrap >/dev/null || { apt-get update -qq && apt-get install -y -qq debootstrap >/dev/null; }
-    root=$(mktemp -d)
-    debootstrap --variant=minbase bookworm "$root" http://deb.debian.org/debian >/dev/null
-    rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
-    tar -C "$root" -c . | docker import - "$base" >/dev/null
-    rm -rf "$root"
-  fi
+  base=$(scripts/build-local-base.sh | tail -1)
   bin=$(scripts/build-static.sh | tail -1)
   mkdir -p dist && cp "$bin" dist/tale
   # Behind a TLS-inspecting proxy the host trusts a CA the image does not: hand it to npm.

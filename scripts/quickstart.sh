@@ -4,6 +4,8 @@
 # session with the operator CLI and runs a command in it. The stack keeps running afterwards.
 #
 #   scripts/quickstart.sh                  the compose stack (sessions are hardened containers)
+#   scripts/quickstart.sh --agents         the same, with sessions from the agent image (bash, git
+#                                          and the Claude Code, OpenCode and Codex CLIs)
 #   scripts/quickstart.sh --local-backend  no Docker: sessions are runnerd processes (no isolation);
 #                                          runs in the foreground, Ctrl-C stops everything it started
 #   scripts/quickstart.sh --down           remove what the quick start created, and say what
@@ -15,6 +17,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 state=${TALE_QUICKSTART_DIR:-/tmp/tale-quickstart}
+agents=0
 port=${TALE_QUICKSTART_PORT:-8003}
 # The compose project: its containers, networks and volumes carry com.docker.compose.project=tale.
 project=tale
@@ -138,17 +141,27 @@ case "${1:-}" in
   exit 0
   ;;
 "") ;;
+--agents) agents=1 ;;
 *)
-  echo "usage: scripts/quickstart.sh [--local-backend | --down]" >&2
+  echo "usage: scripts/quickstart.sh [--agents | --local-backend | --down]" >&2
   exit 2
   ;;
 esac
 
 export TALE_SPAWNER_URL=http://127.0.0.1:8003
 step "install Docker and the toolchain" env TALE_SETUP_DOCKER=1 scripts/setup.sh
+# The busybox test image is the sessions' runtime, and the stub gateway's image in any case.
 step "build the static binary + session image" scripts/build-test-image.sh
+runtime_image=${SANDBOX_RUNTIME_IMAGE:-tale-test-runtime:latest}
+profile=default
+if [ "$agents" = 1 ]; then
+  runtime_image=tale-agent-runtime:latest
+  profile=agent
+  step "build the agent session image" env TALE_BIN="$static_bin" scripts/build-agent-image.sh "$runtime_image"
+fi
 step "build the spawner and egress images" scripts/build-images.sh --local spawner egress
-printf 'SANDBOX_TOKEN=%s\nSANDBOX_EGRESS_ALLOWLIST=%s\n' "$SANDBOX_TOKEN" "${SANDBOX_EGRESS_ALLOWLIST:-}" > "$state/.env"
+printf 'SANDBOX_TOKEN=%s\nSANDBOX_EGRESS_ALLOWLIST=%s\nSANDBOX_RUNTIME_IMAGE=%s\n' \
+  "$SANDBOX_TOKEN" "${SANDBOX_EGRESS_ALLOWLIST:-}" "$runtime_image" > "$state/.env"
 chmod 600 "$state/.env"
 step "start the stack (docker-compose -p $project)" "${compose[@]}" up -d
 cp "$static_bin" "$state/tale"
@@ -162,8 +175,17 @@ wait_for_stack() {
   return 1
 }
 step "wait for the spawner" wait_for_stack
-step "create session demo" "$state/tale" session --json create demo --org quickstart
+step "create session demo" "$state/tale" session --json create demo --org quickstart --profile "$profile"
 "$state/tale" session exec demo 'echo "hello from session demo: uid $(id -u) in $PWD on $(hostname)"; uname -sr'
+if [ "$agents" = 1 ]; then
+  "$state/tale" session exec demo 'echo "claude $(claude --version)"; echo "opencode $(opencode --version)"; codex --version; git --version'
+  cat <<MSG
+
+Session demo runs the agent image. An agent run needs a model behind the stack's LLM gateway
+(sandbox-llm-gateway, http://sandbox-llm-gateway:8080 from the sessions; here a stub): README.md,
+"Agent runs in the quick start", shows one run event by event.
+MSG
+fi
 cat <<MSG
 
 The stack runs (docker-compose -p $project). Try:

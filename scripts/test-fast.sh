@@ -20,15 +20,16 @@ fast_suites=(
 )
 # Suites that need more than the toolchain, and what (they run in scripts/test.sh only).
 host_suites=(
-  agent_claude_code # the Claude Code CLI from npm
-  agent_codex       # the Codex CLI from npm
-  agent_opencode    # the OpenCode CLI from npm
+  agent_claude_code # the Claude Code CLI from npm; Docker and the agent image
+  agent_codex       # the Codex CLI from npm; Docker and the agent image
+  agent_opencode    # the OpenCode CLI from npm; Docker and the agent image
   client_libraries  # httpx and pytest from PyPI, TypeScript from npm
   compose_stack     # Docker and docker-compose
   egress_firewall   # ip, iptables, network namespaces
   egress_proxy      # tinyproxy
   git_credentials   # git with its http backend
   helm_chart        # the helm-python-sdk venv (PyPI)
+  quickstart_agents # Docker, docker-compose, the npm agent CLIs (the compose quick start)
   spawner_docker    # Docker and the test image (a static release build)
   spawner_tls       # curl and openssl (a CA and certificates made per run)
 )

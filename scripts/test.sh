@@ -17,6 +17,9 @@ export TALE_PROFILE=${TALE_PROFILE:-ci}
 # The Docker suite runs sessions from an image holding the static binary: build both first.
 export TALE_TEST_IMAGE=tale-test-runtime:latest
 scripts/build-test-image.sh "$TALE_TEST_IMAGE"
+# The agent suites also run their CLIs in Docker sessions, from the agent image (the native CLIs).
+export TALE_AGENT_IMAGE=tale-agent-runtime:latest
+scripts/build-agent-image.sh "$TALE_AGENT_IMAGE"
 # The compose suite runs the stack from the spawner and egress images, rebuilt from this tree.
 scripts/build-images.sh --local spawner egress
 cargo build --locked --benches          # benchmarks must build; they run with scripts/bench.sh

@@ -1,12 +1,15 @@
-//! End-to-end: the real Claude Code CLI in a local-backend session, driven through the spawner's
+//! End-to-end: the real Claude Code CLI in a session — on the local backend and, from the agent
+//! image (`scripts/build-agent-image.sh`), on the Docker backend — driven through the spawner's
 //! `agent-runs` routes against a scripted fake of the Anthropic Messages API — tool use, the file it
-//! wrote, normalized `agent` events, steering over held stdin, reattach with re-parsing, and the
-//! gateway key as the only credential the model side ever sees. Plus the route's bad-input table.
+//! wrote, normalized `agent` events, steering over held stdin, reattach with re-parsing, the gateway
+//! key as the only credential the model side ever sees, and a resume of Claude Code's own session
+//! after the session was stopped by the idle sweep and resumed. Plus the route's bad-input table.
 mod support;
 
 use hyper::{Method, StatusCode};
 use serde_json::{json, Value};
 use std::time::Duration;
+use support::agent_stack::{AgentStack, Backend};
 use support::fake_model::{
     FakeModel, BASH_COMMAND, FINAL_TEXT, STEERED_TEXT, STEER_MARKER, TOOL_USE_ID,
 };
@@ -101,7 +104,8 @@ fn is_agent(event: &SseEvent, kind: &str) -> bool {
 }
 
 /// The whole promise with the real CLI: a run that calls Bash and writes a file, normalized events,
-/// a steer turn over the held stdin, EOF ending the exec, lossless reattach, and credentials.
+/// a steer turn over the held stdin, EOF ending the exec, lossless reattach, credentials, and a
+/// resume of its session after a sweep stop. Local backend, with the host's CLI.
 #[tokio::test(flavor = "multi_thread")]
 async fn claude_code_runs_a_tool_and_is_steered() {
     let version = claude_version();
@@ -110,34 +114,36 @@ async fn claude_code_runs_a_tool_and_is_steered() {
         version.starts_with(&format!("{pinned} ")),
         "claude --version says {version:?}; the runtime image pins {pinned}"
     );
-    let fake = FakeModel::start("/anthropic", GATEWAY_TOKEN).await;
-    let spawner = SpawnerProcess::local(&[]).await;
-    let c = &spawner.client;
-    let (status, created) = c
-        .json(
-            Method::POST,
-            "/v1/sessions",
-            Some(
-                json!({"sessionId": "cc1", "organizationId": "org", "profile": "agent",
-                        "env": {"ANTHROPIC_API_KEY": PLANTED_KEY}}),
-            ),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{created}");
+    claude_scenario(Backend::Local).await;
+}
+
+/// The same in a Docker session from the agent image: Claude Code's config dir lives on the
+/// workspace volume, so its session survives the container being removed by the sweep.
+#[tokio::test(flavor = "multi_thread")]
+async fn claude_code_in_docker_resumes_after_the_session_was_stopped() {
+    claude_scenario(Backend::Docker).await;
+}
+
+async fn claude_scenario(backend: Backend) {
+    let stack = AgentStack::start(backend).await;
+    let fake = FakeModel::start_on(stack.host, "/anthropic", GATEWAY_TOKEN).await;
+    let c = &stack.spawner.client;
+    let id = stack.session_id("cc1");
+    let env = json!({"ANTHROPIC_API_KEY": PLANTED_KEY});
+    stack.create_session(&id, &env).await;
     let context = || {
-        let runnerd_log = std::fs::read_to_string(spawner.root.join("sessions/.state/cc1.log"))
-            .unwrap_or_default();
         format!(
-            "fake model saw:\n{}\nspawner log:\n{}\nrunnerd log:\n{runnerd_log}",
+            "fake model saw:\n{}\nspawner log:\n{}\nsession log:\n{}",
             fake.summary(),
-            spawner.log()
+            stack.spawner.log(),
+            stack.session_log(&id)
         )
     };
 
     let (status, mut stream) = c
         .sse(
             Method::POST,
-            "/v1/sessions/cc1/agent-runs",
+            &format!("/v1/sessions/{id}/agent-runs"),
             Some(json!({
                 "agent": "claude-code",
                 "execId": "run1",
@@ -163,7 +169,7 @@ async fn claude_code_runs_a_tool_and_is_steered() {
     let (status, reply) = c
         .json(
             Method::POST,
-            "/v1/sessions/cc1/agent-runs/run1/steer",
+            &format!("/v1/sessions/{id}/agent-runs/run1/steer"),
             Some(json!({"agent": "claude-code", "text": format!("{STEER_MARKER} one more thing")})),
         )
         .await;
@@ -186,7 +192,7 @@ async fn claude_code_runs_a_tool_and_is_steered() {
     let (status, reply) = c
         .json(
             Method::POST,
-            "/v1/sessions/cc1/agent-runs/run1/steer",
+            &format!("/v1/sessions/{id}/agent-runs/run1/steer"),
             Some(json!({"agent": "claude-code", "eof": true})),
         )
         .await;
@@ -292,7 +298,7 @@ async fn claude_code_runs_a_tool_and_is_steered() {
     let response = c
         .send(c.request(
             Method::GET,
-            "/v1/sessions/cc1/files/content?path=proof.txt",
+            &format!("/v1/sessions/{id}/files/content?path=proof.txt"),
             bytes::Bytes::new(),
             true,
         ))
@@ -301,12 +307,11 @@ async fn claude_code_runs_a_tool_and_is_steered() {
     use http_body_util::BodyExt;
     let proof = response.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(&proof[..], b"tale-was-here\n");
-    if nix::unistd::geteuid().is_root() {
-        use std::os::unix::fs::MetadataExt;
-        let meta = std::fs::metadata(spawner.root.join("sessions/ses-cc1/proof.txt")).unwrap();
+    // Execs drop to the exec user where runnerd runs as root (always in a container).
+    if backend == Backend::Docker || nix::unistd::geteuid().is_root() {
         assert_eq!(
-            meta.uid(),
-            10001,
+            stack.shell(&id, "owner", "stat -c %u proof.txt").await,
+            "10001\n",
             "the agent ran as the agent profile's user, not root"
         );
     }
@@ -381,7 +386,7 @@ async fn claude_code_runs_a_tool_and_is_steered() {
     let (status, replay) = c
         .sse(
             Method::GET,
-            "/v1/sessions/cc1/agent-runs/run1/attach?agent=claude-code",
+            &format!("/v1/sessions/{id}/agent-runs/run1/attach?agent=claude-code"),
             None,
             &[],
         )
@@ -400,7 +405,7 @@ async fn claude_code_runs_a_tool_and_is_steered() {
     let (_, resumed) = c
         .sse(
             Method::GET,
-            "/v1/sessions/cc1/agent-runs/run1/attach?agent=claude-code",
+            &format!("/v1/sessions/{id}/agent-runs/run1/attach?agent=claude-code"),
             None,
             &[("last-event-id", &resume_id)],
         )
@@ -412,7 +417,7 @@ async fn claude_code_runs_a_tool_and_is_steered() {
         .sse(
             Method::GET,
             &format!(
-                "/v1/sessions/cc1/agent-runs/run1/attach?agent=claude-code&sinceSeq={resume_id}"
+                "/v1/sessions/{id}/agent-runs/run1/attach?agent=claude-code&sinceSeq={resume_id}"
             ),
             None,
             &[],
@@ -440,14 +445,94 @@ async fn claude_code_runs_a_tool_and_is_steered() {
     let (status, reply) = c
         .json(
             Method::POST,
-            "/v1/sessions/cc1/agent-runs/run1/steer",
+            &format!("/v1/sessions/{id}/agent-runs/run1/steer"),
             Some(json!({"agent": "claude-code", "text": "too late"})),
         )
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(reply["ok"], false, "{reply}");
 
-    let (status, _) = c.json(Method::DELETE, "/v1/sessions/cc1", None).await;
+    // The sweep stops the session (its compute goes, the workspace stays) and it is resumed; a run
+    // with the resume id continues Claude Code's session from its config dir on the workspace.
+    stack.stop_and_resume(&id, &env).await;
+    let before = fake.requests().len();
+    let (status, mut stream) = c
+        .sse(
+            Method::POST,
+            &format!("/v1/sessions/{id}/agent-runs"),
+            Some(json!({
+                "agent": "claude-code",
+                "execId": "run2",
+                "run": {"prompt": format!("{STEER_MARKER} anything else?"), "model": "tale-e2e-model",
+                    "maxTurns": 5, "agentSessionId": agent_session_id},
+                "gateway": {"baseUrl": fake.root(), "token": GATEWAY_TOKEN},
+                "timeoutMs": RUN_DEADLINE.as_millis() as u64,
+            })),
+            &[],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let mut resumed_run = Vec::new();
+    read_until(
+        &mut stream,
+        &mut resumed_run,
+        |e| is_agent(e, "result"),
+        "resumed agent result",
+        &context,
+    )
+    .await;
+    let (status, _) = c
+        .json(
+            Method::POST,
+            &format!("/v1/sessions/{id}/agent-runs/run2/steer"),
+            Some(json!({"agent": "claude-code", "eof": true})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    read_until(
+        &mut stream,
+        &mut resumed_run,
+        |e| e.event == "result",
+        "resumed exec result",
+        &context,
+    )
+    .await;
+    let agent = agent_events(&resumed_run);
+    let result = agent.iter().find(|e| e["type"] == "result").unwrap();
+    assert_eq!(
+        (
+            &result["status"],
+            &result["finalText"],
+            &result["agentSessionId"]
+        ),
+        (
+            &json!("completed"),
+            &json!(STEERED_TEXT),
+            &json!(agent_session_id)
+        ),
+        "{agent:#?}\n{}",
+        context()
+    );
+    let resumed = &fake.requests()[before..];
+    assert!(
+        resumed.iter().any(|r| r
+            .body
+            .as_ref()
+            .and_then(|b| b["messages"].as_array())
+            .is_some_and(
+                |messages| messages
+                    .iter()
+                    .any(|m| m["content"].as_array().is_some_and(|blocks| blocks
+                        .iter()
+                        .any(|b| b["type"] == "tool_use" && b["id"] == TOOL_USE_ID)))
+            )),
+        "the resumed session carries the first run's tool call: {}",
+        fake.summary()
+    );
+
+    let (status, _) = c
+        .json(Method::DELETE, &format!("/v1/sessions/{id}"), None)
+        .await;
     assert_eq!(status, StatusCode::OK);
 }
 

@@ -1,24 +1,27 @@
-//! End-to-end: the real OpenCode CLI in a local-backend session, driven through the spawner's
+//! End-to-end: the real OpenCode CLI in a session — on the local backend and, from the agent image
+//! (`scripts/build-agent-image.sh`), on the Docker backend — driven through the spawner's
 //! `agent-runs` route against a scripted streaming Chat Completions API
 //! (`tests/support/fake_model.rs`): one tool call reported as `tool-use` then `tool-result` under
-//! the model's call id, `finalText`, a resume of OpenCode's session, a failed run that still names
-//! its session and ends with an error `result` — and nothing contacted but the gateway.
+//! the model's call id, `finalText`, the session stopped by the idle sweep and resumed, a resume of
+//! OpenCode's session from the workspace, a failed run that still names its session and ends with
+//! an error `result` — and nothing contacted but the gateway.
 mod support;
 
-use hyper::{Method, StatusCode};
+use hyper::Method;
 use serde_json::json;
 use support::agent_runs::{
     agent_events, assert_ends_with_one_result, cli_version, only, pinned, run, ProxyTrap,
     RUN_DEADLINE,
 };
+use support::agent_stack::{AgentStack, Backend};
 use support::fake_model::{
     FakeModel, BASH_COMMAND, FINAL_TEXT, OPENAI_CALL_ID, STEERED_TEXT, STEER_MARKER,
 };
-use support::spawner::SpawnerProcess;
 
 const GATEWAY_TOKEN: &str = "vk-session-opencode-e2e";
 
-/// Tool call, final text, resume, a refused key: the events a platform needs, from the real CLI.
+/// Tool call, final text, resume after a sweep stop, a refused key: the events a platform needs,
+/// from the host's CLI on the local backend.
 #[tokio::test(flavor = "multi_thread")]
 async fn opencode_tool_events_resume_and_failure() {
     let version = pinned(include_str!("../Dockerfile"), "OPENCODE_VERSION");
@@ -26,23 +29,29 @@ async fn opencode_tool_events_resume_and_failure() {
         cli_version("opencode", &format!("npm install -g opencode-ai@{version}")),
         version
     );
-    let fake = FakeModel::start("/openai", GATEWAY_TOKEN).await;
-    let trap = ProxyTrap::start().await;
-    let spawner = SpawnerProcess::local(&[]).await;
-    let c = &spawner.client;
-    let (status, created) = c
-        .json(
-            Method::POST,
-            "/v1/sessions",
-            Some(json!({"sessionId": "oc1", "organizationId": "org", "profile": "agent", "env": trap.env()})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{created}");
+    opencode_scenario(Backend::Local).await;
+}
+
+/// The same in a Docker session from the agent image: OpenCode's data dir (under HOME) lives on the
+/// workspace volume, so its session survives the container being removed by the sweep.
+#[tokio::test(flavor = "multi_thread")]
+async fn opencode_in_docker_resumes_after_the_session_was_stopped() {
+    opencode_scenario(Backend::Docker).await;
+}
+
+async fn opencode_scenario(backend: Backend) {
+    let stack = AgentStack::start(backend).await;
+    let fake = FakeModel::start_on(stack.host, "/openai", GATEWAY_TOKEN).await;
+    let trap = ProxyTrap::start_on(stack.host).await;
+    let c = &stack.spawner.client;
+    let id = stack.session_id("oc1");
+    stack.create_session(&id, &trap.env()).await;
     let context = || {
         format!(
-            "fake model saw:\n{}\nspawner log:\n{}",
+            "fake model saw:\n{}\nspawner log:\n{}\nsession log:\n{}",
             fake.summary(),
-            spawner.log()
+            stack.spawner.log(),
+            stack.session_log(&id)
         )
     };
     let body = |exec_id: &str, prompt: &str, session: Option<&str>, token: &str| {
@@ -57,7 +66,7 @@ async fn opencode_tool_events_resume_and_failure() {
 
     let first = run(
         c,
-        "oc1",
+        &id,
         body(
             "run1",
             "Write the proof file, then say done.",
@@ -97,13 +106,20 @@ async fn opencode_tool_events_resume_and_failure() {
         "{}",
         context()
     );
-    let proof = std::fs::read_to_string(spawner.root.join("sessions/ses-oc1/proof.txt")).unwrap();
-    assert_eq!(proof, "tale-was-here\n");
+    assert_eq!(
+        stack.shell(&id, "proof", "cat proof.txt").await,
+        "tale-was-here\n"
+    );
 
-    // Resume OpenCode's own session.
+    // The sweep stops the session (its compute goes, the workspace stays) and it is resumed.
+    stack.stop_and_resume(&id, &trap.env()).await;
+
+    // Resume OpenCode's own session, which it reads from its data dir on the workspace: the model
+    // sees the first run's tool call again.
+    let before = fake.requests().len();
     let second = run(
         c,
-        "oc1",
+        &id,
         body(
             "run2",
             &format!("{STEER_MARKER} anything else?"),
@@ -122,16 +138,22 @@ async fn opencode_tool_events_resume_and_failure() {
         ),
         (&json!("completed"), &json!(STEERED_TEXT), &json!(session))
     );
+    let resumed = &fake.requests()[before..];
+    assert!(
+        resumed.iter().any(
+            |r| r.body.as_ref().unwrap()["messages"]
+                .as_array()
+                .is_some_and(|messages| messages.iter().any(|m| m["tool_calls"]
+                    .as_array()
+                    .is_some_and(|calls| calls.iter().any(|call| call["id"] == OPENAI_CALL_ID))))
+        ),
+        "the resumed session carries the first run's call: {}",
+        fake.summary()
+    );
 
     // A key the gateway refuses: the run still names its session and ends with an error result
     // that says why.
-    let failed = run(
-        c,
-        "oc1",
-        body("run3", "hello", None, "vk-refused"),
-        &context,
-    )
-    .await;
+    let failed = run(c, &id, body("run3", "hello", None, "vk-refused"), &context).await;
     let result = assert_ends_with_one_result(&failed);
     let agent = agent_events(&failed);
     assert!(only(&agent, "run-started")["agentSessionId"]
@@ -156,6 +178,8 @@ async fn opencode_tool_events_resume_and_failure() {
         0,
         "opencode tried to reach something other than the gateway"
     );
-    let (status, _) = c.json(Method::DELETE, "/v1/sessions/oc1", None).await;
-    assert_eq!(status, StatusCode::OK);
+    let (status, _) = c
+        .json(Method::DELETE, &format!("/v1/sessions/{id}"), None)
+        .await;
+    assert_eq!(status, hyper::StatusCode::OK);
 }

@@ -123,13 +123,20 @@ pub fn assert_ends_with_one_result(events: &[SseEvent]) -> Value {
 /// A loopback listener handed to the session as its HTTP(S) proxy (with loopback exempt): a CLI
 /// that tries to reach anything but the gateway on loopback connects here, and is counted.
 pub struct ProxyTrap {
+    /// The address it listens on, which is also the one address exempt from it.
+    pub host: std::net::IpAddr,
     pub port: u16,
     hits: Arc<AtomicUsize>,
 }
 
 impl ProxyTrap {
     pub async fn start() -> ProxyTrap {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on(std::net::Ipv4Addr::LOCALHOST.into()).await
+    }
+
+    /// A trap on `host`, where the session reaches the test's servers (see `agent_stack`).
+    pub async fn start_on(host: std::net::IpAddr) -> ProxyTrap {
+        let listener = tokio::net::TcpListener::bind((host, 0)).await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let hits = Arc::new(AtomicUsize::new(0));
         let counter = hits.clone();
@@ -139,15 +146,17 @@ impl ProxyTrap {
                 drop(stream);
             }
         });
-        ProxyTrap { port, hits }
+        ProxyTrap { host, port, hits }
     }
 
-    /// The session env that routes every non-loopback request to the trap.
+    /// The session env that routes every request to the trap, but those to loopback and to the
+    /// trap's own host (where the gateway listens).
     pub fn env(&self) -> Value {
-        let url = format!("http://127.0.0.1:{}", self.port);
+        let url = format!("http://{}:{}", self.host, self.port);
+        let exempt = format!("127.0.0.1,localhost,{}", self.host);
         serde_json::json!({"HTTP_PROXY": url, "HTTPS_PROXY": url, "ALL_PROXY": url,
             "http_proxy": url, "https_proxy": url, "all_proxy": url,
-            "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"})
+            "NO_PROXY": exempt, "no_proxy": exempt})
     }
 
     pub fn hits(&self) -> usize {

@@ -68,6 +68,8 @@ pub struct SeenRequest {
 
 /// A running fake; stops with the test's runtime.
 pub struct FakeModel {
+    /// The address it listens on (loopback, or the gateway of a Docker test network).
+    pub host: std::net::IpAddr,
     pub port: u16,
     pub seen: Arc<Mutex<Vec<SeenRequest>>>,
 }
@@ -75,7 +77,12 @@ pub struct FakeModel {
 impl FakeModel {
     /// Serves on 127.0.0.1 under `prefix` (e.g. `/anthropic`), accepting only `Bearer <token>`.
     pub async fn start(prefix: &str, token: &str) -> FakeModel {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on(std::net::Ipv4Addr::LOCALHOST.into(), prefix, token).await
+    }
+
+    /// Like [`FakeModel::start`], listening on `host` (where a session can reach it).
+    pub async fn start_on(host: std::net::IpAddr, prefix: &str, token: &str) -> FakeModel {
+        let listener = tokio::net::TcpListener::bind((host, 0)).await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let state = Arc::new(Script {
@@ -100,12 +107,12 @@ impl FakeModel {
                 });
             }
         });
-        FakeModel { port, seen }
+        FakeModel { host, port, seen }
     }
 
     /// The gateway root to hand an agent run (the fake serves `<root><prefix>/v1/...`).
     pub fn root(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://{}:{}", self.host, self.port)
     }
 
     pub fn requests(&self) -> Vec<SeenRequest> {

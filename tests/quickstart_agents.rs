@@ -1,0 +1,97 @@
+//! End-to-end: `scripts/quickstart.sh --agents` brings up the compose stack (spawner, egress proxy,
+//! stub gateway) with the agent image as the sessions' runtime: session `demo` runs as the agent
+//! profile's user and has the three agent CLIs at the Dockerfile's pinned versions, and git; then
+//! `--down` removes the stack. Needs Docker and docker-compose; fails loudly without them, and
+//! refuses to run while another quick start or compose stack holds the stack's container names.
+use std::process::{Command, Output, Stdio};
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+fn pinned(name: &str) -> String {
+    include_str!("../Dockerfile")
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("ARG {name}=")))
+        .unwrap_or_else(|| panic!("the Dockerfile pins {name}"))
+        .trim()
+        .to_owned()
+}
+
+fn quickstart(dir: &std::path::Path, bin: &str, args: &[&str]) -> Output {
+    Command::new(format!("{ROOT}/scripts/quickstart.sh"))
+        .args(args)
+        .env("TALE_BIN", bin)
+        .env("TALE_QUICKSTART_DIR", dir)
+        .current_dir(ROOT)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// The agent quick start: the demo session answers with the pinned CLIs, git and uid 10001.
+#[test]
+fn agents_quickstart_sessions_have_the_agent_clis() {
+    assert!(
+        !docker(&["container", "inspect", "tale-sandbox"]).0,
+        "a stack with container tale-sandbox exists (another quick start?); stop it first"
+    );
+    // The static binary the images get (scripts/test.sh picks its profile with TALE_PROFILE).
+    let built = Command::new(format!("{ROOT}/scripts/build-static.sh"))
+        .current_dir(ROOT)
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let bin = String::from_utf8_lossy(&built.stdout)
+        .lines()
+        .last()
+        .unwrap()
+        .to_owned();
+    let dir = std::env::temp_dir().join(format!("tale-quickstart-agents-{}", std::process::id()));
+
+    let up = quickstart(&dir, &bin, &["--agents"]);
+    let stdout = String::from_utf8_lossy(&up.stdout).into_owned();
+    let down = quickstart(&dir, &bin, &["--down"]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        up.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    assert!(stdout.contains("build the agent session image"), "{stdout}");
+    assert!(stdout.contains("uid 10001 in /workspace"), "{stdout}");
+    for line in [
+        format!("claude {} (Claude Code)", pinned("CLAUDE_CODE_VERSION")),
+        format!("opencode {}", pinned("OPENCODE_VERSION")),
+        format!("codex-cli {}", pinned("CODEX_VERSION")),
+    ] {
+        assert!(stdout.lines().any(|l| l == line), "no {line:?} in {stdout}");
+    }
+    assert!(
+        stdout.lines().any(|l| l.starts_with("git version ")),
+        "{stdout}"
+    );
+    let down_text = String::from_utf8_lossy(&down.stdout);
+    assert!(down.status.success(), "{down_text}");
+    assert!(
+        down_text.contains("removed the compose project tale"),
+        "{down_text}"
+    );
+    assert!(
+        !docker(&["container", "inspect", "tale-sandbox"]).0,
+        "the stack is gone"
+    );
+}
+
+fn docker(args: &[&str]) -> (bool, String) {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("Docker is required for this test (run scripts/setup.sh)");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+    )
+}
