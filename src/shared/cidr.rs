@@ -75,6 +75,11 @@ impl Cidr {
             .collect()
     }
 
+    /// Whether this is an IPv6 network.
+    pub fn is_ipv6(&self) -> bool {
+        self.network.is_ipv6()
+    }
+
     /// Whether `addr` lies in this network (an IPv4-mapped IPv6 address counts as its IPv4 one).
     pub fn contains(&self, addr: IpAddr) -> bool {
         let addr = addr.to_canonical();

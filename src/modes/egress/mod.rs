@@ -51,6 +51,11 @@ pub enum EgressCommand {
         apply: bool,
         #[arg(long, default_value = "/etc/resolv.conf")]
         resolv_conf: String,
+        /// The proxy port: the only TCP port reachable on loopback besides DNS.
+        #[arg(long, default_value_t = tinyproxy::DEFAULT_PROXY_PORT)]
+        port: u16,
+        #[command(flatten)]
+        permit: PermitArgs,
     },
     /// The egress image's entrypoint: firewall, render, DNS forwarder and tinyproxy.
     Run {
@@ -61,7 +66,35 @@ pub enum EgressCommand {
         no_dns: bool,
         #[arg(long, default_value = "/etc/resolv.conf")]
         resolv_conf: String,
+        #[command(flatten)]
+        permit: PermitArgs,
     },
+}
+
+/// Networks exempted from the firewall's rejected ranges.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct PermitArgs {
+    /// Networks (CIDR) the proxy may reach although they lie in a rejected range, still on ports
+    /// 80 and 443 only (repeatable; comma-separated in the environment).
+    #[arg(long = "permit-range", env = "SANDBOX_EGRESS_PERMIT_RANGES", value_delimiter = ',', value_parser = parse_cidr)]
+    pub permit_ranges: Vec<crate::shared::cidr::Cidr>,
+}
+
+fn parse_cidr(text: &str) -> Result<crate::shared::cidr::Cidr, String> {
+    crate::shared::cidr::Cidr::parse(text).map_err(|e| e.to_string())
+}
+
+/// The firewall's plan for a proxy serving `port`.
+pub fn firewall_plan(
+    resolv_conf: &str,
+    port: u16,
+    permit: &PermitArgs,
+) -> Result<firewall::FirewallPlan, firewall::FirewallError> {
+    Ok(firewall::FirewallPlan {
+        resolvers: firewall::resolvers_from(resolv_conf)?,
+        served_tcp_ports: vec![port],
+        permitted: permit.permit_ranges.clone(),
+    })
 }
 
 /// What a render produced.
@@ -130,20 +163,25 @@ pub fn run(args: Args) -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        EgressCommand::Firewall { apply, resolv_conf } => {
-            let resolvers = match firewall::resolvers_from(&resolv_conf) {
-                Ok(resolvers) => resolvers,
+        EgressCommand::Firewall {
+            apply,
+            resolv_conf,
+            port,
+            permit,
+        } => {
+            let plan = match firewall_plan(&resolv_conf, port, &permit) {
+                Ok(plan) => plan,
                 Err(err) => {
                     eprintln!("tale egress-proxy firewall: {err}");
                     return ExitCode::FAILURE;
                 }
             };
             if !apply {
-                print!("{}", firewall::rules_v4(&resolvers));
-                print!("{}", firewall::rules_v6(&resolvers));
+                print!("{}", firewall::rules_v4(&plan));
+                print!("{}", firewall::rules_v6(&plan));
                 return ExitCode::SUCCESS;
             }
-            match firewall::apply(&resolvers) {
+            match firewall::apply(&plan) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
                     eprintln!("tale egress-proxy firewall: {err}");
@@ -155,7 +193,8 @@ pub fn run(args: Args) -> ExitCode {
             render,
             no_dns,
             resolv_conf,
-        } => supervise::run(render, no_dns, &resolv_conf),
+            permit,
+        } => supervise::run(render, no_dns, &resolv_conf, &permit),
     }
 }
 

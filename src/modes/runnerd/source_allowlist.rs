@@ -69,7 +69,9 @@ fn read_policy(path: &Path) -> Result<Policy, String> {
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Policy::Everyone),
         Err(err) => return Err(format!("cannot open it: {err}")),
     };
-    let meta = file.metadata().map_err(|e| format!("cannot stat it: {e}"))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot stat it: {e}"))?;
     if !meta.file_type().is_file() {
         return Err("not a regular file".into());
     }
