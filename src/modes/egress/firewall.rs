@@ -95,6 +95,8 @@ pub enum FirewallError {
     Rejected { tool: &'static str, detail: String },
     #[error("IPv6 is enabled but ip6tables does not work; disable IPv6 or provide ip6tables")]
     Ipv6Unfenced,
+    #[error("bad permitted range: {0}")]
+    BadPermit(String),
 }
 
 /// Literal nameserver addresses from resolv.conf text (at most [`MAX_NAMESERVERS`]).

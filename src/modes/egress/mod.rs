@@ -75,13 +75,9 @@ pub enum EgressCommand {
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct PermitArgs {
     /// Networks (CIDR) the proxy may reach although they lie in a rejected range, still on ports
-    /// 80 and 443 only (repeatable; comma-separated in the environment).
-    #[arg(long = "permit-range", env = "SANDBOX_EGRESS_PERMIT_RANGES", value_delimiter = ',', value_parser = parse_cidr)]
-    pub permit_ranges: Vec<crate::shared::cidr::Cidr>,
-}
-
-fn parse_cidr(text: &str) -> Result<crate::shared::cidr::Cidr, String> {
-    crate::shared::cidr::Cidr::parse(text).map_err(|e| e.to_string())
+    /// 80 and 443 only (repeatable; comma/space-separated lists accepted; empty = none).
+    #[arg(long = "permit-range", env = "SANDBOX_EGRESS_PERMIT_RANGES")]
+    pub permit_ranges: Vec<String>,
 }
 
 /// The firewall's plan for a proxy serving `port`.
@@ -93,7 +89,8 @@ pub fn firewall_plan(
     Ok(firewall::FirewallPlan {
         resolvers: firewall::resolvers_from(resolv_conf)?,
         served_tcp_ports: vec![port],
-        permitted: permit.permit_ranges.clone(),
+        permitted: crate::shared::cidr::Cidr::parse_list(&permit.permit_ranges.join(","))
+            .map_err(|e| firewall::FirewallError::BadPermit(e.to_string()))?,
     })
 }
 

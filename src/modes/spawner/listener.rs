@@ -3,6 +3,7 @@
 //! in-flight request and close when the drain signal fires.
 use super::api;
 use super::edge::connections::{ConnectionGate, ConnectionTicket, Refusal};
+use super::edge::sources::SourceFence;
 use super::state::Spawner;
 use crate::shared::http::{accept_failed, serve_connection, ServeOptions};
 use std::sync::Arc;
@@ -40,7 +41,12 @@ impl Drain {
 
 /// Accepts connections until `drain` fires, then waits for the open ones to finish their
 /// in-flight requests. Dropping this future ends every connection at once.
-pub async fn accept_loop(listener: TcpListener, spawner: Arc<Spawner>, drain: Drain) {
+pub async fn accept_loop(
+    listener: TcpListener,
+    spawner: Arc<Spawner>,
+    fence: Arc<SourceFence>,
+    drain: Drain,
+) {
     let gate = ConnectionGate::new(&spawner.config.edge);
     let mut connections = JoinSet::new();
     let stop = drain.clone().fired();
@@ -55,6 +61,12 @@ pub async fn accept_loop(listener: TcpListener, spawner: Arc<Spawner>, drain: Dr
                         continue;
                     }
                 };
+                if fence.refuses(peer.ip(), stream.local_addr().ok().map(|a| a.ip())) {
+                    // A session's network: closed unread (edge::sources).
+                    spawner.metrics.edge_refused("session_network");
+                    drop(stream);
+                    continue;
+                }
                 match gate.admit(peer.ip()) {
                     Ok(ticket) => {
                         connections.spawn(connection(stream, spawner.clone(), ticket, drain.clone()));
