@@ -2,7 +2,10 @@
 //! gateway) from compose.yml + compose.local.yml with locally built images. A session created
 //! with the CLI runs commands; through the proxy it reaches an allowed test host (a container this
 //! test owns on the outside network) and gets 403 for a denied name; directly it reaches nothing.
-//! Fails loudly without Docker or docker-compose.
+//! From inside a session, the spawner's address on the sandbox network answers nothing (API and
+//! `/metrics`), and a second session's runnerd closes the connection unread, while the spawner
+//! still execs in both. `TALE_IMAGE_TAG` picks the spawner and egress images' tag (default
+//! `latest`), `TALE_TEST_IMAGE` the session image. Fails loudly without Docker or docker-compose.
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -90,10 +93,10 @@ fn compose_stack_end_to_end() {
         run("docker-compose", &["version"]).status.success(),
         "docker-compose is required (scripts/setup.sh)"
     );
-    for (image, target) in [
-        ("tale-sandbox:latest", "spawner"),
-        ("tale-sandbox-egress:latest", "egress"),
-    ] {
+    let tag = std::env::var("TALE_IMAGE_TAG").unwrap_or_else(|_| "latest".into());
+    let spawner_image = format!("tale-sandbox:{tag}");
+    let egress_image = format!("tale-sandbox-egress:{tag}");
+    for (image, target) in [(&spawner_image, "spawner"), (&egress_image, "egress")] {
         if !run("docker", &["image", "inspect", image]).status.success() {
             ok(
                 &format!("{ROOT}/scripts/build-images.sh"),
@@ -101,17 +104,26 @@ fn compose_stack_end_to_end() {
             );
         }
     }
-    if !run("docker", &["image", "inspect", "tale-test-runtime:latest"])
+    let runtime_image =
+        std::env::var("TALE_TEST_IMAGE").unwrap_or_else(|_| "tale-test-runtime:latest".into());
+    if !run("docker", &["image", "inspect", &runtime_image])
         .status
         .success()
     {
-        ok(&format!("{ROOT}/scripts/build-test-image.sh"), &[]);
+        ok(
+            &format!("{ROOT}/scripts/build-test-image.sh"),
+            &[&runtime_image],
+        );
     }
     let project = format!("tale-e2e-{}", std::process::id());
     let env_file = std::env::temp_dir().join(format!("{project}.env"));
     std::fs::write(
         &env_file,
-        format!("SANDBOX_TOKEN={TOKEN}\nSANDBOX_EGRESS_ALLOWLIST=allowed.test\n"),
+        format!(
+            "SANDBOX_TOKEN={TOKEN}\nSANDBOX_EGRESS_ALLOWLIST=allowed.test\n\
+             TALE_SPAWNER_IMAGE={spawner_image}\nTALE_EGRESS_IMAGE={egress_image}\n\
+             SANDBOX_RUNTIME_IMAGE={runtime_image}\nTALE_GATEWAY_STUB_IMAGE={runtime_image}\n"
+        ),
     )
     .unwrap();
     let mut stack = Stack {
@@ -131,7 +143,7 @@ fn compose_stack_end_to_end() {
     ok("docker", &[
         "run", "-d", "--name", &host, "--network", &format!("{project}_internal"),
         "--network-alias", "allowed.test", "--network-alias", "denied.test", "--entrypoint", "/bin/sh",
-        "tale-test-runtime:latest", "-c", "mkdir -p /tmp/www && echo hello-from-test-host > /tmp/www/index.html && exec httpd -f -p 80 -h /tmp/www",
+        &runtime_image, "-c", "mkdir -p /tmp/www && echo hello-from-test-host > /tmp/www/index.html && exec httpd -f -p 80 -h /tmp/www",
     ]);
     stack.host = Some(host.clone());
     let host_ip = ok(
@@ -203,6 +215,69 @@ fn compose_stack_end_to_end() {
         "no route but the proxy: {direct_text}"
     );
 
+    // Isolation, from inside the session: the spawner's address on the sandbox network serves
+    // nothing, to this session, of the API or /metrics (refused or closed before a byte is read).
+    let spawner_ip = ok(
+        "docker",
+        &[
+            "inspect",
+            "-f",
+            "{{(index .NetworkSettings.Networks \"tale-sandbox-net\").IPAddress}}",
+            "tale-sandbox",
+        ],
+    );
+    assert_eq!(
+        spawner_ip, "10.213.0.10",
+        "the spawner sits in the control range"
+    );
+    for path in ["/metrics", "/v1/sessions", "/health"] {
+        let seen = exec(&format!(
+            "printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {spawner_ip} 8003; echo rc=$?"
+        ));
+        let seen = String::from_utf8_lossy(&seen.stdout).to_string();
+        assert!(
+            seen.contains("rc=") && !seen.contains("HTTP/"),
+            "the spawner answered a session on {path}: {seen}"
+        );
+    }
+    // A second session: its runnerd closes the first one's connection unread and at once.
+    let second = cli(&["create", "web2", "--org", "compose-e2e"]);
+    assert!(
+        second.status.success(),
+        "create: {}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    let second_ip = ok(
+        "docker",
+        &[
+            "inspect",
+            "-f",
+            "{{(index .NetworkSettings.Networks \"tale-sandbox-net\").IPAddress}}",
+            "tale-sbx-ses-web2",
+        ],
+    );
+    assert!(second_ip.starts_with("10.213."), "{second_ip}");
+    let probe = exec(&format!(
+        "start=$(date +%s); (printf 'GET /healthz HTTP/1.0\\r\\n\\r\\n'; sleep 4) | nc -w 8 {second_ip} 8200; echo; echo held=$(( $(date +%s) - start ))"
+    ));
+    let probe = String::from_utf8_lossy(&probe.stdout).to_string();
+    let held: u64 = probe
+        .rsplit("held=")
+        .next()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(99);
+    assert!(
+        !probe.contains("HTTP/") && held < 4,
+        "the second session's runnerd served or held the first: {probe}"
+    );
+    let both = cli(&["exec", "web2", "echo second-alive"]);
+    assert_eq!(String::from_utf8_lossy(&both.stdout), "second-alive\n");
+    assert_eq!(
+        String::from_utf8_lossy(&exec("echo first-alive").stdout),
+        "first-alive\n"
+    );
+
     assert!(cli(&["rm", "web"]).status.success());
+    assert!(cli(&["rm", "web2"]).status.success());
     let _ = Path::new(ROOT);
 }
