@@ -6,9 +6,12 @@
 //! `/metrics`), and a second session's runnerd closes the connection unread, while the spawner
 //! still execs in both. `TALE_IMAGE_TAG` picks the spawner and egress images' tag (default
 //! `latest`), `TALE_TEST_IMAGE` the session image. Fails loudly without Docker or docker-compose.
+mod support;
+
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
+use support::proc_net;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const TOKEN: &str = "compose-test-token-0123456789";
@@ -258,18 +261,41 @@ fn compose_stack_end_to_end() {
     );
     assert!(second_ip.starts_with("10.213."), "{second_ip}");
     let probe = exec(&format!(
-        "start=$(date +%s); (printf 'GET /healthz HTTP/1.0\\r\\n\\r\\n'; sleep 4) | nc -w 8 {second_ip} 8200; echo; echo held=$(( $(date +%s) - start ))"
+        "printf 'GET /healthz HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {second_ip} 8200; echo rc=$?"
     ));
     let probe = String::from_utf8_lossy(&probe.stdout).to_string();
-    let held: u64 = probe
-        .rsplit("held=")
-        .next()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(99);
     assert!(
-        !probe.contains("HTTP/") && held < 4,
-        "the second session's runnerd served or held the first: {probe}"
+        probe.contains("rc=") && !probe.contains("HTTP/"),
+        "the second session's runnerd answered the first: {probe}"
     );
+    // Held open by the first session, the connection is not ESTABLISHED on the second's side.
+    let first_ip: std::net::Ipv4Addr = ok(
+        "docker",
+        &[
+            "inspect",
+            "-f",
+            "{{(index .NetworkSettings.Networks \"tale-sandbox-net\").IPAddress}}",
+            "tale-sbx-ses-web",
+        ],
+    )
+    .parse()
+    .unwrap();
+    assert!(exec(&proc_net::hold_connection(&second_ip, 8200, 6))
+        .status
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let table = cli(&["exec", "web2", "cat /proc/net/tcp"]);
+        let states = proc_net::states(&String::from_utf8_lossy(&table.stdout), 8200, first_ip);
+        if !states.is_empty() && states.iter().all(|s| s != "01") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the first session's connection stays ESTABLISHED on the second's runnerd: {states:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let both = cli(&["exec", "web2", "echo second-alive"]);
     assert_eq!(String::from_utf8_lossy(&both.stdout), "second-alive\n");
     assert_eq!(
