@@ -133,7 +133,6 @@ async fn sessions_reach_neither_the_control_plane_nor_each_other() {
         }
     };
     let ok_exec = |session: &'static str, shell: String| {
-        let exec = exec.clone();
         async move {
             let (status, events) = exec(session, &shell).await;
             assert_eq!(status, StatusCode::OK, "{events:?}");

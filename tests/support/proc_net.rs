@@ -1,4 +1,5 @@
 //! Reading a container's TCP sockets from `/proc/net/tcp` text (what an exec inside it can `cat`).
+#![allow(dead_code)]
 use std::net::Ipv4Addr;
 
 /// The states (`/proc/net/tcp` hex codes, `01` = ESTABLISHED) of the IPv4 sockets on local `port`
