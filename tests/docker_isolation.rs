@@ -132,13 +132,11 @@ async fn sessions_reach_neither_the_control_plane_nor_each_other() {
             (status, stream.collect_all().await)
         }
     };
-    let ok_exec = |session: &'static str, shell: String| {
-        async move {
-            let (status, events) = exec(session, &shell).await;
-            assert_eq!(status, StatusCode::OK, "{events:?}");
-            assert_eq!(result(&events)["exitCode"], 0, "{shell}: {events:?}");
-            stdout_text(&events)
-        }
+    let ok_exec = |session: &'static str, shell: String| async move {
+        let (status, events) = exec(session, &shell).await;
+        assert_eq!(status, StatusCode::OK, "{events:?}");
+        assert_eq!(result(&events)["exitCode"], 0, "{shell}: {events:?}");
+        stdout_text(&events)
     };
     let a: &'static str = Box::leak(a.into_boxed_str());
     let b: &'static str = Box::leak(b.into_boxed_str());
