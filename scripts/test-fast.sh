@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 # Suites of tests/ that run here.
 fast_suites=(
   golden_runnerd golden_spawner quickstart runnerd_backpressure runnerd_bad_input runnerd_cancel_tree
-  runnerd_exec runnerd_files runnerd_hostile runnerd_pid1 session_cli spawner_api spawner_edge
+  runnerd_drain_grace runnerd_exec runnerd_files runnerd_hostile runnerd_pid1 session_cli spawner_api spawner_edge
   spawner_kubernetes
 )
 # Suites that need more than the toolchain, and what (they run in scripts/test.sh only).
@@ -24,6 +24,7 @@ host_suites=(
   agent_opencode    # the OpenCode CLI from npm
   client_libraries  # httpx and pytest from PyPI, TypeScript from npm
   compose_stack     # Docker and docker-compose
+  docker_isolation  # Docker, the test image, iptables (an INPUT rule on the test's own bridge)
   egress_firewall   # ip, iptables, network namespaces
   egress_proxy      # tinyproxy
   git_credentials   # git with its http backend
