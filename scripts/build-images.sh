@@ -5,7 +5,8 @@
 #                                                 `docker import` as every base, and the prebuilt
 #                                                 static binary (scripts/build-static.sh;
 #                                                 TALE_PROFILE picks its cargo profile) in dist/.
-# TARGETs: spawner egress runtime (default: spawner egress).
+# TARGETs: spawner egress runtime (default: spawner egress). TALE_IMAGE_TAG picks the tag (default
+# latest), so a branch can test its own images without replacing anyone's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 local_mode=0
@@ -22,10 +23,11 @@ if [ $local_mode = 1 ]; then
   args+=(--build-arg "RUST_IMAGE=$base" --build-arg "DEBIAN_IMAGE=$base")
 fi
 for target in "${targets[@]}"; do
+  version=${TALE_IMAGE_TAG:-latest}
   case $target in
-    spawner) tag=tale-sandbox:latest ;;
-    egress) tag=tale-sandbox-egress:latest ;;
-    runtime) tag=tale-sandbox-runtime:latest ;;
+    spawner) tag=tale-sandbox:$version ;;
+    egress) tag=tale-sandbox-egress:$version ;;
+    runtime) tag=tale-sandbox-runtime:$version ;;
     *) echo "unknown target $target" >&2; exit 2 ;;
   esac
   docker build -q "${args[@]}" --target "$target" -t "$tag" . >/dev/null

@@ -15,8 +15,8 @@ cd "$(dirname "$0")/.."
 # Suites of tests/ that run here.
 fast_suites=(
   golden_runnerd golden_spawner quickstart runnerd_backpressure runnerd_bad_input runnerd_cancel_tree
-  runnerd_exec runnerd_files runnerd_hostile runnerd_pid1 runnerd_pty runnerd_tls session_cli
-  session_shell spawner_api spawner_edge spawner_kubernetes
+  runnerd_drain_grace runnerd_exec runnerd_files runnerd_hostile runnerd_pid1 runnerd_pty runnerd_tls
+  session_cli session_shell spawner_api spawner_edge spawner_kubernetes
 )
 # Suites that need more than the toolchain, and what (they run in scripts/test.sh only).
 host_suites=(
@@ -25,6 +25,7 @@ host_suites=(
   agent_opencode    # the OpenCode CLI from npm; Docker and the agent image
   client_libraries  # httpx and pytest from PyPI, TypeScript from npm
   compose_stack     # Docker and docker-compose
+  docker_isolation  # Docker, the test image, iptables (an INPUT rule on the test's own bridge)
   egress_firewall   # ip, iptables, network namespaces
   egress_proxy      # tinyproxy
   git_credentials   # git with its http backend

@@ -2,10 +2,16 @@
 //! gateway) from compose.yml + compose.local.yml with locally built images. A session created
 //! with the CLI runs commands; through the proxy it reaches an allowed test host (a container this
 //! test owns on the outside network) and gets 403 for a denied name; directly it reaches nothing.
-//! Fails loudly without Docker or docker-compose.
+//! From inside a session, the spawner's address on the sandbox network answers nothing (API and
+//! `/metrics`), and a second session's runnerd closes the connection unread, while the spawner
+//! still execs in both. `TALE_IMAGE_TAG` picks the spawner and egress images' tag (default
+//! `latest`), `TALE_TEST_IMAGE` the session image. Fails loudly without Docker or docker-compose.
+mod support;
+
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
+use support::proc_net;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const TOKEN: &str = "compose-test-token-0123456789";
@@ -90,10 +96,10 @@ fn compose_stack_end_to_end() {
         run("docker-compose", &["version"]).status.success(),
         "docker-compose is required (scripts/setup.sh)"
     );
-    for (image, target) in [
-        ("tale-sandbox:latest", "spawner"),
-        ("tale-sandbox-egress:latest", "egress"),
-    ] {
+    let tag = std::env::var("TALE_IMAGE_TAG").unwrap_or_else(|_| "latest".into());
+    let spawner_image = format!("tale-sandbox:{tag}");
+    let egress_image = format!("tale-sandbox-egress:{tag}");
+    for (image, target) in [(&spawner_image, "spawner"), (&egress_image, "egress")] {
         if !run("docker", &["image", "inspect", image]).status.success() {
             ok(
                 &format!("{ROOT}/scripts/build-images.sh"),
@@ -101,17 +107,26 @@ fn compose_stack_end_to_end() {
             );
         }
     }
-    if !run("docker", &["image", "inspect", "tale-test-runtime:latest"])
+    let runtime_image =
+        std::env::var("TALE_TEST_IMAGE").unwrap_or_else(|_| "tale-test-runtime:latest".into());
+    if !run("docker", &["image", "inspect", &runtime_image])
         .status
         .success()
     {
-        ok(&format!("{ROOT}/scripts/build-test-image.sh"), &[]);
+        ok(
+            &format!("{ROOT}/scripts/build-test-image.sh"),
+            &[&runtime_image],
+        );
     }
     let project = format!("tale-e2e-{}", std::process::id());
     let env_file = std::env::temp_dir().join(format!("{project}.env"));
     std::fs::write(
         &env_file,
-        format!("SANDBOX_TOKEN={TOKEN}\nSANDBOX_EGRESS_ALLOWLIST=allowed.test\n"),
+        format!(
+            "SANDBOX_TOKEN={TOKEN}\nSANDBOX_EGRESS_ALLOWLIST=allowed.test\n\
+             TALE_SPAWNER_IMAGE={spawner_image}\nTALE_EGRESS_IMAGE={egress_image}\n\
+             SANDBOX_RUNTIME_IMAGE={runtime_image}\nTALE_GATEWAY_STUB_IMAGE={runtime_image}\n"
+        ),
     )
     .unwrap();
     let mut stack = Stack {
@@ -131,7 +146,7 @@ fn compose_stack_end_to_end() {
     ok("docker", &[
         "run", "-d", "--name", &host, "--network", &format!("{project}_internal"),
         "--network-alias", "allowed.test", "--network-alias", "denied.test", "--entrypoint", "/bin/sh",
-        "tale-test-runtime:latest", "-c", "mkdir -p /tmp/www && echo hello-from-test-host > /tmp/www/index.html && exec httpd -f -p 80 -h /tmp/www",
+        &runtime_image, "-c", "mkdir -p /tmp/www && echo hello-from-test-host > /tmp/www/index.html && exec httpd -f -p 80 -h /tmp/www",
     ]);
     stack.host = Some(host.clone());
     let host_ip = ok(
@@ -203,6 +218,92 @@ fn compose_stack_end_to_end() {
         "no route but the proxy: {direct_text}"
     );
 
+    // Isolation, from inside the session: the spawner's address on the sandbox network serves
+    // nothing, to this session, of the API or /metrics (refused or closed before a byte is read).
+    let spawner_ip = ok(
+        "docker",
+        &[
+            "inspect",
+            "-f",
+            "{{(index .NetworkSettings.Networks \"tale-sandbox-net\").IPAddress}}",
+            "tale-sandbox",
+        ],
+    );
+    assert_eq!(
+        spawner_ip, "10.213.0.10",
+        "the spawner sits in the control range"
+    );
+    for path in ["/metrics", "/v1/sessions", "/health"] {
+        let seen = exec(&format!(
+            "printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {spawner_ip} 8003; echo rc=$?"
+        ));
+        let seen = String::from_utf8_lossy(&seen.stdout).to_string();
+        assert!(
+            seen.contains("rc=") && !seen.contains("HTTP/"),
+            "the spawner answered a session on {path}: {seen}"
+        );
+    }
+    // A second session: its runnerd closes the first one's connection unread and at once.
+    let second = cli(&["create", "web2", "--org", "compose-e2e"]);
+    assert!(
+        second.status.success(),
+        "create: {}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    let second_ip = ok(
+        "docker",
+        &[
+            "inspect",
+            "-f",
+            "{{(index .NetworkSettings.Networks \"tale-sandbox-net\").IPAddress}}",
+            "tale-sbx-ses-web2",
+        ],
+    );
+    assert!(second_ip.starts_with("10.213."), "{second_ip}");
+    let probe = exec(&format!(
+        "printf 'GET /healthz HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {second_ip} 8200; echo rc=$?"
+    ));
+    let probe = String::from_utf8_lossy(&probe.stdout).to_string();
+    assert!(
+        probe.contains("rc=") && !probe.contains("HTTP/"),
+        "the second session's runnerd answered the first: {probe}"
+    );
+    // Held open by the first session, the connection is not ESTABLISHED on the second's side.
+    let first_ip: std::net::Ipv4Addr = ok(
+        "docker",
+        &[
+            "inspect",
+            "-f",
+            "{{(index .NetworkSettings.Networks \"tale-sandbox-net\").IPAddress}}",
+            "tale-sbx-ses-web",
+        ],
+    )
+    .parse()
+    .unwrap();
+    assert!(exec(&proc_net::hold_connection(&second_ip, 8200, 6))
+        .status
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let table = cli(&["exec", "web2", "cat /proc/net/tcp"]);
+        let states = proc_net::states(&String::from_utf8_lossy(&table.stdout), 8200, first_ip);
+        if !states.is_empty() && states.iter().all(|s| s != "01") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the first session's connection stays ESTABLISHED on the second's runnerd: {states:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let both = cli(&["exec", "web2", "echo second-alive"]);
+    assert_eq!(String::from_utf8_lossy(&both.stdout), "second-alive\n");
+    assert_eq!(
+        String::from_utf8_lossy(&exec("echo first-alive").stdout),
+        "first-alive\n"
+    );
+
     assert!(cli(&["rm", "web"]).status.success());
+    assert!(cli(&["rm", "web2"]).status.success());
     let _ = Path::new(ROOT);
 }

@@ -1,4 +1,5 @@
 //! Code shared by more than one mode: the wire contract, logging, and the only unsafe code.
+pub mod cidr;
 pub mod clock;
 #[cfg(test)]
 pub mod fuzz;

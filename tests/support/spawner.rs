@@ -29,6 +29,8 @@ pub struct SpawnerProcess {
     pub env: Vec<(String, String)>,
     pub client: SpawnerClient,
     log: PathBuf,
+    /// Address the spawner listens on (its port is `port`); the client always uses loopback.
+    pub listen_host: &'static str,
 }
 
 impl SpawnerProcess {
@@ -55,6 +57,15 @@ impl SpawnerProcess {
     }
 
     pub async fn start(root: PathBuf, env: Vec<(String, String)>) -> SpawnerProcess {
+        Self::start_on("127.0.0.1", root, env).await
+    }
+
+    /// Like [`start`](Self::start), listening on `listen_host` (e.g. `0.0.0.0`).
+    pub async fn start_on(
+        listen_host: &'static str,
+        root: PathBuf,
+        env: Vec<(String, String)>,
+    ) -> SpawnerProcess {
         std::fs::create_dir_all(&root).unwrap();
         let port = super::runnerd::free_port();
         let log = root.join(format!("spawner-{port}.log"));
@@ -65,6 +76,7 @@ impl SpawnerProcess {
             root,
             env,
             log,
+            listen_host,
         };
         process.launch().await;
         process
@@ -75,7 +87,7 @@ impl SpawnerProcess {
         command
             .arg("spawner")
             .arg("--listen")
-            .arg(format!("127.0.0.1:{}", self.port))
+            .arg(format!("{}:{}", self.listen_host, self.port))
             .env("SANDBOX_TOKEN", SANDBOX_TOKEN)
             .envs(self.env.iter().cloned())
             .stdin(Stdio::null())

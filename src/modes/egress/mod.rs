@@ -51,6 +51,11 @@ pub enum EgressCommand {
         apply: bool,
         #[arg(long, default_value = "/etc/resolv.conf")]
         resolv_conf: String,
+        /// The proxy port: the only TCP port reachable on loopback besides DNS.
+        #[arg(long, default_value_t = tinyproxy::DEFAULT_PROXY_PORT)]
+        port: u16,
+        #[command(flatten)]
+        permit: PermitArgs,
     },
     /// The egress image's entrypoint: firewall, render, DNS forwarder and tinyproxy.
     Run {
@@ -61,7 +66,32 @@ pub enum EgressCommand {
         no_dns: bool,
         #[arg(long, default_value = "/etc/resolv.conf")]
         resolv_conf: String,
+        #[command(flatten)]
+        permit: PermitArgs,
     },
+}
+
+/// Networks exempted from the firewall's rejected ranges.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct PermitArgs {
+    /// Networks (CIDR) the proxy may reach although they lie in a rejected range, still on ports
+    /// 80 and 443 only (repeatable; comma/space-separated lists accepted; empty = none).
+    #[arg(long = "permit-range", env = "SANDBOX_EGRESS_PERMIT_RANGES")]
+    pub permit_ranges: Vec<String>,
+}
+
+/// The firewall's plan for a proxy serving `port`.
+pub fn firewall_plan(
+    resolv_conf: &str,
+    port: u16,
+    permit: &PermitArgs,
+) -> Result<firewall::FirewallPlan, firewall::FirewallError> {
+    Ok(firewall::FirewallPlan {
+        resolvers: firewall::resolvers_from(resolv_conf)?,
+        served_tcp_ports: vec![port],
+        permitted: crate::shared::cidr::Cidr::parse_list(&permit.permit_ranges.join(","))
+            .map_err(|e| firewall::FirewallError::BadPermit(e.to_string()))?,
+    })
 }
 
 /// What a render produced.
@@ -153,20 +183,25 @@ pub fn run(args: Args) -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        EgressCommand::Firewall { apply, resolv_conf } => {
-            let resolvers = match firewall::resolvers_from(&resolv_conf) {
-                Ok(resolvers) => resolvers,
+        EgressCommand::Firewall {
+            apply,
+            resolv_conf,
+            port,
+            permit,
+        } => {
+            let plan = match firewall_plan(&resolv_conf, port, &permit) {
+                Ok(plan) => plan,
                 Err(err) => {
                     eprintln!("tale egress-proxy firewall: {err}");
                     return ExitCode::FAILURE;
                 }
             };
             if !apply {
-                print!("{}", firewall::rules_v4(&resolvers));
-                print!("{}", firewall::rules_v6(&resolvers));
+                print!("{}", firewall::rules_v4(&plan));
+                print!("{}", firewall::rules_v6(&plan));
                 return ExitCode::SUCCESS;
             }
-            match firewall::apply(&resolvers) {
+            match firewall::apply(&plan) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
                     eprintln!("tale egress-proxy firewall: {err}");
@@ -178,7 +213,8 @@ pub fn run(args: Args) -> ExitCode {
             render,
             no_dns,
             resolv_conf,
-        } => supervise::run(render, no_dns, &resolv_conf),
+            permit,
+        } => supervise::run(render, no_dns, &resolv_conf, &permit),
     }
 }
 

@@ -1,7 +1,7 @@
 //! `tale egress-proxy run`: fence (firewall), render, start the DNS forwarder and tinyproxy in the
 //! foreground, forward SIGTERM/SIGINT, reload on SIGHUP (re-render, then SIGUSR1 — in foreground
 //! mode SIGHUP would kill tinyproxy), and exit with tinyproxy's status when it exits.
-use super::{firewall, render, RenderArgs};
+use super::{firewall, firewall_plan, render, PermitArgs, RenderArgs};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::process::{Child, Command, ExitCode, Stdio};
@@ -27,11 +27,12 @@ fn exit_code(status: std::process::ExitStatus) -> ExitCode {
 }
 
 /// Runs the proxy until tinyproxy exits or a stop signal arrives.
-pub fn run(args: RenderArgs, no_dns: bool, resolv_conf: &str) -> ExitCode {
+pub fn run(args: RenderArgs, no_dns: bool, resolv_conf: &str, permit: &PermitArgs) -> ExitCode {
     if std::env::var("TALE_SKIP_SSRF_FIREWALL").as_deref() == Ok("1") {
         tracing::warn!("!!! TALE_SKIP_SSRF_FIREWALL=1: the egress proxy runs WITHOUT its IP-layer fence. Development only. !!!");
     } else {
-        let applied = firewall::resolvers_from(resolv_conf).and_then(|r| firewall::apply(&r));
+        let applied =
+            firewall_plan(resolv_conf, args.port, permit).and_then(|plan| firewall::apply(&plan));
         if let Err(err) = applied {
             tracing::error!("refusing to start: {err}");
             return ExitCode::FAILURE;

@@ -16,6 +16,7 @@
 //! after it.
 use super::limits::{CONNECTION_DRAIN_TIMEOUT, HEADER_READ_TIMEOUT};
 use super::server;
+use super::source_allowlist::SourceAllowlist;
 use super::state::Daemon;
 use crate::shared::http::{error, HttpResponse};
 use crate::shared::tls::{MaybeTls, TlsAcceptor};
@@ -139,6 +140,7 @@ impl Drop for Admission {
 pub async fn serve(
     listener: TcpListener,
     daemon: Arc<Daemon>,
+    sources: Arc<SourceAllowlist>,
     table: Arc<ConnectionTable>,
     mut stage: watch::Receiver<Stage>,
     tls: Option<TlsAcceptor>,
@@ -160,6 +162,12 @@ pub async fn serve(
                 continue;
             }
         };
+        if !sources.admits(peer.ip()) {
+            // Not from the control plane's networks: closed before any read (source_allowlist).
+            tracing::debug!(%peer, "connection refused: source not in the allowlist");
+            drop(stream);
+            continue;
+        }
         let Some(admission) = table.admit(peer.ip()) else {
             // Closed before any read: costs the descriptor for an instant only.
             tracing::debug!(%peer, "connection refused: connection cap reached");

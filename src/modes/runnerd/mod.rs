@@ -14,6 +14,7 @@ pub mod init;
 pub mod limits;
 pub mod listener;
 pub mod server;
+pub mod source_allowlist;
 pub mod state;
 pub mod state_dir;
 mod stream;
@@ -74,6 +75,10 @@ pub struct Args {
     /// Unix socket the git credential helper asks [default: <state dir>/credential.sock].
     #[arg(long, env = "TALE_CREDENTIAL_SOCKET")]
     pub credential_socket: Option<PathBuf>,
+    /// File naming the source networks allowed to connect (loopback always is); kept current by
+    /// the backend; no file = no restriction [default: <state dir base>/allowed-sources].
+    #[arg(long, env = "TALE_ALLOWED_SOURCES_FILE")]
+    pub allowed_sources_file: Option<PathBuf>,
     /// In-memory tail of each exec's journal, in bytes.
     #[arg(long, env = "TALE_JOURNAL_MEMORY_BYTES", default_value_t = DEFAULT_JOURNAL_MEMORY_BYTES)]
     pub journal_memory_bytes: usize,
@@ -366,6 +371,17 @@ fn boot_and_serve(args: Args) -> Result<(), BootError> {
     result
 }
 
+/// The source allowlist at `--allowed-sources-file`, else in the state base.
+fn allowed_sources(args: &Args) -> source_allowlist::SourceAllowlist {
+    let path = args.allowed_sources_file.clone().unwrap_or_else(|| {
+        args.state_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(state_dir::DEFAULT_STATE_BASE))
+            .join(source_allowlist::ALLOWED_SOURCES_FILE)
+    });
+    source_allowlist::SourceAllowlist::new(path)
+}
+
 /// Serves until a shutdown signal, then shuts down in order: stop accepting, end the execs, drain
 /// the connections (their streams end with the execs), stop the credential socket.
 async fn serve(
@@ -414,6 +430,7 @@ async fn serve(
     tasks.spawn(listener::serve(
         listener,
         daemon.clone(),
+        Arc::new(allowed_sources(args)),
         listener::ConnectionTable::new(caps),
         watch_stage,
         tls,

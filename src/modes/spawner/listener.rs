@@ -3,6 +3,7 @@
 //! in-flight request and close when the drain signal fires.
 use super::api;
 use super::edge::connections::{ConnectionGate, ConnectionTicket, Refusal};
+use super::edge::sources::SourceFence;
 use super::state::Spawner;
 use crate::shared::http::{accept_failed, serve_connection, ServeOptions};
 use crate::shared::tls::{MaybeTls, TlsAcceptor};
@@ -41,10 +42,12 @@ impl Drain {
 
 /// Accepts connections until `drain` fires, then waits for the open ones to finish their
 /// in-flight requests. Dropping this future ends every connection at once. With `tls`, every
-/// connection is TLS (the handshake within [`HEADER_READ_TIMEOUT`]).
+/// connection is TLS (the handshake within [`HEADER_READ_TIMEOUT`]); the fence closes connections
+/// from sessions' networks before any handshake or read.
 pub async fn accept_loop(
     listener: TcpListener,
     spawner: Arc<Spawner>,
+    fence: Arc<SourceFence>,
     drain: Drain,
     tls: Option<TlsAcceptor>,
 ) {
@@ -62,6 +65,12 @@ pub async fn accept_loop(
                         continue;
                     }
                 };
+                if fence.refuses(peer.ip(), stream.local_addr().ok().map(|a| a.ip())) {
+                    // A session's network: closed unread (edge::sources).
+                    spawner.metrics.edge_refused("session_network");
+                    drop(stream);
+                    continue;
+                }
                 match gate.admit(peer.ip()) {
                     Ok(ticket) => {
                         connections.spawn(connection(

@@ -55,7 +55,11 @@ pub enum BootError {
     Runtime(#[source] std::io::Error),
 }
 
-async fn build_backend(config: &SpawnerConfig) -> Result<Arc<dyn Backend>, BootError> {
+/// The backend, and the networks its sessions live on (fenced off from the API).
+async fn build_backend(
+    config: &SpawnerConfig,
+    session_networks: &mut Vec<crate::shared::cidr::Cidr>,
+) -> Result<Arc<dyn Backend>, BootError> {
     Ok(match config.backend {
         BackendKind::Local => {
             let binary = std::env::current_exe().map_err(|source| backend::BackendError::Io {
@@ -64,18 +68,23 @@ async fn build_backend(config: &SpawnerConfig) -> Result<Arc<dyn Backend>, BootE
             })?;
             LocalBackend::new(&config.host_session_root, &binary)?
         }
-        BackendKind::Docker => Arc::new(DockerBackend::new(DockerConfig {
-            socket: config.docker_socket.clone(),
-            image: config.runtime_image.clone(),
-            network: config.egress_network.clone(),
-            runtime: config.runtime.clone(),
-            egress_proxy: config.egress_proxy.clone(),
-            no_proxy: config.no_proxy.clone(),
-            cache_volume_prefixes: config.cache_volume_prefixes.clone(),
-            read_only_rootfs: config.hardening.read_only_rootfs,
-            no_new_privileges: config.hardening.no_new_privileges,
-            drop_all_capabilities: config.hardening.drop_all_capabilities,
-        })?),
+        BackendKind::Docker => {
+            let docker = DockerBackend::new(DockerConfig {
+                socket: config.docker_socket.clone(),
+                image: config.runtime_image.clone(),
+                network: config.egress_network.clone(),
+                runtime: config.runtime.clone(),
+                egress_proxy: config.egress_proxy.clone(),
+                no_proxy: config.no_proxy.clone(),
+                cache_volume_prefixes: config.cache_volume_prefixes.clone(),
+                read_only_rootfs: config.hardening.read_only_rootfs,
+                no_new_privileges: config.hardening.no_new_privileges,
+                drop_all_capabilities: config.hardening.drop_all_capabilities,
+                control_sources: config.docker_control_sources.clone(),
+            })?;
+            session_networks.extend(docker.prepare_isolation().await?);
+            Arc::new(docker)
+        }
         BackendKind::Kubernetes => Arc::new(
             KubernetesBackend::connect(KubernetesConfig {
                 settings: config.kubernetes.clone(),
@@ -150,7 +159,12 @@ async fn serve(args: Args) -> Result<(), BootError> {
         )),
         None => None,
     };
-    let backend = build_backend(&config).await?;
+    let mut fenced = config.api_deny_sources.clone();
+    let backend = build_backend(&config, &mut fenced).await?;
+    let fence = edge::sources::SourceFence::new(fenced);
+    if !fence.networks().is_empty() {
+        tracing::info!(networks = ?fence.networks().iter().map(ToString::to_string).collect::<Vec<_>>(), "the API is not served to these networks");
+    }
     let listen = args
         .listen
         .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], config.port)));
@@ -172,7 +186,13 @@ async fn serve(args: Args) -> Result<(), BootError> {
             tokio::select! { _ = sweeper::run(spawner) => {}, _ = drain.fired() => {} }
         }
     });
-    tasks.spawn(listener::accept_loop(socket, spawner.clone(), drain, tls));
+    tasks.spawn(listener::accept_loop(
+        socket,
+        spawner.clone(),
+        Arc::new(fence),
+        drain,
+        tls,
+    ));
     shutdown_signal().await;
     tracing::info!(
         "spawner shutting down; sessions keep running and are re-adopted at the next start"

@@ -270,23 +270,34 @@ async fn run_process(
     }
     // The process is gone; a background child may still hold the pipes, so drain only for a grace
     // (not counting time the journal held the pumps back for readers that keep reading).
+    // A pump that finished inside the grace must not be awaited again after it (a JoinHandle
+    // polled after completion panics, and the exec would never end): keep what it returned.
+    let (mut stdout_done, mut stderr_done) = (None, None);
     let drained = exec
         .journal
         .within_drain_grace(PIPE_DRAIN_GRACE, async {
-            (
-                (&mut stdout_pump).await.unwrap_or(false),
-                (&mut stderr_pump).await.unwrap_or(false),
-            )
+            let stdout = (&mut stdout_pump).await.unwrap_or(false);
+            stdout_done = Some(stdout);
+            let stderr = (&mut stderr_pump).await.unwrap_or(false);
+            stderr_done = Some(stderr);
+            (stdout, stderr)
         })
         .await;
     let (stdout_truncated, stderr_truncated) = match drained {
         Some(flags) => flags,
         None => {
-            stdout_pump.abort();
-            stderr_pump.abort();
-            let stdout = stdout_pump.await.unwrap_or(false);
-            let stderr = stderr_pump.await.unwrap_or(false);
-            (stdout, stderr)
+            let cut =
+                async |done: Option<bool>, pump: &mut tokio::task::JoinHandle<bool>| match done {
+                    Some(truncated) => truncated,
+                    None => {
+                        pump.abort();
+                        pump.await.unwrap_or(false)
+                    }
+                };
+            (
+                cut(stdout_done, &mut stdout_pump).await,
+                cut(stderr_done, &mut stderr_pump).await,
+            )
         }
     };
     // A background child may hold stdin open without reading: never wait on the initial write.

@@ -11,6 +11,8 @@
 //! the session's identity and limits: they are the truth the spawner re-adopts from. The runnerd
 //! token never enters the container: runnerd gets its SHA-256 and compares presented tokens by digest, so
 //! `docker inspect` (or root inside the session) shows only a value that authenticates nothing.
+mod isolation;
+
 use super::{
     wait_for_runnerd, Backend, BackendError, BackendKind, BackendResult, BoxFuture, ListedSession,
     SessionSpec,
@@ -61,6 +63,9 @@ pub struct DockerConfig {
     pub read_only_rootfs: bool,
     pub no_new_privileges: bool,
     pub drop_all_capabilities: bool,
+    /// Networks spawners reach runnerd from (each runnerd's allowlist; see [`isolation`]); empty:
+    /// this process's own address on the sandbox network.
+    pub control_sources: Vec<crate::shared::cidr::Cidr>,
 }
 
 /// Sessions as Docker containers.
@@ -70,6 +75,8 @@ pub struct DockerBackend {
     /// Serializes network creation: the engine accepts two networks of the same name, and
     /// concurrent creates would otherwise make one each.
     network_ready: tokio::sync::OnceCell<()>,
+    /// The sandbox network's subnets and the control sources, learned once.
+    network_plan: tokio::sync::OnceCell<isolation::NetworkPlan>,
 }
 
 fn engine(context: &str) -> impl FnOnce(DockerError) -> BackendError + '_ {
@@ -134,6 +141,7 @@ impl DockerBackend {
             docker,
             config,
             network_ready: tokio::sync::OnceCell::new(),
+            network_plan: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -417,6 +425,8 @@ impl DockerBackend {
     async fn try_create(&self, spec: &SessionSpec, deadline: Duration) -> BackendResult<String> {
         let name = container_name(&spec.session_id);
         self.create_container(spec).await?;
+        // Before start: runnerd never runs without its allowlist.
+        self.write_allowed_sources(&name).await?;
         self.docker
             .start_container(
                 &name,
@@ -679,6 +689,7 @@ mod tests {
             read_only_rootfs: true,
             no_new_privileges: true,
             drop_all_capabilities: true,
+            control_sources: Vec::new(),
         })
         .unwrap();
         let mut spec = crate::modes::spawner::backend::kubernetes::manifests::fixtures::spec();

@@ -3,6 +3,7 @@
 //! of range stops the boot with an error naming the variable.
 use super::backend::{BackendKind, SessionResources};
 use super::edge::{self, EdgeLimits};
+use crate::shared::cidr::Cidr;
 use crate::shared::protocol::runnerd::{parse_uid_gid, DEFAULT_EXEC_USER};
 use crate::shared::protocol::spawner::{Profile, RequestLimits};
 use std::path::PathBuf;
@@ -90,6 +91,11 @@ pub struct SpawnerConfig {
     pub max_request_body_bytes: u64,
     /// What a caller can make the spawner hold before it authenticates.
     pub edge: EdgeLimits,
+    /// Networks the API is never served to (`SANDBOX_API_DENY_SOURCES`; see `edge::sources`).
+    pub api_deny_sources: Vec<Cidr>,
+    /// Docker backend: networks the spawner replicas reach runnerd from, written to each session's
+    /// runnerd allowlist (`SANDBOX_DOCKER_CONTROL_SOURCES`; empty = this process's own address).
+    pub docker_control_sources: Vec<Cidr>,
     pub max_sessions: u64,
     pub max_sessions_per_org: u64,
     pub limits: RequestLimits,
@@ -188,6 +194,14 @@ impl SpawnerConfig {
                 name,
                 value: text,
                 shape: "a size like 512m, 4g or 1048576",
+            })
+        };
+        let networks = |name: &'static str| -> Result<Vec<Cidr>, ConfigError> {
+            let text = get(name).unwrap_or_default();
+            Cidr::parse_list(&text).map_err(|_| ConfigError::BadShape {
+                name,
+                value: text,
+                shape: "comma-separated networks like 10.213.0.0/27,fd00::/64",
             })
         };
         let user = |name: &'static str, default: (u32, u32)| -> Result<(u32, u32), ConfigError> {
@@ -321,6 +335,8 @@ impl SpawnerConfig {
                     600_000,
                 )?),
             },
+            api_deny_sources: networks(edge::sources::API_DENY_SOURCES_ENV)?,
+            docker_control_sources: networks("SANDBOX_DOCKER_CONTROL_SOURCES")?,
             max_sessions: number("SANDBOX_MAX_SESSIONS", DEFAULT_MAX_SESSIONS, 1, 100_000)?,
             max_sessions_per_org: number(
                 "SANDBOX_MAX_SESSIONS_PER_ORG",

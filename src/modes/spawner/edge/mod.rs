@@ -4,6 +4,7 @@
 //! passed, against a deadline and a global budget of bytes in flight ([`body`]).
 pub mod body;
 pub mod connections;
+pub mod sources;
 
 use std::time::Duration;
 
