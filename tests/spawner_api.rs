@@ -564,12 +564,15 @@ async fn utf8_split_across_chunks() {
         .await;
     let events = stream.collect_all().await;
     let stderr_events = events.iter().filter(|e| e.event == "stderr").count();
-    assert!(stderr_events > 20, "the cut outlives the lookback: {events:?}");
+    assert!(
+        stderr_events > 20,
+        "the cut outlives the lookback: {events:?}"
+    );
     assert_resumes_whole(c, "/v1/sessions/utf/exec/w/attach", &events, "é!").await;
     c.json(Method::DELETE, "/v1/sessions/utf", None).await;
 }
 
-/// Resuming `attach` after each `stdout` event of `events` delivers the rest of `want` whole: no
+/// Resuming `attach` after each output event of `events` delivers the rest of `want` whole: no
 /// U+FFFD, nothing cut, nothing repeated.
 async fn assert_resumes_whole(
     c: &support::spawner::SpawnerClient,
@@ -578,11 +581,13 @@ async fn assert_resumes_whole(
     want: &str,
 ) {
     for (n, event) in events.iter().enumerate() {
-        if event.event != "stdout" {
+        if event.event != "stdout" && event.event != "stderr" {
             continue;
         }
         let id = event.id.clone().expect("stdout events carry an id");
-        let (_, stream) = c.sse(Method::GET, attach, None, &[("last-event-id", &id)]).await;
+        let (_, stream) = c
+            .sse(Method::GET, attach, None, &[("last-event-id", &id)])
+            .await;
         let resumed = stream.collect_all().await;
         let joined = stdout_text(&events[..=n]) + &stdout_text(&resumed);
         assert_eq!(joined, want, "resumed after {id}: {resumed:?}");
