@@ -96,6 +96,18 @@ impl SpawnerClient {
         body: Option<&Value>,
     ) -> Result<hyper::Response<hyper::body::Incoming>, CliError> {
         let bytes = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
+        let content_type = body.is_some().then_some("application/json");
+        self.send_bytes(method, path, bytes, content_type).await
+    }
+
+    /// Sends one signed request with a raw body.
+    pub async fn send_bytes(
+        &self,
+        method: Method,
+        path: &str,
+        bytes: Vec<u8>,
+        content_type: Option<&str>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, CliError> {
         let mut builder = Request::builder()
             .method(method.clone())
             .uri(format!("{}{path}", self.base));
@@ -103,8 +115,8 @@ impl SpawnerClient {
             builder =
                 SignedHeaders::new(token, method.as_str(), path, &bytes, now_ms()).apply(builder);
         }
-        if body.is_some() {
-            builder = builder.header("content-type", "application/json");
+        if let Some(content_type) = content_type {
+            builder = builder.header("content-type", content_type);
         }
         let request = builder
             .body(Full::new(Bytes::from(bytes)))

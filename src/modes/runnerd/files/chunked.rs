@@ -90,6 +90,8 @@ pub fn write_chunk(
         )
         .map_err(|errno| match errno {
             Errno::ENOENT => WriteFailure::Offset(0),
+            // A FIFO without a reader (O_NONBLOCK): not a file runnerd writes.
+            Errno::ENXIO => WriteFailure::Path("unsafe_path".into()),
             other => WriteFailure::Path(reason(other)),
         })?;
         let stat = fstat(&fd).map_err(|errno| WriteFailure::Path(reason(errno)))?;
