@@ -8,5 +8,7 @@ pub mod http;
 pub mod logging;
 pub mod ndjson;
 pub mod protocol;
+#[cfg(test)]
+mod readme_tables;
 pub mod sse;
 pub mod sys;
