@@ -36,6 +36,10 @@ pub const SESSION_LABEL: &str = "tale.sandbox-session";
 pub const WORKSPACE_PATH: &str = "/workspace";
 /// Where runnerd keeps its own state in a session container (an anonymous volume; see `create`).
 pub const RUNNERD_STATE_PATH: &str = "/run/tale";
+/// Label naming the deployment (stack) that created an object: set on session containers,
+/// workspace and cache volumes and the network the backend creates when `SANDBOX_STACK_LABEL`
+/// is configured, so tooling can remove exactly one stack's objects from a shared engine.
+pub const STACK_LABEL: &str = "tale.stack";
 /// Label set on volumes at creation, to tell "created now" from "existed already".
 pub const VOLUME_NONCE_LABEL: &str = "tale.create-nonce";
 /// Time allowed for one engine call.
@@ -58,6 +62,9 @@ pub struct DockerConfig {
     pub no_proxy: String,
     /// Per-organization cache volume prefixes for `/cache/pip`, `/cache/npm`, `/cache/bun`.
     pub cache_volume_prefixes: Option<[String; 3]>,
+    /// The value of [`STACK_LABEL`] on every object this backend creates; with it, only session
+    /// containers carrying it are listed and adopted. `None`: no stack label.
+    pub stack_label: Option<String>,
     pub read_only_rootfs: bool,
     pub no_new_privileges: bool,
     pub drop_all_capabilities: bool,
@@ -114,7 +121,7 @@ fn workspace_volume(session_id: &str) -> String {
     format!("{}-ws", container_name(session_id))
 }
 
-fn label_value_ok(value: &str) -> bool {
+pub fn label_value_ok(value: &str) -> bool {
     !value.is_empty()
         && value.len() <= 128
         && value
@@ -159,7 +166,9 @@ impl DockerBackend {
             driver: Some("bridge".into()),
             internal: Some(true),
             enable_ipv6: Some(false),
-            labels: Some(HashMap::from([("tale.sandbox-network".into(), "1".into())])),
+            labels: Some(
+                self.with_stack(HashMap::from([("tale.sandbox-network".into(), "1".into())])),
+            ),
             ..Default::default()
         };
         match self.docker.create_network(request).await {
@@ -181,6 +190,7 @@ impl DockerBackend {
     ) -> BackendResult<bool> {
         let nonce = crate::shared::hex::random::<8>();
         labels.insert(VOLUME_NONCE_LABEL.into(), nonce.clone());
+        labels = self.with_stack(labels);
         let volume = self
             .docker
             .create_volume(VolumeCreateRequest {
@@ -190,12 +200,32 @@ impl DockerBackend {
             })
             .await
             .map_err(engine("cannot create a volume"))?;
-        Ok(volume.labels.get(VOLUME_NONCE_LABEL) != Some(&nonce))
+        let existed = volume.labels.get(VOLUME_NONCE_LABEL) != Some(&nonce);
+        // A volume of the same name made by another stack on this engine is never used.
+        if let (Some(ours), Some(theirs)) =
+            (&self.config.stack_label, volume.labels.get(STACK_LABEL))
+        {
+            if ours != theirs {
+                return Err(BackendError::Invalid {
+                    what: "volume (it belongs to another stack)",
+                    value: format!("{name} ({STACK_LABEL}={theirs})"),
+                });
+            }
+        }
+        Ok(existed)
+    }
+
+    /// `labels` plus the stack label, when one is configured.
+    fn with_stack(&self, mut labels: HashMap<String, String>) -> HashMap<String, String> {
+        if let Some(stack) = &self.config.stack_label {
+            labels.insert(STACK_LABEL.into(), stack.clone());
+        }
+        labels
     }
 
     fn container_body(&self, spec: &SessionSpec) -> ContainerCreateBody {
         let r = &spec.resources;
-        let labels = HashMap::from([
+        let labels = self.with_stack(HashMap::from([
             (SESSION_LABEL.to_string(), "1".to_string()),
             ("tale.session".into(), spec.session_id.clone()),
             ("tale.org".into(), spec.organization_id.clone()),
@@ -203,7 +233,7 @@ impl DockerBackend {
             ("tale.created".into(), spec.created_at_ms.to_string()),
             ("tale.ttl-ms".into(), spec.ttl_ms.to_string()),
             ("tale.idle-ms".into(), spec.idle_timeout_ms.to_string()),
-        ]);
+        ]));
         let mut env = vec![
             // Only the token's digest enters the container: runnerd compares digests, so neither
             // `docker inspect` nor root inside the session ever sees the token itself.
@@ -585,6 +615,9 @@ impl Backend for DockerBackend {
     ) -> BoxFuture<'a, BackendResult<Vec<ListedSession>>> {
         Box::pin(async move {
             let mut labels = vec![format!("{SESSION_LABEL}=1")];
+            if let Some(stack) = &self.config.stack_label {
+                labels.push(format!("{STACK_LABEL}={stack}"));
+            }
             if let Some(org) = organization_id {
                 labels.push(format!("tale.org={org}"));
             }
