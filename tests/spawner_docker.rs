@@ -433,8 +433,8 @@ async fn stack_label_marks_and_scopes_sessions() {
                 .collect::<Vec<_>>()
         }
     };
-    assert_eq!(listed(&a).await, [ours.clone()]);
-    assert_eq!(listed(&b).await, [theirs.clone()]);
+    assert_eq!(listed(&a).await, std::slice::from_ref(&ours));
+    assert_eq!(listed(&b).await, std::slice::from_ref(&theirs));
     let (status, body) = b
         .client
         .json(

@@ -363,18 +363,19 @@ async fn read(daemon: &Daemon, request: &Request<Incoming>) -> HttpResponse {
 /// The header of a ranged read that gives the file's whole size.
 pub const FILE_SIZE_HEADER: &str = crate::shared::protocol::runnerd::FILE_SIZE_HEADER;
 
-/// An optional `u64` query parameter, or the 400 that names it.
-fn u64_param(request: &Request<Incoming>, name: &str) -> Result<Option<u64>, HttpResponse> {
+/// An optional `u64` query parameter, or the message of the 400 that names it.
+fn u64_param(request: &Request<Incoming>, name: &str) -> Result<Option<u64>, String> {
     match query_param(request, name) {
         None => Ok(None),
-        Some(value) => value.parse::<u64>().map(Some).map_err(|_| {
-            error(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                Some(format!("{name} must be a non-negative integer")),
-            )
-        }),
+        Some(value) => value
+            .parse::<u64>()
+            .map(Some)
+            .map_err(|_| format!("{name} must be a non-negative integer")),
     }
+}
+
+fn bad_request(message: String) -> HttpResponse {
+    error(StatusCode::BAD_REQUEST, "bad_request", Some(message))
 }
 
 /// `GET /fs/read?path=&offset=&length=`: a piece of a file of any size, with its whole size in
@@ -382,7 +383,7 @@ fn u64_param(request: &Request<Incoming>, name: &str) -> Result<Option<u64>, Htt
 async fn read_range(daemon: &Daemon, request: &Request<Incoming>, path: &str) -> HttpResponse {
     let (offset, length) = match (u64_param(request, "offset"), u64_param(request, "length")) {
         (Ok(offset), Ok(length)) => (offset.unwrap_or(0), length.unwrap_or(u64::MAX)),
-        (Err(response), _) | (_, Err(response)) => return response,
+        (Err(message), _) | (_, Err(message)) => return bad_request(message),
     };
     match daemon.workspace.read_range(path, offset, length).await {
         Ok((bytes, size)) => {
@@ -415,14 +416,8 @@ async fn write_chunk(daemon: &Daemon, request: Request<Incoming>) -> HttpRespons
     };
     let offset = match u64_param(&request, "offset") {
         Ok(Some(offset)) => offset,
-        Ok(None) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                Some("offset is required".into()),
-            )
-        }
-        Err(response) => return response,
+        Ok(None) => return bad_request("offset is required".into()),
+        Err(message) => return bad_request(message),
     };
     let commit = match query_param(&request, "commit").as_deref() {
         None | Some("false") => false,

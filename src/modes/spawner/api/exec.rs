@@ -92,11 +92,13 @@ pub async fn replay(
         Some(stream) => {
             let spawner = spawner.clone();
             let session_id = id.to_owned();
-            let resumed = (since_seq > 0).then(|| ResumedAttach {
-                runnerd: entry.runnerd.clone(),
-                exec_id: exec_id.to_owned(),
-                since_seq,
-                opened_after,
+            let resumed = (since_seq > 0).then(|| {
+                Box::new(ResumedAttach {
+                    runnerd: entry.runnerd.clone(),
+                    exec_id: exec_id.to_owned(),
+                    since_seq,
+                    opened_after,
+                })
             });
             tokio::spawn(async move {
                 pump(

@@ -41,7 +41,7 @@ pub enum ProxyMode {
     Exec { collect: bool },
     /// An attach: the result carries empty buffers. `resumed` is set when the client resumes
     /// after a position it already has.
-    Attach { resumed: Option<ResumedAttach> },
+    Attach { resumed: Option<Box<ResumedAttach>> },
 }
 
 /// A resumed attach whose stream may end before any event: the client already holds everything
@@ -307,15 +307,13 @@ pub async fn pump(
                 } = &mode
                 {
                     // Too few bytes in the lookback: decode the exec from its start instead.
-                    match resumed.runnerd.attach(&resumed.exec_id, 0).await {
-                        Ok(Some(from_start)) => {
-                            stream = from_start;
-                            stdout_text = StreamText::new(true);
-                            stderr_text = StreamText::new(true);
-                            continue;
-                        }
-                        // The exec vanished meanwhile: carry on with what is known.
-                        Ok(None) | Err(_) => {}
+                    // (When the exec vanished meanwhile, carry on with what is known.)
+                    if let Ok(Some(from_start)) = resumed.runnerd.attach(&resumed.exec_id, 0).await
+                    {
+                        stream = from_start;
+                        stdout_text = StreamText::new(true);
+                        stderr_text = StreamText::new(true);
+                        continue;
                     }
                 }
             }
