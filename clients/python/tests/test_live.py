@@ -215,6 +215,7 @@ def test_upload_and_download_of_any_size(client: Client, session: str, tmp_path:
     assert _tree(tmp_path / "back") == _tree(tmp_path / "up")
     with pytest.raises(NotFound):
         client.download(session, "nope.bin", str(tmp_path / "nope"))
+    assert not (tmp_path / "nope").exists(), "no half-written file is left"
 
 
 def test_async_upload_and_download_of_any_size(spawner_url: str, tmp_path: Path) -> None:

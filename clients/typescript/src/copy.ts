@@ -102,9 +102,13 @@ export async function download(
       }
       result.files += 1;
       result.bytes += offset;
-    } finally {
+    } catch (err) {
+      // No half-written file is left behind.
       await handle.close();
+      await fs.rm(local, { force: true });
+      throw err;
     }
+    await handle.close();
   };
   const tree = async (remote: string, local: string, entries: DirEntry[], depth: number): Promise<void> => {
     if (depth >= MAX_COPY_DEPTH) throw new Error(`${remote}: deeper than ${MAX_COPY_DEPTH} directories`);

@@ -272,6 +272,7 @@ test("upload and download of any size: a 5 MiB file and a tree, byte-exact", { s
       assert.equal((await client.download(sessionId, "tree", join(scratch, "back"))).files, 5);
       assert.deepEqual(await tree(join(scratch, "back")), await tree(join(scratch, "up")));
       await assert.rejects(client.download(sessionId, "nope.bin", join(scratch, "nope")), NotFound);
+      assert.deepEqual((await readdir(scratch)).includes("nope"), false, "no half-written file is left");
     });
   } finally {
     await rm(scratch, { recursive: true, force: true });

@@ -419,14 +419,19 @@ class Client:
                 result.skipped.append(child)
 
     def _download_file(self, session_id: str, remote: str, local: str, result: CopyResult) -> None:
-        with open(local, "wb") as file:
-            offset = 0
-            while True:
-                piece = self._call(routes.read_range(session_id, remote, offset, _copy.READ_CHUNK_BYTES))
-                file.write(piece)
-                offset += len(piece)
-                if len(piece) < _copy.READ_CHUNK_BYTES:
-                    break
+        offset = 0
+        try:
+            with open(local, "wb") as file:
+                while True:
+                    piece = self._call(routes.read_range(session_id, remote, offset, _copy.READ_CHUNK_BYTES))
+                    file.write(piece)
+                    offset += len(piece)
+                    if len(piece) < _copy.READ_CHUNK_BYTES:
+                        break
+        except BaseException:
+            # No half-written file is left behind.
+            os.remove(local)
+            raise
         result.files += 1
         result.bytes += offset
 
