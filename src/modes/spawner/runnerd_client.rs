@@ -54,6 +54,7 @@ impl RunnerdError {
 pub use crate::shared::protocol::runnerd::FILE_SIZE_HEADER;
 
 /// A runnerd answer relayed as it is: status, body, and the `x-tale-file-size` header if any.
+#[derive(Debug)]
 pub struct RawReply {
     pub status: StatusCode,
     pub file_size: Option<u64>,

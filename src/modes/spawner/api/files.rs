@@ -65,7 +65,7 @@ pub async fn content(spawner: &Spawner, id: &str, request: &ApiRequest) -> Reply
         let offset = u64_query(request, "offset")?.unwrap_or(0);
         let length = u64_query(request, "length")?;
         return match entry.runnerd.read_range(&path, offset, length).await {
-            Ok(reply) => relay(reply, "application/octet-stream"),
+            Ok(reply) => relay(ranged_read_supported(reply)?, "application/octet-stream"),
             Err(err) => Err(upstream(spawner, id, err).await),
         };
     }
@@ -101,9 +101,31 @@ pub async fn write(spawner: &Spawner, id: &str, request: &ApiRequest) -> Reply {
         .write_chunk(&path, offset, commit, request.body.to_vec())
         .await
     {
-        Ok(reply) => relay(reply, "application/json"),
+        Ok(reply) => relay(chunked_write_supported(reply)?, "application/json"),
         Err(err) => Err(upstream(spawner, id, err).await),
     }
+}
+
+/// The message of a runnerd from before files in pieces (an old session image).
+const NO_PIECES: &str =
+    "the session's runnerd does not serve files in pieces: update the session image";
+
+/// Such a runnerd answers a ranged read with the whole file and no size header: a 502 that says
+/// so, never a piece a client would take for the file.
+fn ranged_read_supported(reply: RawReply) -> Result<RawReply, ApiError> {
+    if reply.status.is_success() && reply.file_size.is_none() {
+        return Err(ApiError::upstream(NO_PIECES));
+    }
+    Ok(reply)
+}
+
+/// Such a runnerd answers a chunked write 404 (no such route; the route itself never does): a
+/// 502 that says so, never a "not found".
+fn chunked_write_supported(reply: RawReply) -> Result<RawReply, ApiError> {
+    if reply.status == hyper::StatusCode::NOT_FOUND {
+        return Err(ApiError::upstream(NO_PIECES));
+    }
+    Ok(reply)
 }
 
 fn u64_query(request: &ApiRequest, name: &str) -> Result<Option<u64>, ApiError> {
@@ -148,4 +170,40 @@ fn relay(reply: RawReply, content_type: &'static str) -> Reply {
         headers.insert(FILE_SIZE_HEADER, hyper::header::HeaderValue::from(size));
     }
     Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(status: u16, file_size: Option<u64>, body: &'static [u8]) -> RawReply {
+        RawReply {
+            status: hyper::StatusCode::from_u16(status).unwrap(),
+            file_size,
+            body: bytes::Bytes::from_static(body),
+        }
+    }
+
+    /// A runnerd without files in pieces (an old session image) is a 502 that says so: its whole
+    /// file for a ranged read is never relayed as a piece, its 404 for a write never as "not
+    /// found"; a current runnerd's answers pass, refusals included.
+    #[test]
+    fn an_old_runnerd_is_named_not_misread() {
+        let old_read = ranged_read_supported(reply(200, None, b"whole file")).unwrap_err();
+        assert_eq!(
+            (old_read.status.as_u16(), old_read.code),
+            (502, "upstream_error")
+        );
+        assert_eq!(old_read.message.as_deref(), Some(NO_PIECES));
+        let old_write =
+            chunked_write_supported(reply(404, None, br#"{"error":"not_found"}"#)).unwrap_err();
+        assert_eq!(
+            (old_write.status.as_u16(), old_write.code),
+            (502, "upstream_error")
+        );
+        assert!(ranged_read_supported(reply(200, Some(3), b"abc")).is_ok());
+        assert!(ranged_read_supported(reply(404, None, b"{}")).is_ok());
+        assert!(chunked_write_supported(reply(200, None, b"{}")).is_ok());
+        assert!(chunked_write_supported(reply(409, None, b"{}")).is_ok());
+    }
 }
