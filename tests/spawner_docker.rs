@@ -401,12 +401,10 @@ async fn stack_label_marks_and_scopes_sessions() {
         stack_a
     );
     assert_eq!(label("volume", &format!("tale-sbx-ses-{ours}-ws")), stack_a);
+    // Caches are per stack and org: another stack's session of the same org gets its own.
     for prefix in &caches {
-        assert_eq!(
-            label("volume", &format!("{prefix}-{org}")),
-            stack_a,
-            "{prefix}"
-        );
+        let cache = format!("{prefix}-{stack_a}-{org}");
+        assert_eq!(label("volume", &cache), stack_a, "{cache}");
     }
     let network = a
         .env
@@ -418,9 +416,17 @@ async fn stack_label_marks_and_scopes_sessions() {
     assert_eq!(label("network", &network), stack_a);
 
     // Another stack on the same engine: it sees only its own sessions, and is refused our volume.
-    let env_b = vec![("SANDBOX_STACK_LABEL", stack_b.as_str())];
+    let env_b = with_stack(&stack_b);
+    let env_b: Vec<(&str, &str)> = env_b
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     let b = docker_spawner(&env_b).await;
-    b.client.create(&theirs, "other").await;
+    b.client.create(&theirs, &org).await;
+    for prefix in &caches {
+        let cache = format!("{prefix}-{stack_b}-{org}");
+        assert_eq!(label("volume", &cache), stack_b, "{cache}");
+    }
     let listed = |spawner: &SpawnerProcess| {
         let client = spawner.client.clone();
         async move {
@@ -440,7 +446,7 @@ async fn stack_label_marks_and_scopes_sessions() {
         .json(
             Method::POST,
             "/v1/sessions",
-            Some(json!({"sessionId": ours, "organizationId": "other"})),
+            Some(json!({"sessionId": ours, "organizationId": org})),
         )
         .await;
     assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
@@ -470,6 +476,8 @@ async fn stack_label_marks_and_scopes_sessions() {
         remove_network(spawner);
     }
     for prefix in &caches {
-        docker(&["volume", "rm", "-f", &format!("{prefix}-{org}")]);
+        for stack in [&stack_a, &stack_b] {
+            docker(&["volume", "rm", "-f", &format!("{prefix}-{stack}-{org}")]);
+        }
     }
 }

@@ -215,6 +215,15 @@ impl DockerBackend {
         Ok(existed)
     }
 
+    /// An organization's cache volume: `<prefix>-<org>`, or `<prefix>-<stack>-<org>` with a stack
+    /// label, so two stacks on one engine never share (or remove) each other's caches.
+    fn cache_volume(&self, prefix: &str, org: &str) -> String {
+        match &self.config.stack_label {
+            Some(stack) => format!("{prefix}-{stack}-{org}"),
+            None => format!("{prefix}-{org}"),
+        }
+    }
+
     /// `labels` plus the stack label, when one is configured.
     fn with_stack(&self, mut labels: HashMap<String, String>) -> HashMap<String, String> {
         if let Some(stack) = &self.config.stack_label {
@@ -281,7 +290,7 @@ impl DockerBackend {
             {
                 mounts.push(Mount {
                     target: Some(target.into()),
-                    source: Some(format!("{prefix}-{}", spec.organization_id)),
+                    source: Some(self.cache_volume(prefix, &spec.organization_id)),
                     typ: Some(MountType::VOLUME),
                     ..Default::default()
                 });
@@ -521,7 +530,7 @@ impl Backend for DockerBackend {
                         ("tale.sandbox-cache".to_string(), "1".to_string()),
                         ("tale.org".to_string(), spec.organization_id.clone()),
                     ]);
-                    self.ensure_volume(&format!("{prefix}-{}", spec.organization_id), labels)
+                    self.ensure_volume(&self.cache_volume(prefix, &spec.organization_id), labels)
                         .await?;
                 }
             }
