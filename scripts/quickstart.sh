@@ -11,18 +11,28 @@
 #   scripts/quickstart.sh --down           remove what the quick start created, and say what
 #
 # Each stage prints one line with its duration; a failing stage prints its log and stops.
-# TALE_QUICKSTART_DIR (default /tmp/tale-quickstart) holds the token, logs and local sessions;
-# TALE_QUICKSTART_PORT (default 8003) is the spawner's port for --local-backend; TALE_BIN (for
-# --local-backend) runs that tale binary instead of building the static one.
+# TALE_QUICKSTART_STACK (default tale) names the stack: the compose project, the prefix of its
+# container and network names, and the tale.stack label the spawner puts on every session
+# container and volume it creates — --down removes exactly the objects that carry that stack's
+# labels, never another deployment's on the same engine.
+# TALE_QUICKSTART_DIR (default /tmp/tale-quickstart, or /tmp/tale-quickstart-<stack>) holds the
+# token, logs and local sessions; TALE_QUICKSTART_PORT (default 8003) is the spawner's port;
+# TALE_BIN (for --local-backend) runs that tale binary instead of building the static one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-state=${TALE_QUICKSTART_DIR:-/tmp/tale-quickstart}
+stack=${TALE_QUICKSTART_STACK:-tale}
+if ! [[ $stack =~ ^[a-z0-9][a-z0-9_-]{0,40}$ ]]; then
+  echo "quickstart: TALE_QUICKSTART_STACK must be 1-41 characters of a-z, 0-9, '_' and '-'" >&2
+  exit 2
+fi
+if [ "$stack" = tale ]; then default_state=/tmp/tale-quickstart; else default_state=/tmp/tale-quickstart-$stack; fi
+state=${TALE_QUICKSTART_DIR:-$default_state}
 agents=0
 port=${TALE_QUICKSTART_PORT:-8003}
-# The compose project: its containers, networks and volumes carry com.docker.compose.project=tale.
-project=tale
+# The compose project: its containers, networks and volumes carry com.docker.compose.project=<stack>.
+project=$stack
 # The network the stack's spawner puts its sessions on (compose.yml names it).
-session_network=tale-sandbox-net
+session_network=$stack-sandbox-net
 mkdir -p "$state/logs" && chmod 755 "$state"
 [ -s "$state/token" ] || head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$state/token"
 chmod 600 "$state/token"
@@ -66,8 +76,30 @@ stop_local_runnerds() {
   echo "$stopped"
 }
 
+# remove_labelled KIND LABEL WHAT: removes every Docker object of KIND (container, volume, network)
+# carrying LABEL, one line per object.
+remove_labelled() {
+  local kind=$1 label=$2 what=$3 ids id name
+  case $kind in
+  container) ids=$(docker ps -aq --filter "label=$label") ;;
+  volume) ids=$(docker volume ls -q --filter "label=$label") ;;
+  network) ids=$(docker network ls -q --filter "label=$label") ;;
+  esac
+  for id in $ids; do
+    case $kind in
+    container)
+      name=$(docker inspect -f '{{.Name}} (session {{index .Config.Labels "tale.session"}})' "$id" 2>/dev/null | sed 's|^/||; s| (session )||') || continue
+      docker rm -f "$id" >/dev/null && echo "removed $what container $name" ;;
+    volume) docker volume rm "$id" >/dev/null && echo "removed $what volume $id" ;;
+    network)
+      name=$(docker network inspect -f '{{.Name}}' "$id" 2>/dev/null) || continue
+      docker network rm "$id" >/dev/null && echo "removed $what network $name" ;;
+    esac
+  done
+}
+
 down() {
-  local sessions volumes v n
+  local s
   # Local backend: runnerds and their workspaces under this quick start's directory only.
   if [ -d "$state/sessions" ]; then
     n=$(stop_local_runnerds)
@@ -75,26 +107,23 @@ down() {
     echo "removed $n local runnerd(s) and the local sessions under $state/sessions"
   fi
   command -v docker >/dev/null 2>&1 || return 0
-  # The stack's sessions (any org): while its spawner runs, destroy them through it (container and
-  # workspace volume); then any session container still on the stack's network.
-  if [ -x "$state/tale" ] && docker ps -q --filter "label=com.docker.compose.project=$project" --filter name=tale-sandbox | grep -q .; then
-    export TALE_SPAWNER_URL=http://127.0.0.1:8003
+  # While the stack's spawner runs, destroy its sessions (any org) through it, so it forgets them.
+  if [ -x "$state/tale" ] && docker ps -q --filter "label=com.docker.compose.project=$project" --filter "name=^/?$stack-sandbox\$" | grep -q .; then
+    export TALE_SPAWNER_URL=http://127.0.0.1:$port
     for s in $("$state/tale" session --json ls 2>/dev/null | sed -n 's/.*"sessionId": *"\([^"]*\)".*/\1/p'); do
       "$state/tale" session --json rm "$s" >/dev/null && echo "destroyed session $s (container and workspace volume)"
     done
   fi
-  sessions=$(docker ps -aq --filter label=tale.sandbox-session=1 --filter "network=$session_network")
-  for c in $sessions; do
-    v=$(docker inspect -f '{{index .Config.Labels "tale.session"}}' "$c")
-    docker rm -f "$c" >/dev/null
-    volumes=$(docker volume ls -q --filter label=tale.sandbox-workspace=1 --filter "label=tale.session=$v")
-    [ -z "$volumes" ] || docker volume rm $volumes >/dev/null
-    echo "removed session container $c (session $v) and its workspace volume(s): ${volumes:-none}"
-  done
-  if [ -f "$state/.env" ]; then
-    "${compose[@]}" down -v --remove-orphans
-    echo "removed the compose project $project (containers, networks $session_network and ${project}_internal, its volumes)"
-  fi
+  # Then every object that carries this stack's labels, and nothing else: sessions (any org) and
+  # their workspace and cache volumes (tale.stack), the compose project's containers, networks and
+  # volumes (com.docker.compose.project). Containers go first: a network in use cannot be removed.
+  remove_labelled container "tale.stack=$stack" session
+  remove_labelled container "com.docker.compose.project=$project" "stack $stack"
+  remove_labelled volume "tale.stack=$stack" session
+  remove_labelled volume "com.docker.compose.project=$project" "stack $stack"
+  remove_labelled network "tale.stack=$stack" session
+  remove_labelled network "com.docker.compose.project=$project" "stack $stack"
+  echo "stack $stack: nothing of it is left on this engine"
 }
 
 case "${1:-}" in
@@ -148,7 +177,7 @@ case "${1:-}" in
   ;;
 esac
 
-export TALE_SPAWNER_URL=http://127.0.0.1:8003
+export TALE_SPAWNER_URL=http://127.0.0.1:$port
 step "install Docker and the toolchain" env TALE_SETUP_DOCKER=1 scripts/setup.sh
 # The busybox test image is the sessions' runtime, and the stub gateway's image in any case.
 step "build the static binary + session image" scripts/build-test-image.sh
@@ -160,8 +189,12 @@ if [ "$agents" = 1 ]; then
   step "build the agent session image" env TALE_BIN="$static_bin" scripts/build-agent-image.sh "$runtime_image"
 fi
 step "build the spawner and egress images" scripts/build-images.sh --local spawner egress
-printf 'SANDBOX_TOKEN=%s\nSANDBOX_EGRESS_ALLOWLIST=%s\nSANDBOX_RUNTIME_IMAGE=%s\n' \
-  "$SANDBOX_TOKEN" "${SANDBOX_EGRESS_ALLOWLIST:-}" "$runtime_image" > "$state/.env"
+printf 'SANDBOX_TOKEN=%s\nSANDBOX_EGRESS_ALLOWLIST=%s\nSANDBOX_RUNTIME_IMAGE=%s\nTALE_STACK=%s\nTALE_SPAWNER_PORT=%s\n' \
+  "$SANDBOX_TOKEN" "${SANDBOX_EGRESS_ALLOWLIST:-}" "$runtime_image" "$stack" "$port" > "$state/.env"
+# A second stack on one engine needs its own sandbox subnet and bridge name (compose.yml).
+for var in TALE_SANDBOX_NET TALE_SANDBOX_BRIDGE; do
+  if [ -n "${!var:-}" ]; then printf '%s=%s\n' "$var" "${!var}" >> "$state/.env"; fi
+done
 chmod 600 "$state/.env"
 step "start the stack (docker-compose -p $project)" "${compose[@]}" up -d
 cp "$static_bin" "$state/tale"
@@ -191,4 +224,5 @@ cat <<MSG
 The stack runs (docker-compose -p $project). Try:
   SANDBOX_TOKEN=\$(cat $state/token) $state/tale session exec demo 'ls -la'
 Stop it and remove its sessions, volumes and networks with: scripts/quickstart.sh --down
+(objects labelled tale.stack=$stack or com.docker.compose.project=$project; nothing else)
 MSG

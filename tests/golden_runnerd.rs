@@ -466,6 +466,48 @@ async fn files() {
     t.finish();
 }
 
+/// Files in pieces: chunked writes (commit, offset mismatch, every refusal) and ranged reads with
+/// the file's size.
+#[tokio::test(flavor = "multi_thread")]
+async fn files_chunked() {
+    let daemon = Runnerd::start(Options::default()).await;
+    let mut t = Transcript::new("runnerd", "files_chunked", normalizer(&daemon));
+    let port = daemon.port;
+    let write = |query: &str, body: &str| {
+        RawRequest::new("POST", &format!("/files/write?{query}"))
+            .header("x-tale-runnerd-token", TOKEN)
+            .octets(body)
+    };
+    t.run(port, write("path=up%2Fbig.txt&offset=0", "hello "))
+        .await;
+    t.run(port, get("/fs/read?path=up%2Fbig.txt")).await;
+    t.run(
+        port,
+        write("path=up%2Fbig.txt&offset=6&commit=true", "world\n"),
+    )
+    .await;
+    t.note("ranged reads");
+    t.run(port, get("/fs/read?path=up%2Fbig.txt&offset=3&length=4"))
+        .await;
+    t.run(port, get("/fs/read?path=up%2Fbig.txt&offset=20"))
+        .await;
+    t.run(port, get("/fs/read?path=up%2Fbig.txt&length=x"))
+        .await;
+    t.run(port, get("/fs/read?path=missing&offset=0")).await;
+    t.run(port, get("/fs/read?path=up&offset=0")).await;
+    t.note("refusals");
+    t.run(port, write("path=up%2Fbig.txt&offset=5", "x")).await;
+    t.run(port, write("path=up%2Fbig.txt", "x")).await;
+    t.run(port, write("path=up%2Fbig.txt&offset=-1", "x")).await;
+    t.run(port, write("path=up%2Fbig.txt&offset=0&commit=yes", "x"))
+        .await;
+    t.run(port, write("path=..%2Fx&offset=0", "x")).await;
+    t.run(port, write("offset=0", "x")).await;
+    t.run(port, write("path=up&offset=0&commit=true", "x"))
+        .await;
+    t.finish();
+}
+
 /// Git credentials: grant, bad grants, revoke (existing and not).
 #[tokio::test(flavor = "multi_thread")]
 async fn credentials() {

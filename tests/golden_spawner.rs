@@ -579,6 +579,77 @@ async fn files_and_credentials() {
     t.finish();
 }
 
+/// Files in pieces through the spawner: chunked writes and ranged reads, runnerd's refusals
+/// relayed with their codes, the spawner's own checks.
+#[tokio::test(flavor = "multi_thread")]
+async fn files_chunked() {
+    let spawner = spawner().await;
+    let port = spawner.port;
+    let mut t = Transcript::new("spawner", "files_chunked", normalizer(&spawner));
+    t.run(
+        port,
+        signed(
+            "POST",
+            "/v1/sessions",
+            r#"{"sessionId":"c1","organizationId":"org1"}"#,
+        ),
+    )
+    .await;
+    let write = |query: &str, body: &str| {
+        let target = format!("/v1/sessions/c1/files/write?{query}");
+        let mut request = signed("POST", &target, body);
+        request.headers.retain(|(name, _)| name != "content-type");
+        request.octets(body)
+    };
+    t.run(port, write("path=up%2Fbig.txt&offset=0", "hello "))
+        .await;
+    t.run(
+        port,
+        write("path=up%2Fbig.txt&offset=6&commit=true", "world\n"),
+    )
+    .await;
+    t.run(
+        port,
+        signed(
+            "GET",
+            "/v1/sessions/c1/files/content?path=up%2Fbig.txt&offset=3&length=4",
+            "",
+        ),
+    )
+    .await;
+    t.run(
+        port,
+        signed(
+            "GET",
+            "/v1/sessions/c1/files/content?path=missing&offset=0",
+            "",
+        ),
+    )
+    .await;
+    t.run(
+        port,
+        signed(
+            "GET",
+            "/v1/sessions/c1/files/content?path=up%2Fbig.txt&offset=x",
+            "",
+        ),
+    )
+    .await;
+    t.run(port, write("path=up%2Fbig.txt&offset=5", "x")).await;
+    t.run(port, write("path=up%2Fbig.txt", "x")).await;
+    t.run(port, write("path=up%2Fbig.txt&offset=0&commit=no", "x"))
+        .await;
+    t.run(port, write("path=..%2Fx&offset=0", "x")).await;
+    t.run(port, write("offset=0", "x")).await;
+    t.run(
+        port,
+        signed("POST", "/v1/sessions/nope/files/write?path=a&offset=0", ""),
+    )
+    .await;
+    t.run(port, signed("DELETE", "/v1/sessions/c1", "")).await;
+    t.finish();
+}
+
 /// One-shot execute and the agent-run routes' refusals.
 #[tokio::test(flavor = "multi_thread")]
 async fn execute_and_agent_run_refusals() {

@@ -17,6 +17,11 @@ fn quickstart(dir: &std::path::Path, port: u16, args: &[&str]) -> Command {
         .env("TALE_BIN", env!("CARGO_BIN_EXE_tale"))
         .env("TALE_QUICKSTART_DIR", dir)
         .env("TALE_QUICKSTART_PORT", port.to_string())
+        // A stack name of its own: `--down` must never reach a real stack on this engine.
+        .env(
+            "TALE_QUICKSTART_STACK",
+            format!("qs-test-{}", std::process::id()),
+        )
         .stdin(Stdio::null());
     command
 }
@@ -108,5 +113,150 @@ fn local_quickstart_refuses_a_taken_port() {
         "{text}"
     );
     assert!(runnerds_under(&dir).is_empty());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn docker(args: &[&str]) -> (bool, String) {
+    let out = Command::new("docker").args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+    )
+}
+
+/// The objects one stack leaves on an engine: a session container and its workspace volume
+/// (`tale.stack`), a cache volume, and the compose project's spawner container, network and
+/// volume. Names are tale-like on purpose; returns (kind, name) pairs.
+fn plant_stack(stack: &str, image: &str) -> Vec<(&'static str, String)> {
+    let project = format!("com.docker.compose.project={stack}");
+    let project = project.as_str();
+    let stack_label = format!("tale.stack={stack}");
+    let objects = vec![
+        ("container", format!("tale-sbx-ses-{stack}-demo")),
+        ("container", format!("{stack}-sandbox")),
+        ("volume", format!("tale-sbx-ses-{stack}-demo-ws")),
+        ("volume", format!("tale-sandbox-pip-cache-{stack}")),
+        ("volume", format!("{stack}_llm-gateway-data")),
+        ("network", format!("{stack}-sandbox-net")),
+    ];
+    let run = |args: &[&str]| assert!(docker(args).0, "docker {args:?}");
+    run(&[
+        "network",
+        "create",
+        "--internal",
+        "--label",
+        project,
+        &objects[5].1,
+    ]);
+    run(&[
+        "volume",
+        "create",
+        "--label",
+        &stack_label,
+        "--label",
+        "tale.sandbox-workspace=1",
+        "--label",
+        "tale.session=demo",
+        &objects[2].1,
+    ]);
+    run(&[
+        "volume",
+        "create",
+        "--label",
+        &stack_label,
+        "--label",
+        "tale.sandbox-cache=1",
+        &objects[3].1,
+    ]);
+    run(&["volume", "create", "--label", project, &objects[4].1]);
+    run(&[
+        "create",
+        "--name",
+        &objects[0].1,
+        "--network",
+        &objects[5].1,
+        "--label",
+        &stack_label,
+        "--label",
+        "tale.sandbox-session=1",
+        "--label",
+        "tale.session=demo",
+        image,
+        "true",
+    ]);
+    run(&[
+        "create",
+        "--name",
+        &objects[1].1,
+        "--network",
+        &objects[5].1,
+        "--label",
+        project,
+        image,
+        "true",
+    ]);
+    objects
+}
+
+fn exists(kind: &str, name: &str) -> bool {
+    let inspect = if kind == "container" {
+        vec!["inspect", name]
+    } else {
+        vec![kind, "inspect", name]
+    };
+    docker(&inspect).0
+}
+
+/// Two stacks on one engine (tale-like names, one session id in both): `--down` of one removes
+/// exactly its labelled objects — session container, workspace and cache volumes, the compose
+/// project's container, network and volume — names each, and leaves the other stack whole.
+#[test]
+fn down_removes_exactly_its_own_stack() {
+    let image = "tale-test-runtime:latest";
+    assert!(
+        docker(&["image", "inspect", image]).0,
+        "Docker and {image} are required (scripts/build-test-image.sh)"
+    );
+    let pid = std::process::id();
+    let (ours, theirs) = (format!("fh-qs-a{pid}"), format!("fh-qs-b{pid}"));
+    let dir = std::env::temp_dir().join(format!("tale-quickstart-stacks-{pid}"));
+    let our_objects = plant_stack(&ours, image);
+    let their_objects = plant_stack(&theirs, image);
+    let down = |stack: &str| {
+        quickstart(&dir, support::runnerd::free_port(), &["--down"])
+            .env("TALE_QUICKSTART_STACK", stack)
+            .output()
+            .unwrap()
+    };
+    let out = down(&ours);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (kind, name) in &our_objects {
+        assert!(!exists(kind, name), "{kind} {name} is left: {text}");
+        assert!(
+            text.contains(name.as_str()),
+            "--down names {kind} {name}: {text}"
+        );
+    }
+    for (kind, name) in &their_objects {
+        assert!(
+            exists(kind, name),
+            "the other stack's {kind} {name} was removed: {text}"
+        );
+        assert!(!text.contains(name.as_str()), "{text}");
+    }
+    assert!(
+        text.contains(&format!("stack {ours}: nothing of it is left")),
+        "{text}"
+    );
+    let out = down(&theirs);
+    assert!(out.status.success());
+    for (kind, name) in &their_objects {
+        assert!(!exists(kind, name), "{kind} {name}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

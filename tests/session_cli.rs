@@ -304,3 +304,95 @@ async fn ctrl_c_detaches_and_says_how_to_resume() {
     assert_eq!(listed["execs"][0]["state"], "running");
     assert!(cli.run(&["cancel", "cc1", "long"]).status.success());
 }
+
+/// Bytes no two chunks of which are alike (a simple LCG), so a misplaced chunk cannot pass.
+fn pattern(len: usize, seed: u32) -> Vec<u8> {
+    let mut state = seed;
+    (0..len)
+        .map(|_| {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (state >> 24) as u8
+        })
+        .collect()
+}
+
+/// Every regular file under `root`, by relative path, with its bytes.
+fn tree(root: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let rel = path.strip_prefix(root).unwrap().display().to_string();
+                out.insert(rel, std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    out
+}
+
+/// `cp` moves a 5 MiB file and a directory tree (nested, empty and chunk-sized files, a UTF-8
+/// name) up to a session and back byte-exact, in chunks far below the spawner's body cap; the
+/// uploaded file is whole inside the session; a missing remote path is named.
+#[tokio::test(flavor = "multi_thread")]
+async fn cp_round_trips_files_and_trees() {
+    let (spawner, cli) = start().await;
+    assert!(cli.run(&["create", "cp1"]).status.success());
+    let scratch = std::env::temp_dir().join(format!("tale-cli-cp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    let up = scratch.join("up");
+    std::fs::create_dir_all(up.join("src/deep/er")).unwrap();
+    let big = pattern(5 * 1024 * 1024 + 7, 1);
+    std::fs::write(scratch.join("big.bin"), &big).unwrap();
+    std::fs::write(up.join("README.md"), b"# hi\n").unwrap();
+    std::fs::write(up.join("src/empty"), b"").unwrap();
+    std::fs::write(up.join("src/one-chunk.bin"), pattern(1024 * 1024, 2)).unwrap();
+    std::fs::write(up.join("src/deep/er/caf\u{e9}.txt"), "caf\u{e9}\n").unwrap();
+    std::fs::write(up.join("src/deep/two.bin"), pattern(2 * 1024 * 1024 + 1, 3)).unwrap();
+
+    let big_local = scratch.join("big.bin").display().to_string();
+    let out = cli.run(&["--json", "cp", &big_local, "cp1:in/big.bin"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let copied: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (copied["files"].as_u64(), copied["bytes"].as_u64()),
+        (Some(1), Some(big.len() as u64))
+    );
+    // Inside the session the file is whole (its size and checksum as the session sees them).
+    let out = cli.run(&["exec", "cp1", "wc -c < in/big.bin; ls -A in"]);
+    assert_eq!(text(&out.stdout), format!("{}\nbig.bin\n", big.len()));
+    let down = scratch.join("big.down");
+    let out = cli.run(&["cp", "cp1:in/big.bin", &down.display().to_string()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        std::fs::read(&down).unwrap() == big,
+        "5 MiB file round trip"
+    );
+
+    let out = cli.run(&["cp", &up.display().to_string(), "cp1:tree"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let back = scratch.join("back");
+    let out = cli.run(&["cp", "cp1:tree", &back.display().to_string()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(tree(&back), tree(&up), "tree round trip");
+    assert_eq!(tree(&back).len(), 5);
+
+    let out = cli.run(&[
+        "cp",
+        "cp1:nope.txt",
+        &scratch.join("x").display().to_string(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("nope.txt: not found"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = cli.run(&["cp", &big_local, &scratch.join("y").display().to_string()]);
+    assert_eq!(out.status.code(), Some(125), "two local paths");
+    let _ = std::fs::remove_dir_all(&scratch);
+    drop(spawner);
+}

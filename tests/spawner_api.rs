@@ -555,7 +555,43 @@ async fn utf8_split_across_chunks() {
         "{events:?}"
     );
     assert_eq!(stdout_text(&events), "é😀\n");
+    assert_resumes_whole(c, "/v1/sessions/utf/exec/u/attach", &events, "é😀\n").await;
+
+    // A character held back before more stderr events than the attach's lookback: the resumed
+    // stream decodes the exec from its start to rebuild it.
+    let (_, stream) = c
+        .sse(Method::POST, "/v1/sessions/utf/exec", Some(json!({"execId": "w", "shell": "printf '\\303'; for i in $(seq 40); do echo e >&2; sleep 0.02; done; printf '\\251!'"})), &[])
+        .await;
+    let events = stream.collect_all().await;
+    let stderr_events = events.iter().filter(|e| e.event == "stderr").count();
+    assert!(
+        stderr_events > 20,
+        "the cut outlives the lookback: {events:?}"
+    );
+    assert_resumes_whole(c, "/v1/sessions/utf/exec/w/attach", &events, "é!").await;
     c.json(Method::DELETE, "/v1/sessions/utf", None).await;
+}
+
+/// Resuming `attach` after each output event of `events` delivers the rest of `want` whole: no
+/// U+FFFD, nothing cut, nothing repeated.
+async fn assert_resumes_whole(
+    c: &support::spawner::SpawnerClient,
+    attach: &str,
+    events: &[tale::shared::sse::SseEvent],
+    want: &str,
+) {
+    for (n, event) in events.iter().enumerate() {
+        if event.event != "stdout" && event.event != "stderr" {
+            continue;
+        }
+        let id = event.id.clone().expect("stdout events carry an id");
+        let (_, stream) = c
+            .sse(Method::GET, attach, None, &[("last-event-id", &id)])
+            .await;
+        let resumed = stream.collect_all().await;
+        let joined = stdout_text(&events[..=n]) + &stdout_text(&resumed);
+        assert_eq!(joined, want, "resumed after {id}: {resumed:?}");
+    }
 }
 
 /// The idle sweep stops a session (workspace kept); re-creating the same id resumes on it.

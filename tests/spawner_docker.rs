@@ -343,3 +343,141 @@ async fn failed_create_leaves_nothing() {
         remove_network(&spawner);
     }
 }
+
+/// `SANDBOX_STACK_LABEL` marks every object a spawner creates (session container, workspace and
+/// cache volumes, its network) with `tale.stack`; a spawner lists and adopts only its own stack's
+/// sessions, and never uses a volume another stack on the same engine made.
+#[tokio::test(flavor = "multi_thread")]
+async fn stack_label_marks_and_scopes_sessions() {
+    let (stack_a, stack_b) = (unique("fh-stack-a-"), unique("fh-stack-b-"));
+    let (ours, theirs) = (unique("dstack-a"), unique("dstack-b"));
+    let org = unique("dstackorg");
+    let caches = [unique("fh-pip-"), unique("fh-npm-"), unique("fh-bun-")];
+    cleanup(&ours);
+    cleanup(&theirs);
+    let with_stack = |stack: &str| {
+        vec![
+            ("SANDBOX_STACK_LABEL".to_string(), stack.to_string()),
+            ("SANDBOX_CACHE_VOLUMES".to_string(), "1".to_string()),
+            (
+                "SANDBOX_PIP_CACHE_VOLUME_PREFIX".to_string(),
+                caches[0].clone(),
+            ),
+            (
+                "SANDBOX_NPM_CACHE_VOLUME_PREFIX".to_string(),
+                caches[1].clone(),
+            ),
+            (
+                "SANDBOX_BUN_CACHE_VOLUME_PREFIX".to_string(),
+                caches[2].clone(),
+            ),
+        ]
+    };
+    let env_a = with_stack(&stack_a);
+    let env_a: Vec<(&str, &str)> = env_a
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let a = docker_spawner(&env_a).await;
+    a.client.create(&ours, &org).await;
+    let label = |kind: &str, name: &str| {
+        docker(&[
+            kind,
+            "inspect",
+            "-f",
+            "{{index .Labels \"tale.stack\"}}",
+            name,
+        ])
+        .1
+    };
+    assert_eq!(
+        docker(&[
+            "inspect",
+            "-f",
+            "{{index .Config.Labels \"tale.stack\"}}",
+            &format!("tale-sbx-ses-{ours}")
+        ])
+        .1,
+        stack_a
+    );
+    assert_eq!(label("volume", &format!("tale-sbx-ses-{ours}-ws")), stack_a);
+    // Caches are per stack and org: another stack's session of the same org gets its own.
+    for prefix in &caches {
+        let cache = format!("{prefix}-{stack_a}-{org}");
+        assert_eq!(label("volume", &cache), stack_a, "{cache}");
+    }
+    let network = a
+        .env
+        .iter()
+        .find(|(k, _)| k == "SANDBOX_EGRESS_NETWORK")
+        .unwrap()
+        .1
+        .clone();
+    assert_eq!(label("network", &network), stack_a);
+
+    // Another stack on the same engine: it sees only its own sessions, and is refused our volume.
+    let env_b = with_stack(&stack_b);
+    let env_b: Vec<(&str, &str)> = env_b
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let b = docker_spawner(&env_b).await;
+    b.client.create(&theirs, &org).await;
+    for prefix in &caches {
+        let cache = format!("{prefix}-{stack_b}-{org}");
+        assert_eq!(label("volume", &cache), stack_b, "{cache}");
+    }
+    let listed = |spawner: &SpawnerProcess| {
+        let client = spawner.client.clone();
+        async move {
+            let (_, body) = client.json(Method::GET, "/v1/sessions", None).await;
+            body["sessions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["sessionId"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(listed(&a).await, std::slice::from_ref(&ours));
+    assert_eq!(listed(&b).await, std::slice::from_ref(&theirs));
+    let (status, body) = b
+        .client
+        .json(
+            Method::POST,
+            "/v1/sessions",
+            Some(json!({"sessionId": ours, "organizationId": org})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert_eq!(
+        label("volume", &format!("tale-sbx-ses-{ours}-ws")),
+        stack_a,
+        "our volume untouched"
+    );
+    assert_eq!(
+        docker(&[
+            "inspect",
+            "-f",
+            "{{.State.Running}}",
+            &format!("tale-sbx-ses-{ours}")
+        ])
+        .1,
+        "true",
+        "our session untouched"
+    );
+
+    for (spawner, id) in [(&a, &ours), (&b, &theirs)] {
+        spawner
+            .client
+            .json(Method::DELETE, &format!("/v1/sessions/{id}"), None)
+            .await;
+        cleanup(id);
+        remove_network(spawner);
+    }
+    for prefix in &caches {
+        for stack in [&stack_a, &stack_b] {
+            docker(&["volume", "rm", "-f", &format!("{prefix}-{stack}-{org}")]);
+        }
+    }
+}

@@ -9,6 +9,8 @@ pub mod http;
 pub mod logging;
 pub mod ndjson;
 pub mod protocol;
+#[cfg(test)]
+mod readme_tables;
 pub mod spawner_client;
 pub mod sse;
 pub mod sys;

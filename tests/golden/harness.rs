@@ -74,6 +74,13 @@ impl RawRequest {
         request
     }
 
+    /// A raw byte body (`application/octet-stream`).
+    pub fn octets(self, body: &str) -> RawRequest {
+        let mut request = self.header("content-type", "application/octet-stream");
+        request.body = body.as_bytes().to_vec();
+        request
+    }
+
     /// A large body shown by its label.
     pub fn big_body(mut self, body: Vec<u8>, label: &str) -> RawRequest {
         self.headers

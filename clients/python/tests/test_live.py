@@ -7,7 +7,8 @@ import base64
 import os
 import secrets
 import time
-from typing import List
+from pathlib import Path
+from typing import Dict, List
 
 import httpx
 import pytest
@@ -177,6 +178,65 @@ def test_files_and_credentials(client: Client, session: str) -> None:
     assert granted.ok
     assert client.revoke_git_credential(session, "git.example:8443").existed is True
     assert client.revoke_git_credential(session, "git.example:8443").existed is False
+
+
+def _pattern(length: int, seed: int) -> bytes:
+    """Bytes no two chunks of which are alike, so a misplaced chunk cannot pass."""
+    return hashlib.shake_256(seed.to_bytes(4, "big")).digest(length)
+
+
+def _make_tree(root: Path) -> None:
+    (root / "src" / "deep" / "er").mkdir(parents=True)
+    (root / "README.md").write_bytes(b"# hi\n")
+    (root / "src" / "empty").write_bytes(b"")
+    (root / "src" / "one-chunk.bin").write_bytes(_pattern(1024 * 1024, 2))
+    (root / "src" / "deep" / "two.bin").write_bytes(_pattern(2 * 1024 * 1024 + 1, 3))
+    (root / "src" / "deep" / "er" / "café.txt").write_text("café\n", encoding="utf-8")
+
+
+def _tree(root: Path) -> Dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+BIG = 5 * 1024 * 1024 + 7
+
+
+def test_upload_and_download_of_any_size(client: Client, session: str, tmp_path: Path) -> None:
+    big = _pattern(BIG, 1)
+    (tmp_path / "big.bin").write_bytes(big)
+    copied = client.upload(session, str(tmp_path / "big.bin"), "in/big.bin")
+    assert (copied.files, copied.bytes) == (1, BIG)
+    assert [(e.name, e.size) for e in client.list_files(session, "in")] == [("big.bin", BIG)]
+    assert client.download(session, "in/big.bin", str(tmp_path / "big.down")).bytes == BIG
+    assert (tmp_path / "big.down").read_bytes() == big
+    _make_tree(tmp_path / "up")
+    assert client.upload(session, str(tmp_path / "up"), "tree").files == 5
+    assert client.download(session, "tree", str(tmp_path / "back")).files == 5
+    assert _tree(tmp_path / "back") == _tree(tmp_path / "up")
+    with pytest.raises(NotFound):
+        client.download(session, "nope.bin", str(tmp_path / "nope"))
+    assert not (tmp_path / "nope").exists(), "no half-written file is left"
+
+
+def test_async_upload_and_download_of_any_size(spawner_url: str, tmp_path: Path) -> None:
+    async def main() -> None:
+        sid = f"py-acp-{secrets.token_hex(4)}"
+        async with AsyncClient(spawner_url) as client:
+            await client.create_session(sid, "py-tests")
+            try:
+                big = _pattern(BIG, 4)
+                (tmp_path / "big.bin").write_bytes(big)
+                assert (await client.upload(sid, str(tmp_path / "big.bin"), "big.bin")).bytes == BIG
+                await client.download(sid, "big.bin", str(tmp_path / "big.down"))
+                assert (tmp_path / "big.down").read_bytes() == big
+                _make_tree(tmp_path / "up")
+                await client.upload(sid, str(tmp_path / "up"), "tree")
+                await client.download(sid, "tree", str(tmp_path / "back"))
+                assert _tree(tmp_path / "back") == _tree(tmp_path / "up")
+            finally:
+                await client.delete_session(sid)
+
+    asyncio.run(main())
 
 
 def test_one_shot_execute(client: Client) -> None:

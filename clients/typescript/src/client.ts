@@ -1,4 +1,5 @@
 /** The client: every route of the spawner API, signed, with resumable event streams. */
+import { download, upload } from "./copy.js";
 import { Cursor } from "./cursor.js";
 import { apiError, StreamInterrupted, TaleError, ApiError } from "./errors.js";
 import { signedHeaders } from "./signing.js";
@@ -8,6 +9,7 @@ import type {
   AgentRunOptions,
   AgentSlug,
   CancelResult,
+  CopyResult,
   CreateSessionOptions,
   CredentialResult,
   DeleteResult,
@@ -510,6 +512,43 @@ export class TaleClient {
   readFile(sessionId: string, path: string): Promise<Uint8Array> {
     const route = withQuery(sessionPath(sessionId, "files", "content"), { path });
     return this.call("GET", route, undefined, (_s, _j, bytes) => bytes);
+  }
+
+  /** One chunk of a file written in pieces (`commit` on the last); the file's size so far. */
+  writeChunk(sessionId: string, path: string, offset: number, data: Uint8Array, commit: boolean): Promise<number> {
+    const route = withQuery(sessionPath(sessionId, "files", "write"), {
+      path,
+      offset: String(offset),
+      commit: String(commit),
+    });
+    return this.call("POST", route, data, (_s, j) => Number(j.size));
+  }
+
+  /** At most `length` bytes of a file from `offset` (fewer only at its end). */
+  readRange(sessionId: string, path: string, offset: number, length: number): Promise<Uint8Array> {
+    const route = withQuery(sessionPath(sessionId, "files", "content"), {
+      path,
+      offset: String(offset),
+      length: String(length),
+    });
+    return this.call("GET", route, undefined, (_s, _j, bytes) => bytes);
+  }
+
+  /**
+   * Copies a local file, or every file of a local directory tree, to `remotePath` in the session
+   * (Node only) — any size, in chunks; symlinks, special files and empty directories are left out.
+   * A file appears at its path only once whole.
+   */
+  upload(sessionId: string, localPath: string, remotePath: string): Promise<CopyResult> {
+    return upload(this, sessionId, localPath, remotePath);
+  }
+
+  /**
+   * Copies a session's file (to `localPath`, or into it when it is a directory) or directory tree
+   * (as `localPath`) to this machine (Node only) — any size, in ranged reads.
+   */
+  download(sessionId: string, remotePath: string, localPath: string): Promise<CopyResult> {
+    return download(this, sessionId, remotePath, localPath);
   }
 
   // ---- git credentials ----

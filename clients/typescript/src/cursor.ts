@@ -5,9 +5,10 @@
  *
  * Agent streams resume at the last id (`N` or `N.k`): the spawner replays the exec from its start
  * and sends only what lies after it. Plain exec streams resume a few characters before the last
- * output delivered: the spawner decodes each connection's output with a fresh UTF-8 decoder, so a
- * character straddling the resume point would be mangled; replaying 5 characters (at least 4
- * bytes, more than the 3 a cut character leaves pending) lets it re-synchronize first.
+ * output delivered: older spawners decoded each connection's output with a fresh UTF-8 decoder, so
+ * a character straddling the resume point was mangled (current ones rebuild it themselves);
+ * replaying 5 characters (at least 4 bytes, more than the 3 a cut character leaves pending) keeps
+ * both right.
  */
 import type { ExecEvent, ExecResult, AgentEventData } from "./types.js";
 import type { SseFrame } from "./sse.js";

@@ -78,6 +78,13 @@ export interface DeleteResult {
   skipped: SkippedPath[];
 }
 
+/** What `upload`/`download` moved: files, bytes, and the paths left out (symlinks, special files). */
+export interface CopyResult {
+  files: number;
+  bytes: number;
+  skipped: string[];
+}
+
 export interface DirEntry {
   name: string;
   type: "file" | "dir" | "other";

@@ -5,7 +5,10 @@
  */
 import { test, before } from "node:test";
 import assert from "node:assert/strict";
-import { createHmac, randomBytes } from "node:crypto";
+import { createHash, createHmac, randomBytes } from "node:crypto";
+import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join, relative } from "node:path";
 import {
   Conflict,
   NotFound,
@@ -217,6 +220,63 @@ test("files and git credentials", { skip }, async () => {
     assert.equal((await client.revokeGitCredential(sid, "git.example:8443")).existed, true);
     assert.equal((await client.revokeGitCredential(sid, "git.example:8443")).existed, false);
   });
+});
+
+/** Bytes no two chunks of which are alike, so a misplaced chunk cannot pass. */
+function pattern(length: number, seed: number): Uint8Array {
+  const out = new Uint8Array(length);
+  let block = 0;
+  for (let at = 0; at < length; block++) {
+    const digest = createHash("sha256").update(`${seed}:${block}`).digest();
+    out.set(digest.subarray(0, Math.min(digest.length, length - at)), at);
+    at += digest.length;
+  }
+  return out;
+}
+
+async function makeTree(root: string): Promise<void> {
+  await mkdir(join(root, "src", "deep", "er"), { recursive: true });
+  await writeFile(join(root, "README.md"), "# hi\n");
+  await writeFile(join(root, "src", "empty"), "");
+  await writeFile(join(root, "src", "one-chunk.bin"), pattern(1024 * 1024, 2));
+  await writeFile(join(root, "src", "deep", "two.bin"), pattern(2 * 1024 * 1024 + 1, 3));
+  await writeFile(join(root, "src", "deep", "er", "café.txt"), "café\n");
+}
+
+async function tree(root: string): Promise<Record<string, string>> {
+  const out: Record<string, string> = {};
+  for (const entry of await readdir(root, { recursive: true, withFileTypes: true })) {
+    if (!entry.isFile()) continue;
+    const full = join(entry.parentPath, entry.name);
+    out[relative(root, full)] = createHash("sha256").update(await readFile(full)).digest("hex");
+  }
+  return out;
+}
+
+test("upload and download of any size: a 5 MiB file and a tree, byte-exact", { skip }, async () => {
+  const scratch = await mkdtemp(join(tmpdir(), "tale-ts-cp-"));
+  try {
+    await withSession(async (sessionId) => {
+      const big = pattern(5 * 1024 * 1024 + 7, 1);
+      await writeFile(join(scratch, "big.bin"), big);
+      const up = await client.upload(sessionId, join(scratch, "big.bin"), "in/big.bin");
+      assert.deepEqual([up.files, up.bytes], [1, big.length]);
+      assert.deepEqual(
+        (await client.listFiles(sessionId, "in")).map((e) => [e.name, e.size]),
+        [["big.bin", big.length]],
+      );
+      await client.download(sessionId, "in/big.bin", join(scratch, "big.down"));
+      assert.ok(Buffer.from(await readFile(join(scratch, "big.down"))).equals(Buffer.from(big)));
+      await makeTree(join(scratch, "up"));
+      assert.equal((await client.upload(sessionId, join(scratch, "up"), "tree")).files, 5);
+      assert.equal((await client.download(sessionId, "tree", join(scratch, "back"))).files, 5);
+      assert.deepEqual(await tree(join(scratch, "back")), await tree(join(scratch, "up")));
+      await assert.rejects(client.download(sessionId, "nope.bin", join(scratch, "nope")), NotFound);
+      assert.deepEqual((await readdir(scratch)).includes("nope"), false, "no half-written file is left");
+    });
+  } finally {
+    await rm(scratch, { recursive: true, force: true });
+  }
 });
 
 test("one-shot execute", { skip }, async () => {

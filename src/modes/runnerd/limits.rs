@@ -98,8 +98,10 @@ pub const MAX_STAGE_INLINE_BYTES: u64 = 1024 * 1024;
 pub const MAX_STAGE_URL_BYTES: u64 = 100 * 1024 * 1024;
 /// Time allowed for fetching one staged URL, body included.
 pub const STAGE_URL_TIMEOUT: Duration = Duration::from_secs(120);
-/// Largest file `GET /fs/read` returns.
+/// Largest file `GET /fs/read` returns whole, and the most one ranged read returns.
 pub const MAX_READ_FILE_BYTES: u64 = 20 * 1024 * 1024;
+/// Largest chunk of one `POST /files/write` (the raw body).
+pub const MAX_WRITE_CHUNK_BYTES: usize = MAX_REQUEST_BODY_BYTES;
 /// Time limit of one blocking file operation (stage write, delete, list, read); past it the
 /// request fails with 503 `file_operation_timed_out` (or the skipped reason `timed_out`).
 pub const FILE_OP_TIMEOUT: Duration = Duration::from_secs(30);

@@ -51,6 +51,7 @@ pub async fn handle(daemon: Arc<Daemon>, request: Request<Incoming>) -> HttpResp
         (&Method::POST, ["env"]) => env(&daemon, request).await,
         (&Method::POST, ["files", "stage"]) => stage(&daemon, request).await,
         (&Method::POST, ["files", "delete"]) => delete(&daemon, request).await,
+        (&Method::POST, ["files", "write"]) => write_chunk(&daemon, request).await,
         (&Method::GET, ["fs", "list"]) => list(&daemon, &request).await,
         (&Method::GET, ["fs", "read"]) => read(&daemon, &request).await,
         (&Method::PUT, ["credentials", "git"]) => grant_credential(&daemon, request).await,
@@ -81,8 +82,19 @@ async fn json_body<T: DeserializeOwned>(
     daemon: &Daemon,
     request: Request<Incoming>,
 ) -> Result<T, HttpResponse> {
+    let bytes = raw_body(daemon, request, MAX_REQUEST_BODY_BYTES).await?;
+    decode_body(&bytes)
+        .map_err(|message| error(StatusCode::BAD_REQUEST, "bad_request", Some(message)))
+}
+
+/// Reads a whole body of at most `cap` bytes within the body read timeout (413, 400 or 408).
+async fn raw_body(
+    daemon: &Daemon,
+    request: Request<Incoming>,
+    cap: usize,
+) -> Result<Bytes, HttpResponse> {
     let timeout = daemon.body_read_timeout();
-    let bytes = tokio::time::timeout(timeout, read_body(request, MAX_REQUEST_BODY_BYTES))
+    tokio::time::timeout(timeout, read_body(request, cap))
         .await
         .map_err(|_| {
             error(
@@ -105,9 +117,7 @@ async fn json_body<T: DeserializeOwned>(
                 "bad_request",
                 Some(err.to_string()),
             ),
-        })?;
-    decode_body(&bytes)
-        .map_err(|message| error(StatusCode::BAD_REQUEST, "bad_request", Some(message)))
+        })
 }
 
 /// A whole body as the route's type, or the message of its 400 `bad_request`.
@@ -367,6 +377,9 @@ async fn read(daemon: &Daemon, request: &Request<Incoming>) -> HttpResponse {
     let Some(path) = query_param(request, "path") else {
         return not_found();
     };
+    if query_param(request, "offset").is_some() || query_param(request, "length").is_some() {
+        return read_range(daemon, request, &path).await;
+    }
     match daemon.workspace.read(&path).await {
         Ok(bytes) => {
             let mut response = Response::new(crate::shared::http::full(bytes));
@@ -377,6 +390,117 @@ async fn read(daemon: &Daemon, request: &Request<Incoming>) -> HttpResponse {
             response
         }
         Err(err) => file_error(err),
+    }
+}
+
+/// The header of a ranged read that gives the file's whole size.
+pub const FILE_SIZE_HEADER: &str = crate::shared::protocol::runnerd::FILE_SIZE_HEADER;
+
+/// An optional `u64` query parameter, or the message of the 400 that names it.
+fn u64_param(request: &Request<Incoming>, name: &str) -> Result<Option<u64>, String> {
+    match query_param(request, name) {
+        None => Ok(None),
+        Some(value) => value
+            .parse::<u64>()
+            .map(Some)
+            .map_err(|_| format!("{name} must be a non-negative integer")),
+    }
+}
+
+fn bad_request(message: String) -> HttpResponse {
+    error(StatusCode::BAD_REQUEST, "bad_request", Some(message))
+}
+
+/// `GET /fs/read?path=&offset=&length=`: a piece of a file of any size, with its whole size in
+/// `x-tale-file-size` (length defaults to, and is capped at, the whole-read cap).
+async fn read_range(daemon: &Daemon, request: &Request<Incoming>, path: &str) -> HttpResponse {
+    let (offset, length) = match (u64_param(request, "offset"), u64_param(request, "length")) {
+        (Ok(offset), Ok(length)) => (offset.unwrap_or(0), length.unwrap_or(u64::MAX)),
+        (Err(message), _) | (_, Err(message)) => return bad_request(message),
+    };
+    match daemon.workspace.read_range(path, offset, length).await {
+        Ok((bytes, size)) => {
+            let mut response = Response::new(crate::shared::http::full(bytes));
+            let headers = response.headers_mut();
+            headers.insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            headers.insert(FILE_SIZE_HEADER, HeaderValue::from(size));
+            response
+        }
+        Err(err) => file_error(err),
+    }
+}
+
+/// `POST /files/write?path=&offset=[&commit=true]`, the chunk as the raw body (at most
+/// [`MAX_WRITE_CHUNK_BYTES`](super::limits::MAX_WRITE_CHUNK_BYTES)): 200 `{path, size,
+/// committed}`; 409 `offset_mismatch` (message: the staging file's size) when the chunk does not
+/// start where the file ends; 400 `unsafe_path` / `write_failed` / `not_a_regular_file`.
+async fn write_chunk(daemon: &Daemon, request: Request<Incoming>) -> HttpResponse {
+    use super::files::chunked::WriteFailure;
+    use super::files::WriteError;
+    let Some(path) = query_param(&request, "path") else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            Some("path is required".into()),
+        );
+    };
+    let offset = match u64_param(&request, "offset") {
+        Ok(Some(offset)) => offset,
+        Ok(None) => return bad_request("offset is required".into()),
+        Err(message) => return bad_request(message),
+    };
+    let commit = match query_param(&request, "commit").as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                Some("commit must be true or false".into()),
+            )
+        }
+    };
+    let data = match raw_body(daemon, request, super::limits::MAX_WRITE_CHUNK_BYTES).await {
+        Ok(data) => data,
+        Err(response) => return response,
+    };
+    daemon.activity.touch();
+    let result = daemon
+        .workspace
+        .write_chunk(&path, offset, data, commit)
+        .await;
+    daemon.activity.touch();
+    match result {
+        Ok(size) => json(
+            StatusCode::OK,
+            &serde_json::json!({"path": path, "size": size, "committed": commit}),
+        ),
+        Err(WriteError::Failed(WriteFailure::Offset(size))) => error(
+            StatusCode::CONFLICT,
+            "offset_mismatch",
+            Some(format!("the file being written holds {size} bytes")),
+        ),
+        Err(WriteError::Failed(WriteFailure::NotRegular)) => error(
+            StatusCode::BAD_REQUEST,
+            "not_a_regular_file",
+            Some("the path is a FIFO, socket or device".into()),
+        ),
+        Err(WriteError::Failed(WriteFailure::Path(reason))) if reason == "unsafe_path" => error(
+            StatusCode::BAD_REQUEST,
+            "unsafe_path",
+            Some("the path leaves the workspace or is not a file runnerd may write".into()),
+        ),
+        Err(WriteError::Failed(WriteFailure::Path(reason))) => {
+            error(StatusCode::BAD_REQUEST, "write_failed", Some(reason))
+        }
+        Err(WriteError::TimedOut) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "file_operation_timed_out",
+            Some("the file operation did not finish in time".into()),
+        ),
     }
 }
 

@@ -98,6 +98,37 @@ impl CliClient {
         Ok(response)
     }
 
+    /// Sends one signed request with a raw body (`content_type` replaces the JSON default).
+    pub async fn send_bytes(
+        &self,
+        method: Method,
+        path: &str,
+        bytes: Vec<u8>,
+        content_type: Option<&str>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, CliError> {
+        let mut request = self
+            .spawner
+            .request(method, path, Some(bytes.into()))
+            .map_err(cannot_ask)?;
+        match content_type {
+            Some(value) => {
+                let value = hyper::header::HeaderValue::from_str(value)
+                    .map_err(|e| CliError::local(format!("bad content type {value:?}: {e}")))?;
+                request
+                    .headers_mut()
+                    .insert(hyper::header::CONTENT_TYPE, value);
+            }
+            None => {
+                request.headers_mut().remove(hyper::header::CONTENT_TYPE);
+            }
+        }
+        let response = self.spawner.send(request).await.map_err(cannot_ask)?;
+        if response.status() == hyper::StatusCode::UNAUTHORIZED {
+            return Err(unauthorized());
+        }
+        Ok(response)
+    }
+
     /// Sends a request and reads its JSON reply (any status but 401).
     pub async fn json(
         &self,

@@ -2,6 +2,7 @@
 //! `SANDBOX_TOKEN` (from the environment or `--token-file`). People get tables, scripts get JSON;
 //! `exec` streams the command's output to this terminal and exits with the command's exit code.
 mod client;
+mod cp;
 mod render;
 mod shell;
 mod stdin;
@@ -134,6 +135,10 @@ pub enum Command {
     Cancel { id: String, exec_id: String },
     /// Destroy a session and its workspace (exits 1 when it does not exist).
     Rm { id: String },
+    /// Copy files or directory trees of any size between this machine and a session:
+    /// `cp ./local SESSION:path` uploads, `cp SESSION:path ./local` downloads (a directory copies
+    /// its files recursively; symlinks, special files and empty directories are left out).
+    Cp { source: String, dest: String },
 }
 
 fn token(args: &Args) -> Result<Option<Vec<u8>>, CliError> {
@@ -298,6 +303,25 @@ async fn execute(
             })
         }
         Command::Cancel { id, exec_id } => cancel(client, &id, &exec_id, format).await,
+        Command::Cp { source, dest } => {
+            let copied = cp::copy(
+                client,
+                cp::Location::parse(&source),
+                cp::Location::parse(&dest),
+            )
+            .await?;
+            for skipped in &copied.skipped {
+                eprintln!("tale session: left out {skipped} (not a regular file or directory)");
+            }
+            match format {
+                Format::Json => render::print_json(&json!(copied)),
+                Format::Table => render::print_text(&format!(
+                    "copied {} file(s), {} bytes\n",
+                    copied.files, copied.bytes
+                )),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Exec {
             id,
             exec_id,

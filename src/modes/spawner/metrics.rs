@@ -122,3 +122,36 @@ impl Metrics {
         out
     }
 }
+
+#[cfg(test)]
+impl Metrics {
+    /// A fresh set with one sample in every labelled family (an empty family is not rendered).
+    /// The destructuring names every field, so a metric added later must be added here too.
+    pub fn with_every_family_sampled() -> Metrics {
+        let metrics = Metrics::new();
+        let Metrics {
+            registry: _,
+            sessions,
+            creates: _,
+            create_failures,
+            create_seconds: _,
+            execs: _,
+            exec_outcomes,
+            bytes_streamed: _,
+            sweep_stops,
+            edge_refusals,
+        } = &metrics;
+        sessions
+            .get_or_create(&Metrics::label("state", "ready"))
+            .set(1);
+        for (family, key) in [
+            (create_failures, "reason"),
+            (exec_outcomes, "reason"),
+            (sweep_stops, "cause"),
+            (edge_refusals, "reason"),
+        ] {
+            family.get_or_create(&Metrics::label(key, "x")).inc();
+        }
+        metrics
+    }
+}

@@ -77,6 +77,7 @@ async fn build_backend(
                 egress_proxy: config.egress_proxy.clone(),
                 no_proxy: config.no_proxy.clone(),
                 cache_volume_prefixes: config.cache_volume_prefixes.clone(),
+                stack_label: config.stack_label.clone(),
                 read_only_rootfs: config.hardening.read_only_rootfs,
                 no_new_privileges: config.hardening.no_new_privileges,
                 drop_all_capabilities: config.hardening.drop_all_capabilities,

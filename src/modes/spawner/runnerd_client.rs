@@ -53,6 +53,16 @@ impl RunnerdError {
     }
 }
 
+pub use crate::shared::protocol::runnerd::FILE_SIZE_HEADER;
+
+/// A runnerd answer relayed as it is: status, body, and the `x-tale-file-size` header if any.
+#[derive(Debug)]
+pub struct RawReply {
+    pub status: StatusCode,
+    pub file_size: Option<u64>,
+    pub body: Bytes,
+}
+
 /// A client bound to one runnerd base URL and token. Cheap to clone.
 #[derive(Clone)]
 pub struct RunnerdClient {
@@ -357,6 +367,69 @@ impl RunnerdClient {
             StatusCode::NOT_FOUND => Ok(None),
             status => Err(status_error(status, &bytes)),
         }
+    }
+
+    /// One chunk of a file written in pieces (`POST /files/write`): runnerd's status and body.
+    pub async fn write_chunk(
+        &self,
+        path: &str,
+        offset: u64,
+        commit: bool,
+        data: Vec<u8>,
+    ) -> Result<RawReply, RunnerdError> {
+        let query = format!(
+            "/files/write?path={}&offset={offset}&commit={commit}",
+            encode_query(path)
+        );
+        self.raw(Method::POST, &query, Some(data)).await
+    }
+
+    /// A piece of a file (`GET /fs/read?offset=&length=`): runnerd's status, body and the
+    /// file's whole size.
+    pub async fn read_range(
+        &self,
+        path: &str,
+        offset: u64,
+        length: Option<u64>,
+    ) -> Result<RawReply, RunnerdError> {
+        let mut query = format!("/fs/read?path={}&offset={offset}", encode_query(path));
+        if let Some(length) = length {
+            query.push_str(&format!("&length={length}"));
+        }
+        self.raw(Method::GET, &query, None).await
+    }
+
+    /// A call whose answer is relayed as it is (bounded by runnerd's own caps, within
+    /// [`RUNNERD_CALL_TIMEOUT`]).
+    async fn raw(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<RawReply, RunnerdError> {
+        let work = async {
+            let response = self.send(method, path_and_query, body, None).await?;
+            let status = response.status();
+            let file_size = response
+                .headers()
+                .get(FILE_SIZE_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| RunnerdError::Transport(e.into()))?
+                .to_bytes();
+            Ok(RawReply {
+                status,
+                file_size,
+                body,
+            })
+        };
+        tokio::time::timeout(RUNNERD_CALL_TIMEOUT, work)
+            .await
+            .map_err(|_| RunnerdError::Timeout(RUNNERD_CALL_TIMEOUT))?
     }
 
     pub async fn grant_git_credential(

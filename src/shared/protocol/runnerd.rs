@@ -16,6 +16,10 @@ pub const MAX_ID_LEN: usize = 64;
 /// Largest request body runnerd accepts on any route (larger: 413 `payload_too_large`); the
 /// spawner's own body cap may not exceed it, since it forwards bodies.
 pub const MAX_REQUEST_BODY_BYTES: usize = 8 * 1024 * 1024;
+
+/// The header of a ranged file read that gives the file's whole size (runnerd's `GET /fs/read`
+/// and the spawner's `GET …/files/content` with `offset`/`length`).
+pub const FILE_SIZE_HEADER: &str = "x-tale-file-size";
 /// Largest line `POST /execs/:id/stdin` accepts, decoded (`BAD_LINE` beyond it).
 pub const MAX_STDIN_LINE_BYTES: usize = 64 * 1024;
 /// Deadline of an exec whose request carries no positive `timeoutMs` (runnerd), and of an exec

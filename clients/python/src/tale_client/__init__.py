@@ -24,6 +24,7 @@ from .errors import (
 from .types import (
     AgentEvent,
     CancelResult,
+    CopyResult,
     CredentialResult,
     DeleteResult,
     DestroyResult,
@@ -50,7 +51,7 @@ from .types import (
 
 __all__ = [
     "AgentEvent", "ApiError", "AsyncClient", "AsyncExecStream", "BadRequest", "CancelResult",
-    "Client", "Conflict", "CredentialResult", "DeleteResult", "DestroyResult", "DirEntry",
+    "Client", "Conflict", "CopyResult", "CredentialResult", "DeleteResult", "DestroyResult", "DirEntry",
     "EnvResult", "ErrorEvent", "Event", "ExecOutput", "ExecResult", "ExecStatus", "ExecStream",
     "GapEvent", "NotFound", "OutputEvent", "PayloadTooLarge", "PhaseEvent", "PinResult",
     "ReconnectPolicy", "ResultEvent", "RetryPolicy", "SessionInfo", "SkippedPath", "StageFile",

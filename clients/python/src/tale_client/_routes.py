@@ -269,6 +269,23 @@ def read_file(session_id: str, path: str) -> Call[bytes]:
     )
 
 
+def write_chunk(session_id: str, path: str, offset: int, data: bytes, commit: bool) -> Call[int]:
+    """One chunk of a file written in pieces; the file's size so far."""
+    query = {"path": path, "offset": str(offset), "commit": "true" if commit else "false"}
+    return Call(
+        "POST",
+        with_query(session_path(session_id, "files", "write"), query),
+        data,
+        lambda s, j, b: int(j.get("size", 0)),
+    )
+
+
+def read_range(session_id: str, path: str, offset: int, length: int) -> Call[bytes]:
+    """At most ``length`` bytes of a file from ``offset`` (fewer only at its end)."""
+    query = {"path": path, "offset": str(offset), "length": str(length)}
+    return Call("GET", with_query(session_path(session_id, "files", "content"), query), None, lambda s, j, b: b)
+
+
 def grant_git_credential(
     session_id: str, host: str, username: str, password: str, expires_at_ms: Optional[int]
 ) -> Call[CredentialResult]:

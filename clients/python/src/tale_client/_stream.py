@@ -22,10 +22,11 @@ from .types import (
     UnknownEvent,
 )
 
-# The spawner decodes each connection's output with a fresh UTF-8 decoder, so the first bytes of a
-# resumed connection would be mangled if a character straddled the resume point. Resuming a few
-# characters early (and dropping what repeats) lets that decoder re-synchronize before any new byte:
-# 5 characters hold at least 4 bytes, more than the 3 bytes a cut character can leave pending.
+# Older spawners decoded each connection's output with a fresh UTF-8 decoder, so the first bytes of
+# a resumed connection were mangled when a character straddled the resume point (current spawners
+# rebuild that character themselves). Resuming a few characters early (and dropping what repeats)
+# keeps both right: 5 characters hold at least 4 bytes, more than the 3 bytes a cut character can
+# leave pending.
 RESYNC_CHARS = 5
 # Output events remembered per stream to find that point.
 RESYNC_EVENTS = 64

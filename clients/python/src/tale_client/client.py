@@ -1,11 +1,13 @@
 """The synchronous client."""
 from __future__ import annotations
 
+import os
 import time
 from typing import Any, Callable, Iterator, List, Mapping, Optional, Sequence, TypeVar, Union
 
 import httpx
 
+from . import _copy
 from . import _routes as routes
 from ._routes import Call, StreamCall
 from ._stream import Cursor, SseParser
@@ -18,10 +20,11 @@ from ._transport import (
     parse_body,
     retry_after,
 )
-from .errors import ApiError, StreamInterrupted, api_error
+from .errors import ApiError, NotFound, StreamInterrupted, api_error
 from .types import (
     AgentEvent,
     CancelResult,
+    CopyResult,
     CredentialResult,
     DeleteResult,
     DestroyResult,
@@ -371,6 +374,66 @@ class Client:
 
     def read_file(self, session_id: str, path: str) -> bytes:
         return self._call(routes.read_file(session_id, path))
+
+    def upload(self, session_id: str, local_path: str, remote_path: str) -> CopyResult:
+        """Copies a local file, or every file of a local directory tree, to ``remote_path`` in the
+        session — any size, in chunks (symlinks, special files and empty directories are left
+        out). A file appears at its path only once whole."""
+        result = CopyResult()
+        for local, remote in _copy.upload_plan(local_path, remote_path, result):
+            with open(local, "rb") as file:
+                for offset, data, last in _copy.chunks(file):
+                    self._call(routes.write_chunk(session_id, remote, offset, data, last))
+                    result.bytes += len(data)
+            result.files += 1
+        return result
+
+    def download(self, session_id: str, remote_path: str, local_path: str) -> CopyResult:
+        """Copies a session's file (into ``local_path``, or into it when it is a directory) or
+        directory tree (as ``local_path``) to this machine — any size, in ranged reads."""
+        result = CopyResult()
+        try:
+            entries = self.list_files(session_id, remote_path)
+        except NotFound:
+            self._download_file(session_id, remote_path, _copy.local_target(remote_path, local_path), result)
+            return result
+        self._download_tree(session_id, remote_path, local_path, entries, 0, result)
+        return result
+
+    def _download_tree(
+        self, session_id: str, remote: str, local: str, entries: List[DirEntry], depth: int, result: CopyResult
+    ) -> None:
+        if depth >= _copy.MAX_DEPTH:
+            raise ValueError(f"{remote}: deeper than {_copy.MAX_DEPTH} directories")
+        os.makedirs(local, exist_ok=True)
+        for entry in entries:
+            child = _copy.join(remote, entry.name)
+            if not _copy.safe_name(entry.name):
+                result.skipped.append(child)
+            elif entry.type == "file":
+                self._download_file(session_id, child, os.path.join(local, entry.name), result)
+            elif entry.type == "dir":
+                children = self.list_files(session_id, child)
+                self._download_tree(session_id, child, os.path.join(local, entry.name), children, depth + 1, result)
+            else:
+                result.skipped.append(child)
+
+    def _download_file(self, session_id: str, remote: str, local: str, result: CopyResult) -> None:
+        offset = 0
+        try:
+            with open(local, "wb") as file:
+                while True:
+                    piece = self._call(routes.read_range(session_id, remote, offset, _copy.READ_CHUNK_BYTES))
+                    file.write(piece)
+                    offset += len(piece)
+                    if len(piece) < _copy.READ_CHUNK_BYTES:
+                        break
+        except BaseException:
+            # No half-written file is left behind.
+            os.remove(local)
+            raise
+        result.files += 1
+        result.bytes += offset
 
     # ---- git credentials ----
 

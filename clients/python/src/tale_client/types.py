@@ -137,6 +137,16 @@ class DirEntry:
     mtime_ms: int
 
 
+@dataclass
+class CopyResult:
+    """What ``upload``/``download`` moved: files, bytes, and the paths left out (symlinks and
+    special files)."""
+
+    files: int = 0
+    bytes: int = 0
+    skipped: List[str] = field(default_factory=list)
+
+
 @dataclass(frozen=True)
 class StageFile:
     """One file to stage: inline ``content`` (bytes or text, at most 1 MiB) or a ``url`` to fetch."""

@@ -9,6 +9,7 @@
 //! symlink itself, never its target, and removes trees with descriptor-relative calls that never
 //! follow links. Files and directories stage creates belong to the exec user.
 pub mod beneath;
+pub mod chunked;
 pub mod fetch;
 mod ops;
 
@@ -246,6 +247,60 @@ impl Workspace {
             .await
             .map_err(file_error)?
     }
+}
+
+impl Workspace {
+    /// Writes one chunk of a file sent in pieces (see [`chunked`]); the staging file's size after
+    /// it.
+    pub async fn write_chunk(
+        &self,
+        path: &str,
+        offset: u64,
+        data: bytes::Bytes,
+        commit: bool,
+    ) -> Result<u64, WriteError> {
+        let rel = self
+            .rel(path)
+            .filter(|r| !r.is_root())
+            .ok_or(WriteError::Failed(chunked::WriteFailure::Path(
+                "unsafe_path".into(),
+            )))?;
+        let (root_fd, owner) = (self.root_fd.clone(), self.owner);
+        match self
+            .blocking(move || chunked::write_chunk(&root_fd, &rel, owner, offset, &data, commit))
+            .await
+        {
+            Ok(result) => result.map_err(WriteError::Failed),
+            Err(Blocking::TimedOut) => Err(WriteError::TimedOut),
+            Err(Blocking::Failed) => Err(WriteError::Failed(chunked::WriteFailure::Path(
+                "write task failed".into(),
+            ))),
+        }
+    }
+
+    /// At most `length` bytes (capped at [`MAX_READ_FILE_BYTES`]) of a regular file from
+    /// `offset`, and the file's size.
+    pub async fn read_range(
+        &self,
+        path: &str,
+        offset: u64,
+        length: u64,
+    ) -> Result<(Vec<u8>, u64), FileError> {
+        let rel = self.rel(path).ok_or(FileError::NotFound)?;
+        let root_fd = self.root_fd.clone();
+        let length = length.min(MAX_READ_FILE_BYTES);
+        self.blocking(move || chunked::read_range(&root_fd, &rel, offset, length))
+            .await
+            .map_err(file_error)?
+    }
+}
+
+/// Why a chunked write failed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum WriteError {
+    Failed(chunked::WriteFailure),
+    /// The write did not finish within [`FILE_OP_TIMEOUT`].
+    TimedOut,
 }
 
 fn skipped(err: Blocking, failed: &str) -> String {

@@ -17,14 +17,14 @@ const MAX_DELETE_DEPTH: usize = 512;
 pub const NOT_REGULAR: &str = "not_a_regular_file";
 
 /// FIFO, socket, character or block device: files whose "content" can block or has side effects.
-fn is_special(mode: u32) -> bool {
+pub(super) fn is_special(mode: u32) -> bool {
     matches!(
         SFlag::from_bits_truncate(mode) & SFlag::S_IFMT,
         SFlag::S_IFIFO | SFlag::S_IFSOCK | SFlag::S_IFCHR | SFlag::S_IFBLK
     )
 }
 
-fn reason(errno: Errno) -> String {
+pub(super) fn reason(errno: Errno) -> String {
     match errno {
         // The kernel refused to leave the root (RESOLVE_BENEATH) or to follow a magic link.
         Errno::EXDEV | Errno::ELOOP => "unsafe_path".into(),
@@ -32,7 +32,11 @@ fn reason(errno: Errno) -> String {
     }
 }
 
-fn chown_at(dir: impl AsFd, name: &OsStr, owner: Option<(u32, u32)>) -> Result<(), Errno> {
+pub(super) fn chown_at(
+    dir: impl AsFd,
+    name: &OsStr,
+    owner: Option<(u32, u32)>,
+) -> Result<(), Errno> {
     match owner {
         Some((uid, gid)) => fchownat(
             dir,
@@ -47,7 +51,7 @@ fn chown_at(dir: impl AsFd, name: &OsStr, owner: Option<(u32, u32)>) -> Result<(
 
 /// Opens the parent directory of `rel`, creating missing directories one at a time beneath the
 /// root (each owned by `owner`).
-fn ensure_parent(
+pub(super) fn ensure_parent(
     root: &OwnedFd,
     rel: &RelPath,
     owner: Option<(u32, u32)>,

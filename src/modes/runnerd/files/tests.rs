@@ -361,3 +361,126 @@ async fn stage_from_url() {
         "{leftovers:?}"
     );
 }
+
+/// A file written in chunks appears at its name only on commit, whole, owned by the exec user,
+/// with no staging file left; ranged reads give it back piece by piece with its size.
+#[tokio::test]
+async fn chunked_write_and_ranged_read() {
+    let s = Scratch::new("chunked");
+    let ws = s.workspace(Some((4242, 4343)));
+    let chunk = |n: u8| bytes::Bytes::from(vec![n; 5]);
+    assert_eq!(ws.write_chunk("d/big.bin", 0, chunk(1), false).await, Ok(5));
+    assert_eq!(
+        ws.write_chunk("d/big.bin", 5, chunk(2), false).await,
+        Ok(10)
+    );
+    assert!(
+        !s.ws().join("d/big.bin").exists(),
+        "not visible before commit"
+    );
+    assert_eq!(
+        ws.write_chunk("d/big.bin", 10, chunk(3), true).await,
+        Ok(15)
+    );
+    let written = std::fs::read(s.ws().join("d/big.bin")).unwrap();
+    assert_eq!(written, [[1u8; 5], [2; 5], [3; 5]].concat());
+    let meta = std::fs::metadata(s.ws().join("d/big.bin")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (4242, 4343));
+    let names: Vec<_> = std::fs::read_dir(s.ws().join("d"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["big.bin"], "no staging file left");
+    assert_eq!(
+        ws.read_range("d/big.bin", 4, 3).await,
+        Ok((vec![1, 2, 2], 15))
+    );
+    assert_eq!(ws.read_range("d/big.bin", 14, 100).await, Ok((vec![3], 15)));
+    assert_eq!(ws.read_range("d/big.bin", 99, 100).await, Ok((vec![], 15)));
+    assert_eq!(ws.read_range("d", 0, 1).await, Err(FileError::NotFound));
+    assert_eq!(ws.read_range("nope", 0, 1).await, Err(FileError::NotFound));
+    // An empty file is one committing chunk.
+    assert_eq!(
+        ws.write_chunk("empty", 0, bytes::Bytes::new(), true).await,
+        Ok(0)
+    );
+    assert_eq!(std::fs::read(s.ws().join("empty")).unwrap(), b"");
+}
+
+/// A chunk must start where the staging file ends; a later chunk with no staging file is told
+/// to start over (size 0).
+#[tokio::test]
+async fn chunked_write_offsets() {
+    use chunked::WriteFailure;
+    let s = Scratch::new("offsets");
+    let ws = s.workspace(None);
+    let data = bytes::Bytes::from_static(b"abc");
+    assert_eq!(
+        ws.write_chunk("f", 3, data.clone(), false).await,
+        Err(WriteError::Failed(WriteFailure::Offset(0)))
+    );
+    ws.write_chunk("f", 0, data.clone(), false).await.unwrap();
+    assert_eq!(
+        ws.write_chunk("f", 2, data.clone(), false).await,
+        Err(WriteError::Failed(WriteFailure::Offset(3)))
+    );
+    assert_eq!(
+        ws.write_chunk("f", 4, data.clone(), true).await,
+        Err(WriteError::Failed(WriteFailure::Offset(3)))
+    );
+    // Offset 0 starts over.
+    ws.write_chunk("f", 0, data.clone(), true).await.unwrap();
+    assert_eq!(std::fs::read(s.ws().join("f")).unwrap(), b"abc");
+    for bad in ["../x", "/etc/x", ""] {
+        assert_eq!(
+            ws.write_chunk(bad, 0, data.clone(), true).await,
+            Err(WriteError::Failed(WriteFailure::Path("unsafe_path".into()))),
+            "{bad}"
+        );
+    }
+}
+
+/// Between two chunks the exec user may swap the staging file for a symlink, a hard link to a
+/// host file, a file it does not own or a FIFO: the next chunk refuses each (no hang), and the
+/// host file is never written. Commit replaces a symlink at the final name, never its target.
+#[tokio::test]
+async fn chunked_write_never_follows_what_the_exec_user_planted() {
+    use chunked::WriteFailure;
+    let s = Scratch::new("planted");
+    let ws = s.workspace(Some((4242, 4343)));
+    let secret = s.outside().join("secret");
+    let staging = s.ws().join(".f.tale-upload");
+    let data = bytes::Bytes::from_static(b"abc");
+    let unsafe_path = Err(WriteError::Failed(WriteFailure::Path("unsafe_path".into())));
+    let plants: [(&str, &dyn Fn()); 4] = [
+        ("symlink", &|| symlink(&secret, &staging).unwrap()),
+        ("hard link", &|| {
+            std::fs::hard_link(&secret, &staging).unwrap()
+        }),
+        ("foreign owner", &|| {
+            std::fs::write(&staging, b"abc").unwrap();
+            std::os::unix::fs::chown(&staging, Some(7), Some(7)).unwrap();
+        }),
+        ("fifo", &|| {
+            nix::unistd::mkfifo(&staging, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap()
+        }),
+    ];
+    for (what, plant) in plants {
+        ws.write_chunk("f", 0, data.clone(), false).await.unwrap();
+        std::fs::remove_file(&staging).unwrap();
+        plant();
+        assert_eq!(
+            ws.write_chunk("f", 3, data.clone(), true).await,
+            unsafe_path,
+            "{what}"
+        );
+        assert_eq!(std::fs::read(&secret).unwrap(), b"host file", "{what}");
+        std::fs::remove_file(&staging).unwrap();
+    }
+    symlink(&secret, s.ws().join("link")).unwrap();
+    ws.write_chunk("link", 0, data.clone(), true).await.unwrap();
+    assert!(!std::fs::symlink_metadata(s.ws().join("link"))
+        .unwrap()
+        .is_symlink());
+    assert_eq!(std::fs::read(&secret).unwrap(), b"host file");
+}

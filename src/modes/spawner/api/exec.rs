@@ -73,7 +73,13 @@ pub async fn replay(
     since_seq: u64,
     agent: Option<AgentTap>,
 ) -> Reply {
-    let stream = match entry.runnerd.attach(exec_id, since_seq).await {
+    // A plain resume opens the journal a few events early to rebuild a character cut at
+    // `since_seq`; an agent attach (which replays from the start) opens it where asked.
+    let opened_after = match agent {
+        None => ResumedAttach::lookback_start(since_seq),
+        Some(_) => since_seq,
+    };
+    let stream = match entry.runnerd.attach(exec_id, opened_after).await {
         Ok(stream) => stream,
         Err(err) => return Err(lost_or_upstream(&spawner, id, err).await),
     };
@@ -86,9 +92,13 @@ pub async fn replay(
         Some(stream) => {
             let spawner = spawner.clone();
             let session_id = id.to_owned();
-            let resumed = (since_seq > 0).then(|| ResumedAttach {
-                runnerd: entry.runnerd.clone(),
-                exec_id: exec_id.to_owned(),
+            let resumed = (since_seq > 0).then(|| {
+                Box::new(ResumedAttach {
+                    runnerd: entry.runnerd.clone(),
+                    exec_id: exec_id.to_owned(),
+                    since_seq,
+                    opened_after,
+                })
             });
             tokio::spawn(async move {
                 pump(

@@ -258,6 +258,7 @@ async fn session_route(
         }
         (&M::POST, ["files", "stage"]) => files::stage(&spawner, id, request).await,
         (&M::POST, ["files", "delete"]) => files::delete(&spawner, id, request).await,
+        (&M::POST, ["files", "write"]) => files::write(&spawner, id, request).await,
         (&M::GET, ["files", "content"]) => files::content(&spawner, id, request).await,
         (&M::GET, ["files"]) => files::list(&spawner, id, request).await,
         (&M::PUT, ["credentials", "git"]) => credentials::grant(&spawner, id, request).await,

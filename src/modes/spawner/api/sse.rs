@@ -29,13 +29,19 @@ use tokio::sync::mpsc;
 /// Frames that may wait between the proxy task and the client.
 const SSE_CHANNEL_DEPTH: usize = 16;
 
+/// How many events before its resume point a plain attach replays (decoded, never sent) so that
+/// a character cut at that point is rebuilt from the bytes the client's earlier connection held
+/// back. When those events hold fewer than 3 bytes of a stream (the most a cut character leaves
+/// pending), the attach replays the exec from its start instead.
+pub const RESUME_LOOKBACK_EVENTS: u64 = 16;
+
 /// What the proxy is for.
 pub enum ProxyMode {
     /// The primary exec stream: collects output into the result when `collect` is set.
     Exec { collect: bool },
     /// An attach: the result carries empty buffers. `resumed` is set when the client resumes
     /// after a position it already has.
-    Attach { resumed: Option<ResumedAttach> },
+    Attach { resumed: Option<Box<ResumedAttach>> },
 }
 
 /// A resumed attach whose stream may end before any event: the client already holds everything
@@ -44,9 +50,19 @@ pub enum ProxyMode {
 pub struct ResumedAttach {
     pub runnerd: RunnerdClient,
     pub exec_id: String,
+    /// The client holds every event up to this seq.
+    pub since_seq: u64,
+    /// The seq the runnerd stream was opened after (`since_seq` minus the lookback).
+    pub opened_after: u64,
 }
 
 impl ResumedAttach {
+    /// Where a resumed plain attach opens runnerd's journal: a few events early (see
+    /// [`RESUME_LOOKBACK_EVENTS`]).
+    pub fn lookback_start(since_seq: u64) -> u64 {
+        since_seq.saturating_sub(RESUME_LOOKBACK_EVENTS)
+    }
+
     async fn exec_finished(&self) -> bool {
         matches!(
             self.runnerd.status(&self.exec_id).await,
@@ -159,6 +175,39 @@ fn ending(event: &ExecEvent) -> ExecEnding {
     }
 }
 
+/// One output stream's decoder and whether its held-back bytes are known to be those the client's
+/// earlier connection held: they are once the decoder saw 3 bytes, or the stream's start, or a
+/// gap (which resets it).
+struct StreamText {
+    decoder: Utf8StreamDecoder,
+    fed: usize,
+    from_start: bool,
+}
+
+impl StreamText {
+    fn new(from_start: bool) -> StreamText {
+        StreamText {
+            decoder: Utf8StreamDecoder::default(),
+            fed: 0,
+            from_start,
+        }
+    }
+
+    fn feed(&mut self, bytes: &[u8]) -> String {
+        self.fed = self.fed.saturating_add(bytes.len());
+        self.decoder.feed(bytes)
+    }
+
+    /// Bytes around a gap do not join up: the cut character is dropped.
+    fn reset(&mut self) {
+        *self = StreamText::new(true);
+    }
+
+    fn settled(&self) -> bool {
+        self.from_start || self.fed >= 3
+    }
+}
+
 #[derive(Default)]
 struct Collected {
     stdout: Vec<u8>,
@@ -177,8 +226,13 @@ pub async fn pump(
 ) -> Option<SessionExecResponse> {
     let collect = matches!(mode, ProxyMode::Exec { collect: true });
     let mut collected = Collected::default();
-    let mut stdout_text = Utf8StreamDecoder::default();
-    let mut stderr_text = Utf8StreamDecoder::default();
+    // A resumed plain attach replays a few events the client already has, only to decode them.
+    let (mut replayed_through, opened_at_start) = match (&mode, &agent) {
+        (ProxyMode::Attach { resumed: Some(r) }, None) => (r.since_seq, r.opened_after == 0),
+        _ => (0, true),
+    };
+    let mut stdout_text = StreamText::new(opened_at_start);
+    let mut stderr_text = StreamText::new(opened_at_start);
     let mut keepalive = tokio::time::interval_at(
         tokio::time::Instant::now() + KEEPALIVE_INTERVAL,
         KEEPALIVE_INTERVAL,
@@ -241,11 +295,37 @@ pub async fn pump(
                 return None;
             }
         };
+        let replayed = match &event {
+            ExecEvent::Gap { to_seq, .. } => *to_seq <= replayed_through,
+            event => event.seq().is_some_and(|seq| seq <= replayed_through),
+        };
+        if replayed_through > 0 && !replayed {
+            // The first event the client lacks: are the held-back bytes known by now?
+            if !(stdout_text.settled() && stderr_text.settled()) {
+                if let ProxyMode::Attach {
+                    resumed: Some(resumed),
+                } = &mode
+                {
+                    // Too few bytes in the lookback: decode the exec from its start instead.
+                    // (When the exec vanished meanwhile, carry on with what is known.)
+                    if let Ok(Some(from_start)) = resumed.runnerd.attach(&resumed.exec_id, 0).await
+                    {
+                        stream = from_start;
+                        stdout_text = StreamText::new(true);
+                        stderr_text = StreamText::new(true);
+                        continue;
+                    }
+                }
+            }
+            replayed_through = 0;
+        }
+        if !replayed {
+            seen_any = true;
+        }
         keepalive.reset();
-        seen_any = true;
-        // Replayed events the client already has (a resumed agent attach) are parsed, not sent.
+        // Replayed events the client already has (a resumed attach) are decoded, not sent.
         let fresh = match (&agent, &event) {
-            (None, _) => true,
+            (None, _) => !replayed,
             (Some(tap), ExecEvent::Gap { to_seq, .. }) => tap.is_new(*to_seq),
             (Some(tap), event) => event.seq().is_none_or(|seq| tap.is_new(seq)),
         };
@@ -260,7 +340,9 @@ pub async fn pump(
             ),
             ExecEvent::Stdout { b64, seq } | ExecEvent::Stderr { b64, seq } => {
                 let bytes = chunk_bytes(b64);
-                spawner.metrics.bytes_streamed.inc_by(bytes.len() as u64);
+                if fresh {
+                    spawner.metrics.bytes_streamed.inc_by(bytes.len() as u64);
+                }
                 let is_stdout = matches!(event, ExecEvent::Stdout { .. });
                 let (decoder, buffer, name) = if is_stdout {
                     (&mut stdout_text, &mut collected.stdout, "stdout")
@@ -282,11 +364,12 @@ pub async fn pump(
                 event_frame(name, Some(*seq), &OutputData { text, seq: *seq })
             }
             ExecEvent::Gap { from_seq, to_seq } => {
+                // The bytes around the gap do not join up: drop the cut line and character.
                 if let Some(tap) = agent.as_mut() {
-                    // The bytes around the gap do not join up: drop the cut line and character.
                     tap.parser.discard_partial_line();
-                    stdout_text = Utf8StreamDecoder::default();
                 }
+                stdout_text.reset();
+                stderr_text.reset();
                 event_frame(
                     "gap",
                     None,
@@ -302,7 +385,7 @@ pub async fn pump(
                 let mut stdout_rest = String::new();
                 for (decoder, name) in [(&mut stdout_text, "stdout"), (&mut stderr_text, "stderr")]
                 {
-                    let rest = decoder.finish();
+                    let rest = decoder.decoder.finish();
                     match (agent.as_mut(), name) {
                         (Some(_), "stdout") => stdout_rest.clone_from(&rest),
                         (Some(tap), _) => tap.end.observe_stderr(&rest),
@@ -331,8 +414,8 @@ pub async fn pump(
                 // A resumed agent attach whose client already has the result gets none again.
                 if fresh {
                     send(event_frame("result", event.seq(), &result)).await;
+                    record_outcome(&spawner, &result);
                 }
-                record_outcome(&spawner, &result);
                 return Some(result);
             }
         };

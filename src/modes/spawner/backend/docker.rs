@@ -38,6 +38,10 @@ pub const SESSION_LABEL: &str = "tale.sandbox-session";
 pub const WORKSPACE_PATH: &str = "/workspace";
 /// Where runnerd keeps its own state in a session container (an anonymous volume; see `create`).
 pub const RUNNERD_STATE_PATH: &str = "/run/tale";
+/// Label naming the deployment (stack) that created an object: set on session containers,
+/// workspace and cache volumes and the network the backend creates when `SANDBOX_STACK_LABEL`
+/// is configured, so tooling can remove exactly one stack's objects from a shared engine.
+pub const STACK_LABEL: &str = "tale.stack";
 /// Label set on volumes at creation, to tell "created now" from "existed already".
 pub const VOLUME_NONCE_LABEL: &str = "tale.create-nonce";
 /// Time allowed for one engine call.
@@ -60,6 +64,9 @@ pub struct DockerConfig {
     pub no_proxy: String,
     /// Per-organization cache volume prefixes for `/cache/pip`, `/cache/npm`, `/cache/bun`.
     pub cache_volume_prefixes: Option<[String; 3]>,
+    /// The value of [`STACK_LABEL`] on every object this backend creates; with it, only session
+    /// containers carrying it are listed and adopted. `None`: no stack label.
+    pub stack_label: Option<String>,
     pub read_only_rootfs: bool,
     pub no_new_privileges: bool,
     pub drop_all_capabilities: bool,
@@ -121,7 +128,7 @@ fn workspace_volume(session_id: &str) -> String {
     format!("{}-ws", container_name(session_id))
 }
 
-fn label_value_ok(value: &str) -> bool {
+pub fn label_value_ok(value: &str) -> bool {
     !value.is_empty()
         && value.len() <= 128
         && value
@@ -167,7 +174,9 @@ impl DockerBackend {
             driver: Some("bridge".into()),
             internal: Some(true),
             enable_ipv6: Some(false),
-            labels: Some(HashMap::from([("tale.sandbox-network".into(), "1".into())])),
+            labels: Some(
+                self.with_stack(HashMap::from([("tale.sandbox-network".into(), "1".into())])),
+            ),
             ..Default::default()
         };
         match self.docker.create_network(request).await {
@@ -189,6 +198,7 @@ impl DockerBackend {
     ) -> BackendResult<bool> {
         let nonce = crate::shared::hex::random::<8>();
         labels.insert(VOLUME_NONCE_LABEL.into(), nonce.clone());
+        labels = self.with_stack(labels);
         let volume = self
             .docker
             .create_volume(VolumeCreateRequest {
@@ -198,12 +208,41 @@ impl DockerBackend {
             })
             .await
             .map_err(engine("cannot create a volume"))?;
-        Ok(volume.labels.get(VOLUME_NONCE_LABEL) != Some(&nonce))
+        let existed = volume.labels.get(VOLUME_NONCE_LABEL) != Some(&nonce);
+        // A volume of the same name made by another stack on this engine is never used.
+        if let (Some(ours), Some(theirs)) =
+            (&self.config.stack_label, volume.labels.get(STACK_LABEL))
+        {
+            if ours != theirs {
+                return Err(BackendError::Invalid {
+                    what: "volume (it belongs to another stack)",
+                    value: format!("{name} ({STACK_LABEL}={theirs})"),
+                });
+            }
+        }
+        Ok(existed)
+    }
+
+    /// An organization's cache volume: `<prefix>-<org>`, or `<prefix>-<stack>-<org>` with a stack
+    /// label, so two stacks on one engine never share (or remove) each other's caches.
+    fn cache_volume(&self, prefix: &str, org: &str) -> String {
+        match &self.config.stack_label {
+            Some(stack) => format!("{prefix}-{stack}-{org}"),
+            None => format!("{prefix}-{org}"),
+        }
+    }
+
+    /// `labels` plus the stack label, when one is configured.
+    fn with_stack(&self, mut labels: HashMap<String, String>) -> HashMap<String, String> {
+        if let Some(stack) = &self.config.stack_label {
+            labels.insert(STACK_LABEL.into(), stack.clone());
+        }
+        labels
     }
 
     fn container_body(&self, spec: &SessionSpec) -> ContainerCreateBody {
         let r = &spec.resources;
-        let labels = HashMap::from([
+        let labels = self.with_stack(HashMap::from([
             (SESSION_LABEL.to_string(), "1".to_string()),
             ("tale.session".into(), spec.session_id.clone()),
             ("tale.org".into(), spec.organization_id.clone()),
@@ -211,7 +250,7 @@ impl DockerBackend {
             ("tale.created".into(), spec.created_at_ms.to_string()),
             ("tale.ttl-ms".into(), spec.ttl_ms.to_string()),
             ("tale.idle-ms".into(), spec.idle_timeout_ms.to_string()),
-        ]);
+        ]));
         let mut env = vec![
             // Only the token's digest enters the container: runnerd compares digests, so neither
             // `docker inspect` nor root inside the session ever sees the token itself.
@@ -265,7 +304,7 @@ impl DockerBackend {
             {
                 mounts.push(Mount {
                     target: Some(target.into()),
-                    source: Some(format!("{prefix}-{}", spec.organization_id)),
+                    source: Some(self.cache_volume(prefix, &spec.organization_id)),
                     typ: Some(MountType::VOLUME),
                     ..Default::default()
                 });
@@ -507,7 +546,7 @@ impl Backend for DockerBackend {
                         ("tale.sandbox-cache".to_string(), "1".to_string()),
                         ("tale.org".to_string(), spec.organization_id.clone()),
                     ]);
-                    self.ensure_volume(&format!("{prefix}-{}", spec.organization_id), labels)
+                    self.ensure_volume(&self.cache_volume(prefix, &spec.organization_id), labels)
                         .await?;
                 }
             }
@@ -601,6 +640,9 @@ impl Backend for DockerBackend {
     ) -> BoxFuture<'a, BackendResult<Vec<ListedSession>>> {
         Box::pin(async move {
             let mut labels = vec![format!("{SESSION_LABEL}=1")];
+            if let Some(stack) = &self.config.stack_label {
+                labels.push(format!("{STACK_LABEL}={stack}"));
+            }
             if let Some(org) = organization_id {
                 labels.push(format!("tale.org={org}"));
             }
@@ -690,6 +732,7 @@ mod tests {
             no_new_privileges: true,
             drop_all_capabilities: true,
             control_sources: Vec::new(),
+            stack_label: None,
         })
         .unwrap();
         let mut spec = crate::modes::spawner::backend::kubernetes::manifests::fixtures::spec();

@@ -86,6 +86,9 @@ pub struct SpawnerConfig {
     /// Gateway root for agent runs whose request gives only a token.
     pub llm_gateway_url: String,
     pub cache_volume_prefixes: Option<[String; 3]>,
+    /// `SANDBOX_STACK_LABEL`: the `tale.stack` label of every Docker object the spawner creates
+    /// (and the filter of what it lists and adopts); unset for none.
+    pub stack_label: Option<String>,
     pub stdout_max_bytes: u64,
     pub stderr_max_bytes: u64,
     pub max_request_body_bytes: u64,
@@ -295,6 +298,19 @@ impl SpawnerConfig {
                         .unwrap_or_else(|| "tale-sandbox-bun-cache".into()),
                 ]
             }),
+            stack_label: match get("SANDBOX_STACK_LABEL") {
+                None => None,
+                Some(value) if crate::modes::spawner::backend::docker::label_value_ok(&value) => {
+                    Some(value)
+                }
+                Some(value) => {
+                    return Err(ConfigError::BadShape {
+                        name: "SANDBOX_STACK_LABEL",
+                        value,
+                        shape: "1-128 characters of A-Z, a-z, 0-9, '_' and '-'",
+                    })
+                }
+            },
             stdout_max_bytes: number(
                 "SANDBOX_STDOUT_MAX_BYTES",
                 DEFAULT_OUTPUT_MAX_BYTES,
@@ -523,6 +539,29 @@ mod tests {
     }
 
     /// Sizes as Docker writes them.
+    /// `SANDBOX_STACK_LABEL` is unset by default, taken as given when it is a label value, and
+    /// refused (named) otherwise.
+    #[test]
+    fn stack_label() {
+        let c = config(&[("SANDBOX_TOKEN", "t")], false).unwrap();
+        assert_eq!(c.stack_label, None);
+        let c = config(
+            &[("SANDBOX_TOKEN", "t"), ("SANDBOX_STACK_LABEL", "qs-1")],
+            false,
+        )
+        .unwrap();
+        assert_eq!(c.stack_label.as_deref(), Some("qs-1"));
+        for bad in ["a b", "x=y", "é"] {
+            let err = config(
+                &[("SANDBOX_TOKEN", "t"), ("SANDBOX_STACK_LABEL", bad)],
+                false,
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains("SANDBOX_STACK_LABEL"), "{bad}: {err}");
+        }
+    }
+
     #[test]
     fn sizes() {
         assert_eq!(parse_size("512m"), Some(512 << 20));
