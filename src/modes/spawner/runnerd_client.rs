@@ -7,8 +7,8 @@ use super::limits::{
 use crate::shared::ndjson::NdjsonLines;
 use crate::shared::protocol::runnerd::{
     CancelReply, CredentialReply, DeleteReply, DeleteRequest, EnvPatch, EnvReply, ExecEvent,
-    ExecList, ExecRequest, ExecStatus, GitCredentialGrant, HealthReport, ListReply, StageReply,
-    StdinReply, StdinRequest, TOKEN_HEADER,
+    ExecList, ExecRequest, ExecStatus, GitCredentialGrant, HealthReport, ListReply, SeedMark,
+    SeedStatus, StageReply, StdinReply, StdinRequest, TOKEN_HEADER,
 };
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -227,6 +227,35 @@ impl RunnerdClient {
 
     pub async fn patch_env(&self, patch: &EnvPatch) -> Result<EnvReply, RunnerdError> {
         self.call_ok(Method::POST, "/env", Some(patch)).await
+    }
+
+    /// `GET /seed`. `Ok(None)` when runnerd predates the route (404): it was started by a release
+    /// that kept no seed record.
+    pub async fn seed_status(&self) -> Result<Option<SeedStatus>, RunnerdError> {
+        let none: Option<&()> = None;
+        let (status, body) = self
+            .call::<serde_json::Value>(
+                Method::GET,
+                "/seed",
+                none,
+                &[StatusCode::OK, StatusCode::NOT_FOUND],
+                RUNNERD_CALL_TIMEOUT,
+            )
+            .await?;
+        if status == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        serde_json::from_value(body)
+            .map(Some)
+            .map_err(RunnerdError::Decode)
+    }
+
+    /// `PUT /seed`: records that the create-time seed named by `digest` was delivered whole.
+    pub async fn mark_seeded(&self, digest: &str) -> Result<SeedStatus, RunnerdError> {
+        let mark = SeedMark {
+            digest: digest.to_owned(),
+        };
+        self.call_ok(Method::PUT, "/seed", Some(&mark)).await
     }
 
     /// Stages files. The body is generic: the spawner forwards the platform's stage body as it came
