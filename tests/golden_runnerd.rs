@@ -431,7 +431,8 @@ async fn seed() {
     t.note("a fresh runnerd is unseeded");
     t.run(port, get("/seed")).await;
     t.note("marked, read back, marked again with another digest");
-    t.run(port, put(&format!(r#"{{"digest":"{digest}"}}"#))).await;
+    t.run(port, put(&format!(r#"{{"digest":"{digest}"}}"#)))
+        .await;
     t.run(port, get("/seed")).await;
     t.run(port, put(&format!(r#"{{"digest":"{}"}}"#, "f".repeat(64))))
         .await;

@@ -1,5 +1,6 @@
 //! Shared by the end-to-end tests.
 pub mod agent_runs;
+pub mod docker;
 pub mod fake_kube;
 pub mod fake_model;
 pub mod git_http;

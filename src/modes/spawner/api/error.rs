@@ -119,9 +119,11 @@ impl From<BackendError> for ApiError {
                 "duplicate",
                 Some(format!("session {id} exists")),
             ),
-            err @ BackendError::OwnerMismatch { .. } => {
-                ApiError::new(StatusCode::CONFLICT, "owner_mismatch", Some(err.to_string()))
-            }
+            err @ BackendError::OwnerMismatch { .. } => ApiError::new(
+                StatusCode::CONFLICT,
+                "owner_mismatch",
+                Some(err.to_string()),
+            ),
             err => ApiError::new(
                 StatusCode::BAD_GATEWAY,
                 "create_failed",

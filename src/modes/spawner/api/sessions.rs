@@ -227,7 +227,9 @@ async fn finish_unseeded(
             return Some(Err(ApiError::new(
                 StatusCode::BAD_GATEWAY,
                 "create_failed",
-                Some(format!("cannot tell whether session {id} was seeded: {err}")),
+                Some(format!(
+                    "cannot tell whether session {id} was seeded: {err}"
+                )),
             )))
         }
     }

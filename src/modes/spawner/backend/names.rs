@@ -93,7 +93,10 @@ pub enum Ownership {
     /// It is this session's (same id; same organization, or none recorded).
     Ours,
     /// It belongs to another session or organization.
-    Foreign { session_id: String, organization_id: String },
+    Foreign {
+        session_id: String,
+        organization_id: String,
+    },
 }
 
 /// Compares an object's recorded owner with the session asking for it. `expected_org` is `None`
@@ -197,9 +200,8 @@ mod tests {
                 assert!(name.len() <= MAX_BASE_NAME_LEN, "{name}");
                 if rules == NameRules::Kubernetes {
                     assert!(
-                        name.bytes().all(|b| b.is_ascii_lowercase()
-                            || b.is_ascii_digit()
-                            || b == b'-')
+                        name.bytes()
+                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
                             && !name.ends_with('-'),
                         "{name}"
                     );
@@ -216,7 +218,10 @@ mod tests {
             legacy_base_name("abc", NameRules::Kubernetes),
             "tale-sbx-ses-a9993e364706816a"
         );
-        assert_eq!(legacy_base_name("abc", NameRules::Docker), "tale-sbx-ses-abc");
+        assert_eq!(
+            legacy_base_name("abc", NameRules::Docker),
+            "tale-sbx-ses-abc"
+        );
         assert_eq!(
             candidate_base_names("abc", NameRules::Docker),
             vec!["tale-sbx-ses-abc"]
@@ -270,7 +275,10 @@ mod tests {
     /// Ownership: same id and org (or no org recorded / asked) is ours; anything else is foreign.
     #[test]
     fn ownership_rules() {
-        assert_eq!(ownership("a", Some("o"), Some("a"), Some("o")), Ownership::Ours);
+        assert_eq!(
+            ownership("a", Some("o"), Some("a"), Some("o")),
+            Ownership::Ours
+        );
         assert_eq!(ownership("a", None, Some("a"), Some("o")), Ownership::Ours);
         assert_eq!(ownership("a", Some("o"), Some("a"), None), Ownership::Ours);
         assert_eq!(
