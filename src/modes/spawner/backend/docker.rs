@@ -29,7 +29,8 @@ use bollard::query_parameters::{
     LogsOptionsBuilder, RemoveContainerOptionsBuilder,
 };
 use bollard::Docker;
-use ownership::{mismatch, Found};
+use super::names::Found;
+use ownership::mismatch;
 use std::collections::HashMap;
 use std::time::Duration;
 

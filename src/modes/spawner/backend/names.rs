@@ -123,6 +123,55 @@ pub fn ownership(
     }
 }
 
+/// What a lookup under a session's candidate names found.
+pub enum Found<T> {
+    /// The session's own object, under `name`.
+    Ours { name: String, object: T },
+    /// Nothing of this session's.
+    Absent,
+    /// The current name (or a legacy object with this session's id) is recorded for another
+    /// session or organization.
+    Foreign { name: String },
+}
+
+/// Judges one object found under candidate `index` of [`candidate_base_names`] (0 = the current
+/// name) from its recorded owner (labels or annotations): `asking` is (session id, organization
+/// when known), `recorded` what the object says. `None`: not this session's and not in its way —
+/// a legacy name that is another session's current name — so the lookup goes on.
+pub fn judge<T>(
+    object: &'static str,
+    name: String,
+    value: T,
+    index: usize,
+    asking: (&str, Option<&str>),
+    recorded: (Option<&str>, Option<&str>),
+) -> Option<Found<T>> {
+    let (session_id, org) = asking;
+    match ownership(session_id, org, recorded.0, recorded.1) {
+        Ownership::Ours => Some(Found::Ours {
+            name,
+            object: value,
+        }),
+        Ownership::Foreign {
+            session_id: owner,
+            organization_id: owner_org,
+        } => {
+            if index > 0 && owner != session_id {
+                return None;
+            }
+            tracing::warn!(
+                session_id,
+                object,
+                %name,
+                owner_session = %owner,
+                owner_org = %owner_org,
+                "an object named for this session is recorded for another session or organization"
+            );
+            Some(Found::Foreign { name })
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

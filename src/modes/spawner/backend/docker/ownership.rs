@@ -6,7 +6,7 @@
 //! labelled for someone else is a conflict the caller reports; one under the legacy name that is
 //! labelled for another session is simply not this session's (the legacy name of a long id is a
 //! short id's current name) and is left alone.
-use super::super::names::{candidate_base_names, ownership, NameRules, Ownership};
+use super::super::names::{candidate_base_names, judge, Found, NameRules};
 use super::super::{BackendError, BackendResult};
 use super::{engine, is_not_found, DockerBackend};
 use bollard::models::ContainerInspectResponse;
@@ -15,17 +15,6 @@ use std::collections::HashMap;
 
 /// Suffix of the workspace volume's name after the session's base name.
 pub const WORKSPACE_VOLUME_SUFFIX: &str = "-ws";
-
-/// What a lookup under a session's names found.
-pub enum Found<T> {
-    /// The session's own object, under `name`.
-    Ours { name: String, object: T },
-    /// Nothing of this session's.
-    Absent,
-    /// The current name (or a legacy object with this session's id) is labelled for another
-    /// session or organization.
-    Foreign { name: String },
-}
 
 /// The container names to look under, current first.
 pub fn container_names(session_id: &str) -> Vec<String> {
@@ -38,43 +27,6 @@ pub fn volume_names(session_id: &str) -> Vec<String> {
         .into_iter()
         .map(|base| format!("{base}{WORKSPACE_VOLUME_SUFFIX}"))
         .collect()
-}
-
-/// Judges one object found under candidate `index` (0 = the current name) from its labels.
-/// `None`: not this session's and not in its way (keep looking).
-fn judge<T>(
-    object: &'static str,
-    name: String,
-    value: T,
-    index: usize,
-    session_id: &str,
-    org: Option<&str>,
-    labels: Option<&HashMap<String, String>>,
-) -> Option<Found<T>> {
-    let label = |key: &str| labels.and_then(|l| l.get(key)).map(String::as_str);
-    match ownership(session_id, org, label("tale.session"), label("tale.org")) {
-        Ownership::Ours => Some(Found::Ours {
-            name,
-            object: value,
-        }),
-        Ownership::Foreign {
-            session_id: owner,
-            organization_id: owner_org,
-        } => {
-            if index > 0 && owner != session_id {
-                return None;
-            }
-            tracing::warn!(
-                session_id,
-                object,
-                %name,
-                owner_session = %owner,
-                owner_org = %owner_org,
-                "an object named for this session is labelled for another session or organization"
-            );
-            Some(Found::Foreign { name })
-        }
-    }
 }
 
 impl DockerBackend {
@@ -95,14 +47,15 @@ impl DockerBackend {
                 Err(err) => return Err(engine("cannot inspect the session container")(err)),
             };
             let labels = inspect.config.as_ref().and_then(|c| c.labels.clone());
+            let recorded = |key: &str| labels.as_ref().and_then(|l| l.get(key)).cloned();
+            let (owner, owner_org) = (recorded("tale.session"), recorded("tale.org"));
             if let Some(found) = judge(
                 "container",
                 name,
                 inspect,
                 index,
-                session_id,
-                org,
-                labels.as_ref(),
+                (session_id, org),
+                (owner.as_deref(), owner_org.as_deref()),
             ) {
                 return Ok(found);
             }
@@ -123,14 +76,14 @@ impl DockerBackend {
                 Err(err) if is_not_found(&err) => continue,
                 Err(err) => return Err(engine("cannot inspect the workspace volume")(err)),
             };
+            let recorded = |key: &str| volume.labels.get(key).map(String::as_str);
             if let Some(found) = judge(
                 "volume",
                 name,
                 (),
                 index,
-                session_id,
-                org,
-                Some(&volume.labels),
+                (session_id, org),
+                (recorded("tale.session"), recorded("tale.org")),
             ) {
                 return Ok(found);
             }
@@ -146,14 +99,14 @@ impl DockerBackend {
         org: &str,
         labels: &HashMap<String, String>,
     ) -> BackendResult<()> {
+        let recorded = |key: &str| labels.get(key).map(String::as_str);
         match judge(
             "volume",
             name.to_owned(),
             (),
             0,
-            session_id,
-            Some(org),
-            Some(labels),
+            (session_id, Some(org)),
+            (recorded("tale.session"), recorded("tale.org")),
         ) {
             Some(Found::Ours { .. }) => Ok(()),
             _ => Err(mismatch("volume", name, session_id)),
