@@ -13,6 +13,7 @@
 //! the session's identity and limits: they are the truth the spawner re-adopts from. The runnerd
 //! token never enters the container: runnerd gets its SHA-256 and compares presented tokens by digest, so
 //! `docker inspect` (or root inside the session) shows only a value that authenticates nothing.
+use super::names::Found;
 use super::{
     wait_for_runnerd, Backend, BackendError, BackendKind, BackendResult, BoxFuture, ListedSession,
     SessionSpec,
@@ -29,7 +30,6 @@ use bollard::query_parameters::{
     LogsOptionsBuilder, RemoveContainerOptionsBuilder,
 };
 use bollard::Docker;
-use super::names::Found;
 use ownership::mismatch;
 use std::collections::HashMap;
 use std::time::Duration;
