@@ -79,6 +79,57 @@ mod tests {
         }
     }
 
+    /// Answers every request on a loopback port with `status` and `body`; returns the base URL.
+    async fn fixed_runnerd(status: &'static str, body: &'static str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let mut request = [0u8; 4096];
+                let _ = socket.read(&mut request).await;
+                let reply = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(reply.as_bytes()).await;
+            }
+        });
+        url
+    }
+
+    /// The reported state follows runnerd's seed record: seeded → ready, unseeded → degraded, a
+    /// runnerd from before the record (404) → ready, a runnerd that cannot say → degraded.
+    #[tokio::test]
+    async fn state_follows_the_seed_record() {
+        let cases = [
+            (
+                "200 OK",
+                r#"{"seeded":true,"digest":"00","seededAtMs":1}"#,
+                SessionState::Ready,
+            ),
+            ("200 OK", r#"{"seeded":false}"#, SessionState::Degraded),
+            (
+                "404 Not Found",
+                r#"{"error":"not_found"}"#,
+                SessionState::Ready,
+            ),
+            (
+                "500 Internal Server Error",
+                r#"{"error":"internal"}"#,
+                SessionState::Degraded,
+            ),
+            ("200 OK", r#"{"unexpected":1}"#, SessionState::Degraded),
+        ];
+        for (status, body, expected) in cases {
+            let url = fixed_runnerd(status, body).await;
+            let client = RunnerdClient::new(&url, "t");
+            assert_eq!(state_of(&client, "s").await, expected, "{status} {body}");
+        }
+        let gone = RunnerdClient::new("http://127.0.0.1:1", "t");
+        assert_eq!(state_of(&gone, "s").await, SessionState::Degraded);
+    }
+
     /// The digest covers org, profile and env (in any order), not the TTLs; it is what runnerd's
     /// `PUT /seed` accepts (64 lowercase hex).
     #[test]
