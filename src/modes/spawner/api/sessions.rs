@@ -264,23 +264,20 @@ pub async fn get(spawner: &Spawner, id: &str) -> Reply {
     if spawner.evict_if_gone(id).await {
         return Err(not_found());
     }
-    let mut entry = spawner.lookup(id).await.ok_or_else(not_found)?;
-    if entry.state == SessionState::Degraded {
-        // Another replica (or a retried create) may have finished the seed since.
-        let state = seed::state_of(&entry.runnerd, id).await;
-        entry = spawner
-            .registry
-            .update(id, |e| e.state = state)
-            .unwrap_or(entry);
-    }
-    // The activity clock is runnerd's: refresh it when runnerd answers.
-    let entry = match entry.runnerd.health().await {
-        Ok(health) => spawner
-            .registry
-            .update(id, |e| e.last_activity_at_ms = health.last_activity_at_ms)
-            .unwrap_or(entry),
-        Err(_) => entry,
-    };
+    let entry = spawner.lookup(id).await.ok_or_else(not_found)?;
+    // The activity clock and the seed record are runnerd's: both are read at each GET, so a
+    // session whose runnerd started again without its seed (or whose seed another replica
+    // finished) is reported as it is now.
+    let (health, state) = tokio::join!(entry.runnerd.health(), seed::state_of(&entry.runnerd, id));
+    let entry = spawner
+        .registry
+        .update(id, |e| {
+            e.state = state;
+            if let Ok(health) = &health {
+                e.last_activity_at_ms = health.last_activity_at_ms;
+            }
+        })
+        .unwrap_or(entry);
     Ok(ok(&SessionReply {
         session: entry.info(spawner.backend_name()),
     }))
