@@ -127,12 +127,40 @@ async fn crash_during_create_never_leaves_a_ready_session_without_its_seed() {
             .await;
         assert_eq!(got["session"]["state"], "ready", "{point}: {got}");
         // A further retry of a complete create is the duplicate it always was.
-        let (status, again) = c.json(Method::POST, "/v1/sessions", Some(body)).await;
+        let (status, again) = c
+            .json(Method::POST, "/v1/sessions", Some(body.clone()))
+            .await;
         assert_eq!(
             (status, &again["error"]),
             (StatusCode::CONFLICT, &json!("duplicate")),
             "{point}"
         );
+        if index == POINTS.len() - 1 {
+            // runnerd started again (what a re-created Pod is): its seed is gone, and so is
+            // `ready`, until the platform's create seeds it again.
+            assert!(docker(&["restart", "-t", "1", &container]).0);
+            let degraded = poll(Duration::from_secs(30), async || {
+                let (_, got) = c
+                    .json(Method::GET, &format!("/v1/sessions/{id}"), None)
+                    .await;
+                (got["session"]["state"] == "degraded").then_some(())
+            })
+            .await;
+            assert!(
+                degraded.is_some(),
+                "degraded after a restart:\n{}",
+                spawner.log()
+            );
+            assert_eq!(
+                seed_seen(&spawner, &id, "bare").await,
+                "",
+                "the seed went with runnerd"
+            );
+            let (status, created) = c.json(Method::POST, "/v1/sessions", Some(body)).await;
+            assert_eq!(status, StatusCode::CREATED, "{created}\n{}", spawner.log());
+            assert_eq!(created["session"]["state"], "ready");
+            assert_eq!(seed_seen(&spawner, &id, "reseeded").await, seed);
+        }
         assert_eq!(
             c.json(Method::DELETE, &format!("/v1/sessions/{id}"), None)
                 .await
