@@ -11,23 +11,9 @@ use serde_json::json;
 use std::time::Duration;
 use support::docker::{docker, docker_spawner, network_name, test_image};
 use support::runnerd::poll;
-use support::spawner::{stdout_text, SpawnerProcess, SANDBOX_TOKEN};
+use support::spawner::SANDBOX_TOKEN;
 use tale::modes::spawner::backend::names::{legacy_base_name, NameRules};
 use tale::modes::spawner::runnerd_client::RunnerdClient;
-
-async fn run(spawner: &SpawnerProcess, id: &str, exec_id: &str, shell: &str) -> String {
-    let (status, stream) = spawner
-        .client
-        .sse(
-            Method::POST,
-            &format!("/v1/sessions/{id}/exec"),
-            Some(json!({"execId": exec_id, "shell": shell})),
-            &[],
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{}", spawner.log());
-    stdout_text(&stream.collect_all().await)
-}
 
 /// Removes the test's containers, volumes and network, also when an assertion failed.
 struct Cleanup {
@@ -169,28 +155,20 @@ async fn colliding_ids_never_share_a_workspace() {
         .json(Method::GET, &format!("/v1/sessions/{long}"), None)
         .await;
     assert_eq!(status, StatusCode::OK, "{got}\n{}", spawner.log());
+    assert_eq!(got["session"]["organizationId"], "orga");
+    assert_eq!(got["session"]["state"], "ready");
     assert_eq!(
-        (
-            got["session"]["organizationId"].as_str(),
-            got["session"]["state"].as_str()
-        ),
-        (Some("orga"), Some("ready"))
-    );
-    assert_eq!(
-        run(&spawner, &long, "a1", "cat secret.txt").await,
+        c.exec_stdout(&long, "a1", "cat secret.txt").await,
         "A-secret\n"
     );
 
     // Org B's short id maps to the same old name: refused loudly, nothing of A's touched.
     let create_short = json!({"sessionId": short, "organizationId": "orgb"});
-    let (status, body) = c
+    let mismatch = (StatusCode::CONFLICT, "owner_mismatch".to_string());
+    assert_eq!(c.create_with(&create_short).await, mismatch);
+    let (_, body) = c
         .json(Method::POST, "/v1/sessions", Some(create_short.clone()))
         .await;
-    assert_eq!(
-        (status, &body["error"]),
-        (StatusCode::CONFLICT, &json!("owner_mismatch")),
-        "{body}"
-    );
     assert!(
         !body["message"].as_str().unwrap().contains(&long),
         "the owner is not revealed: {body}"
@@ -200,7 +178,8 @@ async fn colliding_ids_never_share_a_workspace() {
         "true"
     );
 
-    // A's session stops (compute removed, workspace kept): B still cannot take the workspace.
+    // A's session stops (compute removed, workspace kept): B still cannot take the workspace,
+    // nor delete it.
     assert!(docker(&["rm", "-f", &shared]).0);
     assert_eq!(
         c.json(Method::GET, &format!("/v1/sessions/{long}"), None)
@@ -208,36 +187,20 @@ async fn colliding_ids_never_share_a_workspace() {
             .0,
         StatusCode::NOT_FOUND
     );
-    let (status, body) = c
-        .json(Method::POST, "/v1/sessions", Some(create_short.clone()))
-        .await;
-    assert_eq!(
-        (status, &body["error"]),
-        (StatusCode::CONFLICT, &json!("owner_mismatch")),
-        "{body}"
-    );
-    // Nor delete it.
-    let (status, body) = c
-        .json(Method::DELETE, &format!("/v1/sessions/{short}"), None)
-        .await;
-    assert_eq!(
-        (status, &body["destroyed"]),
-        (StatusCode::OK, &json!(false)),
-        "{body}"
-    );
+    assert_eq!(c.create_with(&create_short).await, mismatch);
+    assert_eq!(c.destroy(&short).await, (StatusCode::OK, false));
     assert!(volume_exists(&format!("{shared}-ws")), "A's workspace kept");
 
     // A resumes on its old workspace (new container name, old volume).
-    let (status, body) = c
-        .json(
-            Method::POST,
-            "/v1/sessions",
-            Some(json!({"sessionId": long, "organizationId": "orga"})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}\n{}", spawner.log());
+    let create_long = json!({"sessionId": long, "organizationId": "orga"});
     assert_eq!(
-        run(&spawner, &long, "a2", "cat secret.txt").await,
+        c.create_with(&create_long).await,
+        (StatusCode::CREATED, String::new()),
+        "{}",
+        spawner.log()
+    );
+    assert_eq!(
+        c.exec_stdout(&long, "a2", "cat secret.txt").await,
         "A-secret\n"
     );
     let (_, names) = docker(&[
@@ -251,40 +214,23 @@ async fn colliding_ids_never_share_a_workspace() {
         names.starts_with("tale-sbx-hash-"),
         "resumed under the new name: {names}"
     );
-    let (status, body) = c
-        .json(Method::POST, "/v1/sessions", Some(create_short.clone()))
-        .await;
-    assert_eq!(
-        (status, &body["error"]),
-        (StatusCode::CONFLICT, &json!("owner_mismatch")),
-        "{body}"
-    );
+    assert_eq!(c.create_with(&create_short).await, mismatch);
 
     // A destroys: its objects (new container, old volume) go; B's short id is then free and new.
-    let (status, body) = c
-        .json(Method::DELETE, &format!("/v1/sessions/{long}"), None)
-        .await;
-    assert_eq!(
-        (status, &body["destroyed"]),
-        (StatusCode::OK, &json!(true)),
-        "{body}"
-    );
+    assert_eq!(c.destroy(&long).await, (StatusCode::OK, true));
     assert!(!volume_exists(&format!("{shared}-ws")));
-    let (status, body) = c
-        .json(Method::POST, "/v1/sessions", Some(create_short))
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}\n{}", spawner.log());
-    assert_eq!(run(&spawner, &short, "b1", "ls").await, "");
     assert_eq!(
-        c.json(Method::DELETE, &format!("/v1/sessions/{short}"), None)
-            .await
-            .0,
-        StatusCode::OK
+        c.create_with(&create_short).await,
+        (StatusCode::CREATED, String::new()),
+        "{}",
+        spawner.log()
     );
+    assert_eq!(c.exec_stdout(&short, "b1", "ls").await, "");
+    assert_eq!(c.destroy(&short).await, (StatusCode::OK, true));
 
     // The same id from another organization, while the first one's workspace is kept: refused.
     c.create(&id, "orga").await;
-    run(&spawner, &id, "w", "echo mine > mine.txt").await;
+    c.exec_stdout(&id, "w", "echo mine > mine.txt").await;
     assert!(docker(&["rm", "-f", &format!("tale-sbx-ses-{id}")]).0);
     assert_eq!(
         c.json(Method::GET, &format!("/v1/sessions/{id}"), None)
@@ -292,25 +238,13 @@ async fn colliding_ids_never_share_a_workspace() {
             .0,
         StatusCode::NOT_FOUND
     );
-    let (status, body) = c
-        .json(
-            Method::POST,
-            "/v1/sessions",
-            Some(json!({"sessionId": id, "organizationId": "orgb"})),
-        )
-        .await;
     assert_eq!(
-        (status, &body["error"]),
-        (StatusCode::CONFLICT, &json!("owner_mismatch")),
-        "{body}"
+        c.create_with(&json!({"sessionId": id, "organizationId": "orgb"}))
+            .await,
+        mismatch
     );
     c.create(&id, "orga").await;
-    assert_eq!(run(&spawner, &id, "r", "cat mine.txt").await, "mine\n");
-    assert_eq!(
-        c.json(Method::DELETE, &format!("/v1/sessions/{id}"), None)
-            .await
-            .0,
-        StatusCode::OK
-    );
+    assert_eq!(c.exec_stdout(&id, "r", "cat mine.txt").await, "mine\n");
+    assert_eq!(c.destroy(&id).await, (StatusCode::OK, true));
     drop(spawner);
 }

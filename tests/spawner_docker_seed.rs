@@ -9,7 +9,6 @@ use serde_json::json;
 use std::time::Duration;
 use support::docker::{docker, docker_spawner, network_name};
 use support::runnerd::poll;
-use support::spawner::{stdout_text, SpawnerProcess};
 
 /// The points of a create the test hook can pause at (`TALE_TEST_CREATE_PAUSE_AT`), and whether
 /// the session's container is running once the spawner is killed there.
@@ -20,18 +19,8 @@ const POINTS: [(&str, bool); 4] = [
     ("during_seeding", true),
 ];
 
-async fn seed_seen(spawner: &SpawnerProcess, id: &str, exec_id: &str) -> String {
-    let (_, stream) = spawner
-        .client
-        .sse(
-            Method::POST,
-            &format!("/v1/sessions/{id}/exec"),
-            Some(json!({"execId": exec_id, "shell": "printf %s \"$SEED\""})),
-            &[],
-        )
-        .await;
-    stdout_text(&stream.collect_all().await)
-}
+/// What an exec prints: the seed env it sees.
+const SHOW_SEED: &str = "printf %s \"$SEED\"";
 
 /// kill -9 at every point of a create, restart, retry: degraded (never ready) before the retry,
 /// 201 and the seed in every exec after it.
@@ -117,7 +106,7 @@ async fn crash_during_create_never_leaves_a_ready_session_without_its_seed() {
         assert_eq!(created["session"]["state"], "ready", "{point}: {created}");
         for exec_id in ["first", "second"] {
             assert_eq!(
-                seed_seen(&spawner, &id, exec_id).await,
+                spawner.client.exec_stdout(&id, exec_id, SHOW_SEED).await,
                 seed,
                 "{point}: {exec_id}"
             );
@@ -152,14 +141,14 @@ async fn crash_during_create_never_leaves_a_ready_session_without_its_seed() {
                 spawner.log()
             );
             assert_eq!(
-                seed_seen(&spawner, &id, "bare").await,
+                c.exec_stdout(&id, "bare", SHOW_SEED).await,
                 "",
                 "the seed went with runnerd"
             );
             let (status, created) = c.json(Method::POST, "/v1/sessions", Some(body)).await;
             assert_eq!(status, StatusCode::CREATED, "{created}\n{}", spawner.log());
             assert_eq!(created["session"]["state"], "ready");
-            assert_eq!(seed_seen(&spawner, &id, "reseeded").await, seed);
+            assert_eq!(c.exec_stdout(&id, "reseeded", SHOW_SEED).await, seed);
         }
         assert_eq!(
             c.json(Method::DELETE, &format!("/v1/sessions/{id}"), None)

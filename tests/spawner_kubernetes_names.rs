@@ -6,29 +6,15 @@
 //! its old PVC; once it is destroyed the short id gets fresh objects of its own.
 mod support;
 
-use hyper::{Method, StatusCode};
+use hyper::StatusCode;
 use serde_json::json;
 use support::fake_kube::FakeKube;
 use support::runnerd::free_port;
-use support::spawner::{stdout_text, SpawnerProcess};
+use support::spawner::SpawnerProcess;
 use tale::modes::spawner::backend::kubernetes::manifests::pod_name;
 use tale::modes::spawner::backend::names::{legacy_base_name, NameRules, PLAIN_PREFIX};
 
 const NAMESPACE: &str = "tale-sandbox";
-
-async fn run(spawner: &SpawnerProcess, id: &str, exec_id: &str, shell: &str) -> String {
-    let (status, stream) = spawner
-        .client
-        .sse(
-            Method::POST,
-            &format!("/v1/sessions/{id}/exec"),
-            Some(json!({"execId": exec_id, "shell": shell})),
-            &[],
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{}", spawner.log());
-    stdout_text(&stream.collect_all().await)
-}
 
 /// An object as the previous release made it for session `id` of `org`.
 fn legacy_object(
@@ -101,28 +87,13 @@ async fn colliding_ids_never_share_a_pod_or_pvc() {
     let spawner = SpawnerProcess::start(root, env).await;
     let c = &spawner.client;
     let create_short = json!({"sessionId": short, "organizationId": "orgb"});
+    let mismatch = (StatusCode::CONFLICT, "owner_mismatch".to_string());
 
     // The short id meets A's Pod under its name: refused, nothing touched or added.
-    let (status, body) = c
-        .json(Method::POST, "/v1/sessions", Some(create_short.clone()))
-        .await;
-    assert_eq!(
-        (status, &body["error"]),
-        (StatusCode::CONFLICT, &json!("owner_mismatch")),
-        "{body}"
-    );
-    let (status, body) = c
-        .json(Method::DELETE, &format!("/v1/sessions/{short}"), None)
-        .await;
-    assert_eq!(
-        (status, &body["destroyed"]),
-        (StatusCode::OK, &json!(false)),
-        "{body}"
-    );
-    assert!(
-        fake.object("pods", &legacy).is_some()
-            && fake.object("persistentvolumeclaims", &legacy_pvc).is_some()
-    );
+    assert_eq!(c.create_with(&create_short).await, mismatch);
+    assert_eq!(c.destroy(&short).await, (StatusCode::OK, false));
+    assert!(fake.object("pods", &legacy).is_some());
+    assert!(fake.object("persistentvolumeclaims", &legacy_pvc).is_some());
     assert!(fake.object("secrets", &format!("{legacy}-spec")).is_none());
 
     // A's Pod ended (a node went away): A resumes on its old PVC, under its new Pod name.
@@ -131,16 +102,15 @@ async fn colliding_ids_never_share_a_pod_or_pvc() {
         NAMESPACE,
         legacy_object("Pod", &legacy, &long, "orga", json!({"phase": "Failed"})),
     );
-    let (status, body) = c
-        .json(
-            Method::POST,
-            "/v1/sessions",
-            Some(json!({"sessionId": long, "organizationId": "orga"})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}\n{}", spawner.log());
+    let create_long = json!({"sessionId": long, "organizationId": "orga"});
     assert_eq!(
-        run(&spawner, &long, "a1", "cat secret.txt").await,
+        c.create_with(&create_long).await,
+        (StatusCode::CREATED, String::new()),
+        "{}",
+        spawner.log()
+    );
+    assert_eq!(
+        c.exec_stdout(&long, "a1", "cat secret.txt").await,
         "A-secret\n"
     );
     let pod = fake.object("pods", &pod_name(&long)).expect("A's new Pod");
@@ -154,31 +124,19 @@ async fn colliding_ids_never_share_a_pod_or_pvc() {
     );
 
     // The short id still meets A's PVC: refused.
-    let (status, body) = c
-        .json(Method::POST, "/v1/sessions", Some(create_short.clone()))
-        .await;
-    assert_eq!(
-        (status, &body["error"]),
-        (StatusCode::CONFLICT, &json!("owner_mismatch")),
-        "{body}"
-    );
+    assert_eq!(c.create_with(&create_short).await, mismatch);
     assert!(fake.object("persistentvolumeclaims", &legacy_pvc).is_some());
 
     // A destroys: its objects go; the short id then gets fresh ones of its own.
-    let (status, body) = c
-        .json(Method::DELETE, &format!("/v1/sessions/{long}"), None)
-        .await;
-    assert_eq!(
-        (status, &body["destroyed"]),
-        (StatusCode::OK, &json!(true)),
-        "{body}"
-    );
+    assert_eq!(c.destroy(&long).await, (StatusCode::OK, true));
     assert!(fake.object("persistentvolumeclaims", &legacy_pvc).is_none());
-    let (status, body) = c
-        .json(Method::POST, "/v1/sessions", Some(create_short))
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}\n{}", spawner.log());
-    assert_eq!(run(&spawner, &short, "b1", "ls").await, "");
+    assert_eq!(
+        c.create_with(&create_short).await,
+        (StatusCode::CREATED, String::new()),
+        "{}",
+        spawner.log()
+    );
+    assert_eq!(c.exec_stdout(&short, "b1", "ls").await, "");
     let pvc = fake
         .object("persistentvolumeclaims", &legacy_pvc)
         .expect("B's own PVC");
@@ -186,10 +144,5 @@ async fn colliding_ids_never_share_a_pod_or_pvc() {
         pvc["metadata"]["annotations"]["tale.dev/session-id"],
         json!(short)
     );
-    assert_eq!(
-        c.json(Method::DELETE, &format!("/v1/sessions/{short}"), None)
-            .await
-            .0,
-        StatusCode::OK
-    );
+    assert_eq!(c.destroy(&short).await, (StatusCode::OK, true));
 }

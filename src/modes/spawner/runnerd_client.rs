@@ -232,11 +232,19 @@ impl RunnerdClient {
     /// `GET /seed`. `Ok(None)` when runnerd predates the route (404): it was started by a release
     /// that kept no seed record.
     pub async fn seed_status(&self) -> Result<Option<SeedStatus>, RunnerdError> {
+        self.get_unless_404("/seed").await
+    }
+
+    /// A GET answered 200 with a `T`, or 404 (`None`).
+    async fn get_unless_404<T: DeserializeOwned>(
+        &self,
+        path: &str,
+    ) -> Result<Option<T>, RunnerdError> {
         let none: Option<&()> = None;
-        let (status, body) = self
+        let (status, value) = self
             .call::<serde_json::Value>(
                 Method::GET,
-                "/seed",
+                path,
                 none,
                 &[StatusCode::OK, StatusCode::NOT_FOUND],
                 RUNNERD_CALL_TIMEOUT,
@@ -245,7 +253,7 @@ impl RunnerdClient {
         if status == StatusCode::NOT_FOUND {
             return Ok(None);
         }
-        serde_json::from_value(body)
+        serde_json::from_value(value)
             .map(Some)
             .map_err(RunnerdError::Decode)
     }
@@ -281,23 +289,8 @@ impl RunnerdClient {
 
     /// Directory listing; `None` for runnerd's 404.
     pub async fn list(&self, path: &str) -> Result<Option<ListReply>, RunnerdError> {
-        let none: Option<&()> = None;
-        let query = format!("/fs/list?path={}", encode_query(path));
-        let (status, value) = self
-            .call::<serde_json::Value>(
-                Method::GET,
-                &query,
-                none,
-                &[StatusCode::OK, StatusCode::NOT_FOUND],
-                RUNNERD_CALL_TIMEOUT,
-            )
-            .await?;
-        if status == StatusCode::NOT_FOUND {
-            return Ok(None);
-        }
-        serde_json::from_value(value)
-            .map(Some)
-            .map_err(RunnerdError::Decode)
+        self.get_unless_404(&format!("/fs/list?path={}", encode_query(path)))
+            .await
     }
 
     /// File bytes; `None` for runnerd's 404.

@@ -50,6 +50,41 @@ pub fn judge_object<K: Metadata<Ty = ObjectMeta>>(
     )
 }
 
+/// Looks for the session's object of one kind under each candidate name (`name_for(base)`).
+async fn find<K>(
+    api: &kube::Api<K>,
+    kind: &'static str,
+    name_for: impl Fn(&str) -> String,
+    session_id: &str,
+    org: Option<&str>,
+) -> BackendResult<Found<K>>
+where
+    K: kube::Resource
+        + Metadata<Ty = ObjectMeta>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    for (index, base) in base_names(session_id).into_iter().enumerate() {
+        let name = name_for(&base);
+        let Some(object) = api.get_opt(&name).await.map_err(api_error(kind))? else {
+            continue;
+        };
+        if let Some(found) = judge_object(kind, &name, object, index, (session_id, org)) {
+            return Ok(found);
+        }
+    }
+    Ok(Found::Absent)
+}
+
+fn api_error(kind: &'static str) -> impl FnOnce(kube::Error) -> super::super::BackendError {
+    api(match kind {
+        "Pod" => "cannot read the session Pod",
+        "PVC" => "cannot read the workspace PVC",
+        _ => "cannot read a session object",
+    })
+}
+
 impl KubernetesBackend {
     /// The session's Pod (its name is the base name), annotation-checked (the organization too
     /// when `org` is given).
@@ -58,20 +93,7 @@ impl KubernetesBackend {
         session_id: &str,
         org: Option<&str>,
     ) -> BackendResult<Found<k8s_openapi::api::core::v1::Pod>> {
-        for (index, name) in base_names(session_id).into_iter().enumerate() {
-            let Some(pod) = self
-                .pods
-                .get_opt(&name)
-                .await
-                .map_err(api("cannot read the session Pod"))?
-            else {
-                continue;
-            };
-            if let Some(found) = judge_object("Pod", &name, pod, index, (session_id, org)) {
-                return Ok(found);
-            }
-        }
-        Ok(Found::Absent)
+        find(&self.pods, "Pod", str::to_owned, session_id, org).await
     }
 
     /// The session's workspace PVC, annotation-checked.
@@ -80,21 +102,7 @@ impl KubernetesBackend {
         session_id: &str,
         org: Option<&str>,
     ) -> BackendResult<Found<k8s_openapi::api::core::v1::PersistentVolumeClaim>> {
-        for (index, base) in base_names(session_id).into_iter().enumerate() {
-            let name = pvc_name_for(&base);
-            let Some(pvc) = self
-                .pvcs
-                .get_opt(&name)
-                .await
-                .map_err(api("cannot read the workspace PVC"))?
-            else {
-                continue;
-            };
-            if let Some(found) = judge_object("PVC", &name, pvc, index, (session_id, org)) {
-                return Ok(found);
-            }
-        }
-        Ok(Found::Absent)
+        find(&self.pvcs, "PVC", pvc_name_for, session_id, org).await
     }
 
     /// Whether the Secret of base name `base` is absent or this session's (safe to delete).
