@@ -86,6 +86,9 @@ pub async fn create_session(
         // A retry of a create that died before seeding finished: finish it.
         let _lifecycle = spawner.registry.lifecycle(&id).await;
         if let Some(finished) = finish_unseeded(spawner, create).await {
+            if finished.is_ok() {
+                spawner.metrics.creates.inc();
+            }
             return finished;
         }
     }
