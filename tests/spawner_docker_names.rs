@@ -9,27 +9,11 @@ mod support;
 use hyper::{Method, StatusCode};
 use serde_json::json;
 use std::time::Duration;
-use support::docker::{docker, docker_spawner, network_name, test_image};
+use support::docker::{docker, docker_spawner, network_name, test_image, Cleanup};
 use support::runnerd::poll;
 use support::spawner::SANDBOX_TOKEN;
 use tale::modes::spawner::backend::names::{legacy_base_name, NameRules};
 use tale::modes::spawner::runnerd_client::RunnerdClient;
-
-/// Removes the test's containers, volumes and network, also when an assertion failed.
-struct Cleanup {
-    names: Vec<String>,
-    network: String,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for name in &self.names {
-            docker(&["rm", "-f", name]);
-            docker(&["volume", "rm", "-f", &format!("{name}-ws")]);
-        }
-        docker(&["network", "rm", &self.network]);
-    }
-}
 
 fn volume_exists(name: &str) -> bool {
     docker(&["volume", "inspect", name]).0

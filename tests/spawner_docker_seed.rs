@@ -7,7 +7,7 @@ mod support;
 use hyper::{Method, StatusCode};
 use serde_json::json;
 use std::time::Duration;
-use support::docker::{docker, docker_spawner, network_name};
+use support::docker::{docker, docker_spawner, network_name, Cleanup};
 use support::runnerd::poll;
 
 /// The points of a create the test hook can pause at (`TALE_TEST_CREATE_PAUSE_AT`), and whether
@@ -27,6 +27,12 @@ const SHOW_SEED: &str = "printf %s \"$SEED\"";
 #[tokio::test(flavor = "multi_thread")]
 async fn crash_during_create_never_leaves_a_ready_session_without_its_seed() {
     let network = network_name();
+    let _cleanup = Cleanup {
+        names: (0..POINTS.len())
+            .map(|index| format!("tale-sbx-ses-seedcrash{}x{index}", std::process::id()))
+            .collect(),
+        network: network.clone(),
+    };
     let mut spawner = docker_spawner(&network, &[]).await;
     for (index, (point, running)) in POINTS.into_iter().enumerate() {
         let id = format!("seedcrash{}x{index}", std::process::id());
@@ -156,8 +162,5 @@ async fn crash_during_create_never_leaves_a_ready_session_without_its_seed() {
                 .0,
             StatusCode::OK
         );
-        docker(&["rm", "-f", &container]);
-        docker(&["volume", "rm", "-f", &format!("{container}-ws")]);
     }
-    docker(&["network", "rm", &network]);
 }

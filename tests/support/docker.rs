@@ -77,3 +77,20 @@ pub async fn docker_spawner(network: &str, extra: &[(&str, &str)]) -> SpawnerPro
     ));
     SpawnerProcess::start(root, env).await
 }
+
+/// Removes containers `names` (with their `-ws` volumes) and `network` when dropped, so a test
+/// that fails an assertion leaves nothing behind on the shared engine.
+pub struct Cleanup {
+    pub names: Vec<String>,
+    pub network: String,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for name in &self.names {
+            docker(&["rm", "-f", name]);
+            docker(&["volume", "rm", "-f", &format!("{name}-ws")]);
+        }
+        docker(&["network", "rm", &self.network]);
+    }
+}
