@@ -99,7 +99,7 @@ async fn make_legacy_session(network: &str, base: &str, id: &str, org: &str, sec
     ]);
     let runnerd = RunnerdClient::new(&format!("http://{ip}:8200"), &token);
     let marked = poll(Duration::from_secs(30), async || {
-        runnerd.mark_seeded(&"0".repeat(64)).await.ok()
+        runnerd.mark_seeded(&"0".repeat(64)).await.ok().flatten()
     })
     .await;
     assert!(marked.is_some(), "the legacy session's runnerd answers");

@@ -259,11 +259,26 @@ impl RunnerdClient {
     }
 
     /// `PUT /seed`: records that the create-time seed named by `digest` was delivered whole.
-    pub async fn mark_seeded(&self, digest: &str) -> Result<SeedStatus, RunnerdError> {
+    /// `Ok(None)` when runnerd predates the route (404): it cannot keep the record.
+    pub async fn mark_seeded(&self, digest: &str) -> Result<Option<SeedStatus>, RunnerdError> {
         let mark = SeedMark {
             digest: digest.to_owned(),
         };
-        self.call_ok(Method::PUT, "/seed", Some(&mark)).await
+        let (status, value) = self
+            .call::<serde_json::Value>(
+                Method::PUT,
+                "/seed",
+                Some(&mark),
+                &[StatusCode::OK, StatusCode::NOT_FOUND],
+                RUNNERD_CALL_TIMEOUT,
+            )
+            .await?;
+        if status == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        serde_json::from_value(value)
+            .map(Some)
+            .map_err(RunnerdError::Decode)
     }
 
     /// Stages files. The body is generic: the spawner forwards the platform's stage body as it came

@@ -35,7 +35,11 @@ pub async fn deliver(runnerd: &RunnerdClient, create: &CreateSession) -> Result<
         }
     }
     super::test_hooks::pause_at("during_seeding").await;
-    runnerd.mark_seeded(&seed_digest(create)).await?;
+    if runnerd.mark_seeded(&seed_digest(create)).await?.is_none() {
+        // A session image older than the spawner (a rolling upgrade): its runnerd cannot keep
+        // the record, and reads as seeded (`state_of`) — as every session did before it.
+        tracing::info!(session_id = %id, "runnerd predates the seed record; seed delivered unrecorded");
+    }
     Ok(())
 }
 
@@ -128,6 +132,20 @@ mod tests {
         }
         let gone = RunnerdClient::new("http://127.0.0.1:1", "t");
         assert_eq!(state_of(&gone, "s").await, SessionState::Degraded);
+    }
+
+    /// A runnerd older than the seed record (404 on `/seed`) still takes a create: the seed is
+    /// delivered unrecorded; one that fails the mark otherwise fails the delivery.
+    #[tokio::test]
+    async fn delivery_to_a_runnerd_without_the_record() {
+        let old = RunnerdClient::new(
+            &fixed_runnerd("404 Not Found", r#"{"error":"not_found"}"#).await,
+            "t",
+        );
+        deliver(&old, &create("o", &[])).await.unwrap();
+        let broken =
+            RunnerdClient::new(&fixed_runnerd("500 Internal Server Error", "{}").await, "t");
+        assert!(deliver(&broken, &create("o", &[])).await.is_err());
     }
 
     /// The digest covers org, profile and env (in any order), not the TTLs; it is what runnerd's
