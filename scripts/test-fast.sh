@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 fast_suites=(
   golden_runnerd golden_spawner quickstart runnerd_backpressure runnerd_bad_input runnerd_cancel_tree
   runnerd_drain_grace runnerd_exec runnerd_files runnerd_hostile runnerd_pid1 runnerd_pty runnerd_tls
-  session_cli session_shell spawner_api spawner_edge spawner_kubernetes
+  session_cli session_shell spawner_api spawner_edge spawner_kubernetes spawner_kubernetes_names
 )
 # Suites that need more than the toolchain, and what (they run in scripts/test.sh only).
 host_suites=(
@@ -32,6 +32,8 @@ host_suites=(
   helm_chart        # the helm-python-sdk venv (PyPI)
   quickstart_agents # Docker, docker-compose, the npm agent CLIs (the compose quick start)
   spawner_docker    # Docker and the test image (a static release build)
+  spawner_docker_names # Docker and the test image
+  spawner_docker_seed  # Docker and the test image
   spawner_tls       # curl and openssl (a CA and certificates made per run)
 )
 # A new suite must be sorted into one list: an unlisted one would silently run in neither tier's

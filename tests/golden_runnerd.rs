@@ -414,6 +414,40 @@ async fn env() {
     t.finish();
 }
 
+/// `GET`/`PUT /seed` (additive): unseeded at boot, marked with a digest, re-marked, and refusals.
+#[tokio::test(flavor = "multi_thread")]
+async fn seed() {
+    let daemon = Runnerd::start(Options::default()).await;
+    let mut normalizer = normalizer(&daemon);
+    normalizer.json_numbers.push("seededAtMs");
+    let mut t = Transcript::new("runnerd", "seed", normalizer);
+    let port = daemon.port;
+    let put = |body: &str| {
+        RawRequest::new("PUT", "/seed")
+            .header("x-tale-runnerd-token", TOKEN)
+            .json(body)
+    };
+    let digest = "0123456789abcdef".repeat(4);
+    t.note("a fresh runnerd is unseeded");
+    t.run(port, get("/seed")).await;
+    t.note("marked, read back, marked again with another digest");
+    t.run(port, put(&format!(r#"{{"digest":"{digest}"}}"#)))
+        .await;
+    t.run(port, get("/seed")).await;
+    t.run(port, put(&format!(r#"{{"digest":"{}"}}"#, "f".repeat(64))))
+        .await;
+    t.run(port, get("/seed")).await;
+    t.note("refusals: no token, wrong digests, wrong shapes");
+    t.run(port, RawRequest::new("GET", "/seed")).await;
+    t.run(port, put(&format!(r#"{{"digest":"{}"}}"#, "F".repeat(64))))
+        .await;
+    t.run(port, put(r#"{"digest":"abc"}"#)).await;
+    t.run(port, put(r#"{"digest":"00","extra":1}"#)).await;
+    t.run(port, put("[]")).await;
+    t.run(port, post("/seed", "{}")).await;
+    t.finish();
+}
+
 /// The files API: stage (inline, every skip reason), list, read, delete, and bad bodies.
 #[tokio::test(flavor = "multi_thread")]
 async fn files() {

@@ -7,54 +7,10 @@ mod support;
 
 use hyper::{Method, StatusCode};
 use serde_json::json;
-use std::process::Command;
-use std::sync::OnceLock;
 use std::time::Duration;
+use support::docker::{docker, test_image};
 use support::runnerd::poll;
 use support::spawner::{result, stdout_text, SpawnerProcess};
-
-/// The session test image, built once per test binary.
-fn test_image() -> &'static str {
-    static IMAGE: OnceLock<String> = OnceLock::new();
-    IMAGE.get_or_init(|| {
-        let ping = Command::new("docker")
-            .args(["version", "--format", "{{.Server.Version}}"])
-            .output();
-        assert!(
-            ping.as_ref().is_ok_and(|o| o.status.success()),
-            "Docker is required for these tests (run scripts/setup.sh): {ping:?}"
-        );
-        // scripts/test.sh builds the image first and names it here; a plain `cargo test` builds it.
-        if let Ok(tag) = std::env::var("TALE_TEST_IMAGE") {
-            assert!(
-                docker(&["image", "inspect", &tag]).0,
-                "TALE_TEST_IMAGE={tag} does not exist"
-            );
-            return tag;
-        }
-        let tag = "tale-test-runtime:latest".to_string();
-        let root = env!("CARGO_MANIFEST_DIR");
-        let built = Command::new(format!("{root}/scripts/build-test-image.sh"))
-            .arg(&tag)
-            .current_dir(root)
-            .output()
-            .unwrap();
-        assert!(
-            built.status.success(),
-            "building the test image failed: {}",
-            String::from_utf8_lossy(&built.stderr)
-        );
-        tag
-    })
-}
-
-fn docker(args: &[&str]) -> (bool, String) {
-    let output = Command::new("docker").args(args).output().unwrap();
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).trim().to_string(),
-    )
-}
 
 fn unique(tag: &str) -> String {
     format!("{tag}{}", std::process::id())

@@ -472,7 +472,8 @@ async fn kubernetes_failed_creates() {
     fake.insert(
         "persistentvolumeclaims",
         NAMESPACE,
-        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": pvc_name("k8s-resume")},
+        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": pvc_name("k8s-resume"),
+                            "annotations": {"tale.dev/session-id": "k8s-resume", "tale.dev/organization-id": "korg"}},
                "spec": {"accessModes": ["ReadWriteOnce"]}, "status": {"phase": "Bound"}}),
     );
     std::fs::create_dir_all(fake.volume_dir(&pvc_name("k8s-resume"))).unwrap();
@@ -501,7 +502,7 @@ async fn kubernetes_failed_creates() {
         NAMESPACE,
         json!({"apiVersion": "v1", "kind": "Pod",
                "metadata": {"name": pod_name(taken), "labels": {"tale.sandbox-session": "1"},
-                            "annotations": {"tale.dev/session-id": taken, "tale.dev/organization-id": "other"}},
+                            "annotations": {"tale.dev/session-id": taken, "tale.dev/organization-id": "korg"}},
                "status": {"phase": "Pending"}}),
     );
     let (status, body) = c
@@ -521,6 +522,20 @@ async fn kubernetes_failed_creates() {
         (true, false, false),
         "the peer's Pod is untouched, nothing added"
     );
+    // The same id from another organization: its objects are refused, not a duplicate to adopt.
+    let (status, body) = c
+        .json(
+            Method::POST,
+            "/v1/sessions",
+            Some(json!({"sessionId": taken, "organizationId": "korg2"})),
+        )
+        .await;
+    assert_eq!(
+        (status, &body["error"]),
+        (StatusCode::CONFLICT, &json!("owner_mismatch")),
+        "{body}"
+    );
+    assert_eq!(objects_of(&fake, taken), (true, false, false));
     no_exec_requests(&fake);
 }
 

@@ -1,6 +1,7 @@
 //! Shared by the end-to-end tests.
 pub mod agent_runs;
 pub mod agent_stack;
+pub mod docker;
 pub mod fake_kube;
 pub mod fake_model;
 pub mod git_http;

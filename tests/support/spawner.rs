@@ -280,6 +280,37 @@ impl SpawnerClient {
         )
     }
 
+    /// `POST /v1/sessions` with `body`: the status and the reply's `error` code ("" for none).
+    pub async fn create_with(&self, body: &Value) -> (StatusCode, String) {
+        let (status, reply) = self
+            .json(Method::POST, "/v1/sessions", Some(body.clone()))
+            .await;
+        let code = reply["error"].as_str().unwrap_or_default().to_owned();
+        (status, code)
+    }
+
+    /// Runs `shell` as exec `exec_id` in session `id`; its stdout.
+    pub async fn exec_stdout(&self, id: &str, exec_id: &str, shell: &str) -> String {
+        let (status, stream) = self
+            .sse(
+                Method::POST,
+                &format!("/v1/sessions/{id}/exec"),
+                Some(serde_json::json!({"execId": exec_id, "shell": shell})),
+                &[],
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        stdout_text(&stream.collect_all().await)
+    }
+
+    /// `DELETE /v1/sessions/:id`: the status and `destroyed`.
+    pub async fn destroy(&self, id: &str) -> (StatusCode, bool) {
+        let (status, reply) = self
+            .json(Method::DELETE, &format!("/v1/sessions/{id}"), None)
+            .await;
+        (status, reply["destroyed"] == true)
+    }
+
     pub async fn create(&self, id: &str, org: &str) -> Value {
         let (status, body) = self
             .json(

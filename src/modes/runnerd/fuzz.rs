@@ -81,6 +81,7 @@ const FIELDS: &[&str] = &[
     "username",
     "password",
     "expiresAtMs",
+    "digest",
 ];
 
 /// Valid bodies of every runnerd route that takes one, to mutate.
@@ -94,6 +95,7 @@ fn templates() -> Vec<Value> {
         json!({"files": [{"path": "a.txt", "contentBase64": "aGk="}, {"path": "b", "url": "x:y"}]}),
         json!({"paths": ["a", "b/c"]}),
         json!({"host": "github.com", "username": "u", "password": "p", "expiresAtMs": 1}),
+        json!({"digest": "0123456789abcdef".repeat(4)}),
     ]
 }
 
@@ -171,6 +173,16 @@ fn check_other_routes(bytes: &[u8]) -> Result<(), TestCaseError> {
     if let Some(delete) = decoded::<DeleteRequest>(bytes)? {
         for path in &delete.paths {
             check_path(path)?;
+        }
+    }
+    if let Some(mark) = decoded::<crate::shared::protocol::runnerd::SeedMark>(bytes)? {
+        // Accepted only as 64 lowercase hex digits, which is what the record then holds.
+        if mark.is_valid() {
+            prop_assert!(mark
+                .digest
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')));
+            prop_assert_eq!(mark.digest.len(), 64);
         }
     }
     if let Some(grant) = decoded::<GitCredentialGrant>(bytes)? {

@@ -12,7 +12,8 @@ use crate::shared::http::{
 use crate::shared::protocol::runnerd::{
     is_valid_id, CancelReply, CredentialReply, DeleteRequest, EnvPatch, EnvReply, ExecList,
     ExecRequestWire, ExecStatus, ExecStatusState, ExecSummary, GitCredentialGrant, HealthReport,
-    PtySize, ResizeRefusal, ResizeReply, StageRequest, StdinReply, StdinRequest, TOKEN_HEADER,
+    PtySize, ResizeRefusal, ResizeReply, SeedMark, SeedStatus, StageRequest, StdinReply,
+    StdinRequest, TOKEN_HEADER,
 };
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -49,6 +50,8 @@ pub async fn handle(daemon: Arc<Daemon>, request: Request<Incoming>) -> HttpResp
         }
         (&Method::GET, ["execs", id]) if is_valid_id(id) => status(&daemon, id),
         (&Method::POST, ["env"]) => env(&daemon, request).await,
+        (&Method::GET, ["seed"]) => json(StatusCode::OK, &*daemon.seed()),
+        (&Method::PUT, ["seed"]) => mark_seeded(&daemon, request).await,
         (&Method::POST, ["files", "stage"]) => stage(&daemon, request).await,
         (&Method::POST, ["files", "delete"]) => delete(&daemon, request).await,
         (&Method::POST, ["files", "write"]) => write_chunk(&daemon, request).await,
@@ -342,6 +345,29 @@ async fn env(daemon: &Daemon, request: Request<Incoming>) -> HttpResponse {
     );
     daemon.activity.touch();
     json(StatusCode::OK, &EnvReply { ok: true, denied })
+}
+
+/// `PUT /seed`: records that the create-time seed was delivered whole. Idempotent; a later mark
+/// replaces the digest (a retried create that re-delivered a different seed).
+async fn mark_seeded(daemon: &Daemon, request: Request<Incoming>) -> HttpResponse {
+    let mark: SeedMark = match json_body(daemon, request).await {
+        Ok(mark) => mark,
+        Err(response) => return response,
+    };
+    if !mark.is_valid() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            Some("digest must be 64 lowercase hex digits".into()),
+        );
+    }
+    let status = SeedStatus {
+        seeded: true,
+        digest: Some(mark.digest),
+        seeded_at_ms: Some(crate::shared::clock::now_ms()),
+    };
+    *daemon.seed() = status.clone();
+    json(StatusCode::OK, &status)
 }
 
 async fn stage(daemon: &Daemon, request: Request<Incoming>) -> HttpResponse {

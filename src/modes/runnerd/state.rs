@@ -25,6 +25,9 @@ pub struct Daemon {
     pub launcher: Launcher,
     pub activity: Activity,
     env_store: Mutex<EnvStore>,
+    /// Whether the spawner finished delivering the create-time seed (`PUT /seed`); in memory on
+    /// purpose, so it lives exactly as long as the env and credentials it vouches for.
+    seed: Mutex<crate::shared::protocol::runnerd::SeedStatus>,
     /// Canonical workspace root.
     pub root: PathBuf,
     /// File operations confined to the root.
@@ -65,6 +68,11 @@ impl Daemon {
             launcher,
             activity: Activity::new(),
             env_store: Mutex::new(env_store),
+            seed: Mutex::new(crate::shared::protocol::runnerd::SeedStatus {
+                seeded: false,
+                digest: None,
+                seeded_at_ms: None,
+            }),
             root: workspace.root().to_path_buf(),
             workspace,
             token,
@@ -86,5 +94,10 @@ impl Daemon {
 
     pub fn env_store(&self) -> MutexGuard<'_, EnvStore> {
         self.env_store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The seed record (`GET /seed`, `PUT /seed`).
+    pub fn seed(&self) -> MutexGuard<'_, crate::shared::protocol::runnerd::SeedStatus> {
+        self.seed.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

@@ -9,8 +9,10 @@ pub mod listener;
 pub mod metrics;
 pub mod registry;
 pub mod runnerd_client;
+pub mod seed;
 pub mod state;
 pub mod sweeper;
+pub mod test_hooks;
 
 use crate::shared::logging::{self, LogFormat};
 use backend::docker::{DockerBackend, DockerConfig};

@@ -9,7 +9,7 @@ use crate::shared::ndjson::NdjsonLines;
 use crate::shared::protocol::runnerd::{
     CancelReply, CredentialReply, DeleteReply, DeleteRequest, EnvPatch, EnvReply, ExecEvent,
     ExecList, ExecRequest, ExecStatus, GitCredentialGrant, HealthReport, ListReply, PtySize,
-    ResizeReply, StageReply, StdinReply, StdinRequest, TOKEN_HEADER,
+    ResizeReply, SeedMark, SeedStatus, StageReply, StdinReply, StdinRequest, TOKEN_HEADER,
 };
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -308,6 +308,58 @@ impl RunnerdClient {
         self.call_ok(Method::POST, "/env", Some(patch)).await
     }
 
+    /// `GET /seed`. `Ok(None)` when runnerd predates the route (404): it was started by a release
+    /// that kept no seed record.
+    pub async fn seed_status(&self) -> Result<Option<SeedStatus>, RunnerdError> {
+        self.get_unless_404("/seed").await
+    }
+
+    /// A GET answered 200 with a `T`, or 404 (`None`).
+    async fn get_unless_404<T: DeserializeOwned>(
+        &self,
+        path: &str,
+    ) -> Result<Option<T>, RunnerdError> {
+        let none: Option<&()> = None;
+        let (status, value) = self
+            .call::<serde_json::Value>(
+                Method::GET,
+                path,
+                none,
+                &[StatusCode::OK, StatusCode::NOT_FOUND],
+                RUNNERD_CALL_TIMEOUT,
+            )
+            .await?;
+        if status == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        serde_json::from_value(value)
+            .map(Some)
+            .map_err(RunnerdError::Decode)
+    }
+
+    /// `PUT /seed`: records that the create-time seed named by `digest` was delivered whole.
+    /// `Ok(None)` when runnerd predates the route (404): it cannot keep the record.
+    pub async fn mark_seeded(&self, digest: &str) -> Result<Option<SeedStatus>, RunnerdError> {
+        let mark = SeedMark {
+            digest: digest.to_owned(),
+        };
+        let (status, value) = self
+            .call::<serde_json::Value>(
+                Method::PUT,
+                "/seed",
+                Some(&mark),
+                &[StatusCode::OK, StatusCode::NOT_FOUND],
+                RUNNERD_CALL_TIMEOUT,
+            )
+            .await?;
+        if status == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        serde_json::from_value(value)
+            .map(Some)
+            .map_err(RunnerdError::Decode)
+    }
+
     /// Stages files. The body is generic: the spawner forwards the platform's stage body as it came
     /// (a [`StageRequest`](crate::shared::protocol::runnerd::StageRequest) in shape), so that
     /// runnerd's own validation answers a malformed one.
@@ -331,23 +383,8 @@ impl RunnerdClient {
 
     /// Directory listing; `None` for runnerd's 404.
     pub async fn list(&self, path: &str) -> Result<Option<ListReply>, RunnerdError> {
-        let none: Option<&()> = None;
-        let query = format!("/fs/list?path={}", encode_query(path));
-        let (status, value) = self
-            .call::<serde_json::Value>(
-                Method::GET,
-                &query,
-                none,
-                &[StatusCode::OK, StatusCode::NOT_FOUND],
-                RUNNERD_CALL_TIMEOUT,
-            )
-            .await?;
-        if status == StatusCode::NOT_FOUND {
-            return Ok(None);
-        }
-        serde_json::from_value(value)
-            .map(Some)
-            .map_err(RunnerdError::Decode)
+        self.get_unless_404(&format!("/fs/list?path={}", encode_query(path)))
+            .await
     }
 
     /// File bytes; `None` for runnerd's 404.

@@ -122,7 +122,8 @@ impl Spawner {
             organization_id: listed.organization_id,
             profile: Profile::from_label(&listed.profile),
             state: if listed.running {
-                SessionState::Ready
+                // Ready only once its seed was delivered whole (a create may have died first).
+                super::seed::state_of(&runnerd, &listed.session_id).await
             } else {
                 SessionState::Degraded
             },

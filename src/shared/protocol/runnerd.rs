@@ -377,6 +377,38 @@ pub struct EnvReply {
     pub denied: Vec<String>,
 }
 
+/// `PUT /seed` body: the spawner marks the session's create-time seed (env, files, credentials)
+/// as completely delivered. `digest` names what was delivered (64 lowercase hex, the SHA-256 the
+/// spawner computes over the create's seed), so a retried create can tell its own seed apart.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeedMark {
+    pub digest: String,
+}
+
+impl SeedMark {
+    /// Whether `digest` is exactly 64 lowercase hex digits.
+    pub fn is_valid(&self) -> bool {
+        self.digest.len() == 64
+            && self
+                .digest
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    }
+}
+
+/// `GET /seed` and `PUT /seed` reply. runnerd holds the record in memory, like the env and the
+/// credentials it vouches for: a restarted runnerd (a re-created container or Pod) is unseeded.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SeedStatus {
+    pub seeded: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seeded_at_ms: Option<u64>,
+}
+
 /// One file of `POST /files/stage`: inline bytes or a URL to fetch.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

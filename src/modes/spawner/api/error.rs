@@ -110,13 +110,19 @@ impl From<RunnerdError> for ApiError {
 
 impl From<BackendError> for ApiError {
     /// Backend errors reach a client only from a create: an existing session is 409
-    /// `duplicate`, anything else 502 `create_failed`.
+    /// `duplicate`, an object named for the session but labelled for another session or
+    /// organization 409 `owner_mismatch`, anything else 502 `create_failed`.
     fn from(err: BackendError) -> ApiError {
         match err {
             BackendError::Exists(id) => ApiError::new(
                 StatusCode::CONFLICT,
                 "duplicate",
                 Some(format!("session {id} exists")),
+            ),
+            err @ BackendError::OwnerMismatch { .. } => ApiError::new(
+                StatusCode::CONFLICT,
+                "owner_mismatch",
+                Some(err.to_string()),
             ),
             err => ApiError::new(
                 StatusCode::BAD_GATEWAY,

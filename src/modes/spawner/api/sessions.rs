@@ -3,6 +3,7 @@ use super::{bad_request, not_found, ok, ApiError, ApiRequest, Reply};
 use crate::modes::spawner::backend::SessionSpec;
 use crate::modes::spawner::metrics::Metrics;
 use crate::modes::spawner::registry::{Admission, SessionEntry};
+use crate::modes::spawner::seed;
 use crate::modes::spawner::state::{Spawner, HEALTH_CACHE_TTL};
 use crate::shared::http::{json, HttpResponse};
 use crate::shared::protocol::runnerd::EnvPatch;
@@ -75,12 +76,23 @@ pub async fn create_session(
     create: &CreateSession,
 ) -> Result<SessionEntry, ApiError> {
     let id = create.session_id.clone();
-    if let Err(refused) = spawner.registry.admit(
+    let admitted = spawner.registry.admit(
         &id,
         &create.organization_id,
         spawner.config.max_sessions,
         spawner.config.max_sessions_per_org,
-    ) {
+    );
+    if admitted == Err(Admission::Duplicate) {
+        // A retry of a create that died before seeding finished: finish it.
+        let _lifecycle = spawner.registry.lifecycle(&id).await;
+        if let Some(finished) = finish_unseeded(spawner, create).await {
+            if finished.is_ok() {
+                spawner.metrics.creates.inc();
+            }
+            return finished;
+        }
+    }
+    if let Err(refused) = admitted {
         spawner
             .metrics
             .create_failures
@@ -150,7 +162,17 @@ async fn create_reserved(
     let endpoint = match spawner.backend.create_session(&spec, deadline).await {
         Ok(endpoint) => endpoint,
         Err(err @ crate::modes::spawner::backend::BackendError::Exists(_)) => {
-            return Err(("exists", err.into()));
+            // Running compute this replica had not registered (a create that died, another
+            // replica's session): finish its seeding if that is what it lacks.
+            return match finish_unseeded(spawner, create).await {
+                Some(Ok(entry)) => Ok(entry),
+                Some(Err(refusal)) => Err(("seed", refusal)),
+                None => Err(("exists", err.into())),
+            };
+        }
+        Err(err @ crate::modes::spawner::backend::BackendError::OwnerMismatch { .. }) => {
+            tracing::warn!(session_id = %id, %err, "create refused: the backend objects are not this session's");
+            return Err(("owner_mismatch", err.into()));
         }
         Err(err) => {
             tracing::warn!(session_id = %id, %err, "session create failed");
@@ -158,32 +180,13 @@ async fn create_reserved(
         }
     };
     let runnerd = spawner.runnerd_client(id, &endpoint);
-    if !create.env.is_empty() {
-        // Seed env goes through runnerd, never through the container's environment.
-        let patch = EnvPatch {
-            set: Some(create.env.clone()),
-            unset: None,
-        };
-        match runnerd.patch_env(&patch).await {
-            Ok(reply) if !reply.denied.is_empty() => {
-                tracing::info!(session_id = %id, denied = ?reply.denied, "seed env names refused")
-            }
-            Ok(_) => {}
-            Err(err) => {
-                tracing::warn!(session_id = %id, %err, "seed env push failed; tearing the session down");
-                if let Err(cleanup) = spawner.backend.stop_session(id).await {
-                    tracing::warn!(session_id = %id, %cleanup, "cleanup after a failed env push failed");
-                }
-                return Err((
-                    "seed_env",
-                    ApiError::new(
-                        StatusCode::BAD_GATEWAY,
-                        "create_failed",
-                        Some(format!("seed env push failed: {err}")),
-                    ),
-                ));
-            }
+    crate::modes::spawner::test_hooks::pause_at("after_ready").await;
+    if let Err(err) = seed::deliver(&runnerd, create).await {
+        tracing::warn!(session_id = %id, %err, "seed push failed; tearing the session down");
+        if let Err(cleanup) = spawner.backend.stop_session(id).await {
+            tracing::warn!(session_id = %id, %cleanup, "cleanup after a failed seed push failed");
         }
+        return Err(("seed_env", seed_failed(&err)));
     }
     Ok(SessionEntry {
         session_id: id.clone(),
@@ -197,6 +200,57 @@ async fn create_reserved(
         pinned: false,
         runnerd,
     })
+}
+
+fn seed_failed(err: &crate::modes::spawner::runnerd_client::RunnerdError) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_GATEWAY,
+        "create_failed",
+        Some(format!("seed env push failed: {err}")),
+    )
+}
+
+/// A create for a session that is live but was never completely seeded (its create died part way,
+/// or its compute started again without the seed): delivers the seed and answers as the create
+/// would have. `None` when that is not the case — the session is seeded, predates the seed record,
+/// or was created for another organization or profile — and the create is a duplicate as before.
+/// The caller holds the session's lifecycle lock.
+async fn finish_unseeded(
+    spawner: &Spawner,
+    create: &CreateSession,
+) -> Option<Result<SessionEntry, ApiError>> {
+    let id = &create.session_id;
+    let entry = spawner.lookup(id).await?;
+    if entry.organization_id != create.organization_id || entry.profile != create.profile {
+        return None;
+    }
+    match entry.runnerd.seed_status().await {
+        Ok(Some(status)) if !status.seeded => {}
+        Ok(_) => return None,
+        Err(err) => {
+            return Some(Err(ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "create_failed",
+                Some(format!(
+                    "cannot tell whether session {id} was seeded: {err}"
+                )),
+            )))
+        }
+    }
+    if let Err(err) = seed::deliver(&entry.runnerd, create).await {
+        // Left as it was (degraded): a further retry may finish it.
+        tracing::warn!(session_id = %id, %err, "finishing the seed failed");
+        return Some(Err(seed_failed(&err)));
+    }
+    tracing::info!(session_id = %id, "seed finished by a retried create; session ready");
+    let entry = spawner
+        .registry
+        .update(id, |e| e.state = SessionState::Ready)
+        .unwrap_or(SessionEntry {
+            state: SessionState::Ready,
+            ..entry
+        });
+    Some(Ok(entry))
 }
 
 pub fn list(spawner: &Spawner, request: &ApiRequest) -> Reply {
@@ -215,14 +269,19 @@ pub async fn get(spawner: &Spawner, id: &str) -> Reply {
         return Err(not_found());
     }
     let entry = spawner.lookup(id).await.ok_or_else(not_found)?;
-    // The activity clock is runnerd's: refresh it when runnerd answers.
-    let entry = match entry.runnerd.health().await {
-        Ok(health) => spawner
-            .registry
-            .update(id, |e| e.last_activity_at_ms = health.last_activity_at_ms)
-            .unwrap_or(entry),
-        Err(_) => entry,
-    };
+    // The activity clock and the seed record are runnerd's: both are read at each GET, so a
+    // session whose runnerd started again without its seed (or whose seed another replica
+    // finished) is reported as it is now.
+    let (health, state) = tokio::join!(entry.runnerd.health(), seed::state_of(&entry.runnerd, id));
+    let entry = spawner
+        .registry
+        .update(id, |e| {
+            e.state = state;
+            if let Ok(health) = &health {
+                e.last_activity_at_ms = health.last_activity_at_ms;
+            }
+        })
+        .unwrap_or(entry);
     Ok(ok(&SessionReply {
         session: entry.info(spawner.backend_name()),
     }))

@@ -1,5 +1,7 @@
 //! The `docker` backend (bollard over the engine's unix socket): one container per session, named
-//! `tale-sbx-ses-<id>`, running the image's `tale runnerd` as PID 1.
+//! `tale-sbx-ses-<id>` (or `tale-sbx-hash-<digest>`, see `backend::names`), running the image's
+//! `tale runnerd` as PID 1. Every object found under a session's name is label-checked before use
+//! (`ownership`).
 //!
 //! Hardening (each knob in [`DockerConfig`]): read-only root filesystem, `cap-drop ALL` plus only
 //! what runnerd needs to run execs as the unprivileged exec user (CHOWN, DAC_OVERRIDE, FOWNER to
@@ -13,6 +15,7 @@
 //! `docker inspect` (or root inside the session) shows only a value that authenticates nothing.
 mod isolation;
 
+use super::names::Found;
 use super::{
     wait_for_runnerd, Backend, BackendError, BackendKind, BackendResult, BoxFuture, ListedSession,
     SessionSpec,
@@ -29,8 +32,11 @@ use bollard::query_parameters::{
     LogsOptionsBuilder, RemoveContainerOptionsBuilder,
 };
 use bollard::Docker;
+use ownership::mismatch;
 use std::collections::HashMap;
 use std::time::Duration;
+
+mod ownership;
 
 /// Label marking session containers (and, with the other labels, the adoption filter).
 pub const SESSION_LABEL: &str = "tale.sandbox-session";
@@ -110,22 +116,18 @@ fn is_conflict(err: &DockerError) -> bool {
     )
 }
 
-/// `tale-sbx-ses-<id>`, or with the first 16 hex of SHA-1(id) when that would not fit a DNS label.
+/// The name a session's container is created under (`backend::names`, injective over valid ids).
 pub fn container_name(session_id: &str) -> String {
-    let plain = format!("tale-sbx-ses-{session_id}");
-    if plain.len() <= 63 {
-        return plain;
-    }
-    let digest = ring::digest::digest(
-        &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
-        session_id.as_bytes(),
-    );
-    let hex = crate::shared::hex::encode(digest.as_ref());
-    format!("tale-sbx-ses-{}", &hex[..16])
+    super::names::session_base_name(session_id, super::names::NameRules::Docker)
 }
 
-fn workspace_volume(session_id: &str) -> String {
-    format!("{}-ws", container_name(session_id))
+/// The name a session's workspace volume is created under.
+pub fn workspace_volume(session_id: &str) -> String {
+    format!(
+        "{}{}",
+        container_name(session_id),
+        ownership::WORKSPACE_VOLUME_SUFFIX
+    )
 }
 
 pub fn label_value_ok(value: &str) -> bool {
@@ -189,13 +191,14 @@ impl DockerBackend {
         }
     }
 
-    /// Creates `name` if missing; returns whether it existed before. One engine call: creating an
-    /// existing volume returns it unchanged, so a fresh nonce label tells the two cases apart.
+    /// Creates `name` if missing; returns whether it existed before, and its labels as they are.
+    /// One engine call: creating an existing volume returns it unchanged, so a fresh nonce label
+    /// tells the two cases apart.
     async fn ensure_volume(
         &self,
         name: &str,
         mut labels: HashMap<String, String>,
-    ) -> BackendResult<bool> {
+    ) -> BackendResult<(bool, HashMap<String, String>)> {
         let nonce = crate::shared::hex::random::<8>();
         labels.insert(VOLUME_NONCE_LABEL.into(), nonce.clone());
         labels = self.with_stack(labels);
@@ -220,7 +223,7 @@ impl DockerBackend {
                 });
             }
         }
-        Ok(existed)
+        Ok((existed, volume.labels))
     }
 
     /// An organization's cache volume: `<prefix>-<org>`, or `<prefix>-<stack>-<org>` with a stack
@@ -240,7 +243,28 @@ impl DockerBackend {
         labels
     }
 
-    fn container_body(&self, spec: &SessionSpec) -> ContainerCreateBody {
+    /// The session's workspace volume: its own under the current or the legacy name, else a new
+    /// one under the current name. Returns the name and whether it existed before.
+    async fn claim_workspace_volume(&self, spec: &SessionSpec) -> BackendResult<(String, bool)> {
+        let id = &spec.session_id;
+        let org = &spec.organization_id;
+        let name = match self.find_workspace_volume(id, Some(org)).await? {
+            Found::Ours { name, .. } => name,
+            Found::Foreign { name } => return Err(mismatch("volume", &name, id)),
+            Found::Absent => workspace_volume(id),
+        };
+        let labels = HashMap::from([
+            ("tale.sandbox-workspace".to_string(), "1".to_string()),
+            ("tale.session".to_string(), id.clone()),
+            ("tale.org".to_string(), org.clone()),
+        ]);
+        let (preexisting, actual) = self.ensure_volume(&name, labels).await?;
+        // The volume as it is now (a concurrent create may have made it first).
+        Self::check_volume_labels(&name, id, org, &actual)?;
+        Ok((name, preexisting))
+    }
+
+    fn container_body(&self, spec: &SessionSpec, volume: &str) -> ContainerCreateBody {
         let r = &spec.resources;
         let labels = self.with_stack(HashMap::from([
             (SESSION_LABEL.to_string(), "1".to_string()),
@@ -283,7 +307,7 @@ impl DockerBackend {
         let mut mounts = vec![
             Mount {
                 target: Some(WORKSPACE_PATH.into()),
-                source: Some(workspace_volume(&spec.session_id)),
+                source: Some(volume.to_owned()),
                 typ: Some(MountType::VOLUME),
                 ..Default::default()
             },
@@ -375,34 +399,35 @@ impl DockerBackend {
         }
     }
 
-    /// Creates the container, replacing a dead one of the same name once.
-    async fn create_container(&self, spec: &SessionSpec) -> BackendResult<()> {
-        let name = container_name(&spec.session_id);
+    /// Creates the container under the current name, replacing a dead one of this session's
+    /// (current or legacy name) first; someone else's container in the way is refused.
+    async fn create_container(&self, spec: &SessionSpec, volume: &str) -> BackendResult<()> {
+        let id = &spec.session_id;
+        let name = container_name(id);
         let options = CreateContainerOptionsBuilder::new().name(&name).build();
         for attempt in 0..2 {
-            match self
-                .docker
-                .create_container(Some(options.clone()), self.container_body(spec))
-                .await
-            {
-                Ok(_) => return Ok(()),
-                Err(err) if is_conflict(&err) && attempt == 0 => {
-                    let running = self
-                        .docker
-                        .inspect_container(&name, None::<InspectContainerOptions>)
-                        .await
-                        .ok()
-                        .and_then(|c| c.state?.running)
-                        .unwrap_or(true);
-                    if running {
-                        return Err(BackendError::Exists(spec.session_id.clone()));
+            match self.find_container(id, Some(&spec.organization_id)).await? {
+                Found::Foreign { name } => return Err(mismatch("container", &name, id)),
+                Found::Ours { name, object } => {
+                    if object.state.and_then(|s| s.running).unwrap_or(true) {
+                        return Err(BackendError::Exists(id.clone()));
                     }
                     self.remove_container(&name).await?;
                 }
+                Found::Absent => {}
+            }
+            match self
+                .docker
+                .create_container(Some(options.clone()), self.container_body(spec, volume))
+                .await
+            {
+                Ok(_) => return Ok(()),
+                // Made by a concurrent create in between: judge it again, once.
+                Err(err) if is_conflict(&err) && attempt == 0 => {}
                 Err(err) => return Err(engine("cannot create the session container")(err)),
             }
         }
-        Err(BackendError::Exists(spec.session_id.clone()))
+        Err(BackendError::Exists(id.clone()))
     }
 
     async fn remove_container(&self, name: &str) -> BackendResult<bool> {
@@ -419,11 +444,14 @@ impl DockerBackend {
     }
 
     async fn endpoint(&self, session_id: &str) -> BackendResult<String> {
-        let inspect = self
-            .docker
-            .inspect_container(&container_name(session_id), None::<InspectContainerOptions>)
-            .await
-            .map_err(engine("cannot inspect the session container"))?;
+        let inspect = match self.find_container(session_id, None).await? {
+            Found::Ours { object, .. } => object,
+            _ => {
+                return Err(BackendError::Engine(format!(
+                    "session {session_id} has no container"
+                )))
+            }
+        };
         let ip = inspect
             .network_settings
             .and_then(|n| n.networks)
@@ -461,11 +489,17 @@ impl DockerBackend {
             .collect()
     }
 
-    async fn try_create(&self, spec: &SessionSpec, deadline: Duration) -> BackendResult<String> {
+    async fn try_create(
+        &self,
+        spec: &SessionSpec,
+        volume: &str,
+        deadline: Duration,
+    ) -> BackendResult<String> {
         let name = container_name(&spec.session_id);
-        self.create_container(spec).await?;
+        self.create_container(spec, volume).await?;
         // Before start: runnerd never runs without its allowlist.
         self.write_allowed_sources(&name).await?;
+        crate::modes::spawner::test_hooks::pause_at("before_start").await;
         self.docker
             .start_container(
                 &name,
@@ -473,6 +507,7 @@ impl DockerBackend {
             )
             .await
             .map_err(engine("cannot start the session container"))?;
+        crate::modes::spawner::test_hooks::pause_at("after_start").await;
         let url = match self.endpoint(&spec.session_id).await {
             Ok(url) => url,
             Err(err) => {
@@ -533,13 +568,7 @@ impl Backend for DockerBackend {
                 });
             }
             self.ensure_network().await?;
-            let volume_labels = HashMap::from([
-                ("tale.sandbox-workspace".to_string(), "1".to_string()),
-                ("tale.session".to_string(), spec.session_id.clone()),
-            ]);
-            let preexisting = self
-                .ensure_volume(&workspace_volume(&spec.session_id), volume_labels)
-                .await?;
+            let (volume, preexisting) = self.claim_workspace_volume(spec).await?;
             if let Some(prefixes) = &self.config.cache_volume_prefixes {
                 for prefix in prefixes {
                     let labels = HashMap::from([
@@ -550,12 +579,14 @@ impl Backend for DockerBackend {
                         .await?;
                 }
             }
-            match self.try_create(spec, deadline).await {
+            match self.try_create(spec, &volume, deadline).await {
                 Ok(url) => {
-                    tracing::info!(session_id = %spec.session_id, %url, resumed = preexisting, "docker session ready");
+                    tracing::info!(session_id = %spec.session_id, %url, %volume, resumed = preexisting, "docker session ready");
                     Ok(url)
                 }
-                Err(BackendError::Exists(id)) => Err(BackendError::Exists(id)),
+                Err(err @ (BackendError::Exists(_) | BackendError::OwnerMismatch { .. })) => {
+                    Err(err)
+                }
                 Err(err) => {
                     let name = container_name(&spec.session_id);
                     if let Err(cleanup) = self.remove_container(&name).await {
@@ -565,7 +596,7 @@ impl Backend for DockerBackend {
                         if let Err(cleanup) = self
                             .docker
                             .remove_volume(
-                                &workspace_volume(&spec.session_id),
+                                &volume,
                                 None::<bollard::query_parameters::RemoveVolumeOptions>,
                             )
                             .await
@@ -585,21 +616,21 @@ impl Backend for DockerBackend {
 
     fn session_exists<'a>(&'a self, session_id: &'a str) -> BoxFuture<'a, BackendResult<bool>> {
         Box::pin(async move {
-            match self
-                .docker
-                .inspect_container(&container_name(session_id), None::<InspectContainerOptions>)
-                .await
-            {
-                Ok(c) => Ok(c.state.and_then(|s| s.running).unwrap_or(false)),
-                Err(err) if is_not_found(&err) => Ok(false),
-                Err(err) => Err(engine("cannot inspect the session container")(err)),
+            match self.find_container(session_id, None).await? {
+                Found::Ours { object, .. } => {
+                    Ok(object.state.and_then(|s| s.running).unwrap_or(false))
+                }
+                Found::Absent | Found::Foreign { .. } => Ok(false),
             }
         })
     }
 
     fn stop_session<'a>(&'a self, session_id: &'a str) -> BoxFuture<'a, BackendResult<bool>> {
         Box::pin(async move {
-            let existed = self.remove_container(&container_name(session_id)).await?;
+            let existed = match self.find_container(session_id, None).await? {
+                Found::Ours { name, .. } => self.remove_container(&name).await?,
+                Found::Absent | Found::Foreign { .. } => false,
+            };
             tracing::info!(
                 session_id,
                 existed,
@@ -611,18 +642,25 @@ impl Backend for DockerBackend {
 
     fn destroy_session<'a>(&'a self, session_id: &'a str) -> BoxFuture<'a, BackendResult<bool>> {
         Box::pin(async move {
-            let had_container = self.remove_container(&container_name(session_id)).await?;
-            let had_volume = match self
-                .docker
-                .remove_volume(
-                    &workspace_volume(session_id),
-                    None::<bollard::query_parameters::RemoveVolumeOptions>,
-                )
-                .await
-            {
-                Ok(()) => true,
-                Err(err) if is_not_found(&err) => false,
-                Err(err) => return Err(engine("cannot remove the workspace volume")(err)),
+            // Only this session's own objects go: another session's under a shared legacy name stay.
+            let had_container = match self.find_container(session_id, None).await? {
+                Found::Ours { name, .. } => self.remove_container(&name).await?,
+                Found::Absent | Found::Foreign { .. } => false,
+            };
+            let had_volume = match self.find_workspace_volume(session_id, None).await? {
+                Found::Ours { name, .. } => match self
+                    .docker
+                    .remove_volume(
+                        &name,
+                        None::<bollard::query_parameters::RemoveVolumeOptions>,
+                    )
+                    .await
+                {
+                    Ok(()) => true,
+                    Err(err) if is_not_found(&err) => false,
+                    Err(err) => return Err(engine("cannot remove the workspace volume")(err)),
+                },
+                Found::Absent | Found::Foreign { .. } => false,
             };
             tracing::info!(
                 session_id,
@@ -702,15 +740,23 @@ impl Backend for DockerBackend {
 mod tests {
     use super::*;
 
-    /// Names follow the original: plain when they fit a DNS label, hashed otherwise.
+    /// Plain names when they fit a DNS label (as before), hashed in their own namespace otherwise;
+    /// the legacy name is still looked under.
     #[test]
     fn container_names() {
         assert_eq!(container_name("abc"), "tale-sbx-ses-abc");
         let long = "x".repeat(64);
         let name = container_name(&long);
-        assert_eq!(name.len(), "tale-sbx-ses-".len() + 16);
-        assert!(name.starts_with("tale-sbx-ses-"));
+        assert_eq!(
+            name.len(),
+            super::super::names::HASHED_PREFIX.len() + super::super::names::HASHED_NAME_HEX_DIGITS
+        );
+        assert!(name.starts_with("tale-sbx-hash-"));
         assert_eq!(workspace_volume("abc"), "tale-sbx-ses-abc-ws");
+        assert_eq!(ownership::volume_names("abc"), vec!["tale-sbx-ses-abc-ws"]);
+        let legacy = ownership::container_names(&long);
+        assert_eq!(legacy.len(), 2);
+        assert_eq!(legacy[1].len(), "tale-sbx-ses-".len() + 16);
     }
 
     /// With runnerd TLS on, the container's environment hands runnerd its certificate and key;
@@ -737,11 +783,11 @@ mod tests {
         .unwrap();
         let mut spec = crate::modes::spawner::backend::kubernetes::manifests::fixtures::spec();
         let tls = spec.runnerd_tls.clone().unwrap();
-        let env = backend.container_body(&spec).env.unwrap();
+        let env = backend.container_body(&spec, "vol").env.unwrap();
         assert!(env.contains(&format!("TALE_RUNNERD_TLS_CERT={}", tls.cert_pem())));
         assert!(env.contains(&format!("TALE_RUNNERD_TLS_KEY={}", tls.key_pem())));
         spec.runnerd_tls = None;
-        let env = backend.container_body(&spec).env.unwrap();
+        let env = backend.container_body(&spec, "vol").env.unwrap();
         assert!(!env.iter().any(|e| e.starts_with("TALE_RUNNERD_TLS")));
         let _ = std::fs::remove_file(&socket);
     }

@@ -8,6 +8,7 @@
 pub mod docker;
 pub mod kubernetes;
 pub mod local;
+pub mod names;
 
 use crate::modes::spawner::runnerd_client::RunnerdError;
 use crate::shared::http::BoxError;
@@ -103,6 +104,14 @@ pub enum BackendError {
     /// A session with this id already has compute that is not ours to replace.
     #[error("session {0} already exists in the backend")]
     Exists(String),
+    /// An object named for this session belongs to another session or organization: it is never
+    /// used, replaced or removed for this one. Whose it is goes to the log, not to the caller.
+    #[error("the {object} {name} named for session {session_id} belongs to another session or organization; refusing to use it")]
+    OwnerMismatch {
+        object: &'static str,
+        name: String,
+        session_id: String,
+    },
     /// The compute did not become reachable before the create deadline (a Pod that got no
     /// address); `detail` says how far it got.
     #[error("runnerd did not become ready within {waited_ms} ms: {detail}")]

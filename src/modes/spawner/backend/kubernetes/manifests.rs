@@ -1,6 +1,7 @@
 //! The Kubernetes objects of a session, built as typed values (no I/O here): names, labels and
 //! annotations (the truth a restarted spawner re-adopts from), the hardened Pod, its Secret and
 //! workspace PVC, and the namespace's NetworkPolicy. Reading them back is `status.rs`.
+use super::super::names;
 use super::super::SessionSpec;
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
@@ -80,23 +81,28 @@ pub struct ManifestConfig {
     pub spawner_namespace: String,
 }
 
-/// `tale-sbx-ses-<first 16 hex of SHA-1(id)>`: always hashed, since ids may hold characters
-/// (uppercase, `_`) that Kubernetes names refuse.
+/// The name a session's Pod is created under: `tale-sbx-ses-<id>` for lowercase DNS-safe ids that
+/// fit, else `tale-sbx-hash-<digest>` (`backend::names`, injective over valid ids).
 pub fn pod_name(session_id: &str) -> String {
-    let digest = ring::digest::digest(
-        &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
-        session_id.as_bytes(),
-    );
-    let hex = crate::shared::hex::encode(digest.as_ref());
-    format!("tale-sbx-ses-{}", &hex[..16])
+    names::session_base_name(session_id, names::NameRules::Kubernetes)
+}
+
+/// The Secret's name for a Pod base name.
+pub fn secret_name_for(base: &str) -> String {
+    format!("{base}-spec")
+}
+
+/// The PVC's name for a Pod base name.
+pub fn pvc_name_for(base: &str) -> String {
+    format!("{base}-ws")
 }
 
 pub fn secret_name(session_id: &str) -> String {
-    format!("{}-spec", pod_name(session_id))
+    secret_name_for(&pod_name(session_id))
 }
 
 pub fn pvc_name(session_id: &str) -> String {
-    format!("{}-ws", pod_name(session_id))
+    pvc_name_for(&pod_name(session_id))
 }
 
 /// Bytes as a Kubernetes quantity: the largest binary suffix that divides exactly (`4Gi`,
@@ -204,6 +210,12 @@ fn runtime_default_seccomp() -> SeccompProfile {
 /// The session Pod: runnerd runs directly as the profile's uid/gid (never root), with a read-only
 /// root filesystem, no capabilities, no privilege escalation and the runtime's seccomp profile.
 pub fn pod(spec: &SessionSpec, config: &ManifestConfig) -> Pod {
+    pod_on_claim(spec, config, &pvc_name(&spec.session_id))
+}
+
+/// The Pod, mounting the workspace PVC `claim` (a session created before this release keeps its
+/// PVC's old name).
+pub fn pod_on_claim(spec: &SessionSpec, config: &ManifestConfig, claim: &str) -> Pod {
     let r = &spec.resources;
     let (uid, gid) = r.exec_user;
     let port = i32::from(config.runnerd_port);
@@ -349,7 +361,7 @@ pub fn pod(spec: &SessionSpec, config: &ManifestConfig) -> Pod {
                 Volume {
                     name: "workspace".into(),
                     persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                        claim_name: pvc_name(&spec.session_id),
+                        claim_name: claim.to_owned(),
                         read_only: Some(false),
                     }),
                     ..Default::default()
@@ -477,13 +489,14 @@ mod tests {
     use super::fixtures::{config, spec};
     use super::*;
 
-    /// Names follow the spec: always the SHA-1 form, Secret and PVC suffixed.
+    /// Names: plain for lowercase DNS-safe ids, hashed in their own namespace otherwise (no longer
+    /// the SHA-1 prefix, which collided with plain 16-hex ids); Secret and PVC suffixed.
     #[test]
     fn names() {
-        // sha1("abc") = a9993e364706816aba3e25717850c26c9cd0d89d
-        assert_eq!(pod_name("abc"), "tale-sbx-ses-a9993e364706816a");
-        assert_eq!(secret_name("abc"), "tale-sbx-ses-a9993e364706816a-spec");
-        assert_eq!(pvc_name("abc"), "tale-sbx-ses-a9993e364706816a-ws");
+        assert_eq!(pod_name("abc"), "tale-sbx-ses-abc");
+        assert_eq!(secret_name("abc"), "tale-sbx-ses-abc-spec");
+        assert_eq!(pvc_name("abc"), "tale-sbx-ses-abc-ws");
+        assert!(pod_name("Abc").starts_with("tale-sbx-hash-"));
         assert!(pod_name(&"X_".repeat(32)).len() <= 63);
     }
 
@@ -509,6 +522,7 @@ mod tests {
         let pod = pod(&spec(), &config());
         let meta = &pod.metadata;
         assert_eq!(meta.name.as_deref(), Some(pod_name("Ses_1").as_str()));
+        assert!(pod_name("Ses_1").starts_with("tale-sbx-hash-"));
         let labels = meta.labels.as_ref().unwrap();
         assert_eq!(labels[SESSION_LABEL], "1");
         assert_eq!(labels[ROLE_LABEL], "session");

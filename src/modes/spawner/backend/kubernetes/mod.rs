@@ -11,8 +11,10 @@
 //! Pod and Secret, and the PVC too unless it existed before.
 pub mod client;
 pub mod manifests;
+pub mod ownership;
 pub mod status;
 
+use super::names::Found;
 use super::{
     wait_for_runnerd, Backend, BackendError, BackendKind, BackendResult, BoxFuture, ListedSession,
     SessionSpec,
@@ -77,6 +79,14 @@ fn api(context: &str) -> impl FnOnce(kube::Error) -> BackendError + '_ {
 struct Described(#[source] kube::Error);
 
 /// A kube error as one sentence (an API Status by its code and message).
+fn owner_mismatch(object: &'static str, name: &str, session_id: &str) -> BackendError {
+    BackendError::OwnerMismatch {
+        object,
+        name: name.to_owned(),
+        session_id: session_id.to_owned(),
+    }
+}
+
 fn describe(err: &kube::Error) -> String {
     match err {
         kube::Error::Api(status) => format!(
@@ -203,45 +213,47 @@ impl KubernetesBackend {
         Ok(())
     }
 
-    /// Deletes the session's Pod (grace [`manifests::STOP_GRACE_SECONDS`]) and Secret; both are
-    /// attempted, 404 counts as done, the first other error is returned. Returns whether the Pod
-    /// existed.
-    async fn delete_compute(&self, session_id: &str) -> BackendResult<bool> {
+    /// Deletes the session's Pod named `base` (grace [`manifests::STOP_GRACE_SECONDS`]) and its
+    /// Secret (only when it is this session's); both are attempted, 404 counts as done, the first
+    /// other error is returned. Returns whether the Pod existed. The caller has checked the Pod.
+    async fn delete_compute(&self, session_id: &str, base: &str) -> BackendResult<bool> {
         let pod = self
             .pods
             .delete(
-                &manifests::pod_name(session_id),
+                base,
                 &DeleteParams::default().grace_period(manifests::STOP_GRACE_SECONDS),
             )
             .await;
-        let secret = self
-            .secrets
-            .delete(
-                &manifests::secret_name(session_id),
-                &DeleteParams::default(),
+        // Another session's Secret under a shared legacy name is never deleted.
+        let secret = if self.secret_is_ours_or_absent(session_id, base).await? {
+            Some(
+                self.secrets
+                    .delete(&manifests::secret_name_for(base), &DeleteParams::default())
+                    .await,
             )
-            .await;
+        } else {
+            None
+        };
         let existed = match pod {
             Ok(_) => true,
             Err(err) if is_not_found(&err) => false,
             Err(err) => return Err(api("cannot delete the session Pod")(err)),
         };
         match secret {
-            Ok(_) => {}
-            Err(err) if is_not_found(&err) => {}
-            Err(err) => return Err(api("cannot delete the session Secret")(err)),
+            Some(Ok(_)) | None => {}
+            Some(Err(err)) if is_not_found(&err) => {}
+            Some(Err(err)) => return Err(api("cannot delete the session Secret")(err)),
         }
         Ok(existed)
     }
 
-    /// Reaps an ended or deleting Pod (and its Secret) and waits until the Pod is gone.
-    async fn reap(&self, session_id: &str, deadline: Instant) -> BackendResult<()> {
-        let name = manifests::pod_name(session_id);
+    /// Reaps the session's ended or deleting Pod `name` (and its Secret) and waits until it is gone.
+    async fn reap(&self, session_id: &str, name: &str, deadline: Instant) -> BackendResult<()> {
         tracing::info!(session_id, pod = %name, "removing the session's ended Pod before creating it again");
-        self.delete_compute(session_id).await?;
+        self.delete_compute(session_id, name).await?;
         let mut interval = POD_POLL_FIRST_INTERVAL;
         loop {
-            match self.pods.get_opt(&name).await {
+            match self.pods.get_opt(name).await {
                 Ok(None) => return Ok(()),
                 Ok(Some(_)) => {}
                 Err(err) => return Err(api("cannot read the ended session Pod")(err)),
@@ -256,19 +268,22 @@ impl KubernetesBackend {
         }
     }
 
-    /// Ensures the workspace PVC; returns whether it existed before (a resume).
-    async fn ensure_workspace(&self, spec: &SessionSpec) -> BackendResult<bool> {
-        let name = manifests::pvc_name(&spec.session_id);
-        let preexisting = match self.pvcs.get_opt(&name).await {
-            Ok(Some(_)) => return Ok(true),
-            Ok(None) => false,
+    /// Ensures the workspace PVC: the session's own under its current or legacy name, else a new
+    /// one under the current name. Returns its name and whether it existed before (a resume);
+    /// someone else's PVC in the way is refused.
+    async fn ensure_workspace(&self, spec: &SessionSpec) -> BackendResult<(String, bool)> {
+        let id = &spec.session_id;
+        let org = Some(spec.organization_id.as_str());
+        let name = manifests::pvc_name(id);
+        match self.find_pvc(id, org).await {
+            Ok(Found::Ours { name, .. }) => return Ok((name, true)),
+            Ok(Found::Foreign { name }) => return Err(owner_mismatch("PVC", &name, id)),
+            Ok(Found::Absent) => {}
             Err(err) => {
-                // Unknown: assume it exists, so a failed create never deletes a workspace; the
-                // create below (409) confirms it.
-                tracing::warn!(session_id = %spec.session_id, err = %describe(&err), "cannot read the workspace PVC; treating it as existing");
-                true
+                // Unknown: the create below (409) tells; a failed create then keeps the PVC.
+                tracing::warn!(session_id = %id, %err, "cannot read the workspace PVC; creating it");
             }
-        };
+        }
         match self
             .pvcs
             .create(
@@ -277,8 +292,18 @@ impl KubernetesBackend {
             )
             .await
         {
-            Ok(_) => Ok(preexisting),
-            Err(err) if is_conflict(&err) => Ok(true),
+            Ok(_) => Ok((name, false)),
+            // Made in between (or unreadable above): ours only if its annotations say so.
+            Err(err) if is_conflict(&err) => match self.pvcs.get_opt(&name).await {
+                Ok(Some(pvc)) => match ownership::judge_object("PVC", &name, pvc, 0, (id, org)) {
+                    Some(Found::Ours { .. }) => Ok((name, true)),
+                    _ => Err(owner_mismatch("PVC", &name, id)),
+                },
+                Ok(None) => Err(BackendError::Engine(format!(
+                    "the workspace PVC {name} conflicted and then vanished; retry the create"
+                ))),
+                Err(err) => Err(api("cannot read the workspace PVC")(err)),
+            },
             Err(err) => Err(api("cannot create the workspace PVC")(err)),
         }
     }
@@ -350,14 +375,19 @@ impl KubernetesBackend {
         }
     }
 
-    /// Secret, Pod, IP, runnerd: everything after the workspace.
-    async fn start(&self, spec: &SessionSpec, deadline: Instant) -> BackendResult<String> {
+    /// Secret, Pod (on the workspace PVC `claim`), IP, runnerd: everything after the workspace.
+    async fn start(
+        &self,
+        spec: &SessionSpec,
+        claim: &str,
+        deadline: Instant,
+    ) -> BackendResult<String> {
         self.create_secret(spec).await?;
         match self
             .pods
             .create(
                 &PostParams::default(),
-                &manifests::pod(spec, &self.manifests),
+                &manifests::pod_on_claim(spec, &self.manifests, claim),
             )
             .await
         {
@@ -400,27 +430,28 @@ impl KubernetesBackend {
         Self::validate(spec)?;
         let deadline = Instant::now() + budget;
         let id = &spec.session_id;
-        let existing = self
-            .pods
-            .get_opt(&manifests::pod_name(id))
-            .await
-            .map_err(api("cannot read the session Pod"))?;
-        if let Some(pod) = existing {
-            if !status::is_terminal(&pod) {
-                return Err(BackendError::Exists(id.clone()));
+        match self.find_pod(id, Some(&spec.organization_id)).await? {
+            Found::Foreign { name } => return Err(owner_mismatch("Pod", &name, id)),
+            Found::Ours { name, object } => {
+                if !status::is_terminal(&object) {
+                    return Err(BackendError::Exists(id.clone()));
+                }
+                self.reap(id, &name, deadline).await?;
             }
-            self.reap(id, deadline).await?;
+            Found::Absent => {}
         }
-        let preexisting = self.ensure_workspace(spec).await?;
-        match self.start(spec, deadline).await {
+        let (claim, preexisting) = self.ensure_workspace(spec).await?;
+        match self.start(spec, &claim, deadline).await {
             Ok(url) => {
-                tracing::info!(session_id = %id, %url, resumed = preexisting, "kubernetes session ready");
+                tracing::info!(session_id = %id, %url, %claim, resumed = preexisting, "kubernetes session ready");
                 Ok(url)
             }
-            Err(BackendError::Exists(id)) => Err(BackendError::Exists(id)),
+            Err(err @ (BackendError::Exists(_) | BackendError::OwnerMismatch { .. })) => Err(err),
             Err(err) => {
                 let cleanup = if preexisting {
-                    self.delete_compute(id).await.map(|_| ())
+                    self.delete_compute(id, &manifests::pod_name(id))
+                        .await
+                        .map(|_| ())
                 } else {
                     self.destroy(id).await.map(|_| ())
                 };
@@ -432,26 +463,41 @@ impl KubernetesBackend {
         }
     }
 
+    /// Deletes the session's compute: its own Pod, or only an orphan Secret of its current name
+    /// when it has no Pod. Another session's Pod under a shared legacy name is left alone.
+    async fn stop(&self, session_id: &str) -> BackendResult<bool> {
+        match self.find_pod(session_id, None).await? {
+            Found::Ours { name, .. } => self.delete_compute(session_id, &name).await,
+            Found::Absent => {
+                self.delete_compute(session_id, &manifests::pod_name(session_id))
+                    .await
+            }
+            Found::Foreign { .. } => Ok(false),
+        }
+    }
+
     async fn destroy(&self, session_id: &str) -> BackendResult<bool> {
-        let had_pod = self.delete_compute(session_id).await?;
-        let had_pvc = match self
-            .pvcs
-            .delete(&manifests::pvc_name(session_id), &DeleteParams::default())
-            .await
-        {
-            Ok(_) => true,
-            Err(err) if is_not_found(&err) => false,
-            Err(err) => return Err(api("cannot delete the workspace PVC")(err)),
+        let had_pod = self.stop(session_id).await?;
+        let had_pvc = match self.find_pvc(session_id, None).await? {
+            Found::Ours { name, .. } => {
+                match self.pvcs.delete(&name, &DeleteParams::default()).await {
+                    Ok(_) => true,
+                    Err(err) if is_not_found(&err) => false,
+                    Err(err) => return Err(api("cannot delete the workspace PVC")(err)),
+                }
+            }
+            Found::Absent | Found::Foreign { .. } => false,
         };
         tracing::info!(session_id, had_pod, had_pvc, "kubernetes session destroyed");
         Ok(had_pod || had_pvc)
     }
 
+    /// The session's own Pod, if any.
     async fn read_pod(&self, session_id: &str) -> BackendResult<Option<Pod>> {
-        self.pods
-            .get_opt(&manifests::pod_name(session_id))
-            .await
-            .map_err(api("cannot read the session Pod"))
+        Ok(match self.find_pod(session_id, None).await? {
+            Found::Ours { object, .. } => Some(object),
+            Found::Absent | Found::Foreign { .. } => None,
+        })
     }
 }
 
@@ -492,7 +538,7 @@ impl Backend for KubernetesBackend {
 
     fn stop_session<'a>(&'a self, session_id: &'a str) -> BoxFuture<'a, BackendResult<bool>> {
         Box::pin(async move {
-            let existed = self.delete_compute(session_id).await?;
+            let existed = self.stop(session_id).await?;
             tracing::info!(
                 session_id,
                 existed,

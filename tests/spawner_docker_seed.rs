@@ -1,0 +1,166 @@
+//! A crash during create never yields a ready session without its seed (real Docker engine, real
+//! spawner process): the spawner is killed with `kill -9` at each point of a create (container
+//! created but not started, started, runnerd ready, env delivered but not recorded), restarted,
+//! and the platform's retry of the same create answers 201 with every exec seeing the seed.
+mod support;
+
+use hyper::{Method, StatusCode};
+use serde_json::json;
+use std::time::Duration;
+use support::docker::{docker, docker_spawner, network_name, Cleanup};
+use support::runnerd::poll;
+
+/// The points of a create the test hook can pause at (`TALE_TEST_CREATE_PAUSE_AT`), and whether
+/// the session's container is running once the spawner is killed there.
+const POINTS: [(&str, bool); 4] = [
+    ("before_start", false),
+    ("after_start", true),
+    ("after_ready", true),
+    ("during_seeding", true),
+];
+
+/// What an exec prints: the seed env it sees.
+const SHOW_SEED: &str = "printf %s \"$SEED\"";
+
+/// kill -9 at every point of a create, restart, retry: degraded (never ready) before the retry,
+/// 201 and the seed in every exec after it.
+#[tokio::test(flavor = "multi_thread")]
+async fn crash_during_create_never_leaves_a_ready_session_without_its_seed() {
+    let network = network_name();
+    let _cleanup = Cleanup {
+        names: (0..POINTS.len())
+            .map(|index| format!("tale-sbx-ses-seedcrash{}x{index}", std::process::id()))
+            .collect(),
+        network: network.clone(),
+    };
+    let mut spawner = docker_spawner(&network, &[]).await;
+    for (index, (point, running)) in POINTS.into_iter().enumerate() {
+        let id = format!("seedcrash{}x{index}", std::process::id());
+        let seed = format!("planted-{point}");
+        let body = json!({"sessionId": id, "organizationId": "sorg", "env": {"SEED": seed}});
+        // A spawner that pauses every create at `point`.
+        spawner
+            .env
+            .retain(|(k, _)| !k.starts_with("TALE_TEST_CREATE_PAUSE"));
+        spawner
+            .env
+            .push(("TALE_TEST_CREATE_PAUSE_AT".into(), point.into()));
+        spawner
+            .env
+            .push(("TALE_TEST_CREATE_PAUSE_MS".into(), "60000".into()));
+        spawner.restart().await;
+        let client = spawner.client.clone();
+        let first = tokio::spawn({
+            let body = body.clone();
+            async move {
+                client
+                    .raw(
+                        Method::POST,
+                        "/v1/sessions",
+                        Some(body.to_string().into()),
+                        true,
+                    )
+                    .await
+            }
+        });
+        let paused = poll(Duration::from_secs(60), async || {
+            let log = spawner.log();
+            log.lines()
+                .any(|l| l.contains("test hook: create paused") && l.contains(point))
+                .then_some(())
+        })
+        .await;
+        assert!(
+            paused.is_some(),
+            "create paused at {point}:\n{}",
+            spawner.log()
+        );
+        spawner.kill9();
+        let _ = first.await;
+
+        let container = format!("tale-sbx-ses-{id}");
+        let (_, state) = docker(&["inspect", "-f", "{{.State.Running}}", &container]);
+        assert_eq!(state, running.to_string(), "container state at {point}");
+
+        spawner
+            .env
+            .retain(|(k, _)| !k.starts_with("TALE_TEST_CREATE_PAUSE"));
+        spawner.restart().await;
+        let c = &spawner.client;
+        let (status, got) = c
+            .json(Method::GET, &format!("/v1/sessions/{id}"), None)
+            .await;
+        if running {
+            assert_eq!(status, StatusCode::OK, "{point}: {got}\n{}", spawner.log());
+            assert_eq!(
+                got["session"]["state"], "degraded",
+                "{point}: an unseeded session is never ready: {got}"
+            );
+        } else {
+            assert_eq!(status, StatusCode::NOT_FOUND, "{point}: {got}");
+        }
+
+        let (status, created) = c
+            .json(Method::POST, "/v1/sessions", Some(body.clone()))
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::CREATED,
+            "{point}: the retry is a successful create: {created}\n{}",
+            spawner.log()
+        );
+        assert_eq!(created["session"]["state"], "ready", "{point}: {created}");
+        for exec_id in ["first", "second"] {
+            assert_eq!(
+                spawner.client.exec_stdout(&id, exec_id, SHOW_SEED).await,
+                seed,
+                "{point}: {exec_id}"
+            );
+        }
+        let (_, got) = c
+            .json(Method::GET, &format!("/v1/sessions/{id}"), None)
+            .await;
+        assert_eq!(got["session"]["state"], "ready", "{point}: {got}");
+        // A further retry of a complete create is the duplicate it always was.
+        let (status, again) = c
+            .json(Method::POST, "/v1/sessions", Some(body.clone()))
+            .await;
+        assert_eq!(
+            (status, &again["error"]),
+            (StatusCode::CONFLICT, &json!("duplicate")),
+            "{point}"
+        );
+        if index == POINTS.len() - 1 {
+            // runnerd started again (what a re-created Pod is): its seed is gone, and so is
+            // `ready`, until the platform's create seeds it again.
+            assert!(docker(&["restart", "-t", "1", &container]).0);
+            let degraded = poll(Duration::from_secs(30), async || {
+                let (_, got) = c
+                    .json(Method::GET, &format!("/v1/sessions/{id}"), None)
+                    .await;
+                (got["session"]["state"] == "degraded").then_some(())
+            })
+            .await;
+            assert!(
+                degraded.is_some(),
+                "degraded after a restart:\n{}",
+                spawner.log()
+            );
+            assert_eq!(
+                c.exec_stdout(&id, "bare", SHOW_SEED).await,
+                "",
+                "the seed went with runnerd"
+            );
+            let (status, created) = c.json(Method::POST, "/v1/sessions", Some(body)).await;
+            assert_eq!(status, StatusCode::CREATED, "{created}\n{}", spawner.log());
+            assert_eq!(created["session"]["state"], "ready");
+            assert_eq!(c.exec_stdout(&id, "reseeded", SHOW_SEED).await, seed);
+        }
+        assert_eq!(
+            c.json(Method::DELETE, &format!("/v1/sessions/{id}"), None)
+                .await
+                .0,
+            StatusCode::OK
+        );
+    }
+}

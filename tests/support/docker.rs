@@ -1,0 +1,96 @@
+//! Docker helpers for end-to-end suites: the session test image, the `docker` CLI, and a spawner on
+//! the docker backend with its own network. Tests FAIL (never skip) when Docker is not available.
+#![allow(dead_code)]
+
+use super::spawner::SpawnerProcess;
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// The session test image: `TALE_TEST_IMAGE` when set (scripts/test.sh builds it), else built
+/// once per test binary as `tale-test-runtime:latest`.
+pub fn test_image() -> &'static str {
+    static IMAGE: OnceLock<String> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let ping = Command::new("docker")
+            .args(["version", "--format", "{{.Server.Version}}"])
+            .output();
+        assert!(
+            ping.as_ref().is_ok_and(|o| o.status.success()),
+            "Docker is required for these tests (run scripts/setup.sh): {ping:?}"
+        );
+        if let Ok(tag) = std::env::var("TALE_TEST_IMAGE") {
+            assert!(
+                docker(&["image", "inspect", &tag]).0,
+                "TALE_TEST_IMAGE={tag} does not exist"
+            );
+            return tag;
+        }
+        let tag = "tale-test-runtime:latest".to_string();
+        let root = env!("CARGO_MANIFEST_DIR");
+        let built = Command::new(format!("{root}/scripts/build-test-image.sh"))
+            .arg(&tag)
+            .current_dir(root)
+            .output()
+            .unwrap();
+        assert!(
+            built.status.success(),
+            "building the test image failed: {}",
+            String::from_utf8_lossy(&built.stderr)
+        );
+        tag
+    })
+}
+
+/// Runs `docker ARGS`: (success, trimmed stdout).
+pub fn docker(args: &[&str]) -> (bool, String) {
+    let output = Command::new("docker").args(args).output().unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).trim().to_string(),
+    )
+}
+
+/// A fresh network name for one spawner (tests run in parallel; the engine allows duplicates).
+pub fn network_name() -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    format!(
+        "tale-test-net-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
+}
+
+/// A spawner on the docker backend, on `network`, with `extra` env.
+pub async fn docker_spawner(network: &str, extra: &[(&str, &str)]) -> SpawnerProcess {
+    let mut env: Vec<(String, String)> = vec![
+        ("SANDBOX_BACKEND".into(), "docker".into()),
+        ("SANDBOX_RUNTIME_IMAGE".into(), test_image().into()),
+        ("SANDBOX_EGRESS_NETWORK".into(), network.into()),
+        ("SANDBOX_EGRESS_PROXY".into(), "none".into()),
+        ("SANDBOX_CACHE_VOLUMES".into(), "0".into()),
+    ];
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let root = std::env::temp_dir().join(format!(
+        "tale-docker-{}-{}",
+        std::process::id(),
+        super::runnerd::free_port()
+    ));
+    SpawnerProcess::start(root, env).await
+}
+
+/// Removes containers `names` (with their `-ws` volumes) and `network` when dropped, so a test
+/// that fails an assertion leaves nothing behind on the shared engine.
+pub struct Cleanup {
+    pub names: Vec<String>,
+    pub network: String,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for name in &self.names {
+            docker(&["rm", "-f", name]);
+            docker(&["volume", "rm", "-f", &format!("{name}-ws")]);
+        }
+        docker(&["network", "rm", &self.network]);
+    }
+}
