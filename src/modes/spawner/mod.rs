@@ -75,6 +75,7 @@ async fn build_backend(config: &SpawnerConfig) -> Result<Arc<dyn Backend>, BootE
             read_only_rootfs: config.hardening.read_only_rootfs,
             no_new_privileges: config.hardening.no_new_privileges,
             drop_all_capabilities: config.hardening.drop_all_capabilities,
+            disk_quota: config.disk_quota.clone(),
         })?),
         BackendKind::Kubernetes => Arc::new(
             KubernetesBackend::connect(KubernetesConfig {

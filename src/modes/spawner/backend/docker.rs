@@ -26,6 +26,7 @@ use bollard::query_parameters::{
     CreateContainerOptionsBuilder, InspectContainerOptions, ListContainersOptionsBuilder,
     LogsOptionsBuilder, RemoveContainerOptionsBuilder,
 };
+use super::docker_quota::{DiskQuotaConfig, DiskQuotas};
 use bollard::Docker;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -61,6 +62,8 @@ pub struct DockerConfig {
     pub read_only_rootfs: bool,
     pub no_new_privileges: bool,
     pub drop_all_capabilities: bool,
+    /// Size-limited workspace and cache volumes (see `docker_quota`); `None`: plain volumes.
+    pub disk_quota: Option<DiskQuotaConfig>,
 }
 
 /// Sessions as Docker containers.
@@ -70,6 +73,7 @@ pub struct DockerBackend {
     /// Serializes network creation: the engine accepts two networks of the same name, and
     /// concurrent creates would otherwise make one each.
     network_ready: tokio::sync::OnceCell<()>,
+    quotas: Option<DiskQuotas>,
 }
 
 fn engine(context: &str) -> impl FnOnce(DockerError) -> BackendError + '_ {
@@ -130,10 +134,15 @@ impl DockerBackend {
             bollard::API_DEFAULT_VERSION,
         )
         .map_err(engine("cannot use the Docker socket"))?;
+        let quotas = config
+            .disk_quota
+            .clone()
+            .map(|quota| DiskQuotas::new(docker.clone(), quota));
         Ok(DockerBackend {
             docker,
             config,
             network_ready: tokio::sync::OnceCell::new(),
+            quotas,
         })
     }
 
@@ -191,6 +200,38 @@ impl DockerBackend {
             .await
             .map_err(engine("cannot create a volume"))?;
         Ok(volume.labels.get(VOLUME_NONCE_LABEL) != Some(&nonce))
+    }
+
+    /// [`Self::ensure_volume`], or a quota'd volume of `bytes` when disk quotas are on.
+    async fn ensure_sized_volume(
+        &self,
+        name: &str,
+        bytes: u64,
+        labels: HashMap<String, String>,
+    ) -> BackendResult<bool> {
+        match &self.quotas {
+            Some(quotas) => quotas.ensure_volume(name, bytes, labels).await,
+            None => self.ensure_volume(name, labels).await,
+        }
+    }
+
+    /// Removes a volume (and its quota image and loop device); whether it existed.
+    async fn remove_sized_volume(&self, name: &str) -> BackendResult<bool> {
+        if let Some(quotas) = &self.quotas {
+            return quotas.remove_volume(name).await;
+        }
+        match self
+            .docker
+            .remove_volume(
+                name,
+                None::<bollard::query_parameters::RemoveVolumeOptions>,
+            )
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(err) if is_not_found(&err) => Ok(false),
+            Err(err) => Err(engine("cannot remove the workspace volume")(err)),
+        }
     }
 
     fn container_body(&self, spec: &SessionSpec) -> ContainerCreateBody {
@@ -489,7 +530,11 @@ impl Backend for DockerBackend {
                 ("tale.session".to_string(), spec.session_id.clone()),
             ]);
             let preexisting = self
-                .ensure_volume(&workspace_volume(&spec.session_id), volume_labels)
+                .ensure_sized_volume(
+                    &workspace_volume(&spec.session_id),
+                    spec.resources.disk_quota_bytes,
+                    volume_labels,
+                )
                 .await?;
             if let Some(prefixes) = &self.config.cache_volume_prefixes {
                 for prefix in prefixes {
@@ -497,8 +542,13 @@ impl Backend for DockerBackend {
                         ("tale.sandbox-cache".to_string(), "1".to_string()),
                         ("tale.org".to_string(), spec.organization_id.clone()),
                     ]);
-                    self.ensure_volume(&format!("{prefix}-{}", spec.organization_id), labels)
-                        .await?;
+                    let bytes = self.quotas.as_ref().map_or(0, |q| q.config().org_cache_bytes);
+                    self.ensure_sized_volume(
+                        &format!("{prefix}-{}", spec.organization_id),
+                        bytes,
+                        labels,
+                    )
+                    .await?;
                 }
             }
             match self.try_create(spec, deadline).await {
@@ -514,11 +564,7 @@ impl Backend for DockerBackend {
                     }
                     if !preexisting {
                         if let Err(cleanup) = self
-                            .docker
-                            .remove_volume(
-                                &workspace_volume(&spec.session_id),
-                                None::<bollard::query_parameters::RemoveVolumeOptions>,
-                            )
+                            .remove_sized_volume(&workspace_volume(&spec.session_id))
                             .await
                         {
                             tracing::warn!(%cleanup, "cleanup after a failed create could not remove the workspace volume");
@@ -563,18 +609,9 @@ impl Backend for DockerBackend {
     fn destroy_session<'a>(&'a self, session_id: &'a str) -> BoxFuture<'a, BackendResult<bool>> {
         Box::pin(async move {
             let had_container = self.remove_container(&container_name(session_id)).await?;
-            let had_volume = match self
-                .docker
-                .remove_volume(
-                    &workspace_volume(session_id),
-                    None::<bollard::query_parameters::RemoveVolumeOptions>,
-                )
-                .await
-            {
-                Ok(()) => true,
-                Err(err) if is_not_found(&err) => false,
-                Err(err) => return Err(engine("cannot remove the workspace volume")(err)),
-            };
+            let had_volume = self
+                .remove_sized_volume(&workspace_volume(session_id))
+                .await?;
             tracing::info!(
                 session_id,
                 had_container,
@@ -679,6 +716,7 @@ mod tests {
             read_only_rootfs: true,
             no_new_privileges: true,
             drop_all_capabilities: true,
+            disk_quota: None,
         })
         .unwrap();
         let mut spec = crate::modes::spawner::backend::kubernetes::manifests::fixtures::spec();
