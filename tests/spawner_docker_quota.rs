@@ -189,15 +189,15 @@ async fn workspace_and_cache_quotas_hold() {
     let image_file = dir.join(format!("{workspace}.ext4"));
     let held = allocated(&image_file);
     assert!(
-        held <= 64 * MIB + MIB && held >= 48 * MIB,
+        (48 * MIB..=64 * MIB + MIB).contains(&held),
         "the host holds {held} bytes for a 64 MiB quota"
     );
     let events = exec("size", "ls -l /workspace/big | awk '{print $5}'").await;
     let written: u64 = stdout_text(&events).trim().parse().unwrap();
-    assert!(
-        written < 64 * MIB && written > 40 * MIB,
-        "wrote {written}"
+    eprintln!(
+        "64 MiB quota: file written {written} bytes, image allocated {held} bytes on the host"
     );
+    assert!(written < 64 * MIB && written > 40 * MIB, "wrote {written}");
 
     // The org cache is capped by its own quota.
     let events = exec(

@@ -221,7 +221,9 @@ async fn kubernetes_session_lifecycle() {
     );
 
     // Disk: the PVC is the default profile's quota, the container has an ephemeral-storage limit.
-    let pvc = fake.object("persistentvolumeclaims", &pvc_name(id)).unwrap();
+    let pvc = fake
+        .object("persistentvolumeclaims", &pvc_name(id))
+        .unwrap();
     assert_eq!(pvc["spec"]["resources"]["requests"]["storage"], "1Gi");
     let resources = &pod["spec"]["containers"][0]["resources"];
     assert_eq!(resources["limits"]["ephemeral-storage"], "512Mi");

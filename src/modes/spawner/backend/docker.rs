@@ -11,6 +11,7 @@
 //! the session's identity and limits: they are the truth the spawner re-adopts from. The runnerd
 //! token never enters the container: runnerd gets its SHA-256 and compares presented tokens by digest, so
 //! `docker inspect` (or root inside the session) shows only a value that authenticates nothing.
+use super::docker_quota::{DiskQuotaConfig, DiskQuotas};
 use super::{
     wait_for_runnerd, Backend, BackendError, BackendKind, BackendResult, BoxFuture, ListedSession,
     SessionSpec,
@@ -26,7 +27,6 @@ use bollard::query_parameters::{
     CreateContainerOptionsBuilder, InspectContainerOptions, ListContainersOptionsBuilder,
     LogsOptionsBuilder, RemoveContainerOptionsBuilder,
 };
-use super::docker_quota::{DiskQuotaConfig, DiskQuotas};
 use bollard::Docker;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -222,10 +222,7 @@ impl DockerBackend {
         }
         match self
             .docker
-            .remove_volume(
-                name,
-                None::<bollard::query_parameters::RemoveVolumeOptions>,
-            )
+            .remove_volume(name, None::<bollard::query_parameters::RemoveVolumeOptions>)
             .await
         {
             Ok(()) => Ok(true),
@@ -542,7 +539,10 @@ impl Backend for DockerBackend {
                         ("tale.sandbox-cache".to_string(), "1".to_string()),
                         ("tale.org".to_string(), spec.organization_id.clone()),
                     ]);
-                    let bytes = self.quotas.as_ref().map_or(0, |q| q.config().org_cache_bytes);
+                    let bytes = self
+                        .quotas
+                        .as_ref()
+                        .map_or(0, |q| q.config().org_cache_bytes);
                     self.ensure_sized_volume(
                         &format!("{prefix}-{}", spec.organization_id),
                         bytes,

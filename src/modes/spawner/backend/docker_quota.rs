@@ -149,7 +149,10 @@ fn helper_body(config: &DiskQuotaConfig, args: &[String]) -> ContainerCreateBody
         cmd: Some(cmd),
         user: Some("0:0".into()),
         network_disabled: Some(true),
-        labels: Some(HashMap::from([("tale.disk-quota-helper".into(), "1".into())])),
+        labels: Some(HashMap::from([(
+            "tale.disk-quota-helper".into(),
+            "1".into(),
+        )])),
         host_config: Some(HostConfig {
             network_mode: Some("none".into()),
             cap_add: Some(vec!["SYS_ADMIN".into()]),
@@ -311,10 +314,15 @@ impl DiskQuotas {
     async fn run_created(&self, name: &str) -> BackendResult<String> {
         use futures_util::StreamExt;
         self.docker
-            .start_container(name, None::<bollard::query_parameters::StartContainerOptions>)
+            .start_container(
+                name,
+                None::<bollard::query_parameters::StartContainerOptions>,
+            )
             .await
             .map_err(engine("cannot start the disk quota helper"))?;
-        let mut wait = self.docker.wait_container(name, None::<WaitContainerOptions>);
+        let mut wait = self
+            .docker
+            .wait_container(name, None::<WaitContainerOptions>);
         let code = match wait.next().await {
             Some(Ok(response)) => response.status_code,
             Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => code,
@@ -384,7 +392,10 @@ mod tests {
         assert_eq!(host.cap_add, Some(vec!["SYS_ADMIN".to_string()]));
         assert_eq!(host.network_mode.as_deref(), Some("none"));
         assert_eq!(host.binds, Some(vec!["/srv/q:/srv/q".to_string()]));
-        assert_eq!(host.device_cgroup_rules, Some(vec!["b 7:* rwm".to_string()]));
+        assert_eq!(
+            host.device_cgroup_rules,
+            Some(vec!["b 7:* rwm".to_string()])
+        );
         assert_eq!(body.cmd.unwrap().last().unwrap(), "/srv/q/v.ext4");
         assert_eq!(volume_options("/dev/loop3")["device"], "/dev/loop3");
         assert_eq!(volume_options("/dev/loop3")["type"], "ext4");

@@ -229,7 +229,8 @@ impl SpawnerConfig {
         let runtime_image =
             get("SANDBOX_RUNTIME_IMAGE").unwrap_or_else(|| DEFAULT_RUNTIME_IMAGE.into());
         let disk_quota = if flag("SANDBOX_DISK_QUOTAS", true)? {
-            let dir = get("SANDBOX_DISK_QUOTA_DIR").unwrap_or_else(|| DEFAULT_DISK_QUOTA_DIR.into());
+            let dir =
+                get("SANDBOX_DISK_QUOTA_DIR").unwrap_or_else(|| DEFAULT_DISK_QUOTA_DIR.into());
             // It becomes a bind mount `dir:dir`: absolute, and no `:` or `,`.
             if !dir.starts_with('/') || dir.contains([':', ',']) || dir.contains("/../") {
                 return Err(ConfigError::BadShape {
@@ -575,9 +576,15 @@ mod tests {
         assert_eq!(quota.dir, DEFAULT_DISK_QUOTA_DIR);
         assert_eq!(quota.helper_image, DEFAULT_RUNTIME_IMAGE);
         assert_eq!(quota.org_cache_bytes, DEFAULT_ORG_CACHE_QUOTA_MB << 20);
-        assert_eq!(c.default_profile.disk_quota_bytes, DEFAULT_DISK_QUOTA_MB << 20);
+        assert_eq!(
+            c.default_profile.disk_quota_bytes,
+            DEFAULT_DISK_QUOTA_MB << 20
+        );
         assert_eq!(c.agent.disk_quota_bytes, DEFAULT_AGENT_DISK_QUOTA_MB << 20);
-        assert_eq!(c.agent.ephemeral_storage_bytes, DEFAULT_AGENT_EPHEMERAL_STORAGE_MB << 20);
+        assert_eq!(
+            c.agent.ephemeral_storage_bytes,
+            DEFAULT_AGENT_EPHEMERAL_STORAGE_MB << 20
+        );
         let c = config(
             &[
                 ("SANDBOX_TOKEN", "t"),
@@ -596,10 +603,18 @@ mod tests {
         assert_eq!(c.default_profile.ephemeral_storage_bytes, 100 << 20);
         let quota = c.disk_quota.unwrap();
         assert_eq!(
-            (quota.dir.as_str(), quota.helper_image.as_str(), quota.org_cache_bytes),
+            (
+                quota.dir.as_str(),
+                quota.helper_image.as_str(),
+                quota.org_cache_bytes
+            ),
             ("/srv/quota", "helper:1", 32 << 20)
         );
-        let off = config(&[("SANDBOX_TOKEN", "t"), ("SANDBOX_DISK_QUOTAS", "0")], false).unwrap();
+        let off = config(
+            &[("SANDBOX_TOKEN", "t"), ("SANDBOX_DISK_QUOTAS", "0")],
+            false,
+        )
+        .unwrap();
         assert!(off.disk_quota.is_none());
         for (name, value) in [
             ("SANDBOX_DISK_QUOTA_MB", "8"),
