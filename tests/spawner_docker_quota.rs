@@ -263,3 +263,82 @@ async fn workspace_and_cache_quotas_hold() {
     docker(&["network", "rm", &network]);
     drop(fixture);
 }
+
+/// A create that fails after its quota image was made (runnerd dies at once), or before (the
+/// image does not exist, so neither does the helper), answers 502 and leaves no loop device,
+/// image or volume behind.
+#[tokio::test(flavor = "multi_thread")]
+async fn failed_create_frees_the_quota() {
+    let pid = std::process::id();
+    let image = test_image();
+    let dying = format!("tale-test-dying-disk-quota:{pid}");
+    let build = std::env::temp_dir().join(format!("tale-dying-quota-{pid}"));
+    std::fs::create_dir_all(&build).unwrap();
+    std::fs::write(
+        build.join("Dockerfile"),
+        format!("FROM {image}\nENTRYPOINT [\"/bin/sh\", \"-c\", \"exit 3\"]\n"),
+    )
+    .unwrap();
+    assert!(docker(&["build", "-q", "-t", &dying, build.to_str().unwrap()]).0);
+    std::fs::remove_dir_all(&build).unwrap();
+    let dir = std::env::temp_dir().join(format!("tale-disk-quota-fail-{pid}"));
+    let network = format!("tale-test-net-quota-fail-{pid}");
+    for (runtime, tag) in [
+        (dying.as_str(), "qdie"),
+        ("tale-test-missing:none", "qmiss"),
+    ] {
+        let id = format!("{tag}{pid}");
+        let workspace = format!("tale-sbx-ses-{id}-ws");
+        let _fixture = Fixture {
+            dir: dir.clone(),
+            volumes: vec![workspace.clone()],
+            container: format!("tale-sbx-ses-{id}"),
+        };
+        let env: Vec<(String, String)> = [
+            ("SANDBOX_BACKEND", "docker"),
+            ("SANDBOX_RUNTIME_IMAGE", runtime),
+            ("SANDBOX_EGRESS_NETWORK", network.as_str()),
+            ("SANDBOX_EGRESS_PROXY", "none"),
+            ("SANDBOX_CACHE_VOLUMES", "0"),
+            ("SANDBOX_DISK_QUOTA_MB", "32"),
+            ("SANDBOX_DISK_QUOTA_DIR", dir.to_str().unwrap()),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let root = std::env::temp_dir().join(format!("tale-docker-quota-{tag}-{pid}"));
+        let spawner = SpawnerProcess::start(root, env).await;
+        let (status, body) = spawner
+            .client
+            .json(
+                Method::POST,
+                "/v1/sessions",
+                Some(json!({"sessionId": id, "organizationId": "qorg"})),
+            )
+            .await;
+        assert_eq!(
+            (status, &body["error"]),
+            (StatusCode::BAD_GATEWAY, &json!("create_failed")),
+            "{body}\n{}",
+            spawner.log()
+        );
+        assert!(!docker(&["volume", "inspect", &workspace]).0, "no volume");
+        assert!(
+            loops_backed_by(&format!("{workspace}.ext4")).is_empty(),
+            "no loop device"
+        );
+        assert!(!dir.join(format!("{workspace}.ext4")).exists(), "no image");
+        let (_, helpers) = docker(&[
+            "ps",
+            "-a",
+            "-q",
+            "--filter",
+            "label=tale.disk-quota-helper=1",
+            "--filter",
+            &format!("ancestor={runtime}"),
+        ]);
+        assert_eq!(helpers, "", "no helper container left");
+    }
+    docker(&["network", "rm", &network]);
+    docker(&["rmi", &dying]);
+}
