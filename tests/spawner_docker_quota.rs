@@ -84,6 +84,15 @@ fn squatter_name() -> String {
     format!("tale-quota-squatter-{}.img", std::process::id())
 }
 
+/// Removes a test network when dropped (also when the test panics).
+struct NetworkGuard(String);
+
+impl Drop for NetworkGuard {
+    fn drop(&mut self) {
+        docker(&["network", "rm", &self.0]);
+    }
+}
+
 struct Fixture {
     dir: PathBuf,
     volumes: Vec<String>,
@@ -129,6 +138,7 @@ async fn workspace_and_cache_quotas_hold() {
         container: container.clone(),
     };
     let network = format!("tale-test-net-quota-{pid}");
+    let _network = NetworkGuard(network.clone());
     let image = test_image();
     let env: Vec<(String, String)> = [
         ("SANDBOX_BACKEND", "docker"),
@@ -260,7 +270,6 @@ async fn workspace_and_cache_quotas_hold() {
         loops_backed_by(&format!("{workspace}.ext4")).is_empty(),
         "loop device freed"
     );
-    docker(&["network", "rm", &network]);
     drop(fixture);
 }
 
@@ -283,6 +292,7 @@ async fn failed_create_frees_the_quota() {
     std::fs::remove_dir_all(&build).unwrap();
     let dir = std::env::temp_dir().join(format!("tale-disk-quota-fail-{pid}"));
     let network = format!("tale-test-net-quota-fail-{pid}");
+    let _network = NetworkGuard(network.clone());
     for (runtime, tag) in [
         (dying.as_str(), "qdie"),
         ("tale-test-missing:none", "qmiss"),
@@ -339,6 +349,5 @@ async fn failed_create_frees_the_quota() {
         ]);
         assert_eq!(helpers, "", "no helper container left");
     }
-    docker(&["network", "rm", &network]);
     docker(&["rmi", &dying]);
 }

@@ -55,6 +55,11 @@ pub struct DiskQuotaConfig {
 /// (the path shown in sysfs depends on the mount namespace that attached it; names are unique).
 const HELPER_SCRIPT: &str = r#"set -eu
 mode=$1; img=$2; name=${img##*/}
+for tool in losetup truncate mknod; do
+  command -v "$tool" >/dev/null 2>&1 || { echo "the helper image has no $tool (install mount and e2fsprogs)" >&2; exit 2; }
+done
+command -v mkfs.ext4 >/dev/null 2>&1 || command -v mke2fs >/dev/null 2>&1 ||
+  { echo "the helper image has no mkfs.ext4 or mke2fs (install e2fsprogs)" >&2; exit 2; }
 find_loops() {
   for f in /sys/block/loop*/loop/backing_file; do
     [ -e "$f" ] || continue
@@ -333,13 +338,18 @@ impl DiskQuotas {
         let mut stream = self.docker.logs(name, Some(logs));
         let mut output = String::new();
         while let Some(Ok(chunk)) = stream.next().await {
-            if output.len() < HELPER_OUTPUT_MAX_BYTES {
-                output.push_str(&chunk.to_string());
+            let text = chunk.to_string();
+            let room = HELPER_OUTPUT_MAX_BYTES.saturating_sub(output.len());
+            let mut end = text.len().min(room);
+            while !text.is_char_boundary(end) {
+                end -= 1;
             }
+            output.push_str(&text[..end]);
         }
         if code != 0 {
             return Err(BackendError::Engine(format!(
-                "the disk quota helper failed (exit {code}): {}",
+                "the disk quota helper ({}) failed (exit {code}): {} (set SANDBOX_DISK_QUOTA_HELPER_IMAGE, or SANDBOX_DISK_QUOTAS=0 to run without quotas)",
+                self.config.helper_image,
                 output.trim()
             )));
         }
@@ -375,6 +385,21 @@ mod tests {
         ] {
             assert_eq!(parse_attached(bad), None, "{bad:?}");
         }
+    }
+
+    /// A helper image without the tools fails with a message naming the missing one (before it
+    /// touches anything).
+    #[test]
+    fn helper_names_a_missing_tool() {
+        let output = std::process::Command::new("/bin/sh")
+            .args(["-c", HELPER_SCRIPT, "tale-disk-quota", "ensure"])
+            .args(["/nonexistent/v.ext4", "1048576"])
+            .env("PATH", "/nonexistent")
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("no losetup"), "{stderr}");
     }
 
     /// The helper gets the loop devices, `CAP_SYS_ADMIN` and the image directory, and nothing
