@@ -48,7 +48,7 @@ ENV PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 \
     CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1 \
     PATH=/usr/local/bin:/usr/bin:/bin
 RUN apt-get update && apt-get install -y --no-install-recommends \
-      bash git ca-certificates curl ripgrep fd-find python3 nodejs npm chromium passwd \
+      bash git ca-certificates curl ripgrep fd-find python3 nodejs npm chromium passwd e2fsprogs mount \
     && (apt-get install -y --no-install-recommends gh || true) \
     && ln -sf /usr/bin/fdfind /usr/local/bin/fd \
     && rm -rf /var/lib/apt/lists/*

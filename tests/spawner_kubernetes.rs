@@ -220,6 +220,15 @@ async fn kubernetes_session_lifecycle() {
             .is_some()
     );
 
+    // Disk: the PVC is the default profile's quota, the container has an ephemeral-storage limit.
+    let pvc = fake
+        .object("persistentvolumeclaims", &pvc_name(id))
+        .unwrap();
+    assert_eq!(pvc["spec"]["resources"]["requests"]["storage"], "1Gi");
+    let resources = &pod["spec"]["containers"][0]["resources"];
+    assert_eq!(resources["limits"]["ephemeral-storage"], "512Mi");
+    assert_eq!(resources["requests"]["ephemeral-storage"], "256Mi");
+
     // The exact objects sent.
     let requests = fake.requests();
     let created_at = pod["metadata"]["annotations"]["tale.dev/created-at"]

@@ -80,6 +80,7 @@ async fn build_backend(
                 no_proxy: config.no_proxy.clone(),
                 cache_volume_prefixes: config.cache_volume_prefixes.clone(),
                 stack_label: config.stack_label.clone(),
+                disk_quota: config.disk_quota.clone(),
                 read_only_rootfs: config.hardening.read_only_rootfs,
                 no_new_privileges: config.hardening.no_new_privileges,
                 drop_all_capabilities: config.hardening.drop_all_capabilities,

@@ -15,6 +15,7 @@
 //! `docker inspect` (or root inside the session) shows only a value that authenticates nothing.
 mod isolation;
 
+use super::docker_quota::{DiskQuotaConfig, DiskQuotas};
 use super::names::Found;
 use super::{
     wait_for_runnerd, Backend, BackendError, BackendKind, BackendResult, BoxFuture, ListedSession,
@@ -79,6 +80,8 @@ pub struct DockerConfig {
     /// Networks spawners reach runnerd from (each runnerd's allowlist; see [`isolation`]); empty:
     /// this process's own address on the sandbox network.
     pub control_sources: Vec<crate::shared::cidr::Cidr>,
+    /// Size-limited workspace and cache volumes (see `docker_quota`); `None`: plain volumes.
+    pub disk_quota: Option<DiskQuotaConfig>,
 }
 
 /// Sessions as Docker containers.
@@ -90,6 +93,7 @@ pub struct DockerBackend {
     network_ready: tokio::sync::OnceCell<()>,
     /// The sandbox network's subnets and the control sources, learned once.
     network_plan: tokio::sync::OnceCell<isolation::NetworkPlan>,
+    quotas: Option<DiskQuotas>,
 }
 
 fn engine(context: &str) -> impl FnOnce(DockerError) -> BackendError + '_ {
@@ -146,11 +150,16 @@ impl DockerBackend {
             bollard::API_DEFAULT_VERSION,
         )
         .map_err(engine("cannot use the Docker socket"))?;
+        let quotas = config
+            .disk_quota
+            .clone()
+            .map(|quota| DiskQuotas::new(docker.clone(), quota));
         Ok(DockerBackend {
             docker,
             config,
             network_ready: tokio::sync::OnceCell::new(),
             network_plan: tokio::sync::OnceCell::new(),
+            quotas,
         })
     }
 
@@ -212,10 +221,17 @@ impl DockerBackend {
             .await
             .map_err(engine("cannot create a volume"))?;
         let existed = volume.labels.get(VOLUME_NONCE_LABEL) != Some(&nonce);
-        // A volume of the same name made by another stack on this engine is never used.
-        if let (Some(ours), Some(theirs)) =
-            (&self.config.stack_label, volume.labels.get(STACK_LABEL))
-        {
+        self.refuse_other_stack(name, &volume.labels)?;
+        Ok((existed, volume.labels))
+    }
+
+    /// A volume of the same name made by another stack on this engine is never used.
+    fn refuse_other_stack(
+        &self,
+        name: &str,
+        labels: &HashMap<String, String>,
+    ) -> BackendResult<()> {
+        if let (Some(ours), Some(theirs)) = (&self.config.stack_label, labels.get(STACK_LABEL)) {
             if ours != theirs {
                 return Err(BackendError::Invalid {
                     what: "volume (it belongs to another stack)",
@@ -223,7 +239,7 @@ impl DockerBackend {
                 });
             }
         }
-        Ok((existed, volume.labels))
+        Ok(())
     }
 
     /// An organization's cache volume: `<prefix>-<org>`, or `<prefix>-<stack>-<org>` with a stack
@@ -243,6 +259,42 @@ impl DockerBackend {
         labels
     }
 
+    /// [`Self::ensure_volume`], or a quota'd volume of `bytes` when disk quotas are on; whether it
+    /// existed before, and its labels as they are now.
+    async fn ensure_sized_volume(
+        &self,
+        name: &str,
+        bytes: u64,
+        labels: HashMap<String, String>,
+    ) -> BackendResult<(bool, HashMap<String, String>)> {
+        match &self.quotas {
+            Some(quotas) => {
+                let (existed, actual) = quotas
+                    .ensure_volume(name, bytes, self.with_stack(labels))
+                    .await?;
+                self.refuse_other_stack(name, &actual)?;
+                Ok((existed, actual))
+            }
+            None => self.ensure_volume(name, labels).await,
+        }
+    }
+
+    /// Removes a volume (and its quota image and loop device); whether it existed.
+    async fn remove_sized_volume(&self, name: &str) -> BackendResult<bool> {
+        if let Some(quotas) = &self.quotas {
+            return quotas.remove_volume(name).await;
+        }
+        match self
+            .docker
+            .remove_volume(name, None::<bollard::query_parameters::RemoveVolumeOptions>)
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(err) if is_not_found(&err) => Ok(false),
+            Err(err) => Err(engine("cannot remove the workspace volume")(err)),
+        }
+    }
+
     /// The session's workspace volume: its own under the current or the legacy name, else a new
     /// one under the current name. Returns the name and whether it existed before.
     async fn claim_workspace_volume(&self, spec: &SessionSpec) -> BackendResult<(String, bool)> {
@@ -258,7 +310,9 @@ impl DockerBackend {
             ("tale.session".to_string(), id.clone()),
             ("tale.org".to_string(), org.clone()),
         ]);
-        let (preexisting, actual) = self.ensure_volume(&name, labels).await?;
+        let (preexisting, actual) = self
+            .ensure_sized_volume(&name, spec.resources.disk_quota_bytes, labels)
+            .await?;
         // The volume as it is now (a concurrent create may have made it first).
         Self::check_volume_labels(&name, id, org, &actual)?;
         Ok((name, preexisting))
@@ -575,8 +629,16 @@ impl Backend for DockerBackend {
                         ("tale.sandbox-cache".to_string(), "1".to_string()),
                         ("tale.org".to_string(), spec.organization_id.clone()),
                     ]);
-                    self.ensure_volume(&self.cache_volume(prefix, &spec.organization_id), labels)
-                        .await?;
+                    let bytes = self
+                        .quotas
+                        .as_ref()
+                        .map_or(0, |q| q.config().org_cache_bytes);
+                    self.ensure_sized_volume(
+                        &self.cache_volume(prefix, &spec.organization_id),
+                        bytes,
+                        labels,
+                    )
+                    .await?;
                 }
             }
             match self.try_create(spec, &volume, deadline).await {
@@ -593,14 +655,7 @@ impl Backend for DockerBackend {
                         tracing::warn!(%cleanup, "cleanup after a failed create could not remove the container");
                     }
                     if !preexisting {
-                        if let Err(cleanup) = self
-                            .docker
-                            .remove_volume(
-                                &volume,
-                                None::<bollard::query_parameters::RemoveVolumeOptions>,
-                            )
-                            .await
-                        {
+                        if let Err(cleanup) = self.remove_sized_volume(&volume).await {
                             tracing::warn!(%cleanup, "cleanup after a failed create could not remove the workspace volume");
                         }
                     }
@@ -648,18 +703,7 @@ impl Backend for DockerBackend {
                 Found::Absent | Found::Foreign { .. } => false,
             };
             let had_volume = match self.find_workspace_volume(session_id, None).await? {
-                Found::Ours { name, .. } => match self
-                    .docker
-                    .remove_volume(
-                        &name,
-                        None::<bollard::query_parameters::RemoveVolumeOptions>,
-                    )
-                    .await
-                {
-                    Ok(()) => true,
-                    Err(err) if is_not_found(&err) => false,
-                    Err(err) => return Err(engine("cannot remove the workspace volume")(err)),
-                },
+                Found::Ours { name, .. } => self.remove_sized_volume(&name).await?,
                 Found::Absent | Found::Foreign { .. } => false,
             };
             tracing::info!(
@@ -779,6 +823,7 @@ mod tests {
             drop_all_capabilities: true,
             control_sources: Vec::new(),
             stack_label: None,
+            disk_quota: None,
         })
         .unwrap();
         let mut spec = crate::modes::spawner::backend::kubernetes::manifests::fixtures::spec();

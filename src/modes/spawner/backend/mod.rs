@@ -6,6 +6,7 @@
 //! a restarted spawner re-adopts every session from `list_sessions`. Stopping removes compute and
 //! keeps the workspace; only `destroy_session` deletes a workspace.
 pub mod docker;
+pub mod docker_quota;
 pub mod kubernetes;
 pub mod local;
 pub mod names;
@@ -51,6 +52,11 @@ pub struct SessionResources {
     pub fsize_bytes: u64,
     pub tmp_bytes: u64,
     pub shm_bytes: u64,
+    /// Disk quota of the session's workspace, in bytes (Docker: the size of its ext4 image;
+    /// Kubernetes: the PVC size, capped by `SANDBOX_K8S_WORKSPACE_SIZE_LIMIT`).
+    pub disk_quota_bytes: u64,
+    /// Kubernetes `ephemeral-storage` limit of the session container, in bytes.
+    pub ephemeral_storage_bytes: u64,
 }
 
 /// What a backend needs to create a session.

@@ -1,6 +1,7 @@
 //! The spawner's configuration, read from the environment (names and defaults of the original,
 //! spec config.md). Numbers: trimmed; empty or unset means the default; anything unparsable or out
 //! of range stops the boot with an error naming the variable.
+use super::backend::docker_quota::{DiskQuotaConfig, DEFAULT_DISK_QUOTA_DIR};
 use super::backend::{BackendKind, SessionResources};
 use super::edge::{self, EdgeLimits};
 use crate::shared::cidr::Cidr;
@@ -29,6 +30,18 @@ pub const DEFAULT_DOCKER_SOCKET: &str = "/var/run/docker.sock";
 /// Root of the LLM gateway agent runs talk to when a request names none (the compose stack's
 /// gateway service; it is in `DEFAULT_NO_PROXY`).
 pub const DEFAULT_LLM_GATEWAY_URL: &str = "http://sandbox-llm-gateway:8080";
+/// Workspace disk quota of the `default` profile (`SANDBOX_DISK_QUOTA_MB`), in MiB.
+pub const DEFAULT_DISK_QUOTA_MB: u64 = 1024;
+/// Workspace disk quota of the `agent` profile (`SANDBOX_AGENT_DISK_QUOTA_MB`), in MiB.
+pub const DEFAULT_AGENT_DISK_QUOTA_MB: u64 = 4096;
+/// Size of each per-organization cache volume (`SANDBOX_ORG_CACHE_QUOTA_MB`), in MiB.
+pub const DEFAULT_ORG_CACHE_QUOTA_MB: u64 = 2048;
+/// Kubernetes `ephemeral-storage` limit of the `default` profile (`SANDBOX_EPHEMERAL_STORAGE_MB`).
+pub const DEFAULT_EPHEMERAL_STORAGE_MB: u64 = 512;
+/// Kubernetes `ephemeral-storage` limit of the `agent` profile (`SANDBOX_AGENT_EPHEMERAL_STORAGE_MB`).
+pub const DEFAULT_AGENT_EPHEMERAL_STORAGE_MB: u64 = 1024;
+/// Largest disk quota accepted, in MiB (16 TiB).
+pub const MAX_DISK_QUOTA_MB: u64 = 16 << 20;
 pub use super::limits::{
     DEFAULT_CREATE_TIMEOUT_MS, DEFAULT_EXEC_MAX_TIMEOUT_MS, DEFAULT_EXEC_TIMEOUT_MS,
     DEFAULT_MAX_REQUEST_BODY_BYTES, DEFAULT_MAX_SESSIONS, DEFAULT_MAX_SESSIONS_PER_ORG,
@@ -89,6 +102,8 @@ pub struct SpawnerConfig {
     /// `SANDBOX_STACK_LABEL`: the `tale.stack` label of every Docker object the spawner creates
     /// (and the filter of what it lists and adopts); unset for none.
     pub stack_label: Option<String>,
+    /// Docker disk quotas (workspace and cache volumes as size-limited images); `None`: off.
+    pub disk_quota: Option<DiskQuotaConfig>,
     pub stdout_max_bytes: u64,
     pub stderr_max_bytes: u64,
     pub max_request_body_bytes: u64,
@@ -224,6 +239,36 @@ impl SpawnerConfig {
             u64::MAX,
         )?;
         let caches = flag("SANDBOX_CACHE_VOLUMES", true)?;
+        let min_quota_mb = super::backend::docker_quota::MIN_DISK_QUOTA_BYTES >> 20;
+        let mib = |name: &'static str, default: u64, min: u64| -> Result<u64, ConfigError> {
+            Ok(number(name, default, min, MAX_DISK_QUOTA_MB)? << 20)
+        };
+        let runtime_image =
+            get("SANDBOX_RUNTIME_IMAGE").unwrap_or_else(|| DEFAULT_RUNTIME_IMAGE.into());
+        let disk_quota = if flag("SANDBOX_DISK_QUOTAS", true)? {
+            let dir =
+                get("SANDBOX_DISK_QUOTA_DIR").unwrap_or_else(|| DEFAULT_DISK_QUOTA_DIR.into());
+            // It becomes a bind mount `dir:dir`: absolute, and no `:` or `,`.
+            if !dir.starts_with('/') || dir.contains([':', ',']) || dir.contains("/../") {
+                return Err(ConfigError::BadShape {
+                    name: "SANDBOX_DISK_QUOTA_DIR",
+                    value: dir,
+                    shape: "an absolute host path without ':' or ','",
+                });
+            }
+            Some(DiskQuotaConfig {
+                dir,
+                helper_image: get("SANDBOX_DISK_QUOTA_HELPER_IMAGE")
+                    .unwrap_or_else(|| runtime_image.clone()),
+                org_cache_bytes: mib(
+                    "SANDBOX_ORG_CACHE_QUOTA_MB",
+                    DEFAULT_ORG_CACHE_QUOTA_MB,
+                    min_quota_mb,
+                )?,
+            })
+        } else {
+            None
+        };
         let agent = SessionResources {
             exec_user: user("SANDBOX_AGENT_USER", DEFAULT_EXEC_USER)?,
             cpus: number("SANDBOX_AGENT_CPUS", 2, 1, 1024)? as f64,
@@ -241,6 +286,16 @@ impl SpawnerConfig {
             )?,
             tmp_bytes: size("SANDBOX_AGENT_TMP_SIZE", "512m")?,
             shm_bytes: size("SANDBOX_AGENT_SHM_SIZE", "512m")?,
+            disk_quota_bytes: mib(
+                "SANDBOX_AGENT_DISK_QUOTA_MB",
+                DEFAULT_AGENT_DISK_QUOTA_MB,
+                min_quota_mb,
+            )?,
+            ephemeral_storage_bytes: mib(
+                "SANDBOX_AGENT_EPHEMERAL_STORAGE_MB",
+                DEFAULT_AGENT_EPHEMERAL_STORAGE_MB,
+                1,
+            )?,
         };
         let default_profile = SessionResources {
             exec_user: (65534, 65534),
@@ -251,6 +306,12 @@ impl SpawnerConfig {
             fsize_bytes: 104_857_600,
             tmp_bytes: 128 * 1024 * 1024,
             shm_bytes: 64 * 1024 * 1024,
+            disk_quota_bytes: mib("SANDBOX_DISK_QUOTA_MB", DEFAULT_DISK_QUOTA_MB, min_quota_mb)?,
+            ephemeral_storage_bytes: mib(
+                "SANDBOX_EPHEMERAL_STORAGE_MB",
+                DEFAULT_EPHEMERAL_STORAGE_MB,
+                1,
+            )?,
         };
         let kubernetes = kubernetes_settings(&get, &number)?;
         let tls = tls::tls_settings(&get, &flag, backend)?;
@@ -258,8 +319,7 @@ impl SpawnerConfig {
             port: number("SANDBOX_PORT", u64::from(DEFAULT_PORT), 1, 65535)? as u16,
             backend,
             token,
-            runtime_image: get("SANDBOX_RUNTIME_IMAGE")
-                .unwrap_or_else(|| DEFAULT_RUNTIME_IMAGE.into()),
+            runtime_image,
             runtime: get("SANDBOX_RUNTIME"),
             host_session_root: PathBuf::from(
                 get("SANDBOX_HOST_SESSION_ROOT")
@@ -311,6 +371,7 @@ impl SpawnerConfig {
                     })
                 }
             },
+            disk_quota,
             stdout_max_bytes: number(
                 "SANDBOX_STDOUT_MAX_BYTES",
                 DEFAULT_OUTPUT_MAX_BYTES,
@@ -536,6 +597,68 @@ mod tests {
         .unwrap();
         assert_eq!(c.port, 8003);
         assert_eq!(c.max_request_body_bytes, RUNNERD_MAX_BODY_BYTES);
+    }
+
+    /// Disk quotas: on by default with documented sizes per profile, settable, bounded, and off
+    /// with `SANDBOX_DISK_QUOTAS=0`.
+    #[test]
+    fn disk_quotas() {
+        let c = config(&[("SANDBOX_TOKEN", "t")], false).unwrap();
+        let quota = c.disk_quota.clone().unwrap();
+        assert_eq!(quota.dir, DEFAULT_DISK_QUOTA_DIR);
+        assert_eq!(quota.helper_image, DEFAULT_RUNTIME_IMAGE);
+        assert_eq!(quota.org_cache_bytes, DEFAULT_ORG_CACHE_QUOTA_MB << 20);
+        assert_eq!(
+            c.default_profile.disk_quota_bytes,
+            DEFAULT_DISK_QUOTA_MB << 20
+        );
+        assert_eq!(c.agent.disk_quota_bytes, DEFAULT_AGENT_DISK_QUOTA_MB << 20);
+        assert_eq!(
+            c.agent.ephemeral_storage_bytes,
+            DEFAULT_AGENT_EPHEMERAL_STORAGE_MB << 20
+        );
+        let c = config(
+            &[
+                ("SANDBOX_TOKEN", "t"),
+                ("SANDBOX_DISK_QUOTA_MB", "64"),
+                ("SANDBOX_AGENT_DISK_QUOTA_MB", "128"),
+                ("SANDBOX_ORG_CACHE_QUOTA_MB", "32"),
+                ("SANDBOX_DISK_QUOTA_DIR", "/srv/quota"),
+                ("SANDBOX_DISK_QUOTA_HELPER_IMAGE", "helper:1"),
+                ("SANDBOX_EPHEMERAL_STORAGE_MB", "100"),
+            ],
+            false,
+        )
+        .unwrap();
+        assert_eq!(c.default_profile.disk_quota_bytes, 64 << 20);
+        assert_eq!(c.agent.disk_quota_bytes, 128 << 20);
+        assert_eq!(c.default_profile.ephemeral_storage_bytes, 100 << 20);
+        let quota = c.disk_quota.unwrap();
+        assert_eq!(
+            (
+                quota.dir.as_str(),
+                quota.helper_image.as_str(),
+                quota.org_cache_bytes
+            ),
+            ("/srv/quota", "helper:1", 32 << 20)
+        );
+        let off = config(
+            &[("SANDBOX_TOKEN", "t"), ("SANDBOX_DISK_QUOTAS", "0")],
+            false,
+        )
+        .unwrap();
+        assert!(off.disk_quota.is_none());
+        for (name, value) in [
+            ("SANDBOX_DISK_QUOTA_MB", "8"),
+            ("SANDBOX_AGENT_DISK_QUOTA_MB", "99999999999"),
+            ("SANDBOX_DISK_QUOTA_DIR", "relative/dir"),
+            ("SANDBOX_DISK_QUOTA_DIR", "/a:/b"),
+        ] {
+            let err = config(&[("SANDBOX_TOKEN", "t"), (name, value)], false)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(name), "{err}");
+        }
     }
 
     /// Sizes as Docker writes them.

@@ -171,6 +171,15 @@ pub fn secret(spec: &SessionSpec, config: &ManifestConfig) -> Secret {
     }
 }
 
+/// `ephemeral-storage` request of a session container (capped at the profile's limit).
+pub const EPHEMERAL_STORAGE_REQUEST_BYTES: u64 = 256 << 20;
+
+/// Size of a session's workspace PVC: the profile's disk quota, capped by the configured
+/// workspace size limit.
+pub fn workspace_pvc_bytes(spec: &SessionSpec, config: &ManifestConfig) -> u64 {
+    spec.resources.disk_quota_bytes.min(config.workspace_bytes)
+}
+
 /// The workspace PVC `<pod>-ws`: outlives stops, deleted only by destroy.
 pub fn pvc(spec: &SessionSpec, config: &ManifestConfig) -> PersistentVolumeClaim {
     PersistentVolumeClaim {
@@ -190,7 +199,7 @@ pub fn pvc(spec: &SessionSpec, config: &ManifestConfig) -> PersistentVolumeClaim
             resources: Some(VolumeResourceRequirements {
                 requests: Some(BTreeMap::from([(
                     "storage".to_string(),
-                    memory_quantity(config.workspace_bytes),
+                    memory_quantity(workspace_pvc_bytes(spec, config)),
                 )])),
                 ..Default::default()
             }),
@@ -260,10 +269,19 @@ pub fn pod_on_claim(spec: &SessionSpec, config: &ManifestConfig, claim: &str) ->
                 "memory".to_string(),
                 memory_quantity(config.memory_request_bytes.min(memory_limit)),
             ),
+            (
+                "ephemeral-storage".to_string(),
+                memory_quantity(EPHEMERAL_STORAGE_REQUEST_BYTES.min(r.ephemeral_storage_bytes)),
+            ),
         ])),
+        // The writable layer and logs; /tmp and /dev/shm are memory, the workspace is the PVC.
         limits: Some(BTreeMap::from([
             ("cpu".to_string(), cpu_quantity(cpu_limit_millis)),
             ("memory".to_string(), memory_quantity(memory_limit)),
+            (
+                "ephemeral-storage".to_string(),
+                memory_quantity(r.ephemeral_storage_bytes),
+            ),
         ])),
         ..Default::default()
     };
@@ -454,6 +472,8 @@ pub(in crate::modes::spawner::backend) mod fixtures {
                 fsize_bytes: 512 << 20,
                 tmp_bytes: 512 << 20,
                 shm_bytes: 64 << 20,
+                disk_quota_bytes: 4 << 30,
+                ephemeral_storage_bytes: 1 << 30,
             },
             runnerd_token: "secret-token".into(),
             runnerd_tls: Some(crate::shared::tls::SessionTls::derive(
@@ -570,6 +590,13 @@ mod tests {
             (limits["cpu"].0.as_str(), limits["memory"].0.as_str()),
             ("2", "4Gi")
         );
+        assert_eq!(
+            (
+                requests["ephemeral-storage"].0.as_str(),
+                limits["ephemeral-storage"].0.as_str()
+            ),
+            ("256Mi", "1Gi")
+        );
         let env: BTreeMap<&str, Option<&str>> = c
             .env
             .iter()
@@ -656,6 +683,28 @@ mod tests {
                 .0,
             "4Gi"
         );
+    }
+
+    /// The PVC is the profile's disk quota, capped by the workspace size limit; the
+    /// `ephemeral-storage` request never exceeds a small limit.
+    #[test]
+    fn pvc_and_ephemeral_storage_follow_the_profile() {
+        let storage = |pvc: PersistentVolumeClaim| {
+            pvc.spec.unwrap().resources.unwrap().requests.unwrap()["storage"]
+                .0
+                .clone()
+        };
+        let mut small = spec();
+        small.resources.disk_quota_bytes = 64 << 20;
+        small.resources.ephemeral_storage_bytes = 100 << 20;
+        assert_eq!(storage(pvc(&small, &config())), "64Mi");
+        let mut big = spec();
+        big.resources.disk_quota_bytes = 100 << 30;
+        assert_eq!(storage(pvc(&big, &config())), "4Gi");
+        let pod = pod(&small, &config());
+        let resources = pod.spec.unwrap().containers[0].resources.clone().unwrap();
+        assert_eq!(resources.requests.unwrap()["ephemeral-storage"].0, "100Mi");
+        assert_eq!(resources.limits.unwrap()["ephemeral-storage"].0, "100Mi");
     }
 
     /// The NetworkPolicy admits runnerd traffic from the spawner's Pods only.
