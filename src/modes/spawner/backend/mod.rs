@@ -280,7 +280,10 @@ mod tests {
         let started = tokio::time::Instant::now();
         let error = wait_for_runnerd(
             &format!("http://127.0.0.1:{port}"),
-            "token",
+            &SessionSpec {
+                runnerd_tls: None,
+                ..super::kubernetes::manifests::fixtures::spec()
+            },
             std::time::Duration::from_secs(5),
             || async { Ok(()) },
         )
