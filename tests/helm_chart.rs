@@ -3,6 +3,8 @@
 //! (Debian ships no helm binary; `TALE_HELM_PYTHON` names another interpreter that has it). The
 //! rendered objects are checked against the spawner itself: its Role grants exactly the verbs the
 //! backend uses, and its env parses with the spawner's own configuration reader.
+//! Every rendered object is validated against the official Kubernetes OpenAPI schemas (strict, the
+//! oldest and newest supported versions; `support::k8s_schema`).
 //! These tests FAIL (never skip) when that interpreter is missing.
 mod support;
 
@@ -57,14 +59,17 @@ fn render(values: Value) -> Rendered {
         String::from_utf8_lossy(&output.stderr)
     );
     let parsed: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let documents: Vec<Value> = parsed["documents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["object"].clone())
+        .collect();
+    // Every rendered object, whatever the values, fits the official Kubernetes schemas.
+    support::k8s_schema::assert_valid(&documents);
     Rendered {
         lint: parsed["lint"].clone(),
-        documents: parsed["documents"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|d| d["object"].clone())
-            .collect(),
+        documents,
     }
 }
 
@@ -326,4 +331,26 @@ fn chart_tls() {
         files.key_file,
         std::path::PathBuf::from("/etc/tale/tls/tls.key")
     );
+}
+
+/// The schema check is strict and real: a rendered Deployment with a misspelt field, a Service
+/// port given as a string and an unknown kind are each rejected, in every checked version.
+#[test]
+fn schema_check_rejects_invalid_objects() {
+    let chart = render(json!({}));
+    let mut deployment = chart.named("Deployment", "tale-spawner").clone();
+    deployment["spec"]["template"]["spec"]["containers"][0]["imagePullPolicyy"] = json!("Always");
+    let mut service = chart.named("Service", "tale-spawner").clone();
+    service["spec"]["ports"][0]["port"] = json!("8003");
+    let unknown =
+        json!({"apiVersion": "tale.dev/v1", "kind": "Sandbox", "metadata": {"name": "x"}});
+    for object in [deployment, service, unknown] {
+        let report = support::k8s_schema::validate(std::slice::from_ref(&object));
+        let errors = report["errors"].as_array().unwrap();
+        assert_eq!(
+            errors.len(),
+            support::k8s_schema::KUBERNETES_VERSIONS.len(),
+            "rejected in every version: {report}"
+        );
+    }
 }

@@ -5,7 +5,8 @@
 //! `tests/golden/kubernetes`; `TALE_UPDATE_GOLDEN=1` rewrites them), exec streams, kill -9 and
 //! re-adoption from the Pod list, idle stop keeping the PVC, resume, destroy, a failing image that
 //! fails fast and leaves nothing, 409 on a live Pod, and a boot refused without NetworkPolicy
-//! rights. No request ever touches `pods/exec`.
+//! rights. No request ever touches `pods/exec`. Every object sent validates against the official
+//! Kubernetes OpenAPI schemas (`support::k8s_schema`).
 mod support;
 
 use hyper::{Method, StatusCode};
@@ -424,6 +425,30 @@ async fn kubernetes_session_lifecycle() {
         json!({"sessions": []})
     );
     no_exec_requests(&fake);
+    sent_objects_fit_the_schema(
+        &fake,
+        &["Pod", "Secret", "PersistentVolumeClaim", "NetworkPolicy"],
+    );
+}
+
+/// Every whole object the backend sent (create and replace bodies) validates against the official
+/// Kubernetes OpenAPI schemas, strict, in the oldest and newest supported versions; `kinds` were
+/// among them.
+fn sent_objects_fit_the_schema(fake: &FakeKube, kinds: &[&str]) {
+    let objects: Vec<Value> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST" || r.method == "PUT")
+        .filter_map(|r| r.body)
+        .filter(|body| body.get("kind").is_some())
+        .collect();
+    for kind in kinds {
+        assert!(
+            objects.iter().any(|o| o["kind"] == *kind),
+            "a {kind} was sent: {objects:?}"
+        );
+    }
+    support::k8s_schema::assert_valid(&objects);
 }
 
 /// Failed creates: an unpullable image fails fast with the reason and leaves nothing (a resumed
