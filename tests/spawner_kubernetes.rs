@@ -575,3 +575,81 @@ async fn kubernetes_boot_needs_the_network_policy() {
         "{log}"
     );
 }
+
+/// Per-profile placement reaches the Pods: the agent profile's own settings replace the common
+/// ones for agent sessions only, both Pods start, and every object sent (with the new fields)
+/// fits the official schemas.
+#[tokio::test(flavor = "multi_thread")]
+async fn kubernetes_pod_placement_per_profile() {
+    let fake = FakeKube::start().await;
+    let spawner = kube_spawner(
+        &fake,
+        free_port(),
+        &[
+            ("SANDBOX_SESSION_CREATE_TIMEOUT_MS", "20000"),
+            ("SANDBOX_K8S_IMAGE_PULL_SECRETS", "regcred"),
+            ("SANDBOX_K8S_NODE_SELECTOR", "pool=sandbox"),
+            (
+                "SANDBOX_K8S_TOLERATIONS",
+                r#"[{"key":"sandbox","operator":"Equal","value":"yes","effect":"NoSchedule"}]"#,
+            ),
+            ("SANDBOX_K8S_PRIORITY_CLASS", "tale-sessions"),
+            ("SANDBOX_RUNTIME_CLASS", "gvisor"),
+            ("SANDBOX_K8S_IMAGE_PULL_POLICY", "Always"),
+            ("SANDBOX_AGENT_K8S_NODE_SELECTOR", "pool=agents"),
+            ("SANDBOX_AGENT_RUNTIME_CLASS", "kata"),
+            ("SANDBOX_AGENT_K8S_IMAGE_PULL_POLICY", "IfNotPresent"),
+        ],
+    )
+    .await;
+    let c = spawner.client.clone();
+    for (id, profile) in [("place-default", "default"), ("place-agent", "agent")] {
+        let (status, body) = c
+            .json(
+                Method::POST,
+                "/v1/sessions",
+                Some(json!({"sessionId": id, "organizationId": "korg", "profile": profile})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}\n{}", spawner.log());
+    }
+    let spec_of = |id: &str| fake.object("pods", &pod_name(id)).unwrap()["spec"].clone();
+    let (default, agent) = (spec_of("place-default"), spec_of("place-agent"));
+    for spec in [&default, &agent] {
+        assert_eq!(spec["imagePullSecrets"], json!([{"name": "regcred"}]));
+        assert_eq!(spec["priorityClassName"], "tale-sessions");
+        assert_eq!(
+            spec["tolerations"],
+            json!([{"key": "sandbox", "operator": "Equal", "value": "yes", "effect": "NoSchedule"}])
+        );
+    }
+    assert_eq!(
+        (
+            &default["nodeSelector"],
+            &default["runtimeClassName"],
+            &default["containers"][0]["imagePullPolicy"]
+        ),
+        (
+            &json!({"pool": "sandbox"}),
+            &json!("gvisor"),
+            &json!("Always")
+        )
+    );
+    assert_eq!(
+        (
+            &agent["nodeSelector"],
+            &agent["runtimeClassName"],
+            &agent["containers"][0]["imagePullPolicy"]
+        ),
+        (
+            &json!({"pool": "agents"}),
+            &json!("kata"),
+            &json!("IfNotPresent")
+        )
+    );
+    sent_objects_fit_the_schema(
+        &fake,
+        &["Pod", "Secret", "PersistentVolumeClaim", "NetworkPolicy"],
+    );
+    drop(spawner);
+}

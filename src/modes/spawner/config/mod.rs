@@ -8,6 +8,7 @@ use crate::shared::protocol::spawner::{Profile, RequestLimits};
 use std::path::PathBuf;
 
 mod kubernetes;
+mod kubernetes_placement;
 mod tls;
 use kubernetes::kubernetes_settings;
 pub use kubernetes::{
@@ -15,6 +16,10 @@ pub use kubernetes::{
     parse_label_selector, KubernetesSettings, DEFAULT_K8S_CPU_REQUEST, DEFAULT_K8S_MEMORY_REQUEST,
     DEFAULT_K8S_NAMESPACE, DEFAULT_K8S_SPAWNER_SELECTOR, DEFAULT_K8S_WORKSPACE_SIZE,
     KUBERNETES_VARIABLES,
+};
+pub use kubernetes_placement::{
+    PodPlacement, ProfilePlacements, DEFAULT_IMAGE_PULL_POLICY, MAX_IMAGE_PULL_SECRETS,
+    MAX_TOLERATIONS, PLACEMENT_VARIABLES,
 };
 pub use tls::{TlsFiles, TlsSettings};
 

@@ -11,13 +11,14 @@
 //! Pod and Secret, and the PVC too unless it existed before.
 pub mod client;
 pub mod manifests;
+pub mod placement;
 pub mod status;
 
 use super::{
     wait_for_runnerd, Backend, BackendError, BackendKind, BackendResult, BoxFuture, ListedSession,
     SessionSpec,
 };
-use crate::modes::spawner::config::{Hardening, KubernetesSettings};
+use crate::modes::spawner::config::{Hardening, KubernetesSettings, ProfilePlacements};
 use crate::shared::protocol::runnerd::is_valid_id;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -50,6 +51,8 @@ pub struct KubernetesBackend {
     secrets: Api<Secret>,
     pvcs: Api<PersistentVolumeClaim>,
     manifests: ManifestConfig,
+    /// Scheduling and pull settings of session Pods, per profile.
+    placements: ProfilePlacements,
 }
 
 fn status_code(err: &kube::Error) -> Option<u16> {
@@ -123,6 +126,7 @@ impl KubernetesBackend {
             pvcs: Api::namespaced(client.clone(), &namespace),
             client,
             manifests,
+            placements: settings.placement.clone(),
         };
         backend.apply_network_policy().await?;
         tracing::info!(
@@ -357,7 +361,7 @@ impl KubernetesBackend {
             .pods
             .create(
                 &PostParams::default(),
-                &manifests::pod(spec, &self.manifests),
+                &placement::session_pod(spec, &self.manifests, &self.placements),
             )
             .await
         {
