@@ -443,6 +443,10 @@ fn schema_rejects_bad_values() {
             "/sessions/agent/runtimeClass",
         ),
         (json!({"token": {"value": "short"}}), "/token/value"),
+        (
+            json!({"sessions": {"networkPolicy": {"managed": "no"}}}),
+            "/sessions/networkPolicy/managed",
+        ),
         (json!({"spawner": {"replica": 2}}), "/spawner"),
         (json!({"tokn": {}}), "tokn"),
     ] {
@@ -564,8 +568,8 @@ fn replicas_bring_a_disruption_budget() {
     }
 }
 
-/// Caps, timeouts and per-profile session placement are values that reach the spawner's own
-/// configuration; NOTES.txt says how to reach the API and check its health.
+/// Caps, timeouts, per-profile session placement and the NetworkPolicy settings are values that
+/// reach the spawner's own configuration; NOTES.txt says how to reach the API and check its health.
 #[test]
 fn limits_and_placement_are_values() {
     let chart = render(json!({
@@ -581,6 +585,7 @@ fn limits_and_placement_are_values() {
             "priorityClassName": "tale-sessions",
             "runtimeClass": "gvisor",
             "imagePullPolicy": "Always",
+            "networkPolicy": {"managed": false, "dnsNamespace": "dns", "dnsSelector": {"app": "coredns"}, "nodeLocalDNS": "169.254.20.10"},
             "agent": {"runtimeClass": "kata", "nodeSelector": {"pool": "agents"}, "priorityClassName": "none"}
         },
         "tls": {"existingSecret": "tale-api-tls"}
@@ -615,6 +620,14 @@ fn limits_and_placement_are_values() {
     assert_eq!(a.node_selector["pool"], "agents");
     assert_eq!(a.priority_class, None);
     assert_eq!(a.image_pull_secrets, d.image_pull_secrets, "inherited");
+    let network = &config.kubernetes.network;
+    assert!(!network.managed);
+    assert_eq!(network.dns_namespace, "dns");
+    assert_eq!(network.dns_selector["app"], "coredns");
+    assert_eq!(
+        network.node_local_dns,
+        Some("169.254.20.10".parse().unwrap())
+    );
 
     // The defaults match the spawner's own defaults.
     let defaults = spawner_config(&render(json!({})));
@@ -648,6 +661,7 @@ fn limits_and_placement_are_values() {
     };
     assert_eq!(limits(&defaults), limits(&unset));
     assert_eq!(defaults.kubernetes.placement, unset.kubernetes.placement);
+    assert_eq!(defaults.kubernetes.network, unset.kubernetes.network);
 
     for needle in [
         "https://tale-spawner.tale-system.svc:8003",

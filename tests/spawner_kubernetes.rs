@@ -587,6 +587,7 @@ async fn kubernetes_pod_placement_per_profile() {
         free_port(),
         &[
             ("SANDBOX_SESSION_CREATE_TIMEOUT_MS", "20000"),
+            ("SANDBOX_K8S_NODE_LOCAL_DNS", "169.254.20.10"),
             ("SANDBOX_K8S_IMAGE_PULL_SECRETS", "regcred"),
             ("SANDBOX_K8S_NODE_SELECTOR", "pool=sandbox"),
             (
@@ -647,9 +648,57 @@ async fn kubernetes_pod_placement_per_profile() {
             &json!("IfNotPresent")
         )
     );
+    // DNS only to the cluster resolver and the node-local cache.
+    let policy = fake
+        .object("networkpolicies", "tale-sandbox-session-egress")
+        .unwrap();
+    assert_eq!(
+        policy["spec"]["egress"][0]["to"],
+        json!([
+            {
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+                "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}
+            },
+            {"ipBlock": {"cidr": "169.254.20.10/32"}}
+        ])
+    );
     sent_objects_fit_the_schema(
         &fake,
         &["Pod", "Secret", "PersistentVolumeClaim", "NetworkPolicy"],
     );
+    drop(spawner);
+}
+
+/// `SANDBOX_K8S_NETWORK_POLICY=unmanaged`: the spawner boots without any NetworkPolicy rights,
+/// never touches the policy, and sessions still run.
+#[tokio::test(flavor = "multi_thread")]
+async fn kubernetes_unmanaged_network_policy() {
+    let fake = FakeKube::start().await;
+    fake.forbid("networkpolicies");
+    let spawner = kube_spawner(
+        &fake,
+        free_port(),
+        &[
+            ("SANDBOX_SESSION_CREATE_TIMEOUT_MS", "20000"),
+            ("SANDBOX_K8S_NETWORK_POLICY", "unmanaged"),
+        ],
+    )
+    .await;
+    let (status, body) = spawner
+        .client
+        .json(
+            Method::POST,
+            "/v1/sessions",
+            Some(json!({"sessionId": "unmanaged", "organizationId": "korg"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}\n{}", spawner.log());
+    assert!(
+        fake.requests()
+            .iter()
+            .all(|r| !r.path.contains("networkpolicies")),
+        "no NetworkPolicy request"
+    );
+    assert!(spawner.log().contains("unmanaged"), "{}", spawner.log());
     drop(spawner);
 }

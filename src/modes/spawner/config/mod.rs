@@ -8,6 +8,7 @@ use crate::shared::protocol::spawner::{Profile, RequestLimits};
 use std::path::PathBuf;
 
 mod kubernetes;
+mod kubernetes_network;
 mod kubernetes_placement;
 mod tls;
 use kubernetes::kubernetes_settings;
@@ -16,6 +17,9 @@ pub use kubernetes::{
     parse_label_selector, KubernetesSettings, DEFAULT_K8S_CPU_REQUEST, DEFAULT_K8S_MEMORY_REQUEST,
     DEFAULT_K8S_NAMESPACE, DEFAULT_K8S_SPAWNER_SELECTOR, DEFAULT_K8S_WORKSPACE_SIZE,
     KUBERNETES_VARIABLES,
+};
+pub use kubernetes_network::{
+    NetworkSettings, DEFAULT_K8S_DNS_NAMESPACE, DEFAULT_K8S_DNS_SELECTOR, NETWORK_VARIABLES,
 };
 pub use kubernetes_placement::{
     PodPlacement, ProfilePlacements, DEFAULT_IMAGE_PULL_POLICY, MAX_IMAGE_PULL_SECRETS,

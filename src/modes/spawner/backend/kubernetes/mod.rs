@@ -11,6 +11,7 @@
 //! Pod and Secret, and the PVC too unless it existed before.
 pub mod client;
 pub mod manifests;
+pub mod network;
 pub mod placement;
 pub mod status;
 
@@ -18,7 +19,9 @@ use super::{
     wait_for_runnerd, Backend, BackendError, BackendKind, BackendResult, BoxFuture, ListedSession,
     SessionSpec,
 };
-use crate::modes::spawner::config::{Hardening, KubernetesSettings, ProfilePlacements};
+use crate::modes::spawner::config::{
+    Hardening, KubernetesSettings, NetworkSettings, ProfilePlacements,
+};
 use crate::shared::protocol::runnerd::is_valid_id;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -53,6 +56,8 @@ pub struct KubernetesBackend {
     manifests: ManifestConfig,
     /// Scheduling and pull settings of session Pods, per profile.
     placements: ProfilePlacements,
+    /// DNS peers of the session NetworkPolicy, and whether it is applied at all.
+    network: NetworkSettings,
 }
 
 fn status_code(err: &kube::Error) -> Option<u16> {
@@ -127,7 +132,15 @@ impl KubernetesBackend {
             client,
             manifests,
             placements: settings.placement.clone(),
+            network: settings.network.clone(),
         };
+        if !backend.network.managed {
+            tracing::warn!(
+                namespace = %backend.manifests.namespace,
+                "SANDBOX_K8S_NETWORK_POLICY=unmanaged: the session NetworkPolicy is left to the operator; sessions are only as isolated as the policy in place"
+            );
+            return Ok(backend);
+        }
         backend.apply_network_policy().await?;
         tracing::info!(
             namespace = %backend.manifests.namespace,
@@ -141,7 +154,7 @@ impl KubernetesBackend {
     async fn apply_network_policy(&self) -> BackendResult<()> {
         let policies: Api<NetworkPolicy> =
             Api::namespaced(self.client.clone(), &self.manifests.namespace);
-        let mut policy = manifests::network_policy(&self.manifests);
+        let mut policy = network::session_network_policy(&self.manifests, &self.network);
         let fail = |err: kube::Error| {
             let hint = match &err {
                 kube::Error::Api(_) => {
