@@ -153,6 +153,8 @@ fn default_chart() {
             "Deployment",
             "Deployment",
             "Namespace",
+            "Namespace",
+            "NetworkPolicy",
             "Role",
             "RoleBinding",
             "Service",
@@ -241,12 +243,12 @@ fn default_chart() {
         );
     }
 
-    // Sessions reach the egress proxy Service in their own namespace.
+    // Sessions reach the egress proxy Service in its own namespace.
     let egress_service = chart.named("Service", "tale-egress");
-    assert_eq!(egress_service["metadata"]["namespace"], "tale-sandbox");
+    assert_eq!(egress_service["metadata"]["namespace"], "tale-egress");
     assert_eq!(
         config.egress_proxy.as_deref(),
-        Some("http://tale-egress.tale-sandbox.svc:3128")
+        Some("http://tale-egress.tale-egress.svc:3128")
     );
     let egress = chart.named("Deployment", "tale-egress");
     let egress_container = &egress["spec"]["template"]["spec"]["containers"][0];
@@ -661,7 +663,13 @@ fn limits_and_placement_are_values() {
     };
     assert_eq!(limits(&defaults), limits(&unset));
     assert_eq!(defaults.kubernetes.placement, unset.kubernetes.placement);
-    assert_eq!(defaults.kubernetes.network, unset.kubernetes.network);
+    // The same network settings but the proxy's own namespace, which only the chart creates.
+    let mut network = defaults.kubernetes.network.clone();
+    assert_eq!(
+        network.egress_proxy_namespace.take().as_deref(),
+        Some("tale-egress")
+    );
+    assert_eq!(network, unset.kubernetes.network);
 
     for needle in [
         "https://tale-spawner.tale-system.svc:8003",
@@ -675,4 +683,83 @@ fn limits_and_placement_are_values() {
             chart.notes
         );
     }
+}
+
+/// The egress proxy runs in its own namespace behind a NetworkPolicy that admits only session
+/// Pods (the labels the backend gives them), the sessions namespace enforces the `restricted` Pod
+/// Security level, and the spawner's session policy allows only the proxy's and gateway's ports
+/// there; with the proxy back in the sessions namespace, neither the policy nor the label.
+#[test]
+fn egress_proxy_in_its_own_namespace() {
+    use tale::modes::spawner::backend::kubernetes::manifests::{ROLE_LABEL, ROLE_SESSION};
+    let chart = render(json!({}));
+    let policy = chart.named("NetworkPolicy", "tale-egress");
+    assert_eq!(policy["metadata"]["namespace"], "tale-egress");
+    assert_eq!(policy["spec"]["policyTypes"], json!(["Ingress"]));
+    let egress_pod =
+        &chart.named("Deployment", "tale-egress")["spec"]["template"]["metadata"]["labels"];
+    for (key, value) in policy["spec"]["podSelector"]["matchLabels"]
+        .as_object()
+        .unwrap()
+    {
+        assert_eq!(&egress_pod[key], value, "the policy selects the proxy Pods");
+    }
+    assert_eq!(
+        policy["spec"]["ingress"],
+        json!([{
+            "from": [{
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "tale-sandbox"}},
+                "podSelector": {"matchLabels": {ROLE_LABEL: ROLE_SESSION}}
+            }],
+            "ports": [{"protocol": "TCP", "port": 3128}]
+        }])
+    );
+    assert_eq!(
+        chart.named("Namespace", "tale-sandbox")["metadata"]["labels"]
+            ["pod-security.kubernetes.io/enforce"],
+        "restricted"
+    );
+    assert!(
+        chart.named("Namespace", "tale-egress")["metadata"]["labels"]
+            .get("pod-security.kubernetes.io/enforce")
+            .is_none()
+    );
+    let network = spawner_config(&chart).kubernetes.network;
+    assert_eq!(
+        network.egress_proxy_namespace.as_deref(),
+        Some("tale-egress")
+    );
+    assert_eq!(network.egress_ports, [3128, 8080]);
+
+    let shared = render(json!({"egressProxy": {"namespace": "tale-sandbox"}}));
+    assert!(shared.of_kind("NetworkPolicy").is_empty());
+    assert_eq!(shared.of_kind("Namespace").len(), 1);
+    assert!(
+        shared.named("Namespace", "tale-sandbox")["metadata"]["labels"]
+            .get("pod-security.kubernetes.io/enforce")
+            .is_none(),
+        "the root proxy would be refused by restricted"
+    );
+    let config = spawner_config(&shared);
+    assert_eq!(config.kubernetes.network.egress_proxy_namespace, None);
+    assert_eq!(
+        config.egress_proxy.as_deref(),
+        Some("http://tale-egress.tale-sandbox.svc:3128")
+    );
+
+    let external = render(json!({
+        "egressProxy": {"enabled": false, "url": "http://proxy.corp.example:3129"},
+        "sessions": {"networkPolicy": {"egressPorts": [3129, 8080]}}
+    }));
+    assert_eq!(
+        external.named("Namespace", "tale-sandbox")["metadata"]["labels"]
+            ["pod-security.kubernetes.io/enforce"],
+        "restricted"
+    );
+    let config = spawner_config(&external);
+    assert_eq!(
+        config.egress_proxy.as_deref(),
+        Some("http://proxy.corp.example:3129")
+    );
+    assert_eq!(config.kubernetes.network.egress_ports, [3129, 8080]);
 }

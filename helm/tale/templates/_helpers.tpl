@@ -33,7 +33,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{/* HTTP(S)_PROXY of the sessions ("none" for none). */}}
 {{- define "tale.egressProxyUrl" -}}
 {{- if .Values.egressProxy.enabled -}}
-{{- printf "http://%s-egress.%s.svc:3128" (include "tale.fullname" .) .Values.sessions.namespace -}}
+{{- printf "http://%s-egress.%s.svc:3128" (include "tale.fullname" .) .Values.egressProxy.namespace -}}
 {{- else -}}
 {{- default "none" .Values.egressProxy.url -}}
 {{- end -}}
@@ -96,4 +96,9 @@ values); an empty or missing key sets nothing. Strings pass through, so "none" c
 - name: {{ .runtimeClass }}
   value: {{ $p.runtimeClass | quote }}
 {{- end }}
+{{- end -}}
+
+{{/* Whether the egress proxy runs in a namespace of its own (then the sessions one is restricted). */}}
+{{- define "tale.egressOwnNamespace" -}}
+{{- if and .Values.egressProxy.enabled (ne .Values.egressProxy.namespace .Values.sessions.namespace) }}true{{ end -}}
 {{- end -}}

@@ -19,7 +19,8 @@ pub use kubernetes::{
     KUBERNETES_VARIABLES,
 };
 pub use kubernetes_network::{
-    NetworkSettings, DEFAULT_K8S_DNS_NAMESPACE, DEFAULT_K8S_DNS_SELECTOR, NETWORK_VARIABLES,
+    NetworkSettings, DEFAULT_K8S_DNS_NAMESPACE, DEFAULT_K8S_DNS_SELECTOR, DEFAULT_K8S_EGRESS_PORTS,
+    MAX_K8S_EGRESS_PORTS, NETWORK_VARIABLES,
 };
 pub use kubernetes_placement::{
     PodPlacement, ProfilePlacements, DEFAULT_IMAGE_PULL_POLICY, MAX_IMAGE_PULL_SECRETS,

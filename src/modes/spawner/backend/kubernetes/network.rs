@@ -1,7 +1,8 @@
-//! The session NetworkPolicy with DNS limited to the cluster resolver: [`manifests::network_policy`]
-//! with its DNS rule's peers narrowed from "any Pod in any namespace" to the resolver's Pods
-//! (namespace and labels configurable) plus an optional node-local DNS cache address (typed
-//! values, no I/O).
+//! The session NetworkPolicy as applied: [`manifests::network_policy`] with its DNS rule's peers
+//! narrowed from "any Pod in any namespace" to the resolver's Pods (namespace and labels
+//! configurable) plus an optional node-local DNS cache address, and its in-cluster rule narrowed
+//! from every port to the egress proxy's and gateway's ports, in the sessions namespace and the
+//! proxy's own (typed values, no I/O).
 use super::manifests::{self, labels, ManifestConfig, DNS_PORT, NAMESPACE_NAME_LABEL};
 use crate::modes::spawner::config::NetworkSettings;
 use k8s_openapi::api::networking::v1::{
@@ -21,10 +22,53 @@ pub fn session_network_policy(config: &ManifestConfig, network: &NetworkSettings
                     .any(|p| p.port == Some(IntOrString::Int(DNS_PORT)))
             })
         };
-        egress.retain(|rule| !is_dns(rule));
+        // The namespace rule (every port of every Pod there) becomes the proxy's and gateway's
+        // ports only, in the sessions namespace and the proxy's own.
+        egress.retain(|rule| !is_dns(rule) && rule.ports.is_some());
         egress.insert(0, dns_rule(network));
+        egress.push(in_cluster_rule(config, network));
     }
     policy
+}
+
+/// TCP to `egress_ports` on any Pod of the sessions namespace and of the egress proxy's.
+pub fn in_cluster_rule(
+    config: &ManifestConfig,
+    network: &NetworkSettings,
+) -> NetworkPolicyEgressRule {
+    let mut namespaces = vec![config.namespace.clone()];
+    namespaces.extend(
+        network
+            .egress_proxy_namespace
+            .iter()
+            .filter(|ns| **ns != config.namespace)
+            .cloned(),
+    );
+    NetworkPolicyEgressRule {
+        to: Some(
+            namespaces
+                .iter()
+                .map(|ns| NetworkPolicyPeer {
+                    namespace_selector: Some(LabelSelector {
+                        match_labels: Some(labels(&[(NAMESPACE_NAME_LABEL, ns)])),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .collect(),
+        ),
+        ports: Some(
+            network
+                .egress_ports
+                .iter()
+                .map(|port| NetworkPolicyPort {
+                    protocol: Some("TCP".into()),
+                    port: Some(IntOrString::Int(i32::from(*port))),
+                    ..Default::default()
+                })
+                .collect(),
+        ),
+    }
 }
 
 /// DNS (53 UDP and TCP) to the resolver's Pods and the node-local cache address only.
@@ -73,6 +117,8 @@ mod tests {
             dns_namespace: "kube-system".into(),
             dns_selector: labels(&[("k8s-app", "kube-dns")]),
             node_local_dns: node_local.map(|ip| ip.parse().unwrap()),
+            egress_ports: vec![3128, 8080],
+            egress_proxy_namespace: None,
         }
     }
 
@@ -96,18 +142,31 @@ mod tests {
             egress[0]["ports"],
             json!([{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}])
         );
-        assert_eq!(egress[1], plain["spec"]["egress"][1], "other rules kept");
+        assert_eq!(
+            egress[1],
+            json!({
+                "to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "tale-sandbox"}}}],
+                "ports": [{"protocol": "TCP", "port": 3128}, {"protocol": "TCP", "port": 8080}]
+            }),
+            "only the proxy's and gateway's ports in the sessions namespace"
+        );
+        assert!(
+            plain["spec"]["egress"][1].get("ports").is_none(),
+            "the old rule: every port"
+        );
         assert_eq!(policy["spec"]["ingress"], plain["spec"]["ingress"]);
         assert_ne!(
             plain["spec"]["egress"][0], egress[0],
             "the old rule allowed any Pod"
         );
 
-        let policy = serde_json::to_value(session_network_policy(
-            &config(),
-            &settings(Some("169.254.20.10")),
-        ))
-        .unwrap();
+        let mut own_proxy = settings(Some("169.254.20.10"));
+        own_proxy.egress_proxy_namespace = Some("tale-egress".into());
+        let policy = serde_json::to_value(session_network_policy(&config(), &own_proxy)).unwrap();
+        assert_eq!(
+            policy["spec"]["egress"][1]["to"][1],
+            json!({"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "tale-egress"}}})
+        );
         assert_eq!(
             policy["spec"]["egress"][0]["to"][1],
             json!({"ipBlock": {"cidr": "169.254.20.10/32"}})
