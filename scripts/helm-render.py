@@ -4,8 +4,8 @@ wheel that scripts/setup.sh installs into /opt/tale-helm-sdk; Debian ships no he
 
     helm-render.py CHART_DIR RELEASE NAMESPACE VALUES_JSON
 
-Prints one JSON object: {"lint": <helm lint --strict report>, "documents": [{"template", "object"}]}
-with every rendered YAML document parsed (NOTES.txt left out).
+Prints one JSON object: {"lint": <helm lint --strict report>, "documents": [{"template", "object"}],
+"notes": <NOTES.txt as rendered>} with every rendered YAML document parsed.
 """
 import json
 import sys
@@ -19,15 +19,17 @@ def main() -> int:
     values = json.loads(values_json)
     report = helm.lint(chart_dir, values, strict=True, namespace=namespace)
     documents = []
+    notes = ""
     with helm.Chart.load(chart_dir) as chart:
         rendered = chart.render(values, name=release, namespace=namespace, is_install=True)
     for template, text in sorted(rendered.items()):
         if template.endswith("NOTES.txt"):
+            notes = text
             continue
         for obj in yaml.safe_load_all(text):
             if obj is not None:
                 documents.append({"template": template, "object": obj})
-    json.dump({"lint": report, "documents": documents}, sys.stdout)
+    json.dump({"lint": report, "documents": documents, "notes": notes}, sys.stdout)
     return 0
 
 

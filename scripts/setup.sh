@@ -54,12 +54,16 @@ if [ "$(codex --version 2>/dev/null)" != "codex-cli ${codex_version}" ]; then
 fi
 
 # Helm's engine for tests/helm_chart.rs: Debian ships no helm binary; the helm-python-sdk wheel
-# (PyPI) bundles the helm v4 SDK as a native library. Pinned, in its own venv.
+# (PyPI) bundles the helm v4 SDK as a native library. In the same venv, kubernetes-validate (PyPI)
+# with the official Kubernetes OpenAPI schemas that the chart's and the backend's objects are
+# checked against (scripts/k8s-validate.py). Pinned, in their own venv.
 helm_venv=/opt/tale-helm-sdk
-if ! "$helm_venv/bin/python" -c "import helm_python, yaml" >/dev/null 2>&1; then
-  echo "setup: installing helm-python-sdk into $helm_venv"
+kubernetes_validate_version=1.37.0
+if ! "$helm_venv/bin/python" -c "import helm_python, yaml" >/dev/null 2>&1 \
+  || [ "$("$helm_venv/bin/python" -c 'import kubernetes_validate; print(kubernetes_validate.__version__)' 2>/dev/null)" != "$kubernetes_validate_version" ]; then
+  echo "setup: installing helm-python-sdk and kubernetes-validate into $helm_venv"
   python3 -m venv "$helm_venv"
-  "$helm_venv/bin/pip" install -q "helm-python-sdk==0.2.2" "pyyaml==6.0.3"
+  "$helm_venv/bin/pip" install -q "helm-python-sdk==0.2.2" "pyyaml==6.0.3" "kubernetes-validate==$kubernetes_validate_version"
 fi
 
 # Docker engine (Debian's docker.io): start it when its socket does not answer.

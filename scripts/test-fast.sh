@@ -29,7 +29,8 @@ host_suites=(
   egress_firewall   # ip, iptables, network namespaces
   egress_proxy      # tinyproxy
   git_credentials   # git with its http backend
-  helm_chart        # the helm-python-sdk venv (PyPI)
+  helm_chart        # the helm-python-sdk and kubernetes-validate venv (PyPI)
+  kubernetes_schema # the kubernetes-validate venv (PyPI)
   quickstart_agents # Docker, docker-compose, the npm agent CLIs (the compose quick start)
   spawner_docker    # Docker and the test image (a static release build)
   spawner_docker_names # Docker and the test image

@@ -5,7 +5,8 @@
 //! `tests/golden/kubernetes`; `TALE_UPDATE_GOLDEN=1` rewrites them), exec streams, kill -9 and
 //! re-adoption from the Pod list, idle stop keeping the PVC, resume, destroy, a failing image that
 //! fails fast and leaves nothing, 409 on a live Pod, and a boot refused without NetworkPolicy
-//! rights. No request ever touches `pods/exec`.
+//! rights. No request ever touches `pods/exec`. (tests/kubernetes_schema.rs validates the objects
+//! sent against the official Kubernetes schemas; it needs a PyPI package, so it is a host suite.)
 mod support;
 
 use hyper::{Method, StatusCode};
@@ -573,4 +574,127 @@ async fn kubernetes_boot_needs_the_network_policy() {
         log.contains("NetworkPolicy") && log.contains("403"),
         "{log}"
     );
+}
+
+/// Per-profile placement reaches the Pods: the agent profile's own settings replace the common
+/// ones for agent sessions only, both Pods start; the NetworkPolicy's DNS peers include the
+/// node-local cache.
+#[tokio::test(flavor = "multi_thread")]
+async fn kubernetes_pod_placement_per_profile() {
+    let fake = FakeKube::start().await;
+    let spawner = kube_spawner(
+        &fake,
+        free_port(),
+        &[
+            ("SANDBOX_SESSION_CREATE_TIMEOUT_MS", "20000"),
+            ("SANDBOX_K8S_NODE_LOCAL_DNS", "169.254.20.10"),
+            ("SANDBOX_K8S_IMAGE_PULL_SECRETS", "regcred"),
+            ("SANDBOX_K8S_NODE_SELECTOR", "pool=sandbox"),
+            (
+                "SANDBOX_K8S_TOLERATIONS",
+                r#"[{"key":"sandbox","operator":"Equal","value":"yes","effect":"NoSchedule"}]"#,
+            ),
+            ("SANDBOX_K8S_PRIORITY_CLASS", "tale-sessions"),
+            ("SANDBOX_RUNTIME_CLASS", "gvisor"),
+            ("SANDBOX_K8S_IMAGE_PULL_POLICY", "Always"),
+            ("SANDBOX_AGENT_K8S_NODE_SELECTOR", "pool=agents"),
+            ("SANDBOX_AGENT_RUNTIME_CLASS", "kata"),
+            ("SANDBOX_AGENT_K8S_IMAGE_PULL_POLICY", "IfNotPresent"),
+        ],
+    )
+    .await;
+    let c = spawner.client.clone();
+    for (id, profile) in [("place-default", "default"), ("place-agent", "agent")] {
+        let (status, body) = c
+            .json(
+                Method::POST,
+                "/v1/sessions",
+                Some(json!({"sessionId": id, "organizationId": "korg", "profile": profile})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}\n{}", spawner.log());
+    }
+    let spec_of = |id: &str| fake.object("pods", &pod_name(id)).unwrap()["spec"].clone();
+    let (default, agent) = (spec_of("place-default"), spec_of("place-agent"));
+    for spec in [&default, &agent] {
+        assert_eq!(spec["imagePullSecrets"], json!([{"name": "regcred"}]));
+        assert_eq!(spec["priorityClassName"], "tale-sessions");
+        assert_eq!(
+            spec["tolerations"],
+            json!([{"key": "sandbox", "operator": "Equal", "value": "yes", "effect": "NoSchedule"}])
+        );
+    }
+    assert_eq!(
+        (
+            &default["nodeSelector"],
+            &default["runtimeClassName"],
+            &default["containers"][0]["imagePullPolicy"]
+        ),
+        (
+            &json!({"pool": "sandbox"}),
+            &json!("gvisor"),
+            &json!("Always")
+        )
+    );
+    assert_eq!(
+        (
+            &agent["nodeSelector"],
+            &agent["runtimeClassName"],
+            &agent["containers"][0]["imagePullPolicy"]
+        ),
+        (
+            &json!({"pool": "agents"}),
+            &json!("kata"),
+            &json!("IfNotPresent")
+        )
+    );
+    // DNS only to the cluster resolver and the node-local cache.
+    let policy = fake
+        .object("networkpolicies", "tale-sandbox-session-egress")
+        .unwrap();
+    assert_eq!(
+        policy["spec"]["egress"][0]["to"],
+        json!([
+            {
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+                "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}
+            },
+            {"ipBlock": {"cidr": "169.254.20.10/32"}}
+        ])
+    );
+    drop(spawner);
+}
+
+/// `SANDBOX_K8S_NETWORK_POLICY=unmanaged`: the spawner boots without any NetworkPolicy rights,
+/// never touches the policy, and sessions still run.
+#[tokio::test(flavor = "multi_thread")]
+async fn kubernetes_unmanaged_network_policy() {
+    let fake = FakeKube::start().await;
+    fake.forbid("networkpolicies");
+    let spawner = kube_spawner(
+        &fake,
+        free_port(),
+        &[
+            ("SANDBOX_SESSION_CREATE_TIMEOUT_MS", "20000"),
+            ("SANDBOX_K8S_NETWORK_POLICY", "unmanaged"),
+        ],
+    )
+    .await;
+    let (status, body) = spawner
+        .client
+        .json(
+            Method::POST,
+            "/v1/sessions",
+            Some(json!({"sessionId": "unmanaged", "organizationId": "korg"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}\n{}", spawner.log());
+    assert!(
+        fake.requests()
+            .iter()
+            .all(|r| !r.path.contains("networkpolicies")),
+        "no NetworkPolicy request"
+    );
+    assert!(spawner.log().contains("unmanaged"), "{}", spawner.log());
+    drop(spawner);
 }

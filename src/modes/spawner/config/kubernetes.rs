@@ -1,5 +1,7 @@
 //! The `SANDBOX_K8S_*` settings (and `SANDBOX_RUNTIME_CLASS`): read whatever the backend, used by the
 //! kubernetes backend only, and validated with Kubernetes' own name and quantity syntax.
+use super::kubernetes_network::{network_settings, NetworkSettings, NETWORK_VARIABLES};
+use super::kubernetes_placement::{profile_placements, ProfilePlacements, PLACEMENT_VARIABLES};
 use super::{parse_size, ConfigError};
 use crate::modes::spawner::backend::BackendKind;
 use std::collections::BTreeMap;
@@ -39,6 +41,10 @@ pub struct KubernetesSettings {
     pub token: Option<String>,
     /// PEM bundle of the API server's CA, overriding the discovered one.
     pub ca_file: Option<PathBuf>,
+    /// Scheduling and pull settings of session Pods, per profile.
+    pub placement: ProfilePlacements,
+    /// DNS peers of the session NetworkPolicy, and whether the spawner manages it.
+    pub network: NetworkSettings,
 }
 
 /// `SANDBOX_K8S_*` (and `SANDBOX_RUNTIME_CLASS`) settings.
@@ -129,6 +135,8 @@ pub(super) fn kubernetes_settings(
         server: get("SANDBOX_K8S_SERVER"),
         token: get("SANDBOX_K8S_TOKEN"),
         ca_file: get("SANDBOX_K8S_CAFILE").map(PathBuf::from),
+        placement: profile_placements(get)?,
+        network: network_settings(get)?,
     })
 }
 
@@ -211,6 +219,8 @@ pub fn ignored_kubernetes_variables(
     }
     KUBERNETES_VARIABLES
         .iter()
+        .chain(PLACEMENT_VARIABLES)
+        .chain(NETWORK_VARIABLES)
         .copied()
         .filter(|name| lookup(name).is_some_and(|v| !v.trim().is_empty()))
         .collect()

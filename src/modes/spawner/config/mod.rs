@@ -10,6 +10,8 @@ use crate::shared::protocol::spawner::{Profile, RequestLimits};
 use std::path::PathBuf;
 
 mod kubernetes;
+mod kubernetes_network;
+mod kubernetes_placement;
 mod tls;
 use kubernetes::kubernetes_settings;
 pub use kubernetes::{
@@ -17,6 +19,14 @@ pub use kubernetes::{
     parse_label_selector, KubernetesSettings, DEFAULT_K8S_CPU_REQUEST, DEFAULT_K8S_MEMORY_REQUEST,
     DEFAULT_K8S_NAMESPACE, DEFAULT_K8S_SPAWNER_SELECTOR, DEFAULT_K8S_WORKSPACE_SIZE,
     KUBERNETES_VARIABLES,
+};
+pub use kubernetes_network::{
+    NetworkSettings, DEFAULT_K8S_DNS_NAMESPACE, DEFAULT_K8S_DNS_SELECTOR, DEFAULT_K8S_EGRESS_PORTS,
+    MAX_K8S_EGRESS_PORTS, NETWORK_VARIABLES,
+};
+pub use kubernetes_placement::{
+    PodPlacement, ProfilePlacements, DEFAULT_IMAGE_PULL_POLICY, MAX_IMAGE_PULL_SECRETS,
+    MAX_TOLERATIONS, PLACEMENT_VARIABLES,
 };
 pub use tls::{TlsFiles, TlsSettings};
 

@@ -11,7 +11,9 @@
 //! Pod and Secret, and the PVC too unless it existed before.
 pub mod client;
 pub mod manifests;
+pub mod network;
 pub mod ownership;
+pub mod placement;
 pub mod status;
 
 use super::names::Found;
@@ -19,7 +21,9 @@ use super::{
     wait_for_runnerd, Backend, BackendError, BackendKind, BackendResult, BoxFuture, ListedSession,
     SessionSpec,
 };
-use crate::modes::spawner::config::{Hardening, KubernetesSettings};
+use crate::modes::spawner::config::{
+    Hardening, KubernetesSettings, NetworkSettings, ProfilePlacements,
+};
 use crate::shared::protocol::runnerd::is_valid_id;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -52,6 +56,10 @@ pub struct KubernetesBackend {
     secrets: Api<Secret>,
     pvcs: Api<PersistentVolumeClaim>,
     manifests: ManifestConfig,
+    /// Scheduling and pull settings of session Pods, per profile.
+    placements: ProfilePlacements,
+    /// DNS peers of the session NetworkPolicy, and whether it is applied at all.
+    network: NetworkSettings,
 }
 
 fn status_code(err: &kube::Error) -> Option<u16> {
@@ -133,7 +141,16 @@ impl KubernetesBackend {
             pvcs: Api::namespaced(client.clone(), &namespace),
             client,
             manifests,
+            placements: settings.placement.clone(),
+            network: settings.network.clone(),
         };
+        if !backend.network.managed {
+            tracing::warn!(
+                namespace = %backend.manifests.namespace,
+                "SANDBOX_K8S_NETWORK_POLICY=unmanaged: the session NetworkPolicy is left to the operator; sessions are only as isolated as the policy in place"
+            );
+            return Ok(backend);
+        }
         backend.apply_network_policy().await?;
         tracing::info!(
             namespace = %backend.manifests.namespace,
@@ -147,7 +164,7 @@ impl KubernetesBackend {
     async fn apply_network_policy(&self) -> BackendResult<()> {
         let policies: Api<NetworkPolicy> =
             Api::namespaced(self.client.clone(), &self.manifests.namespace);
-        let mut policy = manifests::network_policy(&self.manifests);
+        let mut policy = network::session_network_policy(&self.manifests, &self.network);
         let fail = |err: kube::Error| {
             let hint = match &err {
                 kube::Error::Api(_) => {
@@ -387,7 +404,7 @@ impl KubernetesBackend {
             .pods
             .create(
                 &PostParams::default(),
-                &manifests::pod_on_claim(spec, &self.manifests, claim),
+                &placement::session_pod(spec, &self.manifests, &self.placements, claim),
             )
             .await
         {
