@@ -80,10 +80,6 @@ impl Daemon {
             .arg(&dir)
             .args(extra)
             .env("TALE_RUNNERD_TOKEN", TOKEN)
-            // The bench opens up to 1000 connections at once from one address before any has
-            // sent its request: lift the pre-authentication per-source cap (a hostile-session
-            // guard) so the burst measures exec cost, not that guard.
-            .env("TALE_MAX_CONNECTIONS_PER_SOURCE", "100000")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null())

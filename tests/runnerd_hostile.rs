@@ -11,7 +11,9 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use support::runnerd::{free_port, output, terminal, Client, Options, Runnerd, TOKEN};
+use support::runnerd::{
+    free_port, output, raise_own_nofile, terminal, Client, Options, Runnerd, TOKEN,
+};
 
 /// A runnerd started on a workspace the test prepared (the support helper always makes a fresh
 /// one), optionally through a wrapper such as `prlimit`.
@@ -367,28 +369,6 @@ async fn poll_health(c: &Client, want: StatusCode) -> Value {
         assert!(Instant::now() < deadline, "healthz stayed {status}: {body}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// Raises this test process's descriptor limit to its hard limit (it holds thousands of sockets);
-/// returns the hard limit.
-fn raise_own_nofile() -> u64 {
-    let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
-    let hard: u64 = limits
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .and_then(|l| l.split_whitespace().nth(4))
-        .and_then(|h| h.parse().ok())
-        .unwrap_or(1024);
-    let status = Command::new("prlimit")
-        .args([
-            "--pid",
-            &std::process::id().to_string(),
-            &format!("--nofile={hard}:{hard}"),
-        ])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    hard
 }
 
 /// 6000 idle connections held from one address (another session's) while runnerd started with a
