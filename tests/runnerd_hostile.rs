@@ -302,6 +302,76 @@ async fn fifos_never_wedge_the_daemon() {
     assert_eq!(status, StatusCode::OK);
 }
 
+/// A unix socket and (as root) a character device in the workspace are refused like a FIFO:
+/// `fs/read` answers 400 `not_a_regular_file` (a socket's open fails before any `fstat`, a device
+/// would hand out endless bytes), staging over them is skipped, listing shows them as `other`,
+/// and deleting them just removes the names.
+#[tokio::test(flavor = "multi_thread")]
+async fn sockets_and_devices_are_not_files() {
+    let daemon = Runnerd::start(Options::default()).await;
+    let c = &daemon.client;
+    let _socket = std::os::unix::net::UnixListener::bind(daemon.root.join("sock")).unwrap();
+    let mut specials = vec!["sock"];
+    if is_root() {
+        use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+        // /dev/zero's numbers: reading it would never end.
+        mknod(
+            &daemon.root.join("zero"),
+            SFlag::S_IFCHR,
+            Mode::from_bits_truncate(0o666),
+            makedev(1, 5),
+        )
+        .unwrap();
+        specials.push("zero");
+    }
+    let content = base64::engine::general_purpose::STANDARD.encode(b"data");
+    for name in &specials {
+        let (status, body) = c
+            .raw(Method::GET, &format!("/fs/read?path={name}"), None, true)
+            .await;
+        assert_eq!(
+            (status, body["error"].clone()),
+            (StatusCode::BAD_REQUEST, json!("not_a_regular_file")),
+            "{name}: {body}"
+        );
+        let (_, reply) = c
+            .json(
+                Method::POST,
+                "/files/stage",
+                Some(json!({"files": [{"path": name, "contentBase64": content}]})),
+            )
+            .await;
+        assert_eq!(
+            reply,
+            json!({"staged": [], "skipped": [{"path": name, "reason": "not_a_regular_file"}]})
+        );
+    }
+    let (_, listing) = c.json(Method::GET, "/fs/list", None).await;
+    for name in &specials {
+        let entry = listing["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == *name)
+            .unwrap_or_else(|| panic!("{name} listed: {listing}"));
+        assert_eq!(entry["type"], "other", "{name}");
+    }
+    let (_, reply) = c
+        .json(
+            Method::POST,
+            "/files/delete",
+            Some(json!({"paths": specials})),
+        )
+        .await;
+    assert_eq!(reply, json!({"deleted": specials, "skipped": []}));
+    for name in &specials {
+        assert!(
+            std::fs::symlink_metadata(daemon.root.join(name)).is_err(),
+            "{name}"
+        );
+    }
+}
+
 /// With the exec user over its process limit no exec can start: `/healthz` says so (503 and the
 /// reason) instead of 200, and turns healthy again once the processes are gone.
 #[tokio::test(flavor = "multi_thread")]
