@@ -365,6 +365,41 @@ async fn stalled_reader_lets_the_exec_finish_after_the_stall_window() {
     );
 }
 
+/// With no reader connected nothing waits: an exec whose only reader went away after its first
+/// frame runs to its end, far beyond its spool and long before the stall window could have let a
+/// reader go; a later attach gets an explicit gap instead of the evicted output.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_exec_nobody_reads_is_never_held_back() {
+    let daemon = Runnerd::start(Options {
+        args: vec!["--journal-exec-spool-bytes".into(), (2 * MIB).to_string()],
+        env: vec![("TALE_JOURNAL_STALL_MS".into(), "600000".into())],
+        ..Options::default()
+    })
+    .await;
+    let bytes = 24 * MIB;
+    let body = start_exec(
+        &daemon,
+        json!({"execId": "gone", "shell": counting_output(bytes), "timeoutMs": 600000}),
+    )
+    .await;
+    let mut reader = Reader::new(body, None);
+    assert!(reader.read_frame().await);
+    drop(reader);
+    let exited = poll(Duration::from_secs(120), async || {
+        let (_, status) = daemon.client.json(Method::GET, "/execs/gone", None).await;
+        (status["state"] == "exited").then_some(status)
+    })
+    .await
+    .expect("the exec finished with nobody reading");
+    assert_eq!(exited["exitCode"], 0);
+    let late =
+        small_buffer_request(&daemon, Method::GET, "/execs/gone/attach?sinceSeq=0", None).await;
+    let seen = Reader::new(late, None).read_to_end().await;
+    assert_eq!(seen.gaps.len(), 1, "one explicit gap: {:?}", seen.gaps);
+    assert!(seen.stdout_bytes < bytes);
+    assert_eq!(seen.terminal.expect("an exit event")["exitCode"], 0);
+}
+
 /// Several execs whose readers lag share the daemon-wide spool budget. While the readers read
 /// nothing, the execs are held back once the spool is full (on disk it never passes its cap);
 /// then every reader gets every byte, and runnerd's memory stays small throughout.

@@ -107,9 +107,11 @@ fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
-/// Symlinks the exec user planted at `.home`, `.tale` and the cache paths (inside the workspace
-/// and in a shared sticky directory outside it) before a boot are refused: nothing outside the
-/// workspace changes owner or mode, and runnerd still comes up.
+/// Symlinks the exec user planted at `.home`, `.tale` and every cache path before a boot are
+/// refused: the Docker backend's three caches (`pip`, `npm`, `bun` in a shared sticky directory
+/// outside the workspace), a cache inside the workspace, and one whose parent directory is the
+/// symlink. Nothing outside the workspace changes owner or mode or gets a new entry, and runnerd
+/// still comes up.
 #[tokio::test(flavor = "multi_thread")]
 async fn planted_symlinks_are_not_followed_at_boot() {
     if !is_root() {
@@ -122,45 +124,48 @@ async fn planted_symlinks_are_not_followed_at_boot() {
     let caches = base.join("caches");
     std::fs::create_dir_all(&caches).unwrap();
     std::fs::set_permissions(&caches, std::fs::Permissions::from_mode(0o1777)).unwrap();
-    let victims: Vec<PathBuf> = ["home", "tale", "npm", "pip"]
-        .iter()
-        .map(|name| {
-            let dir = base.join(format!("victim-{name}"));
-            std::fs::create_dir(&dir).unwrap();
-            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
-            dir
-        })
-        .collect();
-    let plant = |link: PathBuf, target: &Path| {
-        std::os::unix::fs::symlink(target, &link).unwrap();
+    let plant = |link: PathBuf, name: &str| {
+        let victim = base.join(format!("victim-{name}"));
+        std::fs::create_dir(&victim).unwrap();
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
         std::os::unix::fs::lchown(&link, Some(10001), Some(10001)).unwrap();
+        victim
     };
-    plant(root.join(".home"), &victims[0]);
-    plant(root.join(".tale"), &victims[1]);
-    plant(root.join(".cache/npm"), &victims[2]);
-    plant(caches.join("pip"), &victims[3]);
+    let mut victims = vec![
+        plant(root.join(".home"), "home"),
+        plant(root.join(".tale"), "tale"),
+        plant(root.join(".cache/npm"), "ws-npm"),
+        plant(root.join(".cache-link"), "ws-parent"),
+    ];
+    let mut shared_dirs = vec![root.join(".cache/npm"), root.join(".cache-link/pip")];
+    // The caches the Docker backend names (TALE_SHARED_DIRS=/cache/pip:/cache/npm:/cache/bun).
+    for name in ["pip", "npm", "bun"] {
+        victims.push(plant(caches.join(name), name));
+        shared_dirs.push(caches.join(name));
+    }
     let before: Vec<_> = victims.iter().map(|v| owner_and_mode(v)).collect();
 
-    let daemon = Booted::start(
-        &[],
-        &root,
-        &[
-            "--shared-dir".into(),
-            root.join(".cache/npm").display().to_string(),
-            "--shared-dir".into(),
-            caches.join("pip").display().to_string(),
-        ],
-        base.join("runnerd.log"),
-    )
-    .await;
+    let args: Vec<String> = shared_dirs
+        .iter()
+        .flat_map(|dir| ["--shared-dir".to_string(), dir.display().to_string()])
+        .collect();
+    let daemon = Booted::start(&[], &root, &args, base.join("runnerd.log")).await;
     let after: Vec<_> = victims.iter().map(|v| owner_and_mode(v)).collect();
     assert_eq!(before, after, "{}", daemon.log());
     assert_eq!(before[0], (0, 0, 0o700));
+    for victim in &victims {
+        assert_eq!(
+            std::fs::read_dir(victim).unwrap().count(),
+            0,
+            "{victim:?} got an entry"
+        );
+    }
     let log = daemon.log();
     assert!(log.contains("exec home not prepared"), "{log}");
     assert_eq!(
         log.matches("shared directory not prepared").count(),
-        2,
+        shared_dirs.len(),
         "{log}"
     );
     // The workspace root itself still belongs to the exec user, and execs run.
