@@ -8,6 +8,8 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::{Method, StatusCode};
 use serde_json::{json, Value};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::runnerd::{poll, Options, Runnerd};
 
@@ -57,6 +59,8 @@ struct Reader {
     seen: Seen,
     rate: Option<f64>,
     started: Instant,
+    /// Stdout bytes received so far, for the test to watch.
+    progress: Arc<AtomicU64>,
 }
 
 impl Reader {
@@ -69,7 +73,13 @@ impl Reader {
             seen: Seen::default(),
             rate: bytes_per_sec,
             started: Instant::now(),
+            progress: Arc::default(),
         }
+    }
+
+    /// Where this reader stores its count of stdout bytes received.
+    fn progress(&self) -> Arc<AtomicU64> {
+        self.progress.clone()
     }
 
     /// Reads one frame; `false` at the end of the stream.
@@ -117,6 +127,8 @@ impl Reader {
             self.seq(seq);
             self.sha256.update(&self.decoded);
             self.seen.stdout_bytes += self.decoded.len() as u64;
+            self.progress
+                .store(self.seen.stdout_bytes, Ordering::Relaxed);
             return;
         }
         let event: Value = serde_json::from_slice(&line).unwrap();
@@ -170,6 +182,37 @@ async fn small_buffer_request(
     let response = client.request(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     response.into_body()
+}
+
+/// How long a measure must stay unchanged to count as settled.
+const SETTLE: Duration = Duration::from_secs(1);
+
+/// Waits until `done` or until `measure` has stayed the same (and above zero) for [`SETTLE`]:
+/// the point where a producer either finished or cannot go on. Returns whether it was `done`.
+async fn settle(mut probe: impl AsyncFnMut() -> (u64, bool)) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (mut last, mut since) = (0, Instant::now());
+    loop {
+        let (measure, done) = probe().await;
+        if done {
+            return true;
+        }
+        if measure != last {
+            (last, since) = (measure, Instant::now());
+        } else if measure > 0 && since.elapsed() >= SETTLE {
+            return false;
+        }
+        assert!(Instant::now() < deadline, "neither done nor settled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn exec_state(daemon: &Runnerd, id: &str) -> Value {
+    let (_, status) = daemon
+        .client
+        .json(Method::GET, &format!("/execs/{id}"), None)
+        .await;
+    status["state"].clone()
 }
 
 async fn start_exec(daemon: &Runnerd, body: Value) -> Incoming {
@@ -228,15 +271,21 @@ async fn throttled_reader_gets_256_mib_byte_exact() {
     assert_eq!(exit["exitCode"], 0);
 }
 
-/// A fast and a slow reader of the same exec both get every byte: the exec runs at the slow
-/// reader's pace, the fast one is never held back from what exists.
+/// A fast and a slow reader of the same exec both get every byte. While the slow one reads
+/// nothing, the exec is held back (it does not run ahead and evict what the slow one has not
+/// read) and the fast one gets everything there is; then the slow one catches up.
 #[tokio::test(flavor = "multi_thread")]
 async fn fast_and_slow_readers_both_get_everything() {
     let daemon = Runnerd::start(Options {
         args: vec!["--journal-exec-spool-bytes".into(), (2 * MIB).to_string()],
+        // Longer than any pause below (through the environment: older binaries, which the test
+        // is checked against, have no such flag and ignore the variable).
+        env: vec![("TALE_JOURNAL_STALL_MS".into(), "300000".into())],
         ..Options::default()
     })
     .await;
+    // Far more than the exec's spool, memory tail, pipe and socket buffers hold together (2 MiB
+    // + 512 KiB + 1 MiB + a few MiB): without backpressure the slow reader would lose most of it.
     let bytes = 24 * MIB;
     // The exec waits for stdin's end, so both readers are connected before the first byte.
     let primary = start_exec(
@@ -252,10 +301,22 @@ async fn fast_and_slow_readers_both_get_everything() {
         .json(Method::POST, "/execs/two/stdin", Some(json!({"eof": true})))
         .await;
     assert_eq!((status, reply), (StatusCode::OK, json!({"ok": true})));
-    let fast = tokio::spawn(Reader::new(primary, None).read_to_end());
-    let slow = tokio::spawn(Reader::new(attach, Some(4e6)).read_to_end());
+    let fast = Reader::new(primary, None);
+    let fast_progress = fast.progress();
+    let fast = tokio::spawn(fast.read_to_end());
+    // The slow reader reads nothing until the fast one has everything there is: the whole
+    // output if the exec runs ahead, else as far as the journal lets the exec go.
+    let fast_done =
+        settle(async || (fast_progress.load(Ordering::Relaxed), fast.is_finished())).await;
+    let held = fast_progress.load(Ordering::Relaxed);
+    assert!(
+        !fast_done && held < bytes,
+        "the exec ran ahead of the slow reader: the fast one got {held} of {bytes} bytes"
+    );
+    assert_eq!(exec_state(&daemon, "two").await, "running");
+    let slow = Reader::new(attach, None).read_to_end().await;
     let want = reference_sha256(bytes);
-    for seen in [fast.await.unwrap(), slow.await.unwrap()] {
+    for seen in [fast.await.unwrap(), slow] {
         assert!(seen.gaps.is_empty(), "no gap: {:?}", seen.gaps);
         assert_eq!(seen.stdout_bytes, bytes);
         assert_eq!(seen.stdout_sha256, want, "byte-exact");
@@ -304,8 +365,44 @@ async fn stalled_reader_lets_the_exec_finish_after_the_stall_window() {
     );
 }
 
-/// Several execs whose readers lag share the daemon-wide spool budget: on disk it never passes
-/// its cap, runnerd's memory stays small, and every reader still gets every byte.
+/// With no reader connected nothing waits: an exec whose only reader went away after its first
+/// frame runs to its end, far beyond its spool and long before the stall window could have let a
+/// reader go; a later attach gets an explicit gap instead of the evicted output.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_exec_nobody_reads_is_never_held_back() {
+    let daemon = Runnerd::start(Options {
+        args: vec!["--journal-exec-spool-bytes".into(), (2 * MIB).to_string()],
+        env: vec![("TALE_JOURNAL_STALL_MS".into(), "600000".into())],
+        ..Options::default()
+    })
+    .await;
+    let bytes = 24 * MIB;
+    let body = start_exec(
+        &daemon,
+        json!({"execId": "gone", "shell": counting_output(bytes), "timeoutMs": 600000}),
+    )
+    .await;
+    let mut reader = Reader::new(body, None);
+    assert!(reader.read_frame().await);
+    drop(reader);
+    let exited = poll(Duration::from_secs(120), async || {
+        let (_, status) = daemon.client.json(Method::GET, "/execs/gone", None).await;
+        (status["state"] == "exited").then_some(status)
+    })
+    .await
+    .expect("the exec finished with nobody reading");
+    assert_eq!(exited["exitCode"], 0);
+    let late =
+        small_buffer_request(&daemon, Method::GET, "/execs/gone/attach?sinceSeq=0", None).await;
+    let seen = Reader::new(late, None).read_to_end().await;
+    assert_eq!(seen.gaps.len(), 1, "one explicit gap: {:?}", seen.gaps);
+    assert!(seen.stdout_bytes < bytes);
+    assert_eq!(seen.terminal.expect("an exit event")["exitCode"], 0);
+}
+
+/// Several execs whose readers lag share the daemon-wide spool budget. While the readers read
+/// nothing, the execs are held back once the spool is full (on disk it never passes its cap);
+/// then every reader gets every byte, and runnerd's memory stays small throughout.
 #[tokio::test(flavor = "multi_thread")]
 async fn spool_budget_holds_while_readers_lag() {
     let total = 4 * MIB;
@@ -316,21 +413,48 @@ async fn spool_budget_holds_while_readers_lag() {
             "--journal-exec-spool-bytes".into(),
             (3 * MIB).to_string(),
         ],
+        // Longer than any pause below (through the environment: older binaries, which the test
+        // is checked against, have no such flag and ignore the variable).
+        env: vec![("TALE_JOURNAL_STALL_MS".into(), "300000".into())],
         ..Options::default()
     })
     .await;
+    // More than one exec can hold outside the spool (pipe, memory tail, socket buffers: ~6 MiB)
+    // plus its spool cap: every exec must wait for its reader.
     let bytes = 12 * MIB;
-    let mut readers = Vec::new();
-    for i in 0..3 {
-        let body = start_exec(
-            &daemon,
-            json!({"execId": format!("lag{i}"), "shell": counting_output(bytes), "timeoutMs": 600000}),
-        )
-        .await;
-        readers.push(tokio::spawn(Reader::new(body, Some(3e6)).read_to_end()));
+    let ids: Vec<String> = (0..3).map(|i| format!("lag{i}")).collect();
+    let mut bodies = Vec::new();
+    for id in &ids {
+        bodies.push(
+            start_exec(
+                &daemon,
+                json!({"execId": id, "shell": counting_output(bytes), "timeoutMs": 600000}),
+            )
+            .await,
+        );
     }
     let pid = daemon.daemon_pid();
     let (mut peak_spool, mut peak_rss) = (0, 0);
+    // The readers read nothing until the spool stops growing (full) or every exec ended.
+    let finished = settle(async || {
+        let spool = spool_bytes(&daemon);
+        peak_spool = peak_spool.max(spool);
+        peak_rss = peak_rss.max(rss_bytes(pid));
+        let mut all_exited = true;
+        for id in &ids {
+            all_exited &= exec_state(&daemon, id).await == "exited";
+        }
+        (spool, all_exited)
+    })
+    .await;
+    assert!(!finished, "the execs ran ahead of their readers");
+    for id in &ids {
+        assert_eq!(exec_state(&daemon, id).await, "running", "{id}");
+    }
+    let readers: Vec<_> = bodies
+        .into_iter()
+        .map(|body| tokio::spawn(Reader::new(body, None).read_to_end()))
+        .collect();
     while !readers.iter().all(|r| r.is_finished()) {
         peak_spool = peak_spool.max(spool_bytes(&daemon));
         peak_rss = peak_rss.max(rss_bytes(pid));

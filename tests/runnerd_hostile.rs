@@ -11,7 +11,9 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use support::runnerd::{free_port, output, terminal, Client, Options, Runnerd, TOKEN};
+use support::runnerd::{
+    free_port, output, raise_own_nofile, terminal, Client, Options, Runnerd, TOKEN,
+};
 
 /// A runnerd started on a workspace the test prepared (the support helper always makes a fresh
 /// one), optionally through a wrapper such as `prlimit`.
@@ -105,9 +107,11 @@ fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
-/// Symlinks the exec user planted at `.home`, `.tale` and the cache paths (inside the workspace
-/// and in a shared sticky directory outside it) before a boot are refused: nothing outside the
-/// workspace changes owner or mode, and runnerd still comes up.
+/// Symlinks the exec user planted at `.home`, `.tale` and every cache path before a boot are
+/// refused: the Docker backend's three caches (`pip`, `npm`, `bun` in a shared sticky directory
+/// outside the workspace), a cache inside the workspace, and one whose parent directory is the
+/// symlink. Nothing outside the workspace changes owner or mode or gets a new entry, and runnerd
+/// still comes up.
 #[tokio::test(flavor = "multi_thread")]
 async fn planted_symlinks_are_not_followed_at_boot() {
     if !is_root() {
@@ -120,45 +124,48 @@ async fn planted_symlinks_are_not_followed_at_boot() {
     let caches = base.join("caches");
     std::fs::create_dir_all(&caches).unwrap();
     std::fs::set_permissions(&caches, std::fs::Permissions::from_mode(0o1777)).unwrap();
-    let victims: Vec<PathBuf> = ["home", "tale", "npm", "pip"]
-        .iter()
-        .map(|name| {
-            let dir = base.join(format!("victim-{name}"));
-            std::fs::create_dir(&dir).unwrap();
-            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
-            dir
-        })
-        .collect();
-    let plant = |link: PathBuf, target: &Path| {
-        std::os::unix::fs::symlink(target, &link).unwrap();
+    let plant = |link: PathBuf, name: &str| {
+        let victim = base.join(format!("victim-{name}"));
+        std::fs::create_dir(&victim).unwrap();
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
         std::os::unix::fs::lchown(&link, Some(10001), Some(10001)).unwrap();
+        victim
     };
-    plant(root.join(".home"), &victims[0]);
-    plant(root.join(".tale"), &victims[1]);
-    plant(root.join(".cache/npm"), &victims[2]);
-    plant(caches.join("pip"), &victims[3]);
+    let mut victims = vec![
+        plant(root.join(".home"), "home"),
+        plant(root.join(".tale"), "tale"),
+        plant(root.join(".cache/npm"), "ws-npm"),
+        plant(root.join(".cache-link"), "ws-parent"),
+    ];
+    let mut shared_dirs = vec![root.join(".cache/npm"), root.join(".cache-link/pip")];
+    // The caches the Docker backend names (TALE_SHARED_DIRS=/cache/pip:/cache/npm:/cache/bun).
+    for name in ["pip", "npm", "bun"] {
+        victims.push(plant(caches.join(name), name));
+        shared_dirs.push(caches.join(name));
+    }
     let before: Vec<_> = victims.iter().map(|v| owner_and_mode(v)).collect();
 
-    let daemon = Booted::start(
-        &[],
-        &root,
-        &[
-            "--shared-dir".into(),
-            root.join(".cache/npm").display().to_string(),
-            "--shared-dir".into(),
-            caches.join("pip").display().to_string(),
-        ],
-        base.join("runnerd.log"),
-    )
-    .await;
+    let args: Vec<String> = shared_dirs
+        .iter()
+        .flat_map(|dir| ["--shared-dir".to_string(), dir.display().to_string()])
+        .collect();
+    let daemon = Booted::start(&[], &root, &args, base.join("runnerd.log")).await;
     let after: Vec<_> = victims.iter().map(|v| owner_and_mode(v)).collect();
     assert_eq!(before, after, "{}", daemon.log());
     assert_eq!(before[0], (0, 0, 0o700));
+    for victim in &victims {
+        assert_eq!(
+            std::fs::read_dir(victim).unwrap().count(),
+            0,
+            "{victim:?} got an entry"
+        );
+    }
     let log = daemon.log();
     assert!(log.contains("exec home not prepared"), "{log}");
     assert_eq!(
         log.matches("shared directory not prepared").count(),
-        2,
+        shared_dirs.len(),
         "{log}"
     );
     // The workspace root itself still belongs to the exec user, and execs run.
@@ -300,6 +307,76 @@ async fn fifos_never_wedge_the_daemon() {
     assert_eq!(status, StatusCode::OK);
 }
 
+/// A unix socket and (as root) a character device in the workspace are refused like a FIFO:
+/// `fs/read` answers 400 `not_a_regular_file` (a socket's open fails before any `fstat`, a device
+/// would hand out endless bytes), staging over them is skipped, listing shows them as `other`,
+/// and deleting them just removes the names.
+#[tokio::test(flavor = "multi_thread")]
+async fn sockets_and_devices_are_not_files() {
+    let daemon = Runnerd::start(Options::default()).await;
+    let c = &daemon.client;
+    let _socket = std::os::unix::net::UnixListener::bind(daemon.root.join("sock")).unwrap();
+    let mut specials = vec!["sock"];
+    if is_root() {
+        use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+        // /dev/zero's numbers: reading it would never end.
+        mknod(
+            &daemon.root.join("zero"),
+            SFlag::S_IFCHR,
+            Mode::from_bits_truncate(0o666),
+            makedev(1, 5),
+        )
+        .unwrap();
+        specials.push("zero");
+    }
+    let content = base64::engine::general_purpose::STANDARD.encode(b"data");
+    for name in &specials {
+        let (status, body) = c
+            .raw(Method::GET, &format!("/fs/read?path={name}"), None, true)
+            .await;
+        assert_eq!(
+            (status, body["error"].clone()),
+            (StatusCode::BAD_REQUEST, json!("not_a_regular_file")),
+            "{name}: {body}"
+        );
+        let (_, reply) = c
+            .json(
+                Method::POST,
+                "/files/stage",
+                Some(json!({"files": [{"path": name, "contentBase64": content}]})),
+            )
+            .await;
+        assert_eq!(
+            reply,
+            json!({"staged": [], "skipped": [{"path": name, "reason": "not_a_regular_file"}]})
+        );
+    }
+    let (_, listing) = c.json(Method::GET, "/fs/list", None).await;
+    for name in &specials {
+        let entry = listing["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == *name)
+            .unwrap_or_else(|| panic!("{name} listed: {listing}"));
+        assert_eq!(entry["type"], "other", "{name}");
+    }
+    let (_, reply) = c
+        .json(
+            Method::POST,
+            "/files/delete",
+            Some(json!({"paths": specials})),
+        )
+        .await;
+    assert_eq!(reply, json!({"deleted": specials, "skipped": []}));
+    for name in &specials {
+        assert!(
+            std::fs::symlink_metadata(daemon.root.join(name)).is_err(),
+            "{name}"
+        );
+    }
+}
+
 /// With the exec user over its process limit no exec can start: `/healthz` says so (503 and the
 /// reason) instead of 200, and turns healthy again once the processes are gone.
 #[tokio::test(flavor = "multi_thread")]
@@ -367,28 +444,6 @@ async fn poll_health(c: &Client, want: StatusCode) -> Value {
         assert!(Instant::now() < deadline, "healthz stayed {status}: {body}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// Raises this test process's descriptor limit to its hard limit (it holds thousands of sockets);
-/// returns the hard limit.
-fn raise_own_nofile() -> u64 {
-    let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
-    let hard: u64 = limits
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .and_then(|l| l.split_whitespace().nth(4))
-        .and_then(|h| h.parse().ok())
-        .unwrap_or(1024);
-    let status = Command::new("prlimit")
-        .args([
-            "--pid",
-            &std::process::id().to_string(),
-            &format!("--nofile={hard}:{hard}"),
-        ])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    hard
 }
 
 /// 6000 idle connections held from one address (another session's) while runnerd started with a

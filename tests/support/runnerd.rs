@@ -51,6 +51,28 @@ fn unique_dir(tag: &str) -> PathBuf {
     dir
 }
 
+/// Raises this test process's descriptor limit to its hard limit (it holds thousands of sockets);
+/// returns the hard limit.
+pub fn raise_own_nofile() -> u64 {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
+    let hard: u64 = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(4))
+        .and_then(|h| h.parse().ok())
+        .unwrap_or(1024);
+    let status = Command::new("prlimit")
+        .args([
+            "--pid",
+            &std::process::id().to_string(),
+            &format!("--nofile={hard}:{hard}"),
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    hard
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -26,6 +26,10 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 /// Default cap on connections from one source address that have not yet sent an authenticated
 /// request (`--max-connections-per-source`).
 pub const DEFAULT_MAX_CONNECTIONS_PER_SOURCE: usize = 64;
+/// Longest a connection over its source's pre-auth cap waits, parked and unread, for one of the
+/// source's pre-auth slots before it is closed (a burst of fresh connections from the spawner
+/// waits here instead of being reset; see `parking.rs`).
+pub const PRE_AUTH_PARK_TIMEOUT: Duration = Duration::from_secs(10);
 /// Descriptors kept free for everything but connections (runnerd's own files, the spool, the
 /// credential socket) on top of [`FDS_PER_LIVE_EXEC`] per allowed live exec: the connection cap
 /// is lowered at boot so that sockets can never take them.

@@ -13,6 +13,7 @@ pub mod health;
 pub mod init;
 pub mod limits;
 pub mod listener;
+pub mod parking;
 pub mod server;
 pub mod source_allowlist;
 pub mod state;

@@ -278,7 +278,12 @@ pub fn read(root: &OwnedFd, rel: &RelPath, cap: u64) -> Result<Vec<u8>, FileErro
         rel,
         OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY,
     )
-    .map_err(|_| NotFound)?;
+    .map_err(|errno| match errno {
+        // open(2) refuses a unix socket (or a device with no driver behind it) with ENXIO,
+        // before there is a descriptor to `fstat`: a special file all the same.
+        Errno::ENXIO => FileError::NotRegular,
+        _ => FileError::NotFound,
+    })?;
     let stat = nix::sys::stat::fstat(&fd).map_err(|_| NotFound)?;
     if is_special(stat.st_mode) {
         return Err(FileError::NotRegular);
