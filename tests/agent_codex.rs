@@ -67,6 +67,8 @@ async fn codex_scenario(backend: Backend) {
             "timeoutMs": RUN_DEADLINE.as_millis() as u64})
     };
 
+    // Docker: every packet of the session's network namespace, from here to the sweep stop.
+    let capture = stack.capture(&id).await;
     let first = run(
         c,
         &id,
@@ -124,8 +126,13 @@ async fn codex_scenario(backend: Backend) {
         "tale-was-here\n"
     );
 
+    stack
+        .assert_only_gateway(capture, fake.port, &context)
+        .await;
+
     // The sweep stops the session (its compute goes, the workspace stays) and it is resumed.
     stack.stop_and_resume(&id, &env).await;
+    let capture = stack.capture(&id).await;
 
     // Resume: the same thread, whose history (the tool call and its output) Codex reads from
     // CODEX_HOME on the workspace and sends again.
@@ -187,6 +194,9 @@ async fn codex_scenario(backend: Backend) {
             );
         }
     }
+    stack
+        .assert_only_gateway(capture, fake.port, &context)
+        .await;
     let (status, _) = c
         .json(Method::DELETE, &format!("/v1/sessions/{id}"), None)
         .await;

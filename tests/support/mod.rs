@@ -4,6 +4,7 @@ pub mod agent_stack;
 pub mod fake_kube;
 pub mod fake_model;
 pub mod git_http;
+pub mod netns_capture;
 pub mod raw_http;
 pub mod rbac;
 pub mod runnerd;
