@@ -310,7 +310,7 @@ impl AgentStack {
             model_port,
             runnerd_port: tale::shared::protocol::runnerd::DEFAULT_PORT,
         };
-        let packets = capture.stop().await;
+        let packets = capture.stop(gateway).await;
         let model = format!("{gateway}.{model_port}");
         assert!(
             packets.iter().any(|p| p.contains(&format!("> {model}:"))),

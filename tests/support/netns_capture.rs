@@ -26,6 +26,8 @@ const CAPTURE_DEADLINE: Duration = Duration::from_secs(20);
 const SNAPSHOT_BYTES: u32 = 256;
 /// The kernel's capture ring, in KiB.
 const RING_KIB: u32 = 8192;
+/// The session port the end-of-record marker is sent to (discard: nothing listens).
+const MARKER_PORT: u16 = 9;
 
 /// The endpoints a session's netns may exchange packets with.
 #[derive(Clone, Copy, Debug)]
@@ -109,13 +111,39 @@ impl NetnsCapture {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
-    /// Stops tcpdump (SIGTERM: it writes its counters and exits) and returns every recorded packet
-    /// as one `tcpdump -nn -q -t` line, failing when the kernel dropped any (an incomplete record).
-    pub async fn stop(mut self) -> Vec<String> {
+    /// Ends the record and returns every packet up to its end as one `tcpdump -nn -q -t` line.
+    ///
+    /// tcpdump loses what is still in the kernel's ring when it is stopped, so the end is a
+    /// marker: a UDP datagram from `gateway` to the session's discard port, sent until the live
+    /// file shows it. The ring is in arrival order and the kernel dropped nothing (checked), so
+    /// every packet before the marker is in the file; what comes after it is cut off.
+    pub async fn stop(mut self, gateway: Ipv4Addr) -> Vec<String> {
+        let marker_socket = std::net::UdpSocket::bind((gateway, 0)).unwrap();
+        let marker = format!(
+            "IP {gateway}.{} > {}.{MARKER_PORT}: UDP",
+            marker_socket.local_addr().unwrap().port(),
+            self.session
+        );
+        let deadline = Instant::now() + CAPTURE_DEADLINE;
+        let packets = loop {
+            marker_socket
+                .send_to(b"end of record", (self.session, MARKER_PORT))
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            // A live file may end in half a packet: tcpdump then fails after printing the rest.
+            let packets = self.read();
+            if let Some(end) = packets.iter().position(|p| p.contains(&marker)) {
+                break packets[..end].to_vec();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the end marker ({marker}) did not reach the record: {}",
+                self.log()
+            );
+        };
         let pid = self.tcpdump.id().to_string();
         let (ok, out) = run("kill", &["-TERM", &pid]);
         assert!(ok, "kill -TERM {pid}: {out}");
-        let deadline = Instant::now() + CAPTURE_DEADLINE;
         while self.tcpdump.try_wait().unwrap().is_none() {
             assert!(
                 Instant::now() < deadline,
@@ -125,21 +153,23 @@ impl NetnsCapture {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         let log = self.log();
-        let count = |what: &str| {
-            log.lines()
-                .find_map(|line| line.strip_suffix(what)?.trim().parse::<u64>().ok())
-                .unwrap_or_else(|| panic!("tcpdump reports {what}: {log}"))
-        };
-        let captured = count(" packets captured");
-        assert!(
-            count(" packets dropped by kernel") == 0
-                && count(" packets received by filter") == captured,
-            "the capture is incomplete: {log}"
-        );
-        let pcap = self.pcap.to_str().unwrap();
-        let (ok, out) = run("tcpdump", &["-nn", "-q", "-t", "-r", pcap]);
-        assert!(ok, "tcpdump -r {pcap}: {out}");
-        out.lines()
+        let dropped = log.lines().find_map(|line| {
+            let count = line.strip_suffix(" dropped by kernel")?.split(' ').next()?;
+            count.parse::<u64>().ok()
+        });
+        assert_eq!(dropped, Some(0), "the record is incomplete: {log}");
+        packets
+    }
+
+    /// The file's packets so far, one `tcpdump -nn -q -t` line each.
+    fn read(&self) -> Vec<String> {
+        let out = Command::new("tcpdump")
+            .args(["-nn", "-q", "-t", "-r"])
+            .arg(&self.pcap)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
             .filter(|line| !line.trim().is_empty())
             .map(str::to_owned)
             .collect()
