@@ -111,7 +111,7 @@ impl NetnsCapture {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
-    /// Ends the record and returns every packet up to its end as one `tcpdump -nn -q -t` line.
+    /// Ends the record and returns every packet up to its end as one `tcpdump -nn -t` line.
     ///
     /// tcpdump loses what is still in the kernel's ring when it is stopped, so the end is a
     /// marker: a UDP datagram from `gateway` to the session's discard port, sent until the live
@@ -161,10 +161,10 @@ impl NetnsCapture {
         packets
     }
 
-    /// The file's packets so far, one `tcpdump -nn -q -t` line each.
+    /// The file's packets so far, one `tcpdump -nn -t` line each.
     fn read(&self) -> Vec<String> {
         let out = Command::new("tcpdump")
-            .args(["-nn", "-q", "-t", "-r"])
+            .args(["-nn", "-t", "-r"])
             .arg(&self.pcap)
             .output()
             .unwrap();
@@ -197,7 +197,7 @@ fn run(program: &str, args: &[&str]) -> (bool, String) {
     }
 }
 
-/// The packets of a `tcpdump -nn -q -t` record that `allowed` does not account for.
+/// The packets of a `tcpdump -nn -t` record that `allowed` does not account for.
 pub fn violations<'a>(packets: &'a [String], allowed: &Allowed) -> Vec<&'a str> {
     packets
         .iter()
@@ -206,8 +206,8 @@ pub fn violations<'a>(packets: &'a [String], allowed: &Allowed) -> Vec<&'a str> 
         .collect()
 }
 
-/// One line of `tcpdump -nn -q -t` on a `-i any` record: `<interface> <direction> <packet>`, e.g.
-/// `eth0  Out IP 172.18.0.2.41000 > 172.18.0.1.39999: tcp 0` (the interface is `?` when read back
+/// One line of `tcpdump -nn -t` on a `-i any` record: `<interface> <direction> <packet>`, e.g.
+/// `eth0  Out IP 172.18.0.2.41000 > 172.18.0.1.39999: Flags [S], …` (the interface is `?` when read back
 /// outside the netns).
 fn is_allowed(line: &str, allowed: &Allowed) -> bool {
     let mut fields = line.split_whitespace();
