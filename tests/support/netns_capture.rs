@@ -73,8 +73,23 @@ impl NetnsCapture {
         // the last is lost at SIGTERM); -U: and is written at once. Headers only (-s), so the
         // kernel's ring (-B, KiB) holds thousands of packets and none is dropped in a burst.
         let tcpdump = Command::new("nsenter")
-            .args(["-t", &pid, "-n", "tcpdump", "-i", "any", "--immediate-mode", "-U"])
-            .args(["-s", &SNAPSHOT_BYTES.to_string(), "-B", &RING_KIB.to_string(), "-w"])
+            .args([
+                "-t",
+                &pid,
+                "-n",
+                "tcpdump",
+                "-i",
+                "any",
+                "--immediate-mode",
+                "-U",
+            ])
+            .args([
+                "-s",
+                &SNAPSHOT_BYTES.to_string(),
+                "-B",
+                &RING_KIB.to_string(),
+                "-w",
+            ])
             .arg(&pcap)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -230,7 +245,10 @@ fn is_allowed(line: &str, allowed: &Allowed) -> bool {
             flow(from, to) || flow(to, from)
         }
         ["ARP,", "Request", "who-has", target, "tell", sender, ..] => {
-            let pair = (target.parse().ok(), sender.trim_end_matches(',').parse().ok());
+            let pair = (
+                target.parse().ok(),
+                sender.trim_end_matches(',').parse().ok(),
+            );
             let (s, g) = (Some(allowed.session), Some(allowed.gateway));
             pair == (g, s) || pair == (s, g)
         }
