@@ -3,7 +3,7 @@
 # everything is there). Needs root for apt. Starts dockerd in the background when it is not running.
 set -euo pipefail
 
-packages=(musl-tools docker.io tinyproxy busybox-static iproute2 iptables dnsmasq-base git curl openssl util-linux file python3 python3-venv docker-compose tmux)
+packages=(musl-tools docker.io tinyproxy busybox-static iproute2 iptables dnsmasq-base git curl openssl util-linux file python3 python3-venv docker-compose tmux tcpdump)
 # Node and npm for the agent CLIs, unless a Node install (e.g. NodeSource's, which bundles npm)
 # is there already: Debian's npm package would conflict with it.
 command -v npm >/dev/null 2>&1 || packages+=(nodejs npm)

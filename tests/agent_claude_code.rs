@@ -140,6 +140,8 @@ async fn claude_scenario(backend: Backend) {
         )
     };
 
+    // Docker: every packet of the session's network namespace, from here to the sweep stop.
+    let capture = stack.capture(&id).await;
     let (status, mut stream) = c
         .sse(
             Method::POST,
@@ -454,7 +456,11 @@ async fn claude_scenario(backend: Backend) {
 
     // The sweep stops the session (its compute goes, the workspace stays) and it is resumed; a run
     // with the resume id continues Claude Code's session from its config dir on the workspace.
+    stack
+        .assert_only_gateway(capture, fake.port, &context)
+        .await;
     stack.stop_and_resume(&id, &env).await;
+    let capture = stack.capture(&id).await;
     let before = fake.requests().len();
     let (status, mut stream) = c
         .sse(
@@ -529,6 +535,9 @@ async fn claude_scenario(backend: Backend) {
         "the resumed session carries the first run's tool call: {}",
         fake.summary()
     );
+    stack
+        .assert_only_gateway(capture, fake.port, &context)
+        .await;
 
     let (status, _) = c
         .json(Method::DELETE, &format!("/v1/sessions/{id}"), None)

@@ -44,9 +44,12 @@ async fn codex_scenario(backend: Backend) {
     let fake = FakeModel::start_on(stack.host, "/openai", GATEWAY_TOKEN).await;
     let c = &stack.spawner.client;
     let id = stack.session_id("cx1");
-    // No proxy trap here (unlike the OpenCode test): with the trap as HTTP(S)_PROXY and loopback in
-    // NO_PROXY, codex 0.169.0 in a session failed to reach the gateway ("error sending request",
-    // five reconnects) though the same env worked outside one; the cause is not yet known.
+    // No proxy trap here (unlike the OpenCode test): a session's env drops the deny-listed
+    // HTTP_PROXY, HTTPS_PROXY and NO_PROXY (any case) but keeps ALL_PROXY, and codex 0.169.0
+    // (reqwest) honours ALL_PROXY with nothing exempt, so it sent its Responses request to the
+    // trap ("error sending request", five reconnects); reproduced outside a session with ALL_PROXY
+    // alone, while the trap's full env (NO_PROXY with loopback) reaches the gateway directly. On
+    // Docker the packet record of the session's netns is the stronger proof.
     let env = json!({"OPENAI_API_KEY": PLANTED_KEY});
     stack.create_session(&id, &env).await;
     let context = || {
@@ -67,6 +70,8 @@ async fn codex_scenario(backend: Backend) {
             "timeoutMs": RUN_DEADLINE.as_millis() as u64})
     };
 
+    // Docker: every packet of the session's network namespace, from here to the sweep stop.
+    let capture = stack.capture(&id).await;
     let first = run(
         c,
         &id,
@@ -124,8 +129,13 @@ async fn codex_scenario(backend: Backend) {
         "tale-was-here\n"
     );
 
+    stack
+        .assert_only_gateway(capture, fake.port, &context)
+        .await;
+
     // The sweep stops the session (its compute goes, the workspace stays) and it is resumed.
     stack.stop_and_resume(&id, &env).await;
+    let capture = stack.capture(&id).await;
 
     // Resume: the same thread, whose history (the tool call and its output) Codex reads from
     // CODEX_HOME on the workspace and sends again.
@@ -187,6 +197,9 @@ async fn codex_scenario(backend: Backend) {
             );
         }
     }
+    stack
+        .assert_only_gateway(capture, fake.port, &context)
+        .await;
     let (status, _) = c
         .json(Method::DELETE, &format!("/v1/sessions/{id}"), None)
         .await;

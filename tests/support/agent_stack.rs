@@ -8,6 +8,7 @@
 //! fake model listens on that network's gateway address, the only host address a session reaches.
 #![allow(dead_code)]
 
+use super::netns_capture::{violations, Allowed, NetnsCapture};
 use super::spawner::{stdout_text, SpawnerProcess};
 use hyper::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -280,6 +281,49 @@ impl AgentStack {
                 .unwrap_or_default()
             }
         }
+    }
+
+    /// Docker: starts a complete packet record of session `id`'s network namespace (the
+    /// container's, so a stop and resume needs a new one). Local: `None` (the session shares the
+    /// host's network).
+    pub async fn capture(&self, id: &str) -> Option<NetnsCapture> {
+        let network = self.network.as_deref()?;
+        Some(NetnsCapture::start(&container(id), network).await)
+    }
+
+    /// Stops `capture` and asserts the session's netns exchanged packets with nothing but the
+    /// model at the gateway address and `model_port`, and the spawner's connections to runnerd:
+    /// no DNS query, no other destination (see `netns_capture`).
+    pub async fn assert_only_gateway(
+        &self,
+        capture: Option<NetnsCapture>,
+        model_port: u16,
+        context: &dyn Fn() -> String,
+    ) {
+        let Some(capture) = capture else { return };
+        let IpAddr::V4(gateway) = self.host else {
+            panic!("the Docker test network has an IPv4 gateway")
+        };
+        let allowed = Allowed {
+            session: capture.session,
+            gateway,
+            model_port,
+            runnerd_port: tale::shared::protocol::runnerd::DEFAULT_PORT,
+        };
+        let packets = capture.stop(gateway).await;
+        let model = format!("{gateway}.{model_port}");
+        assert!(
+            packets.iter().any(|p| p.contains(&format!("> {model}:"))),
+            "the record holds the session's requests to the model ({allowed:?}):\n{}",
+            packets.join("\n")
+        );
+        let bad = violations(&packets, &allowed);
+        assert!(
+            bad.is_empty(),
+            "the session sent or received packets other than the gateway's ({allowed:?}):\n{}\n\n{}",
+            bad.join("\n"),
+            context()
+        );
     }
 
     /// Removes a container and workspace volume an earlier, failed run left under this id.
