@@ -1,6 +1,6 @@
 //! Session routes: health, create (or resume), list, get, destroy, env, pin.
 use super::{bad_request, not_found, ok, ApiError, ApiRequest, Reply};
-use crate::modes::spawner::backend::SessionSpec;
+use crate::modes::spawner::backend::{CapClaim, CapDecision, CapRequest, SessionSpec};
 use crate::modes::spawner::metrics::Metrics;
 use crate::modes::spawner::registry::{Admission, SessionEntry};
 use crate::modes::spawner::state::{Spawner, HEALTH_CACHE_TTL};
@@ -75,12 +75,12 @@ pub async fn create_session(
     create: &CreateSession,
 ) -> Result<SessionEntry, ApiError> {
     let id = create.session_id.clone();
-    if let Err(refused) = spawner.registry.admit(
-        &id,
-        &create.organization_id,
+    let shared_caps = spawner.backend.arbitrates_caps();
+    let caps = (!shared_caps).then_some((
         spawner.config.max_sessions,
         spawner.config.max_sessions_per_org,
-    ) {
+    ));
+    if let Err(refused) = spawner.registry.admit(&id, &create.organization_id, caps) {
         spawner
             .metrics
             .create_failures
@@ -103,7 +103,18 @@ pub async fn create_session(
     }
     let started = Instant::now();
     let lifecycle = spawner.registry.lifecycle(&id).await;
-    let result = create_reserved(spawner, create).await;
+    let result = match claim_slots(spawner, create, shared_caps).await {
+        Ok(claim) => {
+            let result = create_reserved(spawner, create).await;
+            if result.is_err() {
+                if let Err(err) = spawner.backend.release_claim(&claim).await {
+                    tracing::warn!(session_id = %id, %err, "could not release the cap claim of a failed create; it will be reclaimed");
+                }
+            }
+            result
+        }
+        Err(refusal) => Err(refusal),
+    };
     drop(lifecycle);
     spawner
         .registry
@@ -124,6 +135,33 @@ pub async fn create_session(
                 .get_or_create(&Metrics::label("reason", reason))
                 .inc();
             Err(refusal)
+        }
+    }
+}
+
+/// Claims the create's cap slots from the backend when it arbitrates them (across replicas).
+async fn claim_slots(
+    spawner: &Spawner,
+    create: &CreateSession,
+    shared_caps: bool,
+) -> Result<CapClaim, (&'static str, ApiError)> {
+    if !shared_caps {
+        return Ok(CapClaim::default());
+    }
+    let request = CapRequest {
+        session_id: &create.session_id,
+        organization_id: &create.organization_id,
+        max_sessions: spawner.config.max_sessions,
+        max_per_org: spawner.config.max_sessions_per_org,
+        create_budget: Duration::from_millis(spawner.config.create_timeout_ms),
+    };
+    match spawner.backend.claim_capacity(&request).await {
+        Ok(CapDecision::Admitted(claim)) => Ok(claim),
+        Ok(CapDecision::SpawnerFull) => Err(("admission", quota("spawner session cap reached"))),
+        Ok(CapDecision::OrgFull) => Err(("admission", quota("org session cap reached"))),
+        Err(err) => {
+            tracing::warn!(session_id = %create.session_id, %err, "cap claim failed");
+            Err(("backend", err.into()))
         }
     }
 }

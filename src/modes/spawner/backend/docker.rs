@@ -12,15 +12,15 @@
 //! token never enters the container: runnerd gets its SHA-256 and compares presented tokens by digest, so
 //! `docker inspect` (or root inside the session) shows only a value that authenticates nothing.
 use super::{
-    wait_for_runnerd, Backend, BackendError, BackendKind, BackendResult, BoxFuture, ListedSession,
-    SessionSpec,
+    wait_for_runnerd, Backend, BackendError, BackendKind, BackendResult, BoxFuture, CapClaim,
+    CapDecision, CapRequest, ListedSession, SessionSpec,
 };
 use crate::shared::protocol::runnerd as runnerd_protocol;
 use crate::shared::protocol::runnerd::{is_valid_id, DEFAULT_PORT};
 use bollard::errors::Error as DockerError;
 use bollard::models::{
-    ContainerCreateBody, HostConfig, HostConfigLogConfig, Mount, MountType, NetworkCreateRequest,
-    ResourcesUlimits, VolumeCreateRequest,
+    ContainerCreateBody, HostConfig, HostConfigLogConfig, Mount, MountType, ResourcesUlimits,
+    VolumeCreateRequest,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, InspectContainerOptions, ListContainersOptionsBuilder,
@@ -67,9 +67,9 @@ pub struct DockerConfig {
 pub struct DockerBackend {
     docker: Docker,
     config: DockerConfig,
-    /// Serializes network creation: the engine accepts two networks of the same name, and
-    /// concurrent creates would otherwise make one each.
-    network_ready: tokio::sync::OnceCell<()>,
+    /// The id of the sandbox network every replica agreed on (see [`super::docker_shared`]);
+    /// sessions join it by id, so a duplicate name left by anything else cannot make it ambiguous.
+    network_id: tokio::sync::OnceCell<String>,
 }
 
 fn engine(context: &str) -> impl FnOnce(DockerError) -> BackendError + '_ {
@@ -133,43 +133,23 @@ impl DockerBackend {
         Ok(DockerBackend {
             docker,
             config,
-            network_ready: tokio::sync::OnceCell::new(),
+            network_id: tokio::sync::OnceCell::new(),
         })
     }
 
-    async fn ensure_network(&self) -> BackendResult<()> {
-        self.network_ready
-            .get_or_try_init(|| self.create_network_if_missing())
-            .await
-            .map(|_| ())
+    fn shared(&self) -> super::docker_shared::Shared<'_> {
+        super::docker_shared::Shared {
+            docker: &self.docker,
+            network: &self.config.network,
+            image: &self.config.image,
+        }
     }
 
-    async fn create_network_if_missing(&self) -> BackendResult<()> {
-        match self
-            .docker
-            .inspect_network(&self.config.network, None)
+    async fn ensure_network(&self) -> BackendResult<String> {
+        self.network_id
+            .get_or_try_init(|| async { self.shared().converge_network().await })
             .await
-        {
-            Ok(_) => return Ok(()),
-            Err(err) if is_not_found(&err) => {}
-            Err(err) => return Err(engine("cannot inspect the sandbox network")(err)),
-        }
-        let request = NetworkCreateRequest {
-            name: self.config.network.clone(),
-            driver: Some("bridge".into()),
-            internal: Some(true),
-            enable_ipv6: Some(false),
-            labels: Some(HashMap::from([("tale.sandbox-network".into(), "1".into())])),
-            ..Default::default()
-        };
-        match self.docker.create_network(request).await {
-            Ok(_) => {
-                tracing::info!(network = %self.config.network, "created the internal sandbox network");
-                Ok(())
-            }
-            Err(err) if is_conflict(&err) => Ok(()),
-            Err(err) => Err(engine("cannot create the sandbox network")(err)),
-        }
+            .cloned()
     }
 
     /// Creates `name` if missing; returns whether it existed before. One engine call: creating an
@@ -193,7 +173,7 @@ impl DockerBackend {
         Ok(volume.labels.get(VOLUME_NONCE_LABEL) != Some(&nonce))
     }
 
-    fn container_body(&self, spec: &SessionSpec) -> ContainerCreateBody {
+    fn container_body(&self, spec: &SessionSpec, network_id: &str) -> ContainerCreateBody {
         let r = &spec.resources;
         let labels = HashMap::from([
             (SESSION_LABEL.to_string(), "1".to_string()),
@@ -269,7 +249,7 @@ impl DockerBackend {
             hard: Some(hard as i64),
         };
         let host_config = HostConfig {
-            network_mode: Some(self.config.network.clone()),
+            network_mode: Some(network_id.to_owned()),
             runtime: self.config.runtime.clone(),
             cap_drop: self
                 .config
@@ -329,13 +309,13 @@ impl DockerBackend {
     }
 
     /// Creates the container, replacing a dead one of the same name once.
-    async fn create_container(&self, spec: &SessionSpec) -> BackendResult<()> {
+    async fn create_container(&self, spec: &SessionSpec, network_id: &str) -> BackendResult<()> {
         let name = container_name(&spec.session_id);
         let options = CreateContainerOptionsBuilder::new().name(&name).build();
         for attempt in 0..2 {
             match self
                 .docker
-                .create_container(Some(options.clone()), self.container_body(spec))
+                .create_container(Some(options.clone()), self.container_body(spec, network_id))
                 .await
             {
                 Ok(_) => return Ok(()),
@@ -414,9 +394,14 @@ impl DockerBackend {
             .collect()
     }
 
-    async fn try_create(&self, spec: &SessionSpec, deadline: Duration) -> BackendResult<String> {
+    async fn try_create(
+        &self,
+        spec: &SessionSpec,
+        network_id: &str,
+        deadline: Duration,
+    ) -> BackendResult<String> {
         let name = container_name(&spec.session_id);
-        self.create_container(spec).await?;
+        self.create_container(spec, network_id).await?;
         self.docker
             .start_container(
                 &name,
@@ -483,7 +468,7 @@ impl Backend for DockerBackend {
                     value: spec.organization_id.clone(),
                 });
             }
-            self.ensure_network().await?;
+            let network_id = self.ensure_network().await?;
             let volume_labels = HashMap::from([
                 ("tale.sandbox-workspace".to_string(), "1".to_string()),
                 ("tale.session".to_string(), spec.session_id.clone()),
@@ -501,7 +486,7 @@ impl Backend for DockerBackend {
                         .await?;
                 }
             }
-            match self.try_create(spec, deadline).await {
+            match self.try_create(spec, &network_id, deadline).await {
                 Ok(url) => {
                     tracing::info!(session_id = %spec.session_id, %url, resumed = preexisting, "docker session ready");
                     Ok(url)
@@ -551,6 +536,7 @@ impl Backend for DockerBackend {
     fn stop_session<'a>(&'a self, session_id: &'a str) -> BoxFuture<'a, BackendResult<bool>> {
         Box::pin(async move {
             let existed = self.remove_container(&container_name(session_id)).await?;
+            self.shared().release_session(session_id).await?;
             tracing::info!(
                 session_id,
                 existed,
@@ -563,6 +549,7 @@ impl Backend for DockerBackend {
     fn destroy_session<'a>(&'a self, session_id: &'a str) -> BoxFuture<'a, BackendResult<bool>> {
         Box::pin(async move {
             let had_container = self.remove_container(&container_name(session_id)).await?;
+            self.shared().release_session(session_id).await?;
             let had_volume = match self
                 .docker
                 .remove_volume(
@@ -634,6 +621,29 @@ impl Backend for DockerBackend {
         })
     }
 
+    fn arbitrates_caps(&self) -> bool {
+        true
+    }
+
+    fn claim_capacity<'a>(
+        &'a self,
+        request: &'a CapRequest<'a>,
+    ) -> BoxFuture<'a, BackendResult<CapDecision>> {
+        Box::pin(async move {
+            if !label_value_ok(request.organization_id) {
+                return Err(BackendError::Invalid {
+                    what: "organization id",
+                    value: request.organization_id.to_owned(),
+                });
+            }
+            self.shared().claim(request).await
+        })
+    }
+
+    fn release_claim<'a>(&'a self, claim: &'a CapClaim) -> BoxFuture<'a, BackendResult<()>> {
+        Box::pin(async move { self.shared().release(claim).await })
+    }
+
     fn health(&self) -> BoxFuture<'_, BackendResult<serde_json::Value>> {
         Box::pin(async move {
             let version = self
@@ -683,11 +693,11 @@ mod tests {
         .unwrap();
         let mut spec = crate::modes::spawner::backend::kubernetes::manifests::fixtures::spec();
         let tls = spec.runnerd_tls.clone().unwrap();
-        let env = backend.container_body(&spec).env.unwrap();
+        let env = backend.container_body(&spec, "net").env.unwrap();
         assert!(env.contains(&format!("TALE_RUNNERD_TLS_CERT={}", tls.cert_pem())));
         assert!(env.contains(&format!("TALE_RUNNERD_TLS_KEY={}", tls.key_pem())));
         spec.runnerd_tls = None;
-        let env = backend.container_body(&spec).env.unwrap();
+        let env = backend.container_body(&spec, "net").env.unwrap();
         assert!(!env.iter().any(|e| e.starts_with("TALE_RUNNERD_TLS")));
         let _ = std::fs::remove_file(&socket);
     }
