@@ -182,6 +182,23 @@ impl Drop for Deployment {
         for id in lines(&claims) {
             docker(&["rm", "-f", &id]);
         }
+        let markers = docker(&[
+            "volume",
+            "ls",
+            "-q",
+            "--filter",
+            &format!("label=tale.claim={prefix}"),
+        ])
+        .1;
+        for name in lines(&markers) {
+            docker(&["volume", "rm", "-f", &name]);
+        }
+        // Workspaces the sweep kept (stopped sessions): this test binary's ids end in its pid.
+        let suffix = format!("-{}-ws", std::process::id());
+        let workspaces = docker(&["volume", "ls", "-q", "--filter", "name=tale-sbx-ses-r"]).1;
+        for name in lines(&workspaces).iter().filter(|n| n.ends_with(&suffix)) {
+            docker(&["volume", "rm", "-f", name]);
+        }
         for id in self.networks() {
             docker(&["network", "rm", &id]);
         }
@@ -243,4 +260,126 @@ async fn global_cap_holds_across_replicas() {
     let running: usize = orgs.iter().map(|o| deployment.containers_of(o).len()).sum();
     assert_eq!(running, 4);
     assert_eq!(deployment.networks().len(), 1, "one shared network");
+}
+
+/// A session created on one replica is listed on another, exec'd on a third and destroyed on the
+/// second; the first then no longer lists it.
+#[tokio::test(flavor = "multi_thread")]
+async fn any_replica_serves_any_session() {
+    let mut deployment = Deployment::start("any", 3, &[]).await;
+    let org = deployment.org("any");
+    let id = format!("rany-{}", std::process::id());
+    let (status, body) = deployment
+        .client(0)
+        .json(
+            Method::POST,
+            "/v1/sessions",
+            Some(json!({"sessionId": id, "organizationId": org})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}\n{}", deployment.logs());
+    let listed_on = |i: usize| {
+        let client = deployment.client(i);
+        let org = org.clone();
+        async move {
+            let (_, list) = client
+                .json(
+                    Method::GET,
+                    &format!("/v1/sessions?organizationId={org}"),
+                    None,
+                )
+                .await;
+            list["sessions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["sessionId"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(listed_on(1).await, vec![id.clone()], "listed on replica 1");
+    let (_, stream) = deployment
+        .client(2)
+        .sse(
+            Method::POST,
+            &format!("/v1/sessions/{id}/exec"),
+            Some(json!({"execId": "hello", "shell": "echo from-replica-2"})),
+            &[],
+        )
+        .await;
+    assert_eq!(stdout_text(&stream.collect_all().await), "from-replica-2\n");
+    let (status, destroyed) = deployment
+        .client(1)
+        .json(Method::DELETE, &format!("/v1/sessions/{id}"), None)
+        .await;
+    assert_eq!(
+        (status, destroyed),
+        (StatusCode::OK, json!({"destroyed": true, "busy": false}))
+    );
+    assert!(deployment.containers_of(&org).is_empty(), "container gone");
+    assert!(
+        listed_on(0).await.is_empty(),
+        "the creator lists it no more"
+    );
+}
+
+/// A pin set on one replica survives `kill -9` of that replica: the other replicas, sweeping with
+/// a short idle timeout, stop an unpinned control session of the same age but never the pinned one.
+#[tokio::test(flavor = "multi_thread")]
+async fn pin_survives_its_replica() {
+    let mut deployment = Deployment::start("pin", 3, &[("SANDBOX_SWEEP_INTERVAL_MS", "200")]).await;
+    let org = deployment.org("pin");
+    let pinned = format!("rpin-{}", std::process::id());
+    let control = format!("rctl-{}", std::process::id());
+    let create = |id: String| {
+        let client = deployment.client(0);
+        let org = org.clone();
+        async move {
+            client
+                .json(
+                    Method::POST,
+                    "/v1/sessions",
+                    Some(json!({"sessionId": id, "organizationId": org, "idleTimeoutMs": 3000})),
+                )
+                .await
+        }
+    };
+    let (status, body) = create(pinned.clone()).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}\n{}", deployment.logs());
+    let (status, body) = deployment
+        .client(0)
+        .json(
+            Method::PATCH,
+            &format!("/v1/sessions/{pinned}/pin"),
+            Some(json!({"pinned": true})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = create(control.clone()).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}\n{}", deployment.logs());
+    deployment.replicas[0].kill9();
+    let gone = |id: &str| !docker(&["inspect", &format!("tale-sbx-ses-{id}")]).0;
+    let control_stopped = support::runnerd::poll(std::time::Duration::from_secs(30), async || {
+        gone(&control).then_some(())
+    })
+    .await;
+    assert!(
+        control_stopped.is_some(),
+        "the other replicas sweep idle sessions:\n{}",
+        deployment.logs()
+    );
+    // A surviving replica has swept past the idle deadline of both (the pinned one is older).
+    assert!(
+        !gone(&pinned),
+        "the pinned session runs on:\n{}",
+        deployment.logs()
+    );
+    let (status, got) = deployment
+        .client(1)
+        .json(Method::GET, &format!("/v1/sessions/{pinned}"), None)
+        .await;
+    assert_eq!(
+        (status, &got["session"]["pinned"]),
+        (StatusCode::OK, &json!(true))
+    );
 }

@@ -119,6 +119,11 @@ impl Registry {
         }
     }
 
+    /// Whether a create of `id` is in flight on this replica.
+    pub fn is_creating(&self, id: &str) -> bool {
+        self.lock().creating.contains_key(id)
+    }
+
     pub fn insert(&self, entry: SessionEntry) {
         self.lock().sessions.insert(entry.session_id.clone(), entry);
     }

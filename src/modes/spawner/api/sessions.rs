@@ -237,8 +237,10 @@ async fn create_reserved(
     })
 }
 
-pub fn list(spawner: &Spawner, request: &ApiRequest) -> Reply {
+pub async fn list(spawner: &Spawner, request: &ApiRequest) -> Reply {
     let org = request.query("organizationId");
+    // The backend is the truth: sessions another replica created (or stopped) show up here too.
+    spawner.sync_with_backend(org.as_deref()).await;
     let sessions = spawner
         .registry
         .list(org.as_deref())
@@ -342,6 +344,9 @@ pub async fn pin(spawner: &Spawner, id: &str, request: &ApiRequest) -> Reply {
     let pinned = pin_body(&request.json()?)?;
     let max_lifetime = spawner.config.limits.max_lifetime_ms;
     let now = crate::shared::clock::now_ms();
+    if spawner.backend.persists_pins() {
+        spawner.backend.set_pinned(id, pinned).await?;
+    }
     spawner.registry.update(id, |e| {
         if e.pinned && !pinned {
             e.expires_at_ms = now + max_lifetime;

@@ -550,6 +550,7 @@ impl Backend for DockerBackend {
         Box::pin(async move {
             let had_container = self.remove_container(&container_name(session_id)).await?;
             self.shared().release_session(session_id).await?;
+            self.shared().set_pinned(session_id, false).await?;
             let had_volume = match self
                 .docker
                 .remove_volume(
@@ -599,6 +600,13 @@ impl Backend for DockerBackend {
             };
             Ok(containers
                 .into_iter()
+                // One engine may host several deployments: ours are on our network.
+                .filter(|c| {
+                    c.network_settings
+                        .as_ref()
+                        .and_then(|n| n.networks.as_ref())
+                        .is_some_and(|n| n.contains_key(&self.config.network))
+                })
                 .filter_map(|c| {
                     let labels = c.labels?;
                     Some(ListedSession {
@@ -642,6 +650,22 @@ impl Backend for DockerBackend {
 
     fn release_claim<'a>(&'a self, claim: &'a CapClaim) -> BoxFuture<'a, BackendResult<()>> {
         Box::pin(async move { self.shared().release(claim).await })
+    }
+
+    fn persists_pins(&self) -> bool {
+        true
+    }
+
+    fn set_pinned<'a>(
+        &'a self,
+        session_id: &'a str,
+        pinned: bool,
+    ) -> BoxFuture<'a, BackendResult<()>> {
+        Box::pin(async move { self.shared().set_pinned(session_id, pinned).await })
+    }
+
+    fn is_pinned<'a>(&'a self, session_id: &'a str) -> BoxFuture<'a, BackendResult<bool>> {
+        Box::pin(async move { self.shared().is_pinned(session_id).await })
     }
 
     fn health(&self) -> BoxFuture<'_, BackendResult<serde_json::Value>> {

@@ -38,6 +38,11 @@ pub const NETWORK_ID_LABEL: &str = "tale.network-id";
 /// replicas, a slow engine).
 pub const CLAIM_RECLAIM_GRACE: Duration = Duration::from_secs(10);
 
+/// How long a replica tries to agree with the others on the sandbox network.
+pub const NETWORK_AGREEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pause after losing the network lock before reading it (the winner's create is in flight).
+pub const NETWORK_AGREEMENT_RETRY: Duration = Duration::from_millis(20);
+
 fn engine(context: &str) -> impl FnOnce(DockerError) -> BackendError + '_ {
     move |err| BackendError::engine_call(context, err)
 }
@@ -127,7 +132,8 @@ impl Shared<'_> {
     /// The id of the one network every replica uses, creating it (and the lock) if needed.
     pub async fn converge_network(&self) -> BackendResult<String> {
         let lock = network_lock(&self.prefix());
-        for _ in 0..3 {
+        let deadline = tokio::time::Instant::now() + NETWORK_AGREEMENT_TIMEOUT;
+        while tokio::time::Instant::now() < deadline {
             if let Some((lock_id, network_id)) = self.read_lock(&lock).await? {
                 match self.docker.inspect_network(&network_id, None).await {
                     Ok(_) => {
@@ -149,6 +155,9 @@ impl Shared<'_> {
             ]);
             if self.create_marker(&lock, labels).await?.is_some() {
                 tracing::info!(network = %self.network, id = %candidate, "this replica's sandbox network won the lock");
+            } else {
+                // Lost: the engine reserves the winner's name before the lock can be inspected.
+                tokio::time::sleep(NETWORK_AGREEMENT_RETRY).await;
             }
             // Won or lost: the lock's label now names the network; the loop reads it.
         }
@@ -380,6 +389,62 @@ impl Shared<'_> {
             self.remove_by_id(id).await?;
         }
         Ok(())
+    }
+}
+
+/// Label on a pin marker volume: the pinned session.
+pub const PIN_SESSION_LABEL: &str = "tale.pin-session";
+
+/// The pin marker volume of a session: `<claim prefix>-pin-<16 hex of SHA-256(id)>`.
+pub fn pin_volume(network: &str, session_id: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, session_id.as_bytes());
+    let hex = crate::shared::hex::encode(digest.as_ref());
+    format!("{}-pin-{}", claim_prefix(network), &hex[..16])
+}
+
+impl Shared<'_> {
+    /// Pins live as marker volumes (labels cannot change after create; volume create is
+    /// idempotent and removal is by name): present = pinned.
+    pub async fn set_pinned(&self, session_id: &str, pinned: bool) -> BackendResult<()> {
+        let name = pin_volume(self.network, session_id);
+        if pinned {
+            self.docker
+                .create_volume(bollard::models::VolumeCreateRequest {
+                    name: Some(name),
+                    labels: Some(HashMap::from([
+                        (CLAIM_LABEL.to_string(), self.prefix()),
+                        (PIN_SESSION_LABEL.to_string(), session_id.to_owned()),
+                    ])),
+                    ..Default::default()
+                })
+                .await
+                .map_err(engine("cannot create the pin marker volume"))?;
+            return Ok(());
+        }
+        match self
+            .docker
+            .remove_volume(
+                &name,
+                None::<bollard::query_parameters::RemoveVolumeOptions>,
+            )
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(err) if status_of(&err) == Some(404) => Ok(()),
+            Err(err) => Err(engine("cannot remove the pin marker volume")(err)),
+        }
+    }
+
+    pub async fn is_pinned(&self, session_id: &str) -> BackendResult<bool> {
+        match self
+            .docker
+            .inspect_volume(&pin_volume(self.network, session_id))
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(err) if status_of(&err) == Some(404) => Ok(false),
+            Err(err) => Err(engine("cannot inspect the pin marker volume")(err)),
+        }
     }
 }
 

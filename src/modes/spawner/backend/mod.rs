@@ -231,6 +231,25 @@ pub trait Backend: Send + Sync {
         Box::pin(async { Ok(()) })
     }
 
+    /// Whether pins live in the backend (they outlive the process and every replica sees them).
+    fn persists_pins(&self) -> bool {
+        false
+    }
+
+    /// Records the session's pin in the backend (only when [`Backend::persists_pins`]).
+    fn set_pinned<'a>(
+        &'a self,
+        _session_id: &'a str,
+        _pinned: bool,
+    ) -> BoxFuture<'a, BackendResult<()>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// The session's pin as the backend records it (`false` when it does not record pins).
+    fn is_pinned<'a>(&'a self, _session_id: &'a str) -> BoxFuture<'a, BackendResult<bool>> {
+        Box::pin(async { Ok(false) })
+    }
+
     /// A short health description of the engine (e.g. the Docker server version).
     fn health(&self) -> BoxFuture<'_, BackendResult<serde_json::Value>>;
 
