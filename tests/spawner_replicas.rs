@@ -383,3 +383,65 @@ async fn pin_survives_its_replica() {
         (StatusCode::OK, &json!(true))
     );
 }
+
+/// Six concurrent creates of one id over three replicas: one wins, the others get 409, and
+/// nothing of the winner is deleted — its container runs and serves, its workspace is there, and
+/// it holds exactly its two cap claims (the losers handed theirs back).
+#[tokio::test(flavor = "multi_thread")]
+async fn same_id_race_keeps_the_winner() {
+    let mut deployment = Deployment::start("same", 3, &[]).await;
+    let org = deployment.org("same");
+    let id = format!("rsame-{}", std::process::id());
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        let client = deployment.client(i);
+        let body = json!({"sessionId": id, "organizationId": org});
+        tasks.push(tokio::spawn(async move {
+            client
+                .json(Method::POST, "/v1/sessions", Some(body))
+                .await
+                .0
+        }));
+    }
+    let mut statuses = Vec::new();
+    for task in tasks {
+        statuses.push(task.await.unwrap());
+    }
+    assert_eq!(
+        count(&statuses, StatusCode::CREATED),
+        1,
+        "{statuses:?}\n{}",
+        deployment.logs()
+    );
+    assert_eq!(count(&statuses, StatusCode::CONFLICT), 5, "{statuses:?}");
+    let container = format!("tale-sbx-ses-{id}");
+    assert_eq!(
+        docker(&["inspect", "-f", "{{.State.Running}}", &container]).1,
+        "true"
+    );
+    assert!(docker(&["volume", "inspect", &format!("{container}-ws")]).0);
+    let prefix = tale::modes::spawner::backend::docker_shared::claim_prefix(&deployment.network);
+    let claims = docker(&[
+        "ps",
+        "-a",
+        "-q",
+        "--filter",
+        &format!("label=tale.claim={prefix}"),
+        "--filter",
+        &format!("label=tale.claim-session={id}"),
+    ])
+    .1;
+    assert_eq!(lines(&claims).len(), 2, "one org and one global claim");
+    for i in 0..3 {
+        let (_, stream) = deployment
+            .client(i)
+            .sse(
+                Method::POST,
+                &format!("/v1/sessions/{id}/exec"),
+                Some(json!({"execId": format!("e{i}"), "shell": "echo ok"})),
+                &[],
+            )
+            .await;
+        assert_eq!(stdout_text(&stream.collect_all().await), "ok\n");
+    }
+}

@@ -309,7 +309,42 @@ impl DockerBackend {
     }
 
     /// Creates the container, replacing a dead one of the same name once.
-    async fn create_container(&self, spec: &SessionSpec, network_id: &str) -> BackendResult<()> {
+    /// Whether the container holding a session's name is a dead earlier incarnation that a new
+    /// create may replace: it ran and exited, or it was created and never started within a
+    /// create budget (its creator crashed). A container another replica is creating or running
+    /// right now is not: replacing it would delete the winner of a same-id race.
+    async fn is_dead_incarnation(&self, name: &str, create_budget: Duration) -> bool {
+        use bollard::models::ContainerStateStatusEnum as Status;
+        let Ok(inspect) = self
+            .docker
+            .inspect_container(name, None::<InspectContainerOptions>)
+            .await
+        else {
+            return false;
+        };
+        let created_ms = inspect
+            .config
+            .as_ref()
+            .and_then(|c| c.labels.as_ref())
+            .and_then(|l| l.get("tale.created"))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        let age = crate::shared::clock::now_ms().saturating_sub(created_ms);
+        match inspect.state.and_then(|s| s.status) {
+            Some(Status::EXITED | Status::DEAD) => true,
+            Some(Status::CREATED) => {
+                age > (create_budget + super::docker_shared::CLAIM_RECLAIM_GRACE).as_millis() as u64
+            }
+            _ => false,
+        }
+    }
+
+    async fn create_container(
+        &self,
+        spec: &SessionSpec,
+        network_id: &str,
+        deadline: Duration,
+    ) -> BackendResult<()> {
         let name = container_name(&spec.session_id);
         let options = CreateContainerOptionsBuilder::new().name(&name).build();
         for attempt in 0..2 {
@@ -320,14 +355,7 @@ impl DockerBackend {
             {
                 Ok(_) => return Ok(()),
                 Err(err) if is_conflict(&err) && attempt == 0 => {
-                    let running = self
-                        .docker
-                        .inspect_container(&name, None::<InspectContainerOptions>)
-                        .await
-                        .ok()
-                        .and_then(|c| c.state?.running)
-                        .unwrap_or(true);
-                    if running {
+                    if !self.is_dead_incarnation(&name, deadline).await {
                         return Err(BackendError::Exists(spec.session_id.clone()));
                     }
                     self.remove_container(&name).await?;
@@ -401,7 +429,7 @@ impl DockerBackend {
         deadline: Duration,
     ) -> BackendResult<String> {
         let name = container_name(&spec.session_id);
-        self.create_container(spec, network_id).await?;
+        self.create_container(spec, network_id, deadline).await?;
         self.docker
             .start_container(
                 &name,
