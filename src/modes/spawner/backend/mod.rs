@@ -345,9 +345,11 @@ mod tests {
             .unwrap()
             .port();
         let started = tokio::time::Instant::now();
+        let mut spec = super::kubernetes::manifests::fixtures::spec();
+        spec.runnerd_tls = None;
         let error = wait_for_runnerd(
             &format!("http://127.0.0.1:{port}"),
-            "token",
+            &spec,
             std::time::Duration::from_secs(5),
             || async { Ok(()) },
         )
