@@ -57,6 +57,8 @@ struct Deployment {
     replicas: Vec<SpawnerProcess>,
     network: String,
     orgs: Vec<String>,
+    env: Vec<(String, String)>,
+    tag: String,
 }
 
 impl Deployment {
@@ -70,20 +72,29 @@ impl Deployment {
             ("SANDBOX_CACHE_VOLUMES".into(), "0".into()),
         ];
         env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        let mut replicas = Vec::new();
-        for i in 0..n {
-            let root = std::env::temp_dir().join(format!(
-                "tale-replicas-{tag}-{}-{i}-{}",
-                std::process::id(),
-                support::runnerd::free_port()
-            ));
-            replicas.push(SpawnerProcess::start(root, env.clone()).await);
-        }
-        Deployment {
-            replicas,
+        let mut deployment = Deployment {
+            replicas: Vec::new(),
             network,
             orgs: Vec::new(),
+            env,
+            tag: tag.to_owned(),
+        };
+        for _ in 0..n {
+            deployment.add_replica().await;
         }
+        deployment
+    }
+
+    async fn add_replica(&mut self) {
+        let root = std::env::temp_dir().join(format!(
+            "tale-replicas-{}-{}-{}-{}",
+            self.tag,
+            std::process::id(),
+            self.replicas.len(),
+            support::runnerd::free_port()
+        ));
+        self.replicas
+            .push(SpawnerProcess::start(root, self.env.clone()).await);
     }
 
     fn client(&self, i: usize) -> SpawnerClient {
@@ -444,4 +455,107 @@ async fn same_id_race_keeps_the_winner() {
             .await;
         assert_eq!(stdout_text(&stream.collect_all().await), "ok\n");
     }
+}
+
+/// Upgrade: a session made by a release without claims or a network lock (simulated: made by this
+/// release, then its claims and lock removed) is adopted by three new replicas booting together —
+/// listed and exec'd on any of them, on the one existing network — and counts against the org cap
+/// (cap 2: of six concurrent creates exactly one is admitted).
+#[tokio::test(flavor = "multi_thread")]
+async fn sessions_of_the_previous_release_are_adopted() {
+    let mut deployment = Deployment::start(
+        "upg",
+        1,
+        &[
+            ("SANDBOX_MAX_SESSIONS_PER_ORG", "2"),
+            ("SANDBOX_MAX_SESSIONS", "100"),
+        ],
+    )
+    .await;
+    let org = deployment.org("upg");
+    let old = format!("rold-{}", std::process::id());
+    let (status, body) = deployment
+        .client(0)
+        .json(
+            Method::POST,
+            "/v1/sessions",
+            Some(json!({"sessionId": old, "organizationId": org})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}\n{}", deployment.logs());
+    deployment.replicas.clear();
+    let prefix = tale::modes::spawner::backend::docker_shared::claim_prefix(&deployment.network);
+    let markers = docker(&[
+        "ps",
+        "-a",
+        "-q",
+        "--filter",
+        &format!("label=tale.claim={prefix}"),
+    ])
+    .1;
+    assert_eq!(lines(&markers).len(), 3, "two claims and the network lock");
+    for id in lines(&markers) {
+        assert!(docker(&["rm", "-f", &id]).0);
+    }
+    // The three new replicas boot together: each adopts the old session's slots at boot, and
+    // exactly one org and one global claim must remain.
+    let root = |i: usize| {
+        std::env::temp_dir().join(format!(
+            "tale-replicas-upg-{}-new{i}-{}",
+            std::process::id(),
+            support::runnerd::free_port()
+        ))
+    };
+    let (a, b, c) = tokio::join!(
+        SpawnerProcess::start(root(0), deployment.env.clone()),
+        SpawnerProcess::start(root(1), deployment.env.clone()),
+        SpawnerProcess::start(root(2), deployment.env.clone()),
+    );
+    deployment.replicas.extend([a, b, c]);
+    let claims = docker(&[
+        "ps",
+        "-a",
+        "-q",
+        "--filter",
+        &format!("label=tale.claim-session={old}"),
+    ])
+    .1;
+    assert_eq!(lines(&claims).len(), 2, "{}", deployment.logs());
+    let statuses = deployment
+        .create_many("rupg", std::slice::from_ref(&org), 6)
+        .await;
+    assert_eq!(
+        count(&statuses, StatusCode::CREATED),
+        1,
+        "{statuses:?}\n{}",
+        deployment.logs()
+    );
+    assert_eq!(deployment.containers_of(&org).len(), 2);
+    assert_eq!(deployment.networks().len(), 1, "the existing network kept");
+    let (_, list) = deployment
+        .client(2)
+        .json(
+            Method::GET,
+            &format!("/v1/sessions?organizationId={org}"),
+            None,
+        )
+        .await;
+    assert!(
+        list["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["sessionId"] == old.as_str()),
+        "{list}"
+    );
+    let (_, stream) = deployment
+        .client(1)
+        .sse(
+            Method::POST,
+            &format!("/v1/sessions/{old}/exec"),
+            Some(json!({"execId": "up", "shell": "echo upgraded"})),
+            &[],
+        )
+        .await;
+    assert_eq!(stdout_text(&stream.collect_all().await), "upgraded\n");
 }

@@ -153,12 +153,36 @@ impl Spawner {
         match self.backend.list_sessions(None).await {
             Ok(sessions) => {
                 for listed in sessions.into_iter().filter(|s| s.running) {
+                    if self.backend.arbitrates_caps() {
+                        self.adopt_claim(&listed).await;
+                    }
                     if !self.registry.contains(&listed.session_id) {
                         self.adopt(listed).await;
                     }
                 }
             }
             Err(err) => tracing::warn!(%err, "cannot list backend sessions to adopt"),
+        }
+    }
+
+    /// Makes a running session count against the caps when it holds no claim (an upgrade from a
+    /// release without claims).
+    async fn adopt_claim(&self, listed: &super::backend::ListedSession) {
+        let request = super::backend::CapRequest {
+            session_id: &listed.session_id,
+            organization_id: &listed.organization_id,
+            max_sessions: self.config.max_sessions,
+            max_per_org: self.config.max_sessions_per_org,
+            create_budget: std::time::Duration::from_millis(self.config.create_timeout_ms),
+        };
+        match self.backend.adopt_claim(&request).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(session_id = %listed.session_id, "adopted session is over the caps; it runs on uncounted until slots free up")
+            }
+            Err(err) => {
+                tracing::warn!(session_id = %listed.session_id, %err, "cannot claim cap slots for an adopted session")
+            }
         }
     }
 
@@ -188,6 +212,9 @@ impl Spawner {
             if !self.registry.contains(&session.session_id)
                 && !self.registry.is_creating(&session.session_id)
             {
+                if self.backend.arbitrates_caps() {
+                    self.adopt_claim(&session).await;
+                }
                 self.adopt(session).await;
             }
         }

@@ -38,6 +38,9 @@ pub const WORKSPACE_PATH: &str = "/workspace";
 pub const RUNNERD_STATE_PATH: &str = "/run/tale";
 /// Label set on volumes at creation, to tell "created now" from "existed already".
 pub const VOLUME_NONCE_LABEL: &str = "tale.create-nonce";
+/// Starts retried after the engine found the sandbox network name ambiguous (a duplicate another
+/// replica is removing).
+pub const AMBIGUOUS_NETWORK_RETRIES: u32 = 5;
 /// Time allowed for one engine call.
 pub const DOCKER_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -309,6 +312,34 @@ impl DockerBackend {
     }
 
     /// Creates the container, replacing a dead one of the same name once.
+    /// Starts the container. The engine resolves the network by name at start, so a candidate
+    /// network another replica made while agreeing (and is about to remove) can make it
+    /// "ambiguous": then the duplicates are removed and the start retried.
+    async fn start_container(&self, name: &str, network_id: &str) -> BackendResult<()> {
+        let mut attempt = 0;
+        loop {
+            match self
+                .docker
+                .start_container(
+                    name,
+                    None::<bollard::query_parameters::StartContainerOptions>,
+                )
+                .await
+            {
+                Ok(()) => return Ok(()),
+                Err(err)
+                    if attempt < AMBIGUOUS_NETWORK_RETRIES
+                        && err.to_string().contains("is ambiguous") =>
+                {
+                    attempt += 1;
+                    self.shared().remove_other_networks(network_id).await;
+                    tokio::time::sleep(super::docker_shared::NETWORK_AGREEMENT_RETRY).await;
+                }
+                Err(err) => return Err(engine("cannot start the session container")(err)),
+            }
+        }
+    }
+
     /// Whether the container holding a session's name is a dead earlier incarnation that a new
     /// create may replace: it ran and exited, or it was created and never started within a
     /// create budget (its creator crashed). A container another replica is creating or running
@@ -430,13 +461,7 @@ impl DockerBackend {
     ) -> BackendResult<String> {
         let name = container_name(&spec.session_id);
         self.create_container(spec, network_id, deadline).await?;
-        self.docker
-            .start_container(
-                &name,
-                None::<bollard::query_parameters::StartContainerOptions>,
-            )
-            .await
-            .map_err(engine("cannot start the session container"))?;
+        self.start_container(&name, network_id).await?;
         let url = match self.endpoint(&spec.session_id).await {
             Ok(url) => url,
             Err(err) => {
@@ -674,6 +699,13 @@ impl Backend for DockerBackend {
             }
             self.shared().claim(request).await
         })
+    }
+
+    fn adopt_claim<'a>(
+        &'a self,
+        request: &'a CapRequest<'a>,
+    ) -> BoxFuture<'a, BackendResult<bool>> {
+        Box::pin(async move { self.shared().adopt(request).await })
     }
 
     fn release_claim<'a>(&'a self, claim: &'a CapClaim) -> BoxFuture<'a, BackendResult<()>> {

@@ -231,7 +231,7 @@ impl Shared<'_> {
 
     /// Removes same-named networks other than `keep` (a losing replica's candidate); a network in
     /// use cannot be removed and is left alone.
-    async fn remove_other_networks(&self, keep: &str) {
+    pub async fn remove_other_networks(&self, keep: &str) {
         let Ok(ids) = self.networks_named().await else {
             return;
         };
@@ -372,6 +372,38 @@ impl Shared<'_> {
             .into_iter()
             .filter_map(|c| c.labels?.remove("tale.session"))
             .collect())
+    }
+
+    /// Claims slots for a running session that holds none (created by a release without claims).
+    pub async fn adopt(&self, request: &CapRequest<'_>) -> BackendResult<bool> {
+        let held = self.claims().await?;
+        if held.values().any(|(_, s, _)| s == request.session_id) {
+            return Ok(true);
+        }
+        let CapDecision::Admitted(mine) = self.claim(request).await? else {
+            return Ok(false);
+        };
+        // Replicas adopting together may each have claimed: of each kind the lowest-named claim
+        // stays and every other replica removes its own, so exactly one of each remains.
+        let held = self.claims().await?;
+        let of_session: Vec<(&String, &String)> = held
+            .iter()
+            .filter(|(_, (_, s, _))| s == request.session_id)
+            .map(|(name, (id, _, _))| (name, id))
+            .collect();
+        let is_global = |name: &str| name.starts_with(&format!("{}-g-", self.prefix()));
+        for (my_name, my_id) in of_session
+            .iter()
+            .filter(|(_, id)| mine.objects.contains(id))
+        {
+            let beaten = of_session
+                .iter()
+                .any(|(name, _)| is_global(name) == is_global(my_name) && name < my_name);
+            if beaten {
+                self.remove_by_id(my_id).await?;
+            }
+        }
+        Ok(true)
     }
 
     /// Removes the given claims (a create that failed or lost a race).

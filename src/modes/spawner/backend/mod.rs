@@ -225,6 +225,16 @@ pub trait Backend: Send + Sync {
         Box::pin(async { Ok(CapDecision::Admitted(CapClaim::default())) })
     }
 
+    /// Gives a running session that holds no slots (one created by a release without claims) its
+    /// slots, so it counts against the caps; `Ok(false)` when the caps are already full (it runs
+    /// on, uncounted until slots free up).
+    fn adopt_claim<'a>(
+        &'a self,
+        _request: &'a CapRequest<'a>,
+    ) -> BoxFuture<'a, BackendResult<bool>> {
+        Box::pin(async { Ok(true) })
+    }
+
     /// Hands back the slots of a create that failed (only these objects: a concurrent create of the
     /// same id keeps its own).
     fn release_claim<'a>(&'a self, _claim: &'a CapClaim) -> BoxFuture<'a, BackendResult<()>> {
