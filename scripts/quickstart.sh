@@ -88,6 +88,13 @@ down() {
     [ -z "$volumes" ] || docker volume rm $volumes >/dev/null
     echo "removed session container $c (session $v) and its workspace volume(s): ${volumes:-none}"
   done
+  # The spawners' shared objects on that network (see README "Several spawner replicas"): claim
+  # and network-lock containers, pin marker volumes.
+  prefix=tale-claim-$(printf '%s' "$session_network" | sha256sum | cut -c1-12)
+  markers=$(docker ps -aq --filter "label=tale.claim=$prefix")
+  [ -z "$markers" ] || { docker rm -f $markers >/dev/null && echo "removed the spawners' claim and network-lock containers ($prefix-*)"; }
+  pins=$(docker volume ls -q --filter "label=tale.claim=$prefix")
+  [ -z "$pins" ] || { docker volume rm $pins >/dev/null && echo "removed pin marker volumes ($prefix-pin-*)"; }
   if [ -f "$state/.env" ]; then
     "${compose[@]}" down -v --remove-orphans
     echo "removed the compose project $project (containers, networks $session_network and ${project}_internal, its volumes)"

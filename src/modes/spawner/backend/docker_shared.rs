@@ -488,6 +488,8 @@ mod tests {
     #[test]
     fn slot_names() {
         let prefix = claim_prefix("tale-sandbox-net");
+        // scripts/quickstart.sh computes the same with `sha256sum | cut -c1-12`.
+        assert_eq!(prefix, "tale-claim-e2c10179223d");
         assert!(prefix.starts_with("tale-claim-") && prefix.len() == "tale-claim-".len() + 12);
         assert_ne!(prefix, claim_prefix("other-net"));
         assert_eq!(global_slot(&prefix, 2), format!("{prefix}-g-2"));
