@@ -5,7 +5,7 @@
 //! the runtime from shutting down) and hands chunks over; one forwarder task posts them to
 //! `…/stdin` in order, joining what piled up while a post was in flight; SIGWINCH posts a resize.
 //! The local terminal is in raw mode meanwhile ([`RawMode`], restored when the loop returns).
-use super::client::{CliClient, CliError};
+use super::client::{CliError, CliClient};
 use super::stream::{open, result_code, Target};
 use super::terminal::{local_size, DetachScanner, RawMode};
 use crate::shared::sse::SseParser;
