@@ -119,6 +119,13 @@ down() {
   # volumes (com.docker.compose.project). Containers go first: a network in use cannot be removed.
   remove_labelled container "tale.stack=$stack" session
   remove_labelled container "com.docker.compose.project=$project" "stack $stack"
+  # The spawners' shared objects on that network (see README "Several spawner replicas"): claim
+  # and network-lock containers, pin marker volumes.
+  prefix=tale-claim-$(printf '%s' "$session_network" | sha256sum | cut -c1-12)
+  markers=$(docker ps -aq --filter "label=tale.claim=$prefix")
+  [ -z "$markers" ] || { docker rm -f $markers >/dev/null && echo "removed the spawners' claim and network-lock containers ($prefix-*)"; }
+  pins=$(docker volume ls -q --filter "label=tale.claim=$prefix")
+  [ -z "$pins" ] || { docker volume rm $pins >/dev/null && echo "removed pin marker volumes ($prefix-pin-*)"; }
   remove_labelled volume "tale.stack=$stack" session
   remove_labelled volume "com.docker.compose.project=$project" "stack $stack"
   remove_labelled network "tale.stack=$stack" session

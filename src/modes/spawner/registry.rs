@@ -3,7 +3,7 @@
 //! restart, a crash) loses nothing but the in-flight SSE proxies, which clients re-attach.
 use crate::modes::spawner::runnerd_client::RunnerdClient;
 use crate::shared::protocol::spawner::{Profile, SessionInfo, SessionState};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
 /// One registered session.
@@ -41,7 +41,8 @@ impl SessionEntry {
 #[derive(Default)]
 struct Inner {
     sessions: HashMap<String, SessionEntry>,
-    creating: HashSet<String>,
+    /// Creates in flight on this replica: session → organization.
+    creating: HashMap<String, String>,
     /// Exec proxies running on this replica: session → exec ids → the proxy task.
     proxies: HashMap<String, HashMap<String, tokio::task::AbortHandle>>,
 }
@@ -79,33 +80,33 @@ impl Registry {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Reserves `id` for a create, checking duplicates and both caps under one lock.
-    pub fn admit(
-        &self,
-        id: &str,
-        org: &str,
-        max_sessions: u64,
-        max_per_org: u64,
-    ) -> Result<(), Admission> {
+    /// Reserves `id` for a create, checking duplicates and — when `caps` is given (the backend
+    /// does not arbitrate them) — both caps, in-flight creates included, under one lock.
+    pub fn admit(&self, id: &str, org: &str, caps: Option<(u64, u64)>) -> Result<(), Admission> {
         let mut inner = self.lock();
         if inner.sessions.contains_key(id) {
             return Err(Admission::Duplicate);
         }
-        let total = inner.sessions.len() + inner.creating.len();
-        if total as u64 >= max_sessions {
-            return Err(Admission::SpawnerFull);
-        }
-        let in_org = inner
-            .sessions
-            .values()
-            .filter(|s| s.organization_id == org)
-            .count();
-        if in_org as u64 >= max_per_org {
-            return Err(Admission::OrgFull);
-        }
-        if !inner.creating.insert(id.to_owned()) {
+        if inner.creating.contains_key(id) {
             return Err(Admission::BeingCreated);
         }
+        if let Some((max_sessions, max_per_org)) = caps {
+            let total = inner.sessions.len() + inner.creating.len();
+            if total as u64 >= max_sessions {
+                return Err(Admission::SpawnerFull);
+            }
+            let in_org = inner
+                .sessions
+                .values()
+                .map(|s| &s.organization_id)
+                .chain(inner.creating.values())
+                .filter(|o| *o == org)
+                .count();
+            if in_org as u64 >= max_per_org {
+                return Err(Admission::OrgFull);
+            }
+        }
+        inner.creating.insert(id.to_owned(), org.to_owned());
         Ok(())
     }
 
@@ -116,6 +117,11 @@ impl Registry {
         if let Some(entry) = entry {
             inner.sessions.insert(id.to_owned(), entry);
         }
+    }
+
+    /// Whether a create of `id` is in flight on this replica.
+    pub fn is_creating(&self, id: &str) -> bool {
+        self.lock().creating.contains_key(id)
     }
 
     pub fn insert(&self, entry: SessionEntry) {
@@ -221,17 +227,42 @@ mod tests {
     /// Duplicates, in-flight creates and both caps are refused under one lock.
     #[tokio::test]
     async fn admission_rules() {
+        let caps = Some((3, 2));
         let registry = Registry::default();
-        registry.admit("a", "o", 3, 2).unwrap();
-        assert_eq!(registry.admit("a", "o", 3, 2), Err(Admission::BeingCreated));
+        registry.admit("a", "o", caps).unwrap();
+        assert_eq!(registry.admit("a", "o", caps), Err(Admission::BeingCreated));
         registry.finish_create("a", Some(entry("a", "o")));
-        assert_eq!(registry.admit("a", "o", 3, 2), Err(Admission::Duplicate));
+        assert_eq!(registry.admit("a", "o", caps), Err(Admission::Duplicate));
         registry.insert(entry("b", "o"));
-        assert_eq!(registry.admit("c", "o", 3, 2), Err(Admission::OrgFull));
-        registry.admit("c", "p", 3, 2).unwrap();
-        assert_eq!(registry.admit("d", "q", 3, 2), Err(Admission::SpawnerFull));
+        assert_eq!(registry.admit("c", "o", caps), Err(Admission::OrgFull));
+        registry.admit("c", "p", caps).unwrap();
+        assert_eq!(registry.admit("d", "q", caps), Err(Admission::SpawnerFull));
         registry.finish_create("c", None);
         assert!(!registry.contains("c"));
         assert_eq!(registry.list(Some("o")).len(), 2);
+    }
+
+    /// Creates in flight count against their organization's cap: with a cap of 2, a third
+    /// concurrent create for the org is refused before any finishes (it was admitted before).
+    #[tokio::test]
+    async fn in_flight_creates_count_per_org() {
+        let caps = Some((100, 2));
+        let registry = Registry::default();
+        registry.admit("a", "o", caps).unwrap();
+        registry.admit("b", "o", caps).unwrap();
+        assert_eq!(registry.admit("c", "o", caps), Err(Admission::OrgFull));
+        registry.admit("c", "p", caps).unwrap();
+        registry.finish_create("a", None);
+        registry.admit("d", "o", caps).unwrap();
+    }
+
+    /// Without caps (the backend arbitrates them) only duplicates are refused here.
+    #[tokio::test]
+    async fn backend_arbitrated_caps_skip_counting() {
+        let registry = Registry::default();
+        registry.insert(entry("a", "o"));
+        registry.admit("b", "o", None).unwrap();
+        assert_eq!(registry.admit("b", "o", None), Err(Admission::BeingCreated));
+        assert_eq!(registry.admit("a", "o", None), Err(Admission::Duplicate));
     }
 }

@@ -112,6 +112,13 @@ impl Spawner {
             self.config.limits.max_idle_ms
         };
         let runnerd = self.runnerd_client(&listed.session_id, &endpoint);
+        // A pin recorded in the backend outlives the replica that set it.
+        let pinned = self.backend.persists_pins()
+            && self
+                .backend
+                .is_pinned(&listed.session_id)
+                .await
+                .unwrap_or(true);
         let last_activity = runnerd
             .health()
             .await
@@ -131,7 +138,7 @@ impl Spawner {
             expires_at_ms: listed.created_at_ms.saturating_add(ttl),
             idle_timeout_ms: idle,
             last_activity_at_ms: last_activity,
-            pinned: false,
+            pinned,
             runnerd,
         };
         if self.registry.contains(&entry.session_id) {
@@ -147,12 +154,70 @@ impl Spawner {
         match self.backend.list_sessions(None).await {
             Ok(sessions) => {
                 for listed in sessions.into_iter().filter(|s| s.running) {
+                    if self.backend.arbitrates_caps() {
+                        self.adopt_claim(&listed).await;
+                    }
                     if !self.registry.contains(&listed.session_id) {
                         self.adopt(listed).await;
                     }
                 }
             }
             Err(err) => tracing::warn!(%err, "cannot list backend sessions to adopt"),
+        }
+    }
+
+    /// Makes a running session count against the caps when it holds no claim (an upgrade from a
+    /// release without claims).
+    async fn adopt_claim(&self, listed: &super::backend::ListedSession) {
+        let request = super::backend::CapRequest {
+            session_id: &listed.session_id,
+            organization_id: &listed.organization_id,
+            max_sessions: self.config.max_sessions,
+            max_per_org: self.config.max_sessions_per_org,
+            create_budget: std::time::Duration::from_millis(self.config.create_timeout_ms),
+        };
+        match self.backend.adopt_claim(&request).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(session_id = %listed.session_id, "adopted session is over the caps; it runs on uncounted until slots free up")
+            }
+            Err(err) => {
+                tracing::warn!(session_id = %listed.session_id, %err, "cannot claim cap slots for an adopted session")
+            }
+        }
+    }
+
+    /// Makes the registry match the backend's running sessions (optionally of one org): adopts
+    /// what another replica created, drops what is gone (stopped or destroyed elsewhere). Creates in
+    /// flight on this replica are left to their create. A failed listing leaves the registry as is.
+    pub async fn sync_with_backend(&self, org: Option<&str>) {
+        let listed = match self.backend.list_sessions(org).await {
+            Ok(listed) => listed,
+            Err(err) => {
+                tracing::warn!(%err, "cannot list backend sessions; answering from the registry");
+                return;
+            }
+        };
+        let running: std::collections::HashSet<String> = listed
+            .iter()
+            .filter(|s| s.running)
+            .map(|s| s.session_id.clone())
+            .collect();
+        for entry in self.registry.list(org) {
+            if !running.contains(&entry.session_id) && !self.registry.is_creating(&entry.session_id)
+            {
+                self.registry.remove(&entry.session_id);
+            }
+        }
+        for session in listed.into_iter().filter(|s| s.running) {
+            if !self.registry.contains(&session.session_id)
+                && !self.registry.is_creating(&session.session_id)
+            {
+                if self.backend.arbitrates_caps() {
+                    self.adopt_claim(&session).await;
+                }
+                self.adopt(session).await;
+            }
         }
     }
 

@@ -34,12 +34,23 @@ pub fn decide(
     }
 }
 
-/// One sweep over the registry.
+/// One sweep over the registry (first brought in line with the backend when the backend holds
+/// pins, i.e. when several replicas may share the sessions: each then sweeps every session).
 pub async fn sweep_once(spawner: &Spawner) {
+    let shared = spawner.backend.persists_pins();
+    if shared {
+        spawner.sync_with_backend(None).await;
+    }
     for entry in spawner.registry.list(None) {
-        if entry.pinned || spawner.registry.proxy_count(&entry.session_id) > 0 {
+        if spawner.registry.proxy_count(&entry.session_id) > 0 {
             continue;
         }
+        if entry.pinned && !(shared && unpinned_elsewhere(spawner, &entry.session_id).await) {
+            continue;
+        }
+        let Some(entry) = spawner.registry.get(&entry.session_id) else {
+            continue;
+        };
         let now = crate::shared::clock::now_ms();
         let (last_activity, live) = match entry.runnerd.health().await {
             Ok(health) => {
@@ -66,6 +77,9 @@ pub async fn sweep_once(spawner: &Spawner) {
             continue;
         };
         let _lifecycle = spawner.registry.lifecycle(&entry.session_id).await;
+        if shared && !still_stoppable(spawner, &entry.session_id, cause).await {
+            continue;
+        }
         match spawner.backend.stop_session(&entry.session_id).await {
             Ok(_) => {
                 spawner.registry.remove(&entry.session_id);
@@ -85,6 +99,59 @@ pub async fn sweep_once(spawner: &Spawner) {
                 tracing::warn!(session_id = %entry.session_id, %err, "sweep could not stop session; retrying next sweep")
             }
         }
+    }
+}
+
+/// A pinned entry whose pin another replica removed: unpinned here too, its lifetime restarting
+/// now (as an unpin on this replica does). `false` while the backend still records the pin or
+/// cannot say.
+async fn unpinned_elsewhere(spawner: &Spawner, id: &str) -> bool {
+    if spawner.backend.is_pinned(id).await.unwrap_or(true) {
+        return false;
+    }
+    let expires = crate::shared::clock::now_ms() + spawner.config.limits.max_lifetime_ms;
+    spawner.registry.update(id, |e| {
+        e.pinned = false;
+        e.expires_at_ms = expires;
+    });
+    true
+}
+
+/// Right before a stop (lifecycle lock held): re-checks what another replica may have changed
+/// since the decision — a pin set in the backend, activity or a live exec on runnerd — so a
+/// sweep on any replica never stops a pinned or busy session.
+async fn still_stoppable(spawner: &Spawner, id: &str, cause: StopCause) -> bool {
+    match spawner.backend.is_pinned(id).await {
+        Ok(false) => {}
+        Ok(true) => {
+            spawner.registry.update(id, |e| e.pinned = true);
+            return false;
+        }
+        Err(err) => {
+            tracing::warn!(session_id = id, %err, "cannot read the pin; not stopping");
+            return false;
+        }
+    }
+    let Some(entry) = spawner.registry.get(id) else {
+        return false;
+    };
+    if cause == StopCause::Ttl {
+        return true;
+    }
+    match entry.runnerd.health().await {
+        Ok(health) => {
+            let now = crate::shared::clock::now_ms();
+            decide(
+                now,
+                entry.expires_at_ms,
+                entry.idle_timeout_ms,
+                Some(health.last_activity_at_ms),
+                health.live_execs,
+            )
+            .is_some()
+        }
+        // runnerd unreachable: the idle decision rested on an answer it no longer gives.
+        Err(_) => false,
     }
 }
 

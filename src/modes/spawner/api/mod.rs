@@ -209,7 +209,7 @@ async fn route(spawner: Arc<Spawner>, request: ApiRequest) -> Reply {
     use Method as M;
     match (&method, segments.as_slice()) {
         (&M::POST, ["v1", "sessions"]) => sessions::create(&spawner, &request).await,
-        (&M::GET, ["v1", "sessions"]) => sessions::list(&spawner, &request),
+        (&M::GET, ["v1", "sessions"]) => sessions::list(&spawner, &request).await,
         (&M::POST, ["v1", "execute"]) => execute::execute(spawner, &request).await,
         (_, ["v1", "sessions", id, rest @ ..]) if is_valid_id(id) => {
             let id = id.to_string();

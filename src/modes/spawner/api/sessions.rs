@@ -1,6 +1,6 @@
 //! Session routes: health, create (or resume), list, get, destroy, env, pin.
 use super::{bad_request, not_found, ok, ApiError, ApiRequest, Reply};
-use crate::modes::spawner::backend::SessionSpec;
+use crate::modes::spawner::backend::{CapClaim, CapDecision, CapRequest, SessionSpec};
 use crate::modes::spawner::metrics::Metrics;
 use crate::modes::spawner::registry::{Admission, SessionEntry};
 use crate::modes::spawner::seed;
@@ -76,12 +76,12 @@ pub async fn create_session(
     create: &CreateSession,
 ) -> Result<SessionEntry, ApiError> {
     let id = create.session_id.clone();
-    let admitted = spawner.registry.admit(
-        &id,
-        &create.organization_id,
+    let shared_caps = spawner.backend.arbitrates_caps();
+    let caps = (!shared_caps).then_some((
         spawner.config.max_sessions,
         spawner.config.max_sessions_per_org,
-    );
+    ));
+    let admitted = spawner.registry.admit(&id, &create.organization_id, caps);
     if admitted == Err(Admission::Duplicate) {
         // A retry of a create that died before seeding finished: finish it.
         let _lifecycle = spawner.registry.lifecycle(&id).await;
@@ -115,7 +115,18 @@ pub async fn create_session(
     }
     let started = Instant::now();
     let lifecycle = spawner.registry.lifecycle(&id).await;
-    let result = create_reserved(spawner, create).await;
+    let result = match claim_slots(spawner, create, shared_caps).await {
+        Ok(claim) => {
+            let result = create_reserved(spawner, create).await;
+            if result.is_err() {
+                if let Err(err) = spawner.backend.release_claim(&claim).await {
+                    tracing::warn!(session_id = %id, %err, "could not release the cap claim of a failed create; it will be reclaimed");
+                }
+            }
+            result
+        }
+        Err(refusal) => Err(refusal),
+    };
     drop(lifecycle);
     spawner
         .registry
@@ -136,6 +147,33 @@ pub async fn create_session(
                 .get_or_create(&Metrics::label("reason", reason))
                 .inc();
             Err(refusal)
+        }
+    }
+}
+
+/// Claims the create's cap slots from the backend when it arbitrates them (across replicas).
+async fn claim_slots(
+    spawner: &Spawner,
+    create: &CreateSession,
+    shared_caps: bool,
+) -> Result<CapClaim, (&'static str, ApiError)> {
+    if !shared_caps {
+        return Ok(CapClaim::default());
+    }
+    let request = CapRequest {
+        session_id: &create.session_id,
+        organization_id: &create.organization_id,
+        max_sessions: spawner.config.max_sessions,
+        max_per_org: spawner.config.max_sessions_per_org,
+        create_budget: Duration::from_millis(spawner.config.create_timeout_ms),
+    };
+    match spawner.backend.claim_capacity(&request).await {
+        Ok(CapDecision::Admitted(claim)) => Ok(claim),
+        Ok(CapDecision::SpawnerFull) => Err(("admission", quota("spawner session cap reached"))),
+        Ok(CapDecision::OrgFull) => Err(("admission", quota("org session cap reached"))),
+        Err(err) => {
+            tracing::warn!(session_id = %create.session_id, %err, "cap claim failed");
+            Err(("backend", err.into()))
         }
     }
 }
@@ -253,8 +291,10 @@ async fn finish_unseeded(
     Some(Ok(entry))
 }
 
-pub fn list(spawner: &Spawner, request: &ApiRequest) -> Reply {
+pub async fn list(spawner: &Spawner, request: &ApiRequest) -> Reply {
     let org = request.query("organizationId");
+    // The backend is the truth: sessions another replica created (or stopped) show up here too.
+    spawner.sync_with_backend(org.as_deref()).await;
     let sessions = spawner
         .registry
         .list(org.as_deref())
@@ -363,6 +403,9 @@ pub async fn pin(spawner: &Spawner, id: &str, request: &ApiRequest) -> Reply {
     let pinned = pin_body(&request.json()?)?;
     let max_lifetime = spawner.config.limits.max_lifetime_ms;
     let now = crate::shared::clock::now_ms();
+    if spawner.backend.persists_pins() {
+        spawner.backend.set_pinned(id, pinned).await?;
+    }
     spawner.registry.update(id, |e| {
         if e.pinned && !pinned {
             e.expires_at_ms = now + max_lifetime;

@@ -18,15 +18,15 @@ mod isolation;
 use super::docker_quota::{DiskQuotaConfig, DiskQuotas};
 use super::names::Found;
 use super::{
-    wait_for_runnerd, Backend, BackendError, BackendKind, BackendResult, BoxFuture, ListedSession,
-    SessionSpec,
+    wait_for_runnerd, Backend, BackendError, BackendKind, BackendResult, BoxFuture, CapClaim,
+    CapDecision, CapRequest, ListedSession, SessionSpec,
 };
 use crate::shared::protocol::runnerd as runnerd_protocol;
 use crate::shared::protocol::runnerd::{is_valid_id, DEFAULT_PORT};
 use bollard::errors::Error as DockerError;
 use bollard::models::{
-    ContainerCreateBody, HostConfig, HostConfigLogConfig, Mount, MountType, NetworkCreateRequest,
-    ResourcesUlimits, VolumeCreateRequest,
+    ContainerCreateBody, HostConfig, HostConfigLogConfig, Mount, MountType, ResourcesUlimits,
+    VolumeCreateRequest,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, InspectContainerOptions, ListContainersOptionsBuilder,
@@ -51,6 +51,9 @@ pub const RUNNERD_STATE_PATH: &str = "/run/tale";
 pub const STACK_LABEL: &str = "tale.stack";
 /// Label set on volumes at creation, to tell "created now" from "existed already".
 pub const VOLUME_NONCE_LABEL: &str = "tale.create-nonce";
+/// Starts retried after the engine found the sandbox network name ambiguous (a duplicate another
+/// replica is removing).
+pub const AMBIGUOUS_NETWORK_RETRIES: u32 = 5;
 /// Time allowed for one engine call.
 pub const DOCKER_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -88,9 +91,9 @@ pub struct DockerConfig {
 pub struct DockerBackend {
     docker: Docker,
     config: DockerConfig,
-    /// Serializes network creation: the engine accepts two networks of the same name, and
-    /// concurrent creates would otherwise make one each.
-    network_ready: tokio::sync::OnceCell<()>,
+    /// The id of the sandbox network every replica agreed on (see [`super::docker_shared`]);
+    /// sessions join it by id, so a duplicate name left by anything else cannot make it ambiguous.
+    network_id: tokio::sync::OnceCell<String>,
     /// The sandbox network's subnets and the control sources, learned once.
     network_plan: tokio::sync::OnceCell<isolation::NetworkPlan>,
     quotas: Option<DiskQuotas>,
@@ -157,47 +160,26 @@ impl DockerBackend {
         Ok(DockerBackend {
             docker,
             config,
-            network_ready: tokio::sync::OnceCell::new(),
+            network_id: tokio::sync::OnceCell::new(),
             network_plan: tokio::sync::OnceCell::new(),
             quotas,
         })
     }
 
-    async fn ensure_network(&self) -> BackendResult<()> {
-        self.network_ready
-            .get_or_try_init(|| self.create_network_if_missing())
-            .await
-            .map(|_| ())
+    fn shared(&self) -> super::docker_shared::Shared<'_> {
+        super::docker_shared::Shared {
+            docker: &self.docker,
+            network: &self.config.network,
+            image: &self.config.image,
+            stack_label: self.config.stack_label.as_deref(),
+        }
     }
 
-    async fn create_network_if_missing(&self) -> BackendResult<()> {
-        match self
-            .docker
-            .inspect_network(&self.config.network, None)
+    async fn ensure_network(&self) -> BackendResult<String> {
+        self.network_id
+            .get_or_try_init(|| async { self.shared().converge_network().await })
             .await
-        {
-            Ok(_) => return Ok(()),
-            Err(err) if is_not_found(&err) => {}
-            Err(err) => return Err(engine("cannot inspect the sandbox network")(err)),
-        }
-        let request = NetworkCreateRequest {
-            name: self.config.network.clone(),
-            driver: Some("bridge".into()),
-            internal: Some(true),
-            enable_ipv6: Some(false),
-            labels: Some(
-                self.with_stack(HashMap::from([("tale.sandbox-network".into(), "1".into())])),
-            ),
-            ..Default::default()
-        };
-        match self.docker.create_network(request).await {
-            Ok(_) => {
-                tracing::info!(network = %self.config.network, "created the internal sandbox network");
-                Ok(())
-            }
-            Err(err) if is_conflict(&err) => Ok(()),
-            Err(err) => Err(engine("cannot create the sandbox network")(err)),
-        }
+            .cloned()
     }
 
     /// Creates `name` if missing; returns whether it existed before, and its labels as they are.
@@ -318,7 +300,12 @@ impl DockerBackend {
         Ok((name, preexisting))
     }
 
-    fn container_body(&self, spec: &SessionSpec, volume: &str) -> ContainerCreateBody {
+    fn container_body(
+        &self,
+        spec: &SessionSpec,
+        volume: &str,
+        network_id: &str,
+    ) -> ContainerCreateBody {
         let r = &spec.resources;
         let labels = self.with_stack(HashMap::from([
             (SESSION_LABEL.to_string(), "1".to_string()),
@@ -394,7 +381,7 @@ impl DockerBackend {
             hard: Some(hard as i64),
         };
         let host_config = HostConfig {
-            network_mode: Some(self.config.network.clone()),
+            network_mode: Some(network_id.to_owned()),
             runtime: self.config.runtime.clone(),
             cap_drop: self
                 .config
@@ -453,17 +440,82 @@ impl DockerBackend {
         }
     }
 
-    /// Creates the container under the current name, replacing a dead one of this session's
-    /// (current or legacy name) first; someone else's container in the way is refused.
-    async fn create_container(&self, spec: &SessionSpec, volume: &str) -> BackendResult<()> {
+    /// Starts the container. The engine resolves the network by name at start, so a candidate
+    /// network another replica made while agreeing (and is about to remove) can make it
+    /// "ambiguous": then the duplicates are removed and the start retried.
+    async fn start_container(&self, name: &str, network_id: &str) -> BackendResult<()> {
+        let mut attempt = 0;
+        loop {
+            match self
+                .docker
+                .start_container(
+                    name,
+                    None::<bollard::query_parameters::StartContainerOptions>,
+                )
+                .await
+            {
+                Ok(()) => return Ok(()),
+                Err(err)
+                    if attempt < AMBIGUOUS_NETWORK_RETRIES
+                        && err.to_string().contains("is ambiguous") =>
+                {
+                    attempt += 1;
+                    self.shared().remove_other_networks(network_id).await;
+                    tokio::time::sleep(super::docker_shared::NETWORK_AGREEMENT_RETRY).await;
+                }
+                Err(err) => return Err(engine("cannot start the session container")(err)),
+            }
+        }
+    }
+
+    /// Whether the container holding a session's name is a dead earlier incarnation that a new
+    /// create may replace: it ran and exited, or it was created and never started within a
+    /// create budget (its creator crashed). A container another replica is creating or running
+    /// right now is not: replacing it would delete the winner of a same-id race.
+    async fn is_dead_incarnation(&self, name: &str, create_budget: Duration) -> bool {
+        use bollard::models::ContainerStateStatusEnum as Status;
+        let Ok(inspect) = self
+            .docker
+            .inspect_container(name, None::<InspectContainerOptions>)
+            .await
+        else {
+            return false;
+        };
+        let created_ms = inspect
+            .config
+            .as_ref()
+            .and_then(|c| c.labels.as_ref())
+            .and_then(|l| l.get("tale.created"))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        let age = crate::shared::clock::now_ms().saturating_sub(created_ms);
+        match inspect.state.and_then(|s| s.status) {
+            Some(Status::EXITED | Status::DEAD) => true,
+            Some(Status::CREATED) => {
+                age > (create_budget + super::docker_shared::CLAIM_RECLAIM_GRACE).as_millis() as u64
+            }
+            _ => false,
+        }
+    }
+
+    /// Creates the container under the current name, replacing a dead earlier incarnation of this
+    /// session's (current or legacy name) first; a live one is [`BackendError::Exists`] (the winner
+    /// of a same-id race is never replaced), someone else's container in the way is refused.
+    async fn create_container(
+        &self,
+        spec: &SessionSpec,
+        volume: &str,
+        network_id: &str,
+        deadline: Duration,
+    ) -> BackendResult<()> {
         let id = &spec.session_id;
         let name = container_name(id);
         let options = CreateContainerOptionsBuilder::new().name(&name).build();
         for attempt in 0..2 {
             match self.find_container(id, Some(&spec.organization_id)).await? {
                 Found::Foreign { name } => return Err(mismatch("container", &name, id)),
-                Found::Ours { name, object } => {
-                    if object.state.and_then(|s| s.running).unwrap_or(true) {
+                Found::Ours { name, .. } => {
+                    if !self.is_dead_incarnation(&name, deadline).await {
                         return Err(BackendError::Exists(id.clone()));
                     }
                     self.remove_container(&name).await?;
@@ -472,7 +524,10 @@ impl DockerBackend {
             }
             match self
                 .docker
-                .create_container(Some(options.clone()), self.container_body(spec, volume))
+                .create_container(
+                    Some(options.clone()),
+                    self.container_body(spec, volume, network_id),
+                )
                 .await
             {
                 Ok(_) => return Ok(()),
@@ -547,20 +602,16 @@ impl DockerBackend {
         &self,
         spec: &SessionSpec,
         volume: &str,
+        network_id: &str,
         deadline: Duration,
     ) -> BackendResult<String> {
         let name = container_name(&spec.session_id);
-        self.create_container(spec, volume).await?;
+        self.create_container(spec, volume, network_id, deadline)
+            .await?;
         // Before start: runnerd never runs without its allowlist.
         self.write_allowed_sources(&name).await?;
         crate::modes::spawner::test_hooks::pause_at("before_start").await;
-        self.docker
-            .start_container(
-                &name,
-                None::<bollard::query_parameters::StartContainerOptions>,
-            )
-            .await
-            .map_err(engine("cannot start the session container"))?;
+        self.start_container(&name, network_id).await?;
         crate::modes::spawner::test_hooks::pause_at("after_start").await;
         let url = match self.endpoint(&spec.session_id).await {
             Ok(url) => url,
@@ -621,7 +672,7 @@ impl Backend for DockerBackend {
                     value: spec.organization_id.clone(),
                 });
             }
-            self.ensure_network().await?;
+            let network_id = self.ensure_network().await?;
             let (volume, preexisting) = self.claim_workspace_volume(spec).await?;
             if let Some(prefixes) = &self.config.cache_volume_prefixes {
                 for prefix in prefixes {
@@ -641,7 +692,7 @@ impl Backend for DockerBackend {
                     .await?;
                 }
             }
-            match self.try_create(spec, &volume, deadline).await {
+            match self.try_create(spec, &volume, &network_id, deadline).await {
                 Ok(url) => {
                     tracing::info!(session_id = %spec.session_id, %url, %volume, resumed = preexisting, "docker session ready");
                     Ok(url)
@@ -686,6 +737,7 @@ impl Backend for DockerBackend {
                 Found::Ours { name, .. } => self.remove_container(&name).await?,
                 Found::Absent | Found::Foreign { .. } => false,
             };
+            self.shared().release_session(session_id).await?;
             tracing::info!(
                 session_id,
                 existed,
@@ -702,6 +754,8 @@ impl Backend for DockerBackend {
                 Found::Ours { name, .. } => self.remove_container(&name).await?,
                 Found::Absent | Found::Foreign { .. } => false,
             };
+            self.shared().release_session(session_id).await?;
+            self.shared().set_pinned(session_id, false).await?;
             let had_volume = match self.find_workspace_volume(session_id, None).await? {
                 Found::Ours { name, .. } => self.remove_sized_volume(&name).await?,
                 Found::Absent | Found::Foreign { .. } => false,
@@ -746,6 +800,13 @@ impl Backend for DockerBackend {
             };
             Ok(containers
                 .into_iter()
+                // One engine may host several deployments: ours are on our network.
+                .filter(|c| {
+                    c.network_settings
+                        .as_ref()
+                        .and_then(|n| n.networks.as_ref())
+                        .is_some_and(|n| n.contains_key(&self.config.network))
+                })
                 .filter_map(|c| {
                     let labels = c.labels?;
                     Some(ListedSession {
@@ -766,6 +827,52 @@ impl Backend for DockerBackend {
                 })
                 .collect())
         })
+    }
+
+    fn arbitrates_caps(&self) -> bool {
+        true
+    }
+
+    fn claim_capacity<'a>(
+        &'a self,
+        request: &'a CapRequest<'a>,
+    ) -> BoxFuture<'a, BackendResult<CapDecision>> {
+        Box::pin(async move {
+            if !label_value_ok(request.organization_id) {
+                return Err(BackendError::Invalid {
+                    what: "organization id",
+                    value: request.organization_id.to_owned(),
+                });
+            }
+            self.shared().claim(request).await
+        })
+    }
+
+    fn adopt_claim<'a>(
+        &'a self,
+        request: &'a CapRequest<'a>,
+    ) -> BoxFuture<'a, BackendResult<bool>> {
+        Box::pin(async move { self.shared().adopt(request).await })
+    }
+
+    fn release_claim<'a>(&'a self, claim: &'a CapClaim) -> BoxFuture<'a, BackendResult<()>> {
+        Box::pin(async move { self.shared().release(claim).await })
+    }
+
+    fn persists_pins(&self) -> bool {
+        true
+    }
+
+    fn set_pinned<'a>(
+        &'a self,
+        session_id: &'a str,
+        pinned: bool,
+    ) -> BoxFuture<'a, BackendResult<()>> {
+        Box::pin(async move { self.shared().set_pinned(session_id, pinned).await })
+    }
+
+    fn is_pinned<'a>(&'a self, session_id: &'a str) -> BoxFuture<'a, BackendResult<bool>> {
+        Box::pin(async move { self.shared().is_pinned(session_id).await })
     }
 
     fn health(&self) -> BoxFuture<'_, BackendResult<serde_json::Value>> {
@@ -828,11 +935,11 @@ mod tests {
         .unwrap();
         let mut spec = crate::modes::spawner::backend::kubernetes::manifests::fixtures::spec();
         let tls = spec.runnerd_tls.clone().unwrap();
-        let env = backend.container_body(&spec, "vol").env.unwrap();
+        let env = backend.container_body(&spec, "vol", "net").env.unwrap();
         assert!(env.contains(&format!("TALE_RUNNERD_TLS_CERT={}", tls.cert_pem())));
         assert!(env.contains(&format!("TALE_RUNNERD_TLS_KEY={}", tls.key_pem())));
         spec.runnerd_tls = None;
-        let env = backend.container_body(&spec, "vol").env.unwrap();
+        let env = backend.container_body(&spec, "vol", "net").env.unwrap();
         assert!(!env.iter().any(|e| e.starts_with("TALE_RUNNERD_TLS")));
         let _ = std::fs::remove_file(&socket);
     }

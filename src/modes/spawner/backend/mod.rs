@@ -7,6 +7,7 @@
 //! keeps the workspace; only `destroy_session` deletes a workspace.
 pub mod docker;
 pub mod docker_quota;
+pub mod docker_shared;
 pub mod kubernetes;
 pub mod local;
 pub mod names;
@@ -104,6 +105,32 @@ pub struct ListedSession {
     pub running: bool,
 }
 
+/// The caps a create must fit in, for a backend that arbitrates them (see
+/// [`Backend::arbitrates_caps`]).
+#[derive(Clone, Debug)]
+pub struct CapRequest<'a> {
+    pub session_id: &'a str,
+    pub organization_id: &'a str,
+    pub max_sessions: u64,
+    pub max_per_org: u64,
+    /// How long a create may take: a claim older than this whose session is not running is orphaned.
+    pub create_budget: std::time::Duration,
+}
+
+/// The backend objects holding a create's cap slots.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CapClaim {
+    pub objects: Vec<String>,
+}
+
+/// A backend's answer to a cap claim.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CapDecision {
+    Admitted(CapClaim),
+    SpawnerFull,
+    OrgFull,
+}
+
 /// What went wrong in a backend.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -197,6 +224,56 @@ pub trait Backend: Send + Sync {
         &'a self,
         organization_id: Option<&'a str>,
     ) -> BoxFuture<'a, BackendResult<Vec<ListedSession>>>;
+
+    /// Whether the backend itself arbitrates the caps (atomically, across replicas): then the
+    /// spawner claims slots with [`Backend::claim_capacity`] instead of counting its registry.
+    fn arbitrates_caps(&self) -> bool {
+        false
+    }
+
+    /// Claims one per-organization and one global slot for a create. Stopping or destroying the
+    /// session releases its slots; a create that fails hands them back with [`Backend::release_claim`].
+    fn claim_capacity<'a>(
+        &'a self,
+        _request: &'a CapRequest<'a>,
+    ) -> BoxFuture<'a, BackendResult<CapDecision>> {
+        Box::pin(async { Ok(CapDecision::Admitted(CapClaim::default())) })
+    }
+
+    /// Gives a running session that holds no slots (one created by a release without claims) its
+    /// slots, so it counts against the caps; `Ok(false)` when the caps are already full (it runs
+    /// on, uncounted until slots free up).
+    fn adopt_claim<'a>(
+        &'a self,
+        _request: &'a CapRequest<'a>,
+    ) -> BoxFuture<'a, BackendResult<bool>> {
+        Box::pin(async { Ok(true) })
+    }
+
+    /// Hands back the slots of a create that failed (only these objects: a concurrent create of the
+    /// same id keeps its own).
+    fn release_claim<'a>(&'a self, _claim: &'a CapClaim) -> BoxFuture<'a, BackendResult<()>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Whether pins live in the backend (they outlive the process and every replica sees them).
+    fn persists_pins(&self) -> bool {
+        false
+    }
+
+    /// Records the session's pin in the backend (only when [`Backend::persists_pins`]).
+    fn set_pinned<'a>(
+        &'a self,
+        _session_id: &'a str,
+        _pinned: bool,
+    ) -> BoxFuture<'a, BackendResult<()>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// The session's pin as the backend records it (`false` when it does not record pins).
+    fn is_pinned<'a>(&'a self, _session_id: &'a str) -> BoxFuture<'a, BackendResult<bool>> {
+        Box::pin(async { Ok(false) })
+    }
 
     /// A short health description of the engine (e.g. the Docker server version).
     fn health(&self) -> BoxFuture<'_, BackendResult<serde_json::Value>>;
@@ -293,12 +370,11 @@ mod tests {
             .unwrap()
             .port();
         let started = tokio::time::Instant::now();
+        let mut spec = super::kubernetes::manifests::fixtures::spec();
+        spec.runnerd_tls = None;
         let error = wait_for_runnerd(
             &format!("http://127.0.0.1:{port}"),
-            &SessionSpec {
-                runnerd_tls: None,
-                ..super::kubernetes::manifests::fixtures::spec()
-            },
+            &spec,
             std::time::Duration::from_secs(5),
             || async { Ok(()) },
         )

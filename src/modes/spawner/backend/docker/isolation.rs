@@ -93,10 +93,11 @@ impl DockerBackend {
     }
 
     async fn read_network_plan(&self) -> BackendResult<NetworkPlan> {
-        self.ensure_network().await?;
+        // By id: the name can stand for several networks while replicas agree on one.
+        let network_id = self.ensure_network().await?;
         let network = self
             .docker
-            .inspect_network(&self.config.network, None)
+            .inspect_network(&network_id, None)
             .await
             .map_err(engine("cannot inspect the sandbox network"))?;
         let configs = network.ipam.and_then(|i| i.config).unwrap_or_default();
