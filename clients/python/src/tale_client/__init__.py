@@ -39,13 +39,16 @@ from .types import (
     OutputEvent,
     PhaseEvent,
     PinResult,
+    ResizeResult,
     ResultEvent,
     SessionInfo,
     SkippedPath,
     StagedFile,
     StageFile,
     StageResult,
+    StdinMode,
     StdinResult,
+    TerminalSize,
     UnknownEvent,
 )
 
@@ -54,8 +57,9 @@ __all__ = [
     "Client", "Conflict", "CopyResult", "CredentialResult", "DeleteResult", "DestroyResult", "DirEntry",
     "EnvResult", "ErrorEvent", "Event", "ExecOutput", "ExecResult", "ExecStatus", "ExecStream",
     "GapEvent", "NotFound", "OutputEvent", "PayloadTooLarge", "PhaseEvent", "PinResult",
-    "ReconnectPolicy", "ResultEvent", "RetryPolicy", "SessionInfo", "SkippedPath", "StageFile",
-    "StageResult", "StagedFile", "StdinResult", "StreamInterrupted", "TaleError",
+    "ReconnectPolicy", "ResizeResult", "ResultEvent", "RetryPolicy", "SessionInfo", "SkippedPath", "StageFile",
+    "StageResult", "StagedFile", "StdinMode", "StdinResult", "StreamInterrupted", "TaleError",
+    "TerminalSize",
     "TooManyRequests", "Unauthorized", "Unavailable", "UnknownEvent", "UpstreamError", "sign",
     "signed_headers", "signing_string",
 ]

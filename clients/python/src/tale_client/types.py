@@ -69,7 +69,33 @@ class EnvResult:
 @dataclass(frozen=True)
 class StdinResult:
     """``ok`` false carries runnerd's ``reason``: ``NOT_FOUND``, ``STDIN_CLOSED``, ``BAD_LINE``,
-    ``WRITE_FAILED``."""
+    ``WRITE_FAILED``, ``TOO_LARGE`` (a raw-stdin write over 1 MiB)."""
+
+    ok: bool
+    reason: Optional[str]
+    raw: Json = field(repr=False, compare=False, default_factory=dict)
+
+
+StdinMode = Literal["close", "hold", "raw"]
+"""How an exec's stdin is kept: ``close`` after the initial bytes, ``hold`` open for one JSON line
+per write, ``raw`` open for any bytes (a pty exec's stdin is always raw)."""
+
+
+@dataclass(frozen=True)
+class TerminalSize:
+    """A pty size in character cells, each 1–1000 (the spawner refuses others with 400)."""
+
+    cols: int
+    rows: int
+
+    def to_json(self) -> Json:
+        return {"cols": self.cols, "rows": self.rows}
+
+
+@dataclass(frozen=True)
+class ResizeResult:
+    """``ok`` false carries runnerd's ``reason``: ``NOT_FOUND`` (no live exec) or
+    ``NOT_A_TERMINAL`` (the exec runs without a pty)."""
 
     ok: bool
     reason: Optional[str]
