@@ -24,6 +24,7 @@ import type {
   ExecuteOptions,
   GitCredential,
   PinResult,
+  ResizeResult,
   SessionInfo,
   StageFile,
   StageResult,
@@ -154,7 +155,12 @@ function execBody(execId: string, o: ExecOptions): Record<string, unknown> {
   if (o.cwd !== undefined) body.cwd = o.cwd;
   if (o.env) body.env = o.env;
   if (o.stdin !== undefined) body.stdinBase64 = toBase64(o.stdin);
+  if (o.holdStdin && (o.stdinMode ?? "hold") !== "hold") {
+    throw new TaleError(`holdStdin contradicts stdinMode "${o.stdinMode}"`);
+  }
   if (o.holdStdin) body.stdinMode = "hold";
+  else if (o.stdinMode !== undefined) body.stdinMode = o.stdinMode;
+  if (o.pty !== undefined) body.pty = { cols: o.pty.cols, rows: o.pty.rows };
   if (o.timeoutMs !== undefined) body.timeoutMs = o.timeoutMs;
   if (o.collectOutput !== undefined) body.collectOutput = o.collectOutput;
   return body;
@@ -451,7 +457,10 @@ export class TaleClient {
     return new ExecStream(this, sessionId, execId, undefined, attach, new Cursor(false, options.sinceSeq ?? 0));
   }
 
-  /** Writes to an exec started with `holdStdin`; `eof` closes its stdin. */
+  /**
+   * Writes to an exec whose stdin is held (one JSON line per write) or raw (any bytes, at most
+   * 1 MiB per write; keys for a pty exec); `eof` closes its stdin.
+   */
   writeStdin(
     sessionId: string,
     execId: string,
@@ -462,6 +471,14 @@ export class TaleClient {
     if (data !== undefined) body.b64 = toBase64(data);
     if (options.eof) body.eof = true;
     return this.call("POST", sessionPath(sessionId, "exec", execId, "stdin"), body, (_s, j) => j);
+  }
+
+  /**
+   * Sets a pty exec's terminal size (its foreground programs get SIGWINCH); `ok: false` with
+   * `NOT_FOUND` / `NOT_A_TERMINAL`; `BadRequest` for a size outside 1–1000.
+   */
+  resize(sessionId: string, execId: string, cols: number, rows: number): Promise<ResizeResult> {
+    return this.call("POST", sessionPath(sessionId, "exec", execId, "resize"), { cols, rows }, (_s, j) => j);
   }
 
   cancel(sessionId: string, execId: string): Promise<CancelResult> {
