@@ -44,10 +44,13 @@ async def aread_until(events: AsyncIterator[Event], text: str, needle: str) -> s
 
 def test_pty_exec_sees_its_resize(client: Client, session: str) -> None:
     """A pty exec reports the size it was started with, then the size a resize set; the keys that
-    let it go on reach it through its raw stdin (a typed carriage return ends `read`)."""
+    let it go on reach it through its raw stdin (a typed carriage return ends `read`); the exec
+    list marks it as a terminal."""
     stream = client.exec(session, shell=STTY_TWICE, pty=TerminalSize(cols=80, rows=24), exec_id="tty1")
     events = iter(stream)
     text = read_until(events, "", "24 80")
+    listed = [(e.exec_id, e.state, e.exit_code, e.pty) for e in client.list_execs(session)]
+    assert listed == [("tty1", "running", None, True)]
     resized = client.resize(session, "tty1", 100, 30)
     assert (resized.ok, resized.reason) == (True, None)
     assert client.write_stdin(session, "tty1", b"\r").ok
@@ -56,6 +59,7 @@ def test_pty_exec_sees_its_resize(client: Client, session: str) -> None:
     for _ in events:
         pass
     assert stream.result is not None and stream.result.exit_code == 0
+    assert [(e.state, e.exit_code) for e in client.list_execs(session)] == [("exited", 0)]
     # The exec is gone now: a resize names why it did nothing.
     assert client.resize(session, "tty1", 90, 20).reason == "NOT_FOUND"
 
@@ -79,6 +83,7 @@ def test_terminal_refusals(client: Client, session: str) -> None:
     stream = client.exec(session, ["cat"], stdin_mode="raw", exec_id="pipes")
     events = iter(stream)
     next(events)
+    assert [(e.exec_id, e.pty) for e in client.list_execs(session)] == [("pipes", False)]
     refused = client.resize(session, "pipes", 80, 24)
     assert (refused.ok, refused.reason) == (False, "NOT_A_TERMINAL")
     with pytest.raises(BadRequest) as too_wide:
@@ -102,6 +107,7 @@ def test_async_pty_resize_and_raw_stdin(spawner_url: str) -> None:
                 stream = client.exec(sid, shell=STTY_TWICE, pty=TerminalSize(cols=70, rows=20), exec_id="atty")
                 events = stream.__aiter__()
                 text = await aread_until(events, "", "20 70")
+                assert [(e.exec_id, e.pty) for e in await client.list_execs(sid)] == [("atty", True)]
                 assert (await client.resize(sid, "atty", 120, 40)).ok
                 assert (await client.write_stdin(sid, "atty", b"\r")).ok
                 await aread_until(events, text, "40 120")

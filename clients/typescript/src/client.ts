@@ -22,6 +22,7 @@ import type {
   ExecOutput,
   ExecResult,
   ExecStatus,
+  ExecSummary,
   ExecuteOptions,
   GitCredential,
   PinResult,
@@ -410,6 +411,11 @@ export class TaleClient {
    */
   resize(sessionId: string, execId: string, cols: number, rows: number): Promise<ResizeResult> {
     return this.call("POST", sessionPath(sessionId, "exec", execId, "resize"), { cols, rows }, (_s, j) => j);
+  }
+
+  /** The session's live and retained execs, oldest start first. */
+  listExecs(sessionId: string): Promise<ExecSummary[]> {
+    return this.call("GET", sessionPath(sessionId, "exec"), undefined, (_s, j) => j.execs);
   }
 
   cancel(sessionId: string, execId: string): Promise<CancelResult> {

@@ -68,6 +68,16 @@ export interface StdinResult {
   reason?: StdinRefusal;
 }
 
+/** One of a session's live or retained execs (`listExecs`); `exitCode` null while running or when a signal ended it. */
+export interface ExecSummary {
+  execId: string;
+  state: "running" | "exited";
+  startedAtMs: number;
+  exitCode: number | null;
+  /** Present (true) for an exec on a pty. */
+  pty?: boolean;
+}
+
 export interface CancelResult {
   killed: boolean;
 }

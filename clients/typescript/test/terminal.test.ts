@@ -41,11 +41,13 @@ async function drain(events: AsyncIterator<ExecEvent>): Promise<void> {
   while (!(await events.next()).done);
 }
 
-test("a pty exec sees its resize; keys reach it through raw stdin", { skip }, async () => {
+test("a pty exec sees its resize; keys reach it through raw stdin; the exec list marks it", { skip }, async () => {
   await withSession(async (client, sid) => {
     const stream = client.exec(sid, { shell: STTY_TWICE, pty: { cols: 80, rows: 24 }, execId: "tty1" });
     const events = stream[Symbol.asyncIterator]();
     let text = await readUntil(events, "", "24 80");
+    const listed = (await client.listExecs(sid)).map((e) => [e.execId, e.state, e.exitCode, e.pty]);
+    assert.deepEqual(listed, [["tty1", "running", null, true]]);
     assert.deepEqual(await client.resize(sid, "tty1", 100, 30), { ok: true });
     // A typed carriage return ends `read`.
     assert.ok((await client.writeStdin(sid, "tty1", new Uint8Array([13]))).ok);
@@ -53,6 +55,7 @@ test("a pty exec sees its resize; keys reach it through raw stdin", { skip }, as
     assert.ok(text.indexOf("24 80") < text.indexOf("30 100"), text);
     await drain(events);
     assert.equal(stream.result?.exitCode, 0);
+    assert.deepEqual((await client.listExecs(sid)).map((e) => [e.state, e.exitCode]), [["exited", 0]]);
     // The exec is gone now: a resize names why it did nothing.
     assert.deepEqual(await client.resize(sid, "tty1", 90, 20), { ok: false, reason: "NOT_FOUND" });
   });
@@ -78,6 +81,7 @@ test("terminal refusals: a pipe exec, a size out of bounds, a pty with held stdi
     const stream = client.exec(sid, { command: ["cat"], stdinMode: "raw", execId: "pipes" });
     const events = stream[Symbol.asyncIterator]();
     await events.next();
+    assert.deepEqual((await client.listExecs(sid)).map((e) => [e.execId, e.pty ?? false]), [["pipes", false]]);
     assert.deepEqual(await client.resize(sid, "pipes", 80, 24), { ok: false, reason: "NOT_A_TERMINAL" });
     await assert.rejects(client.resize(sid, "pipes", 1001, 24), (err: unknown) => {
       assert.ok(err instanceof BadRequest);

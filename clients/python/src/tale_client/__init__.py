@@ -35,6 +35,7 @@ from .types import (
     ExecOutput,
     ExecResult,
     ExecStatus,
+    ExecSummary,
     GapEvent,
     OutputEvent,
     PhaseEvent,
@@ -54,12 +55,12 @@ from .types import (
 
 __all__ = [
     "AgentEvent", "ApiError", "AsyncClient", "AsyncExecStream", "BadRequest", "CancelResult",
-    "Client", "Conflict", "CopyResult", "CredentialResult", "DeleteResult", "DestroyResult", "DirEntry",
-    "EnvResult", "ErrorEvent", "Event", "ExecOutput", "ExecResult", "ExecStatus", "ExecStream",
-    "GapEvent", "NotFound", "OutputEvent", "PayloadTooLarge", "PhaseEvent", "PinResult",
-    "ReconnectPolicy", "ResizeResult", "ResultEvent", "RetryPolicy", "SessionInfo", "SkippedPath", "StageFile",
-    "StageResult", "StagedFile", "StdinMode", "StdinResult", "StreamInterrupted", "TaleError",
-    "TerminalSize",
-    "TooManyRequests", "Unauthorized", "Unavailable", "UnknownEvent", "UpstreamError", "sign",
-    "signed_headers", "signing_string",
+    "Client", "Conflict", "CopyResult", "CredentialResult", "DeleteResult", "DestroyResult",
+    "DirEntry", "EnvResult", "ErrorEvent", "Event", "ExecOutput", "ExecResult", "ExecStatus",
+    "ExecStream", "ExecSummary", "GapEvent", "NotFound", "OutputEvent", "PayloadTooLarge",
+    "PhaseEvent", "PinResult", "ReconnectPolicy", "ResizeResult", "ResultEvent", "RetryPolicy",
+    "SessionInfo", "SkippedPath", "StageFile", "StageResult", "StagedFile", "StdinMode",
+    "StdinResult", "StreamInterrupted", "TaleError", "TerminalSize", "TooManyRequests",
+    "Unauthorized", "Unavailable", "UnknownEvent", "UpstreamError", "sign", "signed_headers",
+    "signing_string",
 ]

@@ -18,6 +18,7 @@ from .types import (
     DirEntry,
     EnvResult,
     ExecStatus,
+    ExecSummary,
     Json,
     PinResult,
     ResizeResult,
@@ -216,6 +217,15 @@ def exec_status(session_id: str, exec_id: str) -> Call[ExecStatus]:
         return ExecStatus.from_json(j)
 
     return Call("GET", session_path(session_id, "exec", exec_id), None, read, frozenset({404}))
+
+
+def list_execs(session_id: str) -> Call[List[ExecSummary]]:
+    return Call(
+        "GET",
+        session_path(session_id, "exec"),
+        None,
+        lambda s, j, b: [ExecSummary.from_json(e) for e in j.get("execs") or []],
+    )
 
 
 class _NotAnAnswer(Exception):

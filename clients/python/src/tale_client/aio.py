@@ -35,6 +35,7 @@ from .types import (
     ExecOutput,
     ExecResult,
     ExecStatus,
+    ExecSummary,
     GapEvent,
     Json,
     OutputEvent,
@@ -347,6 +348,10 @@ class AsyncClient:
         """Sets a pty exec's terminal size (its foreground programs get SIGWINCH); ``ok`` false
         with ``NOT_FOUND`` / ``NOT_A_TERMINAL``, ``BadRequest`` for a size outside 1–1000."""
         return await self._call(routes.resize(session_id, exec_id, cols, rows))
+
+    async def list_execs(self, session_id: str) -> List[ExecSummary]:
+        """The session's live and retained execs, oldest start first."""
+        return await self._call(routes.list_execs(session_id))
 
     async def cancel(self, session_id: str, exec_id: str) -> CancelResult:
         return await self._call(routes.cancel(session_id, exec_id))

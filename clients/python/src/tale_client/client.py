@@ -35,6 +35,7 @@ from .types import (
     ExecOutput,
     ExecResult,
     ExecStatus,
+    ExecSummary,
     GapEvent,
     Json,
     OutputEvent,
@@ -345,6 +346,10 @@ class Client:
         """Sets a pty exec's terminal size (its foreground programs get SIGWINCH); ``ok`` false
         with ``NOT_FOUND`` / ``NOT_A_TERMINAL``, ``BadRequest`` for a size outside 1–1000."""
         return self._call(routes.resize(session_id, exec_id, cols, rows))
+
+    def list_execs(self, session_id: str) -> List[ExecSummary]:
+        """The session's live and retained execs, oldest start first."""
+        return self._call(routes.list_execs(session_id))
 
     def cancel(self, session_id: str, exec_id: str) -> CancelResult:
         return self._call(routes.cancel(session_id, exec_id))

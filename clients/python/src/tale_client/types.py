@@ -130,6 +130,30 @@ class ExecStatus:
 
 
 @dataclass(frozen=True)
+class ExecSummary:
+    """One of a session's live or retained execs (``list_execs``): ``state`` ``running`` or
+    ``exited``; ``exit_code`` None while running or when a signal ended it; ``pty`` for a terminal."""
+
+    exec_id: str
+    state: str
+    started_at_ms: int
+    exit_code: Optional[int]
+    pty: bool
+    raw: Json = field(repr=False, compare=False, default_factory=dict)
+
+    @staticmethod
+    def from_json(data: Json) -> "ExecSummary":
+        return ExecSummary(
+            exec_id=str(data.get("execId", "")),
+            state=str(data.get("state", "")),
+            started_at_ms=int(data.get("startedAtMs", 0)),
+            exit_code=_opt_int(data.get("exitCode")),
+            pty=bool(data.get("pty", False)),
+            raw=data,
+        )
+
+
+@dataclass(frozen=True)
 class StagedFile:
     path: str
     bytes: int
