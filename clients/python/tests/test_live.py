@@ -44,7 +44,7 @@ PRODUCER = (
 )
 
 
-# runnerd's /stdin takes one JSON line per write (until its raw mode lands).
+# Held stdin (`hold_stdin`) takes one JSON line per write; raw stdin is tested in test_terminal.py.
 LINE_ONE = '{"line":1}\n'
 KEY = '{"key":"k"}\n'
 

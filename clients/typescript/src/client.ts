@@ -4,6 +4,7 @@ import { Cursor } from "./cursor.js";
 import { apiError, StreamInterrupted, TaleError, ApiError } from "./errors.js";
 import { signedHeaders } from "./signing.js";
 import { SseParser } from "./sse.js";
+import { encode, execBody, newId, sessionPath, stageItem, toBase64, withQuery } from "./requests.js";
 import type {
   AgentEventData,
   AgentRunOptions,
@@ -21,9 +22,11 @@ import type {
   ExecOutput,
   ExecResult,
   ExecStatus,
+  ExecSummary,
   ExecuteOptions,
   GitCredential,
   PinResult,
+  ResizeResult,
   SessionInfo,
   StageFile,
   StageResult,
@@ -77,51 +80,9 @@ interface StreamCall {
 const NOT_AN_ANSWER = Symbol("not an answer");
 type Reader<T> = (status: number, json: any, bytes: Uint8Array) => T | typeof NOT_AN_ANSWER;
 
-const encoder = new TextEncoder();
-
 function env(name: string): string | undefined {
   const proc = (globalThis as { process?: { env?: Record<string, string | undefined> } }).process;
   return proc?.env?.[name];
-}
-
-function encode(body: unknown): Uint8Array {
-  return encoder.encode(JSON.stringify(body));
-}
-
-function seg(value: string): string {
-  return encodeURIComponent(value);
-}
-
-function sessionPath(sessionId: string, ...rest: string[]): string {
-  return ["/v1/sessions", seg(sessionId), ...rest.map(seg)].join("/");
-}
-
-function withQuery(path: string, params: Record<string, string | undefined>): string {
-  const query = new URLSearchParams();
-  for (const [k, v] of Object.entries(params)) if (v !== undefined) query.set(k, v);
-  const text = query.toString();
-  return text ? `${path}?${text}` : path;
-}
-
-export function toBase64(data: string | Uint8Array): string {
-  const bytes = typeof data === "string" ? encoder.encode(data) : data;
-  let binary = "";
-  for (let i = 0; i < bytes.length; i += 0x8000) {
-    binary += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
-  }
-  return btoa(binary);
-}
-
-export function fromBase64(text: string): Uint8Array {
-  const binary = atob(text);
-  const out = new Uint8Array(binary.length);
-  for (let i = 0; i < binary.length; i++) out[i] = binary.charCodeAt(i);
-  return out;
-}
-
-function newId(prefix: string): string {
-  const bytes = crypto.getRandomValues(new Uint8Array(8));
-  return `${prefix}-${Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("")}`;
 }
 
 function sleep(ms: number): Promise<void> {
@@ -142,29 +103,6 @@ function retryAfter(response: Response): number | undefined {
   if (value === null) return undefined;
   const seconds = Number(value);
   return Number.isFinite(seconds) ? seconds : undefined;
-}
-
-function execBody(execId: string, o: ExecOptions): Record<string, unknown> {
-  if ((o.command === undefined) === (o.shell === undefined)) {
-    throw new TaleError("exactly one of command or shell is required");
-  }
-  const body: Record<string, unknown> = { execId };
-  if (o.command !== undefined) body.command = o.command;
-  if (o.shell !== undefined) body.shell = o.shell;
-  if (o.cwd !== undefined) body.cwd = o.cwd;
-  if (o.env) body.env = o.env;
-  if (o.stdin !== undefined) body.stdinBase64 = toBase64(o.stdin);
-  if (o.holdStdin) body.stdinMode = "hold";
-  if (o.timeoutMs !== undefined) body.timeoutMs = o.timeoutMs;
-  if (o.collectOutput !== undefined) body.collectOutput = o.collectOutput;
-  return body;
-}
-
-function stageItem(file: StageFile): Record<string, unknown> {
-  const item: Record<string, unknown> = { path: file.path };
-  if (file.url !== undefined) item.url = file.url;
-  if (file.content !== undefined) item.contentBase64 = toBase64(file.content);
-  return item;
 }
 
 /** A transport failure (connection refused or cut, timeout) rather than an answer. */
@@ -451,7 +389,10 @@ export class TaleClient {
     return new ExecStream(this, sessionId, execId, undefined, attach, new Cursor(false, options.sinceSeq ?? 0));
   }
 
-  /** Writes to an exec started with `holdStdin`; `eof` closes its stdin. */
+  /**
+   * Writes to an exec whose stdin is held (one JSON line per write) or raw (any bytes, at most
+   * 1 MiB per write; keys for a pty exec); `eof` closes its stdin.
+   */
   writeStdin(
     sessionId: string,
     execId: string,
@@ -462,6 +403,19 @@ export class TaleClient {
     if (data !== undefined) body.b64 = toBase64(data);
     if (options.eof) body.eof = true;
     return this.call("POST", sessionPath(sessionId, "exec", execId, "stdin"), body, (_s, j) => j);
+  }
+
+  /**
+   * Sets a pty exec's terminal size (its foreground programs get SIGWINCH); `ok: false` with
+   * `NOT_FOUND` / `NOT_A_TERMINAL`; `BadRequest` for a size outside 1–1000.
+   */
+  resize(sessionId: string, execId: string, cols: number, rows: number): Promise<ResizeResult> {
+    return this.call("POST", sessionPath(sessionId, "exec", execId, "resize"), { cols, rows }, (_s, j) => j);
+  }
+
+  /** The session's live and retained execs, oldest start first. */
+  listExecs(sessionId: string): Promise<ExecSummary[]> {
+    return this.call("GET", sessionPath(sessionId, "exec"), undefined, (_s, j) => j.execs);
   }
 
   cancel(sessionId: string, execId: string): Promise<CancelResult> {

@@ -3,7 +3,8 @@
  * nonce; exec and agent-run streams resume transparently after a dropped connection, each event
  * delivered once; journal gaps arrive as `gap` events. No runtime dependencies.
  */
-export { TaleClient, ExecStream, DEFAULT_URL, toBase64, fromBase64 } from "./client.js";
+export { TaleClient, ExecStream, DEFAULT_URL } from "./client.js";
+export { toBase64, fromBase64 } from "./requests.js";
 export type { ClientOptions, RetryPolicy, ReconnectPolicy } from "./client.js";
 export {
   TaleError,

@@ -42,11 +42,40 @@ export interface EnvResult {
   denied: string[];
 }
 
-export type StdinRefusal = "NOT_FOUND" | "STDIN_CLOSED" | "BAD_LINE" | "WRITE_FAILED";
+/** `TOO_LARGE`: a write to a raw stdin decoded to more than 1 MiB. */
+export type StdinRefusal = "NOT_FOUND" | "STDIN_CLOSED" | "BAD_LINE" | "WRITE_FAILED" | "TOO_LARGE";
+
+/**
+ * How an exec's stdin is kept: `close` after the initial bytes, `hold` open for one JSON line per
+ * write, `raw` open for any bytes (a pty exec's stdin is always raw).
+ */
+export type StdinMode = "close" | "hold" | "raw";
+
+/** A pty size in character cells, each 1–1000 (the spawner refuses others with 400). */
+export interface TerminalSize {
+  cols: number;
+  rows: number;
+}
+
+/** `ok: false` when no live exec has the id (`NOT_FOUND`) or it runs without a pty (`NOT_A_TERMINAL`). */
+export interface ResizeResult {
+  ok: boolean;
+  reason?: "NOT_FOUND" | "NOT_A_TERMINAL";
+}
 
 export interface StdinResult {
   ok: boolean;
   reason?: StdinRefusal;
+}
+
+/** One of a session's live or retained execs (`listExecs`); `exitCode` null while running or when a signal ended it. */
+export interface ExecSummary {
+  execId: string;
+  state: "running" | "exited";
+  startedAtMs: number;
+  exitCode: number | null;
+  /** Present (true) for an exec on a pty. */
+  pty?: boolean;
 }
 
 export interface CancelResult {
@@ -122,8 +151,12 @@ export interface ExecOptions {
   env?: Record<string, string>;
   /** Written to stdin, which is then closed (unless `holdStdin`). */
   stdin?: string | Uint8Array;
-  /** Keep stdin open for `writeStdin`. */
+  /** Keep stdin open for `writeStdin` (the same as `stdinMode: "hold"`). */
   holdStdin?: boolean;
+  /** `raw` keeps stdin open for any bytes (no newline needed). */
+  stdinMode?: StdinMode;
+  /** Run on a terminal of this size: its output all arrives as `stdout`, its stdin is raw. */
+  pty?: TerminalSize;
   timeoutMs?: number;
   /** Collect output into the result (default true; false = unlimited, live stream only). */
   collectOutput?: boolean;

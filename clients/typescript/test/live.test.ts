@@ -79,7 +79,7 @@ async function until(events: AsyncIterator<ExecEvent>, stop: (e: ExecEvent) => b
   }
 }
 
-// runnerd's /stdin takes one JSON line per write (until its raw mode lands).
+// Held stdin (`holdStdin`) takes one JSON line per write; raw stdin is tested in terminal.test.ts.
 const LINE_ONE = '{"line":1}\n';
 const KEY = '{"key":"k"}\n';
 

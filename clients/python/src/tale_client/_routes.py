@@ -18,14 +18,18 @@ from .types import (
     DirEntry,
     EnvResult,
     ExecStatus,
+    ExecSummary,
     Json,
     PinResult,
+    ResizeResult,
     SessionInfo,
     SkippedPath,
     StagedFile,
     StageFile,
     StageResult,
+    StdinMode,
     StdinResult,
+    TerminalSize,
 )
 
 T = TypeVar("T")
@@ -161,9 +165,14 @@ def exec_body(
     hold_stdin: bool,
     timeout_ms: Optional[int],
     collect_output: Optional[bool],
+    *,
+    stdin_mode: Optional[StdinMode] = None,
+    pty: Optional[TerminalSize] = None,
 ) -> Json:
     if (command is None) == (shell is None):
         raise BadRequest(400, "bad_request", "exactly one of command or shell is required")
+    if hold_stdin and stdin_mode not in (None, "hold"):
+        raise BadRequest(400, "bad_request", f"hold_stdin contradicts stdin_mode {stdin_mode!r}")
     body: Json = {"execId": exec_id}
     if command is not None:
         body["command"] = list(command)
@@ -177,6 +186,10 @@ def exec_body(
         body["stdinBase64"] = base64.b64encode(as_bytes(stdin)).decode()
     if hold_stdin:
         body["stdinMode"] = "hold"
+    elif stdin_mode is not None:
+        body["stdinMode"] = stdin_mode
+    if pty is not None:
+        body["pty"] = pty.to_json()
     if timeout_ms is not None:
         body["timeoutMs"] = timeout_ms
     if collect_output is not None:
@@ -206,6 +219,15 @@ def exec_status(session_id: str, exec_id: str) -> Call[ExecStatus]:
     return Call("GET", session_path(session_id, "exec", exec_id), None, read, frozenset({404}))
 
 
+def list_execs(session_id: str) -> Call[List[ExecSummary]]:
+    return Call(
+        "GET",
+        session_path(session_id, "exec"),
+        None,
+        lambda s, j, b: [ExecSummary.from_json(e) for e in j.get("execs") or []],
+    )
+
+
 class _NotAnAnswer(Exception):
     """Raised by a reader when a listed status turned out to be an error after all."""
 
@@ -230,6 +252,15 @@ def stdin(session_id: str, exec_id: str, data: Optional[Union[bytes, str]], eof:
     if eof:
         body["eof"] = True
     return Call("POST", session_path(session_id, "exec", exec_id, "stdin"), encode(body), _stdin_result)
+
+
+def resize(session_id: str, exec_id: str, cols: int, rows: int) -> Call[ResizeResult]:
+    return Call(
+        "POST",
+        session_path(session_id, "exec", exec_id, "resize"),
+        encode({"cols": cols, "rows": rows}),
+        lambda s, j, b: ResizeResult(bool(j.get("ok")), j.get("reason"), j),
+    )
 
 
 def stage_files(session_id: str, files: Sequence[StageFile]) -> Call[StageResult]:

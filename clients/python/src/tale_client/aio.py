@@ -35,15 +35,19 @@ from .types import (
     ExecOutput,
     ExecResult,
     ExecStatus,
+    ExecSummary,
     GapEvent,
     Json,
     OutputEvent,
     PinResult,
+    ResizeResult,
     ResultEvent,
     SessionInfo,
     StageFile,
     StageResult,
+    StdinMode,
     StdinResult,
+    TerminalSize,
 )
 
 T = TypeVar("T")
@@ -294,13 +298,20 @@ class AsyncClient:
         env: Optional[Mapping[str, str]] = None,
         stdin: Optional[Union[bytes, str]] = None,
         hold_stdin: bool = False,
+        stdin_mode: Optional[StdinMode] = None,
+        pty: Optional[TerminalSize] = None,
         timeout_ms: Optional[int] = None,
         collect_output: Optional[bool] = None,
     ) -> AsyncExecStream:
-        """Starts ``command`` (argv) or ``shell`` in the session; returns its resumable stream."""
+        """Starts ``command`` (argv) or ``shell`` in the session; returns its resumable stream.
+
+        ``hold_stdin`` is ``stdin_mode="hold"``; ``stdin_mode="raw"`` keeps stdin open for any
+        bytes. ``pty`` runs it on a terminal of that size (its output all arrives as ``stdout``,
+        its stdin is raw)."""
         exec_id = exec_id or routes.new_id("exec")
         body = routes.exec_body(
-            exec_id, command, shell, cwd, env, stdin, hold_stdin, timeout_ms, collect_output
+            exec_id, command, shell, cwd, env, stdin, hold_stdin, timeout_ms, collect_output,
+            stdin_mode=stdin_mode, pty=pty,
         )
         return AsyncExecStream(
             self,
@@ -329,8 +340,18 @@ class AsyncClient:
         *,
         eof: bool = False,
     ) -> StdinResult:
-        """Writes to an exec started with ``hold_stdin``; ``eof`` closes its stdin."""
+        """Writes to an exec whose stdin is held (one JSON line per write) or raw (any bytes, at
+        most 1 MiB per write; keys for a pty exec); ``eof`` closes its stdin."""
         return await self._call(routes.stdin(session_id, exec_id, data, eof))
+
+    async def resize(self, session_id: str, exec_id: str, cols: int, rows: int) -> ResizeResult:
+        """Sets a pty exec's terminal size (its foreground programs get SIGWINCH); ``ok`` false
+        with ``NOT_FOUND`` / ``NOT_A_TERMINAL``, ``BadRequest`` for a size outside 1–1000."""
+        return await self._call(routes.resize(session_id, exec_id, cols, rows))
+
+    async def list_execs(self, session_id: str) -> List[ExecSummary]:
+        """The session's live and retained execs, oldest start first."""
+        return await self._call(routes.list_execs(session_id))
 
     async def cancel(self, session_id: str, exec_id: str) -> CancelResult:
         return await self._call(routes.cancel(session_id, exec_id))

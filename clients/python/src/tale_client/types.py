@@ -69,7 +69,33 @@ class EnvResult:
 @dataclass(frozen=True)
 class StdinResult:
     """``ok`` false carries runnerd's ``reason``: ``NOT_FOUND``, ``STDIN_CLOSED``, ``BAD_LINE``,
-    ``WRITE_FAILED``."""
+    ``WRITE_FAILED``, ``TOO_LARGE`` (a raw-stdin write over 1 MiB)."""
+
+    ok: bool
+    reason: Optional[str]
+    raw: Json = field(repr=False, compare=False, default_factory=dict)
+
+
+StdinMode = Literal["close", "hold", "raw"]
+"""How an exec's stdin is kept: ``close`` after the initial bytes, ``hold`` open for one JSON line
+per write, ``raw`` open for any bytes (a pty exec's stdin is always raw)."""
+
+
+@dataclass(frozen=True)
+class TerminalSize:
+    """A pty size in character cells, each 1–1000 (the spawner refuses others with 400)."""
+
+    cols: int
+    rows: int
+
+    def to_json(self) -> Json:
+        return {"cols": self.cols, "rows": self.rows}
+
+
+@dataclass(frozen=True)
+class ResizeResult:
+    """``ok`` false carries runnerd's ``reason``: ``NOT_FOUND`` (no live exec) or
+    ``NOT_A_TERMINAL`` (the exec runs without a pty)."""
 
     ok: bool
     reason: Optional[str]
@@ -99,6 +125,30 @@ class ExecStatus:
             state=str(data.get("state", "")),
             started_at_ms=_opt_int(data.get("startedAtMs")),
             exit_code=_opt_int(data.get("exitCode")),
+            raw=data,
+        )
+
+
+@dataclass(frozen=True)
+class ExecSummary:
+    """One of a session's live or retained execs (``list_execs``): ``state`` ``running`` or
+    ``exited``; ``exit_code`` None while running or when a signal ended it; ``pty`` for a terminal."""
+
+    exec_id: str
+    state: str
+    started_at_ms: int
+    exit_code: Optional[int]
+    pty: bool
+    raw: Json = field(repr=False, compare=False, default_factory=dict)
+
+    @staticmethod
+    def from_json(data: Json) -> "ExecSummary":
+        return ExecSummary(
+            exec_id=str(data.get("execId", "")),
+            state=str(data.get("state", "")),
+            started_at_ms=int(data.get("startedAtMs", 0)),
+            exit_code=_opt_int(data.get("exitCode")),
+            pty=bool(data.get("pty", False)),
             raw=data,
         )
 
