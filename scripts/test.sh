@@ -24,4 +24,5 @@ scripts/build-agent-image.sh "$TALE_AGENT_IMAGE"
 scripts/build-images.sh --local spawner egress
 cargo build --locked --benches          # benchmarks must build; they run with scripts/bench.sh
 scripts/test-fast.sh --check-tiers       # every suite of tests/ sorted into a tier
-cargo test --locked --lib --bins --tests "$@"
+# --no-fail-fast: a failing suite does not hide the results of the ones after it.
+cargo test --locked --no-fail-fast --lib --bins --tests "$@"
