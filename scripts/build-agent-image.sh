@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the agent session image (default tag tale-agent-runtime:latest) without any container
-# registry: the local Debian base (scripts/build-local-base.sh) with bash, git and CA certificates,
+# registry: the local Debian base (scripts/build-local-base.sh) with bash, git, CA certificates, e2fsprogs and mount (the disk-quota helper runs from the session image),
 # the static `tale` (runnerd as the entrypoint, git's credential helper), and the native binaries of
 # the three agent CLIs at the versions the Dockerfile pins — Claude Code, OpenCode and Codex — taken
 # from their npm packages (scripts/setup.sh installs them globally), without node or node_modules.
@@ -67,7 +67,7 @@ put "$bin" "$ctx/tale"
 cat > "$ctx/Dockerfile" <<DOCKERFILE
 FROM $base
 RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \\
-      git ca-certificates >/dev/null && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin \\
+      git ca-certificates e2fsprogs mount >/dev/null && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin \\
     && echo 'agent:x:10001:10001:agent:/workspace/.home:/bin/bash' >> /etc/passwd \\
     && echo 'agent:x:10001:' >> /etc/group \\
     && git config --system credential.helper tale

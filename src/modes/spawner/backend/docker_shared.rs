@@ -121,6 +121,15 @@ impl Shared<'_> {
         }
     }
 
+    /// Whether the image markers are made from is absent from the engine.
+    async fn image_missing(&self) -> BackendResult<bool> {
+        match self.docker.inspect_image(self.image).await {
+            Ok(_) => Ok(false),
+            Err(err) if status_of(&err) == Some(404) => Ok(true),
+            Err(err) => Err(engine("cannot inspect the session image")(err)),
+        }
+    }
+
     /// Removes a container by id (so a same-named successor is never touched); gone is fine.
     async fn remove_by_id(&self, id: &str) -> BackendResult<()> {
         let options = RemoveContainerOptionsBuilder::new().force(true).build();
@@ -151,6 +160,13 @@ impl Shared<'_> {
                 }
             }
             let candidate = self.candidate_network().await?;
+            if self.image_missing().await? {
+                // Markers are containers, and a container needs an image. Without the session image
+                // every create fails anyway (502, the engine's reason); the spawner still serves
+                // (health, listing) on its candidate; a restart once the image exists takes the lock.
+                tracing::warn!(image = %self.image, network = %self.network, id = %candidate, "the session image is missing: using this replica's network without the lock until it exists");
+                return Ok(candidate);
+            }
             let labels = HashMap::from([
                 (CLAIM_LABEL.to_string(), self.prefix()),
                 (NETWORK_ID_LABEL.to_string(), candidate.clone()),
