@@ -12,44 +12,9 @@ mod support;
 use hyper::{Method, StatusCode};
 use serde_json::json;
 use std::process::Command;
+use support::docker::{docker, test_image};
 use support::proc_net;
 use support::spawner::{result, stdout_text, SpawnerProcess};
-
-fn docker(args: &[&str]) -> (bool, String) {
-    let output = Command::new("docker").args(args).output().unwrap();
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).trim().to_string(),
-    )
-}
-
-/// The session image: `TALE_TEST_IMAGE` (scripts/test.sh), else built as `tale-test-runtime:latest`.
-fn test_image() -> String {
-    assert!(
-        docker(&["version", "--format", "{{.Server.Version}}"]).0,
-        "Docker is required for these tests (run scripts/setup.sh)"
-    );
-    if let Ok(tag) = std::env::var("TALE_TEST_IMAGE") {
-        assert!(
-            docker(&["image", "inspect", &tag]).0,
-            "{tag} does not exist"
-        );
-        return tag;
-    }
-    let root = env!("CARGO_MANIFEST_DIR");
-    let tag = "tale-test-runtime:latest";
-    let built = Command::new(format!("{root}/scripts/build-test-image.sh"))
-        .arg(tag)
-        .current_dir(root)
-        .output()
-        .unwrap();
-    assert!(
-        built.status.success(),
-        "{}",
-        String::from_utf8_lossy(&built.stderr)
-    );
-    tag.into()
-}
 
 /// Everything the test creates in Docker, removed on drop.
 struct Objects {
@@ -94,7 +59,7 @@ impl Drop for InputRule {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sessions_reach_neither_the_control_plane_nor_each_other() {
-    let image = test_image();
+    let image = test_image().to_string();
     let tag = std::process::id();
     let (a, b) = (format!("isoa{tag}"), format!("isob{tag}"));
     let mut objects = Objects {

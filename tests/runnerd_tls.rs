@@ -10,23 +10,13 @@ use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-use support::runnerd::{free_port, poll};
+use support::runnerd::{free_port, poll, tls_scratch};
 use support::spawner::{result, stdout_text, SpawnerProcess, SANDBOX_TOKEN};
 use tale::modes::spawner::runnerd_client::RunnerdClient;
 use tale::shared::protocol::runnerd::{ExecEvent, ExecRequest};
 use tale::shared::tls::SessionTls;
 
 const TOKEN: &str = "tls-test-token";
-
-fn scratch(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "tale-tls-{tag}-{}-{}",
-        std::process::id(),
-        free_port()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// A `tale runnerd` serving TLS with `tls`; killed and its directory removed on drop.
 struct TlsRunnerd {
@@ -37,7 +27,7 @@ struct TlsRunnerd {
 
 impl TlsRunnerd {
     fn start(tls: &SessionTls) -> TlsRunnerd {
-        let dir = scratch("runnerd");
+        let dir = tls_scratch("runnerd");
         std::fs::create_dir_all(dir.join("ws")).unwrap();
         let port = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_tale"))

@@ -8,7 +8,7 @@ mod support;
 use hyper::{Method, StatusCode};
 use serde_json::json;
 use std::time::Duration;
-use support::docker::{docker, test_image};
+use support::docker::{docker, network_name, test_image};
 use support::runnerd::poll;
 use support::spawner::{result, stdout_text, SpawnerProcess};
 
@@ -16,28 +16,9 @@ fn unique(tag: &str) -> String {
     format!("{tag}{}", std::process::id())
 }
 
+/// A spawner on the docker backend with its own fresh network.
 async fn docker_spawner(extra: &[(&str, &str)]) -> SpawnerProcess {
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    // One network per spawner: tests run in parallel and the engine allows duplicate names.
-    let network = format!(
-        "tale-test-net-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    );
-    let mut env: Vec<(String, String)> = vec![
-        ("SANDBOX_BACKEND".into(), "docker".into()),
-        ("SANDBOX_RUNTIME_IMAGE".into(), test_image().into()),
-        ("SANDBOX_EGRESS_NETWORK".into(), network),
-        ("SANDBOX_EGRESS_PROXY".into(), "none".into()),
-        ("SANDBOX_CACHE_VOLUMES".into(), "0".into()),
-    ];
-    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    let root = std::env::temp_dir().join(format!(
-        "tale-docker-{}-{}",
-        std::process::id(),
-        support::runnerd::free_port()
-    ));
-    SpawnerProcess::start(root, env).await
+    support::docker::docker_spawner(&network_name(), extra).await
 }
 
 /// Removes whatever a test left behind for a session id.

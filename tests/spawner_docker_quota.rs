@@ -11,42 +11,11 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
+use support::docker::{docker, test_image};
 use support::runnerd::poll;
 use support::spawner::{result, stdout_text, SpawnerProcess};
 
 const MIB: u64 = 1 << 20;
-
-/// The session image: `TALE_TEST_IMAGE`, else the usual test tag (built when missing). The quota
-/// helper runs in it too (busybox: `truncate`, `mke2fs`, `losetup`).
-fn test_image() -> String {
-    let ping = Command::new("docker").args(["version"]).output();
-    assert!(
-        ping.as_ref().is_ok_and(|o| o.status.success()),
-        "Docker is required for these tests: {ping:?}"
-    );
-    if let Ok(tag) = std::env::var("TALE_TEST_IMAGE") {
-        return tag;
-    }
-    let tag = "tale-test-runtime:latest".to_string();
-    if !docker(&["image", "inspect", &tag]).0 {
-        let root = env!("CARGO_MANIFEST_DIR");
-        let built = Command::new(format!("{root}/scripts/build-test-image.sh"))
-            .arg(&tag)
-            .current_dir(root)
-            .output()
-            .unwrap();
-        assert!(built.status.success(), "building the test image failed");
-    }
-    tag
-}
-
-fn docker(args: &[&str]) -> (bool, String) {
-    let output = Command::new("docker").args(args).output().unwrap();
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).trim().to_string(),
-    )
-}
 
 /// Loop devices (`/dev/loopN`) whose backing file is named `file_name`, read from sysfs.
 fn loops_backed_by(file_name: &str) -> Vec<String> {
@@ -139,7 +108,7 @@ async fn workspace_and_cache_quotas_hold() {
     };
     let network = format!("tale-test-net-quota-{pid}");
     let _network = NetworkGuard(network.clone());
-    let image = test_image();
+    let image = test_image().to_string();
     let env: Vec<(String, String)> = [
         ("SANDBOX_BACKEND", "docker"),
         ("SANDBOX_RUNTIME_IMAGE", image.as_str()),
@@ -279,7 +248,7 @@ async fn workspace_and_cache_quotas_hold() {
 #[tokio::test(flavor = "multi_thread")]
 async fn failed_create_frees_the_quota() {
     let pid = std::process::id();
-    let image = test_image();
+    let image = test_image().to_string();
     let dying = format!("tale-test-dying-disk-quota:{pid}");
     let build = std::env::temp_dir().join(format!("tale-dying-quota-{pid}"));
     std::fs::create_dir_all(&build).unwrap();

@@ -6,43 +6,8 @@ mod support;
 
 use hyper::{Method, StatusCode};
 use serde_json::json;
-use std::process::Command;
-use std::sync::OnceLock;
+use support::docker::{docker, test_image};
 use support::spawner::{stdout_text, SpawnerClient, SpawnerProcess};
-
-/// The session image: `TALE_TEST_IMAGE`, else the one `scripts/build-test-image.sh` builds.
-fn test_image() -> &'static str {
-    static IMAGE: OnceLock<String> = OnceLock::new();
-    IMAGE.get_or_init(|| {
-        assert!(
-            docker(&["version"]).0,
-            "Docker is required for these tests (run scripts/setup.sh)"
-        );
-        if let Ok(tag) = std::env::var("TALE_TEST_IMAGE") {
-            assert!(
-                docker(&["image", "inspect", &tag]).0,
-                "{tag} does not exist"
-            );
-            return tag;
-        }
-        let root = env!("CARGO_MANIFEST_DIR");
-        let built = Command::new(format!("{root}/scripts/build-test-image.sh"))
-            .arg("tale-test-runtime:latest")
-            .current_dir(root)
-            .output()
-            .unwrap();
-        assert!(built.status.success(), "building the test image failed");
-        "tale-test-runtime:latest".into()
-    })
-}
-
-fn docker(args: &[&str]) -> (bool, String) {
-    let output = Command::new("docker").args(args).output().unwrap();
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).trim().to_string(),
-    )
-}
 
 fn lines(text: &str) -> Vec<String> {
     text.lines()

@@ -8,18 +8,8 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
-use support::runnerd::{free_port, poll};
+use support::runnerd::{free_port, poll, tls_scratch};
 use support::spawner::{now_ms, SANDBOX_TOKEN};
-
-fn scratch(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "tale-tls-{tag}-{}-{}",
-        std::process::id(),
-        free_port()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// A CA, a certificate for 127.0.0.1 signed by it, and an unrelated CA, made with `openssl`.
 struct Pki {
@@ -28,7 +18,7 @@ struct Pki {
 
 impl Pki {
     fn make() -> Pki {
-        let dir = scratch("pki");
+        let dir = tls_scratch("pki");
         let openssl = |args: &[&str]| {
             let out = Command::new("openssl")
                 .args(args)
@@ -148,7 +138,7 @@ fn spawner_command(root: &Path, port: u16, extra: &[(&str, &Path)]) -> Command {
 #[tokio::test(flavor = "multi_thread")]
 async fn spawner_api_over_tls_to_curl() {
     let pki = Pki::make();
-    let root = scratch("spawner");
+    let root = tls_scratch("spawner");
     let port = free_port();
     let log = root.join("spawner.log");
     let mut child = spawner_command(

@@ -48,31 +48,12 @@ pub struct AgentStack {
 pub fn agent_image() -> &'static str {
     static IMAGE: OnceLock<String> = OnceLock::new();
     IMAGE.get_or_init(|| {
-        let (engine, version) = docker(&["version", "--format", "{{.Server.Version}}"]);
-        assert!(
-            engine,
-            "Docker is required for the Docker agent tests (run scripts/setup.sh): {version}"
-        );
-        if let Ok(tag) = std::env::var("TALE_AGENT_IMAGE") {
-            assert!(
-                docker(&["image", "inspect", &tag]).0,
-                "TALE_AGENT_IMAGE={tag} does not exist"
-            );
-            return tag;
-        }
-        let tag = "tale-agent-runtime:latest".to_string();
-        let root = env!("CARGO_MANIFEST_DIR");
-        let built = Command::new(format!("{root}/scripts/build-agent-image.sh"))
-            .arg(&tag)
-            .current_dir(root)
-            .output()
-            .unwrap();
-        assert!(
-            built.status.success(),
-            "building the agent image failed: {}",
-            String::from_utf8_lossy(&built.stderr)
-        );
-        tag
+        super::docker::local_image(
+            "TALE_AGENT_IMAGE",
+            "tale-agent-runtime:latest",
+            "build-agent-image.sh",
+            "agent",
+        )
     })
 }
 

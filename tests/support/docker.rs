@@ -11,34 +11,44 @@ use std::sync::OnceLock;
 pub fn test_image() -> &'static str {
     static IMAGE: OnceLock<String> = OnceLock::new();
     IMAGE.get_or_init(|| {
-        let ping = Command::new("docker")
-            .args(["version", "--format", "{{.Server.Version}}"])
-            .output();
-        assert!(
-            ping.as_ref().is_ok_and(|o| o.status.success()),
-            "Docker is required for these tests (run scripts/setup.sh): {ping:?}"
-        );
-        if let Ok(tag) = std::env::var("TALE_TEST_IMAGE") {
-            assert!(
-                docker(&["image", "inspect", &tag]).0,
-                "TALE_TEST_IMAGE={tag} does not exist"
-            );
-            return tag;
-        }
-        let tag = "tale-test-runtime:latest".to_string();
-        let root = env!("CARGO_MANIFEST_DIR");
-        let built = Command::new(format!("{root}/scripts/build-test-image.sh"))
-            .arg(&tag)
-            .current_dir(root)
-            .output()
-            .unwrap();
-        assert!(
-            built.status.success(),
-            "building the test image failed: {}",
-            String::from_utf8_lossy(&built.stderr)
-        );
-        tag
+        local_image(
+            "TALE_TEST_IMAGE",
+            "tale-test-runtime:latest",
+            "build-test-image.sh",
+            "test",
+        )
     })
+}
+
+/// A session image: the tag in `env_var` when set (it must exist), else `default_tag` built with
+/// `scripts/<script>`. Asserts the engine answers first, so a missing Docker fails clearly.
+pub fn local_image(env_var: &str, default_tag: &str, script: &str, what: &str) -> String {
+    let ping = Command::new("docker")
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .output();
+    assert!(
+        ping.as_ref().is_ok_and(|o| o.status.success()),
+        "Docker is required for these tests (run scripts/setup.sh): {ping:?}"
+    );
+    if let Ok(tag) = std::env::var(env_var) {
+        assert!(
+            docker(&["image", "inspect", &tag]).0,
+            "{env_var}={tag} does not exist"
+        );
+        return tag;
+    }
+    let root = env!("CARGO_MANIFEST_DIR");
+    let built = Command::new(format!("{root}/scripts/{script}"))
+        .arg(default_tag)
+        .current_dir(root)
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "building the {what} image failed: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    default_tag.to_string()
 }
 
 /// Runs `docker ARGS`: (success, trimmed stdout).

@@ -81,6 +81,18 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A fresh directory for a TLS suite under the temp dir, created: `tale-tls-<tag>-<pid>-<n>` (a free port keeps
+/// parallel tests of one binary apart).
+pub fn tls_scratch(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "tale-tls-{tag}-{}-{}",
+        std::process::id(),
+        free_port()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 impl Runnerd {
     pub async fn start(options: Options) -> Runnerd {
         let base = unique_dir("runnerd");

@@ -320,11 +320,21 @@ impl RunnerdClient {
         path: &str,
     ) -> Result<Option<T>, RunnerdError> {
         let none: Option<&()> = None;
+        self.call_unless_404(Method::GET, path, none).await
+    }
+
+    /// A call answered 200 with a `T`, or 404 (`None`: the path, or the route, is not there).
+    async fn call_unless_404<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<Option<T>, RunnerdError> {
         let (status, value) = self
             .call::<serde_json::Value>(
-                Method::GET,
+                method,
                 path,
-                none,
+                body,
                 &[StatusCode::OK, StatusCode::NOT_FOUND],
                 RUNNERD_CALL_TIMEOUT,
             )
@@ -343,21 +353,8 @@ impl RunnerdClient {
         let mark = SeedMark {
             digest: digest.to_owned(),
         };
-        let (status, value) = self
-            .call::<serde_json::Value>(
-                Method::PUT,
-                "/seed",
-                Some(&mark),
-                &[StatusCode::OK, StatusCode::NOT_FOUND],
-                RUNNERD_CALL_TIMEOUT,
-            )
-            .await?;
-        if status == StatusCode::NOT_FOUND {
-            return Ok(None);
-        }
-        serde_json::from_value(value)
-            .map(Some)
-            .map_err(RunnerdError::Decode)
+        self.call_unless_404(Method::PUT, "/seed", Some(&mark))
+            .await
     }
 
     /// Stages files. The body is generic: the spawner forwards the platform's stage body as it came

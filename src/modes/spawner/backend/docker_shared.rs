@@ -17,7 +17,7 @@
 //! replicas of a deployment share `SANDBOX_EGRESS_NETWORK`.
 use super::{BackendError, BackendResult, CapClaim, CapDecision, CapRequest};
 use bollard::errors::Error as DockerError;
-use bollard::models::{ContainerCreateBody, HostConfig, NetworkCreateRequest};
+use bollard::models::{ContainerCreateBody, ContainerSummary, HostConfig, NetworkCreateRequest};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, InspectContainerOptions, ListContainersOptionsBuilder,
     ListNetworksOptionsBuilder, RemoveContainerOptionsBuilder,
@@ -330,16 +330,10 @@ impl Shared<'_> {
 
     /// Claim containers of this deployment: name → (id, session, created ms).
     async fn claims(&self) -> BackendResult<HashMap<String, (String, String, u64)>> {
-        let filters = HashMap::from([("label", vec![format!("{CLAIM_LABEL}={}", self.prefix())])]);
-        let options = ListContainersOptionsBuilder::new()
-            .all(true)
-            .filters(&filters)
-            .build();
+        let label = format!("{CLAIM_LABEL}={}", self.prefix());
         let listed = self
-            .docker
-            .list_containers(Some(options))
-            .await
-            .map_err(engine("cannot list claim containers"))?;
+            .labelled_containers(label, true, "cannot list claim containers")
+            .await?;
         Ok(listed
             .into_iter()
             .filter_map(|c| {
@@ -385,20 +379,32 @@ impl Shared<'_> {
 
     /// Ids of sessions with a running container.
     async fn running_sessions(&self) -> BackendResult<HashSet<String>> {
-        let filters =
-            HashMap::from([("label", vec![format!("{}=1", super::docker::SESSION_LABEL)])]);
-        let options = ListContainersOptionsBuilder::new()
-            .filters(&filters)
-            .build();
+        let label = format!("{}=1", super::docker::SESSION_LABEL);
         let listed = self
-            .docker
-            .list_containers(Some(options))
-            .await
-            .map_err(engine("cannot list session containers"))?;
+            .labelled_containers(label, false, "cannot list session containers")
+            .await?;
         Ok(listed
             .into_iter()
             .filter_map(|c| c.labels?.remove("tale.session"))
             .collect())
+    }
+
+    /// Containers carrying `label` (`key=value`): stopped ones too when `all`.
+    async fn labelled_containers(
+        &self,
+        label: String,
+        all: bool,
+        context: &'static str,
+    ) -> BackendResult<Vec<ContainerSummary>> {
+        let filters = HashMap::from([("label", vec![label])]);
+        let options = ListContainersOptionsBuilder::new()
+            .all(all)
+            .filters(&filters)
+            .build();
+        self.docker
+            .list_containers(Some(options))
+            .await
+            .map_err(engine(context))
     }
 
     /// Claims slots for a running session that holds none (created by a release without claims).

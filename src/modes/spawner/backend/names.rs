@@ -208,17 +208,23 @@ mod tests {
         assert!(session_base_name(&long, NameRules::Docker).starts_with(HASHED_PREFIX));
     }
 
+    /// Asserts `name(id, rules)` for each `(id, rules, expected)`.
+    fn expect_names(name: fn(&str, NameRules) -> String, cases: &[(&str, NameRules, &str)]) {
+        for &(id, rules, expected) in cases {
+            assert_eq!(name(id, rules), expected, "{id} under {rules:?}");
+        }
+    }
+
     /// Plain names where the engine allows them, hashed otherwise, always within a DNS label, and
     /// always valid for the engine.
     #[test]
     fn shapes() {
-        assert_eq!(
-            session_base_name("Ses_1", NameRules::Docker),
-            "tale-sbx-ses-Ses_1"
-        );
-        assert_eq!(
-            session_base_name("ses-1", NameRules::Kubernetes),
-            "tale-sbx-ses-ses-1"
+        expect_names(
+            session_base_name,
+            &[
+                ("Ses_1", NameRules::Docker, "tale-sbx-ses-Ses_1"),
+                ("ses-1", NameRules::Kubernetes, "tale-sbx-ses-ses-1"),
+            ],
         );
         for id in ["Ses_1", "ses-", "ses_1", &"a".repeat(51)] {
             let name = session_base_name(id, NameRules::Kubernetes);
@@ -263,13 +269,16 @@ mod tests {
     #[test]
     fn legacy_names() {
         // sha1("abc") = a9993e364706816aba3e25717850c26c9cd0d89d
-        assert_eq!(
-            legacy_base_name("abc", NameRules::Kubernetes),
-            "tale-sbx-ses-a9993e364706816a"
-        );
-        assert_eq!(
-            legacy_base_name("abc", NameRules::Docker),
-            "tale-sbx-ses-abc"
+        expect_names(
+            legacy_base_name,
+            &[
+                (
+                    "abc",
+                    NameRules::Kubernetes,
+                    "tale-sbx-ses-a9993e364706816a",
+                ),
+                ("abc", NameRules::Docker, "tale-sbx-ses-abc"),
+            ],
         );
         assert_eq!(
             candidate_base_names("abc", NameRules::Docker),

@@ -32,6 +32,21 @@ pub struct PodPlacement {
     pub image_pull_policy: String,
 }
 
+/// Nothing set but the default pull policy: what a configuration without any placement variable
+/// gives each profile.
+impl Default for PodPlacement {
+    fn default() -> Self {
+        PodPlacement {
+            image_pull_secrets: vec![],
+            node_selector: BTreeMap::new(),
+            tolerations: vec![],
+            priority_class: None,
+            runtime_class: None,
+            image_pull_policy: DEFAULT_IMAGE_PULL_POLICY.into(),
+        }
+    }
+}
+
 // Every field compares totally (strings, maps, tolerations of strings and integers); k8s-openapi
 // derives only `PartialEq` on `Toleration`.
 impl Eq for PodPlacement {}
@@ -230,13 +245,15 @@ mod tests {
     fn placement_defaults() {
         let p = placements(&[]).unwrap();
         let expected = PodPlacement {
-            image_pull_secrets: vec![],
-            node_selector: BTreeMap::new(),
-            tolerations: vec![],
-            priority_class: None,
-            runtime_class: None,
             image_pull_policy: "IfNotPresent".into(),
+            ..PodPlacement::default()
         };
+        assert_eq!(expected.image_pull_secrets, Vec::<String>::new());
+        assert!(expected.node_selector.is_empty() && expected.tolerations.is_empty());
+        assert_eq!(
+            (&expected.priority_class, &expected.runtime_class),
+            (&None, &None)
+        );
         assert_eq!((&p.default, &p.agent), (&expected, &expected));
     }
 

@@ -98,12 +98,8 @@ mod tests {
         assert_eq!(pod["spec"]["containers"][0]["imagePullPolicy"], "Always");
 
         let empty = PodPlacement {
-            image_pull_secrets: vec![],
-            node_selector: BTreeMap::new(),
-            tolerations: vec![],
-            priority_class: None,
-            runtime_class: None,
             image_pull_policy: "IfNotPresent".into(),
+            ..PodPlacement::default()
         };
         let mut plain = manifests::pod(&default_spec, &config());
         plain.spec.as_mut().unwrap().runtime_class_name = None;
