@@ -33,7 +33,11 @@ async fn crash_during_create_never_leaves_a_ready_session_without_its_seed() {
             .collect(),
         network: network.clone(),
     };
-    let mut spawner = docker_spawner(&network, &[]).await;
+    // A short create budget: a container a crashed create made but never started counts as dead
+    // (replaceable by a retry) only once it is older than the budget plus the reclaim grace —
+    // before that it could be another replica's create in flight (README, "same-id races").
+    let mut spawner =
+        docker_spawner(&network, &[("SANDBOX_SESSION_CREATE_TIMEOUT_MS", "15000")]).await;
     for (index, (point, running)) in POINTS.into_iter().enumerate() {
         let id = format!("seedcrash{}x{index}", std::process::id());
         let seed = format!("planted-{point}");
@@ -100,9 +104,22 @@ async fn crash_during_create_never_leaves_a_ready_session_without_its_seed() {
             assert_eq!(status, StatusCode::NOT_FOUND, "{point}: {got}");
         }
 
-        let (status, created) = c
-            .json(Method::POST, "/v1/sessions", Some(body.clone()))
-            .await;
+        // The retry succeeds at once, except after a crash before start: then it is refused as a
+        // duplicate until the never-started container is provably dead (budget + grace), and
+        // succeeds after. Polled with a deadline.
+        let retry_deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+        let (status, created) = loop {
+            let (status, created) = c
+                .json(Method::POST, "/v1/sessions", Some(body.clone()))
+                .await;
+            let waiting = !running
+                && status == StatusCode::CONFLICT
+                && std::time::Instant::now() < retry_deadline;
+            if !waiting {
+                break (status, created);
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        };
         assert_eq!(
             status,
             StatusCode::CREATED,

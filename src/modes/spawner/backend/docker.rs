@@ -531,8 +531,10 @@ impl DockerBackend {
                 .await
             {
                 Ok(_) => return Ok(()),
-                // Made by a concurrent create in between: judge it again, once.
+                // Made by a concurrent create in between: judge it again, once; then it is the
+                // winner's (never an error whose cleanup would remove the winner's container).
                 Err(err) if is_conflict(&err) && attempt == 0 => {}
+                Err(err) if is_conflict(&err) => return Err(BackendError::Exists(id.clone())),
                 Err(err) => return Err(engine("cannot create the session container")(err)),
             }
         }
