@@ -31,7 +31,7 @@ impl Drop for Objects {
         for volume in &self.volumes {
             docker(&["volume", "rm", "-f", volume]);
         }
-        docker(&["network", "rm", &self.network]);
+        support::docker::remove_network(&self.network);
     }
 }
 

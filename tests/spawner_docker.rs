@@ -34,18 +34,7 @@ fn remove_network(spawner: &SpawnerProcess) {
         .iter()
         .find(|(k, _)| k == "SANDBOX_EGRESS_NETWORK")
     {
-        docker(&["network", "rm", network]);
-        // The network lock (and any claim) the spawner's replicas agreed through.
-        let prefix = tale::modes::spawner::backend::docker_shared::claim_prefix(network);
-        let (_, markers) = docker(&[
-            "ps",
-            "-aq",
-            "--filter",
-            &format!("label=tale.claim={prefix}"),
-        ]);
-        for id in markers.lines() {
-            docker(&["rm", "-f", id]);
-        }
+        support::docker::remove_network(network);
     }
 }
 

@@ -58,7 +58,7 @@ struct NetworkGuard(String);
 
 impl Drop for NetworkGuard {
     fn drop(&mut self) {
-        docker(&["network", "rm", &self.0]);
+        support::docker::remove_network(&self.0);
     }
 }
 

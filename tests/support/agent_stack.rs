@@ -328,7 +328,7 @@ impl Drop for AgentStack {
             self.forget_leftovers(id);
         }
         if let Some(network) = &self.network {
-            docker(&["network", "rm", network]);
+            super::docker::remove_network(network);
         }
     }
 }

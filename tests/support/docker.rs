@@ -101,6 +101,22 @@ impl Drop for Cleanup {
             docker(&["rm", "-f", name]);
             docker(&["volume", "rm", "-f", &format!("{name}-ws")]);
         }
-        docker(&["network", "rm", &self.network]);
+        remove_network(&self.network);
+    }
+}
+
+/// Removes a test network and what the spawner's replicas agreed through on it: the network lock
+/// and claim containers, pin marker volumes (all labelled `tale.claim=<prefix of the network>`).
+pub fn remove_network(network: &str) {
+    docker(&["network", "rm", network]);
+    let prefix = tale::modes::spawner::backend::docker_shared::claim_prefix(network);
+    let label = format!("label=tale.claim={prefix}");
+    let (_, markers) = docker(&["ps", "-aq", "--filter", &label]);
+    for id in markers.lines() {
+        docker(&["rm", "-f", id]);
+    }
+    let (_, volumes) = docker(&["volume", "ls", "-q", "--filter", &label]);
+    for name in volumes.lines() {
+        docker(&["volume", "rm", "-f", name]);
     }
 }
