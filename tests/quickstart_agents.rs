@@ -76,7 +76,8 @@ fn agents_quickstart_sessions_have_the_agent_clis() {
     let down_text = String::from_utf8_lossy(&down.stdout);
     assert!(down.status.success(), "{down_text}");
     assert!(
-        down_text.contains("removed the compose project tale"),
+        down_text.contains("removed stack tale container tale-sandbox")
+            && down_text.contains("stack tale: nothing of it is left on this engine"),
         "{down_text}"
     );
     assert!(
