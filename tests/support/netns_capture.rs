@@ -231,6 +231,14 @@ fn is_allowed(line: &str, allowed: &Allowed) -> bool {
     };
     let packet: Vec<&str> = fields.collect();
     match packet.as_slice() {
+        // IGMP membership reports to a link-local group (224.0.0.0/24), which the host's bridge
+        // (the gateway) or the session's own stack send when an interface comes up: never to a peer.
+        ["IP", from, ">", to, "igmp", ..] => {
+            let from: Option<Ipv4Addr> = from.parse().ok();
+            let to: Option<Ipv4Addr> = to.trim_end_matches(':').parse().ok();
+            (from == Some(allowed.gateway) || from == Some(allowed.session))
+                && to.is_some_and(|to| to.octets()[..3] == [224, 0, 0])
+        }
         ["IP", from, ">", to, ..] => {
             let (Some(from), Some(to)) = (endpoint(from), endpoint(to.trim_end_matches(':')))
             else {
