@@ -9,17 +9,19 @@
 //! PVC (kept when it existed: a resume), the Secret and the Pod; then the Pod's IP (failing at once
 //! on image, config or crash-loop errors), then runnerd's `/healthz`. A failed create removes the
 //! Pod and Secret, and the PVC too unless it existed before.
+pub mod claims;
 pub mod client;
 pub mod manifests;
 pub mod network;
 pub mod ownership;
+pub mod pins;
 pub mod placement;
 pub mod status;
 
 use super::names::Found;
 use super::{
-    wait_for_runnerd, Backend, BackendError, BackendKind, BackendResult, BoxFuture, ListedSession,
-    SessionSpec,
+    wait_for_runnerd, Backend, BackendError, BackendKind, BackendResult, BoxFuture, CapClaim,
+    CapDecision, CapRequest, ListedSession, SessionSpec,
 };
 use crate::modes::spawner::config::{
     Hardening, KubernetesSettings, NetworkSettings, ProfilePlacements,
@@ -27,7 +29,7 @@ use crate::modes::spawner::config::{
 use crate::shared::protocol::runnerd::is_valid_id;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, PostParams, Preconditions};
 use manifests::ManifestConfig;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -38,6 +40,10 @@ pub const POD_POLL_FIRST_INTERVAL: Duration = Duration::from_millis(50);
 /// Longest wait between polls of a Pod, and the least time between two Pod status reads while
 /// runnerd's readiness is probed.
 pub const POD_POLL_MAX_INTERVAL: Duration = Duration::from_millis(500);
+
+/// How many times a boot re-reads and replaces the NetworkPolicy when other replicas replace it
+/// at the same moment (409 Conflict on a stale resourceVersion).
+pub const NETWORK_POLICY_APPLY_ATTEMPTS: u32 = 5;
 
 /// Settings of the kubernetes backend.
 #[derive(Clone, Debug)]
@@ -75,6 +81,46 @@ fn is_not_found(err: &kube::Error) -> bool {
 
 fn is_conflict(err: &kube::Error) -> bool {
     status_code(err) == Some(409)
+}
+
+/// Delete options that act only on the object with this uid (409 Conflict otherwise).
+fn uid_precondition(uid: Option<String>) -> DeleteParams {
+    DeleteParams::default().preconditions(Preconditions {
+        uid,
+        resource_version: None,
+    })
+}
+
+/// A delete's outcome where "already gone" (404) and "replaced since" (409) count as done.
+fn gone_is_done<T>(result: Result<T, kube::Error>) -> Result<(), kube::Error> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(err) if is_not_found(&err) || is_conflict(&err) => Ok(()),
+        Err(err) => Err(err),
+    }
+}
+
+/// The objects one create made (uids as the API server returned them), for its cleanup.
+struct Made {
+    pod_name: String,
+    secret_name: String,
+    pvc_name: String,
+    pod: Option<String>,
+    secret: Option<String>,
+    pvc: Option<String>,
+}
+
+impl Made {
+    fn named(session_id: &str) -> Made {
+        Made {
+            pod_name: manifests::pod_name(session_id),
+            secret_name: manifests::secret_name(session_id),
+            pvc_name: manifests::pvc_name(session_id),
+            pod: None,
+            secret: None,
+            pvc: None,
+        }
+    }
 }
 
 fn api(context: &str) -> impl FnOnce(kube::Error) -> BackendError + '_ {
@@ -184,20 +230,30 @@ impl KubernetesBackend {
             Err(err) if is_conflict(&err) => {}
             Err(err) => return Err(fail(err)),
         }
-        let current = policies
-            .get(manifests::NETWORK_POLICY_NAME)
-            .await
-            .map_err(fail)?;
-        policy.metadata.resource_version = current.metadata.resource_version;
-        policies
-            .replace(
-                manifests::NETWORK_POLICY_NAME,
-                &PostParams::default(),
-                &policy,
-            )
-            .await
-            .map_err(fail)?;
-        Ok(())
+        // Replicas booting together replace it at once: a 409 (another replaced it since our
+        // read) means read again and retry.
+        let mut attempt = 1;
+        loop {
+            let current = policies
+                .get(manifests::NETWORK_POLICY_NAME)
+                .await
+                .map_err(fail)?;
+            policy.metadata.resource_version = current.metadata.resource_version;
+            match policies
+                .replace(
+                    manifests::NETWORK_POLICY_NAME,
+                    &PostParams::default(),
+                    &policy,
+                )
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(err) if is_conflict(&err) && attempt < NETWORK_POLICY_APPLY_ATTEMPTS => {
+                    attempt += 1;
+                }
+                Err(err) => return Err(fail(err)),
+            }
+        }
     }
 
     fn validate(spec: &SessionSpec) -> BackendResult<()> {
@@ -288,7 +344,11 @@ impl KubernetesBackend {
     /// Ensures the workspace PVC: the session's own under its current or legacy name, else a new
     /// one under the current name. Returns its name and whether it existed before (a resume);
     /// someone else's PVC in the way is refused.
-    async fn ensure_workspace(&self, spec: &SessionSpec) -> BackendResult<(String, bool)> {
+    async fn ensure_workspace(
+        &self,
+        spec: &SessionSpec,
+        made: &mut Made,
+    ) -> BackendResult<(String, bool)> {
         let id = &spec.session_id;
         let org = Some(spec.organization_id.as_str());
         let name = manifests::pvc_name(id);
@@ -309,7 +369,10 @@ impl KubernetesBackend {
             )
             .await
         {
-            Ok(_) => Ok((name, false)),
+            Ok(created) => {
+                made.pvc = created.metadata.uid;
+                Ok((name, false))
+            }
             // Made in between (or unreadable above): ours only if its annotations say so.
             Err(err) if is_conflict(&err) => match self.pvcs.get_opt(&name).await {
                 Ok(Some(pvc)) => match ownership::judge_object("PVC", &name, pvc, 0, (id, org)) {
@@ -325,31 +388,48 @@ impl KubernetesBackend {
         }
     }
 
-    /// Creates the Secret; an orphan one (no live Pod) is replaced once.
-    async fn create_secret(&self, spec: &SessionSpec) -> BackendResult<()> {
+    /// Creates the Secret (recording its uid in `made`). The Secret is the create's lock: a
+    /// Secret already there belongs to a live session (`Exists`), to a create in flight on another
+    /// replica (younger than `in_flight`: `Exists`, nothing touched), or to a create that died (an
+    /// orphan: replaced once, deleted only under its uid so a fresh one is never hit).
+    async fn create_secret(
+        &self,
+        spec: &SessionSpec,
+        in_flight: Duration,
+        made: &mut Made,
+    ) -> BackendResult<()> {
         let secret = manifests::secret(spec, &self.manifests);
+        let name = manifests::secret_name(&spec.session_id);
         for attempt in 0..2 {
             match self.secrets.create(&PostParams::default(), &secret).await {
-                Ok(_) => return Ok(()),
+                Ok(created) => {
+                    made.secret = created.metadata.uid;
+                    return Ok(());
+                }
                 Err(err) if is_conflict(&err) && attempt == 0 => {
                     let pod = self
                         .pods
                         .get_opt(&manifests::pod_name(&spec.session_id))
                         .await
                         .map_err(api("cannot read the session Pod"))?;
-                    if pod.is_some_and(|p| !status::is_terminal(&p)) {
-                        return Err(BackendError::Exists(spec.session_id.clone()));
+                    if let Some(pod) = pod.filter(|p| !status::is_terminal(p)) {
+                        return Err(self.live_pod_refusal(spec, &pod, in_flight).await);
                     }
-                    match self
+                    let Some(existing) = self
                         .secrets
-                        .delete(
-                            &manifests::secret_name(&spec.session_id),
-                            &DeleteParams::default(),
-                        )
+                        .get_opt(&name)
                         .await
-                    {
+                        .map_err(api("cannot read the session Secret"))?
+                    else {
+                        continue;
+                    };
+                    if ownership::younger_than(&existing.metadata, in_flight) {
+                        return Err(BackendError::BeingCreated(spec.session_id.clone()));
+                    }
+                    let uid = existing.metadata.uid.clone();
+                    match self.secrets.delete(&name, &uid_precondition(uid)).await {
                         Ok(_) => {}
-                        Err(err) if is_not_found(&err) => {}
+                        Err(err) if is_not_found(&err) || is_conflict(&err) => {}
                         Err(err) => {
                             return Err(api("cannot replace the orphan session Secret")(err))
                         }
@@ -359,6 +439,66 @@ impl KubernetesBackend {
             }
         }
         Err(BackendError::Exists(spec.session_id.clone()))
+    }
+
+    /// Why a create stops at the session's live Pod: another replica's create still in flight
+    /// (`BeingCreated`: younger than `in_flight` and its runnerd not answering yet), else a session
+    /// that exists (`Exists`; a create that died after runnerd came up is finished by the caller).
+    async fn live_pod_refusal(
+        &self,
+        spec: &SessionSpec,
+        pod: &Pod,
+        in_flight: Duration,
+    ) -> BackendError {
+        let id = spec.session_id.clone();
+        if !ownership::younger_than(&pod.metadata, in_flight) {
+            return BackendError::Exists(id);
+        }
+        let Some(ip) = status::pod_ip(pod).filter(|_| status::is_running(pod)) else {
+            return BackendError::BeingCreated(id);
+        };
+        let url = status::runnerd_url(ip, self.manifests.runnerd_port);
+        let answers = crate::modes::spawner::runnerd_client::RunnerdClient::for_session(
+            &url,
+            &spec.runnerd_token,
+            spec.runnerd_tls.as_ref(),
+        )
+        .health()
+        .await
+        .is_ok();
+        if answers {
+            BackendError::Exists(id)
+        } else {
+            BackendError::BeingCreated(id)
+        }
+    }
+
+    /// Deletes what a failed create made, each object only under the uid it was created with (a
+    /// concurrent create's objects of the same names are never touched).
+    async fn remove_made(&self, made: &Made) -> BackendResult<()> {
+        if let Some(uid) = &made.pod {
+            let params =
+                uid_precondition(Some(uid.clone())).grace_period(manifests::STOP_GRACE_SECONDS);
+            gone_is_done(self.pods.delete(&made.pod_name, &params).await)
+                .map_err(api("cannot delete the session Pod"))?;
+        }
+        if let Some(uid) = &made.secret {
+            gone_is_done(
+                self.secrets
+                    .delete(&made.secret_name, &uid_precondition(Some(uid.clone())))
+                    .await,
+            )
+            .map_err(api("cannot delete the session Secret"))?;
+        }
+        if let Some(uid) = &made.pvc {
+            gone_is_done(
+                self.pvcs
+                    .delete(&made.pvc_name, &uid_precondition(Some(uid.clone())))
+                    .await,
+            )
+            .map_err(api("cannot delete the workspace PVC"))?;
+        }
+        Ok(())
     }
 
     /// Polls the Pod until it has an IP; fails at once when it cannot start.
@@ -398,8 +538,10 @@ impl KubernetesBackend {
         spec: &SessionSpec,
         claim: &str,
         deadline: Instant,
+        in_flight: Duration,
+        made: &mut Made,
     ) -> BackendResult<String> {
-        self.create_secret(spec).await?;
+        self.create_secret(spec, in_flight, made).await?;
         match self
             .pods
             .create(
@@ -408,7 +550,7 @@ impl KubernetesBackend {
             )
             .await
         {
-            Ok(_) => {}
+            Ok(pod) => made.pod = pod.metadata.uid,
             // Someone created it since the check: theirs, and so is the Secret now.
             Err(err) if is_conflict(&err) => {
                 return Err(BackendError::Exists(spec.session_id.clone()))
@@ -447,32 +589,37 @@ impl KubernetesBackend {
         Self::validate(spec)?;
         let deadline = Instant::now() + budget;
         let id = &spec.session_id;
+        let mut made = Made::named(id);
+        // A Secret or Pod younger than this is another replica's create of the same id, in flight.
+        let in_flight = budget + claims::CLAIM_RECLAIM_GRACE;
         match self.find_pod(id, Some(&spec.organization_id)).await? {
             Found::Foreign { name } => return Err(owner_mismatch("Pod", &name, id)),
             Found::Ours { name, object } => {
                 if !status::is_terminal(&object) {
-                    return Err(BackendError::Exists(id.clone()));
+                    return Err(self.live_pod_refusal(spec, &object, in_flight).await);
                 }
                 self.reap(id, &name, deadline).await?;
             }
             Found::Absent => {}
         }
-        let (claim, preexisting) = self.ensure_workspace(spec).await?;
-        match self.start(spec, &claim, deadline).await {
+        let (claim, preexisting) = self.ensure_workspace(spec, &mut made).await?;
+        match self
+            .start(spec, &claim, deadline, in_flight, &mut made)
+            .await
+        {
             Ok(url) => {
                 tracing::info!(session_id = %id, %url, %claim, resumed = preexisting, "kubernetes session ready");
                 Ok(url)
             }
-            Err(err @ (BackendError::Exists(_) | BackendError::OwnerMismatch { .. })) => Err(err),
+            // Another create of the id owns the objects now (a PVC this create made included).
+            Err(
+                err @ (BackendError::Exists(_)
+                | BackendError::BeingCreated(_)
+                | BackendError::OwnerMismatch { .. }),
+            ) => Err(err),
             Err(err) => {
-                let cleanup = if preexisting {
-                    self.delete_compute(id, &manifests::pod_name(id))
-                        .await
-                        .map(|_| ())
-                } else {
-                    self.destroy(id).await.map(|_| ())
-                };
-                if let Err(cleanup) = cleanup {
+                // Only what this create made goes (a pre-existing workspace never does).
+                if let Err(cleanup) = self.remove_made(&made).await {
                     tracing::warn!(session_id = %id, %cleanup, "cleanup after a failed create did not finish");
                 }
                 Err(err)
@@ -483,14 +630,17 @@ impl KubernetesBackend {
     /// Deletes the session's compute: its own Pod, or only an orphan Secret of its current name
     /// when it has no Pod. Another session's Pod under a shared legacy name is left alone.
     async fn stop(&self, session_id: &str) -> BackendResult<bool> {
-        match self.find_pod(session_id, None).await? {
-            Found::Ours { name, .. } => self.delete_compute(session_id, &name).await,
+        let existed = match self.find_pod(session_id, None).await? {
+            Found::Ours { name, .. } => self.delete_compute(session_id, &name).await?,
             Found::Absent => {
                 self.delete_compute(session_id, &manifests::pod_name(session_id))
-                    .await
+                    .await?
             }
-            Found::Foreign { .. } => Ok(false),
-        }
+            Found::Foreign { .. } => false,
+        };
+        // Compute gone: its cap slots free up (the pin stays on the kept PVC).
+        self.release_session_claims(session_id).await?;
+        Ok(existed)
     }
 
     async fn destroy(&self, session_id: &str) -> BackendResult<bool> {
@@ -507,6 +657,27 @@ impl KubernetesBackend {
         };
         tracing::info!(session_id, had_pod, had_pvc, "kubernetes session destroyed");
         Ok(had_pod || had_pvc)
+    }
+
+    /// Every session Pod, optionally of one organization, by session id.
+    async fn listed_sessions(
+        &self,
+        organization_id: Option<&str>,
+    ) -> BackendResult<Vec<ListedSession>> {
+        let selector = format!("{}=1", manifests::SESSION_LABEL);
+        let pods = self
+            .pods
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(api("cannot list session Pods"))?;
+        let mut sessions: Vec<ListedSession> = pods
+            .items
+            .iter()
+            .filter_map(status::listed_session)
+            .filter(|s| organization_id.is_none_or(|org| s.organization_id == org))
+            .collect();
+        sessions.sort_by(|a, b| a.session_id.cmp(&b.session_id));
+        Ok(sessions)
     }
 
     /// The session's own Pod, if any.
@@ -573,22 +744,45 @@ impl Backend for KubernetesBackend {
         &'a self,
         organization_id: Option<&'a str>,
     ) -> BoxFuture<'a, BackendResult<Vec<ListedSession>>> {
-        Box::pin(async move {
-            let selector = format!("{}=1", manifests::SESSION_LABEL);
-            let pods = self
-                .pods
-                .list(&ListParams::default().labels(&selector))
-                .await
-                .map_err(api("cannot list session Pods"))?;
-            let mut sessions: Vec<ListedSession> = pods
-                .items
-                .iter()
-                .filter_map(status::listed_session)
-                .filter(|s| organization_id.is_none_or(|org| s.organization_id == org))
-                .collect();
-            sessions.sort_by(|a, b| a.session_id.cmp(&b.session_id));
-            Ok(sessions)
-        })
+        Box::pin(self.listed_sessions(organization_id))
+    }
+
+    fn arbitrates_caps(&self) -> bool {
+        true
+    }
+
+    fn claim_capacity<'a>(
+        &'a self,
+        request: &'a CapRequest<'a>,
+    ) -> BoxFuture<'a, BackendResult<CapDecision>> {
+        Box::pin(self.claim_slots(request))
+    }
+
+    fn adopt_claim<'a>(
+        &'a self,
+        request: &'a CapRequest<'a>,
+    ) -> BoxFuture<'a, BackendResult<bool>> {
+        Box::pin(self.adopt_slots(request))
+    }
+
+    fn release_claim<'a>(&'a self, claim: &'a CapClaim) -> BoxFuture<'a, BackendResult<()>> {
+        Box::pin(self.release_claims(claim))
+    }
+
+    fn persists_pins(&self) -> bool {
+        true
+    }
+
+    fn set_pinned<'a>(
+        &'a self,
+        session_id: &'a str,
+        pinned: bool,
+    ) -> BoxFuture<'a, BackendResult<()>> {
+        Box::pin(self.set_pin(session_id, pinned))
+    }
+
+    fn is_pinned<'a>(&'a self, session_id: &'a str) -> BoxFuture<'a, BackendResult<bool>> {
+        Box::pin(self.read_pin(session_id))
     }
 
     fn health(&self) -> BoxFuture<'_, BackendResult<serde_json::Value>> {
