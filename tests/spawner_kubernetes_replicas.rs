@@ -119,6 +119,23 @@ impl Deployment {
     }
 }
 
+/// Every API verb the replicas used is one the chart's Role grants (tests/support/rbac.rs).
+fn assert_granted(fake: &FakeKube) {
+    let granted = support::rbac::rules();
+    for (group, resource, verbs) in fake.verbs_used() {
+        let rule = granted
+            .iter()
+            .find(|(g, r, _)| *g == group && *r == resource)
+            .unwrap_or_else(|| panic!("no Role rule for {group}/{resource} ({verbs:?})"));
+        for verb in verbs {
+            assert!(
+                rule.2.contains(&verb),
+                "{group}/{resource} {verb} is not granted"
+            );
+        }
+    }
+}
+
 fn count(statuses: &[StatusCode], status: StatusCode) -> usize {
     statuses.iter().filter(|s| **s == status).count()
 }
@@ -332,6 +349,7 @@ async fn pin_survives_its_replica() {
         .object("persistentvolumeclaims", &pvc_name(pinned))
         .unwrap();
     assert!(pvc["metadata"]["annotations"]["tale.dev/pinned"].is_null());
+    assert_granted(fake);
 }
 
 /// Six concurrent creates of one id over three replicas, five times over: each time one session
@@ -457,6 +475,7 @@ async fn leaked_claims_are_reclaimed() {
     );
     assert_eq!(deployment.fake.leases_of("kcrashed").len(), 0);
     assert_eq!(deployment.fake.leases_of("kleak").len(), 2);
+    assert_granted(&deployment.fake);
 }
 
 /// Upgrade: a session made by a release without claims (simulated: its Leases deleted) is adopted
