@@ -525,9 +525,10 @@ async fn sessions_of_the_previous_release_get_claims() {
     assert_eq!(stdout_text(&stream.collect_all().await), "upgraded\n");
 }
 
-/// The fake answers like the API server: a taken Lease name is 409 AlreadyExists, a PUT with a
-/// stale resourceVersion and a DELETE with an unmet uid precondition are 409 Conflict, each with a
-/// `Status` body; a matching precondition deletes.
+/// The fake answers like the API server: a taken Lease name is 409 AlreadyExists, a PUT or merge
+/// patch with a stale resourceVersion and a DELETE with an unmet uid precondition are 409
+/// Conflict, each with a `Status` body; a merge patch merges (`null` removes); a matching
+/// precondition deletes.
 #[tokio::test]
 async fn fake_leases_conflict_like_the_api_server() {
     let fake = FakeKube::start().await;
@@ -548,12 +549,50 @@ async fn fake_leases_conflict_like_the_api_server() {
             &json!("leases.coordination.k8s.io \"l1\" already exists")
         )
     );
+    assert_eq!(
+        taken["details"],
+        json!({"name": "l1", "group": "coordination.k8s.io", "kind": "leases"})
+    );
     let mut stale = created.clone();
     let (status, _) = fake.call("PUT", &url("/l1"), Some(&created)).await;
     assert_eq!(status, 200, "an update at the current resourceVersion");
     stale["spec"]["holderIdentity"] = json!("b");
     let (status, conflict) = fake.call("PUT", &url("/l1"), Some(&stale)).await;
     assert_eq!((status, &conflict["reason"]), (409, &json!("Conflict")));
+    // A merge patch carrying the stale resourceVersion is refused too; without one it applies.
+    let stale_rv = json!({"metadata": {"resourceVersion": created["metadata"]["resourceVersion"]}});
+    let (status, _) = fake
+        .call_as(
+            "PATCH",
+            &url("/l1"),
+            "application/merge-patch+json",
+            Some(&stale_rv),
+        )
+        .await;
+    assert_eq!(status, 409);
+    let (status, patched) = fake
+        .call_as(
+            "PATCH",
+            &url("/l1"),
+            "application/merge-patch+json",
+            Some(&json!({"metadata": {"labels": {"a": "b"}}, "spec": {"holderIdentity": null}})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(patched["metadata"]["labels"], json!({"a": "b"}));
+    assert!(
+        patched["spec"].get("holderIdentity").is_none(),
+        "null removes"
+    );
+    let (status, _) = fake
+        .call_as(
+            "PATCH",
+            &url("/l1"),
+            "application/json-patch+json",
+            Some(&json!([])),
+        )
+        .await;
+    assert_eq!(status, 415, "only merge patches are served");
     let (status, unmet) = fake
         .call(
             "DELETE",

@@ -34,13 +34,24 @@ impl FakeKube {
             .retain(|(resource, _, _), _| resource != "leases");
     }
 
-    /// One authorized request to the fake, as a client would send it: (status, JSON body).
+    /// One authorized JSON request to the fake, as a client would send it: (status, JSON body).
     pub async fn call(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        self.call_as(method, path, "application/json", body).await
+    }
+
+    /// Like [`call`](Self::call) with the given content type (a patch type, say).
+    pub async fn call_as(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let body = body.map(Value::to_string).unwrap_or_default();
         let request = format!(
             "{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Bearer {}\r\n\
-             content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+             content-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
             super::FAKE_TOKEN,
             body.len()
         );

@@ -261,12 +261,17 @@ fn status(
     resource: &str,
     name: &str,
 ) -> Response<Full<Bytes>> {
+    let mut details = json!({"name": name, "kind": resource});
+    // Resources of an API group name it in the details, as the API server does.
+    if let Some((group, _)) = kind_of(resource).1.split_once('/') {
+        details["group"] = json!(group);
+    }
     reply(
         StatusCode::from_u16(code).unwrap(),
         &json!({
             "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
             "message": message, "reason": reason,
-            "details": {"name": name, "kind": resource}, "code": code,
+            "details": details, "code": code,
         }),
     )
 }
@@ -582,7 +587,7 @@ fn replace(
         return status(
             409,
             "Conflict",
-            format!("Operation cannot be fulfilled on {resource} \"{name}\": the object has been modified"),
+            format!("Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again", qualified(&resource)),
             &resource,
             &name,
         );
