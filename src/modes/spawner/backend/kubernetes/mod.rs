@@ -16,6 +16,7 @@ pub mod network;
 pub mod ownership;
 pub mod pins;
 pub mod placement;
+mod races;
 pub mod status;
 
 use super::names::Found;
@@ -29,8 +30,9 @@ use crate::modes::spawner::config::{
 use crate::shared::protocol::runnerd::is_valid_id;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::api::{Api, DeleteParams, ListParams, PostParams, Preconditions};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use manifests::ManifestConfig;
+use races::{gone_is_done, uid_precondition, Made};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -81,46 +83,6 @@ fn is_not_found(err: &kube::Error) -> bool {
 
 fn is_conflict(err: &kube::Error) -> bool {
     status_code(err) == Some(409)
-}
-
-/// Delete options that act only on the object with this uid (409 Conflict otherwise).
-fn uid_precondition(uid: Option<String>) -> DeleteParams {
-    DeleteParams::default().preconditions(Preconditions {
-        uid,
-        resource_version: None,
-    })
-}
-
-/// A delete's outcome where "already gone" (404) and "replaced since" (409) count as done.
-fn gone_is_done<T>(result: Result<T, kube::Error>) -> Result<(), kube::Error> {
-    match result {
-        Ok(_) => Ok(()),
-        Err(err) if is_not_found(&err) || is_conflict(&err) => Ok(()),
-        Err(err) => Err(err),
-    }
-}
-
-/// The objects one create made (uids as the API server returned them), for its cleanup.
-struct Made {
-    pod_name: String,
-    secret_name: String,
-    pvc_name: String,
-    pod: Option<String>,
-    secret: Option<String>,
-    pvc: Option<String>,
-}
-
-impl Made {
-    fn named(session_id: &str) -> Made {
-        Made {
-            pod_name: manifests::pod_name(session_id),
-            secret_name: manifests::secret_name(session_id),
-            pvc_name: manifests::pvc_name(session_id),
-            pod: None,
-            secret: None,
-            pvc: None,
-        }
-    }
 }
 
 fn api(context: &str) -> impl FnOnce(kube::Error) -> BackendError + '_ {
@@ -321,13 +283,27 @@ impl KubernetesBackend {
     }
 
     /// Reaps the session's ended or deleting Pod `name` (and its Secret) and waits until it is gone.
-    async fn reap(&self, session_id: &str, name: &str, deadline: Instant) -> BackendResult<()> {
+    /// Only that incarnation goes: the Pod under its uid, the Secret only when it predates the Pod
+    /// (a newer one is a concurrent create's, made after this Pod ended), and the wait ends when
+    /// the name is free or holds another Pod.
+    async fn reap(
+        &self,
+        session_id: &str,
+        name: &str,
+        ended: &Pod,
+        deadline: Instant,
+    ) -> BackendResult<()> {
         tracing::info!(session_id, pod = %name, "removing the session's ended Pod before creating it again");
-        self.delete_compute(session_id, name).await?;
+        let uid = ended.metadata.uid.clone();
+        let params = uid_precondition(uid.clone()).grace_period(manifests::STOP_GRACE_SECONDS);
+        gone_is_done(self.pods.delete(name, &params).await)
+            .map_err(api("cannot delete the session Pod"))?;
+        self.reap_secret(session_id, name, ended).await?;
         let mut interval = POD_POLL_FIRST_INTERVAL;
         loop {
             match self.pods.get_opt(name).await {
                 Ok(None) => return Ok(()),
+                Ok(Some(pod)) if pod.metadata.uid != uid => return Ok(()),
                 Ok(Some(_)) => {}
                 Err(err) => return Err(api("cannot read the ended session Pod")(err)),
             }
@@ -441,66 +417,6 @@ impl KubernetesBackend {
         Err(BackendError::Exists(spec.session_id.clone()))
     }
 
-    /// Why a create stops at the session's live Pod: another replica's create still in flight
-    /// (`BeingCreated`: younger than `in_flight` and its runnerd not answering yet), else a session
-    /// that exists (`Exists`; a create that died after runnerd came up is finished by the caller).
-    async fn live_pod_refusal(
-        &self,
-        spec: &SessionSpec,
-        pod: &Pod,
-        in_flight: Duration,
-    ) -> BackendError {
-        let id = spec.session_id.clone();
-        if !ownership::younger_than(&pod.metadata, in_flight) {
-            return BackendError::Exists(id);
-        }
-        let Some(ip) = status::pod_ip(pod).filter(|_| status::is_running(pod)) else {
-            return BackendError::BeingCreated(id);
-        };
-        let url = status::runnerd_url(ip, self.manifests.runnerd_port);
-        let answers = crate::modes::spawner::runnerd_client::RunnerdClient::for_session(
-            &url,
-            &spec.runnerd_token,
-            spec.runnerd_tls.as_ref(),
-        )
-        .health()
-        .await
-        .is_ok();
-        if answers {
-            BackendError::Exists(id)
-        } else {
-            BackendError::BeingCreated(id)
-        }
-    }
-
-    /// Deletes what a failed create made, each object only under the uid it was created with (a
-    /// concurrent create's objects of the same names are never touched).
-    async fn remove_made(&self, made: &Made) -> BackendResult<()> {
-        if let Some(uid) = &made.pod {
-            let params =
-                uid_precondition(Some(uid.clone())).grace_period(manifests::STOP_GRACE_SECONDS);
-            gone_is_done(self.pods.delete(&made.pod_name, &params).await)
-                .map_err(api("cannot delete the session Pod"))?;
-        }
-        if let Some(uid) = &made.secret {
-            gone_is_done(
-                self.secrets
-                    .delete(&made.secret_name, &uid_precondition(Some(uid.clone())))
-                    .await,
-            )
-            .map_err(api("cannot delete the session Secret"))?;
-        }
-        if let Some(uid) = &made.pvc {
-            gone_is_done(
-                self.pvcs
-                    .delete(&made.pvc_name, &uid_precondition(Some(uid.clone())))
-                    .await,
-            )
-            .map_err(api("cannot delete the workspace PVC"))?;
-        }
-        Ok(())
-    }
-
     /// Polls the Pod until it has an IP; fails at once when it cannot start.
     async fn wait_for_ip(&self, session_id: &str, deadline: Instant) -> BackendResult<String> {
         let name = manifests::pod_name(session_id);
@@ -598,7 +514,7 @@ impl KubernetesBackend {
                 if !status::is_terminal(&object) {
                     return Err(self.live_pod_refusal(spec, &object, in_flight).await);
                 }
-                self.reap(id, &name, deadline).await?;
+                self.reap(id, &name, &object, deadline).await?;
             }
             Found::Absent => {}
         }
