@@ -57,12 +57,19 @@ impl Deployment {
 
     /// A new replica of the deployment, starting (not yet added).
     fn replica(&self) -> tokio::task::JoinHandle<SpawnerProcess> {
+        self.replica_with(&[])
+    }
+
+    /// A new replica with extra env (a test hook, say), starting (not yet added).
+    fn replica_with(&self, extra: &[(&str, &str)]) -> tokio::task::JoinHandle<SpawnerProcess> {
         let root = std::env::temp_dir().join(format!(
             "tale-k8s-replicas-{}-{}",
             std::process::id(),
             free_port()
         ));
-        tokio::spawn(SpawnerProcess::start(root, self.env.clone()))
+        let mut env = self.env.clone();
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        tokio::spawn(SpawnerProcess::start(root, env))
     }
 
     fn client(&self, i: usize) -> SpawnerClient {
@@ -416,6 +423,86 @@ async fn same_id_race_keeps_the_winner() {
             );
         }
     }
+}
+
+/// The race made certain: a create paused between its Secret and its Pod (test hook) while a
+/// second replica creates the same id. The second answers 409 `duplicate` ("being created") and
+/// deletes nothing; the first then finishes with every object it made. (Before the Secret was a
+/// lock, the second deleted the first's Secret as an orphan and made the session its own.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_create_in_flight_elsewhere_is_left_alone() {
+    let mut deployment = Deployment::start(1, &[]).await;
+    let paused = deployment
+        .replica_with(&[
+            ("TALE_TEST_CREATE_PAUSE_AT", "before_start"),
+            ("TALE_TEST_CREATE_PAUSE_MS", "1500"),
+        ])
+        .await
+        .unwrap();
+    deployment.replicas.push(paused);
+    let id = "kflight";
+    let first = {
+        let client = deployment.client(1);
+        tokio::spawn(async move {
+            client
+                .json(
+                    Method::POST,
+                    "/v1/sessions",
+                    Some(json!({"sessionId": id, "organizationId": "flight"})),
+                )
+                .await
+        })
+    };
+    let paused_at = poll(Duration::from_secs(20), async || {
+        deployment.replicas[1]
+            .log()
+            .contains("test hook: create paused")
+            .then_some(())
+    })
+    .await;
+    assert!(paused_at.is_some(), "{}", deployment.logs());
+    let secret = deployment
+        .fake
+        .object("secrets", &secret_name(id))
+        .expect("the paused create's Secret");
+    let (status, body) = deployment.create(0, id, "flight", json!({})).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::CONFLICT, Some("duplicate")),
+        "{body}\n{}",
+        deployment.logs()
+    );
+    assert!(body.to_string().contains("is being created"), "{body}");
+    let (status, body) = first.await.unwrap();
+    assert_eq!(status, StatusCode::CREATED, "{body}\n{}", deployment.logs());
+    let fake = &deployment.fake;
+    for (resource, name) in [
+        ("pods", pod_name(id)),
+        ("secrets", secret_name(id)),
+        ("persistentvolumeclaims", pvc_name(id)),
+    ] {
+        assert_eq!(deletes_of(fake, resource, &name), 0, "{resource} {name}");
+    }
+    assert_eq!(
+        fake.object("secrets", &secret_name(id)).unwrap()["metadata"]["uid"],
+        secret["metadata"]["uid"],
+        "the first create's own Secret"
+    );
+    assert_eq!(
+        fake.leases_of(id).len(),
+        2,
+        "the loser handed its claims back"
+    );
+    let (_, stream) = deployment
+        .client(0)
+        .sse(
+            Method::POST,
+            &format!("/v1/sessions/{id}/exec"),
+            Some(json!({"execId": "f", "shell": "echo flight"})),
+            &[],
+        )
+        .await;
+    assert_eq!(stdout_text(&stream.collect_all().await), "flight\n");
 }
 
 /// A claim leaked by a crash (its session has no Pod, older than the create budget plus grace) is

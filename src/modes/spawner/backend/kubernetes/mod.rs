@@ -458,6 +458,7 @@ impl KubernetesBackend {
         made: &mut Made,
     ) -> BackendResult<String> {
         self.create_secret(spec, in_flight, made).await?;
+        crate::modes::spawner::test_hooks::pause_at("before_start").await;
         match self
             .pods
             .create(
