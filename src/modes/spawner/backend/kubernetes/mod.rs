@@ -8,7 +8,10 @@
 //! session (`Exists`, nothing touched); an ended or deleting one is reaped and waited out. Then the
 //! PVC (kept when it existed: a resume), the Secret and the Pod; then the Pod's IP (failing at once
 //! on image, config or crash-loop errors), then runnerd's `/healthz`. A failed create removes the
-//! Pod and Secret, and the PVC too unless it existed before.
+//! Pod and Secret, and the PVC too unless it existed before, each under the uid it was made with.
+//!
+//! Several replicas share one namespace: caps are claim Leases (`claims`), pins an annotation on
+//! the workspace PVC (`pins`), and the Secret is a create's lock against same-id races (`races`).
 pub mod claims;
 pub mod client;
 pub mod manifests;
@@ -365,9 +368,10 @@ impl KubernetesBackend {
     }
 
     /// Creates the Secret (recording its uid in `made`). The Secret is the create's lock: a
-    /// Secret already there belongs to a live session (`Exists`), to a create in flight on another
-    /// replica (younger than `in_flight`: `Exists`, nothing touched), or to a create that died (an
-    /// orphan: replaced once, deleted only under its uid so a fresh one is never hit).
+    /// Secret already there belongs to a live Pod (see `live_pod_refusal`), to a create in flight
+    /// on another replica (younger than `in_flight`: `BeingCreated`, nothing touched), or to a
+    /// create that died (an orphan: replaced once, deleted only under its uid so a fresh one is
+    /// never hit).
     async fn create_secret(
         &self,
         spec: &SessionSpec,
