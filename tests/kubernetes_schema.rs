@@ -44,8 +44,8 @@ async fn kube_spawner(fake: &FakeKube, runnerd_port: u16) -> SpawnerProcess {
     SpawnerProcess::start(root, env).await
 }
 
-/// Pods (both profiles, every placement field), Secrets, PVCs and the NetworkPolicy (created,
-/// then replaced on restart) as sent fit the Kubernetes 1.25 and 1.37 schemas.
+/// Pods (both profiles, every placement field), Secrets, PVCs, claim Leases and the NetworkPolicy
+/// (created, then replaced on restart) as sent fit the Kubernetes 1.25 and 1.37 schemas.
 #[tokio::test(flavor = "multi_thread")]
 async fn objects_sent_fit_the_kubernetes_schema() {
     let fake = FakeKube::start().await;
@@ -78,7 +78,14 @@ async fn objects_sent_fit_the_kubernetes_schema() {
         .filter_map(|r| r.body.clone())
         .filter(|body| body.get("kind").is_some())
         .collect();
-    for kind in ["Pod", "Secret", "PersistentVolumeClaim", "NetworkPolicy"] {
+    // Leases: the cap claims of each create.
+    for kind in [
+        "Pod",
+        "Secret",
+        "PersistentVolumeClaim",
+        "NetworkPolicy",
+        "Lease",
+    ] {
         assert!(
             objects.iter().any(|o| o["kind"] == kind),
             "a {kind} was sent: {objects:?}"

@@ -5,9 +5,18 @@
 
 /// (API group, resource, verbs), verbs sorted.
 pub const SPAWNER_RULES: &[(&str, &str, &[&str])] = &[
-    ("", "persistentvolumeclaims", &["create", "delete", "get"]),
+    (
+        "",
+        "persistentvolumeclaims",
+        &["create", "delete", "get", "patch"],
+    ),
     ("", "pods", &["create", "delete", "get", "list"]),
-    ("", "secrets", &["create", "delete"]),
+    ("", "secrets", &["create", "delete", "get"]),
+    (
+        "coordination.k8s.io",
+        "leases",
+        &["create", "delete", "list"],
+    ),
     (
         "networking.k8s.io",
         "networkpolicies",

@@ -1,7 +1,8 @@
 //! **Test-only** pauses inside a create, so end-to-end tests can `kill -9` the spawner at a chosen
 //! point. `TALE_TEST_CREATE_PAUSE_AT=<point>` makes every create log `test hook: create paused`
 //! with the point and then wait `TALE_TEST_CREATE_PAUSE_MS` (default 60 000) there. Points:
-//! `before_start` (Docker: container created, not started), `after_start` (started, runnerd not
+//! `before_start` (Docker: container created, not started; Kubernetes: Secret created, no Pod
+//! yet), `after_start` (started, runnerd not
 //! yet probed), `after_ready` (runnerd answers, nothing seeded), `during_seeding` (env delivered,
 //! not yet recorded). Unset — always, outside tests — it costs one comparison.
 use std::sync::OnceLock;

@@ -13,6 +13,9 @@
 //! exited (SIGKILL after the grace period), as a kubelet does.
 #![allow(dead_code)]
 
+mod conflicts;
+mod leases;
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -258,17 +261,22 @@ fn status(
     resource: &str,
     name: &str,
 ) -> Response<Full<Bytes>> {
+    let mut details = json!({"name": name, "kind": resource});
+    // Resources of an API group name it in the details, as the API server does.
+    if let Some((group, _)) = kind_of(resource).1.split_once('/') {
+        details["group"] = json!(group);
+    }
     reply(
         StatusCode::from_u16(code).unwrap(),
         &json!({
             "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
             "message": message, "reason": reason,
-            "details": {"name": name, "kind": resource}, "code": code,
+            "details": details, "code": code,
         }),
     )
 }
 
-fn now_rfc3339() -> String {
+pub fn now_rfc3339() -> String {
     // Whole seconds in UTC, as the API server writes them.
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -299,7 +307,16 @@ fn kind_of(resource: &str) -> (&'static str, &'static str) {
         "secrets" => ("Secret", "v1"),
         "persistentvolumeclaims" => ("PersistentVolumeClaim", "v1"),
         "networkpolicies" => ("NetworkPolicy", "networking.k8s.io/v1"),
+        "leases" => ("Lease", "coordination.k8s.io/v1"),
         _ => ("Unknown", "v1"),
+    }
+}
+
+/// The resource as the API server names it in messages (`leases.coordination.k8s.io`).
+fn qualified(resource: &str) -> String {
+    match kind_of(resource).1.split_once('/') {
+        Some((group, _)) => format!("{resource}.{group}"),
+        None => resource.to_owned(),
     }
 }
 
@@ -317,6 +334,12 @@ async fn handle(shared: Shared, request: Request<Incoming>) -> Response<Full<Byt
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let query = request.uri().query().unwrap_or("").to_owned();
+    let content_type = request
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
     let authorized = request
         .headers()
         .get("authorization")
@@ -348,6 +371,7 @@ async fn handle(shared: Shared, request: Request<Incoming>) -> Response<Full<Byt
     let rest: &[&str] = match segments.as_slice() {
         ["api", "v1", "namespaces", rest @ ..] => rest,
         ["apis", "networking.k8s.io", "v1", "namespaces", rest @ ..] => rest,
+        ["apis", leases::GROUP, "v1", "namespaces", rest @ ..] => rest,
         _ => {
             return status(
                 404,
@@ -397,6 +421,7 @@ async fn handle(shared: Shared, request: Request<Incoming>) -> Response<Full<Byt
                     None => not_found(resource, name),
                 },
                 Method::PUT => replace(&state, key, body),
+                Method::PATCH => conflicts::patch(&state, key, &content_type, body),
                 Method::DELETE => delete(&state, &root, key, body),
                 _ => status(
                     405,
@@ -422,7 +447,7 @@ fn not_found(resource: &str, name: &str) -> Response<Full<Bytes>> {
     status(
         404,
         "NotFound",
-        format!("{resource} \"{name}\" not found"),
+        format!("{} \"{name}\" not found", qualified(resource)),
         resource,
         name,
     )
@@ -487,7 +512,7 @@ fn create(
             return status(
                 409,
                 "AlreadyExists",
-                format!("{resource} \"{name}\" already exists"),
+                format!("{} \"{name}\" already exists", qualified(resource)),
                 resource,
                 &name,
             );
@@ -562,7 +587,7 @@ fn replace(
         return status(
             409,
             "Conflict",
-            format!("Operation cannot be fulfilled on {resource} \"{name}\": the object has been modified"),
+            format!("Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again", qualified(&resource)),
             &resource,
             &name,
         );
@@ -587,6 +612,9 @@ fn delete(
     let Some(mut object) = guard.objects.get(&key).cloned() else {
         return not_found(&resource, &name);
     };
+    if let Some(conflict) = conflicts::unmet_precondition(&resource, &object, body.as_ref()) {
+        return conflict;
+    }
     if resource != "pods" {
         guard.objects.remove(&key);
         if resource == "persistentvolumeclaims" {

@@ -109,8 +109,8 @@ impl From<RunnerdError> for ApiError {
 }
 
 impl From<BackendError> for ApiError {
-    /// Backend errors reach a client only from a create: an existing session is 409
-    /// `duplicate`, an object named for the session but labelled for another session or
+    /// Backend errors reach a client only from a create: an existing session (or one another
+    /// replica is creating) is 409 `duplicate`, an object named for the session but labelled for another session or
     /// organization 409 `owner_mismatch`, anything else 502 `create_failed`.
     fn from(err: BackendError) -> ApiError {
         match err {
@@ -118,6 +118,11 @@ impl From<BackendError> for ApiError {
                 StatusCode::CONFLICT,
                 "duplicate",
                 Some(format!("session {id} exists")),
+            ),
+            BackendError::BeingCreated(id) => ApiError::new(
+                StatusCode::CONFLICT,
+                "duplicate",
+                Some(format!("session {id} is being created")),
             ),
             err @ BackendError::OwnerMismatch { .. } => ApiError::new(
                 StatusCode::CONFLICT,

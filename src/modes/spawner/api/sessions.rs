@@ -208,6 +208,9 @@ async fn create_reserved(
                 None => Err(("exists", err.into())),
             };
         }
+        Err(err @ crate::modes::spawner::backend::BackendError::BeingCreated(_)) => {
+            return Err(("exists", err.into()));
+        }
         Err(err @ crate::modes::spawner::backend::BackendError::OwnerMismatch { .. }) => {
             tracing::warn!(session_id = %id, %err, "create refused: the backend objects are not this session's");
             return Err(("owner_mismatch", err.into()));

@@ -137,6 +137,10 @@ pub enum BackendError {
     /// A session with this id already has compute that is not ours to replace.
     #[error("session {0} already exists in the backend")]
     Exists(String),
+    /// Another spawner replica is creating this session right now (its objects are young and
+    /// its runnerd does not answer yet): nothing of it was touched; a retry later sees the result.
+    #[error("session {0} is being created by another spawner replica")]
+    BeingCreated(String),
     /// An object named for this session belongs to another session or organization: it is never
     /// used, replaced or removed for this one. Whose it is goes to the log, not to the caller.
     #[error("the {object} {name} named for session {session_id} belongs to another session or organization; refusing to use it")]

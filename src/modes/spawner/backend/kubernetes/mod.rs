@@ -8,18 +8,24 @@
 //! session (`Exists`, nothing touched); an ended or deleting one is reaped and waited out. Then the
 //! PVC (kept when it existed: a resume), the Secret and the Pod; then the Pod's IP (failing at once
 //! on image, config or crash-loop errors), then runnerd's `/healthz`. A failed create removes the
-//! Pod and Secret, and the PVC too unless it existed before.
+//! Pod and Secret, and the PVC too unless it existed before, each under the uid it was made with.
+//!
+//! Several replicas share one namespace: caps are claim Leases (`claims`), pins an annotation on
+//! the workspace PVC (`pins`), and the Secret is a create's lock against same-id races (`races`).
+pub mod claims;
 pub mod client;
 pub mod manifests;
 pub mod network;
 pub mod ownership;
+pub mod pins;
 pub mod placement;
+mod races;
 pub mod status;
 
 use super::names::Found;
 use super::{
-    wait_for_runnerd, Backend, BackendError, BackendKind, BackendResult, BoxFuture, ListedSession,
-    SessionSpec,
+    wait_for_runnerd, Backend, BackendError, BackendKind, BackendResult, BoxFuture, CapClaim,
+    CapDecision, CapRequest, ListedSession, SessionSpec,
 };
 use crate::modes::spawner::config::{
     Hardening, KubernetesSettings, NetworkSettings, ProfilePlacements,
@@ -29,6 +35,7 @@ use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use manifests::ManifestConfig;
+use races::{gone_is_done, uid_precondition, Made};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -38,6 +45,10 @@ pub const POD_POLL_FIRST_INTERVAL: Duration = Duration::from_millis(50);
 /// Longest wait between polls of a Pod, and the least time between two Pod status reads while
 /// runnerd's readiness is probed.
 pub const POD_POLL_MAX_INTERVAL: Duration = Duration::from_millis(500);
+
+/// How many times a boot re-reads and replaces the NetworkPolicy when other replicas replace it
+/// at the same moment (409 Conflict on a stale resourceVersion).
+pub const NETWORK_POLICY_APPLY_ATTEMPTS: u32 = 5;
 
 /// Settings of the kubernetes backend.
 #[derive(Clone, Debug)]
@@ -184,20 +195,30 @@ impl KubernetesBackend {
             Err(err) if is_conflict(&err) => {}
             Err(err) => return Err(fail(err)),
         }
-        let current = policies
-            .get(manifests::NETWORK_POLICY_NAME)
-            .await
-            .map_err(fail)?;
-        policy.metadata.resource_version = current.metadata.resource_version;
-        policies
-            .replace(
-                manifests::NETWORK_POLICY_NAME,
-                &PostParams::default(),
-                &policy,
-            )
-            .await
-            .map_err(fail)?;
-        Ok(())
+        // Replicas booting together replace it at once: a 409 (another replaced it since our
+        // read) means read again and retry.
+        let mut attempt = 1;
+        loop {
+            let current = policies
+                .get(manifests::NETWORK_POLICY_NAME)
+                .await
+                .map_err(fail)?;
+            policy.metadata.resource_version = current.metadata.resource_version;
+            match policies
+                .replace(
+                    manifests::NETWORK_POLICY_NAME,
+                    &PostParams::default(),
+                    &policy,
+                )
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(err) if is_conflict(&err) && attempt < NETWORK_POLICY_APPLY_ATTEMPTS => {
+                    attempt += 1;
+                }
+                Err(err) => return Err(fail(err)),
+            }
+        }
     }
 
     fn validate(spec: &SessionSpec) -> BackendResult<()> {
@@ -265,13 +286,27 @@ impl KubernetesBackend {
     }
 
     /// Reaps the session's ended or deleting Pod `name` (and its Secret) and waits until it is gone.
-    async fn reap(&self, session_id: &str, name: &str, deadline: Instant) -> BackendResult<()> {
+    /// Only that incarnation goes: the Pod under its uid, the Secret only when it predates the Pod
+    /// (a newer one is a concurrent create's, made after this Pod ended), and the wait ends when
+    /// the name is free or holds another Pod.
+    async fn reap(
+        &self,
+        session_id: &str,
+        name: &str,
+        ended: &Pod,
+        deadline: Instant,
+    ) -> BackendResult<()> {
         tracing::info!(session_id, pod = %name, "removing the session's ended Pod before creating it again");
-        self.delete_compute(session_id, name).await?;
+        let uid = ended.metadata.uid.clone();
+        let params = uid_precondition(uid.clone()).grace_period(manifests::STOP_GRACE_SECONDS);
+        gone_is_done(self.pods.delete(name, &params).await)
+            .map_err(api("cannot delete the session Pod"))?;
+        self.reap_secret(session_id, name, ended).await?;
         let mut interval = POD_POLL_FIRST_INTERVAL;
         loop {
             match self.pods.get_opt(name).await {
                 Ok(None) => return Ok(()),
+                Ok(Some(pod)) if pod.metadata.uid != uid => return Ok(()),
                 Ok(Some(_)) => {}
                 Err(err) => return Err(api("cannot read the ended session Pod")(err)),
             }
@@ -288,7 +323,11 @@ impl KubernetesBackend {
     /// Ensures the workspace PVC: the session's own under its current or legacy name, else a new
     /// one under the current name. Returns its name and whether it existed before (a resume);
     /// someone else's PVC in the way is refused.
-    async fn ensure_workspace(&self, spec: &SessionSpec) -> BackendResult<(String, bool)> {
+    async fn ensure_workspace(
+        &self,
+        spec: &SessionSpec,
+        made: &mut Made,
+    ) -> BackendResult<(String, bool)> {
         let id = &spec.session_id;
         let org = Some(spec.organization_id.as_str());
         let name = manifests::pvc_name(id);
@@ -309,7 +348,10 @@ impl KubernetesBackend {
             )
             .await
         {
-            Ok(_) => Ok((name, false)),
+            Ok(created) => {
+                made.pvc = created.metadata.uid;
+                Ok((name, false))
+            }
             // Made in between (or unreadable above): ours only if its annotations say so.
             Err(err) if is_conflict(&err) => match self.pvcs.get_opt(&name).await {
                 Ok(Some(pvc)) => match ownership::judge_object("PVC", &name, pvc, 0, (id, org)) {
@@ -325,31 +367,49 @@ impl KubernetesBackend {
         }
     }
 
-    /// Creates the Secret; an orphan one (no live Pod) is replaced once.
-    async fn create_secret(&self, spec: &SessionSpec) -> BackendResult<()> {
+    /// Creates the Secret (recording its uid in `made`). The Secret is the create's lock: a
+    /// Secret already there belongs to a live Pod (see `live_pod_refusal`), to a create in flight
+    /// on another replica (younger than `in_flight`: `BeingCreated`, nothing touched), or to a
+    /// create that died (an orphan: replaced once, deleted only under its uid so a fresh one is
+    /// never hit).
+    async fn create_secret(
+        &self,
+        spec: &SessionSpec,
+        in_flight: Duration,
+        made: &mut Made,
+    ) -> BackendResult<()> {
         let secret = manifests::secret(spec, &self.manifests);
+        let name = manifests::secret_name(&spec.session_id);
         for attempt in 0..2 {
             match self.secrets.create(&PostParams::default(), &secret).await {
-                Ok(_) => return Ok(()),
+                Ok(created) => {
+                    made.secret = created.metadata.uid;
+                    return Ok(());
+                }
                 Err(err) if is_conflict(&err) && attempt == 0 => {
                     let pod = self
                         .pods
                         .get_opt(&manifests::pod_name(&spec.session_id))
                         .await
                         .map_err(api("cannot read the session Pod"))?;
-                    if pod.is_some_and(|p| !status::is_terminal(&p)) {
-                        return Err(BackendError::Exists(spec.session_id.clone()));
+                    if let Some(pod) = pod.filter(|p| !status::is_terminal(p)) {
+                        return Err(self.live_pod_refusal(spec, &pod, in_flight).await);
                     }
-                    match self
+                    let Some(existing) = self
                         .secrets
-                        .delete(
-                            &manifests::secret_name(&spec.session_id),
-                            &DeleteParams::default(),
-                        )
+                        .get_opt(&name)
                         .await
-                    {
+                        .map_err(api("cannot read the session Secret"))?
+                    else {
+                        continue;
+                    };
+                    if ownership::younger_than(&existing.metadata, in_flight) {
+                        return Err(BackendError::BeingCreated(spec.session_id.clone()));
+                    }
+                    let uid = existing.metadata.uid.clone();
+                    match self.secrets.delete(&name, &uid_precondition(uid)).await {
                         Ok(_) => {}
-                        Err(err) if is_not_found(&err) => {}
+                        Err(err) if is_not_found(&err) || is_conflict(&err) => {}
                         Err(err) => {
                             return Err(api("cannot replace the orphan session Secret")(err))
                         }
@@ -398,8 +458,11 @@ impl KubernetesBackend {
         spec: &SessionSpec,
         claim: &str,
         deadline: Instant,
+        in_flight: Duration,
+        made: &mut Made,
     ) -> BackendResult<String> {
-        self.create_secret(spec).await?;
+        self.create_secret(spec, in_flight, made).await?;
+        crate::modes::spawner::test_hooks::pause_at("before_start").await;
         match self
             .pods
             .create(
@@ -408,7 +471,7 @@ impl KubernetesBackend {
             )
             .await
         {
-            Ok(_) => {}
+            Ok(pod) => made.pod = pod.metadata.uid,
             // Someone created it since the check: theirs, and so is the Secret now.
             Err(err) if is_conflict(&err) => {
                 return Err(BackendError::Exists(spec.session_id.clone()))
@@ -447,32 +510,37 @@ impl KubernetesBackend {
         Self::validate(spec)?;
         let deadline = Instant::now() + budget;
         let id = &spec.session_id;
+        let mut made = Made::named(id);
+        // A Secret or Pod younger than this is another replica's create of the same id, in flight.
+        let in_flight = budget + claims::CLAIM_RECLAIM_GRACE;
         match self.find_pod(id, Some(&spec.organization_id)).await? {
             Found::Foreign { name } => return Err(owner_mismatch("Pod", &name, id)),
             Found::Ours { name, object } => {
                 if !status::is_terminal(&object) {
-                    return Err(BackendError::Exists(id.clone()));
+                    return Err(self.live_pod_refusal(spec, &object, in_flight).await);
                 }
-                self.reap(id, &name, deadline).await?;
+                self.reap(id, &name, &object, deadline).await?;
             }
             Found::Absent => {}
         }
-        let (claim, preexisting) = self.ensure_workspace(spec).await?;
-        match self.start(spec, &claim, deadline).await {
+        let (claim, preexisting) = self.ensure_workspace(spec, &mut made).await?;
+        match self
+            .start(spec, &claim, deadline, in_flight, &mut made)
+            .await
+        {
             Ok(url) => {
                 tracing::info!(session_id = %id, %url, %claim, resumed = preexisting, "kubernetes session ready");
                 Ok(url)
             }
-            Err(err @ (BackendError::Exists(_) | BackendError::OwnerMismatch { .. })) => Err(err),
+            // Another create of the id owns the objects now (a PVC this create made included).
+            Err(
+                err @ (BackendError::Exists(_)
+                | BackendError::BeingCreated(_)
+                | BackendError::OwnerMismatch { .. }),
+            ) => Err(err),
             Err(err) => {
-                let cleanup = if preexisting {
-                    self.delete_compute(id, &manifests::pod_name(id))
-                        .await
-                        .map(|_| ())
-                } else {
-                    self.destroy(id).await.map(|_| ())
-                };
-                if let Err(cleanup) = cleanup {
+                // Only what this create made goes (a pre-existing workspace never does).
+                if let Err(cleanup) = self.remove_made(&made).await {
                     tracing::warn!(session_id = %id, %cleanup, "cleanup after a failed create did not finish");
                 }
                 Err(err)
@@ -483,14 +551,17 @@ impl KubernetesBackend {
     /// Deletes the session's compute: its own Pod, or only an orphan Secret of its current name
     /// when it has no Pod. Another session's Pod under a shared legacy name is left alone.
     async fn stop(&self, session_id: &str) -> BackendResult<bool> {
-        match self.find_pod(session_id, None).await? {
-            Found::Ours { name, .. } => self.delete_compute(session_id, &name).await,
+        let existed = match self.find_pod(session_id, None).await? {
+            Found::Ours { name, .. } => self.delete_compute(session_id, &name).await?,
             Found::Absent => {
                 self.delete_compute(session_id, &manifests::pod_name(session_id))
-                    .await
+                    .await?
             }
-            Found::Foreign { .. } => Ok(false),
-        }
+            Found::Foreign { .. } => false,
+        };
+        // Compute gone: its cap slots free up (the pin stays on the kept PVC).
+        self.release_session_claims(session_id).await?;
+        Ok(existed)
     }
 
     async fn destroy(&self, session_id: &str) -> BackendResult<bool> {
@@ -507,6 +578,27 @@ impl KubernetesBackend {
         };
         tracing::info!(session_id, had_pod, had_pvc, "kubernetes session destroyed");
         Ok(had_pod || had_pvc)
+    }
+
+    /// Every session Pod, optionally of one organization, by session id.
+    async fn listed_sessions(
+        &self,
+        organization_id: Option<&str>,
+    ) -> BackendResult<Vec<ListedSession>> {
+        let selector = format!("{}=1", manifests::SESSION_LABEL);
+        let pods = self
+            .pods
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(api("cannot list session Pods"))?;
+        let mut sessions: Vec<ListedSession> = pods
+            .items
+            .iter()
+            .filter_map(status::listed_session)
+            .filter(|s| organization_id.is_none_or(|org| s.organization_id == org))
+            .collect();
+        sessions.sort_by(|a, b| a.session_id.cmp(&b.session_id));
+        Ok(sessions)
     }
 
     /// The session's own Pod, if any.
@@ -573,22 +665,45 @@ impl Backend for KubernetesBackend {
         &'a self,
         organization_id: Option<&'a str>,
     ) -> BoxFuture<'a, BackendResult<Vec<ListedSession>>> {
-        Box::pin(async move {
-            let selector = format!("{}=1", manifests::SESSION_LABEL);
-            let pods = self
-                .pods
-                .list(&ListParams::default().labels(&selector))
-                .await
-                .map_err(api("cannot list session Pods"))?;
-            let mut sessions: Vec<ListedSession> = pods
-                .items
-                .iter()
-                .filter_map(status::listed_session)
-                .filter(|s| organization_id.is_none_or(|org| s.organization_id == org))
-                .collect();
-            sessions.sort_by(|a, b| a.session_id.cmp(&b.session_id));
-            Ok(sessions)
-        })
+        Box::pin(self.listed_sessions(organization_id))
+    }
+
+    fn arbitrates_caps(&self) -> bool {
+        true
+    }
+
+    fn claim_capacity<'a>(
+        &'a self,
+        request: &'a CapRequest<'a>,
+    ) -> BoxFuture<'a, BackendResult<CapDecision>> {
+        Box::pin(self.claim_slots(request))
+    }
+
+    fn adopt_claim<'a>(
+        &'a self,
+        request: &'a CapRequest<'a>,
+    ) -> BoxFuture<'a, BackendResult<bool>> {
+        Box::pin(self.adopt_slots(request))
+    }
+
+    fn release_claim<'a>(&'a self, claim: &'a CapClaim) -> BoxFuture<'a, BackendResult<()>> {
+        Box::pin(self.release_claims(claim))
+    }
+
+    fn persists_pins(&self) -> bool {
+        true
+    }
+
+    fn set_pinned<'a>(
+        &'a self,
+        session_id: &'a str,
+        pinned: bool,
+    ) -> BoxFuture<'a, BackendResult<()>> {
+        Box::pin(self.set_pin(session_id, pinned))
+    }
+
+    fn is_pinned<'a>(&'a self, session_id: &'a str) -> BoxFuture<'a, BackendResult<bool>> {
+        Box::pin(self.read_pin(session_id))
     }
 
     fn health(&self) -> BoxFuture<'_, BackendResult<serde_json::Value>> {

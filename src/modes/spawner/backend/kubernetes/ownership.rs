@@ -30,6 +30,16 @@ fn recorded(meta: &ObjectMeta) -> (Option<&str>, Option<&str>) {
     )
 }
 
+/// Whether the object was created less than `window` ago by the API server's clock as read here
+/// (an object without a creation time counts as old).
+pub fn younger_than(meta: &ObjectMeta, window: std::time::Duration) -> bool {
+    let Some(created) = &meta.creation_timestamp else {
+        return false;
+    };
+    let created_ms = created.0.as_millisecond().max(0) as u64;
+    crate::shared::clock::now_ms().saturating_sub(created_ms) < window.as_millis() as u64
+}
+
 /// Judges `object`, found under candidate `index`, for the session asking.
 pub fn judge_object<K: Metadata<Ty = ObjectMeta>>(
     kind: &'static str,
