@@ -6,7 +6,7 @@
 /// (API group, resource, verbs), verbs sorted.
 pub const SPAWNER_RULES: &[(&str, &str, &[&str])] = &[
     ("", "persistentvolumeclaims", &["create", "delete", "get"]),
-    ("", "pods", &["create", "delete", "get", "list"]),
+    ("", "pods", &["create", "delete", "get", "list", "watch"]),
     ("", "secrets", &["create", "delete"]),
     (
         "networking.k8s.io",
