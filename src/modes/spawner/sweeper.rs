@@ -178,6 +178,10 @@ pub async fn run(spawner: Arc<Spawner>) {
     interval.tick().await;
     loop {
         interval.tick().await;
+        // Boot adoption first: its registry is incomplete and its runnerd probes are the sweep's.
+        if spawner.adoption.in_progress() {
+            continue;
+        }
         sweep_once(&spawner).await;
     }
 }

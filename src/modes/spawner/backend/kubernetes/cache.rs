@@ -16,6 +16,7 @@ use tokio::time::Instant;
 /// Whether the watch behind the cache is current, and a signal at every change it applies.
 pub struct CacheHealth {
     listed_once: AtomicBool,
+    failed_once: AtomicBool,
     fresh: AtomicBool,
     changes: tokio::sync::watch::Sender<u64>,
 }
@@ -24,6 +25,7 @@ impl Default for CacheHealth {
     fn default() -> Self {
         CacheHealth {
             listed_once: AtomicBool::new(false),
+            failed_once: AtomicBool::new(false),
             fresh: AtomicBool::new(false),
             changes: tokio::sync::watch::channel(0).0,
         }
@@ -48,6 +50,7 @@ impl CacheHealth {
 
     /// The watch failed: what the store holds may be behind until it delivers again.
     pub fn failed(&self) {
+        self.failed_once.store(true, Ordering::SeqCst);
         self.fresh.store(false, Ordering::SeqCst);
         self.bump();
     }
@@ -86,6 +89,26 @@ impl PodCache {
     /// Listed at least once and no watch failure since the last delivery.
     pub fn is_fresh(&self) -> bool {
         self.health.fresh.load(Ordering::SeqCst)
+    }
+
+    /// While the watch's first list is under way (no list and no failure yet), waits for it up
+    /// to `deadline`, so a caller at boot reads the cache rather than listing a second time.
+    pub async fn first_list(&self, deadline: Instant) {
+        let mut changes = self.health.changes.subscribe();
+        loop {
+            changes.borrow_and_update();
+            if self.health.listed_once.load(Ordering::SeqCst)
+                || self.health.failed_once.load(Ordering::SeqCst)
+            {
+                return;
+            }
+            if !matches!(
+                tokio::time::timeout_at(deadline, changes.changed()).await,
+                Ok(Ok(()))
+            ) {
+                return;
+            }
+        }
     }
 
     /// The cached Pod `name`.

@@ -100,6 +100,9 @@ impl KubernetesBackend {
         &self,
         organization_id: Option<&str>,
     ) -> BackendResult<Vec<ListedSession>> {
+        self.cache
+            .first_list(Instant::now() + watch::FIRST_LIST_WAIT)
+            .await;
         if let Some(sessions) = self.cache.sessions(organization_id) {
             return Ok(sessions);
         }

@@ -18,6 +18,9 @@ pub const LIST_PAGE_SIZE: u32 = 500;
 /// is an error rather than unbounded memory.
 pub const LIST_MAX_PAGES: usize = 100;
 
+/// How long a listing at boot waits for the watch's first list before listing by itself.
+pub const FIRST_LIST_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The label selector of session Pods.
 pub fn session_selector() -> String {
     format!("{}=1", manifests::SESSION_LABEL)
