@@ -344,8 +344,8 @@ async fn kubernetes_lists_are_paginated_and_relisted_after_410() {
     .await;
 }
 
-/// 429s with `Retry-After` at boot and during a create are waited out: the boot and the create
-/// both succeed.
+/// 429s with `Retry-After` at boot, around the watch's start and during a create are waited out:
+/// the boot, the watch and the create all succeed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubernetes_survives_throttling() {
     let fake = FakeKube::start().await;
@@ -354,6 +354,14 @@ async fn kubernetes_survives_throttling() {
     let c = spawner.client.clone();
     let throttled_boot = fake.requests().len();
     assert!(throttled_boot >= 4, "the boot retried past the 429s");
+    // The watch's own LIST and watch requests get through the throttling as well.
+    fake.throttle(2, 1);
+    wait_until(
+        "the watch after 429s",
+        Duration::from_secs(15),
+        async || fake.requests().iter().any(is_watch),
+    )
+    .await;
     fake.throttle(4, 1);
     let started = Instant::now();
     c.create("throttled", "torg").await;
@@ -490,4 +498,46 @@ async fn kubernetes_listener_binds_before_adoption() {
         status == StatusCode::OK
     })
     .await;
+}
+
+/// The sweep probes sessions concurrently (up to `SWEEP_CONCURRENCY`), not one after another:
+/// with 20 adopted sessions whose runnerd accepts and never answers, one sweep has well over one
+/// probe connection open at once (a sequential sweep holds one for the probe's 5 s timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_sweep_probes_sessions_concurrently() {
+    let fake = FakeKube::start().await;
+    let runnerd_port = free_port();
+    for i in 0..20 {
+        fake.insert(
+            "pods",
+            NAMESPACE,
+            peer_pod(&format!("sw{i:02}"), "sworg", true, "127.0.0.1"),
+        );
+    }
+    // Nothing listens yet: boot adoption's probes are refused at once.
+    let spawner = kube_spawner(&fake, runnerd_port, &[("SANDBOX_SWEEP_INTERVAL_MS", "300")]).await;
+    wait_until("boot adoption", Duration::from_secs(30), async || {
+        spawner.log().contains("spawner ready")
+    })
+    .await;
+    let hanging = tokio::net::TcpListener::bind(("127.0.0.1", runnerd_port))
+        .await
+        .unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let holder = {
+        let accepted = accepted.clone();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = hanging.accept().await {
+                accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                held.push(stream);
+            }
+        })
+    };
+    // Within one probe timeout (5 s) a sequential sweep could open one connection.
+    wait_until("concurrent probes", Duration::from_secs(4), async || {
+        accepted.load(std::sync::atomic::Ordering::SeqCst) >= 10
+    })
+    .await;
+    holder.abort();
 }

@@ -57,20 +57,22 @@ impl KubernetesBackend {
     }
 
     /// Whether the cached Pod `name` shows a start failure (`Err` with the reason); `None` when
-    /// the watch is stale.
+    /// the watch is stale or does not hold the Pod (then the API server is asked).
     pub(super) fn start_failure_on_watch(&self, name: &str) -> Option<Result<(), String>> {
         if !self.cache.is_fresh() {
             return None;
         }
-        Some(match self.cache.get(name) {
-            Some(pod) => status::start_failure(&pod).map_or(Ok(()), Err),
-            None => Err("the session Pod disappeared while starting".into()),
-        })
+        let pod = self.cache.get(name)?;
+        Some(status::start_failure(&pod).map_or(Ok(()), Err))
     }
 
     /// Waits for the removal of Pod `name` from watch events: `Some(true)` gone, `Some(false)`
-    /// still there at `deadline`, `None` when the watch is stale.
+    /// still there at `deadline`, `None` when the watch is stale or never held the Pod (its
+    /// absence from the cache would then prove nothing).
     pub(super) async fn wait_gone_on_watch(&self, name: &str, deadline: Instant) -> Option<bool> {
+        if !self.cache.is_fresh() || self.cache.get(name).is_none() {
+            return None;
+        }
         match self
             .cache
             .wait_for(name, deadline, |pod| pod.is_none().then_some(()))
