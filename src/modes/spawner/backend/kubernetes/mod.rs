@@ -39,8 +39,9 @@ use manifests::ManifestConfig;
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// First wait between polls of a starting Pod (for its IP, or for a reaped one to vanish); each
-/// later wait doubles up to [`POD_POLL_MAX_INTERVAL`].
+/// First wait between polls of a starting Pod (for its IP, or for a reaped one to vanish) while
+/// the watch is stale (otherwise watch events are awaited); each later wait doubles up to
+/// [`POD_POLL_MAX_INTERVAL`].
 pub const POD_POLL_FIRST_INTERVAL: Duration = Duration::from_millis(50);
 /// Longest wait between polls of a Pod, and the least time between two Pod status reads while
 /// runnerd's readiness is probed.
