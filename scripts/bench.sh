@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmarks: `scripts/bench.sh runnerd` (or `spawner`; `scripts/bench.sh runnerd memory`: the
+# Benchmarks: `scripts/bench.sh runnerd` (or `spawner`, or `kubernetes`; `scripts/bench.sh runnerd memory`: the
 # memory rows only). Builds the static release binary first; the
 # tables are printed and written to bench-out/<name>.md.
 set -euo pipefail

@@ -10,7 +10,7 @@ pub const SPAWNER_RULES: &[(&str, &str, &[&str])] = &[
         "persistentvolumeclaims",
         &["create", "delete", "get", "patch"],
     ),
-    ("", "pods", &["create", "delete", "get", "list"]),
+    ("", "pods", &["create", "delete", "get", "list", "watch"]),
     ("", "secrets", &["create", "delete", "get"]),
     (
         "coordination.k8s.io",

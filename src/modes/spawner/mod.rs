@@ -1,4 +1,5 @@
 //! `tale spawner`: the control plane — sessions API, registry, sweeper, backends.
+pub mod adoption;
 pub mod agents;
 pub mod api;
 pub mod backend;
@@ -173,17 +174,30 @@ async fn serve(args: Args) -> Result<(), BootError> {
         .listen
         .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], config.port)));
     let spawner = Spawner::new(config, backend);
-    spawner.adopt_all().await;
+    // The listener binds first; sessions are adopted behind it (see `adoption`).
+    spawner.adoption.begin();
     let socket = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|source| BootError::Listen {
             addr: listen,
             source,
         })?;
-    tracing::info!(%listen, backend = spawner.backend_name(), sessions = spawner.registry.len(), tls = tls.is_some(), runnerd_tls = spawner.config.tls.runnerd, "spawner ready");
+    tracing::info!(%listen, backend = spawner.backend_name(), tls = tls.is_some(), runnerd_tls = spawner.config.tls.runnerd, "spawner listening; adopting the backend's sessions");
     // Every task the spawner starts for its lifetime is owned here and ends through one signal.
     let (drain_tx, drain) = listener::Drain::new();
     let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn({
+        let (spawner, drain) = (spawner.clone(), drain.clone());
+        async move {
+            tokio::select! {
+                _ = spawner.adopt_all() => {
+                    tracing::info!(sessions = spawner.registry.len(), "spawner ready");
+                }
+                _ = drain.fired() => {}
+            }
+            spawner.adoption.finish();
+        }
+    });
     tasks.spawn({
         let (spawner, drain) = (spawner.clone(), drain.clone());
         async move {

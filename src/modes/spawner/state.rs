@@ -28,6 +28,8 @@ pub struct Spawner {
     /// Request body bytes in flight, across all requests.
     pub body_budget: BodyBudget,
     pub health_cache: Mutex<Option<(Instant, Result<serde_json::Value, String>)>>,
+    /// Boot adoption's progress, which requests for not-yet-adopted sessions wait on.
+    pub adoption: super::adoption::AdoptionGate,
 }
 
 impl Spawner {
@@ -44,6 +46,7 @@ impl Spawner {
             registry: Registry::default(),
             metrics: Metrics::new(),
             health_cache: Mutex::new(None),
+            adoption: Default::default(),
         })
     }
 
@@ -149,18 +152,24 @@ impl Spawner {
         Some(entry)
     }
 
-    /// Re-adopts every session the backend still runs (boot, and after a spawner restart).
+    /// Re-adopts every session the backend still runs (boot, and after a spawner restart),
+    /// [`ADOPTION_CONCURRENCY`](super::adoption::ADOPTION_CONCURRENCY) at a time.
     pub async fn adopt_all(&self) {
+        use futures_util::StreamExt;
         match self.backend.list_sessions(None).await {
             Ok(sessions) => {
-                for listed in sessions.into_iter().filter(|s| s.running) {
-                    if self.backend.arbitrates_caps() {
-                        self.adopt_claim(&listed).await;
-                    }
-                    if !self.registry.contains(&listed.session_id) {
-                        self.adopt(listed).await;
-                    }
-                }
+                let running = sessions.into_iter().filter(|s| s.running);
+                futures_util::stream::iter(running)
+                    .for_each_concurrent(super::adoption::ADOPTION_CONCURRENCY, |listed| async {
+                        if self.backend.arbitrates_caps() {
+                            self.adopt_claim(&listed).await;
+                        }
+                        if !self.registry.contains(&listed.session_id) {
+                            self.adopt(listed).await;
+                        }
+                        self.adoption.progress();
+                    })
+                    .await;
             }
             Err(err) => tracing::warn!(%err, "cannot list backend sessions to adopt"),
         }

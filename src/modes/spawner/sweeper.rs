@@ -34,70 +34,85 @@ pub fn decide(
     }
 }
 
+/// Sessions one sweep checks at once (each check is a runnerd probe and maybe a stop).
+pub const SWEEP_CONCURRENCY: usize = 16;
+
 /// One sweep over the registry (first brought in line with the backend when the backend holds
-/// pins, i.e. when several replicas may share the sessions: each then sweeps every session).
+/// pins, i.e. when several replicas may share the sessions: each then sweeps every session),
+/// [`SWEEP_CONCURRENCY`] sessions at a time.
 pub async fn sweep_once(spawner: &Spawner) {
+    use futures_util::StreamExt;
     let shared = spawner.backend.persists_pins();
     if shared {
         spawner.sync_with_backend(None).await;
     }
-    for entry in spawner.registry.list(None) {
-        if spawner.registry.proxy_count(&entry.session_id) > 0 {
-            continue;
+    futures_util::stream::iter(spawner.registry.list(None))
+        .for_each_concurrent(SWEEP_CONCURRENCY, |entry| {
+            sweep_one(spawner, entry.session_id, shared)
+        })
+        .await;
+}
+
+/// Checks one session and stops it when it is past its TTL or idle too long.
+async fn sweep_one(spawner: &Spawner, id: String, shared: bool) {
+    if spawner.registry.proxy_count(&id) > 0 {
+        return;
+    }
+    let Some(entry) = spawner.registry.get(&id) else {
+        return;
+    };
+    if entry.pinned && !(shared && unpinned_elsewhere(spawner, &entry.session_id).await) {
+        return;
+    }
+    let Some(entry) = spawner.registry.get(&entry.session_id) else {
+        return;
+    };
+    let now = crate::shared::clock::now_ms();
+    let (last_activity, live) = match entry.runnerd.health().await {
+        Ok(health) => {
+            spawner.registry.update(&entry.session_id, |e| {
+                e.last_activity_at_ms = health.last_activity_at_ms
+            });
+            (Some(health.last_activity_at_ms), health.live_execs)
         }
-        if entry.pinned && !(shared && unpinned_elsewhere(spawner, &entry.session_id).await) {
-            continue;
+        Err(_) => {
+            if spawner.evict_if_gone(&entry.session_id).await {
+                return;
+            }
+            // runnerd unreachable but compute present: only the TTL decides.
+            (None, 0)
         }
-        let Some(entry) = spawner.registry.get(&entry.session_id) else {
-            continue;
-        };
-        let now = crate::shared::clock::now_ms();
-        let (last_activity, live) = match entry.runnerd.health().await {
-            Ok(health) => {
-                spawner.registry.update(&entry.session_id, |e| {
-                    e.last_activity_at_ms = health.last_activity_at_ms
-                });
-                (Some(health.last_activity_at_ms), health.live_execs)
-            }
-            Err(_) => {
-                if spawner.evict_if_gone(&entry.session_id).await {
-                    continue;
-                }
-                // runnerd unreachable but compute present: only the TTL decides.
-                (None, 0)
-            }
-        };
-        let Some(cause) = decide(
-            now,
-            entry.expires_at_ms,
-            entry.idle_timeout_ms,
-            last_activity,
-            live,
-        ) else {
-            continue;
-        };
-        let _lifecycle = spawner.registry.lifecycle(&entry.session_id).await;
-        if shared && !still_stoppable(spawner, &entry.session_id, cause).await {
-            continue;
+    };
+    let Some(cause) = decide(
+        now,
+        entry.expires_at_ms,
+        entry.idle_timeout_ms,
+        last_activity,
+        live,
+    ) else {
+        return;
+    };
+    let _lifecycle = spawner.registry.lifecycle(&entry.session_id).await;
+    if shared && !still_stoppable(spawner, &entry.session_id, cause).await {
+        return;
+    }
+    match spawner.backend.stop_session(&entry.session_id).await {
+        Ok(_) => {
+            spawner.registry.remove(&entry.session_id);
+            let label = if cause == StopCause::Ttl {
+                "ttl"
+            } else {
+                "idle"
+            };
+            spawner
+                .metrics
+                .sweep_stops
+                .get_or_create(&Metrics::label("cause", label))
+                .inc();
+            tracing::info!(session_id = %entry.session_id, ?cause, "sweep stopped session; workspace kept");
         }
-        match spawner.backend.stop_session(&entry.session_id).await {
-            Ok(_) => {
-                spawner.registry.remove(&entry.session_id);
-                let label = if cause == StopCause::Ttl {
-                    "ttl"
-                } else {
-                    "idle"
-                };
-                spawner
-                    .metrics
-                    .sweep_stops
-                    .get_or_create(&Metrics::label("cause", label))
-                    .inc();
-                tracing::info!(session_id = %entry.session_id, ?cause, "sweep stopped session; workspace kept");
-            }
-            Err(err) => {
-                tracing::warn!(session_id = %entry.session_id, %err, "sweep could not stop session; retrying next sweep")
-            }
+        Err(err) => {
+            tracing::warn!(session_id = %entry.session_id, %err, "sweep could not stop session; retrying next sweep")
         }
     }
 }
@@ -163,6 +178,10 @@ pub async fn run(spawner: Arc<Spawner>) {
     interval.tick().await;
     loop {
         interval.tick().await;
+        // Boot adoption first: its registry is incomplete and its runnerd probes are the sweep's.
+        if spawner.adoption.in_progress() {
+            continue;
+        }
         sweep_once(&spawner).await;
     }
 }

@@ -2,7 +2,9 @@
 //! run here). It keeps Pods, Secrets, PVCs and NetworkPolicies in memory and answers the REST calls
 //! with real Kubernetes JSON shapes: objects with uid/resourceVersion/creationTimestamp, lists,
 //! and `Status` objects for 404/409. It records every request, so tests assert on what the spawner
-//! sent (and never sent: `pods/exec`).
+//! sent (and never sent: `pods/exec`). Collections are listed with `limit`/`continue` pagination
+//! (`paging`), watched with `?watch=true` streams (`watch`, over the change history in `journal`),
+//! and a switch answers 429 with `Retry-After` for the next N requests (`throttle`).
 //!
 //! Its "kubelet" really runs created Pods: it resolves the container env (including
 //! `secretKeyRef`s from stored Secrets, failing with `CreateContainerConfigError` like the real one),
@@ -14,7 +16,11 @@
 #![allow(dead_code)]
 
 mod conflicts;
+mod journal;
 mod leases;
+mod paging;
+mod throttle;
+mod watch;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -54,7 +60,14 @@ struct State {
     /// Pod (namespace, name) → its runnerd.
     kubelet: HashMap<(String, String), Child>,
     next_ip: u32,
+    /// Change history for watches and consistent paginated lists.
+    journal: journal::Journal,
+    /// 429 answers still to give.
+    throttle: throttle::Throttle,
 }
+
+/// A response body: whole (most answers) or streamed (watches).
+type FakeBody = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
 
 /// A running fake API server; its runnerd processes are killed on drop.
 pub struct FakeKube {
@@ -94,7 +107,14 @@ impl FakeKube {
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |request| {
                         let shared = shared.clone();
-                        async move { Ok::<_, std::convert::Infallible>(handle(shared, request).await) }
+                        async move {
+                            let response = if watch::is_watch(&request) {
+                                watch::serve(shared, request).await
+                            } else {
+                                handle(shared, request).await.map(BodyExt::boxed)
+                            };
+                            Ok::<_, std::convert::Infallible>(response)
+                        }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
@@ -145,6 +165,9 @@ impl FakeKube {
                 _ => continue,
             };
             let (resource, verb) = match (rest, r.method.as_str()) {
+                ([resource], "GET") if r.query.contains("watch=true") => {
+                    (resource.to_string(), "watch")
+                }
                 ([resource], "GET") => (resource.to_string(), "list"),
                 ([resource], "POST") => (resource.to_string(), "create"),
                 ([resource, _], "GET") => (resource.to_string(), "get"),
@@ -320,12 +343,19 @@ fn qualified(resource: &str) -> String {
     }
 }
 
+/// Equality-based selectors: `k=v`, `k==v`, `k!=v`, `k` (exists), `!k` (does not exist).
 fn labels_match(object: &Value, selector: &str) -> bool {
-    selector.split(',').filter(|s| !s.is_empty()).all(|pair| {
-        let Some((key, value)) = pair.split_once('=') else {
-            return false;
-        };
-        object["metadata"]["labels"][key].as_str() == Some(value)
+    let label = |key: &str| object["metadata"]["labels"][key.trim()].as_str();
+    selector.split(',').filter(|s| !s.is_empty()).all(|term| {
+        if let Some((key, value)) = term.split_once("!=") {
+            label(key) != Some(value.trim())
+        } else if let Some((key, value)) = term.split_once("==").or_else(|| term.split_once('=')) {
+            label(key) == Some(value.trim())
+        } else if let Some(key) = term.strip_prefix('!') {
+            label(key).is_none()
+        } else {
+            label(term).is_some()
+        }
     })
 }
 
@@ -360,6 +390,9 @@ async fn handle(shared: Shared, request: Request<Incoming>) -> Response<Full<Byt
     });
     if !authorized {
         return status(401, "Unauthorized", "Unauthorized".into(), "", "");
+    }
+    if let Some(throttled) = throttle::check(&state) {
+        return throttled;
     }
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     if method == Method::GET && segments == ["version"] {
@@ -398,7 +431,7 @@ async fn handle(shared: Shared, request: Request<Incoming>) -> Response<Full<Byt
         [namespace, resource] => {
             let (namespace, resource) = (namespace.to_string(), resource.to_string());
             match method {
-                Method::GET => list(&state, &namespace, &resource, params.get("labelSelector")),
+                Method::GET => paging::list(&state, &namespace, &resource, &params),
                 Method::POST => create(&state, &root, ip_prefix, &namespace, &resource, body),
                 _ => status(
                     405,
@@ -450,32 +483,6 @@ fn not_found(resource: &str, name: &str) -> Response<Full<Bytes>> {
         format!("{} \"{name}\" not found", qualified(resource)),
         resource,
         name,
-    )
-}
-
-fn list(
-    state: &Mutex<State>,
-    namespace: &str,
-    resource: &str,
-    selector: Option<&String>,
-) -> Response<Full<Bytes>> {
-    let state = lock(state);
-    let items: Vec<Value> = state
-        .objects
-        .iter()
-        .filter(|((r, ns, _), o)| {
-            r == resource && ns == namespace && selector.is_none_or(|s| labels_match(o, s))
-        })
-        .map(|(_, o)| o.clone())
-        .collect();
-    let (kind, api_version) = kind_of(resource);
-    reply(
-        StatusCode::OK,
-        &json!({
-            "kind": format!("{kind}List"), "apiVersion": api_version,
-            "metadata": {"resourceVersion": state.resource_version.to_string()},
-            "items": items,
-        }),
     )
 }
 

@@ -213,6 +213,7 @@ async fn route(spawner: Arc<Spawner>, request: ApiRequest) -> Reply {
         (&M::POST, ["v1", "execute"]) => execute::execute(spawner, &request).await,
         (_, ["v1", "sessions", id, rest @ ..]) if is_valid_id(id) => {
             let id = id.to_string();
+            spawner.await_adoption(&id).await?;
             session_route(spawner, &request, &method, &id, rest).await
         }
         _ => Err(not_found()),

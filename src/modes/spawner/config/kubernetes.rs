@@ -35,6 +35,8 @@ pub struct KubernetesSettings {
     pub spawner_namespace: Option<String>,
     /// Port runnerd listens on inside session Pods.
     pub runnerd_port: u16,
+    /// Pods per page of a session Pod LIST (`limit`; the rest follows by `continue`).
+    pub list_page_size: u32,
     /// API server URL overriding in-cluster/kubeconfig discovery.
     pub server: Option<String>,
     /// Bearer token overriding the discovered credentials.
@@ -132,6 +134,12 @@ pub(super) fn kubernetes_settings(
             1,
             65535,
         )? as u16,
+        list_page_size: number(
+            "SANDBOX_K8S_LIST_PAGE_SIZE",
+            u64::from(crate::modes::spawner::backend::kubernetes::watch::LIST_PAGE_SIZE),
+            1,
+            5000,
+        )? as u32,
         server: get("SANDBOX_K8S_SERVER"),
         token: get("SANDBOX_K8S_TOKEN"),
         ca_file: get("SANDBOX_K8S_CAFILE").map(PathBuf::from),
@@ -238,6 +246,7 @@ pub const KUBERNETES_VARIABLES: &[&str] = &[
     "SANDBOX_K8S_SPAWNER_SELECTOR",
     "SANDBOX_K8S_SPAWNER_NAMESPACE",
     "SANDBOX_K8S_RUNNERD_PORT",
+    "SANDBOX_K8S_LIST_PAGE_SIZE",
     "SANDBOX_K8S_SERVER",
     "SANDBOX_K8S_TOKEN",
     "SANDBOX_K8S_CAFILE",

@@ -226,7 +226,7 @@ impl KubernetesBackend {
             return Ok(0);
         }
         let running: HashSet<String> = self
-            .listed_sessions(None)
+            .sessions(None)
             .await?
             .into_iter()
             .filter(|s| s.running)

@@ -24,6 +24,10 @@ pub const SESSION_LABEL: &str = "tale.sandbox-session";
 /// Label on session Pods (`=session`): what the NetworkPolicy selects.
 pub const ROLE_LABEL: &str = "tale.sandbox/role";
 pub const ROLE_SESSION: &str = "session";
+/// Label on session Pods: [`org_hash`] of the organization, so one organization's sessions are
+/// selected by the API server (label values are at most 63 characters of a restricted alphabet;
+/// organization ids are not).
+pub const ORG_HASH_LABEL: &str = "tale.dev/org-hash";
 /// Label on workspace PVCs (`=1`).
 pub const WORKSPACE_LABEL: &str = "tale.sandbox-session-ws";
 pub const ANNOTATION_SESSION_ID: &str = "tale.dev/session-id";
@@ -79,6 +83,11 @@ pub struct ManifestConfig {
     /// Labels of the spawner Pods, the only ingress peers of runnerd.
     pub spawner_selector: BTreeMap<String, String>,
     pub spawner_namespace: String,
+}
+
+/// The [`ORG_HASH_LABEL`] value of an organization: the first 16 hex digits of its SHA-256.
+pub fn org_hash(organization_id: &str) -> String {
+    crate::shared::hmac::sha256_hex(organization_id.as_bytes())[..16].to_owned()
 }
 
 /// The name a session's Pod is created under: `tale-sbx-ses-<id>` for lowercase DNS-safe ids that
@@ -348,7 +357,11 @@ pub fn pod_on_claim(spec: &SessionSpec, config: &ManifestConfig, claim: &str) ->
         metadata: ObjectMeta {
             name: Some(pod_name(&spec.session_id)),
             namespace: Some(config.namespace.clone()),
-            labels: Some(labels(&[(SESSION_LABEL, "1"), (ROLE_LABEL, ROLE_SESSION)])),
+            labels: Some(labels(&[
+                (SESSION_LABEL, "1"),
+                (ROLE_LABEL, ROLE_SESSION),
+                (ORG_HASH_LABEL, &org_hash(&spec.organization_id)),
+            ])),
             annotations: Some(labels(&[
                 (ANNOTATION_SESSION_ID, &spec.session_id),
                 (ANNOTATION_ORGANIZATION_ID, &spec.organization_id),

@@ -12,6 +12,11 @@
 //!
 //! Several replicas share one namespace: caps are claim Leases (`claims`), pins an annotation on
 //! the workspace PVC (`pins`), and the Secret is a create's lock against same-id races (`races`).
+//!
+//! One label-selected watch per replica keeps a cache of the session Pods (`watch`, `cache`):
+//! readiness and removal are awaited on its events, and list/get/exists are answered from it
+//! while it is current (`waits`); when the watch fails the backend asks the API server directly.
+pub mod cache;
 pub mod claims;
 pub mod client;
 pub mod manifests;
@@ -21,6 +26,8 @@ pub mod pins;
 pub mod placement;
 mod races;
 pub mod status;
+mod waits;
+pub mod watch;
 
 use super::names::Found;
 use super::{
@@ -33,14 +40,15 @@ use crate::modes::spawner::config::{
 use crate::shared::protocol::runnerd::is_valid_id;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use manifests::ManifestConfig;
 use races::{gone_is_done, uid_precondition, Made};
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// First wait between polls of a starting Pod (for its IP, or for a reaped one to vanish); each
-/// later wait doubles up to [`POD_POLL_MAX_INTERVAL`].
+/// First wait between polls of a starting Pod (for its IP, or for a reaped one to vanish) while
+/// the watch is stale (otherwise watch events are awaited); each later wait doubles up to
+/// [`POD_POLL_MAX_INTERVAL`].
 pub const POD_POLL_FIRST_INTERVAL: Duration = Duration::from_millis(50);
 /// Longest wait between polls of a Pod, and the least time between two Pod status reads while
 /// runnerd's readiness is probed.
@@ -71,6 +79,10 @@ pub struct KubernetesBackend {
     placements: ProfilePlacements,
     /// DNS peers of the session NetworkPolicy, and whether it is applied at all.
     network: NetworkSettings,
+    /// The session Pods as this replica's watch sees them.
+    cache: cache::PodCache,
+    /// Pods per LIST page.
+    list_page_size: u32,
 }
 
 fn status_code(err: &kube::Error) -> Option<u16> {
@@ -125,6 +137,12 @@ impl KubernetesBackend {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client_config = client::client_config(&config.settings).await?;
         let own_namespace = client_config.default_namespace.clone();
+        // The watch has its own idle timeout (kube's watcher); the per-call read timeout would
+        // cut a quiet watch.
+        let mut watch_config = client_config.clone();
+        watch_config.read_timeout = None;
+        let watch_client = kube::Client::try_from(watch_config)
+            .map_err(|err| BackendError::engine_call("cannot build the Kubernetes client", err))?;
         let client = kube::Client::try_from(client_config)
             .map_err(|err| BackendError::engine_call("cannot build the Kubernetes client", err))?;
         let settings = &config.settings;
@@ -154,6 +172,12 @@ impl KubernetesBackend {
             manifests,
             placements: settings.placement.clone(),
             network: settings.network.clone(),
+            cache: watch::start(
+                Api::namespaced(watch_client, &namespace),
+                &namespace,
+                settings.list_page_size,
+            ),
+            list_page_size: settings.list_page_size,
         };
         if !backend.network.managed {
             tracing::warn!(
@@ -302,6 +326,19 @@ impl KubernetesBackend {
         gone_is_done(self.pods.delete(name, &params).await)
             .map_err(api("cannot delete the session Pod"))?;
         self.reap_secret(session_id, name, ended).await?;
+        let still_terminating = || {
+            BackendError::Engine(format!(
+                "the ended Pod {name} of session {session_id} is still terminating; retry the create later"
+            ))
+        };
+        match self
+            .wait_gone_on_watch(name, uid.as_deref(), deadline)
+            .await
+        {
+            Some(true) => return Ok(()),
+            Some(false) => return Err(still_terminating()),
+            None => {} // the watch is stale: poll
+        }
         let mut interval = POD_POLL_FIRST_INTERVAL;
         loop {
             match self.pods.get_opt(name).await {
@@ -311,9 +348,7 @@ impl KubernetesBackend {
                 Err(err) => return Err(api("cannot read the ended session Pod")(err)),
             }
             if Instant::now() + interval > deadline {
-                return Err(BackendError::Engine(format!(
-                    "the ended Pod {name} of session {session_id} is still terminating; retry the create later"
-                )));
+                return Err(still_terminating());
             }
             tokio::time::sleep(interval).await;
             interval = (interval * 2).min(POD_POLL_MAX_INTERVAL);
@@ -421,8 +456,17 @@ impl KubernetesBackend {
         Err(BackendError::Exists(spec.session_id.clone()))
     }
 
-    /// Polls the Pod until it has an IP; fails at once when it cannot start.
-    async fn wait_for_ip(&self, session_id: &str, deadline: Instant) -> BackendResult<String> {
+    /// Waits for the Pod's IP (on the watch; polling when the watch is stale); fails at once
+    /// when it cannot start.
+    async fn wait_for_ip(
+        &self,
+        session_id: &str,
+        uid: Option<&str>,
+        deadline: Instant,
+    ) -> BackendResult<String> {
+        if let Some(answer) = self.wait_for_ip_on_watch(session_id, uid, deadline).await {
+            return answer;
+        }
         let name = manifests::pod_name(session_id);
         let started = Instant::now();
         let mut interval = POD_POLL_FIRST_INTERVAL;
@@ -463,7 +507,7 @@ impl KubernetesBackend {
     ) -> BackendResult<String> {
         self.create_secret(spec, in_flight, made).await?;
         crate::modes::spawner::test_hooks::pause_at("before_start").await;
-        match self
+        let created = match self
             .pods
             .create(
                 &PostParams::default(),
@@ -471,19 +515,25 @@ impl KubernetesBackend {
             )
             .await
         {
-            Ok(pod) => made.pod = pod.metadata.uid,
+            Ok(pod) => {
+                made.pod = pod.metadata.uid.clone();
+                pod
+            }
             // Someone created it since the check: theirs, and so is the Secret now.
             Err(err) if is_conflict(&err) => {
                 return Err(BackendError::Exists(spec.session_id.clone()))
             }
             Err(err) => return Err(api("cannot create the session Pod")(err)),
-        }
-        let ip = self.wait_for_ip(&spec.session_id, deadline).await?;
+        };
+        let ip = self
+            .wait_for_ip(&spec.session_id, created.metadata.uid.as_deref(), deadline)
+            .await?;
         let url = status::runnerd_url(&ip, self.manifests.runnerd_port);
         let name = manifests::pod_name(&spec.session_id);
         let mut last_check = Instant::now();
         let remaining = deadline.saturating_duration_since(Instant::now());
         wait_for_runnerd(&url, spec, remaining, || {
+            let watched = self.start_failure_on_watch(&name);
             let due = last_check.elapsed() >= POD_POLL_MAX_INTERVAL;
             if due {
                 last_check = Instant::now();
@@ -491,6 +541,9 @@ impl KubernetesBackend {
             let pods = self.pods.clone();
             let name = name.clone();
             async move {
+                if let Some(answer) = watched {
+                    return answer;
+                }
                 if !due {
                     return Ok(());
                 }
@@ -579,35 +632,6 @@ impl KubernetesBackend {
         tracing::info!(session_id, had_pod, had_pvc, "kubernetes session destroyed");
         Ok(had_pod || had_pvc)
     }
-
-    /// Every session Pod, optionally of one organization, by session id.
-    async fn listed_sessions(
-        &self,
-        organization_id: Option<&str>,
-    ) -> BackendResult<Vec<ListedSession>> {
-        let selector = format!("{}=1", manifests::SESSION_LABEL);
-        let pods = self
-            .pods
-            .list(&ListParams::default().labels(&selector))
-            .await
-            .map_err(api("cannot list session Pods"))?;
-        let mut sessions: Vec<ListedSession> = pods
-            .items
-            .iter()
-            .filter_map(status::listed_session)
-            .filter(|s| organization_id.is_none_or(|org| s.organization_id == org))
-            .collect();
-        sessions.sort_by(|a, b| a.session_id.cmp(&b.session_id));
-        Ok(sessions)
-    }
-
-    /// The session's own Pod, if any.
-    async fn read_pod(&self, session_id: &str) -> BackendResult<Option<Pod>> {
-        Ok(match self.find_pod(session_id, None).await? {
-            Found::Ours { object, .. } => Some(object),
-            Found::Absent | Found::Foreign { .. } => None,
-        })
-    }
 }
 
 impl Backend for KubernetesBackend {
@@ -665,7 +689,7 @@ impl Backend for KubernetesBackend {
         &'a self,
         organization_id: Option<&'a str>,
     ) -> BoxFuture<'a, BackendResult<Vec<ListedSession>>> {
-        Box::pin(self.listed_sessions(organization_id))
+        Box::pin(self.sessions(organization_id))
     }
 
     fn arbitrates_caps(&self) -> bool {
