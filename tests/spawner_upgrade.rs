@@ -148,24 +148,31 @@ impl Deployment {
         ids
     }
 
-    /// Runs `shell` in session `id` through replica `i`; its stdout (a refusal fails with logs).
+    /// Runs `shell` in session `id` through replica `i`; its stdout (a refusal fails with its body
+    /// and the logs).
     async fn exec(&self, i: usize, id: &str, exec_id: &str, shell: &str) -> String {
-        let (status, stream) = self
-            .client(i)
-            .sse(
-                Method::POST,
-                &format!("/v1/sessions/{id}/exec"),
-                Some(json!({"execId": exec_id, "shell": shell})),
-                &[],
-            )
-            .await;
+        use http_body_util::BodyExt;
+        let client = self.client(i);
+        let body = json!({"execId": exec_id, "shell": shell}).to_string();
+        let request = client.request(
+            Method::POST,
+            &format!("/v1/sessions/{id}/exec"),
+            body.into(),
+            true,
+        );
+        let response = client.send(request).await;
+        let status = response.status();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let text = String::from_utf8_lossy(&bytes).into_owned();
         assert_eq!(
             status,
             StatusCode::OK,
-            "exec in {id} through replica {i}:\n{}",
-            self.logs()
+            "exec in {id} through replica {i}: {text}\n{}\n== runnerd of {id} ==\n{}",
+            self.logs(),
+            session_log(id)
         );
-        support::spawner::stdout_text(&stream.collect_all().await)
+        let events = tale::shared::sse::SseParser::default().feed(&bytes);
+        support::spawner::stdout_text(&events)
     }
 
     async fn pin(&self, i: usize, id: &str, pinned: bool) {
@@ -195,6 +202,19 @@ impl Deployment {
         .lines()
         .count()
     }
+}
+
+/// The last lines of session `id`'s runnerd log (for failure messages).
+fn session_log(id: &str) -> String {
+    let output = std::process::Command::new("docker")
+        .args(["logs", "--tail", "40", &format!("tale-sbx-ses-{id}")])
+        .output()
+        .unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
 }
 
 /// Whether session `id`'s container exists.
@@ -390,7 +410,7 @@ async fn sessions_of_the_previous_binary_are_adopted() {
 /// side by side. Sessions created on either are got and exec'd on both and listed by this
 /// release; this release's caps count the old replica's sessions at once — a create right after
 /// the old replica's, with no sweep or listing in between, is refused when that session filled the
-/// org.
+/// org. A deployment booting on the same engine meanwhile cuts none of them off.
 #[tokio::test(flavor = "multi_thread")]
 async fn previous_and_current_replicas_serve_one_deployment() {
     let mut deployment = Deployment::new(
@@ -457,10 +477,19 @@ async fn previous_and_current_replicas_serve_one_deployment() {
         )
         .await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    // Another deployment (its own network) booting on the same engine leaves this one's sessions
+    // reachable: it rewrites the runnerd allowlists of its own sessions only.
+    let mut other = Deployment::new("other", &[]);
+    other.start(Release::Current).await;
     for (replica, id) in [(old, &from_new), (new2, &from_old), (new1, &first)] {
         let (status, session) = deployment.get(replica, id).await;
         assert_eq!(status, StatusCode::OK, "{id} on {replica}: {session}");
-        assert_eq!(session["state"], "ready", "{id} on {replica}: {session}");
+        assert_eq!(
+            session["state"],
+            "ready",
+            "{id} on {replica}: {session}\n{}",
+            deployment.logs()
+        );
         let out = deployment
             .exec(replica, id, &format!("e{replica}"), "echo served")
             .await;

@@ -341,12 +341,7 @@ impl Backend for DockerBackend {
             Ok(containers
                 .into_iter()
                 // One engine may host several deployments: ours are on our network.
-                .filter(|c| {
-                    c.network_settings
-                        .as_ref()
-                        .and_then(|n| n.networks.as_ref())
-                        .is_some_and(|n| n.contains_key(&self.config.network))
-                })
+                .filter(|c| super::docker_shared::on_network(c, &self.config.network))
                 .filter_map(|c| {
                     let labels = c.labels?;
                     Some(ListedSession {
@@ -384,7 +379,7 @@ impl Backend for DockerBackend {
                     value: request.organization_id.to_owned(),
                 });
             }
-            self.shared().claim(request).await
+            self.shared().claim_for_create(request).await
         })
     }
 
