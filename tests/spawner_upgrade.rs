@@ -114,8 +114,17 @@ impl Deployment {
 
     /// Creates `id` on replica `i`, asserting 201.
     async fn create_ok(&self, i: usize, body: Value) {
-        let (status, reply) = self.create(i, body).await;
-        assert_eq!(status, StatusCode::CREATED, "{reply}\n{}", self.logs());
+        let (status, reply) = self.create(i, body.clone()).await;
+        if status != StatusCode::CREATED {
+            let prefix = tale::modes::spawner::backend::docker_shared::claim_prefix(&self.network);
+            let label = format!("label=tale.claim={prefix}");
+            let format = "{{.Names}} {{.Labels}}";
+            let claims = docker(&["ps", "-a", "--filter", &label, "--format", format]).1;
+            panic!(
+                "{body}: {status} {reply}\nclaims:\n{claims}\n{}",
+                self.logs()
+            );
+        }
     }
 
     /// `GET /v1/sessions/:id` on replica `i`: status and the session object.
@@ -497,13 +506,22 @@ async fn previous_and_current_replicas_serve_one_deployment() {
     }
     assert!(deployment.listed(new2, &org_a).await.contains(&from_new));
     assert_eq!(deployment.listed(new1, &org_b).await.len(), 2);
-    // Destroyed through the old replica, a new replica's session is gone for this release too.
+    // Destroyed through the old replica, a new replica's session is gone for this release too,
+    // and a create of its id on a replica that still held it is a new create, not a duplicate.
     let (status, destroyed) = deployment.client(old).destroy(&from_new).await;
     assert_eq!((status, destroyed), (StatusCode::OK, true));
     assert_eq!(
         deployment.get(new1, &from_new).await.0,
         StatusCode::NOT_FOUND
     );
+    // (In another org: the old replica's destroy left the org A claim, reclaimed only later.)
+    let org_c = deployment.org("rc");
+    deployment
+        .create_ok(
+            new2,
+            json!({"sessionId": from_new, "organizationId": org_c}),
+        )
+        .await;
 }
 
 /// During a rolling update the sweeps of both releases run (an idle unpinned session is stopped)
