@@ -46,6 +46,8 @@ struct Deployment {
     env: Vec<(String, String)>,
     orgs: Vec<String>,
     replicas: Vec<(Release, SpawnerProcess)>,
+    /// Sessions created (201), for [`Deployment::destroy_all`].
+    created: std::sync::Mutex<Vec<String>>,
 }
 
 impl Deployment {
@@ -65,6 +67,7 @@ impl Deployment {
             env,
             orgs: Vec::new(),
             replicas: Vec::new(),
+            created: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -107,9 +110,31 @@ impl Deployment {
 
     /// `POST /v1/sessions` on replica `i`: status and body.
     async fn create(&self, i: usize, body: Value) -> (StatusCode, Value) {
-        self.client(i)
-            .json(Method::POST, "/v1/sessions", Some(body))
-            .await
+        let (status, reply) = self
+            .client(i)
+            .json(Method::POST, "/v1/sessions", Some(body.clone()))
+            .await;
+        if status == StatusCode::CREATED {
+            let id = body["sessionId"].as_str().unwrap().to_owned();
+            self.created.lock().unwrap().push(id);
+        }
+        (status, reply)
+    }
+
+    /// Destroys every session the test created through a replica of this release, which removes
+    /// all of a session's objects (quota images included; `Drop` only removes what the engine
+    /// lists).
+    async fn destroy_all(&self) {
+        let current = self
+            .replicas
+            .iter()
+            .position(|(release, _)| matches!(release, Release::Current))
+            .expect("a replica of this release");
+        let ids = self.created.lock().unwrap().clone();
+        for id in ids {
+            let (status, _) = self.client(current).destroy(&id).await;
+            assert_eq!(status, StatusCode::OK, "destroy {id}\n{}", self.logs());
+        }
     }
 
     /// Creates `id` on replica `i`, asserting 201.
@@ -413,6 +438,7 @@ async fn sessions_of_the_previous_binary_are_adopted() {
             json!({"sessionId": format!("uagain-{pid}"), "organizationId": org_a}),
         )
         .await;
+    deployment.destroy_all().await;
 }
 
 /// A rolling update: a replica of the previous release and two of this one serve one deployment
@@ -522,6 +548,7 @@ async fn previous_and_current_replicas_serve_one_deployment() {
             json!({"sessionId": from_new, "organizationId": org_c}),
         )
         .await;
+    deployment.destroy_all().await;
 }
 
 /// During a rolling update the sweeps of both releases run (an idle unpinned session is stopped)
@@ -588,4 +615,5 @@ async fn sweeps_of_both_releases_spare_busy_and_pinned_sessions() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(deployment.get(new1, &pinned).await.1["pinned"], true);
+    deployment.destroy_all().await;
 }
