@@ -553,7 +553,8 @@ async fn previous_and_current_replicas_serve_one_deployment() {
 
 /// During a rolling update the sweeps of both releases run (an idle unpinned session is stopped)
 /// and neither stops a session whose exec is still running (started through the old replica, its
-/// stream dropped) nor one pinned through this release.
+/// stream dropped), one in use through this release (the old replica goes by runnerd's activity
+/// clock), nor one pinned through this release.
 #[tokio::test(flavor = "multi_thread")]
 async fn sweeps_of_both_releases_spare_busy_and_pinned_sessions() {
     let mut deployment = Deployment::new("sweep", &[("SANDBOX_SWEEP_INTERVAL_MS", "200")]);
@@ -563,16 +564,39 @@ async fn sweeps_of_both_releases_spare_busy_and_pinned_sessions() {
     let new1 = deployment.start(Release::Current).await;
     let new2 = deployment.start(Release::Current).await;
     // Every session has a 4 s idle timeout: `busy` runs an exec the whole time, `pinned` is pinned
-    // through a new replica, `idle` is neither and must be stopped by a sweep.
+    // through a new replica, `active` (a new replica's, known to the old one too) is used every
+    // second through a new replica, `idle` is none of these and must be stopped by a sweep.
     let body = |id: &str| json!({"sessionId": id, "organizationId": org, "idleTimeoutMs": 4000});
-    let (busy, pinned, idle) = (
+    let (busy, pinned, active, idle) = (
         format!("rbusy-{pid}"),
         format!("rpinned-{pid}"),
+        format!("ractive-{pid}"),
         format!("ridle-{pid}"),
     );
     deployment.create_ok(old, body(&busy)).await;
     deployment.create_ok(new1, body(&pinned)).await;
     deployment.pin(new2, &pinned, true).await;
+    deployment.create_ok(new2, body(&active)).await;
+    assert_eq!(deployment.get(old, &active).await.0, StatusCode::OK);
+    let user = deployment.client(new1);
+    let (active_id, stop_using) = (
+        active.clone(),
+        std::sync::Arc::new(tokio::sync::Notify::new()),
+    );
+    let stopped_using = stop_using.clone();
+    let using = tokio::spawn(async move {
+        for n in 0.. {
+            let exec_id = format!("use{n}");
+            tokio::select! {
+                _ = user.exec_stdout(&active_id, &exec_id, "true") => {}
+                _ = stopped_using.notified() => return,
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = stopped_using.notified() => return,
+            }
+        }
+    });
     deployment.create_ok(old, body(&idle)).await;
     let (status, mut stream) = deployment
         .client(old)
@@ -612,8 +636,15 @@ async fn sweeps_of_both_releases_spare_busy_and_pinned_sessions() {
             "the pinned session runs on:\n{}",
             deployment.logs()
         );
+        assert!(
+            container_exists(&active),
+            "the session in use runs on:\n{}",
+            deployment.logs()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    stop_using.notify_one();
+    using.await.unwrap();
     assert_eq!(deployment.get(new1, &pinned).await.1["pinned"], true);
     deployment.destroy_all().await;
 }
