@@ -22,6 +22,9 @@ export TALE_AGENT_IMAGE=tale-agent-runtime:latest
 scripts/build-agent-image.sh "$TALE_AGENT_IMAGE"
 # The compose suite runs the stack from the spawner and egress images, rebuilt from this tree.
 scripts/build-images.sh --local spawner egress
+# The upgrade suite runs the previous release's spawner. Built before this tree's debug build:
+# cargo uplifts the old binary to target/debug/tale on the way, and the tests' build puts ours back.
+scripts/build-previous.sh
 cargo build --locked --benches          # benchmarks must build; they run with scripts/bench.sh
 scripts/test-fast.sh --check-tiers       # every suite of tests/ sorted into a tier
 # --no-fail-fast: a failing suite does not hide the results of the ones after it.

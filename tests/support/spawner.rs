@@ -24,6 +24,8 @@ pub fn now_ms() -> u64 {
 /// A running spawner; killed on drop (its sessions are destroyed by the test or by `cleanup`).
 pub struct SpawnerProcess {
     child: Option<Child>,
+    /// The `tale` binary run: this build's, unless a test runs another release's.
+    program: PathBuf,
     pub port: u16,
     pub root: PathBuf,
     pub env: Vec<(String, String)>,
@@ -60,8 +62,26 @@ impl SpawnerProcess {
         Self::start_on("127.0.0.1", root, env).await
     }
 
+    /// Like [`start`](Self::start), running `program` (e.g. a previous release's `tale`).
+    pub async fn start_program(
+        program: PathBuf,
+        root: PathBuf,
+        env: Vec<(String, String)>,
+    ) -> SpawnerProcess {
+        Self::launch_new(program, "127.0.0.1", root, env).await
+    }
+
     /// Like [`start`](Self::start), listening on `listen_host` (e.g. `0.0.0.0`).
     pub async fn start_on(
+        listen_host: &'static str,
+        root: PathBuf,
+        env: Vec<(String, String)>,
+    ) -> SpawnerProcess {
+        Self::launch_new(env!("CARGO_BIN_EXE_tale").into(), listen_host, root, env).await
+    }
+
+    async fn launch_new(
+        program: PathBuf,
         listen_host: &'static str,
         root: PathBuf,
         env: Vec<(String, String)>,
@@ -71,6 +91,7 @@ impl SpawnerProcess {
         let log = root.join(format!("spawner-{port}.log"));
         let mut process = SpawnerProcess {
             child: None,
+            program,
             port,
             client: SpawnerClient::new(port),
             root,
@@ -83,7 +104,7 @@ impl SpawnerProcess {
     }
 
     async fn launch(&mut self) {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_tale"));
+        let mut command = Command::new(&self.program);
         command
             .arg("spawner")
             .arg("--listen")

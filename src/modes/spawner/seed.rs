@@ -43,10 +43,58 @@ pub async fn deliver(runnerd: &RunnerdClient, create: &CreateSession) -> Result<
     Ok(())
 }
 
+/// The digest recorded for a session a previous release created and seeded without recording it
+/// (see [`adopted_state`]): no create body hashes to it, so a retried create is a duplicate, as it
+/// was in that release.
+pub fn unrecorded_seed_digest() -> String {
+    crate::shared::hmac::sha256_hex(b"tale: seed delivered by a release that did not record it")
+}
+
+/// The state a session is adopted in: as [`state_of`], except for a session whose creator did not
+/// record seeds (a previous release's spawner, while the session runs this release's runnerd). Its
+/// creator delivered the seed before answering the create, as that release always did, so its
+/// runnerd is told so once (`PUT /seed`, a digest no create body has) and every replica then
+/// reads it as `ready`, as that release reported it.
+pub async fn adopted_state(
+    runnerd: &RunnerdClient,
+    backend: &dyn crate::modes::spawner::backend::Backend,
+    session_id: &str,
+) -> SessionState {
+    let status = runnerd.seed_status().await;
+    if matches!(&status, Ok(Some(s)) if !s.seeded) {
+        match backend.creator_records_seed(session_id).await {
+            Ok(false) => match runnerd.mark_seeded(&unrecorded_seed_digest()).await {
+                Ok(_) => {
+                    tracing::info!(
+                        session_id,
+                        "adopted a previous release's session; its seed recorded as delivered"
+                    );
+                    return SessionState::Ready;
+                }
+                Err(err) => {
+                    tracing::warn!(session_id, %err, "cannot record the seed of a previous release's session; reported degraded")
+                }
+            },
+            Ok(true) => {}
+            Err(err) => {
+                tracing::warn!(session_id, %err, "cannot tell which release created the session")
+            }
+        }
+    }
+    state_from(session_id, status)
+}
+
 /// The state a live session is reported in, from runnerd's seed record: `ready` when seeded (or
 /// when runnerd predates the record), `degraded` when not, or when runnerd cannot say.
 pub async fn state_of(runnerd: &RunnerdClient, session_id: &str) -> SessionState {
-    match runnerd.seed_status().await {
+    state_from(session_id, runnerd.seed_status().await)
+}
+
+fn state_from(
+    session_id: &str,
+    status: Result<Option<crate::shared::protocol::runnerd::SeedStatus>, RunnerdError>,
+) -> SessionState {
+    match status {
         Ok(Some(status)) if status.seeded => SessionState::Ready,
         Ok(None) => SessionState::Ready,
         Ok(Some(_)) => {

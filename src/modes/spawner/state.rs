@@ -133,7 +133,8 @@ impl Spawner {
             profile: Profile::from_label(&listed.profile),
             state: if listed.running {
                 // Ready only once its seed was delivered whole (a create may have died first).
-                super::seed::state_of(&runnerd, &listed.session_id).await
+                super::seed::adopted_state(&runnerd, self.backend.as_ref(), &listed.session_id)
+                    .await
             } else {
                 SessionState::Degraded
             },

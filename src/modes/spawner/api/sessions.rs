@@ -81,7 +81,11 @@ pub async fn create_session(
         spawner.config.max_sessions,
         spawner.config.max_sessions_per_org,
     ));
-    let admitted = spawner.registry.admit(&id, &create.organization_id, caps);
+    let mut admitted = spawner.registry.admit(&id, &create.organization_id, caps);
+    if admitted == Err(Admission::Duplicate) && spawner.evict_if_gone(&id).await {
+        // Stopped or destroyed through another replica since this one last looked: a new create.
+        admitted = spawner.registry.admit(&id, &create.organization_id, caps);
+    }
     if admitted == Err(Admission::Duplicate) {
         // A retry of a create that died before seeding finished: finish it.
         let _lifecycle = spawner.registry.lifecycle(&id).await;

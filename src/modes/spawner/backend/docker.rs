@@ -52,6 +52,9 @@ pub const RUNNERD_STATE_PATH: &str = "/run/tale";
 /// workspace and cache volumes and the network the backend creates when `SANDBOX_STACK_LABEL`
 /// is configured, so tooling can remove exactly one stack's objects from a shared engine.
 pub const STACK_LABEL: &str = "tale.stack";
+/// Label on session containers of releases that record the seed in runnerd (`PUT /seed`); a
+/// container without it was made by a previous release (see `Backend::creator_records_seed`).
+pub const SEED_RECORD_LABEL: &str = "tale.seed-record";
 /// Label set on volumes at creation, to tell "created now" from "existed already".
 pub const VOLUME_NONCE_LABEL: &str = "tale.create-nonce";
 /// Starts retried after the engine found the sandbox network name ambiguous (a duplicate another
@@ -338,12 +341,7 @@ impl Backend for DockerBackend {
             Ok(containers
                 .into_iter()
                 // One engine may host several deployments: ours are on our network.
-                .filter(|c| {
-                    c.network_settings
-                        .as_ref()
-                        .and_then(|n| n.networks.as_ref())
-                        .is_some_and(|n| n.contains_key(&self.config.network))
-                })
+                .filter(|c| super::docker_shared::on_network(c, &self.config.network))
                 .filter_map(|c| {
                     let labels = c.labels?;
                     Some(ListedSession {
@@ -381,7 +379,7 @@ impl Backend for DockerBackend {
                     value: request.organization_id.to_owned(),
                 });
             }
-            self.shared().claim(request).await
+            self.shared().claim_for_create(request).await
         })
     }
 
@@ -410,6 +408,22 @@ impl Backend for DockerBackend {
 
     fn is_pinned<'a>(&'a self, session_id: &'a str) -> BoxFuture<'a, BackendResult<bool>> {
         Box::pin(async move { self.shared().is_pinned(session_id).await })
+    }
+
+    fn creator_records_seed<'a>(
+        &'a self,
+        session_id: &'a str,
+    ) -> BoxFuture<'a, BackendResult<bool>> {
+        Box::pin(async move {
+            Ok(match self.find_container(session_id, None).await? {
+                Found::Ours { object, .. } => object
+                    .config
+                    .and_then(|c| c.labels)
+                    .is_some_and(|labels| labels.contains_key(SEED_RECORD_LABEL)),
+                // Nothing to judge by: as for any session of this release.
+                Found::Absent | Found::Foreign { .. } => true,
+            })
+        })
     }
 
     fn health(&self) -> BoxFuture<'_, BackendResult<serde_json::Value>> {

@@ -76,6 +76,16 @@ fn network_lock(prefix: &str) -> String {
     format!("{prefix}-net")
 }
 
+/// Whether a listed container is attached to the network named `network` (one engine may host
+/// several deployments: a deployment's sessions are the ones on its network).
+pub fn on_network(container: &ContainerSummary, network: &str) -> bool {
+    container
+        .network_settings
+        .as_ref()
+        .and_then(|n| n.networks.as_ref())
+        .is_some_and(|n| n.contains_key(network))
+}
+
 /// A never-started container: costs a name and a few kilobytes, runs nothing.
 fn marker_body(image: &str, labels: HashMap<String, String>) -> ContainerCreateBody {
     ContainerCreateBody {
@@ -268,6 +278,57 @@ impl Shared<'_> {
                 Err(err) => tracing::debug!(%id, %err, "duplicate sandbox network not removed"),
             }
         }
+    }
+
+    /// A create's claim: first makes every running session of this deployment that holds no claim
+    /// count (a replica of a previous release, which knows no claims, may have created it a moment
+    /// ago; a sweep or listing would count it only later), then claims the create's own slots.
+    pub async fn claim_for_create(&self, request: &CapRequest<'_>) -> BackendResult<CapDecision> {
+        self.count_unclaimed(request).await?;
+        self.claim(request).await
+    }
+
+    /// Claims slots for running sessions on this deployment's network that hold none. Two
+    /// listings; adopting happens only while replicas of a previous release run.
+    async fn count_unclaimed(&self, request: &CapRequest<'_>) -> BackendResult<()> {
+        let held: HashSet<String> = self
+            .claims()
+            .await?
+            .into_values()
+            .map(|(_, session, _)| session)
+            .collect();
+        let label = format!("{}=1", super::docker::SESSION_LABEL);
+        let running = self
+            .labelled_containers(label, false, "cannot list session containers")
+            .await?;
+        for container in running {
+            let on_our_network = on_network(&container, self.network);
+            let labels = container.labels.unwrap_or_default();
+            let (Some(session), Some(org)) = (labels.get("tale.session"), labels.get("tale.org"))
+            else {
+                continue;
+            };
+            if !on_our_network || held.contains(session) || session == request.session_id {
+                continue;
+            }
+            let adopted = CapRequest {
+                session_id: session,
+                organization_id: org,
+                ..request.clone()
+            };
+            match self.adopt(&adopted).await {
+                Ok(true) => {
+                    tracing::info!(session_id = %session, "a session without claims (a previous release's) now counts against the caps")
+                }
+                Ok(false) => {
+                    tracing::warn!(session_id = %session, "a session without claims is over the caps; it runs on uncounted")
+                }
+                Err(err) => {
+                    tracing::warn!(session_id = %session, %err, "cannot claim cap slots for a session without claims")
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Claims one org slot and one global slot for the session.

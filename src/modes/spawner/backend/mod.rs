@@ -279,6 +279,16 @@ pub trait Backend: Send + Sync {
         Box::pin(async { Ok(false) })
     }
 
+    /// Whether the spawner that created the session records its seed in runnerd (`PUT /seed`).
+    /// `false` for a session a previous release created (it delivered the seed unrecorded): when
+    /// that session runs this release's runnerd, the missing record does not mean "unseeded".
+    fn creator_records_seed<'a>(
+        &'a self,
+        _session_id: &'a str,
+    ) -> BoxFuture<'a, BackendResult<bool>> {
+        Box::pin(async { Ok(true) })
+    }
+
     /// A short health description of the engine (e.g. the Docker server version).
     fn health(&self) -> BoxFuture<'_, BackendResult<serde_json::Value>>;
 

@@ -17,6 +17,7 @@ impl DockerBackend {
             ("tale.created".into(), spec.created_at_ms.to_string()),
             ("tale.ttl-ms".into(), spec.ttl_ms.to_string()),
             ("tale.idle-ms".into(), spec.idle_timeout_ms.to_string()),
+            (SEED_RECORD_LABEL.into(), "1".into()),
         ]));
         let mut env = vec![
             // Only the token's digest enters the container: runnerd compares digests, so neither

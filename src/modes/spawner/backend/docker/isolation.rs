@@ -145,12 +145,18 @@ impl DockerBackend {
             .map_err(engine("cannot write the session's runnerd allowlist"))
     }
 
-    /// Boot: learns the network plan and rewrites the allowlist in every running session (the
-    /// control sources may have changed since they were created). Returns the subnets to fence
-    /// off from the API.
+    /// Boot: learns the network plan and rewrites the allowlist in every running session of this
+    /// deployment — on its network (and of its stack, when labelled) — as the control sources may
+    /// have changed since they were created. Another deployment's sessions on the same engine are
+    /// left alone: its spawners reach them from elsewhere. Returns the subnets to fence off from
+    /// the API.
     pub async fn prepare_isolation(&self) -> BackendResult<Vec<Cidr>> {
         let plan = self.network_plan().await?;
-        let filters = HashMap::from([("label", vec![format!("{SESSION_LABEL}=1")])]);
+        let mut labels = vec![format!("{SESSION_LABEL}=1")];
+        if let Some(stack) = &self.config.stack_label {
+            labels.push(format!("{}={stack}", super::STACK_LABEL));
+        }
+        let filters = HashMap::from([("label", labels)]);
         let options = ListContainersOptionsBuilder::new()
             .filters(&filters)
             .build();
@@ -161,6 +167,7 @@ impl DockerBackend {
             .map_err(engine("cannot list session containers"))?;
         for name in running
             .iter()
+            .filter(|c| super::super::docker_shared::on_network(c, &self.config.network))
             .filter_map(|c| c.names.as_ref()?.first())
             .map(|n| n.trim_start_matches('/'))
         {
