@@ -142,7 +142,7 @@ impl Drop for Deployment {
                 ]);
                 docker(&["rm", "-f", "-v", &id]);
                 if !volume.is_empty() {
-                    docker(&["volume", "rm", "-f", &volume]);
+                    support::docker::remove_volumes(&[&volume]);
                 }
             }
         }
@@ -166,15 +166,15 @@ impl Drop for Deployment {
             &format!("label=tale.claim={prefix}"),
         ])
         .1;
-        for name in lines(&markers) {
-            docker(&["volume", "rm", "-f", &name]);
-        }
+        support::docker::remove_volumes(&lines(&markers));
         // Workspaces the sweep kept (stopped sessions): this test binary's ids end in its pid.
         let suffix = format!("-{}-ws", std::process::id());
         let workspaces = docker(&["volume", "ls", "-q", "--filter", "name=tale-sbx-ses-r"]).1;
-        for name in lines(&workspaces).iter().filter(|n| n.ends_with(&suffix)) {
-            docker(&["volume", "rm", "-f", name]);
-        }
+        let ours: Vec<_> = lines(&workspaces)
+            .into_iter()
+            .filter(|n| n.ends_with(&suffix))
+            .collect();
+        support::docker::remove_volumes(&ours);
         for id in self.networks() {
             docker(&["network", "rm", &id]);
         }

@@ -159,7 +159,7 @@ impl DockerBackend {
         let quotas = config
             .disk_quota
             .clone()
-            .map(|quota| DiskQuotas::new(docker.clone(), quota));
+            .map(|quota| DiskQuotas::new(docker.clone(), quota, &config.network));
         Ok(DockerBackend {
             docker,
             config,
