@@ -234,9 +234,12 @@ impl Backend for DockerBackend {
                     tracing::info!(session_id = %spec.session_id, %url, %volume, resumed = preexisting, "docker session ready");
                     Ok(url)
                 }
-                Err(err @ (BackendError::Exists(_) | BackendError::OwnerMismatch { .. })) => {
-                    Err(err)
-                }
+                // Not ours to clean up: another create's (or another session's) objects.
+                Err(
+                    err @ (BackendError::Exists(_)
+                    | BackendError::OwnerMismatch { .. }
+                    | BackendError::CreateInProgress { .. }),
+                ) => Err(err),
                 Err(err) => {
                     let name = container_name(&spec.session_id);
                     if let Err(cleanup) = self.remove_container(&name).await {
