@@ -307,6 +307,15 @@ async fn failed_create_frees_the_quota() {
             "no loop device"
         );
         assert!(!dir.join(format!("{workspace}.ext4")).exists(), "no image");
+        // The boot's orphan reclaim runs a helper of its own in the background: wait for its end.
+        let reclaimed = poll(Duration::from_secs(60), async || {
+            spawner
+                .log()
+                .contains("disk quota orphan reclaim")
+                .then_some(())
+        })
+        .await;
+        assert!(reclaimed.is_some(), "{}", spawner.log());
         let (_, helpers) = docker(&[
             "ps",
             "-a",
