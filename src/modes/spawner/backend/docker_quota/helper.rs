@@ -26,10 +26,13 @@ pub const HELPER_LABEL: &str = "tale.disk-quota-helper";
 ///   than GRACE seconds (else `KEPT`): the last check against an ensure of another replica.
 ///
 /// `<image>.owner` records which deployment uses an image (its sandbox network); every ensure
-/// rewrites it, so its age is the time since the image was last ensured. The image's device is
+/// rewrites it, so its age is the time since the image was last ensured. Every mode but `owned`
+/// holds `<image>.lock` (a directory: `mkdir` is atomic on the host's filesystem) while it works,
+/// so helpers of several replicas never make, attach or delete one image at once; a lock older
+/// than the helper timeout is a killed helper's and is broken. The image's device is
 /// found by its backing file's name (the path shown in sysfs depends on the mount namespace that
 /// attached it; names are unique).
-pub(super) const HELPER_SCRIPT: &str = r#"set -eu
+pub(super) const HELPER_SCRIPT_TEMPLATE: &str = r#"set -eu
 # Debian images keep losetup and mkfs in /sbin, outside a non-root PATH.
 PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 mode=$1; img=$2; name=${img##*/}
@@ -47,12 +50,25 @@ find_loops() {
   done
 }
 node() { [ -b "$1" ] || mknod "$1" b 7 "${1#/dev/loop}"; }
+lock() {
+  mkdir -p "${img%/*}"
+  waited=0
+  until mkdir "$img.lock" 2>/dev/null; do
+    held=$(stat -c %Y "$img.lock" 2>/dev/null || date +%s)
+    if [ $(( $(date +%s) - held )) -gt LOCK_STALE_SECS ]; then rmdir "$img.lock" 2>/dev/null || true; continue; fi
+    waited=$((waited + 1))
+    [ "$waited" -le LOCK_WAIT_SECS ] || { echo "$img is locked by another helper" >&2; exit 1; }
+    sleep 1
+  done
+  trap 'rmdir "$img.lock" 2>/dev/null || true' EXIT
+}
 remove() {
   for dev in $(find_loops); do node "$dev"; losetup -d "$dev"; done
   rm -f "$img" "$img.new" "$img.owner" "$img.owner.new"
   echo REMOVED
   exit 0
 }
+[ "$mode" = owned ] || lock
 case $mode in
 remove) remove ;;
 owned)
@@ -72,7 +88,6 @@ ensure) ;;
 *) echo "unknown mode $mode" >&2; exit 2 ;;
 esac
 size=$3
-mkdir -p "${img%/*}"
 printf '%s\n' "$4" > "$img.owner.new"
 mv -f "$img.owner.new" "$img.owner"
 dev=$(find_loops | head -n 1)
@@ -95,6 +110,18 @@ while :; do
   [ "$tries" -lt 20 ] || { echo "no free loop device" >&2; exit 1; }
 done
 "#;
+
+/// A lock older than this is a killed helper's (helpers are bounded by [`QUOTA_HELPER_TIMEOUT`]).
+const LOCK_STALE_SECS: u64 = QUOTA_HELPER_TIMEOUT.as_secs() + 5;
+/// Longest a helper waits for another's lock on the same image before it fails.
+const LOCK_WAIT_SECS: u64 = 100;
+
+/// The helper's script with its limits filled in.
+pub(super) fn helper_script() -> String {
+    HELPER_SCRIPT_TEMPLATE
+        .replace("LOCK_STALE_SECS", &LOCK_STALE_SECS.to_string())
+        .replace("LOCK_WAIT_SECS", &LOCK_WAIT_SECS.to_string())
+}
 
 /// A loop device the helper reported.
 #[derive(Debug, PartialEq, Eq)]
@@ -128,7 +155,7 @@ pub(super) fn parse_attached(output: &str) -> Option<Attached> {
 pub(super) fn helper_body(config: &DiskQuotaConfig, args: &[String]) -> ContainerCreateBody {
     let mut cmd = vec![
         "-c".to_string(),
-        HELPER_SCRIPT.to_string(),
+        helper_script(),
         "tale-disk-quota".to_string(),
     ];
     cmd.extend(args.iter().cloned());
@@ -258,7 +285,7 @@ mod tests {
     #[test]
     fn helper_names_a_missing_tool() {
         let output = std::process::Command::new("/bin/sh")
-            .args(["-c", HELPER_SCRIPT, "tale-disk-quota", "ensure"])
+            .args(["-c", &helper_script(), "tale-disk-quota", "ensure"])
             .args(["/nonexistent/v.ext4", "1048576", "net"])
             .env("PATH", "/nonexistent")
             .output()

@@ -132,7 +132,7 @@ pub async fn remove_any_volume(
 
 #[cfg(test)]
 mod tests {
-    use super::super::helper::HELPER_SCRIPT;
+    use super::super::helper::helper_script;
     use super::*;
     use std::path::Path;
 
@@ -156,7 +156,7 @@ mod tests {
 
     fn helper(args: &[&str]) -> String {
         let output = std::process::Command::new("/bin/sh")
-            .args(["-c", HELPER_SCRIPT, "tale-disk-quota"])
+            .args(["-c", &helper_script(), "tale-disk-quota"])
             .args(args)
             .output()
             .unwrap();
