@@ -76,13 +76,12 @@ stop_local_runnerds() {
   echo "$stopped"
 }
 
-# remove_labelled KIND LABEL WHAT: removes every Docker object of KIND (container, volume, network)
-# carrying LABEL, one line per object.
+# remove_labelled KIND LABEL WHAT: removes every Docker object of KIND (container, network)
+# carrying LABEL, one line per object. Volumes go through remove_volumes.
 remove_labelled() {
   local kind=$1 label=$2 what=$3 ids id name
   case $kind in
   container) ids=$(docker ps -aq --filter "label=$label") ;;
-  volume) ids=$(docker volume ls -q --filter "label=$label") ;;
   network) ids=$(docker network ls -q --filter "label=$label") ;;
   esac
   for id in $ids; do
@@ -90,7 +89,6 @@ remove_labelled() {
     container)
       name=$(docker inspect -f '{{.Name}} (session {{index .Config.Labels "tale.session"}})' "$id" 2>/dev/null | sed 's|^/||; s| (session )||') || continue
       docker rm -f "$id" >/dev/null && echo "removed $what container $name" ;;
-    volume) docker volume rm "$id" >/dev/null && echo "removed $what volume $id" ;;
     network)
       name=$(docker network inspect -f '{{.Name}}' "$id" 2>/dev/null) || continue
       docker network rm "$id" >/dev/null && echo "removed $what network $name" ;;
@@ -98,8 +96,26 @@ remove_labelled() {
   done
 }
 
+# remove_volumes LABEL WHAT: removes every volume carrying LABEL with `tale docker-volumes rm`,
+# which removes a quota'd volume the way the spawner does — its loop device detached and its
+# image file deleted (a plain `docker volume rm` would leave both on the host).
+remove_volumes() {
+  local label=$1 what=$2
+  "$volume_tool" docker-volumes rm --label "$label" | sed "s/^removed volume /removed $what volume /" ||
+    { echo "quickstart: some $what volumes could not be removed (see above)" >&2; down_failed=1; }
+}
+
 down() {
   local s
+  down_failed=0
+  # The tale binary that removes volumes: the one the stack was started with, else this tree's.
+  volume_tool=${TALE_BIN:-}
+  [ -n "$volume_tool" ] || { [ -x "$state/tale" ] && volume_tool=$state/tale; } || volume_tool=$static_bin
+  # The disk quota helper runs the stack's session image (what its spawner used).
+  if [ -z "${SANDBOX_DISK_QUOTA_HELPER_IMAGE:-}" ]; then
+    SANDBOX_DISK_QUOTA_HELPER_IMAGE=$(sed -n 's/^SANDBOX_RUNTIME_IMAGE=//p' "$state/.env" 2>/dev/null || true)
+    export SANDBOX_DISK_QUOTA_HELPER_IMAGE=${SANDBOX_DISK_QUOTA_HELPER_IMAGE:-tale-test-runtime:latest}
+  fi
   # Local backend: runnerds and their workspaces under this quick start's directory only.
   if [ -d "$state/sessions" ]; then
     n=$(stop_local_runnerds)
@@ -107,6 +123,10 @@ down() {
     echo "removed $n local runnerd(s) and the local sessions under $state/sessions"
   fi
   command -v docker >/dev/null 2>&1 || return 0
+  if [ ! -x "$volume_tool" ]; then
+    echo "quickstart: --down needs the tale binary ($volume_tool) to remove volumes with their disk quota images; build it (scripts/build-static.sh) or set TALE_BIN" >&2
+    return 1
+  fi
   # While the stack's spawner runs, destroy its sessions (any org) through it, so it forgets them.
   if [ -x "$state/tale" ] && docker ps -q --filter "label=com.docker.compose.project=$project" --filter "name=^/?$stack-sandbox\$" | grep -q .; then
     export TALE_SPAWNER_URL=http://127.0.0.1:$port
@@ -124,12 +144,15 @@ down() {
   prefix=tale-claim-$(printf '%s' "$session_network" | sha256sum | cut -c1-12)
   markers=$(docker ps -aq --filter "label=tale.claim=$prefix")
   [ -z "$markers" ] || { docker rm -f $markers >/dev/null && echo "removed the spawners' claim and network-lock containers ($prefix-*)"; }
-  pins=$(docker volume ls -q --filter "label=tale.claim=$prefix")
-  [ -z "$pins" ] || { docker volume rm $pins >/dev/null && echo "removed pin marker volumes ($prefix-pin-*)"; }
-  remove_labelled volume "tale.stack=$stack" session
-  remove_labelled volume "com.docker.compose.project=$project" "stack $stack"
+  remove_volumes "tale.claim=$prefix" "pin marker"
+  remove_volumes "tale.stack=$stack" session
+  remove_volumes "com.docker.compose.project=$project" "stack $stack"
   remove_labelled network "tale.stack=$stack" session
   remove_labelled network "com.docker.compose.project=$project" "stack $stack"
+  if [ "$down_failed" = 1 ]; then
+    echo "stack $stack: some volumes are left (see above)"
+    return 1
+  fi
   echo "stack $stack: nothing of it is left on this engine"
 }
 

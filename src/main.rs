@@ -32,6 +32,9 @@ enum Mode {
     EgressProxy(modes::egress::Args),
     /// git credential helper: answers `get` from the session's granted credentials.
     GitCredential(modes::git_credential::Args),
+    /// Docker volumes removed as the spawner removes them (quota'd ones with their loop device
+    /// and image).
+    DockerVolumes(modes::docker_volumes::Args),
 }
 
 /// Names a symlink to the binary may carry to run one mode directly.
@@ -87,6 +90,7 @@ fn main() -> ExitCode {
         Mode::Spawner(args) => modes::spawner::run(args),
         Mode::Session(args) => modes::session_cli::run(args),
         Mode::EgressProxy(args) => modes::egress::run(args),
+        Mode::DockerVolumes(args) => modes::docker_volumes::run(args),
     }
 }
 

@@ -28,9 +28,7 @@ impl Drop for Objects {
         for container in &self.containers {
             docker(&["rm", "-f", "-v", container]);
         }
-        for volume in &self.volumes {
-            docker(&["volume", "rm", "-f", volume]);
-        }
+        support::docker::remove_volumes(&self.volumes);
         support::docker::remove_network(&self.network);
     }
 }

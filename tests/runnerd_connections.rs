@@ -147,3 +147,31 @@ async fn signed_burst_is_served_while_another_source_floods() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// runnerd listens with a backlog of `LISTEN_BACKLOG` (capped by the kernel's somaxconn), not the
+/// platform's 128: with 128, a flood of hundreds of connections while runnerd is busy overflows
+/// the accept queue, and SYN cookies then give clients connections runnerd never accepted — never
+/// served and never closed (the cause of an "idle connections still open" failure above).
+#[tokio::test(flavor = "multi_thread")]
+async fn listen_backlog_holds_a_flood() {
+    let daemon = Runnerd::start(Options::default()).await;
+    let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let expected = somaxconn.min(tale::modes::runnerd::limits::LISTEN_BACKLOG);
+    // For a listening socket `ss` shows the backlog in the Send-Q column.
+    let out = std::process::Command::new("ss")
+        .args(["-Hltn", &format!("sport = :{}", daemon.port)])
+        .output()
+        .expect("ss (iproute2) runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let backlog: u32 = text
+        .split_whitespace()
+        .nth(2)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no listening socket on {}: {text:?}", daemon.port));
+    assert_eq!(backlog, expected, "{text}");
+    assert!(backlog >= 1024, "backlog {backlog}");
+}

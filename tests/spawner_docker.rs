@@ -24,7 +24,7 @@ async fn docker_spawner(extra: &[(&str, &str)]) -> SpawnerProcess {
 /// Removes whatever a test left behind for a session id.
 fn cleanup(id: &str) {
     docker(&["rm", "-f", &format!("tale-sbx-ses-{id}")]);
-    docker(&["volume", "rm", "-f", &format!("tale-sbx-ses-{id}-ws")]);
+    support::docker::remove_volumes(&[format!("tale-sbx-ses-{id}-ws")]);
 }
 
 /// Removes the test spawner's network.
@@ -414,7 +414,7 @@ async fn stack_label_marks_and_scopes_sessions() {
     }
     for prefix in &caches {
         for stack in [&stack_a, &stack_b] {
-            docker(&["volume", "rm", "-f", &format!("{prefix}-{stack}-{org}")]);
+            support::docker::remove_volumes(&[format!("{prefix}-{stack}-{org}")]);
         }
     }
 }

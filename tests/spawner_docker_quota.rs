@@ -40,7 +40,7 @@ fn allocated(path: &Path) -> u64 {
 
 /// Removes a volume, its loop devices and its image (what a failed test leaves behind).
 fn cleanup_volume(dir: &Path, volume: &str) {
-    docker(&["volume", "rm", "-f", volume]);
+    support::docker::remove_volumes_in(dir.to_str(), &[volume]);
     let image = format!("{volume}.ext4");
     for device in loops_backed_by(&image) {
         let _ = Command::new("losetup").args(["-d", &device]).status();
@@ -307,6 +307,15 @@ async fn failed_create_frees_the_quota() {
             "no loop device"
         );
         assert!(!dir.join(format!("{workspace}.ext4")).exists(), "no image");
+        // The boot's orphan reclaim runs a helper of its own in the background: wait for its end.
+        let reclaimed = poll(Duration::from_secs(60), async || {
+            spawner
+                .log()
+                .contains("disk quota orphan reclaim")
+                .then_some(())
+        })
+        .await;
+        assert!(reclaimed.is_some(), "{}", spawner.log());
         let (_, helpers) = docker(&[
             "ps",
             "-a",
@@ -319,4 +328,269 @@ async fn failed_create_frees_the_quota() {
         assert_eq!(helpers, "", "no helper container left");
     }
     docker(&["rmi", &dying]);
+}
+
+/// Image files (`*.ext4`) and deployment records left in a quota directory.
+fn images_in(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.ends_with(".ext4") || n.ends_with(".ext4.owner"))
+        .collect();
+    names.sort();
+    names
+}
+
+/// A spawner on the docker backend with 16 MiB quotas in `dir`, on `network`, with `extra` env.
+async fn quota_spawner(
+    dir: &Path,
+    network: &str,
+    tag: &str,
+    extra: &[(&str, &str)],
+) -> SpawnerProcess {
+    let image = test_image().to_string();
+    let mut env: Vec<(String, String)> = [
+        ("SANDBOX_BACKEND", "docker"),
+        ("SANDBOX_RUNTIME_IMAGE", image.as_str()),
+        ("SANDBOX_EGRESS_NETWORK", network),
+        ("SANDBOX_EGRESS_PROXY", "none"),
+        ("SANDBOX_DISK_QUOTA_MB", "16"),
+        ("SANDBOX_ORG_CACHE_QUOTA_MB", "16"),
+        ("SANDBOX_DISK_QUOTA_DIR", dir.to_str().unwrap()),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let root = std::env::temp_dir().join(format!("tale-docker-quota-{tag}-{}", std::process::id()));
+    SpawnerProcess::start(root, env).await
+}
+
+/// `scripts/quickstart.sh --down` removes a stack's quota'd volumes (workspaces and caches) with
+/// their loop devices and image files: after it, no loop device is backed by any of their images
+/// and the quota directory holds no image. (A plain `docker volume rm`, as `--down` did, left
+/// every loop device attached and every image on the host.)
+#[tokio::test(flavor = "multi_thread")]
+async fn quickstart_down_frees_loop_devices_and_images() {
+    let pid = std::process::id();
+    let stack = format!("qdown{pid}");
+    let org = format!("dorg{pid}");
+    let dir = std::env::temp_dir().join(format!("tale-disk-quota-down-{pid}"));
+    let network = format!("tale-test-net-quota-down-{pid}");
+    let _network = NetworkGuard(network.clone());
+    let prefixes = ["pip", "npm", "bun"].map(|tool| format!("tale-test-qdown-{tool}-{pid}"));
+    let ids = [format!("qdowna{pid}"), format!("qdownb{pid}")];
+    let mut volumes: Vec<String> = ids
+        .iter()
+        .map(|id| format!("tale-sbx-ses-{id}-ws"))
+        .collect();
+    volumes.extend(prefixes.iter().map(|p| format!("{p}-{stack}-{org}")));
+    let _fixture = Fixture {
+        dir: dir.clone(),
+        volumes: volumes.clone(),
+        container: format!("tale-sbx-ses-{}", ids[0]),
+    };
+    let _second = support::docker::Cleanup {
+        names: vec![format!("tale-sbx-ses-{}", ids[1])],
+        network: network.clone(),
+    };
+    let mut spawner = quota_spawner(
+        &dir,
+        &network,
+        "down",
+        &[
+            ("SANDBOX_STACK_LABEL", stack.as_str()),
+            ("SANDBOX_PIP_CACHE_VOLUME_PREFIX", prefixes[0].as_str()),
+            ("SANDBOX_NPM_CACHE_VOLUME_PREFIX", prefixes[1].as_str()),
+            ("SANDBOX_BUN_CACHE_VOLUME_PREFIX", prefixes[2].as_str()),
+        ],
+    )
+    .await;
+    for id in &ids {
+        let (status, body) = spawner
+            .client
+            .json(
+                Method::POST,
+                "/v1/sessions",
+                Some(json!({"sessionId": id, "organizationId": org})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}\n{}", spawner.log());
+    }
+    for volume in &volumes {
+        assert_eq!(
+            loops_backed_by(&format!("{volume}.ext4")).len(),
+            1,
+            "{volume}"
+        );
+    }
+    // The stack's spawner is gone (crashed, or its compose project stopped): --down finds the
+    // sessions and volumes by their stack label.
+    spawner.kill9();
+    let state = std::env::temp_dir().join(format!("tale-quickstart-qdown-{pid}"));
+    let out = Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scripts/quickstart.sh"
+    ))
+    .arg("--down")
+    .env("TALE_BIN", env!("CARGO_BIN_EXE_tale"))
+    .env("TALE_QUICKSTART_DIR", &state)
+    .env("TALE_QUICKSTART_STACK", &stack)
+    .env("SANDBOX_DISK_QUOTA_DIR", &dir)
+    .env("SANDBOX_DISK_QUOTA_HELPER_IMAGE", test_image())
+    .stdin(std::process::Stdio::null())
+    .output()
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for volume in &volumes {
+        assert!(
+            !docker(&["volume", "inspect", volume]).0,
+            "{volume} is left"
+        );
+        assert_eq!(
+            loops_backed_by(&format!("{volume}.ext4")),
+            Vec::<String>::new(),
+            "a loop device still backs {volume}'s image"
+        );
+    }
+    assert_eq!(images_in(&dir), Vec::<String>::new(), "image files left");
+    for volume in &volumes {
+        assert!(
+            text.contains(&format!(
+                "removed session volume {volume} (and its disk quota image and loop device)"
+            )),
+            "{text}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&state);
+}
+
+/// At boot the spawner reclaims its own deployment's quota images whose volume was removed some
+/// other way (a plain `docker volume rm`): the loop device is detached and the image deleted. It
+/// never touches another deployment's image (another sandbox network's record), a fresh one (a
+/// create in flight), or an image without a record; and it keeps a live session's.
+#[tokio::test(flavor = "multi_thread")]
+async fn boot_reclaims_this_deployments_orphaned_images_only() {
+    let pid = std::process::id();
+    let dir = std::env::temp_dir().join(format!("tale-disk-quota-orphan-{pid}"));
+    let network = format!("tale-test-net-quota-orphan-{pid}");
+    let _network = NetworkGuard(network.clone());
+    let (orphan_id, live_id) = (format!("qorph{pid}"), format!("qlive{pid}"));
+    let orphan = format!("tale-sbx-ses-{orphan_id}-ws");
+    let live = format!("tale-sbx-ses-{live_id}-ws");
+    let _fixture = Fixture {
+        dir: dir.clone(),
+        volumes: vec![orphan.clone(), live.clone()],
+        container: format!("tale-sbx-ses-{orphan_id}"),
+    };
+    let _live = support::docker::Cleanup {
+        names: vec![format!("tale-sbx-ses-{live_id}")],
+        network: network.clone(),
+    };
+    let mut spawner =
+        quota_spawner(&dir, &network, "orphan", &[("SANDBOX_CACHE_VOLUMES", "0")]).await;
+    for id in [&orphan_id, &live_id] {
+        let (status, body) = spawner
+            .client
+            .json(
+                Method::POST,
+                "/v1/sessions",
+                Some(json!({"sessionId": id, "organizationId": "oorg"})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}\n{}", spawner.log());
+    }
+    spawner.kill9();
+    // The orphan, made by hand as the old `--down` did: container and volume removed by the engine.
+    assert!(docker(&["rm", "-f", &format!("tale-sbx-ses-{orphan_id}")]).0);
+    assert!(docker(&["volume", "rm", &orphan]).0);
+    assert_eq!(loops_backed_by(&format!("{orphan}.ext4")).len(), 1);
+    // Past the reclaim grace: the records were last rewritten long ago (not a create in flight).
+    let long_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    let age = |file: &Path| {
+        std::fs::File::options()
+            .write(true)
+            .open(file)
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+            .set_modified(long_ago)
+            .unwrap()
+    };
+    age(&dir.join(format!("{orphan}.ext4.owner")));
+    age(&dir.join(format!("{live}.ext4.owner")));
+    // Another deployment's orphan (its own record, a loop device attached), a fresh record of
+    // ours, and an image without a record: all kept.
+    let foreign = dir.join(format!("tale-test-foreign-{pid}-ws.ext4"));
+    std::fs::write(&foreign, vec![0u8; 1 << 16]).unwrap();
+    std::fs::write(
+        dir.join(format!("tale-test-foreign-{pid}-ws.ext4.owner")),
+        "another-net\n",
+    )
+    .unwrap();
+    age(&dir.join(format!("tale-test-foreign-{pid}-ws.ext4.owner")));
+    let attached = Command::new("losetup")
+        .args(["-f", "--show", foreign.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(attached.status.success(), "{attached:?}");
+    let foreign_loop = String::from_utf8_lossy(&attached.stdout).trim().to_string();
+    let fresh = dir.join(format!("tale-test-fresh-{pid}-ws.ext4"));
+    std::fs::write(&fresh, b"x").unwrap();
+    std::fs::write(
+        dir.join(format!("tale-test-fresh-{pid}-ws.ext4.owner")),
+        format!("{network}\n"),
+    )
+    .unwrap();
+    let legacy = dir.join(format!("tale-test-legacy-{pid}-ws.ext4"));
+    std::fs::write(&legacy, b"x").unwrap();
+
+    // Only this boot's reclaim counts (the log file is appended to).
+    let before = spawner.log().len();
+    spawner.restart().await;
+    let done = poll(Duration::from_secs(120), async || {
+        spawner.log()[before..]
+            .lines()
+            .find(|l| l.contains("disk quota orphan reclaim"))
+            .map(str::to_owned)
+    })
+    .await;
+    let foreign_kept = loops_backed_by(foreign.file_name().unwrap().to_str().unwrap());
+    let _ = Command::new("losetup").args(["-d", &foreign_loop]).status();
+    let done = done.unwrap_or_else(|| panic!("no reclaim in the log:\n{}", spawner.log()));
+    assert!(done.contains("reclaimed=1"), "{done}");
+    assert!(
+        !dir.join(format!("{orphan}.ext4")).exists(),
+        "orphan image deleted"
+    );
+    assert!(!dir.join(format!("{orphan}.ext4.owner")).exists());
+    assert_eq!(
+        loops_backed_by(&format!("{orphan}.ext4")),
+        Vec::<String>::new(),
+        "orphan's loop device detached"
+    );
+    assert_eq!(
+        foreign_kept,
+        vec![foreign_loop],
+        "another deployment's loop device kept"
+    );
+    for kept in [&foreign, &fresh, &legacy, &dir.join(format!("{live}.ext4"))] {
+        assert!(kept.exists(), "{} kept", kept.display());
+    }
+    assert_eq!(
+        loops_backed_by(&format!("{live}.ext4")).len(),
+        1,
+        "live session's device kept"
+    );
+    let (status, _) = spawner
+        .client
+        .json(Method::DELETE, &format!("/v1/sessions/{live_id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
 }

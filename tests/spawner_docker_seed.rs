@@ -22,8 +22,92 @@ const POINTS: [(&str, bool); 4] = [
 /// What an exec prints: the seed env it sees.
 const SHOW_SEED: &str = "printf %s \"$SEED\"";
 
+/// After a crash before start: the kept workspace gets a marker, a retry is 503
+/// `create_in_progress` with a `retry-after` within the create budget plus the grace, and
+/// `tale session create` waits it out and answers the created session (201), whose exec sees the
+/// marker (the same workspace).
+async fn retry_after_a_crash_before_start(
+    spawner: &support::spawner::SpawnerProcess,
+    id: &str,
+    seed: &str,
+) -> serde_json::Value {
+    let volume = format!("tale-sbx-ses-{id}-ws");
+    let planted = docker(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--entrypoint",
+        "/bin/sh",
+        "-v",
+        &format!("{volume}:/w"),
+        support::docker::test_image(),
+        "-c",
+        "echo kept > /w/marker && chmod 644 /w/marker",
+    ]);
+    assert!(planted.0, "marker planted in {volume}");
+    let body = json!({"sessionId": id, "organizationId": "sorg", "env": {"SEED": seed}});
+    let request =
+        spawner
+            .client
+            .request(Method::POST, "/v1/sessions", body.to_string().into(), true);
+    let response = spawner.client.send(request).await;
+    let status = response.status();
+    let retry_after: Option<u64> = response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok()?.parse().ok());
+    let reply = tale::shared::spawner_client::read_reply(response)
+        .await
+        .unwrap()
+        .json();
+    assert_eq!(
+        (status, &reply["error"]),
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!("create_in_progress")
+        ),
+        "{reply}\n{}",
+        spawner.log()
+    );
+    // Budget 15 s + grace 10 s, rounded up: the container was made moments ago.
+    let secs = retry_after.unwrap_or_else(|| panic!("retry-after on {reply}"));
+    assert!((1..=26).contains(&secs), "retry-after {secs}");
+
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tale"));
+    command
+        .args(["session", "--json", "create", id, "--org", "sorg"])
+        .args(["--env", &format!("SEED={seed}")])
+        .env(
+            "TALE_SPAWNER_URL",
+            format!("http://127.0.0.1:{}", spawner.port),
+        )
+        .env("SANDBOX_TOKEN", support::spawner::SANDBOX_TOKEN)
+        .stdin(std::process::Stdio::null());
+    // The CLI bounds its own wait (300 s); this bounds the test.
+    let out = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::task::spawn_blocking(move || command.output()),
+    )
+    .await
+    .expect("tale session create finished")
+    .unwrap()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}\n{}", spawner.log());
+    assert!(stderr.contains("retrying in"), "the wait is said: {stderr}");
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        spawner.client.exec_stdout(id, "marker", "cat marker").await,
+        "kept\n",
+        "the retry created on the kept workspace"
+    );
+    created
+}
+
 /// kill -9 at every point of a create, restart, retry: degraded (never ready) before the retry,
-/// 201 and the seed in every exec after it.
+/// 201 and the seed in every exec after it (after a crash before start, once the 503
+/// `create_in_progress` wait is over).
 #[tokio::test(flavor = "multi_thread")]
 async fn crash_during_create_never_leaves_a_ready_session_without_its_seed() {
     let network = network_name();
@@ -104,28 +188,25 @@ async fn crash_during_create_never_leaves_a_ready_session_without_its_seed() {
             assert_eq!(status, StatusCode::NOT_FOUND, "{point}: {got}");
         }
 
-        // The retry succeeds at once, except after a crash before start: then it is refused as a
-        // duplicate until the never-started container is provably dead (budget + grace), and
-        // succeeds after. Polled with a deadline.
-        let retry_deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
-        let (status, created) = loop {
+        // The retry succeeds at once, except after a crash before start: then the never-started
+        // container may be another replica's create about to start it, so the retry is told to
+        // come back (503 `create_in_progress`, `retry-after`: seconds until it counts as dead) —
+        // never the 409 `duplicate` a platform takes as "use it". `tale session create` waits
+        // that out and creates on the kept workspace.
+        let created = if running {
             let (status, created) = c
                 .json(Method::POST, "/v1/sessions", Some(body.clone()))
                 .await;
-            let waiting = !running
-                && status == StatusCode::CONFLICT
-                && std::time::Instant::now() < retry_deadline;
-            if !waiting {
-                break (status, created);
-            }
-            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            assert_eq!(
+                status,
+                StatusCode::CREATED,
+                "{point}: the retry is a successful create: {created}\n{}",
+                spawner.log()
+            );
+            created
+        } else {
+            retry_after_a_crash_before_start(&spawner, &id, &seed).await
         };
-        assert_eq!(
-            status,
-            StatusCode::CREATED,
-            "{point}: the retry is a successful create: {created}\n{}",
-            spawner.log()
-        );
         assert_eq!(created["session"]["state"], "ready", "{point}: {created}");
         for exec_id in ["first", "second"] {
             assert_eq!(

@@ -142,7 +142,7 @@ impl Drop for Deployment {
                 ]);
                 docker(&["rm", "-f", "-v", &id]);
                 if !volume.is_empty() {
-                    docker(&["volume", "rm", "-f", &volume]);
+                    support::docker::remove_volumes(&[&volume]);
                 }
             }
         }
@@ -166,15 +166,15 @@ impl Drop for Deployment {
             &format!("label=tale.claim={prefix}"),
         ])
         .1;
-        for name in lines(&markers) {
-            docker(&["volume", "rm", "-f", &name]);
-        }
+        support::docker::remove_volumes(&lines(&markers));
         // Workspaces the sweep kept (stopped sessions): this test binary's ids end in its pid.
         let suffix = format!("-{}-ws", std::process::id());
         let workspaces = docker(&["volume", "ls", "-q", "--filter", "name=tale-sbx-ses-r"]).1;
-        for name in lines(&workspaces).iter().filter(|n| n.ends_with(&suffix)) {
-            docker(&["volume", "rm", "-f", name]);
-        }
+        let ours: Vec<_> = lines(&workspaces)
+            .into_iter()
+            .filter(|n| n.ends_with(&suffix))
+            .collect();
+        support::docker::remove_volumes(&ours);
         for id in self.networks() {
             docker(&["network", "rm", &id]);
         }
@@ -361,7 +361,8 @@ async fn pin_survives_its_replica() {
     );
 }
 
-/// Six concurrent creates of one id over three replicas: one wins, the others get 409, and
+/// Six concurrent creates of one id over three replicas: one wins, the others get 409 (or 503
+/// `create_in_progress` while the winner's container is not started yet), and
 /// nothing of the winner is deleted — its container runs and serves, its workspace is there, and
 /// it holds exactly its two cap claims (the losers handed theirs back).
 #[tokio::test(flavor = "multi_thread")]
@@ -390,7 +391,15 @@ async fn same_id_race_keeps_the_winner() {
         "{statuses:?}\n{}",
         deployment.logs()
     );
-    assert_eq!(count(&statuses, StatusCode::CONFLICT), 5, "{statuses:?}");
+    // A loser that finds the winner's container created but not yet started cannot tell it from
+    // a crashed create's: it is told to come back (503 `create_in_progress`); after the start,
+    // 409 `duplicate`.
+    assert_eq!(
+        count(&statuses, StatusCode::CONFLICT) + count(&statuses, StatusCode::SERVICE_UNAVAILABLE),
+        5,
+        "{statuses:?}\n{}",
+        deployment.logs()
+    );
     let container = format!("tale-sbx-ses-{id}");
     assert_eq!(
         docker(&["inspect", "-f", "{{.State.Running}}", &container]).1,

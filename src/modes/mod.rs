@@ -1,4 +1,5 @@
 //! One module per mode of the `tale` binary.
+pub mod docker_volumes;
 pub mod egress;
 pub mod git_credential;
 pub mod runnerd;

@@ -311,7 +311,7 @@ impl AgentStack {
     fn forget_leftovers(&self, id: &str) {
         if self.backend == Backend::Docker {
             docker(&["rm", "-f", &container(id)]);
-            docker(&["volume", "rm", "-f", &format!("{}-ws", container(id))]);
+            super::docker::remove_volumes(&[format!("{}-ws", container(id))]);
         }
     }
 }

@@ -99,9 +99,43 @@ impl Drop for Cleanup {
     fn drop(&mut self) {
         for name in &self.names {
             docker(&["rm", "-f", name]);
-            docker(&["volume", "rm", "-f", &format!("{name}-ws")]);
         }
+        let volumes: Vec<String> = self.names.iter().map(|n| format!("{n}-ws")).collect();
+        remove_volumes(&volumes);
         remove_network(&self.network);
+    }
+}
+
+/// Removes volumes as the spawner does (`tale docker-volumes rm`, what `scripts/quickstart.sh
+/// --down` runs): a quota'd one with its loop device and its image in the default quota
+/// directory. A plain `docker volume rm` would leave both on the host.
+pub fn remove_volumes<S: AsRef<str>>(names: &[S]) {
+    remove_volumes_in(None, names);
+}
+
+/// [`remove_volumes`] for quota images in `quota_dir` (`None`: the default directory).
+pub fn remove_volumes_in<S: AsRef<str>>(quota_dir: Option<&str>, names: &[S]) {
+    if names.is_empty() {
+        return;
+    }
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tale"));
+    command.arg("docker-volumes");
+    if let Some(dir) = quota_dir {
+        command.args(["--quota-dir", dir]);
+    }
+    // The helper needs a session image with its tools; the test image has them (a Drop must not
+    // build it).
+    let helper = std::env::var("TALE_TEST_IMAGE").unwrap_or("tale-test-runtime:latest".into());
+    command
+        .args(["--helper-image", &helper, "rm"])
+        .args(names.iter().map(AsRef::as_ref));
+    if let Ok(out) = command.output() {
+        if !out.status.success() {
+            eprintln!(
+                "removing test volumes: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
     }
 }
 
@@ -116,7 +150,5 @@ pub fn remove_network(network: &str) {
         docker(&["rm", "-f", id]);
     }
     let (_, volumes) = docker(&["volume", "ls", "-q", "--filter", &label]);
-    for name in volumes.lines() {
-        docker(&["volume", "rm", "-f", name]);
-    }
+    remove_volumes(&volumes.lines().collect::<Vec<_>>());
 }

@@ -142,6 +142,24 @@ def test_async_stream_resumes_after_a_cut_and_reports_the_gap() -> None:
         _check_resumed(server, asyncio.run(main()))
 
 
+def test_create_in_progress_is_waited_out() -> None:
+    """A create answered 503 ``create_in_progress`` (an earlier create of the id made its container
+    and crashed before starting it) is sent again after ``retry-after`` and returns the created
+    session; a wait beyond the policy raises ``Unavailable`` with the code and the wait."""
+    in_progress = json.dumps({"error": "create_in_progress", "message": "retry in 1 s"}).encode()
+    created = json.dumps({"session": {"sessionId": "a", "organizationId": "o", "state": "ready"}}).encode()
+    script = [json_reply(503, in_progress, "retry-after: 0\r\n"), json_reply(201, created)]
+    with FakeServer(script) as server, Client(server.url, TOKEN) as client:
+        session = client.create_session("a", "o")
+        assert (session.session_id, session.state) == ("a", "ready")
+        assert [s.path for s in server.seen] == ["/v1/sessions", "/v1/sessions"]
+    script = [json_reply(503, in_progress, "retry-after: 25\r\n")]
+    with FakeServer(script) as server, Client(server.url, TOKEN, retry=RetryPolicy(max_wait=5)) as client:
+        with pytest.raises(Unavailable) as err:
+            client.create_session("a", "o")
+        assert (err.value.code, err.value.retry_after) == ("create_in_progress", 25.0)
+
+
 def test_retry_after_is_honoured_and_bounded() -> None:
     """503/429 with retry-after are retried (re-signed, new nonce); beyond the policy they raise
     with the code and the wait, decided by status and code only."""

@@ -120,6 +120,34 @@ test("a stream cut mid-frame resumes by attach; the repeat is dropped and the ga
   }
 });
 
+test("a create answered 503 create_in_progress is sent again after retry-after; beyond the policy it throws", async () => {
+  const inProgress = { error: "create_in_progress", message: "retry in 1 s" };
+  let server = await new FakeServer([
+    jsonReply(503, inProgress, "retry-after: 0\r\n"),
+    jsonReply(201, { session: { sessionId: "a", organizationId: "o", state: "ready" } }),
+  ]).start();
+  try {
+    const client = new TaleClient({ baseUrl: server.url, token: TOKEN });
+    const session = await client.createSession({ sessionId: "a", organizationId: "o" });
+    assert.equal(session.state, "ready");
+    assert.equal(server.seen.length, 2);
+  } finally {
+    await server.stop();
+  }
+  server = await new FakeServer([jsonReply(503, inProgress, "retry-after: 25\r\n")]).start();
+  try {
+    const client = new TaleClient({ baseUrl: server.url, token: TOKEN, retry: { maxWaitMs: 5000 } });
+    await assert.rejects(client.createSession({ sessionId: "a", organizationId: "o" }), (err: unknown) => {
+      assert.ok(err instanceof Unavailable);
+      assert.equal(err.code, "create_in_progress");
+      assert.equal(err.retryAfter, 25);
+      return true;
+    });
+  } finally {
+    await server.stop();
+  }
+});
+
 test("retry-after is honoured (re-signed) and bounded; errors carry code and wait", async () => {
   const busy = { error: "overloaded", message: "whatever the text" };
   let server = await new FakeServer([

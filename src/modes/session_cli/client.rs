@@ -66,10 +66,11 @@ pub struct CliClient {
     spawner: SpawnerClient,
 }
 
-/// A JSON reply: status and body (`Null` when the body is not JSON).
+/// A JSON reply: status, body (`Null` when the body is not JSON) and `retry-after` in seconds.
 pub struct Reply {
     pub status: u16,
     pub body: Value,
+    pub retry_after: Option<u64>,
 }
 
 impl CliClient {
@@ -136,12 +137,17 @@ impl CliClient {
         path: &str,
         body: Option<&Value>,
     ) -> Result<Reply, CliError> {
-        let reply = read_reply(self.send(method, path, body).await?)
-            .await
-            .map_err(cannot_ask)?;
+        let response = self.send(method, path, body).await?;
+        let retry_after = response
+            .headers()
+            .get(hyper::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok());
+        let reply = read_reply(response).await.map_err(cannot_ask)?;
         Ok(Reply {
             status: reply.status.as_u16(),
             body: reply.json(),
+            retry_after,
         })
     }
 }

@@ -24,6 +24,9 @@ use stream::Target;
 pub const CLI_FAILURE: u8 = 125;
 /// Exit code when the spawner refused (401, unknown session or exec, bad request).
 pub const REFUSED: u8 = 1;
+/// Longest `create` waits in all for an earlier create of the id (503 `create_in_progress`)
+/// before it gives the refusal to the caller.
+pub const CREATE_IN_PROGRESS_MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// Flags shared by every `tale session` command.
 #[derive(clap::Args, Debug)]
@@ -248,9 +251,7 @@ async fn execute(
                 .collect::<Result<_, _>>()?;
             let body =
                 json!({"sessionId": id, "organizationId": org, "profile": profile, "env": env});
-            let reply = client
-                .json(Method::POST, "/v1/sessions", Some(&body))
-                .await?;
+            let reply = create_waiting(client, &id, &body).await?;
             show(reply, format, None, |v| {
                 render::session_detail(&v["session"], now())
             })
@@ -417,6 +418,38 @@ async fn execute(
 }
 
 /// Whether the session lists `exec_id` as a running pty exec (an interactive attach).
+/// `POST /v1/sessions`, waiting out 503 `create_in_progress` (an earlier create of the id that
+/// crashed before starting its container, or another replica's in flight) as its `retry-after`
+/// says, up to [`CREATE_IN_PROGRESS_MAX_WAIT`] in all; each wait is said on stderr.
+async fn create_waiting(
+    client: &CliClient,
+    id: &str,
+    body: &Value,
+) -> Result<client::Reply, CliError> {
+    let give_up = std::time::Instant::now() + CREATE_IN_PROGRESS_MAX_WAIT;
+    loop {
+        let reply = client
+            .json(Method::POST, "/v1/sessions", Some(body))
+            .await?;
+        let wait = match (
+            reply.status,
+            reply.body["error"].as_str(),
+            reply.retry_after,
+        ) {
+            (503, Some("create_in_progress"), Some(secs)) => std::time::Duration::from_secs(secs),
+            _ => return Ok(reply),
+        };
+        if std::time::Instant::now() + wait > give_up {
+            return Ok(reply);
+        }
+        eprintln!(
+            "session {id}: an earlier create of it made its container but has not started it; retrying in {} s",
+            wait.as_secs()
+        );
+        tokio::time::sleep(wait).await;
+    }
+}
+
 async fn is_pty_exec(client: &CliClient, id: &str, exec_id: &str) -> Result<bool, CliError> {
     let reply = client
         .json(Method::GET, &format!("/v1/sessions/{id}/exec"), None)

@@ -88,6 +88,7 @@ async fn build_backend(
                 control_sources: config.docker_control_sources.clone(),
             })?;
             session_networks.extend(docker.prepare_isolation().await?);
+            docker.spawn_orphan_reclaim();
             Arc::new(docker)
         }
         BackendKind::Kubernetes => Arc::new(

@@ -109,8 +109,9 @@ impl From<RunnerdError> for ApiError {
 }
 
 impl From<BackendError> for ApiError {
-    /// Backend errors reach a client only from a create: an existing session (or one another
-    /// replica is creating) is 409 `duplicate`, an object named for the session but labelled for another session or
+    /// Backend errors reach a client only from a create: an existing session is 409
+    /// `duplicate`, a create of the id still in flight (or crashed before its start) 503
+    /// `create_in_progress` with `retry-after`, an object named for the session but labelled for another session or
     /// organization 409 `owner_mismatch`, anything else 502 `create_failed`.
     fn from(err: BackendError) -> ApiError {
         match err {
@@ -119,11 +120,12 @@ impl From<BackendError> for ApiError {
                 "duplicate",
                 Some(format!("session {id} exists")),
             ),
-            BackendError::BeingCreated(id) => ApiError::new(
-                StatusCode::CONFLICT,
-                "duplicate",
-                Some(format!("session {id} is being created")),
-            ),
+            err @ BackendError::CreateInProgress { retry_after, .. } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "create_in_progress",
+                Some(err.to_string()),
+            )
+            .retry_after(retry_after.as_secs()),
             err @ BackendError::OwnerMismatch { .. } => ApiError::new(
                 StatusCode::CONFLICT,
                 "owner_mismatch",
@@ -207,6 +209,27 @@ mod tests {
         assert_eq!(
             (down.status, down.code),
             (StatusCode::BAD_GATEWAY, "upstream_error")
+        );
+    }
+
+    /// A create still in flight (or crashed before its start) is 503 `create_in_progress` with
+    /// the backend's seconds in `retry-after`, never the 409 `duplicate` a platform takes as "use it".
+    #[tokio::test]
+    async fn create_in_progress_is_a_retryable_503() {
+        let err = BackendError::CreateInProgress {
+            session_id: "s1".into(),
+            retry_after: std::time::Duration::from_secs(7),
+        };
+        let (status, retry, body) = wire(ApiError::from(err)).await;
+        assert_eq!(
+            (status, retry.as_deref()),
+            (StatusCode::SERVICE_UNAVAILABLE, Some("7"))
+        );
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["error"], "create_in_progress");
+        assert!(
+            body["message"].as_str().unwrap().contains("retry in 7 s"),
+            "{body}"
         );
     }
 }

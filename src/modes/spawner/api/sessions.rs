@@ -212,8 +212,9 @@ async fn create_reserved(
                 None => Err(("exists", err.into())),
             };
         }
-        Err(err @ crate::modes::spawner::backend::BackendError::BeingCreated(_)) => {
-            return Err(("exists", err.into()));
+        Err(err @ crate::modes::spawner::backend::BackendError::CreateInProgress { .. }) => {
+            tracing::info!(session_id = %id, %err, "create refused for now: an earlier create of this id has not started its compute");
+            return Err(("in_progress", err.into()));
         }
         Err(err @ crate::modes::spawner::backend::BackendError::OwnerMismatch { .. }) => {
             tracing::warn!(session_id = %id, %err, "create refused: the backend objects are not this session's");

@@ -162,7 +162,7 @@ impl DockerBackend {
         let quotas = config
             .disk_quota
             .clone()
-            .map(|quota| DiskQuotas::new(docker.clone(), quota));
+            .map(|quota| DiskQuotas::new(docker.clone(), quota, &config.network));
         Ok(DockerBackend {
             docker,
             config,
@@ -237,9 +237,12 @@ impl Backend for DockerBackend {
                     tracing::info!(session_id = %spec.session_id, %url, %volume, resumed = preexisting, "docker session ready");
                     Ok(url)
                 }
-                Err(err @ (BackendError::Exists(_) | BackendError::OwnerMismatch { .. })) => {
-                    Err(err)
-                }
+                // Not ours to clean up: another create's (or another session's) objects.
+                Err(
+                    err @ (BackendError::Exists(_)
+                    | BackendError::OwnerMismatch { .. }
+                    | BackendError::CreateInProgress { .. }),
+                ) => Err(err),
                 Err(err) => {
                     let name = container_name(&spec.session_id);
                     if let Err(cleanup) = self.remove_container(&name).await {

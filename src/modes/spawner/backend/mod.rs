@@ -137,10 +137,13 @@ pub enum BackendError {
     /// A session with this id already has compute that is not ours to replace.
     #[error("session {0} already exists in the backend")]
     Exists(String),
-    /// Another spawner replica is creating this session right now (its objects are young and
-    /// its runnerd does not answer yet): nothing of it was touched; a retry later sees the result.
-    #[error("session {0} is being created by another spawner replica")]
-    BeingCreated(String),
+    /// A create of this id made its compute and has not started it yet (or crashed before it
+    /// could): it may still finish, and counts as dead after `retry_after`.
+    #[error("session {session_id} is being created by another create; retry in {} s", retry_after.as_secs())]
+    CreateInProgress {
+        session_id: String,
+        retry_after: std::time::Duration,
+    },
     /// An object named for this session belongs to another session or organization: it is never
     /// used, replaced or removed for this one. Whose it is goes to the log, not to the caller.
     #[error("the {object} {name} named for session {session_id} belongs to another session or organization; refusing to use it")]

@@ -1,6 +1,33 @@
 //! A session container's life: created (a dead earlier incarnation replaced, a live one never),
 //! started on the agreed network, its runnerd address, its last words when it dies while starting.
 use super::*;
+use crate::modes::spawner::backend::docker_shared::CLAIM_RECLAIM_GRACE;
+
+/// What a container found under a session's name is to a new create of that session.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Incarnation {
+    /// Running, starting, or not readable: never replaced.
+    Live,
+    /// Created and not started yet, by a create that may still start it (or that crashed); it
+    /// counts as dead once `retry_after` has passed.
+    Starting { retry_after: Duration },
+    /// Ended, or never started within the create budget plus the grace: replaced.
+    Dead,
+}
+
+/// A created, never-started container `age_ms` old: dead past the create budget plus
+/// [`CLAIM_RECLAIM_GRACE`], else starting, with the whole seconds left until then (at least 1).
+fn never_started(age_ms: u64, create_budget: Duration) -> Incarnation {
+    let dead_after_ms = (create_budget + CLAIM_RECLAIM_GRACE).as_millis() as u64;
+    if age_ms > dead_after_ms {
+        return Incarnation::Dead;
+    }
+    let left_ms = dead_after_ms - age_ms;
+    Incarnation::Starting {
+        // Rounded up (and past the boundary), so a retry at that time finds it dead.
+        retry_after: Duration::from_secs(left_ms / 1000 + 1),
+    }
+}
 
 impl DockerBackend {
     /// Starts the container. The engine resolves the network by name at start, so a candidate
@@ -34,18 +61,20 @@ impl DockerBackend {
         }
     }
 
-    /// Whether the container holding a session's name is a dead earlier incarnation that a new
-    /// create may replace: it ran and exited, or it was created and never started within a
-    /// create budget (its creator crashed). A container another replica is creating or running
-    /// right now is not: replacing it would delete the winner of a same-id race.
-    pub(super) async fn is_dead_incarnation(&self, name: &str, create_budget: Duration) -> bool {
+    /// What the container holding a session's name is to a new create of that session: a dead
+    /// earlier incarnation it may replace (it ran and exited, or it was created and never started
+    /// within a create budget plus the grace — its creator crashed), one that may still be started
+    /// by the create that made it (created, younger than that), or a live one. A container another
+    /// replica is creating or running right now is never replaced: that would delete the winner of
+    /// a same-id race.
+    pub(super) async fn incarnation(&self, name: &str, create_budget: Duration) -> Incarnation {
         use bollard::models::ContainerStateStatusEnum as Status;
         let Ok(inspect) = self
             .docker
             .inspect_container(name, None::<InspectContainerOptions>)
             .await
         else {
-            return false;
+            return Incarnation::Live;
         };
         let created_ms = inspect
             .config
@@ -54,15 +83,11 @@ impl DockerBackend {
             .and_then(|l| l.get("tale.created"))
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0);
-        let age = crate::shared::clock::now_ms().saturating_sub(created_ms);
+        let age_ms = crate::shared::clock::now_ms().saturating_sub(created_ms);
         match inspect.state.and_then(|s| s.status) {
-            Some(Status::EXITED | Status::DEAD) => true,
-            Some(Status::CREATED) => {
-                age > (create_budget
-                    + crate::modes::spawner::backend::docker_shared::CLAIM_RECLAIM_GRACE)
-                    .as_millis() as u64
-            }
-            _ => false,
+            Some(Status::EXITED | Status::DEAD) => Incarnation::Dead,
+            Some(Status::CREATED) => never_started(age_ms, create_budget),
+            _ => Incarnation::Live,
         }
     }
 
@@ -82,12 +107,18 @@ impl DockerBackend {
         for attempt in 0..2 {
             match self.find_container(id, Some(&spec.organization_id)).await? {
                 Found::Foreign { name } => return Err(mismatch("container", &name, id)),
-                Found::Ours { name, .. } => {
-                    if !self.is_dead_incarnation(&name, deadline).await {
-                        return Err(BackendError::Exists(id.clone()));
+                Found::Ours { name, .. } => match self.incarnation(&name, deadline).await {
+                    Incarnation::Live => return Err(BackendError::Exists(id.clone())),
+                    Incarnation::Starting { retry_after } => {
+                        return Err(BackendError::CreateInProgress {
+                            session_id: id.clone(),
+                            retry_after,
+                        })
                     }
-                    self.remove_container(&name).await?;
-                }
+                    Incarnation::Dead => {
+                        self.remove_container(&name).await?;
+                    }
+                },
                 Found::Absent => {}
             }
             match self
@@ -216,5 +247,28 @@ impl DockerBackend {
         })
         .await?;
         Ok(url)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A never-started container counts as dead only past the create budget plus the grace; until
+    /// then the retry is told how many whole seconds are left, rounded up, at least 1.
+    #[test]
+    fn never_started_containers_count_as_dead_after_budget_and_grace() {
+        let budget = Duration::from_secs(15);
+        let limit_ms = (budget + CLAIM_RECLAIM_GRACE).as_millis() as u64;
+        let left = |age_ms| match never_started(age_ms, budget) {
+            Incarnation::Starting { retry_after } => Some(retry_after.as_secs()),
+            _ => None,
+        };
+        assert_eq!(left(0), Some(limit_ms / 1000 + 1));
+        assert_eq!(left(limit_ms - 1500), Some(2));
+        assert_eq!(left(limit_ms - 1), Some(1));
+        assert_eq!(left(limit_ms), Some(1));
+        assert_eq!(never_started(limit_ms + 1, budget), Incarnation::Dead);
+        assert_eq!(never_started(u64::MAX, budget), Incarnation::Dead);
     }
 }

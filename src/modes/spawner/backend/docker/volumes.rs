@@ -101,6 +101,22 @@ impl DockerBackend {
         }
     }
 
+    /// With disk quotas on, starts reclaiming (in the background) this deployment's quota images
+    /// whose volume was removed without the helper; the outcome goes to the log.
+    pub fn spawn_orphan_reclaim(&self) {
+        let Some(quotas) = self.quotas.clone() else {
+            return;
+        };
+        tokio::spawn(async move {
+            match quotas.reclaim_orphans().await {
+                Ok(volumes) => {
+                    tracing::info!(reclaimed = volumes.len(), "disk quota orphan reclaim done")
+                }
+                Err(err) => tracing::warn!(%err, "disk quota orphan reclaim failed"),
+            }
+        });
+    }
+
     /// The session's workspace volume: its own under the current or the legacy name, else a new
     /// one under the current name. Returns the name and whether it existed before.
     pub(super) async fn claim_workspace_volume(

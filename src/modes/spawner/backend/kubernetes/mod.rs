@@ -404,7 +404,7 @@ impl KubernetesBackend {
 
     /// Creates the Secret (recording its uid in `made`). The Secret is the create's lock: a
     /// Secret already there belongs to a live Pod (see `live_pod_refusal`), to a create in flight
-    /// on another replica (younger than `in_flight`: `BeingCreated`, nothing touched), or to a
+    /// on another replica (younger than `in_flight`: `CreateInProgress`, nothing touched), or to a
     /// create that died (an orphan: replaced once, deleted only under its uid so a fresh one is
     /// never hit).
     async fn create_secret(
@@ -438,8 +438,11 @@ impl KubernetesBackend {
                     else {
                         continue;
                     };
-                    if ownership::younger_than(&existing.metadata, in_flight) {
-                        return Err(BackendError::BeingCreated(spec.session_id.clone()));
+                    if let Some(left) = ownership::time_left(&existing.metadata, in_flight) {
+                        return Err(BackendError::CreateInProgress {
+                            session_id: spec.session_id.clone(),
+                            retry_after: left.max(Duration::from_secs(1)),
+                        });
                     }
                     let uid = existing.metadata.uid.clone();
                     match self.secrets.delete(&name, &uid_precondition(uid)).await {
@@ -588,7 +591,7 @@ impl KubernetesBackend {
             // Another create of the id owns the objects now (a PVC this create made included).
             Err(
                 err @ (BackendError::Exists(_)
-                | BackendError::BeingCreated(_)
+                | BackendError::CreateInProgress { .. }
                 | BackendError::OwnerMismatch { .. }),
             ) => Err(err),
             Err(err) => {

@@ -33,11 +33,19 @@ fn recorded(meta: &ObjectMeta) -> (Option<&str>, Option<&str>) {
 /// Whether the object was created less than `window` ago by the API server's clock as read here
 /// (an object without a creation time counts as old).
 pub fn younger_than(meta: &ObjectMeta, window: std::time::Duration) -> bool {
-    let Some(created) = &meta.creation_timestamp else {
-        return false;
-    };
+    time_left(meta, window).is_some()
+}
+
+/// How long until the object is `window` old (`None` when it already is, or has no creation time):
+/// the `retry-after` of a create that meets another create's young objects.
+pub fn time_left(meta: &ObjectMeta, window: std::time::Duration) -> Option<std::time::Duration> {
+    let created = meta.creation_timestamp.as_ref()?;
     let created_ms = created.0.as_millisecond().max(0) as u64;
-    crate::shared::clock::now_ms().saturating_sub(created_ms) < window.as_millis() as u64
+    let age_ms = crate::shared::clock::now_ms().saturating_sub(created_ms);
+    (window.as_millis() as u64)
+        .checked_sub(age_ms)
+        .filter(|left| *left > 0)
+        .map(std::time::Duration::from_millis)
 }
 
 /// Judges `object`, found under candidate `index`, for the session asking.

@@ -2,7 +2,7 @@
 //!
 //! The session's Secret is a create's lock: the create whose Secret POST succeeds goes on. A
 //! Secret or live Pod younger than the create budget (plus grace) whose runnerd does not answer
-//! yet is another replica's create in flight ([`BackendError::BeingCreated`]: nothing touched).
+//! yet is another replica's create in flight ([`BackendError::CreateInProgress`], 503 with the time until it counts as dead: nothing touched).
 //! A failed create deletes only the objects it made, each under the uid the API server gave it
 //! (`preconditions.uid`: 409 instead of deleting a same-named successor), and reaping an ended
 //! Pod removes only that incarnation.
@@ -55,7 +55,7 @@ impl Made {
 
 impl KubernetesBackend {
     /// Why a create stops at the session's live Pod: another replica's create still in flight
-    /// (`BeingCreated`: younger than `in_flight` and its runnerd not answering yet), else a session
+    /// (`CreateInProgress`: younger than `in_flight` and its runnerd not answering yet), else a session
     /// that exists (`Exists`; a create that died after runnerd came up is finished by the caller).
     pub(super) async fn live_pod_refusal(
         &self,
@@ -64,11 +64,15 @@ impl KubernetesBackend {
         in_flight: Duration,
     ) -> BackendError {
         let id = spec.session_id.clone();
-        if !ownership::younger_than(&pod.metadata, in_flight) {
+        let Some(left) = ownership::time_left(&pod.metadata, in_flight) else {
             return BackendError::Exists(id);
-        }
+        };
+        let in_progress = |session_id| BackendError::CreateInProgress {
+            session_id,
+            retry_after: left.max(Duration::from_secs(1)),
+        };
         let Some(ip) = status::pod_ip(pod).filter(|_| status::is_running(pod)) else {
-            return BackendError::BeingCreated(id);
+            return in_progress(id);
         };
         let url = status::runnerd_url(ip, self.manifests.runnerd_port);
         let answers = crate::modes::spawner::runnerd_client::RunnerdClient::for_session(
@@ -82,7 +86,7 @@ impl KubernetesBackend {
         if answers {
             BackendError::Exists(id)
         } else {
-            BackendError::BeingCreated(id)
+            in_progress(id)
         }
     }
 
