@@ -1,7 +1,7 @@
 //! The sweep: every interval, stop sessions past their TTL or idle too long (compute removed,
 //! workspace kept — only DELETE deletes a workspace). Pinned sessions and sessions with live execs
 //! (on this replica, or per runnerd's `/healthz`) are skipped; runnerd's activity clock is the truth
-//! for idleness.
+//! for idleness. A pinned session whose compute the backend lost is healed here (`heal`).
 use super::metrics::Metrics;
 use super::state::Spawner;
 use std::sync::Arc;
@@ -46,6 +46,7 @@ pub async fn sweep_once(spawner: &Spawner) {
             continue;
         }
         if entry.pinned && !(shared && unpinned_elsewhere(spawner, &entry.session_id).await) {
+            heal_if_lost(spawner, &entry).await;
             continue;
         }
         let Some(entry) = spawner.registry.get(&entry.session_id) else {
@@ -98,6 +99,23 @@ pub async fn sweep_once(spawner: &Spawner) {
             Err(err) => {
                 tracing::warn!(session_id = %entry.session_id, %err, "sweep could not stop session; retrying next sweep")
             }
+        }
+    }
+}
+
+/// A pinned session is kept running: when its runnerd stopped answering, its compute is healed
+/// if the backend lost it (a Kubernetes Pod evicted or gone with its node).
+async fn heal_if_lost(spawner: &Spawner, entry: &super::registry::SessionEntry) {
+    if entry.runnerd.health().await.is_ok() {
+        return;
+    }
+    match spawner.heal_after_loss(&entry.session_id).await {
+        Ok(true) => {
+            tracing::info!(session_id = %entry.session_id, "sweep healed a pinned session")
+        }
+        Ok(false) => {}
+        Err(err) => {
+            tracing::warn!(session_id = %entry.session_id, error = ?err.message, "sweep could not heal a pinned session; retrying next sweep")
         }
     }
 }

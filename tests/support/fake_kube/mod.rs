@@ -13,6 +13,9 @@
 //! exited (SIGKILL after the grace period), as a kubelet does.
 #![allow(dead_code)]
 
+pub mod lifecycle;
+pub mod nodes;
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -51,6 +54,10 @@ struct State {
     /// Pod (namespace, name) → its runnerd.
     kubelet: HashMap<(String, String), Child>,
     next_ip: u32,
+    /// Attachments and events (see `lifecycle`).
+    lifecycle: lifecycle::Lifecycle,
+    /// The fake's root directory (volumes live under it).
+    root: Option<PathBuf>,
 }
 
 /// A running fake API server; its runnerd processes are killed on drop.
@@ -80,7 +87,10 @@ impl FakeKube {
         std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
         // A second octet per fake, so parallel test binaries hand out different Pod IPs.
         let ip_prefix = 100 + (port % 150) as u8;
-        let state = Arc::new(Mutex::new(State::default()));
+        let mut initial = State::default();
+        nodes::add_nodes(&mut initial);
+        lifecycle::set_root(&mut initial, &root);
+        let state = Arc::new(Mutex::new(initial));
         let shared: Shared = (state.clone(), root.clone(), ip_prefix);
         let server = tokio::spawn(async move {
             loop {
@@ -141,7 +151,11 @@ impl FakeKube {
                 ["apis", group, _, "namespaces", _, rest @ ..] => (*group, rest),
                 _ => continue,
             };
-            let (resource, verb) = match (rest, r.method.as_str()) {
+            let (group, rest) = match segments.as_slice() {
+                ["api", "v1", "nodes", rest @ ..] => ("", [&["nodes"][..], rest].concat()),
+                _ => (group, rest.to_vec()),
+            };
+            let (resource, verb) = match (rest.as_slice(), r.method.as_str()) {
                 ([resource], "GET") => (resource.to_string(), "list"),
                 ([resource], "POST") => (resource.to_string(), "create"),
                 ([resource, _], "GET") => (resource.to_string(), "get"),
@@ -299,8 +313,22 @@ fn kind_of(resource: &str) -> (&'static str, &'static str) {
         "secrets" => ("Secret", "v1"),
         "persistentvolumeclaims" => ("PersistentVolumeClaim", "v1"),
         "networkpolicies" => ("NetworkPolicy", "networking.k8s.io/v1"),
+        "events" => ("Event", "v1"),
+        "nodes" => ("Node", "v1"),
         _ => ("Unknown", "v1"),
     }
+}
+
+/// A field selector of `path.to.field=value` pairs (what the API server serves for events'
+/// `involvedObject.*`).
+fn fields_match(object: &Value, selector: &str) -> bool {
+    selector.split(',').filter(|s| !s.is_empty()).all(|pair| {
+        let Some((path, value)) = pair.split_once('=') else {
+            return false;
+        };
+        let field = path.split('.').fold(object, |v, k| &v[k]);
+        field.as_str() == Some(value)
+    })
 }
 
 fn labels_match(object: &Value, selector: &str) -> bool {
@@ -316,6 +344,12 @@ async fn handle(shared: Shared, request: Request<Incoming>) -> Response<Full<Byt
     let (state, root, ip_prefix) = shared;
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    let content_type = request
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
     let query = request.uri().query().unwrap_or("").to_owned();
     let authorized = request
         .headers()
@@ -344,6 +378,9 @@ async fn handle(shared: Shared, request: Request<Incoming>) -> Response<Full<Byt
             StatusCode::OK,
             &json!({"major": "1", "minor": "37", "gitVersion": "v1.37.0-fake", "platform": "linux/amd64"}),
         );
+    }
+    if let ["api", "v1", "nodes", rest @ ..] = segments.as_slice() {
+        return nodes::route(&state, &method, rest);
     }
     let rest: &[&str] = match segments.as_slice() {
         ["api", "v1", "namespaces", rest @ ..] => rest,
@@ -374,7 +411,13 @@ async fn handle(shared: Shared, request: Request<Incoming>) -> Response<Full<Byt
         [namespace, resource] => {
             let (namespace, resource) = (namespace.to_string(), resource.to_string());
             match method {
-                Method::GET => list(&state, &namespace, &resource, params.get("labelSelector")),
+                Method::GET => list(
+                    &state,
+                    &namespace,
+                    &resource,
+                    params.get("labelSelector"),
+                    params.get("fieldSelector"),
+                ),
                 Method::POST => create(&state, &root, ip_prefix, &namespace, &resource, body),
                 _ => status(
                     405,
@@ -397,7 +440,8 @@ async fn handle(shared: Shared, request: Request<Incoming>) -> Response<Full<Byt
                     None => not_found(resource, name),
                 },
                 Method::PUT => replace(&state, key, body),
-                Method::DELETE => delete(&state, &root, key, body),
+                Method::PATCH => lifecycle::patch(&state, key, &content_type, body),
+                Method::DELETE => lifecycle::delete(&state, key, body),
                 _ => status(
                     405,
                     "MethodNotAllowed",
@@ -407,7 +451,13 @@ async fn handle(shared: Shared, request: Request<Incoming>) -> Response<Full<Byt
                 ),
             }
         }
-        // Subresources (pods/exec, pods/log, …) are not served: the backend must never need them.
+        [namespace, "pods", name, "eviction"] if method == Method::POST => lifecycle::evict(
+            &state,
+            ("pods".into(), namespace.to_string(), name.to_string()),
+            body,
+        ),
+        // Other subresources (pods/exec, pods/log, …) are not served: the backend must never
+        // need them.
         _ => status(
             404,
             "NotFound",
@@ -433,13 +483,17 @@ fn list(
     namespace: &str,
     resource: &str,
     selector: Option<&String>,
+    field_selector: Option<&String>,
 ) -> Response<Full<Bytes>> {
     let state = lock(state);
     let items: Vec<Value> = state
         .objects
         .iter()
         .filter(|((r, ns, _), o)| {
-            r == resource && ns == namespace && selector.is_none_or(|s| labels_match(o, s))
+            r == resource
+                && ns == namespace
+                && selector.is_none_or(|s| labels_match(o, s))
+                && field_selector.is_none_or(|s| fields_match(o, s))
         })
         .map(|(_, o)| o.clone())
         .collect();
@@ -516,6 +570,8 @@ fn create(
             }
             "persistentvolumeclaims" => {
                 std::fs::create_dir_all(root.join("volumes").join(&name)).unwrap();
+                // The PVC protection admission plugin's finalizer.
+                object["metadata"]["finalizers"] = json!([lifecycle::PVC_PROTECTION]);
                 object["status"] =
                     json!({"phase": "Bound", "accessModes": object["spec"]["accessModes"]});
             }
@@ -573,54 +629,6 @@ fn replace(
     }
     object["metadata"]["resourceVersion"] = json!(guard.resource_version.to_string());
     guard.objects.insert(key, object.clone());
-    reply(StatusCode::OK, &object)
-}
-
-fn delete(
-    state: &Arc<Mutex<State>>,
-    root: &Path,
-    key: (String, String, String),
-    body: Option<Value>,
-) -> Response<Full<Bytes>> {
-    let (resource, namespace, name) = key.clone();
-    let mut guard = lock(state);
-    let Some(mut object) = guard.objects.get(&key).cloned() else {
-        return not_found(&resource, &name);
-    };
-    if resource != "pods" {
-        guard.objects.remove(&key);
-        if resource == "persistentvolumeclaims" {
-            let _ = std::fs::remove_dir_all(root.join("volumes").join(&name));
-        }
-        return reply(StatusCode::OK, &object);
-    }
-    let grace = body
-        .as_ref()
-        .and_then(|b| b["gracePeriodSeconds"].as_u64())
-        .unwrap_or(30);
-    if object["metadata"]["deletionTimestamp"].is_null() {
-        guard.resource_version += 1;
-        object["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
-        object["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
-        object["metadata"]["resourceVersion"] = json!(guard.resource_version.to_string());
-        guard.objects.insert(key.clone(), object.clone());
-    }
-    let child = guard.kubelet.remove(&(namespace, name));
-    drop(guard);
-    let state = state.clone();
-    tokio::spawn(async move {
-        if let Some(mut child) = child {
-            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(grace);
-            while matches!(child.try_wait(), Ok(None)) && tokio::time::Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            let _ = child.kill();
-            let _ = tokio::task::spawn_blocking(move || child.wait()).await;
-        }
-        lock(&state).objects.remove(&key);
-    });
     reply(StatusCode::OK, &object)
 }
 
@@ -686,12 +694,35 @@ async fn run_pod(
             );
         }
     }
+    // The scheduler binds the Pod to a node; the kubelet there attaches its volumes first.
+    let Some(node) = nodes::schedule(&lock(&state)) else {
+        set_pod_status(&state, &key, |s| {
+            s["conditions"] = json!([{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                "message": "0/2 nodes are available: 2 node(s) had untolerated taints."}]);
+        });
+        return;
+    };
+    {
+        let mut guard = lock(&state);
+        guard.resource_version += 1;
+        let rv = guard.resource_version.to_string();
+        let Some(pod) = guard.objects.get_mut(&key) else {
+            return;
+        };
+        pod["spec"]["nodeName"] = json!(node);
+        pod["metadata"]["resourceVersion"] = json!(rv);
+    }
     set_pod_status(&state, &key, |s| {
-        s["podIP"] = json!(ip);
-        s["podIPs"] = json!([{"ip": ip}]);
         s["hostIP"] = json!("127.0.0.1");
         s["conditions"] = json!([{"type": "PodScheduled", "status": "True"}]);
         s["containerStatuses"] = waiting("ContainerCreating", "");
+    });
+    if !lifecycle::attach_volumes(&state, &key, &node).await {
+        return;
+    }
+    set_pod_status(&state, &key, |s| {
+        s["podIP"] = json!(ip);
+        s["podIPs"] = json!([{"ip": ip}]);
     });
     if lock(&state).unpullable.contains(&image) {
         let message = format!("Back-off pulling image \"{image}\": not found");

@@ -29,7 +29,7 @@ pub fn delete_body(body: serde_json::Value) -> Result<DeleteRequest, ApiError> {
 }
 
 pub async fn stage(spawner: &Spawner, id: &str, request: &ApiRequest) -> Reply {
-    let entry = spawner.lookup(id).await.ok_or_else(not_found)?;
+    let entry = spawner.lookup_or_heal(id).await?;
     let body = stage_body(request.json()?)?;
     match entry.runnerd.stage(&body).await {
         Ok(reply) => Ok(ok(&reply)),
@@ -38,7 +38,7 @@ pub async fn stage(spawner: &Spawner, id: &str, request: &ApiRequest) -> Reply {
 }
 
 pub async fn delete(spawner: &Spawner, id: &str, request: &ApiRequest) -> Reply {
-    let entry = spawner.lookup(id).await.ok_or_else(not_found)?;
+    let entry = spawner.lookup_or_heal(id).await?;
     let body = delete_body(request.json()?)?;
     match entry.runnerd.delete_files(&body).await {
         Ok(reply) => Ok(ok(&reply)),
@@ -47,7 +47,7 @@ pub async fn delete(spawner: &Spawner, id: &str, request: &ApiRequest) -> Reply 
 }
 
 pub async fn list(spawner: &Spawner, id: &str, request: &ApiRequest) -> Reply {
-    let entry = spawner.lookup(id).await.ok_or_else(not_found)?;
+    let entry = spawner.lookup_or_heal(id).await?;
     let path = request.query("path").unwrap_or_else(|| ".".into());
     match entry.runnerd.list(&path).await {
         Ok(Some(reply)) => Ok(ok(&reply)),
@@ -57,7 +57,7 @@ pub async fn list(spawner: &Spawner, id: &str, request: &ApiRequest) -> Reply {
 }
 
 pub async fn content(spawner: &Spawner, id: &str, request: &ApiRequest) -> Reply {
-    let entry = spawner.lookup(id).await.ok_or_else(not_found)?;
+    let entry = spawner.lookup_or_heal(id).await?;
     let path = request
         .query("path")
         .ok_or_else(|| bad_request("path is required"))?;
@@ -86,7 +86,7 @@ pub async fn content(spawner: &Spawner, id: &str, request: &ApiRequest) -> Reply
 /// `POST …/files/write?path=&offset=[&commit=true]`: one chunk (the raw body) of a file written in
 /// pieces; runnerd's answer relayed.
 pub async fn write(spawner: &Spawner, id: &str, request: &ApiRequest) -> Reply {
-    let entry = spawner.lookup(id).await.ok_or_else(not_found)?;
+    let entry = spawner.lookup_or_heal(id).await?;
     let path = request
         .query("path")
         .ok_or_else(|| bad_request("path is required"))?;

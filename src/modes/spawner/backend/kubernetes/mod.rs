@@ -10,19 +10,21 @@
 //! on image, config or crash-loop errors), then runnerd's `/healthz`. A failed create removes the
 //! Pod and Secret, and the PVC too unless it existed before.
 pub mod client;
+pub mod heal;
 pub mod manifests;
 pub mod network;
 pub mod ownership;
 pub mod placement;
+pub mod start_wait;
 pub mod status;
 
 use super::names::Found;
 use super::{
-    wait_for_runnerd, Backend, BackendError, BackendKind, BackendResult, BoxFuture, ListedSession,
-    SessionSpec,
+    wait_for_runnerd, Backend, BackendError, BackendKind, BackendResult, BoxFuture, Healed,
+    ListedSession, SessionSpec,
 };
 use crate::modes::spawner::config::{
-    Hardening, KubernetesSettings, NetworkSettings, ProfilePlacements,
+    Hardening, HealSettings, KubernetesSettings, NetworkSettings, ProfilePlacements,
 };
 use crate::shared::protocol::runnerd::is_valid_id;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
@@ -60,6 +62,8 @@ pub struct KubernetesBackend {
     placements: ProfilePlacements,
     /// DNS peers of the session NetworkPolicy, and whether it is applied at all.
     network: NetworkSettings,
+    /// Timeouts of healing and of transient start errors.
+    heal_settings: HealSettings,
 }
 
 fn status_code(err: &kube::Error) -> Option<u16> {
@@ -143,6 +147,7 @@ impl KubernetesBackend {
             manifests,
             placements: settings.placement.clone(),
             network: settings.network.clone(),
+            heal_settings: settings.heal,
         };
         if !backend.network.managed {
             tracing::warn!(
@@ -288,12 +293,24 @@ impl KubernetesBackend {
     /// Ensures the workspace PVC: the session's own under its current or legacy name, else a new
     /// one under the current name. Returns its name and whether it existed before (a resume);
     /// someone else's PVC in the way is refused.
-    async fn ensure_workspace(&self, spec: &SessionSpec) -> BackendResult<(String, bool)> {
+    async fn ensure_workspace(
+        &self,
+        spec: &SessionSpec,
+        deadline: Instant,
+    ) -> BackendResult<(String, bool)> {
         let id = &spec.session_id;
         let org = Some(spec.organization_id.as_str());
         let name = manifests::pvc_name(id);
         match self.find_pvc(id, org).await {
-            Ok(Found::Ours { name, .. }) => return Ok((name, true)),
+            Ok(Found::Ours { name, object }) if object.metadata.deletion_timestamp.is_some() => {
+                // A destroy's PVC, not a resume: wait until it is gone, then make a new one.
+                self.wait_pvc_gone(id, &name, deadline).await?;
+            }
+            Ok(Found::Ours { name, .. }) => {
+                self.record_compute(&name, manifests::COMPUTE_RUNNING, Some(spec))
+                    .await?;
+                return Ok((name, true));
+            }
             Ok(Found::Foreign { name }) => return Err(owner_mismatch("PVC", &name, id)),
             Ok(Found::Absent) => {}
             Err(err) => {
@@ -313,7 +330,18 @@ impl KubernetesBackend {
             // Made in between (or unreadable above): ours only if its annotations say so.
             Err(err) if is_conflict(&err) => match self.pvcs.get_opt(&name).await {
                 Ok(Some(pvc)) => match ownership::judge_object("PVC", &name, pvc, 0, (id, org)) {
-                    Some(Found::Ours { .. }) => Ok((name, true)),
+                    Some(Found::Ours { object, .. })
+                        if object.metadata.deletion_timestamp.is_some() =>
+                    {
+                        Err(BackendError::Engine(format!(
+                            "the workspace PVC {name} of session {id} is being deleted; retry the create once it is gone"
+                        )))
+                    }
+                    Some(Found::Ours { .. }) => {
+                        self.record_compute(&name, manifests::COMPUTE_RUNNING, Some(spec))
+                            .await?;
+                        Ok((name, true))
+                    }
                     _ => Err(owner_mismatch("PVC", &name, id)),
                 },
                 Ok(None) => Err(BackendError::Engine(format!(
@@ -322,6 +350,26 @@ impl KubernetesBackend {
                 Err(err) => Err(api("cannot read the workspace PVC")(err)),
             },
             Err(err) => Err(api("cannot create the workspace PVC")(err)),
+        }
+    }
+
+    /// Waits (bounded by `deadline`) until the Terminating PVC `name` is gone.
+    async fn wait_pvc_gone(&self, id: &str, name: &str, deadline: Instant) -> BackendResult<()> {
+        tracing::info!(session_id = id, pvc = name, "workspace PVC is being deleted; waiting for it before creating a new one");
+        let mut interval = POD_POLL_FIRST_INTERVAL;
+        loop {
+            match self.pvcs.get_opt(name).await {
+                Ok(None) => return Ok(()),
+                Ok(Some(_)) => {}
+                Err(err) => return Err(api("cannot read the workspace PVC")(err)),
+            }
+            if Instant::now() + interval > deadline {
+                return Err(BackendError::Engine(format!(
+                    "the workspace PVC {name} of session {id} is still being deleted (Terminating); it is not resumed — retry the create once it is gone"
+                )));
+            }
+            tokio::time::sleep(interval).await;
+            interval = (interval * 2).min(POD_POLL_MAX_INTERVAL);
         }
     }
 
@@ -366,6 +414,10 @@ impl KubernetesBackend {
         let name = manifests::pod_name(session_id);
         let started = Instant::now();
         let mut interval = POD_POLL_FIRST_INTERVAL;
+        let mut watch = start_wait::StartWatch::new(
+            Api::namespaced(self.client.clone(), &self.manifests.namespace),
+            self.heal_settings,
+        );
         loop {
             let pod = self
                 .pods
@@ -375,9 +427,7 @@ impl KubernetesBackend {
                 .ok_or_else(|| {
                     BackendError::Died("the session Pod disappeared while starting".into())
                 })?;
-            if let Some(reason) = status::start_failure(&pod) {
-                return Err(BackendError::Died(reason));
-            }
+            watch.check(&pod).await?;
             if let Some(ip) = status::pod_ip(&pod) {
                 return Ok(ip.to_owned());
             }
@@ -408,7 +458,8 @@ impl KubernetesBackend {
             )
             .await
         {
-            Ok(_) => {}
+            // The Secret goes with the Pod however the Pod goes.
+            Ok(pod) => self.own_secret(&spec.session_id, &pod).await?,
             // Someone created it since the check: theirs, and so is the Secret now.
             Err(err) if is_conflict(&err) => {
                 return Err(BackendError::Exists(spec.session_id.clone()))
@@ -457,7 +508,7 @@ impl KubernetesBackend {
             }
             Found::Absent => {}
         }
-        let (claim, preexisting) = self.ensure_workspace(spec).await?;
+        let (claim, preexisting) = self.ensure_workspace(spec, deadline).await?;
         match self.start(spec, &claim, deadline).await {
             Ok(url) => {
                 tracing::info!(session_id = %id, %url, %claim, resumed = preexisting, "kubernetes session ready");
@@ -555,6 +606,11 @@ impl Backend for KubernetesBackend {
 
     fn stop_session<'a>(&'a self, session_id: &'a str) -> BoxFuture<'a, BackendResult<bool>> {
         Box::pin(async move {
+            // Recorded first: a Pod deleted on purpose is never healed.
+            if let Found::Ours { name, .. } = self.find_pvc(session_id, None).await? {
+                self.record_compute(&name, manifests::COMPUTE_STOPPED, None)
+                    .await?;
+            }
             let existed = self.stop(session_id).await?;
             tracing::info!(
                 session_id,
@@ -567,6 +623,15 @@ impl Backend for KubernetesBackend {
 
     fn destroy_session<'a>(&'a self, session_id: &'a str) -> BoxFuture<'a, BackendResult<bool>> {
         Box::pin(self.destroy(session_id))
+    }
+
+    fn heal_session<'a>(
+        &'a self,
+        session_id: &'a str,
+        spec_for: &'a (dyn Fn(&ListedSession) -> SessionSpec + Send + Sync),
+        deadline: Duration,
+    ) -> BoxFuture<'a, BackendResult<Option<Healed>>> {
+        Box::pin(self.heal(session_id, spec_for, deadline))
     }
 
     fn list_sessions<'a>(

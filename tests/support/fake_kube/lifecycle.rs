@@ -1,0 +1,513 @@
+//! The fake's object lifecycle, as the API server and its controllers behave:
+//! - graceful deletion: a Pod DELETE sets `deletionTimestamp` and `deletionGracePeriodSeconds`;
+//!   the object stays until its kubelet confirms (runnerd exited, SIGKILL after the grace); grace 0
+//!   removes it at once (a force delete); on a lost node nothing confirms, so it stays Terminating;
+//! - the `kubernetes.io/pvc-protection` finalizer: a PVC deleted while a Pod that has not ended
+//!   uses it stays Terminating until that Pod is gone;
+//! - owner references: removing a Pod deletes the objects it owns (the garbage collector's
+//!   background propagation);
+//! - eviction: `POST pods/<name>/eviction` (policy/v1) marks the Pod `DisruptionTarget` and
+//!   deletes it gracefully, as the Eviction API does; [`FakeKube::evict_for_node_pressure`] is the
+//!   kubelet's own eviction (the Pod stays, `Failed`, reason `Evicted`);
+//! - volume attachment: a ReadWriteOnce claim is attached to one node at a time; a Pod on another
+//!   node waits in `ContainerCreating` with a `FailedAttachVolume` Multi-Attach Event until the
+//!   old node's attachment is released (no Pod of the claim left there, and the node Ready or
+//!   tainted `node.kubernetes.io/out-of-service`);
+//! - JSON merge patches (RFC 7386) of any stored object.
+use super::{lock, not_found, now_rfc3339, reply, status, FakeKube, State};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Response, StatusCode};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The finalizer the PVC protection admission plugin puts on every claim.
+pub const PVC_PROTECTION: &str = "kubernetes.io/pvc-protection";
+/// How often the fake kubelet retries attaching a volume held by another node.
+const ATTACH_RETRY: Duration = Duration::from_millis(100);
+
+/// Lifecycle state beside the stored objects.
+#[derive(Default)]
+pub(super) struct Lifecycle {
+    /// (namespace, claim) → the node its volume is attached to.
+    pub(super) attachments: HashMap<(String, String), String>,
+    /// (namespace, claim) → until when a test holds its attachment on another node.
+    pub(super) held: HashMap<(String, String), Instant>,
+    /// Events recorded so far (for unique names).
+    pub(super) events: u64,
+}
+
+type Key = (String, String, String);
+
+fn pod_claims(pod: &Value) -> Vec<String> {
+    pod["spec"]["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v["persistentVolumeClaim"]["claimName"].as_str())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn is_ended(pod: &Value) -> bool {
+    matches!(pod["status"]["phase"].as_str(), Some("Failed" | "Succeeded"))
+}
+
+/// Removes an object from storage and runs what follows a removal: owner-reference garbage
+/// collection and the PVC protection controller.
+pub(super) fn remove_object(state: &mut State, key: &Key) {
+    let Some(object) = state.objects.remove(key) else {
+        return;
+    };
+    let uid = object["metadata"]["uid"].as_str().unwrap_or("").to_owned();
+    let namespace = key.1.clone();
+    let owned: Vec<Key> = state
+        .objects
+        .iter()
+        .filter(|((_, ns, _), o)| {
+            *ns == namespace
+                && o["metadata"]["ownerReferences"]
+                    .as_array()
+                    .is_some_and(|refs| refs.iter().any(|r| r["uid"] == json!(uid)))
+        })
+        .map(|(k, _)| k.clone())
+        .collect();
+    for dependent in owned {
+        // Background propagation: dependents go their own way (a Secret is removed at once).
+        if dependent.0 == "pods" {
+            mark_deleting(state, &dependent, 0);
+        } else {
+            remove_object(state, &dependent);
+        }
+    }
+    release_pvcs(state);
+}
+
+/// Sets `deletionTimestamp` (once) on a stored object.
+fn mark_deleting(state: &mut State, key: &Key, grace: u64) -> Option<Value> {
+    state.resource_version += 1;
+    let rv = state.resource_version.to_string();
+    let object = state.objects.get_mut(key)?;
+    if object["metadata"]["deletionTimestamp"].is_null() {
+        object["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
+        object["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
+        object["metadata"]["resourceVersion"] = json!(rv);
+    }
+    Some(object.clone())
+}
+
+/// The PVC protection controller: a Terminating claim no live Pod uses loses its finalizer and
+/// goes.
+pub(super) fn release_pvcs(state: &mut State) {
+    let terminating: Vec<Key> = state
+        .objects
+        .iter()
+        .filter(|((r, _, _), o)| {
+            r == "persistentvolumeclaims" && !o["metadata"]["deletionTimestamp"].is_null()
+        })
+        .map(|(k, _)| k.clone())
+        .collect();
+    for key in terminating {
+        let in_use = state.objects.iter().any(|((r, ns, _), pod)| {
+            r == "pods" && *ns == key.1 && !is_ended(pod) && pod_claims(pod).contains(&key.2)
+        });
+        if !in_use {
+            state.objects.remove(&key);
+            state.lifecycle.attachments.remove(&(key.1.clone(), key.2.clone()));
+            if let Some(root) = state.root.clone() {
+                let _ = std::fs::remove_dir_all(root.join("volumes").join(&key.2));
+            }
+        }
+    }
+}
+
+/// DELETE of a stored object, with the semantics above.
+pub(super) fn delete(
+    state: &Arc<Mutex<State>>,
+    key: Key,
+    body: Option<Value>,
+) -> Response<Full<Bytes>> {
+    let (resource, namespace, name) = key.clone();
+    let mut guard = lock(state);
+    let Some(object) = guard.objects.get(&key).cloned() else {
+        return not_found(&resource, &name);
+    };
+    let finalizers = object["metadata"]["finalizers"]
+        .as_array()
+        .is_some_and(|f| !f.is_empty());
+    if resource == "persistentvolumeclaims" && finalizers {
+        let object = mark_deleting(&mut guard, &key, 0).unwrap();
+        release_pvcs(&mut guard);
+        return reply(StatusCode::OK, &object);
+    }
+    if resource != "pods" {
+        remove_object(&mut guard, &key);
+        return reply(StatusCode::OK, &object);
+    }
+    let default_grace = object["spec"]["terminationGracePeriodSeconds"]
+        .as_u64()
+        .unwrap_or(30);
+    let grace = body
+        .as_ref()
+        .and_then(|b| b["gracePeriodSeconds"].as_u64())
+        .unwrap_or(default_grace);
+    let child = guard.kubelet.remove(&(namespace.clone(), name.clone()));
+    if grace == 0 {
+        // A force delete: gone from the API at once, whatever the kubelet does.
+        remove_object(&mut guard, &key);
+        drop(guard);
+        if let Some(mut child) = child {
+            let _ = child.kill();
+            let _ = std::thread::spawn(move || child.wait());
+        }
+        return reply(StatusCode::OK, &object);
+    }
+    let object = mark_deleting(&mut guard, &key, grace).unwrap();
+    let node = object["spec"]["nodeName"].as_str().unwrap_or("").to_owned();
+    if super::nodes::is_lost(&guard, &node) {
+        // No kubelet confirms: Terminating until a force delete (or the out-of-service taint's
+        // Pod garbage collection, which is the spawner's force delete here).
+        return reply(StatusCode::OK, &object);
+    }
+    drop(guard);
+    let state = state.clone();
+    tokio::spawn(async move {
+        if let Some(mut child) = child {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(grace);
+            while matches!(child.try_wait(), Ok(None)) && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let _ = child.kill();
+            let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+        }
+        remove_object(&mut lock(&state), &key);
+    });
+    reply(StatusCode::OK, &object)
+}
+
+/// `POST pods/<name>/eviction`: the Eviction API (no PodDisruptionBudget covers session Pods).
+pub(super) fn evict(state: &Arc<Mutex<State>>, key: Key, body: Option<Value>) -> Response<Full<Bytes>> {
+    let (_, namespace, name) = key.clone();
+    let valid = body.as_ref().is_some_and(|b| {
+        b["kind"] == "Eviction"
+            && b["apiVersion"] == "policy/v1"
+            && b["metadata"]["name"] == json!(name)
+    });
+    if !valid {
+        return status(
+            400,
+            "BadRequest",
+            "the eviction body must be a policy/v1 Eviction naming the Pod".into(),
+            "pods",
+            &name,
+        );
+    }
+    {
+        let mut guard = lock(state);
+        if !guard.objects.contains_key(&key) {
+            return not_found("pods", &name);
+        }
+        set_condition(
+            &mut guard,
+            &key,
+            json!({"type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI",
+                   "message": "Eviction API: evicting", "lastTransitionTime": now_rfc3339()}),
+        );
+    }
+    let _ = delete(state, key, body.and_then(|b| b.get("deleteOptions").cloned()));
+    let _ = namespace;
+    reply(
+        StatusCode::CREATED,
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+    )
+}
+
+/// Adds or replaces one condition of a stored Pod's status.
+fn set_condition(state: &mut State, key: &Key, condition: Value) {
+    state.resource_version += 1;
+    let rv = state.resource_version.to_string();
+    let Some(pod) = state.objects.get_mut(key) else {
+        return;
+    };
+    let mut conditions: Vec<Value> = pod["status"]["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    conditions.retain(|c| c["type"] != condition["type"]);
+    conditions.push(condition);
+    pod["status"]["conditions"] = json!(conditions);
+    pod["metadata"]["resourceVersion"] = json!(rv);
+}
+
+/// Marks a Pod's readiness False (the node lifecycle controller's view of a lost node).
+pub(super) fn mark_not_ready(state: &mut State, key: &Key) {
+    set_condition(
+        state,
+        key,
+        json!({"type": "Ready", "status": "False", "lastTransitionTime": now_rfc3339()}),
+    );
+}
+
+/// A JSON merge patch (RFC 7386) of `target` by `patch`.
+pub(super) fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(fields) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    let map = target.as_object_mut().unwrap();
+    for (k, v) in fields {
+        if v.is_null() {
+            map.remove(k);
+        } else {
+            merge_patch(map.entry(k.clone()).or_insert(Value::Null), v);
+        }
+    }
+}
+
+/// PATCH of a stored object; only `application/merge-patch+json` is served (the backend sends
+/// nothing else).
+pub(super) fn patch(
+    state: &Mutex<State>,
+    key: Key,
+    content_type: &str,
+    body: Option<Value>,
+) -> Response<Full<Bytes>> {
+    let (resource, _, name) = key.clone();
+    if content_type != "application/merge-patch+json" {
+        return status(
+            415,
+            "UnsupportedMediaType",
+            format!("the fake serves only merge patches, not {content_type}"),
+            &resource,
+            &name,
+        );
+    }
+    let Some(patch) = body else {
+        return status(400, "BadRequest", "the body is not JSON".into(), &resource, &name);
+    };
+    let mut guard = lock(state);
+    let Some(current) = guard.objects.get(&key).cloned() else {
+        return not_found(&resource, &name);
+    };
+    if let Some(rv) = patch["metadata"]["resourceVersion"].as_str() {
+        if Some(rv) != current["metadata"]["resourceVersion"].as_str() {
+            return status(
+                409,
+                "Conflict",
+                format!("Operation cannot be fulfilled on {resource} \"{name}\": the object has been modified"),
+                &resource,
+                &name,
+            );
+        }
+    }
+    let mut object = current.clone();
+    merge_patch(&mut object, &patch);
+    for field in ["uid", "creationTimestamp", "namespace", "name", "deletionTimestamp"] {
+        object["metadata"][field] = current["metadata"][field].clone();
+    }
+    if let Some(refs) = object["metadata"]["ownerReferences"].as_array() {
+        let complete = refs.iter().all(|r| {
+            ["apiVersion", "kind", "name", "uid"]
+                .iter()
+                .all(|f| r[*f].as_str().is_some_and(|v| !v.is_empty()))
+        });
+        if !complete {
+            return status(
+                422,
+                "Invalid",
+                "metadata.ownerReferences: apiVersion, kind, name and uid are required".into(),
+                &resource,
+                &name,
+            );
+        }
+    }
+    guard.resource_version += 1;
+    object["metadata"]["resourceVersion"] = json!(guard.resource_version.to_string());
+    guard.objects.insert(key, object.clone());
+    reply(StatusCode::OK, &object)
+}
+
+/// Whether `claim` may be attached to `node` now; records the attachment when it may. A test's
+/// hold, or another node's attachment that cannot yet be released, says no.
+fn try_attach(state: &mut State, namespace: &str, claim: &str, node: &str) -> Result<(), String> {
+    let claim_key = (namespace.to_owned(), claim.to_owned());
+    if let Some(until) = state.lifecycle.held.get(&claim_key).copied() {
+        if Instant::now() < until {
+            return Err(String::new());
+        }
+        state.lifecycle.held.remove(&claim_key);
+        state.lifecycle.attachments.remove(&claim_key);
+    }
+    if let Some(current) = state.lifecycle.attachments.get(&claim_key).cloned() {
+        if current != node {
+            let users: Vec<String> = state
+                .objects
+                .iter()
+                .filter(|((r, ns, _), pod)| {
+                    r == "pods"
+                        && ns == namespace
+                        && pod["spec"]["nodeName"] == json!(current)
+                        && !is_ended(pod)
+                        && pod_claims(pod).iter().any(|c| c == claim)
+                })
+                .map(|((_, _, name), _)| name.clone())
+                .collect();
+            let releasable = users.is_empty()
+                && (!super::nodes::is_lost(state, &current)
+                    || super::nodes::is_out_of_service(state, &current));
+            if !releasable {
+                return Err(users.join(", "));
+            }
+        }
+    }
+    state.lifecycle.attachments.insert(claim_key, node.to_owned());
+    Ok(())
+}
+
+/// Records (or counts again) the Multi-Attach Event of a Pod, as the attach/detach controller.
+fn multi_attach_event(state: &mut State, key: &Key, claim: &str, users: &str) {
+    let (_, namespace, pod) = key;
+    let uid = state.objects.get(key).map(|p| p["metadata"]["uid"].clone());
+    let Some(uid) = uid else {
+        return;
+    };
+    let volume = format!("pvc-{claim}");
+    let message = if users.is_empty() {
+        format!("Multi-Attach error for volume \"{volume}\" Volume is already exclusively attached to one node and can't be attached to another")
+    } else {
+        format!("Multi-Attach error for volume \"{volume}\" Volume is already used by pod(s) {users}")
+    };
+    let existing = state.objects.iter().find_map(|((r, ns, name), e)| {
+        (r == "events"
+            && ns == namespace
+            && e["involvedObject"]["uid"] == uid
+            && e["reason"] == "FailedAttachVolume")
+            .then(|| name.clone())
+    });
+    state.resource_version += 1;
+    let rv = state.resource_version.to_string();
+    let now = now_rfc3339();
+    if let Some(name) = existing {
+        let event = state
+            .objects
+            .get_mut(&("events".into(), namespace.clone(), name))
+            .unwrap();
+        event["count"] = json!(event["count"].as_u64().unwrap_or(1) + 1);
+        event["lastTimestamp"] = json!(now);
+        event["message"] = json!(message);
+        event["metadata"]["resourceVersion"] = json!(rv);
+        return;
+    }
+    state.lifecycle.events += 1;
+    let name = format!("{pod}.{:016x}", state.lifecycle.events);
+    let event = json!({
+        "kind": "Event", "apiVersion": "v1",
+        "metadata": {"name": name, "namespace": namespace, "resourceVersion": rv,
+                     "uid": format!("{rv}-fake-event"), "creationTimestamp": now},
+        "involvedObject": {"kind": "Pod", "namespace": namespace, "name": pod, "uid": uid,
+                           "apiVersion": "v1"},
+        "reason": "FailedAttachVolume", "message": message, "type": "Warning",
+        "source": {"component": "attachdetach-controller"},
+        "count": 1, "firstTimestamp": now, "lastTimestamp": now,
+        "reportingComponent": "attachdetach-controller", "reportingInstance": "",
+    });
+    state
+        .objects
+        .insert(("events".into(), namespace.clone(), name), event);
+}
+
+/// The kubelet's volume attach step for a scheduled Pod: waits (retrying) until every claim is
+/// attached to its node. `false` when the Pod was deleted meanwhile.
+pub(super) async fn attach_volumes(state: &Arc<Mutex<State>>, key: &Key, node: &str) -> bool {
+    loop {
+        {
+            let mut guard = lock(state);
+            let Some(pod) = guard.objects.get(key).cloned() else {
+                return false;
+            };
+            if !pod["metadata"]["deletionTimestamp"].is_null() {
+                return false;
+            }
+            let mut blocked = None;
+            for claim in pod_claims(&pod) {
+                if let Err(users) = try_attach(&mut guard, &key.1, &claim, node) {
+                    blocked = Some((claim, users));
+                    break;
+                }
+            }
+            match blocked {
+                None => return true,
+                Some((claim, users)) => multi_attach_event(&mut guard, key, &claim, &users),
+            }
+        }
+        tokio::time::sleep(ATTACH_RETRY).await;
+    }
+}
+
+impl FakeKube {
+    /// The kubelet evicts the Pod for node pressure: runnerd is killed and the Pod stays,
+    /// `Failed` with reason `Evicted` (it is never restarted: a bare Pod has no controller).
+    pub fn evict_for_node_pressure(&self, namespace: &str, pod: &str) {
+        let mut guard = lock(&self.state);
+        if let Some(mut child) = guard.kubelet.remove(&(namespace.to_owned(), pod.to_owned())) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let key: Key = ("pods".into(), namespace.into(), pod.into());
+        guard.resource_version += 1;
+        let rv = guard.resource_version.to_string();
+        if let Some(object) = guard.objects.get_mut(&key) {
+            let now = now_rfc3339();
+            object["status"] = json!({
+                "phase": "Failed", "reason": "Evicted",
+                "message": "The node was low on resource: memory. Threshold quantity: 100Mi, available: 51200Ki. ",
+                "qosClass": "Burstable", "hostIP": object["status"]["hostIP"].clone(),
+                "conditions": [
+                    {"type": "DisruptionTarget", "status": "True", "reason": "TerminationByKubelet",
+                     "message": "The node was low on resource: memory.", "lastTransitionTime": now},
+                    {"type": "Ready", "status": "False", "reason": "PodFailed", "lastTransitionTime": now},
+                ],
+                "containerStatuses": [{"name": "runner", "ready": false, "restartCount": 0,
+                    "image": object["spec"]["containers"][0]["image"].clone(), "imageID": "",
+                    "state": {"terminated": {"exitCode": 137, "reason": "ContainerStatusUnknown",
+                        "message": "The container could not be located when the pod was terminated"}}}],
+            });
+            object["metadata"]["resourceVersion"] = json!(rv);
+        }
+        release_pvcs(&mut guard);
+    }
+
+    /// Holds `claim`'s volume attached to another node for `duration` (a detach that is slow
+    /// to happen): Pods using it wait with a Multi-Attach Event meanwhile.
+    pub fn hold_attachment(&self, namespace: &str, claim: &str, duration: Duration) {
+        let mut guard = lock(&self.state);
+        let key = (namespace.to_owned(), claim.to_owned());
+        guard.lifecycle.held.insert(key.clone(), Instant::now() + duration);
+        guard
+            .lifecycle
+            .attachments
+            .insert(key, "node-elsewhere".into());
+    }
+
+    /// The node `claim`'s volume is attached to, if any.
+    pub fn attachment(&self, namespace: &str, claim: &str) -> Option<String> {
+        lock(&self.state)
+            .lifecycle
+            .attachments
+            .get(&(namespace.to_owned(), claim.to_owned()))
+            .cloned()
+    }
+}
+
+/// Root of the fake's volumes, for the PVC protection controller's removals.
+pub(super) fn set_root(state: &mut State, root: &Path) {
+    state.root = Some(root.to_path_buf());
+}
