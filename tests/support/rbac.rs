@@ -5,15 +5,23 @@
 
 /// (API group, resource, verbs), verbs sorted.
 pub const SPAWNER_RULES: &[(&str, &str, &[&str])] = &[
-    ("", "persistentvolumeclaims", &["create", "delete", "get"]),
+    ("", "events", &["list"]),
+    (
+        "",
+        "persistentvolumeclaims",
+        &["create", "delete", "get", "patch"],
+    ),
     ("", "pods", &["create", "delete", "get", "list"]),
-    ("", "secrets", &["create", "delete"]),
+    ("", "secrets", &["create", "delete", "get", "patch"]),
     (
         "networking.k8s.io",
         "networkpolicies",
         &["create", "get", "update"],
     ),
 ];
+
+/// The optional ClusterRole (chart value `sessions.nodeAccess`): Nodes are cluster-scoped.
+pub const NODE_RULES: &[(&str, &str, &[&str])] = &[("", "nodes", &["get"])];
 
 /// [`SPAWNER_RULES`] as owned, sorted tuples for comparisons.
 pub fn rules() -> Vec<(String, String, Vec<String>)> {

@@ -26,9 +26,7 @@ impl Spawner {
             ttl_ms: or_max(listed.ttl_ms, limits.max_lifetime_ms),
             idle_timeout_ms: or_max(listed.idle_timeout_ms, limits.max_idle_ms),
             created_at_ms: listed.created_at_ms,
-            resources: self
-                .config
-                .resources(Profile::from_label(&listed.profile)),
+            resources: self.config.resources(Profile::from_label(&listed.profile)),
             runnerd_token: self.runnerd_token(&listed.session_id),
             runnerd_tls: self.runnerd_tls(&listed.session_id),
         }

@@ -53,7 +53,10 @@ fn pod_claims(pod: &Value) -> Vec<String> {
 }
 
 fn is_ended(pod: &Value) -> bool {
-    matches!(pod["status"]["phase"].as_str(), Some("Failed" | "Succeeded"))
+    matches!(
+        pod["status"]["phase"].as_str(),
+        Some("Failed" | "Succeeded")
+    )
 }
 
 /// Removes an object from storage and runs what follows a removal: owner-reference garbage
@@ -116,7 +119,10 @@ pub(super) fn release_pvcs(state: &mut State) {
         });
         if !in_use {
             state.objects.remove(&key);
-            state.lifecycle.attachments.remove(&(key.1.clone(), key.2.clone()));
+            state
+                .lifecycle
+                .attachments
+                .remove(&(key.1.clone(), key.2.clone()));
             if let Some(root) = state.root.clone() {
                 let _ = std::fs::remove_dir_all(root.join("volumes").join(&key.2));
             }
@@ -191,7 +197,11 @@ pub(super) fn delete(
 }
 
 /// `POST pods/<name>/eviction`: the Eviction API (no PodDisruptionBudget covers session Pods).
-pub(super) fn evict(state: &Arc<Mutex<State>>, key: Key, body: Option<Value>) -> Response<Full<Bytes>> {
+pub(super) fn evict(
+    state: &Arc<Mutex<State>>,
+    key: Key,
+    body: Option<Value>,
+) -> Response<Full<Bytes>> {
     let (_, namespace, name) = key.clone();
     let valid = body.as_ref().is_some_and(|b| {
         b["kind"] == "Eviction"
@@ -219,7 +229,11 @@ pub(super) fn evict(state: &Arc<Mutex<State>>, key: Key, body: Option<Value>) ->
                    "message": "Eviction API: evicting", "lastTransitionTime": now_rfc3339()}),
         );
     }
-    let _ = delete(state, key, body.and_then(|b| b.get("deleteOptions").cloned()));
+    let _ = delete(
+        state,
+        key,
+        body.and_then(|b| b.get("deleteOptions").cloned()),
+    );
     let _ = namespace;
     reply(
         StatusCode::CREATED,
@@ -291,7 +305,13 @@ pub(super) fn patch(
         );
     }
     let Some(patch) = body else {
-        return status(400, "BadRequest", "the body is not JSON".into(), &resource, &name);
+        return status(
+            400,
+            "BadRequest",
+            "the body is not JSON".into(),
+            &resource,
+            &name,
+        );
     };
     let mut guard = lock(state);
     let Some(current) = guard.objects.get(&key).cloned() else {
@@ -310,7 +330,13 @@ pub(super) fn patch(
     }
     let mut object = current.clone();
     merge_patch(&mut object, &patch);
-    for field in ["uid", "creationTimestamp", "namespace", "name", "deletionTimestamp"] {
+    for field in [
+        "uid",
+        "creationTimestamp",
+        "namespace",
+        "name",
+        "deletionTimestamp",
+    ] {
         object["metadata"][field] = current["metadata"][field].clone();
     }
     if let Some(refs) = object["metadata"]["ownerReferences"].as_array() {
@@ -368,7 +394,10 @@ fn try_attach(state: &mut State, namespace: &str, claim: &str, node: &str) -> Re
             }
         }
     }
-    state.lifecycle.attachments.insert(claim_key, node.to_owned());
+    state
+        .lifecycle
+        .attachments
+        .insert(claim_key, node.to_owned());
     Ok(())
 }
 
@@ -383,7 +412,9 @@ fn multi_attach_event(state: &mut State, key: &Key, claim: &str, users: &str) {
     let message = if users.is_empty() {
         format!("Multi-Attach error for volume \"{volume}\" Volume is already exclusively attached to one node and can't be attached to another")
     } else {
-        format!("Multi-Attach error for volume \"{volume}\" Volume is already used by pod(s) {users}")
+        format!(
+            "Multi-Attach error for volume \"{volume}\" Volume is already used by pod(s) {users}"
+        )
     };
     let existing = state.objects.iter().find_map(|((r, ns, name), e)| {
         (r == "events"
@@ -457,7 +488,10 @@ impl FakeKube {
     /// `Failed` with reason `Evicted` (it is never restarted: a bare Pod has no controller).
     pub fn evict_for_node_pressure(&self, namespace: &str, pod: &str) {
         let mut guard = lock(&self.state);
-        if let Some(mut child) = guard.kubelet.remove(&(namespace.to_owned(), pod.to_owned())) {
+        if let Some(mut child) = guard
+            .kubelet
+            .remove(&(namespace.to_owned(), pod.to_owned()))
+        {
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -490,11 +524,43 @@ impl FakeKube {
     pub fn hold_attachment(&self, namespace: &str, claim: &str, duration: Duration) {
         let mut guard = lock(&self.state);
         let key = (namespace.to_owned(), claim.to_owned());
-        guard.lifecycle.held.insert(key.clone(), Instant::now() + duration);
+        guard
+            .lifecycle
+            .held
+            .insert(key.clone(), Instant::now() + duration);
         guard
             .lifecycle
             .attachments
             .insert(key, "node-elsewhere".into());
+    }
+
+    /// `POST pods/<pod>/eviction`, as `kubectl drain` sends it (the same code path as over HTTP).
+    pub fn evict_via_api(&self, namespace: &str, pod: &str) -> u16 {
+        let body = json!({"apiVersion": "policy/v1", "kind": "Eviction",
+                          "metadata": {"name": pod, "namespace": namespace}});
+        evict(
+            &self.state,
+            ("pods".into(), namespace.into(), pod.into()),
+            Some(body),
+        )
+        .status()
+        .as_u16()
+    }
+
+    /// Removes an object at once (a Pod: as a force delete; its owned objects follow).
+    pub fn remove(&self, resource: &str, namespace: &str, name: &str) {
+        let mut guard = lock(&self.state);
+        if let Some(mut child) = guard
+            .kubelet
+            .remove(&(namespace.to_owned(), name.to_owned()))
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        remove_object(
+            &mut guard,
+            &(resource.into(), namespace.into(), name.into()),
+        );
     }
 
     /// The node `claim`'s volume is attached to, if any.

@@ -73,7 +73,9 @@ pub(super) fn is_lost(state: &State, name: &str) -> bool {
 
 /// Whether an operator declared the node shut down.
 pub(super) fn is_out_of_service(state: &State, name: &str) -> bool {
-    taints(state, name).iter().any(|t| t == OUT_OF_SERVICE_TAINT)
+    taints(state, name)
+        .iter()
+        .any(|t| t == OUT_OF_SERVICE_TAINT)
 }
 
 /// The scheduler: the first Ready node without taints.
@@ -135,7 +137,10 @@ fn update_node(state: &mut State, name: &str, change: impl FnOnce(&mut Value)) {
 }
 
 fn add_taint(node: &mut Value, taint_key: &str, value: Option<&str>, effect: &str) {
-    let mut taints = node["spec"]["taints"].as_array().cloned().unwrap_or_default();
+    let mut taints = node["spec"]["taints"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let mut taint = json!({"key": taint_key, "effect": effect, "timeAdded": now_rfc3339()});
     if let Some(value) = value {
         taint["value"] = json!(value);
@@ -183,7 +188,12 @@ impl FakeKube {
     pub fn taint_out_of_service(&self, name: &str) {
         let mut guard = lock(&self.state);
         update_node(&mut guard, name, |node| {
-            add_taint(node, OUT_OF_SERVICE_TAINT, Some("nodeshutdown"), "NoExecute")
+            add_taint(
+                node,
+                OUT_OF_SERVICE_TAINT,
+                Some("nodeshutdown"),
+                "NoExecute",
+            )
         });
     }
 }

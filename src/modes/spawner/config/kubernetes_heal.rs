@@ -82,7 +82,10 @@ mod tests {
             SpawnerConfig::from_env(move |k| (k == name).then(|| value.clone()), true)
         };
         let config = set("SANDBOX_K8S_NODE_LOST_TIMEOUT_MS", "1500").unwrap();
-        assert_eq!(config.kubernetes.heal.node_lost, Duration::from_millis(1500));
+        assert_eq!(
+            config.kubernetes.heal.node_lost,
+            Duration::from_millis(1500)
+        );
         let config = set("SANDBOX_K8S_IMAGE_PULL_TIMEOUT_MS", "0").unwrap();
         assert_eq!(config.kubernetes.heal.image_pull, Duration::ZERO);
         let err = set("SANDBOX_K8S_ATTACH_TIMEOUT_MS", "99999999")

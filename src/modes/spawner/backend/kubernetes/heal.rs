@@ -233,9 +233,9 @@ impl KubernetesBackend {
         {
             Ok(_) => Ok(()),
             Err(err) if is_not_found(&err) => Ok(()),
-            Err(err) => Err(api("cannot record the session's state on its workspace PVC")(
-                err,
-            )),
+            Err(err) => Err(api(
+                "cannot record the session's state on its workspace PVC",
+            )(err)),
         }
     }
 
@@ -281,7 +281,11 @@ mod tests {
     /// down.
     #[test]
     fn node_states() {
-        let at = |s: &str| s.parse::<k8s_openapi::jiff::Timestamp>().unwrap().as_millisecond();
+        let at = |s: &str| {
+            s.parse::<k8s_openapi::jiff::Timestamp>()
+                .unwrap()
+                .as_millisecond()
+        };
         let now = at("2026-01-01T00:01:00Z");
         assert_eq!(
             node_state(&node("True", "2026-01-01T00:00:00Z", &[]), now),

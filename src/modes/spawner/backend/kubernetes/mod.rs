@@ -355,7 +355,11 @@ impl KubernetesBackend {
 
     /// Waits (bounded by `deadline`) until the Terminating PVC `name` is gone.
     async fn wait_pvc_gone(&self, id: &str, name: &str, deadline: Instant) -> BackendResult<()> {
-        tracing::info!(session_id = id, pvc = name, "workspace PVC is being deleted; waiting for it before creating a new one");
+        tracing::info!(
+            session_id = id,
+            pvc = name,
+            "workspace PVC is being deleted; waiting for it before creating a new one"
+        );
         let mut interval = POD_POLL_FIRST_INTERVAL;
         loop {
             match self.pvcs.get_opt(name).await {

@@ -65,19 +65,16 @@ impl StartWatch {
             return Err(BackendError::Died(reason));
         }
         let now = Instant::now();
-        if let Some(detail) = self
-            .pull
-            .track(now, status::pull_trouble(pod), self.limits.image_pull)
+        if let Some(detail) =
+            self.pull
+                .track(now, status::pull_trouble(pod), self.limits.image_pull)
         {
             return Err(BackendError::Died(format!(
                 "{detail} (retried for {} s, SANDBOX_K8S_IMAGE_PULL_TIMEOUT_MS)",
                 self.limits.image_pull.as_secs()
             )));
         }
-        let scheduled = pod
-            .spec
-            .as_ref()
-            .is_some_and(|s| s.node_name.is_some());
+        let scheduled = pod.spec.as_ref().is_some_and(|s| s.node_name.is_some());
         if !scheduled || status::pod_ip(pod).is_some() {
             self.attach.track(now, None, self.limits.attach);
             return Ok(());
@@ -141,7 +138,10 @@ mod tests {
         let t0 = Instant::now();
         let limit = Duration::from_secs(10);
         assert_eq!(seen.track(t0, Some("a".into()), limit), None);
-        assert_eq!(seen.track(t0 + Duration::from_secs(9), Some("b".into()), limit), None);
+        assert_eq!(
+            seen.track(t0 + Duration::from_secs(9), Some("b".into()), limit),
+            None
+        );
         assert_eq!(
             seen.track(t0 + Duration::from_secs(10), Some("c".into()), limit),
             Some("c".into())

@@ -23,12 +23,8 @@ pub const FATAL_WAITING_REASONS: &[&str] = &[
 /// create retries them until `SANDBOX_K8S_IMAGE_PULL_TIMEOUT_MS`.
 pub const TRANSIENT_PULL_REASONS: &[&str] = &["ErrImagePull", "ImagePullBackOff"];
 
-
 fn note<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
-    meta.annotations
-        .as_ref()?
-        .get(key)
-        .map(String::as_str)
+    meta.annotations.as_ref()?.get(key).map(String::as_str)
 }
 
 fn phase(pod: &Pod) -> Option<&str> {
