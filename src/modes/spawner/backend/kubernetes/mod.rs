@@ -413,15 +413,16 @@ impl KubernetesBackend {
         Err(BackendError::Exists(spec.session_id.clone()))
     }
 
-    /// Polls the Pod until it has an IP; fails at once when it cannot start.
-    async fn wait_for_ip(&self, session_id: &str, deadline: Instant) -> BackendResult<String> {
+    /// Polls the Pod until it has an IP; fails when it cannot start (`watch` judges).
+    async fn wait_for_ip(
+        &self,
+        session_id: &str,
+        deadline: Instant,
+        watch: &mut start_wait::StartWatch,
+    ) -> BackendResult<String> {
         let name = manifests::pod_name(session_id);
         let started = Instant::now();
         let mut interval = POD_POLL_FIRST_INTERVAL;
-        let mut watch = start_wait::StartWatch::new(
-            Api::namespaced(self.client.clone(), &self.manifests.namespace),
-            self.heal_settings,
-        );
         loop {
             let pod = self
                 .pods
@@ -470,9 +471,17 @@ impl KubernetesBackend {
             }
             Err(err) => return Err(api("cannot create the session Pod")(err)),
         }
-        let ip = self.wait_for_ip(&spec.session_id, deadline).await?;
+        let mut watch = start_wait::StartWatch::new(
+            Api::namespaced(self.client.clone(), &self.manifests.namespace),
+            self.heal_settings,
+        );
+        let ip = self
+            .wait_for_ip(&spec.session_id, deadline, &mut watch)
+            .await?;
         let url = status::runnerd_url(&ip, self.manifests.runnerd_port);
         let name = manifests::pod_name(&spec.session_id);
+        // The Pod has its IP before its image is pulled: pull errors keep their deadline here.
+        let watch = std::sync::Arc::new(tokio::sync::Mutex::new(watch));
         let mut last_check = Instant::now();
         let remaining = deadline.saturating_duration_since(Instant::now());
         wait_for_runnerd(&url, spec, remaining, || {
@@ -482,12 +491,21 @@ impl KubernetesBackend {
             }
             let pods = self.pods.clone();
             let name = name.clone();
+            let watch = watch.clone();
             async move {
                 if !due {
                     return Ok(());
                 }
                 match pods.get_opt(&name).await {
-                    Ok(Some(pod)) => status::start_failure(&pod).map_or(Ok(()), Err),
+                    Ok(Some(pod)) => watch
+                        .lock()
+                        .await
+                        .check(&pod)
+                        .await
+                        .map_err(|err| match err {
+                            BackendError::Died(reason) => reason,
+                            other => other.to_string(),
+                        }),
                     Ok(None) => Err("the session Pod disappeared while starting".into()),
                     // Unknown is not dead: the readiness deadline decides.
                     Err(_) => Ok(()),
