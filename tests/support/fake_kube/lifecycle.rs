@@ -65,6 +65,9 @@ pub(super) fn remove_object(state: &mut State, key: &Key) {
     let Some(object) = state.objects.remove(key) else {
         return;
     };
+    if key.0 == "persistentvolumeclaims" {
+        forget_volume(state, &key.1, &key.2);
+    }
     let uid = object["metadata"]["uid"].as_str().unwrap_or("").to_owned();
     let namespace = key.1.clone();
     let owned: Vec<Key> = state
@@ -119,14 +122,19 @@ pub(super) fn release_pvcs(state: &mut State) {
         });
         if !in_use {
             state.objects.remove(&key);
-            state
-                .lifecycle
-                .attachments
-                .remove(&(key.1.clone(), key.2.clone()));
-            if let Some(root) = state.root.clone() {
-                let _ = std::fs::remove_dir_all(root.join("volumes").join(&key.2));
-            }
+            forget_volume(state, &key.1, &key.2);
         }
+    }
+}
+
+/// A claim's volume goes with it (the fake's reclaim policy is Delete).
+fn forget_volume(state: &mut State, namespace: &str, claim: &str) {
+    state
+        .lifecycle
+        .attachments
+        .remove(&(namespace.to_owned(), claim.to_owned()));
+    if let Some(root) = state.root.clone() {
+        let _ = std::fs::remove_dir_all(root.join("volumes").join(claim));
     }
 }
 

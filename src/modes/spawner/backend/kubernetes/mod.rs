@@ -497,15 +497,17 @@ impl KubernetesBackend {
                     return Ok(());
                 }
                 match pods.get_opt(&name).await {
-                    Ok(Some(pod)) => watch
-                        .lock()
-                        .await
-                        .check(&pod)
-                        .await
-                        .map_err(|err| match err {
-                            BackendError::Died(reason) => reason,
-                            other => other.to_string(),
-                        }),
+                    Ok(Some(pod)) => {
+                        watch
+                            .lock()
+                            .await
+                            .check(&pod)
+                            .await
+                            .map_err(|err| match err {
+                                BackendError::Died(reason) => reason,
+                                other => other.to_string(),
+                            })
+                    }
                     Ok(None) => Err("the session Pod disappeared while starting".into()),
                     // Unknown is not dead: the readiness deadline decides.
                     Err(_) => Ok(()),
