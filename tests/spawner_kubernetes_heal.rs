@@ -107,6 +107,28 @@ fn assert_secret_owned_by(fake: &FakeKube, id: &str, pod: &Value) {
     );
 }
 
+/// Every API verb the backend used is granted by the chart's Role or its optional nodes
+/// ClusterRole (tests/support/rbac.rs, which tests/helm_chart.rs checks against the chart).
+fn assert_verbs_granted(fake: &FakeKube) {
+    let granted: Vec<(&str, &str, &[&str])> = support::rbac::SPAWNER_RULES
+        .iter()
+        .chain(support::rbac::NODE_RULES)
+        .copied()
+        .collect();
+    for (group, resource, verbs) in fake.verbs_used() {
+        let rule = granted
+            .iter()
+            .find(|(g, r, _)| *g == group && *r == resource)
+            .unwrap_or_else(|| panic!("{group}/{resource} is granted nothing"));
+        for verb in verbs {
+            assert!(
+                rule.2.contains(&verb.as_str()),
+                "{resource} {verb} is not granted"
+            );
+        }
+    }
+}
+
 /// A Pod the kubelet evicted (Failed/Evicted, never restarted: a bare Pod) comes back on its kept
 /// PVC at the next exec: a file written before survives, the seed env does not, and the session is
 /// `degraded`. A Pod removed by the Eviction API (a drain) comes back the same way, and its Secret
@@ -184,6 +206,7 @@ async fn evicted_pod_heals_on_next_exec() {
     assert_eq!(spawner.client.destroy(id).await, (StatusCode::OK, true));
     let refused = try_exec(&spawner, id, "after", "true").await.unwrap_err();
     assert_eq!(refused.0, StatusCode::NOT_FOUND, "{refused:?}");
+    assert_verbs_granted(&fake);
 }
 
 /// A pinned session is healed by the sweep, with no access at all.
@@ -285,6 +308,7 @@ async fn lost_node_is_replaced_only_when_out_of_service() {
     assert_eq!(force[0]["gracePeriodSeconds"], 0, "a force delete");
     assert_eq!(state_of(&spawner, id).await, "degraded");
     assert_eq!(fake.attachment(NAMESPACE, &pvc_name(id)), Some(new_node));
+    assert_verbs_granted(&fake);
 }
 
 /// A workspace volume still attached to another node (Multi-Attach) is waited out, not fatal; it
@@ -332,6 +356,7 @@ async fn multi_attach_is_retried_then_succeeds() {
         started.elapsed() < Duration::from_secs(15),
         "its own deadline, not the create's"
     );
+    assert_verbs_granted(&fake);
 }
 
 /// A PVC being deleted (Terminating: a destroy whose volume another Pod still uses) is never

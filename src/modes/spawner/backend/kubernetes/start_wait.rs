@@ -118,8 +118,7 @@ impl StartWatch {
             .items
             .iter()
             .filter_map(|e| e.message.as_deref())
-            .filter(|m| m.contains("Multi-Attach"))
-            .next_back()?
+            .rfind(|m| m.contains("Multi-Attach"))?
             .to_owned();
         tracing::info!(pod = ?pod.metadata.name, %message, "workspace volume still attached elsewhere; waiting");
         Some(message)
