@@ -3,7 +3,8 @@
 //! deletion, PVC protection, volume attachment and owner references behave as the API server's.
 //! Covered: an evicted Pod (kubelet or Eviction API) comes back on its kept PVC at the next exec,
 //! `degraded` (its seed env is gone); a pinned session is healed by the sweep; a Pod on a lost node
-//! is replaced only once the node is out of service (force-deleted, data kept); a Multi-Attach is
+//! is replaced only once the node is out of service (force-deleted, data kept; without the nodes
+//! ClusterRole, once Kubernetes removed it); a Multi-Attach is
 //! waited out, and fails by its own deadline; a Terminating PVC is never resumed; the Secret goes
 //! with its Pod.
 mod support;
@@ -308,6 +309,59 @@ async fn lost_node_is_replaced_only_when_out_of_service() {
     assert_eq!(force[0]["gracePeriodSeconds"], 0, "a force delete");
     assert_eq!(state_of(&spawner, id).await, "degraded");
     assert_eq!(fake.attachment(NAMESPACE, &pvc_name(id)), Some(new_node));
+    assert_verbs_granted(&fake);
+}
+
+/// Without the optional nodes ClusterRole the spawner cannot tell a lost node: it answers 503
+/// naming the missing right, never replaces the Pod itself, and heals the session once
+/// Kubernetes' own controllers removed the Pods of the out-of-service node.
+#[tokio::test(flavor = "multi_thread")]
+async fn lost_node_without_node_access_waits_for_kubernetes() {
+    let fake = FakeKube::start().await;
+    fake.forbid("nodes");
+    let spawner = kube_spawner(&fake, &[("SANDBOX_K8S_NODE_LOST_TIMEOUT_MS", "0")]).await;
+    let id = "heal-norbac";
+    create(&spawner, id, json!({})).await;
+    assert!(try_exec(&spawner, id, "w", "echo kept > kept.txt")
+        .await
+        .is_ok());
+    let first = uid(&fake.object("pods", &pod_name(id)).unwrap());
+    let node = fake.node_of(NAMESPACE, &pod_name(id)).unwrap();
+    fake.lose_node(&node);
+    let (status, body) = try_exec(&spawner, id, "x", "true").await.unwrap_err();
+    assert_eq!(
+        (status, &body["error"]),
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!("session_unreachable")
+        ),
+        "{body}"
+    );
+    assert!(
+        body["message"].as_str().unwrap().contains("nodeAccess"),
+        "{body}"
+    );
+
+    fake.taint_out_of_service(&node);
+    fake.run_out_of_service_gc();
+    assert!(
+        fake.object("secrets", &secret_name(id)).is_none(),
+        "owned by the removed Pod"
+    );
+    let out = try_exec(&spawner, id, "r", "cat kept.txt").await;
+    assert_eq!(
+        out.unwrap_or_else(|e| panic!("{e:?}\n{}", spawner.log()))
+            .trim(),
+        "kept"
+    );
+    assert_ne!(uid(&fake.object("pods", &pod_name(id)).unwrap()), first);
+    assert!(
+        !fake
+            .requests()
+            .iter()
+            .any(|r| r.method == "DELETE" && r.path.contains("/pods/")),
+        "the spawner deleted no Pod itself"
+    );
     assert_verbs_granted(&fake);
 }
 

@@ -184,6 +184,29 @@ impl FakeKube {
         }
     }
 
+    /// What Kubernetes' controllers do with an out-of-service node's Pods on their next pass (the
+    /// taint manager evicts the Pods, which do not tolerate the taint; the Pod garbage collector
+    /// force-deletes Terminating Pods on a not-Ready out-of-service node): they are removed, their
+    /// owned objects follow. Separate from [`FakeKube::taint_out_of_service`] because those
+    /// controllers run periodically (the Pod GC every 20 s), after the taint.
+    pub fn run_out_of_service_gc(&self) {
+        let mut guard = lock(&self.state);
+        let doomed: Vec<(String, String, String)> = guard
+            .objects
+            .iter()
+            .filter(|((r, _, _), p)| {
+                r == "pods"
+                    && p["spec"]["nodeName"]
+                        .as_str()
+                        .is_some_and(|n| is_lost(&guard, n) && is_out_of_service(&guard, n))
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for pod in doomed {
+            super::lifecycle::remove_object(&mut guard, &pod);
+        }
+    }
+
     /// An operator marks the node out of service (it is shut down): its volumes may be detached.
     pub fn taint_out_of_service(&self, name: &str) {
         let mut guard = lock(&self.state);

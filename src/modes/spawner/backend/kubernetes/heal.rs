@@ -156,7 +156,7 @@ impl KubernetesBackend {
                     session_id,
                     format!(
                         "its Pod {name} is not ready and its node {node_name} cannot be read ({}); \
-                         grant the spawner the optional nodes ClusterRole (chart value rbac.nodes) so it can tell a lost node",
+                         grant the spawner the optional nodes ClusterRole (chart value sessions.nodeAccess) so it can tell a lost node, or wait until Kubernetes removes the Pod of an out-of-service node",
                         super::describe(&err)
                     ),
                 ))
