@@ -45,6 +45,8 @@ impl Spawner {
         let healed = match self.backend.heal_session(id, &spec_for, budget).await {
             Ok(Some(healed)) => healed,
             Ok(None) => return Ok(None),
+            // Another replica is bringing it back at the same moment: its Pod is starting.
+            Err(BackendError::Exists(_)) => return Err(restarted(id)),
             Err(err @ BackendError::Unreachable { .. }) => {
                 tracing::warn!(session_id = id, %err, "session compute lost and not replaceable yet");
                 return Err(err.into());

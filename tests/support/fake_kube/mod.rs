@@ -10,7 +10,10 @@
 //! (127.x.y.z, standing in for the Pod network), and starts the real `tale runnerd` bound to that IP
 //! as the Pod's `runAsUser`/`runAsGroup` with the workspace PVC as a directory (group = fsGroup).
 //! Deleting a Pod sets `deletionTimestamp`, sends SIGTERM, and removes the object once runnerd has
-//! exited (SIGKILL after the grace period), as a kubelet does.
+//! exited (SIGKILL after the grace period), as a kubelet does. Pods are scheduled to Nodes
+//! (`nodes.rs`: node loss, the out-of-service taint) and their volumes attached there; graceful
+//! and forced deletion, PVC protection, eviction, Multi-Attach, owner-reference garbage collection
+//! and merge patches are in `lifecycle.rs`.
 #![allow(dead_code)]
 
 pub mod lifecycle;
