@@ -3,7 +3,8 @@
 //! deletion, PVC protection, volume attachment and owner references behave as the API server's.
 //! Covered: an evicted Pod (kubelet or Eviction API) comes back on its kept PVC at the next exec,
 //! `degraded` (its seed env is gone); a pinned session is healed by the sweep; a Pod on a lost node
-//! is replaced only once the node is out of service (force-deleted, data kept; without the nodes
+//! is replaced only once the node is out of service or its volume detached (force-deleted, data
+//! kept; without the nodes
 //! ClusterRole, once Kubernetes removed it); a Multi-Attach is
 //! waited out, and fails by its own deadline; a Terminating PVC is never resumed; the Secret goes
 //! with its Pod.
@@ -312,6 +313,39 @@ async fn lost_node_is_replaced_only_when_out_of_service() {
     assert_verbs_granted(&fake);
 }
 
+/// A lost node without the out-of-service taint whose hold on the workspace volume is gone (its
+/// VolumeAttachment removed: a storage fencing agent, or Kubernetes' force detach) is safe too: the
+/// old Pod is force-deleted and the session comes back with its data.
+#[tokio::test(flavor = "multi_thread")]
+async fn lost_node_is_replaced_once_its_volume_is_detached() {
+    let fake = FakeKube::start().await;
+    let spawner = kube_spawner(&fake, &[("SANDBOX_K8S_NODE_LOST_TIMEOUT_MS", "0")]).await;
+    let id = "heal-detach";
+    create(&spawner, id, json!({})).await;
+    assert!(try_exec(&spawner, id, "w", "echo kept > kept.txt")
+        .await
+        .is_ok());
+    let node = fake.node_of(NAMESPACE, &pod_name(id)).unwrap();
+    fake.lose_node(&node);
+    let (status, body) = try_exec(&spawner, id, "x", "true").await.unwrap_err();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(
+        fake.requests()
+            .iter()
+            .any(|r| r.path == "/apis/storage.k8s.io/v1/volumeattachments"),
+        "the attachments were read"
+    );
+    fake.detach(NAMESPACE, &pvc_name(id));
+    let out = try_exec(&spawner, id, "r", "cat kept.txt").await;
+    assert_eq!(
+        out.unwrap_or_else(|e| panic!("{e:?}\n{}", spawner.log()))
+            .trim(),
+        "kept"
+    );
+    assert_ne!(fake.node_of(NAMESPACE, &pod_name(id)).unwrap(), node);
+    assert_verbs_granted(&fake);
+}
+
 /// Without the optional nodes ClusterRole the spawner cannot tell a lost node: it answers 503
 /// naming the missing right, never replaces the Pod itself, and heals the session once
 /// Kubernetes' own controllers removed the Pods of the out-of-service node.
@@ -319,6 +353,7 @@ async fn lost_node_is_replaced_only_when_out_of_service() {
 async fn lost_node_without_node_access_waits_for_kubernetes() {
     let fake = FakeKube::start().await;
     fake.forbid("nodes");
+    fake.forbid("volumeattachments");
     let spawner = kube_spawner(&fake, &[("SANDBOX_K8S_NODE_LOST_TIMEOUT_MS", "0")]).await;
     let id = "heal-norbac";
     create(&spawner, id, json!({})).await;

@@ -20,8 +20,12 @@ pub const SPAWNER_RULES: &[(&str, &str, &[&str])] = &[
     ),
 ];
 
-/// The optional ClusterRole (chart value `sessions.nodeAccess`): Nodes are cluster-scoped.
-pub const NODE_RULES: &[(&str, &str, &[&str])] = &[("", "nodes", &["get"])];
+/// The optional ClusterRole (chart value `sessions.nodeAccess`): Nodes and VolumeAttachments are
+/// cluster-scoped.
+pub const NODE_RULES: &[(&str, &str, &[&str])] = &[
+    ("", "nodes", &["get"]),
+    ("storage.k8s.io", "volumeattachments", &["list"]),
+];
 
 /// [`SPAWNER_RULES`] as owned, sorted tuples for comparisons.
 pub fn rules() -> Vec<(String, String, Vec<String>)> {

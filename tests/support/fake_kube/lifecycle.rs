@@ -491,7 +491,66 @@ pub(super) async fn attach_volumes(state: &Arc<Mutex<State>>, key: &Key, node: &
     }
 }
 
+/// The PersistentVolume the fake binds claim `claim` to.
+pub fn volume_name(claim: &str) -> String {
+    format!("pvc-{claim}")
+}
+
+/// `GET /apis/storage.k8s.io/v1/volumeattachments`: one VolumeAttachment per attached claim, as
+/// the attach/detach controller keeps them (cluster-scoped, named for volume and node).
+pub(super) fn volume_attachments(
+    state: &Mutex<State>,
+    method: &hyper::Method,
+) -> Response<Full<Bytes>> {
+    let guard = lock(state);
+    if guard.forbidden.contains("volumeattachments") {
+        return status(
+            403,
+            "Forbidden",
+            "volumeattachments is forbidden".into(),
+            "volumeattachments",
+            "",
+        );
+    }
+    if method != hyper::Method::GET {
+        return status(
+            405,
+            "MethodNotAllowed",
+            format!("{method} on volumeattachments"),
+            "volumeattachments",
+            "",
+        );
+    }
+    let items: Vec<Value> = guard
+        .lifecycle
+        .attachments
+        .iter()
+        .map(|((_, claim), node)| {
+            let pv = volume_name(claim);
+            json!({"apiVersion": "storage.k8s.io/v1", "kind": "VolumeAttachment",
+                   "metadata": {"name": format!("csi-{pv}-{node}")},
+                   "spec": {"attacher": "fake.csi.tale.dev", "nodeName": node,
+                            "source": {"persistentVolumeName": pv}},
+                   "status": {"attached": true}})
+        })
+        .collect();
+    reply(
+        StatusCode::OK,
+        &json!({"kind": "VolumeAttachmentList", "apiVersion": "storage.k8s.io/v1",
+                "metadata": {"resourceVersion": guard.resource_version.to_string()}, "items": items}),
+    )
+}
+
 impl FakeKube {
+    /// The volume of `claim` is detached from its node (a storage fencing agent, or the
+    /// attach/detach controller's force detach): its VolumeAttachment is gone.
+    pub fn detach(&self, namespace: &str, claim: &str) {
+        lock(&self.state)
+            .lifecycle
+            .attachments
+            .remove(&(namespace.to_owned(), claim.to_owned()));
+    }
+
     /// The kubelet evicts the Pod for node pressure: runnerd is killed and the Pod stays,
     /// `Failed` with reason `Evicted` (it is never restarted: a bare Pod has no controller).
     pub fn evict_for_node_pressure(&self, namespace: &str, pod: &str) {

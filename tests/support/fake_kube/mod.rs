@@ -149,16 +149,17 @@ impl FakeKube {
             BTreeMap::new();
         for r in self.requests() {
             let segments: Vec<&str> = r.path.trim_matches('/').split('/').collect();
-            let (group, rest) = match segments.as_slice() {
+            let (group, rest): (&str, &[&str]) = match segments.as_slice() {
                 ["api", "v1", "namespaces", _, rest @ ..] => ("", rest),
                 ["apis", group, _, "namespaces", _, rest @ ..] => (*group, rest),
+                // Cluster-scoped: Nodes, VolumeAttachments.
+                ["api", "v1", rest @ ..] if rest.first() == Some(&"nodes") => ("", rest),
+                ["apis", group, _, rest @ ..] if rest.first() == Some(&"volumeattachments") => {
+                    (*group, rest)
+                }
                 _ => continue,
             };
-            let (group, rest) = match segments.as_slice() {
-                ["api", "v1", "nodes", rest @ ..] => ("", [&["nodes"][..], rest].concat()),
-                _ => (group, rest.to_vec()),
-            };
-            let (resource, verb) = match (rest.as_slice(), r.method.as_str()) {
+            let (resource, verb) = match (rest, r.method.as_str()) {
                 ([resource], "GET") => (resource.to_string(), "list"),
                 ([resource], "POST") => (resource.to_string(), "create"),
                 ([resource, _], "GET") => (resource.to_string(), "get"),
@@ -385,6 +386,9 @@ async fn handle(shared: Shared, request: Request<Incoming>) -> Response<Full<Byt
     if let ["api", "v1", "nodes", rest @ ..] = segments.as_slice() {
         return nodes::route(&state, &method, rest);
     }
+    if let ["apis", "storage.k8s.io", "v1", "volumeattachments"] = segments.as_slice() {
+        return lifecycle::volume_attachments(&state, &method);
+    }
     let rest: &[&str] = match segments.as_slice() {
         ["api", "v1", "namespaces", rest @ ..] => rest,
         ["apis", "networking.k8s.io", "v1", "namespaces", rest @ ..] => rest,
@@ -575,6 +579,8 @@ fn create(
                 std::fs::create_dir_all(root.join("volumes").join(&name)).unwrap();
                 // The PVC protection admission plugin's finalizer.
                 object["metadata"]["finalizers"] = json!([lifecycle::PVC_PROTECTION]);
+                // Bound at once to a dynamically provisioned volume named for the claim.
+                object["spec"]["volumeName"] = json!(lifecycle::volume_name(&name));
                 object["status"] =
                     json!({"phase": "Bound", "accessModes": object["spec"]["accessModes"]});
             }

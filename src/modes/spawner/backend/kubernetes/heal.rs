@@ -8,7 +8,8 @@
 //! A Pod on a node that stopped reporting is replaced only once its volume cannot be written by
 //! that node any more: the node must be not-Ready for `SANDBOX_K8S_NODE_LOST_TIMEOUT_MS` and carry
 //! the `node.kubernetes.io/out-of-service` taint (an operator's statement that it is shut down,
-//! which also makes Kubernetes detach its volumes). Then the old Pod is force-deleted (grace 0).
+//! which also makes Kubernetes detach its volumes), or the workspace volume's VolumeAttachment to
+//! that node must be gone. Then the old Pod is force-deleted (grace 0).
 //! Until then an access is answered 503 `session_unreachable` with what is missing.
 //!
 //! Stopping records `tale.dev/compute: stopped` first, so a stopped session is never healed; a
@@ -17,7 +18,8 @@ use super::super::names::Found;
 use super::super::{BackendError, BackendResult, Healed, ListedSession, SessionSpec};
 use super::{api, is_not_found, manifests, status, KubernetesBackend};
 use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod, Secret};
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use k8s_openapi::api::storage::v1::VolumeAttachment;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use std::time::Duration;
 
 /// The taint an operator puts on a node known to be shut down (non-graceful node shutdown).
@@ -112,7 +114,11 @@ impl KubernetesBackend {
             }
         };
         if let Some((name, pod)) = lost_pod {
-            if !self.release_lost_pod(session_id, &name, &pod).await? {
+            let volume = pvc.spec.as_ref().and_then(|s| s.volume_name.as_deref());
+            if !self
+                .release_lost_pod(session_id, &name, &pod, volume)
+                .await?
+            {
                 return Ok(None);
             }
         }
@@ -140,6 +146,7 @@ impl KubernetesBackend {
         session_id: &str,
         name: &str,
         pod: &Pod,
+        volume: Option<&str>,
     ) -> BackendResult<bool> {
         let deleting = pod.metadata.deletion_timestamp.is_some();
         let Some(node_name) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) else {
@@ -176,6 +183,13 @@ impl KubernetesBackend {
             }
             NodeState::Lost {
                 out_of_service: false,
+                ..
+            } if self.detached_from(volume, &node_name).await => {
+                tracing::warn!(session_id, pod = name, node = %node_name, "workspace volume detached from the lost node; force-deleting the session's Pod");
+                self.force_delete(session_id, name).await.map(|()| true)
+            }
+            NodeState::Lost {
+                out_of_service: false,
                 lost_for,
             } => Err(unreachable(
                 session_id,
@@ -190,6 +204,26 @@ impl KubernetesBackend {
             } => {
                 tracing::warn!(session_id, pod = name, node = %node_name, "node out of service; force-deleting the session's Pod");
                 self.force_delete(session_id, name).await.map(|()| true)
+            }
+        }
+    }
+
+    /// Whether the workspace volume `volume` is known to be detached from `node` (no
+    /// VolumeAttachment of it there): the node can no longer write it. Unknown (no volume name,
+    /// no right to list VolumeAttachments) is not detached.
+    async fn detached_from(&self, volume: Option<&str>, node: &str) -> bool {
+        let Some(volume) = volume else {
+            return false;
+        };
+        let attachments: Api<VolumeAttachment> = Api::all(self.client.clone());
+        match attachments.list(&ListParams::default()).await {
+            Ok(list) => !list.items.iter().any(|a| {
+                a.spec.node_name == node
+                    && a.spec.source.persistent_volume_name.as_deref() == Some(volume)
+            }),
+            Err(err) => {
+                tracing::debug!(%err, "cannot list VolumeAttachments; relying on the out-of-service taint");
+                false
             }
         }
     }
