@@ -16,6 +16,7 @@
 //! and merge patches are in `lifecycle.rs`.
 #![allow(dead_code)]
 
+pub mod attachments;
 pub mod lifecycle;
 pub mod nodes;
 
@@ -387,7 +388,7 @@ async fn handle(shared: Shared, request: Request<Incoming>) -> Response<Full<Byt
         return nodes::route(&state, &method, rest);
     }
     if let ["apis", "storage.k8s.io", "v1", "volumeattachments"] = segments.as_slice() {
-        return lifecycle::volume_attachments(&state, &method);
+        return attachments::volume_attachments(&state, &method);
     }
     let rest: &[&str] = match segments.as_slice() {
         ["api", "v1", "namespaces", rest @ ..] => rest,
@@ -580,7 +581,7 @@ fn create(
                 // The PVC protection admission plugin's finalizer.
                 object["metadata"]["finalizers"] = json!([lifecycle::PVC_PROTECTION]);
                 // Bound at once to a dynamically provisioned volume named for the claim.
-                object["spec"]["volumeName"] = json!(lifecycle::volume_name(&name));
+                object["spec"]["volumeName"] = json!(attachments::volume_name(&name));
                 object["status"] =
                     json!({"phase": "Bound", "accessModes": object["spec"]["accessModes"]});
             }
@@ -726,7 +727,7 @@ async fn run_pod(
         s["conditions"] = json!([{"type": "PodScheduled", "status": "True"}]);
         s["containerStatuses"] = waiting("ContainerCreating", "");
     });
-    if !lifecycle::attach_volumes(&state, &key, &node).await {
+    if !attachments::attach_volumes(&state, &key, &node).await {
         return;
     }
     set_pod_status(&state, &key, |s| {
