@@ -513,6 +513,13 @@ async fn kubernetes_failed_creates() {
         "PVC kept, compute removed: {:?}",
         objects_of(&fake, "k8s-resume")
     );
+    let pvc = fake
+        .object("persistentvolumeclaims", &pvc_name("k8s-resume"))
+        .unwrap();
+    assert_eq!(
+        pvc["metadata"]["annotations"]["tale.dev/compute"], "stopped",
+        "a failed resume leaves the session stopped, never healed by itself: {pvc}"
+    );
 
     // A live Pod of the id (another replica's) is never replaced.
     let taken = "k8s-taken";

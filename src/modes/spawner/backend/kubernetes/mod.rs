@@ -8,7 +8,9 @@
 //! session (`Exists`, nothing touched); an ended or deleting one is reaped and waited out. Then the
 //! PVC (kept when it existed: a resume), the Secret and the Pod; then the Pod's IP (failing at once
 //! on image, config or crash-loop errors), then runnerd's `/healthz`. A failed create removes the
-//! Pod and Secret, and the PVC too unless it existed before.
+//! Pod and Secret, and the PVC too unless it existed before (then it is marked stopped). Lost
+//! Pods are healed on their kept PVC (`heal`); start errors that waiting cures are retried until
+//! their own deadlines (`start_wait`).
 pub mod client;
 pub mod heal;
 pub mod manifests;
@@ -541,9 +543,16 @@ impl KubernetesBackend {
             Err(err @ (BackendError::Exists(_) | BackendError::OwnerMismatch { .. })) => Err(err),
             Err(err) => {
                 let cleanup = if preexisting {
-                    self.delete_compute(id, &manifests::pod_name(id))
+                    // A failed resume (or heal) leaves the session stopped, never healed again
+                    // by itself: a create resumes it.
+                    let stopped = self
+                        .record_compute(&claim, manifests::COMPUTE_STOPPED, None)
+                        .await;
+                    let deleted = self
+                        .delete_compute(id, &manifests::pod_name(id))
                         .await
-                        .map(|_| ())
+                        .map(|_| ());
+                    stopped.and(deleted)
                 } else {
                     self.destroy(id).await.map(|_| ())
                 };
