@@ -204,6 +204,21 @@ async fn evicted_pod_heals_on_next_exec() {
     let third = fake.object("pods", &pod_name(id)).unwrap();
     assert_secret_owned_by(&fake, id, &third);
 
+    // A file route meets the lost Pod too: 503 `session_restarted` (never a silent 404), and the
+    // retry reads the kept file.
+    fake.evict_for_node_pressure(NAMESPACE, &pod_name(id));
+    let read = format!("/v1/sessions/{id}/files/content?path=kept.txt");
+    let (status, body) = spawner.client.json(Method::GET, &read, None).await;
+    assert_eq!(
+        (status, &body["error"]),
+        (StatusCode::SERVICE_UNAVAILABLE, &json!("session_restarted")),
+        "{body}"
+    );
+    let listing = format!("/v1/sessions/{id}/files?path=.");
+    let (status, body) = spawner.client.json(Method::GET, &listing, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.to_string().contains("kept.txt"), "{body}");
+
     // Destroyed: nothing to heal, a plain 404.
     assert_eq!(spawner.client.destroy(id).await, (StatusCode::OK, true));
     let refused = try_exec(&spawner, id, "after", "true").await.unwrap_err();

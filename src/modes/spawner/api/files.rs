@@ -1,13 +1,20 @@
-//! File routes. A lost session answers 502 `upstream_error` here, never 404: 404 means "no such path".
+//! File routes. A lost session answers 502 `upstream_error` here, never 404: 404 means "no such path"
+//! (a session whose compute the backend lost and brought back answers 503 `session_restarted`).
 use super::{bad_request, not_found, ok, ApiError, ApiRequest, Reply};
 use crate::modes::spawner::runnerd_client::{RawReply, RunnerdError, FILE_SIZE_HEADER};
 use crate::modes::spawner::state::Spawner;
 use crate::shared::protocol::runnerd::DeleteRequest;
 
-/// A runnerd error of a file route: a 400 is the caller's input, everything else 502 (after
-/// evicting a session whose compute is gone).
+/// A runnerd error of a file route: a 400 is the caller's input; a session whose compute was lost
+/// is healed (503 `session_restarted`: retry); everything else 502 (after evicting a session
+/// whose compute is gone).
 async fn upstream(spawner: &Spawner, id: &str, err: RunnerdError) -> ApiError {
     if err.is_transport() {
+        match spawner.heal_after_loss(id).await {
+            Ok(true) => return crate::modes::spawner::heal::restarted(id),
+            Ok(false) => {}
+            Err(refusal) => return refusal,
+        }
         spawner.evict_if_gone(id).await;
     }
     err.into()
