@@ -63,6 +63,10 @@ impl Spawner {
             }
         };
         let listed = healed.session;
+        // Its cap slots may have been reclaimed while it was not running: it counts again.
+        if self.backend.arbitrates_caps() {
+            self.adopt_claim(&listed).await;
+        }
         let runnerd = self.runnerd_client(id, &healed.endpoint);
         let pinned = self.backend.persists_pins()
             && self.backend.is_pinned(id).await.unwrap_or(true)

@@ -53,11 +53,6 @@ impl Metrics {
         let edge_refusals = Family::<Labels, Counter>::default();
         let heals = Counter::default();
         registry.register(
-            "session_heals",
-            "Sessions brought back on their workspace after their compute was lost",
-            heals.clone(),
-        );
-        registry.register(
             "sessions",
             "Sessions in the registry, by state",
             sessions.clone(),
@@ -97,6 +92,11 @@ impl Metrics {
             "edge_refusals",
             "Connections and requests refused before authentication or for want of room, by reason",
             edge_refusals.clone(),
+        );
+        registry.register(
+            "session_heals",
+            "Sessions brought back on their workspace after their compute was lost",
+            heals.clone(),
         );
         Metrics {
             registry,
