@@ -170,6 +170,11 @@ async fn evicted_pod_heals_on_next_exec() {
     assert_eq!(second["status"]["phase"], "Running");
     assert_eq!(state_of(&spawner, id).await, "degraded");
     assert_secret_owned_by(&fake, id, &second);
+    // The platform seeds it again with a create of the same body: ready, the env back.
+    let again = create(&spawner, id, json!({"SEEDED": "planted"})).await;
+    assert_eq!(again["session"]["state"], "ready", "{again}");
+    let out = try_exec(&spawner, id, "s", "echo ${SEEDED:-none}").await;
+    assert_eq!(out.unwrap().trim(), "planted");
     let deletes: Vec<_> = fake
         .requests()
         .into_iter()
