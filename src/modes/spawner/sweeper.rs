@@ -37,6 +37,13 @@ pub fn decide(
 /// One sweep over the registry (first brought in line with the backend when the backend holds
 /// pins, i.e. when several replicas may share the sessions: each then sweeps every session).
 pub async fn sweep_once(spawner: &Spawner) {
+    // First, before the registry is brought in line with the backend (which drops sessions whose
+    // compute is not running): pinned sessions whose compute was lost come back.
+    for entry in spawner.registry.list(None) {
+        if entry.pinned && spawner.registry.proxy_count(&entry.session_id) == 0 {
+            heal_if_lost(spawner, &entry).await;
+        }
+    }
     let shared = spawner.backend.persists_pins();
     if shared {
         spawner.sync_with_backend(None).await;
@@ -46,7 +53,6 @@ pub async fn sweep_once(spawner: &Spawner) {
             continue;
         }
         if entry.pinned && !(shared && unpinned_elsewhere(spawner, &entry.session_id).await) {
-            heal_if_lost(spawner, &entry).await;
             continue;
         }
         let Some(entry) = spawner.registry.get(&entry.session_id) else {
