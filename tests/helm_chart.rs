@@ -763,3 +763,30 @@ fn egress_proxy_in_its_own_namespace() {
     );
     assert_eq!(config.kubernetes.network.egress_ports, [3129, 8080]);
 }
+
+/// `sessions.nodeAccess: true` adds exactly the optional ClusterRole (nodes get, for telling a lost
+/// node) bound to the spawner's service account; the namespaced Role is unchanged.
+#[test]
+fn node_access_is_an_optional_cluster_role() {
+    let chart = render(json!({"sessions": {"nodeAccess": true}}));
+    assert_eq!(chart.lint["errors"], json!([]), "{}", chart.lint);
+    let role = chart.named("ClusterRole", "tale-spawner-nodes");
+    let expected: Vec<(String, String, Vec<String>)> = support::rbac::NODE_RULES
+        .iter()
+        .map(|(g, r, v)| {
+            (
+                g.to_string(),
+                r.to_string(),
+                v.iter().map(|v| v.to_string()).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(role_rules(role), expected);
+    let binding = chart.named("ClusterRoleBinding", "tale-spawner-nodes");
+    assert_eq!(binding["roleRef"]["name"], "tale-spawner-nodes");
+    assert_eq!(binding["subjects"][0]["name"], "tale-spawner");
+    assert_eq!(
+        role_rules(chart.named("Role", "tale-spawner")),
+        support::rbac::rules()
+    );
+}

@@ -4,7 +4,9 @@
 //! /opt/tale-helm-sdk; FAILS, never skips, without it). The real `tale spawner` runs against the
 //! fake API server of `support::fake_kube` with every optional Pod and NetworkPolicy field set
 //! (per-profile placement, a node-local DNS address), creates a session of each profile, stops one
-//! and restarts (so the NetworkPolicy is replaced too); every POST and PUT body is checked.
+//! and restarts (so the NetworkPolicy is replaced too); every POST and PUT body is checked, and so
+//! is each object a merge patch (PATCH) changed, as the API server stores it: the Secret with its
+//! Pod as owner, the PVC with its compute record.
 mod support;
 
 use hyper::{Method, StatusCode};
@@ -113,6 +115,38 @@ async fn objects_sent_fit_the_kubernetes_schema() {
             );
         }
     }
+    // Merge patches touch metadata only; the objects they made must fit the schema too.
+    let patches: Vec<&support::fake_kube::Recorded> =
+        requests.iter().filter(|r| r.method == "PATCH").collect();
+    assert!(
+        !patches.is_empty(),
+        "the Secret's owner and the PVC's record are patched"
+    );
+    for patch in &patches {
+        let body = patch.body.as_ref().unwrap().as_object().unwrap();
+        assert_eq!(
+            body.keys().collect::<Vec<_>>(),
+            ["metadata"],
+            "{}",
+            patch.path
+        );
+    }
+    let mut objects = objects;
+    let secret = fake
+        .object(
+            "secrets",
+            &tale::modes::spawner::backend::kubernetes::manifests::secret_name("schema-default"),
+        )
+        .expect("the live session's Secret");
+    assert_eq!(secret["metadata"]["ownerReferences"][0]["kind"], "Pod");
+    objects.push(secret);
+    let pvc = fake
+        .object(
+            "persistentvolumeclaims",
+            &tale::modes::spawner::backend::kubernetes::manifests::pvc_name("schema-default"),
+        )
+        .expect("the live session's PVC");
+    objects.push(pvc);
     let checked = support::k8s_schema::assert_valid(&objects);
     assert_eq!(checked, objects.len() * 2);
 }

@@ -436,14 +436,23 @@ async fn kubernetes_session_lifecycle() {
     no_exec_requests(&fake);
 }
 
-/// Failed creates: an unpullable image fails fast with the reason and leaves nothing (a resumed
+/// Failed creates: an unpullable image fails at its own pull deadline (SANDBOX_K8S_IMAGE_PULL_TIMEOUT_MS,
+/// 1 s here), long before the create deadline, with the reason, and leaves nothing (a resumed
 /// workspace is kept); a live Pod of the same id is answered 409 and left alone.
 #[tokio::test(flavor = "multi_thread")]
 async fn kubernetes_failed_creates() {
     let fake = FakeKube::start().await;
     let missing = "tale-sandbox-runtime:missing";
     fake.set_unpullable(missing);
-    let spawner = kube_spawner(&fake, free_port(), &[("SANDBOX_RUNTIME_IMAGE", missing)]).await;
+    let spawner = kube_spawner(
+        &fake,
+        free_port(),
+        &[
+            ("SANDBOX_RUNTIME_IMAGE", missing),
+            ("SANDBOX_K8S_IMAGE_PULL_TIMEOUT_MS", "1000"),
+        ],
+    )
+    .await;
     let c = &spawner.client;
 
     let started = Instant::now();
@@ -503,6 +512,13 @@ async fn kubernetes_failed_creates() {
         stopped.is_some(),
         "PVC kept, compute removed: {:?}",
         objects_of(&fake, "k8s-resume")
+    );
+    let pvc = fake
+        .object("persistentvolumeclaims", &pvc_name("k8s-resume"))
+        .unwrap();
+    assert_eq!(
+        pvc["metadata"]["annotations"]["tale.dev/compute"], "stopped",
+        "a failed resume leaves the session stopped, never healed by itself: {pvc}"
     );
 
     // A live Pod of the id (another replica's) is never replaced.

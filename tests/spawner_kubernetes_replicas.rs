@@ -307,9 +307,9 @@ async fn pin_survives_its_replica() {
         .fake
         .requests()
         .into_iter()
-        .filter(|r| r.method == "PATCH")
+        .filter(|r| r.method == "PATCH" && r.path.contains("/persistentvolumeclaims/"))
         .collect();
-    assert_eq!(patches.len(), 1, "one merge patch: {patches:?}");
+    assert_eq!(patches.len(), 1, "one merge patch of a PVC: {patches:?}");
     deployment.replicas[0].kill9();
     let fake = &deployment.fake;
     // Stopped: the Pod gone and, right after it in the same stop, its claims released.

@@ -5,13 +5,14 @@
 
 /// (API group, resource, verbs), verbs sorted.
 pub const SPAWNER_RULES: &[(&str, &str, &[&str])] = &[
+    ("", "events", &["list"]),
     (
         "",
         "persistentvolumeclaims",
         &["create", "delete", "get", "patch"],
     ),
     ("", "pods", &["create", "delete", "get", "list", "watch"]),
-    ("", "secrets", &["create", "delete", "get"]),
+    ("", "secrets", &["create", "delete", "get", "patch"]),
     (
         "coordination.k8s.io",
         "leases",
@@ -22,6 +23,13 @@ pub const SPAWNER_RULES: &[(&str, &str, &[&str])] = &[
         "networkpolicies",
         &["create", "get", "update"],
     ),
+];
+
+/// The optional ClusterRole (chart value `sessions.nodeAccess`): Nodes and VolumeAttachments are
+/// cluster-scoped.
+pub const NODE_RULES: &[(&str, &str, &[&str])] = &[
+    ("", "nodes", &["get"]),
+    ("storage.k8s.io", "volumeattachments", &["list"]),
 ];
 
 /// [`SPAWNER_RULES`] as owned, sorted tuples for comparisons.

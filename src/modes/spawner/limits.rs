@@ -26,6 +26,11 @@ pub const DEFAULT_CREATE_TIMEOUT_MS: u64 = 180_000;
 /// Default interval of the TTL / idle sweep (`SANDBOX_SWEEP_INTERVAL_MS`).
 pub const DEFAULT_SWEEP_INTERVAL_MS: u64 = 60_000;
 
+/// `retry-after` of a 503 `session_unreachable` (compute on a lost node, not replaceable yet).
+pub const UNREACHABLE_RETRY_AFTER_SECONDS: u64 = 10;
+/// `retry-after` of a 503 `session_restarted` (the session was just healed; a retry reaches it).
+pub const RESTARTED_RETRY_AFTER_SECONDS: u64 = 1;
+
 // --- execs -----------------------------------------------------------------------------------
 /// Default deadline of an exec that names none (`SANDBOX_EXEC_DEFAULT_TIMEOUT_MS`): the same as
 /// runnerd's own default.

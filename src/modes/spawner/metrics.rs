@@ -29,6 +29,8 @@ pub struct Metrics {
     pub sweep_stops: Family<Labels, Counter>,
     /// Connections and requests refused at the edge, by reason.
     pub edge_refusals: Family<Labels, Counter>,
+    /// Sessions brought back on their kept workspace after their compute was lost.
+    pub heals: Counter,
 }
 
 impl Default for Metrics {
@@ -49,6 +51,7 @@ impl Metrics {
         let bytes_streamed = Counter::default();
         let sweep_stops = Family::<Labels, Counter>::default();
         let edge_refusals = Family::<Labels, Counter>::default();
+        let heals = Counter::default();
         registry.register(
             "sessions",
             "Sessions in the registry, by state",
@@ -90,6 +93,11 @@ impl Metrics {
             "Connections and requests refused before authentication or for want of room, by reason",
             edge_refusals.clone(),
         );
+        registry.register(
+            "session_heals",
+            "Sessions brought back on their workspace after their compute was lost",
+            heals.clone(),
+        );
         Metrics {
             registry,
             sessions,
@@ -101,6 +109,7 @@ impl Metrics {
             bytes_streamed,
             sweep_stops,
             edge_refusals,
+            heals,
         }
     }
 
@@ -140,6 +149,7 @@ impl Metrics {
             bytes_streamed: _,
             sweep_stops,
             edge_refusals,
+            heals: _,
         } = &metrics;
         sessions
             .get_or_create(&Metrics::label("state", "ready"))

@@ -5,6 +5,7 @@ pub mod api;
 pub mod backend;
 pub mod config;
 pub mod edge;
+pub mod heal;
 pub mod limits;
 pub mod listener;
 pub mod metrics;

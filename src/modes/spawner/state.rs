@@ -178,7 +178,7 @@ impl Spawner {
 
     /// Makes a running session count against the caps when it holds no claim (an upgrade from a
     /// release without claims).
-    async fn adopt_claim(&self, listed: &super::backend::ListedSession) {
+    pub(super) async fn adopt_claim(&self, listed: &super::backend::ListedSession) {
         let request = super::backend::CapRequest {
             session_id: &listed.session_id,
             organization_id: &listed.organization_id,

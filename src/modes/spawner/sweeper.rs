@@ -1,7 +1,7 @@
 //! The sweep: every interval, stop sessions past their TTL or idle too long (compute removed,
 //! workspace kept — only DELETE deletes a workspace). Pinned sessions and sessions with live execs
 //! (on this replica, or per runnerd's `/healthz`) are skipped; runnerd's activity clock is the truth
-//! for idleness.
+//! for idleness. A pinned session whose compute the backend lost is healed here (`heal`).
 use super::metrics::Metrics;
 use super::state::Spawner;
 use std::sync::Arc;
@@ -42,6 +42,13 @@ pub const SWEEP_CONCURRENCY: usize = 16;
 /// [`SWEEP_CONCURRENCY`] sessions at a time.
 pub async fn sweep_once(spawner: &Spawner) {
     use futures_util::StreamExt;
+    // First, before the registry is brought in line with the backend (which drops sessions whose
+    // compute is not running): pinned sessions whose compute was lost come back.
+    for entry in spawner.registry.list(None) {
+        if entry.pinned && spawner.registry.proxy_count(&entry.session_id) == 0 {
+            heal_if_lost(spawner, &entry).await;
+        }
+    }
     let shared = spawner.backend.persists_pins();
     if shared {
         spawner.sync_with_backend(None).await;
@@ -113,6 +120,23 @@ async fn sweep_one(spawner: &Spawner, id: String, shared: bool) {
         }
         Err(err) => {
             tracing::warn!(session_id = %entry.session_id, %err, "sweep could not stop session; retrying next sweep")
+        }
+    }
+}
+
+/// A pinned session is kept running: when its runnerd stopped answering, its compute is healed
+/// if the backend lost it (a Kubernetes Pod evicted or gone with its node).
+async fn heal_if_lost(spawner: &Spawner, entry: &super::registry::SessionEntry) {
+    if entry.runnerd.health().await.is_ok() {
+        return;
+    }
+    match spawner.heal_after_loss(&entry.session_id).await {
+        Ok(true) => {
+            tracing::info!(session_id = %entry.session_id, "sweep healed a pinned session")
+        }
+        Ok(false) => {}
+        Err(err) => {
+            tracing::warn!(session_id = %entry.session_id, error = ?err.message, "sweep could not heal a pinned session; retrying next sweep")
         }
     }
 }

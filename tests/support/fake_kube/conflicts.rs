@@ -104,10 +104,33 @@ pub fn patch(
     }
     let mut object = current.clone();
     merge(&mut object, &patch);
-    guard.resource_version += 1;
-    for field in ["name", "namespace", "uid", "creationTimestamp"] {
+    // Fields a patch cannot change.
+    for field in [
+        "name",
+        "namespace",
+        "uid",
+        "creationTimestamp",
+        "deletionTimestamp",
+    ] {
         object["metadata"][field] = current["metadata"][field].clone();
     }
+    if let Some(refs) = object["metadata"]["ownerReferences"].as_array() {
+        let complete = refs.iter().all(|r| {
+            ["apiVersion", "kind", "name", "uid"]
+                .iter()
+                .all(|f| r[*f].as_str().is_some_and(|v| !v.is_empty()))
+        });
+        if !complete {
+            return status(
+                422,
+                "Invalid",
+                "metadata.ownerReferences: apiVersion, kind, name and uid are required".into(),
+                &resource,
+                &name,
+            );
+        }
+    }
+    guard.resource_version += 1;
     object["metadata"]["resourceVersion"] = json!(guard.resource_version.to_string());
     guard.objects.insert(key, object.clone());
     reply(StatusCode::OK, &object)

@@ -12,12 +12,18 @@
 //! (127.x.y.z, standing in for the Pod network), and starts the real `tale runnerd` bound to that IP
 //! as the Pod's `runAsUser`/`runAsGroup` with the workspace PVC as a directory (group = fsGroup).
 //! Deleting a Pod sets `deletionTimestamp`, sends SIGTERM, and removes the object once runnerd has
-//! exited (SIGKILL after the grace period), as a kubelet does.
+//! exited (SIGKILL after the grace period), as a kubelet does. Pods are scheduled to Nodes
+//! (`nodes.rs`: node loss, the out-of-service taint) and their volumes attached there; graceful
+//! and forced deletion, PVC protection, eviction, Multi-Attach, owner-reference garbage collection
+//! and merge patches are in `lifecycle.rs`.
 #![allow(dead_code)]
 
+pub mod attachments;
 mod conflicts;
 mod journal;
 mod leases;
+pub mod lifecycle;
+pub mod nodes;
 mod paging;
 mod throttle;
 mod watch;
@@ -64,6 +70,10 @@ struct State {
     journal: journal::Journal,
     /// 429 answers still to give.
     throttle: throttle::Throttle,
+    /// Attachments and events (see `lifecycle`).
+    lifecycle: lifecycle::Lifecycle,
+    /// The fake's root directory (volumes live under it).
+    root: Option<PathBuf>,
 }
 
 /// A response body: whole (most answers) or streamed (watches).
@@ -96,7 +106,10 @@ impl FakeKube {
         std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
         // A second octet per fake, so parallel test binaries hand out different Pod IPs.
         let ip_prefix = 100 + (port % 150) as u8;
-        let state = Arc::new(Mutex::new(State::default()));
+        let mut initial = State::default();
+        nodes::add_nodes(&mut initial);
+        lifecycle::set_root(&mut initial, &root);
+        let state = Arc::new(Mutex::new(initial));
         let shared: Shared = (state.clone(), root.clone(), ip_prefix);
         let server = tokio::spawn(async move {
             loop {
@@ -159,9 +172,14 @@ impl FakeKube {
             BTreeMap::new();
         for r in self.requests() {
             let segments: Vec<&str> = r.path.trim_matches('/').split('/').collect();
-            let (group, rest) = match segments.as_slice() {
+            let (group, rest): (&str, &[&str]) = match segments.as_slice() {
                 ["api", "v1", "namespaces", _, rest @ ..] => ("", rest),
                 ["apis", group, _, "namespaces", _, rest @ ..] => (*group, rest),
+                // Cluster-scoped: Nodes, VolumeAttachments.
+                ["api", "v1", rest @ ..] if rest.first() == Some(&"nodes") => ("", rest),
+                ["apis", group, _, rest @ ..] if rest.first() == Some(&"volumeattachments") => {
+                    (*group, rest)
+                }
                 _ => continue,
             };
             let (resource, verb) = match (rest, r.method.as_str()) {
@@ -331,6 +349,8 @@ fn kind_of(resource: &str) -> (&'static str, &'static str) {
         "persistentvolumeclaims" => ("PersistentVolumeClaim", "v1"),
         "networkpolicies" => ("NetworkPolicy", "networking.k8s.io/v1"),
         "leases" => ("Lease", "coordination.k8s.io/v1"),
+        "events" => ("Event", "v1"),
+        "nodes" => ("Node", "v1"),
         _ => ("Unknown", "v1"),
     }
 }
@@ -344,6 +364,18 @@ fn qualified(resource: &str) -> String {
 }
 
 /// Equality-based selectors: `k=v`, `k==v`, `k!=v`, `k` (exists), `!k` (does not exist).
+/// A field selector of `path.to.field=value` pairs (what the API server serves for events'
+/// `involvedObject.*`).
+fn fields_match(object: &Value, selector: &str) -> bool {
+    selector.split(',').filter(|s| !s.is_empty()).all(|pair| {
+        let Some((path, value)) = pair.split_once('=') else {
+            return false;
+        };
+        let field = path.split('.').fold(object, |v, k| &v[k]);
+        field.as_str() == Some(value)
+    })
+}
+
 fn labels_match(object: &Value, selector: &str) -> bool {
     let label = |key: &str| object["metadata"]["labels"][key.trim()].as_str();
     selector.split(',').filter(|s| !s.is_empty()).all(|term| {
@@ -363,13 +395,13 @@ async fn handle(shared: Shared, request: Request<Incoming>) -> Response<Full<Byt
     let (state, root, ip_prefix) = shared;
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    let query = request.uri().query().unwrap_or("").to_owned();
     let content_type = request
         .headers()
         .get("content-type")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
+    let query = request.uri().query().unwrap_or("").to_owned();
     let authorized = request
         .headers()
         .get("authorization")
@@ -400,6 +432,12 @@ async fn handle(shared: Shared, request: Request<Incoming>) -> Response<Full<Byt
             StatusCode::OK,
             &json!({"major": "1", "minor": "37", "gitVersion": "v1.37.0-fake", "platform": "linux/amd64"}),
         );
+    }
+    if let ["api", "v1", "nodes", rest @ ..] = segments.as_slice() {
+        return nodes::route(&state, &method, rest);
+    }
+    if let ["apis", "storage.k8s.io", "v1", "volumeattachments"] = segments.as_slice() {
+        return attachments::volume_attachments(&state, &method);
     }
     let rest: &[&str] = match segments.as_slice() {
         ["api", "v1", "namespaces", rest @ ..] => rest,
@@ -455,7 +493,7 @@ async fn handle(shared: Shared, request: Request<Incoming>) -> Response<Full<Byt
                 },
                 Method::PUT => replace(&state, key, body),
                 Method::PATCH => conflicts::patch(&state, key, &content_type, body),
-                Method::DELETE => delete(&state, &root, key, body),
+                Method::DELETE => lifecycle::delete(&state, key, body),
                 _ => status(
                     405,
                     "MethodNotAllowed",
@@ -465,7 +503,13 @@ async fn handle(shared: Shared, request: Request<Incoming>) -> Response<Full<Byt
                 ),
             }
         }
-        // Subresources (pods/exec, pods/log, …) are not served: the backend must never need them.
+        [namespace, "pods", name, "eviction"] if method == Method::POST => lifecycle::evict(
+            &state,
+            ("pods".into(), namespace.to_string(), name.to_string()),
+            body,
+        ),
+        // Other subresources (pods/exec, pods/log, …) are not served: the backend must never
+        // need them.
         _ => status(
             404,
             "NotFound",
@@ -548,6 +592,10 @@ fn create(
             }
             "persistentvolumeclaims" => {
                 std::fs::create_dir_all(root.join("volumes").join(&name)).unwrap();
+                // The PVC protection admission plugin's finalizer.
+                object["metadata"]["finalizers"] = json!([lifecycle::PVC_PROTECTION]);
+                // Bound at once to a dynamically provisioned volume named for the claim.
+                object["spec"]["volumeName"] = json!(attachments::volume_name(&name));
                 object["status"] =
                     json!({"phase": "Bound", "accessModes": object["spec"]["accessModes"]});
             }
@@ -605,57 +653,6 @@ fn replace(
     }
     object["metadata"]["resourceVersion"] = json!(guard.resource_version.to_string());
     guard.objects.insert(key, object.clone());
-    reply(StatusCode::OK, &object)
-}
-
-fn delete(
-    state: &Arc<Mutex<State>>,
-    root: &Path,
-    key: (String, String, String),
-    body: Option<Value>,
-) -> Response<Full<Bytes>> {
-    let (resource, namespace, name) = key.clone();
-    let mut guard = lock(state);
-    let Some(mut object) = guard.objects.get(&key).cloned() else {
-        return not_found(&resource, &name);
-    };
-    if let Some(conflict) = conflicts::unmet_precondition(&resource, &object, body.as_ref()) {
-        return conflict;
-    }
-    if resource != "pods" {
-        guard.objects.remove(&key);
-        if resource == "persistentvolumeclaims" {
-            let _ = std::fs::remove_dir_all(root.join("volumes").join(&name));
-        }
-        return reply(StatusCode::OK, &object);
-    }
-    let grace = body
-        .as_ref()
-        .and_then(|b| b["gracePeriodSeconds"].as_u64())
-        .unwrap_or(30);
-    if object["metadata"]["deletionTimestamp"].is_null() {
-        guard.resource_version += 1;
-        object["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
-        object["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
-        object["metadata"]["resourceVersion"] = json!(guard.resource_version.to_string());
-        guard.objects.insert(key.clone(), object.clone());
-    }
-    let child = guard.kubelet.remove(&(namespace, name));
-    drop(guard);
-    let state = state.clone();
-    tokio::spawn(async move {
-        if let Some(mut child) = child {
-            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(grace);
-            while matches!(child.try_wait(), Ok(None)) && tokio::time::Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            let _ = child.kill();
-            let _ = tokio::task::spawn_blocking(move || child.wait()).await;
-        }
-        lock(&state).objects.remove(&key);
-    });
     reply(StatusCode::OK, &object)
 }
 
@@ -721,12 +718,35 @@ async fn run_pod(
             );
         }
     }
+    // The scheduler binds the Pod to a node; the kubelet there attaches its volumes first.
+    let Some(node) = nodes::schedule(&lock(&state)) else {
+        set_pod_status(&state, &key, |s| {
+            s["conditions"] = json!([{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                "message": "0/2 nodes are available: 2 node(s) had untolerated taints."}]);
+        });
+        return;
+    };
+    {
+        let mut guard = lock(&state);
+        guard.resource_version += 1;
+        let rv = guard.resource_version.to_string();
+        let Some(pod) = guard.objects.get_mut(&key) else {
+            return;
+        };
+        pod["spec"]["nodeName"] = json!(node);
+        pod["metadata"]["resourceVersion"] = json!(rv);
+    }
     set_pod_status(&state, &key, |s| {
-        s["podIP"] = json!(ip);
-        s["podIPs"] = json!([{"ip": ip}]);
         s["hostIP"] = json!("127.0.0.1");
         s["conditions"] = json!([{"type": "PodScheduled", "status": "True"}]);
         s["containerStatuses"] = waiting("ContainerCreating", "");
+    });
+    if !attachments::attach_volumes(&state, &key, &node).await {
+        return;
+    }
+    set_pod_status(&state, &key, |s| {
+        s["podIP"] = json!(ip);
+        s["podIPs"] = json!([{"ip": ip}]);
     });
     if lock(&state).unpullable.contains(&image) {
         let message = format!("Back-off pulling image \"{image}\": not found");

@@ -79,11 +79,13 @@ pub fn list(
         };
     drop(guard);
     let selector = params.get("labelSelector");
+    let field_selector = params.get("fieldSelector");
     let mut matching = snapshot.iter().filter(|((r, ns, name), o)| {
         r == resource
             && ns == namespace
             && name.as_str() >= start.as_str()
             && selector.is_none_or(|s| labels_match(o, s))
+            && field_selector.is_none_or(|s| super::fields_match(o, s))
     });
     let mut items: Vec<Value> = Vec::new();
     let mut next = None;
@@ -103,7 +105,7 @@ pub fn list(
     let mut metadata = json!({"resourceVersion": rv.to_string()});
     if let Some(token) = next {
         metadata["continue"] = json!(token);
-        if selector.is_none() {
+        if selector.is_none() && field_selector.is_none() {
             // Only lists without a selector know how many are left.
             metadata["remainingItemCount"] = json!(matching.count() + 1);
         }

@@ -14,7 +14,7 @@
 use super::exec::{launch, replay};
 use super::sessions::lost_or_upstream;
 use super::sse::AgentTap;
-use super::{bad_request, not_found, ok, ApiRequest};
+use super::{bad_request, ok, ApiRequest};
 use crate::modes::spawner::agents::request::{AgentRunRequest, SteerRequest, StreamPosition};
 use crate::modes::spawner::agents::{adapter, SessionContext, StdinMode};
 use crate::modes::spawner::state::Spawner;
@@ -26,8 +26,9 @@ use base64_simd::STANDARD;
 use std::sync::Arc;
 
 pub async fn start(spawner: Arc<Spawner>, id: &str, request: &ApiRequest) -> HttpResponse {
-    let Some(entry) = spawner.lookup(id).await else {
-        return not_found().into();
+    let entry = match spawner.lookup_or_heal(id).await {
+        Ok(entry) => entry,
+        Err(refusal) => return refusal.into(),
     };
     let run = match request.json().and_then(|body| {
         AgentRunRequest::parse(
@@ -77,8 +78,9 @@ pub async fn attach(
     exec_id: &str,
     request: &ApiRequest,
 ) -> HttpResponse {
-    let Some(entry) = spawner.lookup(id).await else {
-        return not_found().into();
+    let entry = match spawner.lookup_or_heal(id).await {
+        Ok(entry) => entry,
+        Err(refusal) => return refusal.into(),
     };
     let Some(adapter) = request.query("agent").as_deref().and_then(adapter) else {
         return bad_request("agent must be one of \"claude-code\", \"opencode\", \"codex\"").into();
@@ -99,8 +101,9 @@ pub async fn steer(
     exec_id: &str,
     request: &ApiRequest,
 ) -> HttpResponse {
-    let Some(entry) = spawner.lookup(id).await else {
-        return not_found().into();
+    let entry = match spawner.lookup_or_heal(id).await {
+        Ok(entry) => entry,
+        Err(refusal) => return refusal.into(),
     };
     let steer = match request.json().and_then(|body| {
         SteerRequest::parse(&body, MAX_STDIN_LINE_BYTES).map_err(|e| bad_request(e.0))

@@ -1,6 +1,6 @@
 //! Per-operation git credentials: granted to the session's runnerd, held in its memory only.
 use super::sessions::lost_or_upstream;
-use super::{bad_request, not_found, ok, ApiError, ApiRequest, Reply};
+use super::{bad_request, ok, ApiError, ApiRequest, Reply};
 use crate::modes::spawner::state::Spawner;
 use crate::shared::protocol::runnerd::GitCredentialGrant;
 
@@ -18,7 +18,7 @@ pub fn revoke_host(segment: &str) -> String {
 }
 
 pub async fn grant(spawner: &Spawner, id: &str, request: &ApiRequest) -> Reply {
-    let entry = spawner.lookup(id).await.ok_or_else(not_found)?;
+    let entry = spawner.lookup_or_heal(id).await?;
     let grant = grant_body(request.json()?)?;
     match entry.runnerd.grant_git_credential(&grant).await {
         Ok(reply) => Ok(ok(&reply)),
@@ -27,7 +27,7 @@ pub async fn grant(spawner: &Spawner, id: &str, request: &ApiRequest) -> Reply {
 }
 
 pub async fn revoke(spawner: &Spawner, id: &str, host: &str) -> Reply {
-    let entry = spawner.lookup(id).await.ok_or_else(not_found)?;
+    let entry = spawner.lookup_or_heal(id).await?;
     let host = revoke_host(host);
     match entry.runnerd.revoke_git_credential(&host).await {
         Ok(reply) => Ok(ok(&reply)),

@@ -111,8 +111,9 @@ impl From<RunnerdError> for ApiError {
 impl From<BackendError> for ApiError {
     /// Backend errors reach a client only from a create: an existing session is 409
     /// `duplicate`, a create of the id still in flight (or crashed before its start) 503
-    /// `create_in_progress` with `retry-after`, an object named for the session but labelled for another session or
-    /// organization 409 `owner_mismatch`, anything else 502 `create_failed`.
+    /// `create_in_progress` with `retry-after`, an object named for the session but labelled for
+    /// another session or organization 409 `owner_mismatch`, compute out of reach that cannot be
+    /// replaced yet 503 `session_unreachable` (with `retry-after`), anything else 502 `create_failed`.
     fn from(err: BackendError) -> ApiError {
         match err {
             BackendError::Exists(id) => ApiError::new(
@@ -131,6 +132,12 @@ impl From<BackendError> for ApiError {
                 "owner_mismatch",
                 Some(err.to_string()),
             ),
+            err @ BackendError::Unreachable { .. } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "session_unreachable",
+                Some(err.to_string()),
+            )
+            .retry_after(crate::modes::spawner::limits::UNREACHABLE_RETRY_AFTER_SECONDS),
             err => ApiError::new(
                 StatusCode::BAD_GATEWAY,
                 "create_failed",

@@ -2,7 +2,7 @@
 //! status, stdin, resize.
 use super::sessions::lost_or_upstream;
 use super::sse::{pump, sse_response, AgentTap, ProxyMode, ResumedAttach};
-use super::{bad_request, not_found, ok, ApiError, ApiRequest, Reply};
+use super::{bad_request, ok, ApiError, ApiRequest, Reply};
 use crate::modes::spawner::registry::SessionEntry;
 use crate::modes::spawner::state::Spawner;
 use crate::shared::http::{json, HttpResponse};
@@ -13,9 +13,16 @@ use hyper::StatusCode;
 use std::sync::Arc;
 
 pub async fn start(spawner: Arc<Spawner>, id: &str, request: &ApiRequest) -> Reply {
-    let entry = spawner.lookup(id).await.ok_or_else(not_found)?;
+    let entry = spawner.lookup_or_heal(id).await?;
     let exec = SessionExec::parse(&request.json()?, &spawner.config.limits)?;
-    launch(spawner, id, &entry, &exec, None).await
+    match launch(spawner.clone(), id, &entry, &exec, None).await {
+        // The exec never reached the lost compute; it runs on the healed one.
+        Err(refusal) if refusal.code == "session_restarted" => {
+            let entry = spawner.lookup_or_heal(id).await?;
+            launch(spawner, id, &entry, &exec, None).await
+        }
+        other => other,
+    }
 }
 
 /// Starts `exec` in the session and streams it as SSE (with agent events when `agent` is given);
@@ -55,7 +62,7 @@ pub async fn launch(
 }
 
 pub async fn attach(spawner: Arc<Spawner>, id: &str, exec_id: &str, request: &ApiRequest) -> Reply {
-    let entry = spawner.lookup(id).await.ok_or_else(not_found)?;
+    let entry = spawner.lookup_or_heal(id).await?;
     // Non-numeric means 0.
     let since_seq = request
         .resume_position(|v| v.trim().parse::<u64>().ok())
@@ -118,7 +125,7 @@ pub async fn replay(
 
 /// `GET /v1/sessions/:id/exec`: the session's live and retained execs, as runnerd lists them.
 pub async fn list(spawner: &Spawner, id: &str) -> Reply {
-    let entry = spawner.lookup(id).await.ok_or_else(not_found)?;
+    let entry = spawner.lookup_or_heal(id).await?;
     match entry.runnerd.list_execs().await {
         Ok(reply) => Ok(ok(&reply)),
         Err(err) => Err(lost_or_upstream(spawner, id, err).await),
@@ -126,7 +133,7 @@ pub async fn list(spawner: &Spawner, id: &str) -> Reply {
 }
 
 pub async fn cancel(spawner: &Spawner, id: &str, exec_id: &str) -> Reply {
-    let entry = spawner.lookup(id).await.ok_or_else(not_found)?;
+    let entry = spawner.lookup_or_heal(id).await?;
     match entry.runnerd.cancel(exec_id).await {
         Ok(reply) => Ok(ok(&reply)),
         Err(err) => Err(lost_or_upstream(spawner, id, err).await),
@@ -181,7 +188,7 @@ pub fn stdin_body(body: &serde_json::Value) -> Result<StdinRequest, ApiError> {
 }
 
 pub async fn stdin(spawner: &Spawner, id: &str, exec_id: &str, request: &ApiRequest) -> Reply {
-    let entry = spawner.lookup(id).await.ok_or_else(not_found)?;
+    let entry = spawner.lookup_or_heal(id).await?;
     let stdin = stdin_body(&request.json()?)?;
     match entry.runnerd.stdin(exec_id, &stdin).await {
         Ok(reply) => Ok(ok(&reply)),
@@ -191,7 +198,7 @@ pub async fn stdin(spawner: &Spawner, id: &str, exec_id: &str, request: &ApiRequ
 
 /// `POST …/exec/:execId/resize` `{cols, rows}`: passed to runnerd, whose `{ok, reason?}` comes back.
 pub async fn resize(spawner: &Spawner, id: &str, exec_id: &str, request: &ApiRequest) -> Reply {
-    let entry = spawner.lookup(id).await.ok_or_else(not_found)?;
+    let entry = spawner.lookup_or_heal(id).await?;
     let size = PtySize::from_value(&request.json()?).map_err(bad_request)?;
     match entry.runnerd.resize(exec_id, &size).await {
         Ok(reply) => Ok(ok(&reply)),

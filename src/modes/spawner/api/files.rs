@@ -1,13 +1,20 @@
-//! File routes. A lost session answers 502 `upstream_error` here, never 404: 404 means "no such path".
+//! File routes. A lost session answers 502 `upstream_error` here, never 404: 404 means "no such path"
+//! (a session whose compute the backend lost and brought back answers 503 `session_restarted`).
 use super::{bad_request, not_found, ok, ApiError, ApiRequest, Reply};
 use crate::modes::spawner::runnerd_client::{RawReply, RunnerdError, FILE_SIZE_HEADER};
 use crate::modes::spawner::state::Spawner;
 use crate::shared::protocol::runnerd::DeleteRequest;
 
-/// A runnerd error of a file route: a 400 is the caller's input, everything else 502 (after
-/// evicting a session whose compute is gone).
+/// A runnerd error of a file route: a 400 is the caller's input; a session whose compute was lost
+/// is healed (503 `session_restarted`: retry); everything else 502 (after evicting a session
+/// whose compute is gone).
 async fn upstream(spawner: &Spawner, id: &str, err: RunnerdError) -> ApiError {
     if err.is_transport() {
+        match spawner.heal_after_loss(id).await {
+            Ok(true) => return crate::modes::spawner::heal::restarted(id),
+            Ok(false) => {}
+            Err(refusal) => return refusal,
+        }
         spawner.evict_if_gone(id).await;
     }
     err.into()
@@ -29,7 +36,7 @@ pub fn delete_body(body: serde_json::Value) -> Result<DeleteRequest, ApiError> {
 }
 
 pub async fn stage(spawner: &Spawner, id: &str, request: &ApiRequest) -> Reply {
-    let entry = spawner.lookup(id).await.ok_or_else(not_found)?;
+    let entry = spawner.lookup_or_heal(id).await?;
     let body = stage_body(request.json()?)?;
     match entry.runnerd.stage(&body).await {
         Ok(reply) => Ok(ok(&reply)),
@@ -38,7 +45,7 @@ pub async fn stage(spawner: &Spawner, id: &str, request: &ApiRequest) -> Reply {
 }
 
 pub async fn delete(spawner: &Spawner, id: &str, request: &ApiRequest) -> Reply {
-    let entry = spawner.lookup(id).await.ok_or_else(not_found)?;
+    let entry = spawner.lookup_or_heal(id).await?;
     let body = delete_body(request.json()?)?;
     match entry.runnerd.delete_files(&body).await {
         Ok(reply) => Ok(ok(&reply)),
@@ -47,7 +54,7 @@ pub async fn delete(spawner: &Spawner, id: &str, request: &ApiRequest) -> Reply 
 }
 
 pub async fn list(spawner: &Spawner, id: &str, request: &ApiRequest) -> Reply {
-    let entry = spawner.lookup(id).await.ok_or_else(not_found)?;
+    let entry = spawner.lookup_or_heal(id).await?;
     let path = request.query("path").unwrap_or_else(|| ".".into());
     match entry.runnerd.list(&path).await {
         Ok(Some(reply)) => Ok(ok(&reply)),
@@ -57,7 +64,7 @@ pub async fn list(spawner: &Spawner, id: &str, request: &ApiRequest) -> Reply {
 }
 
 pub async fn content(spawner: &Spawner, id: &str, request: &ApiRequest) -> Reply {
-    let entry = spawner.lookup(id).await.ok_or_else(not_found)?;
+    let entry = spawner.lookup_or_heal(id).await?;
     let path = request
         .query("path")
         .ok_or_else(|| bad_request("path is required"))?;
@@ -86,7 +93,7 @@ pub async fn content(spawner: &Spawner, id: &str, request: &ApiRequest) -> Reply
 /// `POST …/files/write?path=&offset=[&commit=true]`: one chunk (the raw body) of a file written in
 /// pieces; runnerd's answer relayed.
 pub async fn write(spawner: &Spawner, id: &str, request: &ApiRequest) -> Reply {
-    let entry = spawner.lookup(id).await.ok_or_else(not_found)?;
+    let entry = spawner.lookup_or_heal(id).await?;
     let path = request
         .query("path")
         .ok_or_else(|| bad_request("path is required"))?;

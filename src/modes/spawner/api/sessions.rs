@@ -316,7 +316,7 @@ pub async fn get(spawner: &Spawner, id: &str) -> Reply {
     if spawner.evict_if_gone(id).await {
         return Err(not_found());
     }
-    let entry = spawner.lookup(id).await.ok_or_else(not_found)?;
+    let entry = spawner.lookup_or_heal(id).await?;
     // The activity clock and the seed record are runnerd's: both are read at each GET, so a
     // session whose runnerd started again without its seed (or whose seed another replica
     // finished) is reported as it is now.
@@ -382,7 +382,7 @@ pub async fn destroy(spawner: &Spawner, id: &str, request: &ApiRequest) -> Reply
 }
 
 pub async fn patch_env(spawner: &Spawner, id: &str, request: &ApiRequest) -> Reply {
-    let entry = spawner.lookup(id).await.ok_or_else(not_found)?;
+    let entry = spawner.lookup_or_heal(id).await?;
     let patch = env_patch_body(request.json()?)?;
     match entry.runnerd.patch_env(&patch).await {
         Ok(reply) => Ok(ok(&reply)),
@@ -407,7 +407,7 @@ pub fn env_patch_body(body: serde_json::Value) -> Result<EnvPatch, ApiError> {
 }
 
 pub async fn pin(spawner: &Spawner, id: &str, request: &ApiRequest) -> Reply {
-    spawner.lookup(id).await.ok_or_else(not_found)?;
+    spawner.lookup_or_heal(id).await?;
     let pinned = pin_body(&request.json()?)?;
     let max_lifetime = spawner.config.limits.max_lifetime_ms;
     let now = crate::shared::clock::now_ms();
@@ -423,14 +423,22 @@ pub async fn pin(spawner: &Spawner, id: &str, request: &ApiRequest) -> Reply {
     Ok(ok(&serde_json::json!({"ok": true, "pinned": pinned})))
 }
 
-/// After a runnerd error: 404 when the session is gone, else what the error converts to.
+/// After a runnerd error: a session whose compute was lost is healed (503 `session_restarted`:
+/// retry), one that is gone is 404, else what the error converts to.
 pub async fn lost_or_upstream(
     spawner: &Spawner,
     id: &str,
     err: crate::modes::spawner::runnerd_client::RunnerdError,
 ) -> ApiError {
-    if err.is_transport() && spawner.evict_if_gone(id).await {
-        return not_found();
+    if err.is_transport() {
+        match spawner.heal_after_loss(id).await {
+            Ok(true) => return crate::modes::spawner::heal::restarted(id),
+            Ok(false) => {}
+            Err(refusal) => return refusal,
+        }
+        if spawner.evict_if_gone(id).await {
+            return not_found();
+        }
     }
     err.into()
 }

@@ -105,6 +105,13 @@ pub struct ListedSession {
     pub running: bool,
 }
 
+/// A session brought back by [`Backend::heal_session`]: what it records, and its new runnerd URL.
+#[derive(Clone, Debug)]
+pub struct Healed {
+    pub session: ListedSession,
+    pub endpoint: String,
+}
+
 /// The caps a create must fit in, for a backend that arbitrates them (see
 /// [`Backend::arbitrates_caps`]).
 #[derive(Clone, Debug)]
@@ -184,6 +191,10 @@ pub enum BackendError {
         context: String,
         source: std::io::Error,
     },
+    /// The session's compute is out of reach and cannot be replaced yet (a Pod on a node that
+    /// stopped reporting and may still write the workspace): `detail` says what is missing.
+    #[error("session {session_id} is unreachable: {detail}")]
+    Unreachable { session_id: String, detail: String },
     /// An input failed the backend's argument rules.
     #[error("invalid {what}: {value:?}")]
     Invalid { what: &'static str, value: String },
@@ -231,6 +242,19 @@ pub trait Backend: Send + Sync {
         &'a self,
         organization_id: Option<&'a str>,
     ) -> BoxFuture<'a, BackendResult<Vec<ListedSession>>>;
+
+    /// Brings back a session whose compute was lost (evicted, failed, gone with its node) on its
+    /// kept workspace, with the spec `spec_for` makes from what the backend recorded; within
+    /// `deadline`. `Ok(None)` when there is nothing to heal (no workspace, stopped on purpose,
+    /// compute still there). Backends whose compute restarts by itself heal nothing here.
+    fn heal_session<'a>(
+        &'a self,
+        _session_id: &'a str,
+        _spec_for: &'a (dyn Fn(&ListedSession) -> SessionSpec + Send + Sync),
+        _deadline: std::time::Duration,
+    ) -> BoxFuture<'a, BackendResult<Option<Healed>>> {
+        Box::pin(async { Ok(None) })
+    }
 
     /// Whether the backend itself arbitrates the caps (atomically, across replicas): then the
     /// spawner claims slots with [`Backend::claim_capacity`] instead of counting its registry.

@@ -1,5 +1,6 @@
 //! The `SANDBOX_K8S_*` settings (and `SANDBOX_RUNTIME_CLASS`): read whatever the backend, used by the
 //! kubernetes backend only, and validated with Kubernetes' own name and quantity syntax.
+use super::kubernetes_heal::{heal_settings, HealSettings, HEAL_VARIABLES};
 use super::kubernetes_network::{network_settings, NetworkSettings, NETWORK_VARIABLES};
 use super::kubernetes_placement::{profile_placements, ProfilePlacements, PLACEMENT_VARIABLES};
 use super::{parse_size, ConfigError};
@@ -47,6 +48,8 @@ pub struct KubernetesSettings {
     pub placement: ProfilePlacements,
     /// DNS peers of the session NetworkPolicy, and whether the spawner manages it.
     pub network: NetworkSettings,
+    /// Timeouts of healing: node loss, Multi-Attach, image pulls.
+    pub heal: HealSettings,
 }
 
 /// `SANDBOX_K8S_*` (and `SANDBOX_RUNTIME_CLASS`) settings.
@@ -145,6 +148,7 @@ pub(super) fn kubernetes_settings(
         ca_file: get("SANDBOX_K8S_CAFILE").map(PathBuf::from),
         placement: profile_placements(get)?,
         network: network_settings(get)?,
+        heal: heal_settings(number)?,
     })
 }
 
@@ -229,6 +233,7 @@ pub fn ignored_kubernetes_variables(
         .iter()
         .chain(PLACEMENT_VARIABLES)
         .chain(NETWORK_VARIABLES)
+        .chain(HEAL_VARIABLES)
         .copied()
         .filter(|name| lookup(name).is_some_and(|v| !v.trim().is_empty()))
         .collect()

@@ -10,6 +10,7 @@ use crate::shared::protocol::spawner::{Profile, RequestLimits};
 use std::path::PathBuf;
 
 mod kubernetes;
+mod kubernetes_heal;
 mod kubernetes_network;
 mod kubernetes_placement;
 mod tls;
@@ -19,6 +20,10 @@ pub use kubernetes::{
     parse_label_selector, KubernetesSettings, DEFAULT_K8S_CPU_REQUEST, DEFAULT_K8S_MEMORY_REQUEST,
     DEFAULT_K8S_NAMESPACE, DEFAULT_K8S_SPAWNER_SELECTOR, DEFAULT_K8S_WORKSPACE_SIZE,
     KUBERNETES_VARIABLES,
+};
+pub use kubernetes_heal::{
+    HealSettings, DEFAULT_K8S_ATTACH_TIMEOUT_MS, DEFAULT_K8S_IMAGE_PULL_TIMEOUT_MS,
+    DEFAULT_K8S_NODE_LOST_TIMEOUT_MS, HEAL_VARIABLES, MAX_K8S_HEAL_TIMEOUT_MS,
 };
 pub use kubernetes_network::{
     NetworkSettings, DEFAULT_K8S_DNS_NAMESPACE, DEFAULT_K8S_DNS_SELECTOR, DEFAULT_K8S_EGRESS_PORTS,

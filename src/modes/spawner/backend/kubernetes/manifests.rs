@@ -39,6 +39,17 @@ pub const ANNOTATION_CREATED_AT: &str = "tale.dev/created-at";
 pub const ANNOTATION_TTL_MS: &str = "tale.dev/ttl-ms";
 /// The session's idle timeout in milliseconds, as granted at creation.
 pub const ANNOTATION_IDLE_TIMEOUT_MS: &str = "tale.dev/idle-timeout-ms";
+/// On the workspace PVC: whether the session's compute should run (`running`: a Pod that is lost
+/// is brought back; `stopped`: stopped on purpose, only a create resumes it). PVCs without it (made
+/// by an older release) are never healed.
+pub const ANNOTATION_COMPUTE: &str = "tale.dev/compute";
+pub const COMPUTE_RUNNING: &str = "running";
+pub const COMPUTE_STOPPED: &str = "stopped";
+/// The cluster autoscaler's per-Pod scale-down switch. Session Pods say `false`: a live session
+/// holds running execs and its seeded env in memory, which a heal cannot bring back; idle sessions
+/// are stopped by the sweep, which frees their node for scale-down anyway.
+pub const ANNOTATION_SAFE_TO_EVICT: &str = "cluster-autoscaler.kubernetes.io/safe-to-evict";
+pub const SAFE_TO_EVICT: &str = "false";
 /// The one container of a session Pod.
 pub const CONTAINER_NAME: &str = "runner";
 /// What the container runs: the runtime image's `tale runnerd` (its entrypoint too).
@@ -180,6 +191,18 @@ pub fn secret(spec: &SessionSpec, config: &ManifestConfig) -> Secret {
     }
 }
 
+/// What the workspace PVC records of its session beyond its owner: the compute wanted, and the
+/// profile, creation time and limits a heal needs when the Pod is gone. A resume rewrites them.
+pub fn workspace_record(spec: &SessionSpec) -> [(&'static str, String); 5] {
+    [
+        (ANNOTATION_COMPUTE, COMPUTE_RUNNING.to_owned()),
+        (ANNOTATION_PROFILE, spec.profile.clone()),
+        (ANNOTATION_CREATED_AT, spec.created_at_ms.to_string()),
+        (ANNOTATION_TTL_MS, spec.ttl_ms.to_string()),
+        (ANNOTATION_IDLE_TIMEOUT_MS, spec.idle_timeout_ms.to_string()),
+    ]
+}
+
 /// `ephemeral-storage` request of a session container (capped at the profile's limit).
 pub const EPHEMERAL_STORAGE_REQUEST_BYTES: u64 = 256 << 20;
 
@@ -196,10 +219,16 @@ pub fn pvc(spec: &SessionSpec, config: &ManifestConfig) -> PersistentVolumeClaim
             name: Some(pvc_name(&spec.session_id)),
             namespace: Some(config.namespace.clone()),
             labels: Some(labels(&[(WORKSPACE_LABEL, "1")])),
-            annotations: Some(labels(&[
-                (ANNOTATION_SESSION_ID, &spec.session_id),
-                (ANNOTATION_ORGANIZATION_ID, &spec.organization_id),
-            ])),
+            annotations: Some(
+                [
+                    (ANNOTATION_SESSION_ID, spec.session_id.clone()),
+                    (ANNOTATION_ORGANIZATION_ID, spec.organization_id.clone()),
+                ]
+                .into_iter()
+                .chain(workspace_record(spec))
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect(),
+            ),
             ..Default::default()
         },
         spec: Some(PersistentVolumeClaimSpec {
@@ -372,6 +401,7 @@ pub fn pod_on_claim(spec: &SessionSpec, config: &ManifestConfig, claim: &str) ->
                     ANNOTATION_IDLE_TIMEOUT_MS,
                     &spec.idle_timeout_ms.to_string(),
                 ),
+                (ANNOTATION_SAFE_TO_EVICT, SAFE_TO_EVICT),
             ])),
             ..Default::default()
         },

@@ -8,7 +8,9 @@
 //! session (`Exists`, nothing touched); an ended or deleting one is reaped and waited out. Then the
 //! PVC (kept when it existed: a resume), the Secret and the Pod; then the Pod's IP (failing at once
 //! on image, config or crash-loop errors), then runnerd's `/healthz`. A failed create removes the
-//! Pod and Secret, and the PVC too unless it existed before, each under the uid it was made with.
+//! Pod and Secret, and the PVC too unless it existed before (then it is marked stopped), each
+//! under the uid it was made with. Lost Pods are healed on their kept PVC (`heal`); start errors
+//! that waiting cures are retried until their own deadlines (`start_wait`).
 //!
 //! Several replicas share one namespace: caps are claim Leases (`claims`), pins an annotation on
 //! the workspace PVC (`pins`), and the Secret is a create's lock against same-id races (`races`).
@@ -19,12 +21,14 @@
 pub mod cache;
 pub mod claims;
 pub mod client;
+pub mod heal;
 pub mod manifests;
 pub mod network;
 pub mod ownership;
 pub mod pins;
 pub mod placement;
 mod races;
+pub mod start_wait;
 pub mod status;
 mod waits;
 pub mod watch;
@@ -32,10 +36,10 @@ pub mod watch;
 use super::names::Found;
 use super::{
     wait_for_runnerd, Backend, BackendError, BackendKind, BackendResult, BoxFuture, CapClaim,
-    CapDecision, CapRequest, ListedSession, SessionSpec,
+    CapDecision, CapRequest, Healed, ListedSession, SessionSpec,
 };
 use crate::modes::spawner::config::{
-    Hardening, KubernetesSettings, NetworkSettings, ProfilePlacements,
+    Hardening, HealSettings, KubernetesSettings, NetworkSettings, ProfilePlacements,
 };
 use crate::shared::protocol::runnerd::is_valid_id;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
@@ -83,6 +87,8 @@ pub struct KubernetesBackend {
     cache: cache::PodCache,
     /// Pods per LIST page.
     list_page_size: u32,
+    /// Timeouts of healing and of transient start errors.
+    heal_settings: HealSettings,
 }
 
 fn status_code(err: &kube::Error) -> Option<u16> {
@@ -178,6 +184,7 @@ impl KubernetesBackend {
                 settings.list_page_size,
             ),
             list_page_size: settings.list_page_size,
+            heal_settings: settings.heal,
         };
         if !backend.network.managed {
             tracing::warn!(
@@ -361,13 +368,22 @@ impl KubernetesBackend {
     async fn ensure_workspace(
         &self,
         spec: &SessionSpec,
+        deadline: Instant,
         made: &mut Made,
     ) -> BackendResult<(String, bool)> {
         let id = &spec.session_id;
         let org = Some(spec.organization_id.as_str());
         let name = manifests::pvc_name(id);
         match self.find_pvc(id, org).await {
-            Ok(Found::Ours { name, .. }) => return Ok((name, true)),
+            Ok(Found::Ours { name, object }) if object.metadata.deletion_timestamp.is_some() => {
+                // A destroy's PVC, not a resume: wait until it is gone, then make a new one.
+                self.wait_pvc_gone(id, &name, deadline).await?;
+            }
+            Ok(Found::Ours { name, .. }) => {
+                self.record_compute(&name, manifests::COMPUTE_RUNNING, Some(spec))
+                    .await?;
+                return Ok((name, true));
+            }
             Ok(Found::Foreign { name }) => return Err(owner_mismatch("PVC", &name, id)),
             Ok(Found::Absent) => {}
             Err(err) => {
@@ -390,7 +406,18 @@ impl KubernetesBackend {
             // Made in between (or unreadable above): ours only if its annotations say so.
             Err(err) if is_conflict(&err) => match self.pvcs.get_opt(&name).await {
                 Ok(Some(pvc)) => match ownership::judge_object("PVC", &name, pvc, 0, (id, org)) {
-                    Some(Found::Ours { .. }) => Ok((name, true)),
+                    Some(Found::Ours { object, .. })
+                        if object.metadata.deletion_timestamp.is_some() =>
+                    {
+                        Err(BackendError::Engine(format!(
+                            "the workspace PVC {name} of session {id} is being deleted; retry the create once it is gone"
+                        )))
+                    }
+                    Some(Found::Ours { .. }) => {
+                        self.record_compute(&name, manifests::COMPUTE_RUNNING, Some(spec))
+                            .await?;
+                        Ok((name, true))
+                    }
                     _ => Err(owner_mismatch("PVC", &name, id)),
                 },
                 Ok(None) => Err(BackendError::Engine(format!(
@@ -399,6 +426,30 @@ impl KubernetesBackend {
                 Err(err) => Err(api("cannot read the workspace PVC")(err)),
             },
             Err(err) => Err(api("cannot create the workspace PVC")(err)),
+        }
+    }
+
+    /// Waits (bounded by `deadline`) until the Terminating PVC `name` is gone.
+    async fn wait_pvc_gone(&self, id: &str, name: &str, deadline: Instant) -> BackendResult<()> {
+        tracing::info!(
+            session_id = id,
+            pvc = name,
+            "workspace PVC is being deleted; waiting for it before creating a new one"
+        );
+        let mut interval = POD_POLL_FIRST_INTERVAL;
+        loop {
+            match self.pvcs.get_opt(name).await {
+                Ok(None) => return Ok(()),
+                Ok(Some(_)) => {}
+                Err(err) => return Err(api("cannot read the workspace PVC")(err)),
+            }
+            if Instant::now() + interval > deadline {
+                return Err(BackendError::Engine(format!(
+                    "the workspace PVC {name} of session {id} is still being deleted (Terminating); it is not resumed — retry the create once it is gone"
+                )));
+            }
+            tokio::time::sleep(interval).await;
+            interval = (interval * 2).min(POD_POLL_MAX_INTERVAL);
         }
     }
 
@@ -459,15 +510,19 @@ impl KubernetesBackend {
         Err(BackendError::Exists(spec.session_id.clone()))
     }
 
-    /// Waits for the Pod's IP (on the watch; polling when the watch is stale); fails at once
-    /// when it cannot start.
+    /// Waits for the Pod's IP (on the watch; polling when the watch is stale); fails when it
+    /// cannot start (`watch` judges transient errors against their own deadlines).
     async fn wait_for_ip(
         &self,
         session_id: &str,
         uid: Option<&str>,
         deadline: Instant,
+        watch: &mut start_wait::StartWatch,
     ) -> BackendResult<String> {
-        if let Some(answer) = self.wait_for_ip_on_watch(session_id, uid, deadline).await {
+        if let Some(answer) = self
+            .wait_for_ip_on_watch(session_id, uid, deadline, watch)
+            .await
+        {
             return answer;
         }
         let name = manifests::pod_name(session_id);
@@ -482,9 +537,7 @@ impl KubernetesBackend {
                 .ok_or_else(|| {
                     BackendError::Died("the session Pod disappeared while starting".into())
                 })?;
-            if let Some(reason) = status::start_failure(&pod) {
-                return Err(BackendError::Died(reason));
-            }
+            watch.check(&pod).await?;
             if let Some(ip) = status::pod_ip(&pod) {
                 return Ok(ip.to_owned());
             }
@@ -520,6 +573,8 @@ impl KubernetesBackend {
         {
             Ok(pod) => {
                 made.pod = pod.metadata.uid.clone();
+                // The Secret goes with the Pod however the Pod goes.
+                self.own_secret(&spec.session_id, &pod).await?;
                 pod
             }
             // Someone created it since the check: theirs, and so is the Secret now.
@@ -528,34 +583,65 @@ impl KubernetesBackend {
             }
             Err(err) => return Err(api("cannot create the session Pod")(err)),
         };
+        let mut watch = start_wait::StartWatch::new(
+            Api::namespaced(self.client.clone(), &self.manifests.namespace),
+            self.heal_settings,
+        );
         let ip = self
-            .wait_for_ip(&spec.session_id, created.metadata.uid.as_deref(), deadline)
+            .wait_for_ip(
+                &spec.session_id,
+                created.metadata.uid.as_deref(),
+                deadline,
+                &mut watch,
+            )
             .await?;
         let url = status::runnerd_url(&ip, self.manifests.runnerd_port);
         let name = manifests::pod_name(&spec.session_id);
+        // The Pod has its IP before its image is pulled: pull errors keep their deadline here.
+        let watch = std::sync::Arc::new(tokio::sync::Mutex::new(watch));
         let mut last_check = Instant::now();
         let remaining = deadline.saturating_duration_since(Instant::now());
         wait_for_runnerd(&url, spec, remaining, || {
+            // A fatal reason on the watch answers at once; transient ones (pulls) are judged by
+            // `watch` against their own deadline, on the cached Pod or (stale watch) a fresh read.
             let watched = self.start_failure_on_watch(&name);
+            let cached = self
+                .cache
+                .is_fresh()
+                .then(|| self.cache.get(&name))
+                .flatten();
             let due = last_check.elapsed() >= POD_POLL_MAX_INTERVAL;
             if due {
                 last_check = Instant::now();
             }
             let pods = self.pods.clone();
             let name = name.clone();
+            let watch = watch.clone();
             async move {
-                if let Some(answer) = watched {
-                    return answer;
+                if let Some(Err(reason)) = watched {
+                    return Err(reason);
                 }
                 if !due {
                     return Ok(());
                 }
-                match pods.get_opt(&name).await {
-                    Ok(Some(pod)) => status::start_failure(&pod).map_or(Ok(()), Err),
-                    Ok(None) => Err("the session Pod disappeared while starting".into()),
-                    // Unknown is not dead: the readiness deadline decides.
-                    Err(_) => Ok(()),
-                }
+                let pod = match cached {
+                    Some(pod) => (*pod).clone(),
+                    None => match pods.get_opt(&name).await {
+                        Ok(Some(pod)) => pod,
+                        Ok(None) => return Err("the session Pod disappeared while starting".into()),
+                        // Unknown is not dead: the readiness deadline decides.
+                        Err(_) => return Ok(()),
+                    },
+                };
+                watch
+                    .lock()
+                    .await
+                    .check(&pod)
+                    .await
+                    .map_err(|err| match err {
+                        BackendError::Died(reason) => reason,
+                        other => other.to_string(),
+                    })
             }
         })
         .await?;
@@ -579,7 +665,7 @@ impl KubernetesBackend {
             }
             Found::Absent => {}
         }
-        let (claim, preexisting) = self.ensure_workspace(spec, &mut made).await?;
+        let (claim, preexisting) = self.ensure_workspace(spec, deadline, &mut made).await?;
         match self
             .start(spec, &claim, deadline, in_flight, &mut made)
             .await
@@ -595,8 +681,16 @@ impl KubernetesBackend {
                 | BackendError::OwnerMismatch { .. }),
             ) => Err(err),
             Err(err) => {
-                // Only what this create made goes (a pre-existing workspace never does).
-                if let Err(cleanup) = self.remove_made(&made).await {
+                // A failed resume (or heal) leaves the session stopped, never healed again by
+                // itself: a create resumes it. Only what this create made goes (a pre-existing
+                // workspace never does).
+                let stopped = if preexisting {
+                    self.record_compute(&claim, manifests::COMPUTE_STOPPED, None)
+                        .await
+                } else {
+                    Ok(())
+                };
+                if let Err(cleanup) = stopped.and(self.remove_made(&made).await) {
                     tracing::warn!(session_id = %id, %cleanup, "cleanup after a failed create did not finish");
                 }
                 Err(err)
@@ -674,6 +768,11 @@ impl Backend for KubernetesBackend {
 
     fn stop_session<'a>(&'a self, session_id: &'a str) -> BoxFuture<'a, BackendResult<bool>> {
         Box::pin(async move {
+            // Recorded first: a Pod deleted on purpose is never healed.
+            if let Found::Ours { name, .. } = self.find_pvc(session_id, None).await? {
+                self.record_compute(&name, manifests::COMPUTE_STOPPED, None)
+                    .await?;
+            }
             let existed = self.stop(session_id).await?;
             tracing::info!(
                 session_id,
@@ -686,6 +785,15 @@ impl Backend for KubernetesBackend {
 
     fn destroy_session<'a>(&'a self, session_id: &'a str) -> BoxFuture<'a, BackendResult<bool>> {
         Box::pin(self.destroy(session_id))
+    }
+
+    fn heal_session<'a>(
+        &'a self,
+        session_id: &'a str,
+        spec_for: &'a (dyn Fn(&ListedSession) -> SessionSpec + Send + Sync),
+        deadline: Duration,
+    ) -> BoxFuture<'a, BackendResult<Option<Healed>>> {
+        Box::pin(self.heal(session_id, spec_for, deadline))
     }
 
     fn list_sessions<'a>(

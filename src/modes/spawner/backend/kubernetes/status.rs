@@ -5,25 +5,26 @@ use super::manifests::{
     ANNOTATION_CREATED_AT, ANNOTATION_IDLE_TIMEOUT_MS, ANNOTATION_ORGANIZATION_ID,
     ANNOTATION_PROFILE, ANNOTATION_SESSION_ID, ANNOTATION_TTL_MS,
 };
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 /// Container waiting reasons that will not resolve by waiting: a create stops at once on them.
+/// (`ErrImagePull` and `ImagePullBackOff` are [`TRANSIENT_PULL_REASONS`]: retried until their own
+/// deadline.)
 pub const FATAL_WAITING_REASONS: &[&str] = &[
     "CrashLoopBackOff",
-    "ErrImagePull",
-    "ImagePullBackOff",
     "ErrImageNeverPull",
     "InvalidImageName",
     "CreateContainerConfigError",
     "CreateContainerError",
 ];
 
-fn annotation<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {
-    pod.metadata
-        .annotations
-        .as_ref()?
-        .get(key)
-        .map(String::as_str)
+/// Image pull failures a registry outage or rate limit causes as well as a missing image: a
+/// create retries them until `SANDBOX_K8S_IMAGE_PULL_TIMEOUT_MS`.
+pub const TRANSIENT_PULL_REASONS: &[&str] = &["ErrImagePull", "ImagePullBackOff"];
+
+fn note<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
+    meta.annotations.as_ref()?.get(key).map(String::as_str)
 }
 
 fn phase(pod: &Pod) -> Option<&str> {
@@ -61,25 +62,66 @@ pub fn runnerd_url(ip: &str, port: u16) -> String {
 /// The session a listed Pod carries; `None` for Pods without a session id. Unparsable numbers
 /// read as 0 (the spawner then applies its maxima) and any profile but `agent` as `default`.
 pub fn listed_session(pod: &Pod) -> Option<ListedSession> {
+    recorded_session(&pod.metadata, is_running(pod))
+}
+
+/// The session a workspace PVC records (for a heal whose Pod is gone); never running.
+pub fn workspace_session(pvc: &PersistentVolumeClaim) -> Option<ListedSession> {
+    recorded_session(&pvc.metadata, false)
+}
+
+fn recorded_session(meta: &ObjectMeta, running: bool) -> Option<ListedSession> {
     let number = |key| {
-        annotation(pod, key)
+        note(meta, key)
             .and_then(|v| v.trim().parse::<u64>().ok())
             .unwrap_or(0)
     };
     Some(ListedSession {
-        session_id: annotation(pod, ANNOTATION_SESSION_ID)?.to_owned(),
-        organization_id: annotation(pod, ANNOTATION_ORGANIZATION_ID)
+        session_id: note(meta, ANNOTATION_SESSION_ID)?.to_owned(),
+        organization_id: note(meta, ANNOTATION_ORGANIZATION_ID)
             .unwrap_or_default()
             .to_owned(),
-        profile: match annotation(pod, ANNOTATION_PROFILE) {
+        profile: match note(meta, ANNOTATION_PROFILE) {
             Some("agent") => "agent".into(),
             _ => "default".into(),
         },
         created_at_ms: number(ANNOTATION_CREATED_AT),
         ttl_ms: number(ANNOTATION_TTL_MS),
         idle_timeout_ms: number(ANNOTATION_IDLE_TIMEOUT_MS),
-        running: is_running(pod),
+        running,
     })
+}
+
+/// The status of the Pod's `Ready` condition (`True`, `False`, `Unknown`), if it has one.
+pub fn ready_status(pod: &Pod) -> Option<&str> {
+    pod.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| c.status.as_str())
+}
+
+/// A container of a starting Pod that cannot pull its image yet (reason and message), if any.
+pub fn pull_trouble(pod: &Pod) -> Option<String> {
+    let status = pod.status.as_ref()?;
+    status
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .chain(status.container_statuses.iter().flatten())
+        .find_map(|container| {
+            let waiting = container.state.as_ref()?.waiting.as_ref()?;
+            let reason = waiting.reason.as_deref()?;
+            TRANSIENT_PULL_REASONS.contains(&reason).then(|| {
+                format!(
+                    "container {} cannot pull its image: {reason}: {}",
+                    container.name,
+                    waiting.message.as_deref().unwrap_or("no message")
+                )
+            })
+        })
 }
 
 /// Why a starting Pod will not become ready, if it already shows: deleted, ended, or a container

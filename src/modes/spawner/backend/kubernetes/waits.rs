@@ -5,54 +5,69 @@
 use super::super::{BackendError, BackendResult, ListedSession};
 use super::cache::Waited;
 use super::manifests::{self, org_hash, ORG_HASH_LABEL, SESSION_LABEL};
-use super::{api, status, watch, KubernetesBackend};
+use super::{api, start_wait, status, watch, KubernetesBackend};
 use k8s_openapi::api::core::v1::Pod;
 use tokio::time::Instant;
 
 impl KubernetesBackend {
     /// The IP of the session's new Pod (uid `uid`) from watch events, failing as soon as an event
-    /// shows it cannot start or it vanished; `None` when the watch is stale.
+    /// shows it cannot start or it vanished, and (at most every `EVENT_READ_INTERVAL`) when a
+    /// transient start error outlived its own deadline (`watch` judges); `None` when the watch is
+    /// stale.
     pub(super) async fn wait_for_ip_on_watch(
         &self,
         session_id: &str,
         uid: Option<&str>,
         deadline: Instant,
+        watch: &mut start_wait::StartWatch,
     ) -> Option<BackendResult<String>> {
         let name = manifests::pod_name(session_id);
         let started = Instant::now();
         let mut seen = false;
         let mut last: Option<Pod> = None;
-        let waited = self
-            .cache
-            .wait_for(&name, deadline, |pod| {
-                // A cached Pod of another uid is an older incarnation, not this one.
-                let pod = pod.filter(|p| uid.is_none() || p.metadata.uid.as_deref() == uid);
-                let Some(pod) = pod else {
-                    return seen.then(|| {
-                        Err(BackendError::Died(
-                            "the session Pod disappeared while starting".into(),
-                        ))
-                    });
-                };
-                seen = true;
-                last = Some(pod.clone());
-                if let Some(reason) = status::start_failure(pod) {
-                    return Some(Err(BackendError::Died(reason)));
+        loop {
+            let slice = deadline.min(Instant::now() + start_wait::EVENT_READ_INTERVAL);
+            let waited = self
+                .cache
+                .wait_for(&name, slice, |pod| {
+                    // A cached Pod of another uid is an older incarnation, not this one.
+                    let pod = pod.filter(|p| uid.is_none() || p.metadata.uid.as_deref() == uid);
+                    let Some(pod) = pod else {
+                        return seen.then(|| {
+                            Err(BackendError::Died(
+                                "the session Pod disappeared while starting".into(),
+                            ))
+                        });
+                    };
+                    seen = true;
+                    last = Some(pod.clone());
+                    if let Some(reason) = status::start_failure(pod) {
+                        return Some(Err(BackendError::Died(reason)));
+                    }
+                    status::pod_ip(pod).map(|ip| Ok(ip.to_owned()))
+                })
+                .await;
+            match waited {
+                Waited::Done(answer) => return Some(answer),
+                Waited::Stale => return None,
+                Waited::TimedOut if Instant::now() < deadline => {
+                    if let Some(pod) = &last {
+                        if let Err(err) = watch.check(pod).await {
+                            return Some(Err(err));
+                        }
+                    }
                 }
-                status::pod_ip(pod).map(|ip| Ok(ip.to_owned()))
-            })
-            .await;
-        match waited {
-            Waited::Done(answer) => Some(answer),
-            Waited::Stale => None,
-            Waited::TimedOut => Some(Err(BackendError::NotReady {
-                waited_ms: started.elapsed().as_millis() as u64,
-                detail: format!(
-                    "the Pod {name} got no IP: {}",
-                    last.as_ref()
-                        .map_or("the Pod was not seen yet".into(), status::pending_detail)
-                ),
-            })),
+                Waited::TimedOut => {
+                    return Some(Err(BackendError::NotReady {
+                        waited_ms: started.elapsed().as_millis() as u64,
+                        detail: format!(
+                            "the Pod {name} got no IP: {}",
+                            last.as_ref()
+                                .map_or("the Pod was not seen yet".into(), status::pending_detail)
+                        ),
+                    }))
+                }
+            }
         }
     }
 
