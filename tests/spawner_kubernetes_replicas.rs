@@ -705,3 +705,81 @@ async fn fake_leases_conflict_like_the_api_server() {
     assert_eq!(status, 200);
     assert!(fake.leases().is_empty());
 }
+
+/// Upgrade: a session whose objects a previous release made (no `tale.dev/seed-record` on the Pod,
+/// no org label, no compute record; simulated by re-posting a session's objects without them, so
+/// the kubelet starts a runnerd that never had its seed recorded) is adopted `ready`, as that
+/// release reported it — not `degraded` — while a Pod of this release without a record is
+/// `degraded`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_previous_release_pod_is_adopted_ready() {
+    let mut deployment = Deployment::start(1, &[]).await;
+    let id = "kprev";
+    let (status, body) = deployment.create(0, id, "prev", json!({})).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}\n{}", deployment.logs());
+    let fake = &deployment.fake;
+    let saved: Vec<(&str, Value)> = [
+        ("secrets", secret_name(id)),
+        ("persistentvolumeclaims", pvc_name(id)),
+        ("pods", pod_name(id)),
+    ]
+    .into_iter()
+    .map(|(resource, name)| (resource, fake.object(resource, &name).unwrap()))
+    .collect();
+    deployment.replicas.clear();
+    let fake = &deployment.fake;
+    for (resource, name) in [
+        ("pods", pod_name(id)),
+        ("secrets", secret_name(id)),
+        ("persistentvolumeclaims", pvc_name(id)),
+    ] {
+        let path = format!("/api/v1/namespaces/{NAMESPACE}/{resource}/{name}");
+        let (status, _) = fake
+            .call("DELETE", &path, Some(&json!({"gracePeriodSeconds": 0})))
+            .await;
+        // The Secret may already be gone with its owner Pod (garbage collection).
+        assert!(status == 200 || status == 404, "{resource}: {status}");
+        let gone = poll(Duration::from_secs(20), async || {
+            fake.object(resource, &name).is_none().then_some(())
+        })
+        .await;
+        assert!(gone.is_some(), "{resource} {name} deleted");
+    }
+    for (resource, mut object) in saved {
+        let meta = object["metadata"].as_object_mut().unwrap();
+        for field in [
+            "uid",
+            "resourceVersion",
+            "creationTimestamp",
+            "ownerReferences",
+            "finalizers",
+        ] {
+            meta.remove(field);
+        }
+        for key in ["tale.dev/seed-record", "tale.dev/compute"] {
+            meta["annotations"].as_object_mut().unwrap().remove(key);
+        }
+        if let Some(labels) = meta.get_mut("labels").and_then(Value::as_object_mut) {
+            labels.remove("tale.dev/org-hash");
+        }
+        object.as_object_mut().unwrap().remove("status");
+        let path = format!("/api/v1/namespaces/{NAMESPACE}/{resource}");
+        let (status, body) = fake.call("POST", &path, Some(&object)).await;
+        assert_eq!(status, 201, "{resource}: {body}");
+    }
+    deployment.boot_together(1).await;
+    let state = poll(Duration::from_secs(30), async || {
+        let (status, body) = deployment
+            .client(0)
+            .json(Method::GET, &format!("/v1/sessions/{id}"), None)
+            .await;
+        (status == StatusCode::OK).then(|| body["session"]["state"].clone())
+    })
+    .await;
+    assert_eq!(
+        state,
+        Some(json!("ready")),
+        "a previous release's session reads ready\n{}",
+        deployment.logs()
+    );
+}

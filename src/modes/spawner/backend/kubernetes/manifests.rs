@@ -50,6 +50,10 @@ pub const COMPUTE_STOPPED: &str = "stopped";
 /// are stopped by the sweep, which frees their node for scale-down anyway.
 pub const ANNOTATION_SAFE_TO_EVICT: &str = "cluster-autoscaler.kubernetes.io/safe-to-evict";
 pub const SAFE_TO_EVICT: &str = "false";
+/// On the Pod (`1`): its creator records the seed in runnerd (`PUT /seed`). A Pod without it was
+/// made by a previous release, which delivered the seed unrecorded (see
+/// `Backend::creator_records_seed`).
+pub const ANNOTATION_SEED_RECORD: &str = "tale.dev/seed-record";
 /// The one container of a session Pod.
 pub const CONTAINER_NAME: &str = "runner";
 /// What the container runs: the runtime image's `tale runnerd` (its entrypoint too).
@@ -402,6 +406,7 @@ pub fn pod_on_claim(spec: &SessionSpec, config: &ManifestConfig, claim: &str) ->
                     &spec.idle_timeout_ms.to_string(),
                 ),
                 (ANNOTATION_SAFE_TO_EVICT, SAFE_TO_EVICT),
+                (ANNOTATION_SEED_RECORD, "1"),
             ])),
             ..Default::default()
         },

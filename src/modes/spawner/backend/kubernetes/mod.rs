@@ -841,6 +841,22 @@ impl Backend for KubernetesBackend {
         Box::pin(self.read_pin(session_id))
     }
 
+    fn creator_records_seed<'a>(
+        &'a self,
+        session_id: &'a str,
+    ) -> BoxFuture<'a, BackendResult<bool>> {
+        Box::pin(async move {
+            Ok(match self.read_pod(session_id).await? {
+                Some(pod) => pod
+                    .metadata
+                    .annotations
+                    .is_some_and(|a| a.contains_key(manifests::ANNOTATION_SEED_RECORD)),
+                // Nothing to judge by: as for any session of this release.
+                None => true,
+            })
+        })
+    }
+
     fn health(&self) -> BoxFuture<'_, BackendResult<serde_json::Value>> {
         Box::pin(async move {
             let version = self
