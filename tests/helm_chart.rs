@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::process::Command;
+use std::time::Duration;
 use tale::modes::spawner::backend::BackendKind;
 use tale::modes::spawner::config::SpawnerConfig;
 
@@ -588,6 +589,7 @@ fn limits_and_placement_are_values() {
             "runtimeClass": "gvisor",
             "imagePullPolicy": "Always",
             "networkPolicy": {"managed": false, "dnsNamespace": "dns", "dnsSelector": {"app": "coredns"}, "nodeLocalDNS": "169.254.20.10"},
+            "heal": {"nodeLostTimeoutMs": 90000, "attachTimeoutMs": 30000, "imagePullTimeoutMs": 0},
             "agent": {"runtimeClass": "kata", "nodeSelector": {"pool": "agents"}, "priorityClassName": "none"}
         },
         "tls": {"existingSecret": "tale-api-tls"}
@@ -622,6 +624,15 @@ fn limits_and_placement_are_values() {
     assert_eq!(a.node_selector["pool"], "agents");
     assert_eq!(a.priority_class, None);
     assert_eq!(a.image_pull_secrets, d.image_pull_secrets, "inherited");
+    let heal = &config.kubernetes.heal;
+    assert_eq!(
+        (heal.node_lost, heal.attach, heal.image_pull),
+        (
+            Duration::from_secs(90),
+            Duration::from_secs(30),
+            Duration::ZERO
+        )
+    );
     let network = &config.kubernetes.network;
     assert!(!network.managed);
     assert_eq!(network.dns_namespace, "dns");
