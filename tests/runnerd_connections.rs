@@ -155,23 +155,7 @@ async fn signed_burst_is_served_while_another_source_floods() {
 #[tokio::test(flavor = "multi_thread")]
 async fn listen_backlog_holds_a_flood() {
     let daemon = Runnerd::start(Options::default()).await;
-    let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let expected = somaxconn.min(tale::modes::runnerd::limits::LISTEN_BACKLOG);
-    // For a listening socket `ss` shows the backlog in the Send-Q column.
-    let out = std::process::Command::new("ss")
-        .args(["-Hltn", &format!("sport = :{}", daemon.port)])
-        .output()
-        .expect("ss (iproute2) runs");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let backlog: u32 = text
-        .split_whitespace()
-        .nth(2)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no listening socket on {}: {text:?}", daemon.port));
-    assert_eq!(backlog, expected, "{text}");
+    let (backlog, expected) = support::proc_net::listen_backlog(daemon.port);
+    assert_eq!(backlog, expected);
     assert!(backlog >= 1024, "backlog {backlog}");
 }

@@ -561,3 +561,13 @@ async fn sigterm_lets_requests_in_flight_finish() {
         .json(Method::DELETE, "/v1/sessions/drain", None)
         .await;
 }
+
+/// The spawner listens with a backlog of `LISTEN_BACKLOG` (capped by the kernel's somaxconn), not
+/// the platform's 128, which a flood of connections overflows (see runnerd_connections).
+#[tokio::test(flavor = "multi_thread")]
+async fn listen_backlog_holds_a_flood() {
+    let spawner = SpawnerProcess::local(&[]).await;
+    let (backlog, expected) = support::proc_net::listen_backlog(spawner.port);
+    assert_eq!(backlog, expected);
+    assert!(backlog >= 1024, "backlog {backlog}");
+}

@@ -264,3 +264,20 @@ mod tests {
         assert!(constant_time_eq(b"", b""));
     }
 }
+
+/// Backlog of the daemons' listening sockets (the kernel caps it at `net.core.somaxconn`, 4096 by
+/// default). The platform default of 128 overflows when hundreds of connections arrive while the
+/// daemon is busy: with SYN cookies the kernel then completes handshakes whose final ACK it drops,
+/// leaving clients with connections the daemon never saw — never served, never closed.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// A listening socket on `addr` with a backlog of [`LISTEN_BACKLOG`] (not the platform's 128).
+pub fn bind_listener(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = match addr {
+        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}

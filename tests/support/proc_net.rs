@@ -1,4 +1,5 @@
-//! Reading a container's TCP sockets from `/proc/net/tcp` text (what an exec inside it can `cat`).
+//! Reading a container's TCP sockets from `/proc/net/tcp` text (what an exec inside it can `cat`),
+//! and a local listening socket's backlog.
 #![allow(dead_code)]
 use std::net::Ipv4Addr;
 
@@ -29,4 +30,25 @@ pub fn hold_connection(host: &str, port: u16, secs: u32) -> String {
         "( (sleep {secs} | nc -w {} {host} {port}) >/dev/null 2>&1 </dev/null &) ; true",
         secs + 2
     )
+}
+
+/// The backlog of the local listening socket on `port` (what `ss` shows in the Send-Q column of a
+/// listening socket), and the backlog the daemons ask for as the kernel caps it (`somaxconn`).
+pub fn listen_backlog(port: u16) -> (u32, u32) {
+    let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let out = std::process::Command::new("ss")
+        .args(["-Hltn", &format!("sport = :{port}")])
+        .output()
+        .expect("ss (iproute2) runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let backlog: u32 = text
+        .split_whitespace()
+        .nth(2)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no listening socket on {port}: {text:?}"));
+    (backlog, somaxconn.min(tale::shared::http::LISTEN_BACKLOG))
 }

@@ -36,11 +36,6 @@ pub const PRE_AUTH_PARK_TIMEOUT: Duration = Duration::from_secs(10);
 pub const FD_RESERVE: usize = 256;
 /// Descriptors an exec costs runnerd while it runs (three pipes while spawning, pump ends, spool).
 pub const FDS_PER_LIVE_EXEC: usize = 8;
-/// Backlog of runnerd's listening socket (the kernel caps it at `net.core.somaxconn`, 4096 by
-/// default). The platform default of 128 overflows when hundreds of connections arrive while
-/// runnerd is busy: with SYN cookies the kernel then completes handshakes whose final ACK it
-/// drops, leaving clients with connections runnerd never saw — never served, never closed.
-pub const LISTEN_BACKLOG: u32 = 4096;
 /// On shutdown, how long open connections get to finish what is in flight before they are closed.
 pub const CONNECTION_DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
 /// `/healthz` probes the spawn path (a blocking thread, then a real spawn as the exec user); each

@@ -383,17 +383,6 @@ fn allowed_sources(args: &Args) -> source_allowlist::SourceAllowlist {
     source_allowlist::SourceAllowlist::new(path)
 }
 
-/// The listening socket, with a backlog of [`limits::LISTEN_BACKLOG`] (not the platform's 128).
-fn bind_listener(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    let socket = match addr {
-        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(limits::LISTEN_BACKLOG)
-}
-
 /// Serves until a shutdown signal, then shuts down in order: stop accepting, end the execs, drain
 /// the connections (their streams end with the execs), stop the credential socket.
 async fn serve(
@@ -404,10 +393,11 @@ async fn serve(
     exec_user: Option<(u32, u32)>,
     tls: Option<crate::shared::tls::TlsAcceptor>,
 ) -> Result<(), BootError> {
-    let listener = bind_listener(args.listen).map_err(|source| BootError::Listen {
-        addr: args.listen,
-        source,
-    })?;
+    let listener =
+        crate::shared::http::bind_listener(args.listen).map_err(|source| BootError::Listen {
+            addr: args.listen,
+            source,
+        })?;
     let socket = bind_credential_socket(credential_socket, exec_user).map_err(|source| {
         BootError::Prepare {
             path: credential_socket.to_path_buf(),

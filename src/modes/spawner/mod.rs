@@ -178,9 +178,8 @@ async fn serve(args: Args) -> Result<(), BootError> {
     let spawner = Spawner::new(config, backend);
     // The listener binds first; sessions are adopted behind it (see `adoption`).
     spawner.adoption.begin();
-    let socket = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|source| BootError::Listen {
+    let socket =
+        crate::shared::http::bind_listener(listen).map_err(|source| BootError::Listen {
             addr: listen,
             source,
         })?;
