@@ -251,20 +251,6 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.ct_eq(b).into()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Equal secrets match; any difference or length mismatch does not.
-    #[test]
-    fn constant_time_comparison() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"abcd"));
-        assert!(constant_time_eq(b"", b""));
-    }
-}
-
 /// Backlog of the daemons' listening sockets (the kernel caps it at `net.core.somaxconn`, 4096 by
 /// default). The platform default of 128 overflows when hundreds of connections arrive while the
 /// daemon is busy: with SYN cookies the kernel then completes handshakes whose final ACK it drops,
@@ -280,4 +266,18 @@ pub fn bind_listener(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(LISTEN_BACKLOG)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Equal secrets match; any difference or length mismatch does not.
+    #[test]
+    fn constant_time_comparison() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+        assert!(constant_time_eq(b"", b""));
+    }
 }
