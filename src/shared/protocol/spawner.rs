@@ -86,6 +86,48 @@ pub struct SessionInfo {
     pub expires_at_ms: u64,
     pub idle_timeout_ms: u64,
     pub pinned: bool,
+    /// Whether the session's compute can be reached (an addition to the original contract):
+    /// absent when it can, `false` when its node is lost, `null` when that cannot be told.
+    #[serde(default, skip_serializing_if = "Reachability::is_reachable")]
+    pub reachable: Reachability,
+}
+
+/// Whether a session's compute is within reach, as the backend can tell without probing it.
+/// On the wire (field `reachable`): omitted, `false`, or `null` (unknown).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Reachability {
+    #[default]
+    Reachable,
+    /// Its compute is on a node that stopped reporting (or left the cluster).
+    Unreachable,
+    /// Its compute does not answer and the backend cannot tell why (no right to read its node).
+    Unknown,
+}
+
+impl Reachability {
+    pub fn is_reachable(&self) -> bool {
+        *self == Reachability::Reachable
+    }
+}
+
+impl Serialize for Reachability {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Reachability::Reachable => serializer.serialize_bool(true),
+            Reachability::Unreachable => serializer.serialize_bool(false),
+            Reachability::Unknown => serializer.serialize_none(),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Reachability {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(match Option::<bool>::deserialize(deserializer)? {
+            Some(true) => Reachability::Reachable,
+            Some(false) => Reachability::Unreachable,
+            None => Reachability::Unknown,
+        })
+    }
 }
 
 #[derive(Serialize, Deserialize, Debug)]
