@@ -39,10 +39,14 @@ impl Spawner {
         if self.registry.is_creating(id) {
             return Ok(None);
         }
+        let known = self.registry.get(id).map(|e| e.runnerd.base_url().to_owned());
         let _lifecycle = self.registry.lifecycle(id).await;
-        // Healed by another task while this one waited for the lock (an access and the sweep).
+        // Healed by another task while this one waited for the lock (an access, the sweep, the
+        // boot): the entry is new or points at new compute.
         if let Some(entry) = self.registry.get(id) {
-            return Ok(Some(entry));
+            if known.as_deref() != Some(entry.runnerd.base_url()) {
+                return Ok(Some(entry));
+            }
         }
         let spec_for = |listed: &ListedSession| self.heal_spec(listed);
         let budget = Duration::from_millis(self.config.create_timeout_ms);
