@@ -92,10 +92,7 @@ async fn get(spawner: &SpawnerProcess, id: &str) -> Value {
 
 /// The session as `GET /v1/sessions` lists it.
 async fn listed(spawner: &SpawnerProcess, id: &str) -> Value {
-    let (status, body) = spawner
-        .client
-        .json(Method::GET, "/v1/sessions", None)
-        .await;
+    let (status, body) = spawner.client.json(Method::GET, "/v1/sessions", None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     body["sessions"]
         .as_array()
@@ -179,7 +176,11 @@ async fn pinned_session_the_boot_could_not_heal_heals_by_the_sweep() {
             .then_some(())
     })
     .await;
-    assert!(healed.is_some(), "healed by a later sweep:\n{}", spawner.log());
+    assert!(
+        healed.is_some(),
+        "healed by a later sweep:\n{}",
+        spawner.log()
+    );
     assert!(replaced(&fake, id, &first, Duration::from_secs(1)).await);
     assert_back_degraded(&spawner, id).await;
 }
@@ -217,7 +218,11 @@ async fn session_on_a_lost_node_is_listed_unreachable() {
     assert_eq!(get(&spawner, id).await["reachable"], false);
     let (status, body) = spawner
         .client
-        .json(Method::GET, &format!("/v1/sessions/{id}/files?path=."), None)
+        .json(
+            Method::GET,
+            &format!("/v1/sessions/{id}/files?path=."),
+            None,
+        )
         .await;
     assert_eq!(
         (status, &body["error"]),
@@ -234,7 +239,11 @@ async fn session_on_a_lost_node_is_listed_unreachable() {
     let served = poll(Duration::from_secs(30), async || {
         let (status, _) = spawner
             .client
-            .json(Method::GET, &format!("/v1/sessions/{id}/files?path=."), None)
+            .json(
+                Method::GET,
+                &format!("/v1/sessions/{id}/files?path=."),
+                None,
+            )
             .await;
         (status == StatusCode::OK).then_some(())
     })

@@ -39,7 +39,10 @@ impl Spawner {
         if self.registry.is_creating(id) {
             return Ok(None);
         }
-        let known = self.registry.get(id).map(|e| e.runnerd.base_url().to_owned());
+        let known = self
+            .registry
+            .get(id)
+            .map(|e| e.runnerd.base_url().to_owned());
         let _lifecycle = self.registry.lifecycle(id).await;
         // Healed by another task while this one waited for the lock (an access, the sweep, the
         // boot): the entry is new or points at new compute.

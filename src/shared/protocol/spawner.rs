@@ -547,6 +547,43 @@ mod tests {
 
     const LIMITS: RequestLimits = TEST_LIMITS;
 
+    /// `reachable` is absent for a reachable session (the original's bytes), `false` for one on
+    /// a lost node, `null` when unknown, and reads back as written (absent: reachable).
+    #[test]
+    fn reachable_is_additive() {
+        let info = SessionInfo {
+            session_id: "s".into(),
+            organization_id: "o".into(),
+            profile: Profile::Default,
+            state: SessionState::Ready,
+            backend: "kubernetes".into(),
+            created_at_ms: 1,
+            last_activity_at_ms: 1,
+            expires_at_ms: 2,
+            idle_timeout_ms: 3,
+            pinned: false,
+            reachable: Reachability::Reachable,
+        };
+        let wire = serde_json::to_value(&info).unwrap();
+        assert!(wire.get("reachable").is_none(), "{wire}");
+        for (reachable, expected) in [
+            (Reachability::Unreachable, json!(false)),
+            (Reachability::Unknown, json!(null)),
+        ] {
+            let info = SessionInfo {
+                reachable,
+                ..info.clone()
+            };
+            let wire = serde_json::to_value(&info).unwrap();
+            assert_eq!(wire["reachable"], expected);
+            assert_eq!(serde_json::from_value::<SessionInfo>(wire).unwrap(), info);
+        }
+        assert_eq!(
+            serde_json::from_value::<SessionInfo>(serde_json::to_value(&info).unwrap()).unwrap(),
+            info
+        );
+    }
+
     /// Create: ids, profile, clamping, env rules and messages.
     #[test]
     fn create_validation() {

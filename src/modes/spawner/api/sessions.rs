@@ -309,10 +309,7 @@ pub async fn list(spawner: &Spawner, request: &ApiRequest) -> Reply {
     let sessions = entries
         .iter()
         .map(|e| SessionInfo {
-            reachable: reachability
-                .get(&e.session_id)
-                .copied()
-                .unwrap_or_default(),
+            reachable: reachability.get(&e.session_id).copied().unwrap_or_default(),
             ..e.info(spawner.backend_name())
         })
         .collect();

@@ -312,8 +312,10 @@ pub trait Backend: Send + Sync {
     fn reachability<'a>(
         &'a self,
         _ids: &'a [String],
-    ) -> BoxFuture<'a, std::collections::HashMap<String, crate::shared::protocol::spawner::Reachability>>
-    {
+    ) -> BoxFuture<
+        'a,
+        std::collections::HashMap<String, crate::shared::protocol::spawner::Reachability>,
+    > {
         Box::pin(async { Default::default() })
     }
 

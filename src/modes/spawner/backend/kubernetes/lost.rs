@@ -82,8 +82,10 @@ impl KubernetesBackend {
                 (name.clone(), reachability)
             }
         });
-        let read: HashMap<String, Reachability> =
-            futures_util::future::join_all(reads).await.into_iter().collect();
+        let read: HashMap<String, Reachability> = futures_util::future::join_all(reads)
+            .await
+            .into_iter()
+            .collect();
         let mut out = HashMap::new();
         for (node, sessions) in by_node {
             let reachability = read.get(&node).copied().unwrap_or(Reachability::Unknown);
