@@ -17,7 +17,7 @@ fast_suites=(
   golden_runnerd golden_spawner quickstart runnerd_backpressure runnerd_bad_input runnerd_cancel_tree
   runnerd_connections runnerd_drain_grace runnerd_exec runnerd_files runnerd_hostile runnerd_pid1 runnerd_pty runnerd_tls
   session_cli session_shell spawner_api spawner_edge spawner_kubernetes spawner_kubernetes_heal
-  spawner_kubernetes_names spawner_kubernetes_replicas spawner_kubernetes_watch
+  spawner_kubernetes_names spawner_kubernetes_replicas spawner_kubernetes_unwatched spawner_kubernetes_watch
 )
 # Suites that need more than the toolchain, and what (they run in scripts/test.sh only).
 host_suites=(

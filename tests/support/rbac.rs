@@ -9,7 +9,7 @@ pub const SPAWNER_RULES: &[(&str, &str, &[&str])] = &[
     (
         "",
         "persistentvolumeclaims",
-        &["create", "delete", "get", "patch"],
+        &["create", "delete", "get", "list", "patch"],
     ),
     ("", "pods", &["create", "delete", "get", "list", "watch"]),
     ("", "secrets", &["create", "delete", "get", "patch"]),

@@ -39,7 +39,18 @@ impl Spawner {
         if self.registry.is_creating(id) {
             return Ok(None);
         }
+        let known = self
+            .registry
+            .get(id)
+            .map(|e| e.runnerd.base_url().to_owned());
         let _lifecycle = self.registry.lifecycle(id).await;
+        // Healed by another task while this one waited for the lock (an access, the sweep, the
+        // boot): the entry is new or points at new compute.
+        if let Some(entry) = self.registry.get(id) {
+            if known.as_deref() != Some(entry.runnerd.base_url()) {
+                return Ok(Some(entry));
+            }
+        }
         let spec_for = |listed: &ListedSession| self.heal_spec(listed);
         let budget = Duration::from_millis(self.config.create_timeout_ms);
         let healed = match self.backend.heal_session(id, &spec_for, budget).await {
@@ -104,6 +115,37 @@ impl Spawner {
     /// when it was brought back (the caller's request may be retried against the new entry).
     pub async fn heal_after_loss(&self, id: &str) -> Result<bool, ApiError> {
         Ok(self.heal(id).await?.is_some())
+    }
+}
+
+/// Pinned sessions lost while no spawner watched them, healed at once (boot and each sweep).
+pub const LOST_PINNED_HEAL_CONCURRENCY: usize = 4;
+
+impl Spawner {
+    /// Heals the pinned sessions whose compute the backend lost and that are not registered here
+    /// (boot adoption lists running compute only), [`LOST_PINNED_HEAL_CONCURRENCY`] at a time,
+    /// each within the create deadline. A failure is logged; the next sweep tries again.
+    pub async fn heal_lost_pinned(&self) {
+        use futures_util::StreamExt;
+        let ids = match self.backend.lost_pinned_sessions().await {
+            Ok(ids) => ids,
+            Err(err) => {
+                tracing::warn!(%err, "cannot look for pinned sessions whose compute was lost");
+                return;
+            }
+        };
+        let unregistered = ids
+            .into_iter()
+            .filter(|id| !self.registry.contains(id) && !self.registry.is_creating(id));
+        futures_util::stream::iter(unregistered)
+            .for_each_concurrent(LOST_PINNED_HEAL_CONCURRENCY, |id| async move {
+                match self.heal(&id).await {
+                    Ok(Some(_)) => tracing::info!(session_id = %id, "healed a pinned session whose compute was lost while unwatched"),
+                    Ok(None) => {}
+                    Err(err) => tracing::warn!(session_id = %id, error = ?err.message, "could not heal a pinned session; retrying at the next sweep"),
+                }
+            })
+            .await;
     }
 }
 

@@ -194,9 +194,15 @@ async fn serve(args: Args) -> Result<(), BootError> {
                 _ = spawner.adopt_all() => {
                     tracing::info!(sessions = spawner.registry.len(), "spawner ready");
                 }
-                _ = drain.fired() => {}
+                _ = drain.clone().fired() => {
+                    spawner.adoption.finish();
+                    return;
+                }
             }
             spawner.adoption.finish();
+            // Pinned sessions lost while no spawner ran have no running compute to adopt: they
+            // are healed now, after adoption (a heal may take the whole create deadline).
+            tokio::select! { _ = spawner.heal_lost_pinned() => {}, _ = drain.fired() => {} }
         }
     });
     tasks.spawn({

@@ -34,6 +34,7 @@ impl SessionEntry {
             expires_at_ms: self.expires_at_ms,
             idle_timeout_ms: self.idle_timeout_ms,
             pinned: self.pinned,
+            reachable: Default::default(),
         }
     }
 }

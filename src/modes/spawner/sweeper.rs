@@ -52,6 +52,9 @@ pub async fn sweep_once(spawner: &Spawner) {
     let shared = spawner.backend.persists_pins();
     if shared {
         spawner.sync_with_backend(None).await;
+        // Pinned sessions the registry does not hold (lost while no spawner ran, or a heal that
+        // failed before) come back too.
+        spawner.heal_lost_pinned().await;
     }
     futures_util::stream::iter(spawner.registry.list(None))
         .for_each_concurrent(SWEEP_CONCURRENCY, |entry| {

@@ -86,6 +86,48 @@ pub struct SessionInfo {
     pub expires_at_ms: u64,
     pub idle_timeout_ms: u64,
     pub pinned: bool,
+    /// Whether the session's compute can be reached (an addition to the original contract):
+    /// absent when it can, `false` when its node is lost, `null` when that cannot be told.
+    #[serde(default, skip_serializing_if = "Reachability::is_reachable")]
+    pub reachable: Reachability,
+}
+
+/// Whether a session's compute is within reach, as the backend can tell without probing it.
+/// On the wire (field `reachable`): omitted, `false`, or `null` (unknown).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Reachability {
+    #[default]
+    Reachable,
+    /// Its compute is on a node that stopped reporting (or left the cluster).
+    Unreachable,
+    /// Its compute does not answer and the backend cannot tell why (no right to read its node).
+    Unknown,
+}
+
+impl Reachability {
+    pub fn is_reachable(&self) -> bool {
+        *self == Reachability::Reachable
+    }
+}
+
+impl Serialize for Reachability {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Reachability::Reachable => serializer.serialize_bool(true),
+            Reachability::Unreachable => serializer.serialize_bool(false),
+            Reachability::Unknown => serializer.serialize_none(),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Reachability {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(match Option::<bool>::deserialize(deserializer)? {
+            Some(true) => Reachability::Reachable,
+            Some(false) => Reachability::Unreachable,
+            None => Reachability::Unknown,
+        })
+    }
 }
 
 #[derive(Serialize, Deserialize, Debug)]
@@ -504,6 +546,43 @@ mod tests {
     use serde_json::json;
 
     const LIMITS: RequestLimits = TEST_LIMITS;
+
+    /// `reachable` is absent for a reachable session (the original's bytes), `false` for one on
+    /// a lost node, `null` when unknown, and reads back as written (absent: reachable).
+    #[test]
+    fn reachable_is_additive() {
+        let info = SessionInfo {
+            session_id: "s".into(),
+            organization_id: "o".into(),
+            profile: Profile::Default,
+            state: SessionState::Ready,
+            backend: "kubernetes".into(),
+            created_at_ms: 1,
+            last_activity_at_ms: 1,
+            expires_at_ms: 2,
+            idle_timeout_ms: 3,
+            pinned: false,
+            reachable: Reachability::Reachable,
+        };
+        let wire = serde_json::to_value(&info).unwrap();
+        assert!(wire.get("reachable").is_none(), "{wire}");
+        for (reachable, expected) in [
+            (Reachability::Unreachable, json!(false)),
+            (Reachability::Unknown, json!(null)),
+        ] {
+            let info = SessionInfo {
+                reachable,
+                ..info.clone()
+            };
+            let wire = serde_json::to_value(&info).unwrap();
+            assert_eq!(wire["reachable"], expected);
+            assert_eq!(serde_json::from_value::<SessionInfo>(wire).unwrap(), info);
+        }
+        assert_eq!(
+            serde_json::from_value::<SessionInfo>(serde_json::to_value(&info).unwrap()).unwrap(),
+            info
+        );
+    }
 
     /// Create: ids, profile, clamping, env rules and messages.
     #[test]

@@ -215,6 +215,11 @@ impl FakeKube {
         lock(&self.state).forbidden.insert(resource.to_owned());
     }
 
+    /// Requests for `resource` are served again (undoes [`FakeKube::forbid`]).
+    pub fn allow(&self, resource: &str) {
+        lock(&self.state).forbidden.remove(resource);
+    }
+
     pub fn requests(&self) -> Vec<Recorded> {
         lock(&self.state).requests.clone()
     }

@@ -8,7 +8,7 @@ use crate::modes::spawner::state::{Spawner, HEALTH_CACHE_TTL};
 use crate::shared::http::{json, HttpResponse};
 use crate::shared::protocol::runnerd::EnvPatch;
 use crate::shared::protocol::spawner::{
-    CreateSession, DestroyReply, SessionListReply, SessionReply, SessionState,
+    CreateSession, DestroyReply, SessionInfo, SessionListReply, SessionReply, SessionState,
 };
 use hyper::StatusCode;
 use std::time::{Duration, Instant};
@@ -303,11 +303,15 @@ pub async fn list(spawner: &Spawner, request: &ApiRequest) -> Reply {
     let org = request.query("organizationId");
     // The backend is the truth: sessions another replica created (or stopped) show up here too.
     spawner.sync_with_backend(org.as_deref()).await;
-    let sessions = spawner
-        .registry
-        .list(org.as_deref())
+    let entries = spawner.registry.list(org.as_deref());
+    let ids: Vec<String> = entries.iter().map(|e| e.session_id.clone()).collect();
+    let reachability = spawner.backend.reachability(&ids).await;
+    let sessions = entries
         .iter()
-        .map(|e| e.info(spawner.backend_name()))
+        .map(|e| SessionInfo {
+            reachable: reachability.get(&e.session_id).copied().unwrap_or_default(),
+            ..e.info(spawner.backend_name())
+        })
         .collect();
     Ok(ok(&SessionListReply { sessions }))
 }
@@ -330,8 +334,18 @@ pub async fn get(spawner: &Spawner, id: &str) -> Reply {
             }
         })
         .unwrap_or(entry);
+    let ids = [id.to_owned()];
+    let reachable = spawner
+        .backend
+        .reachability(&ids)
+        .await
+        .remove(id)
+        .unwrap_or_default();
     Ok(ok(&SessionReply {
-        session: entry.info(spawner.backend_name()),
+        session: SessionInfo {
+            reachable,
+            ..entry.info(spawner.backend_name())
+        },
     }))
 }
 

@@ -306,6 +306,25 @@ pub trait Backend: Send + Sync {
         Box::pin(async { Ok(false) })
     }
 
+    /// Of the sessions `ids`, those whose compute the backend knows (from what it has at hand,
+    /// plus a bounded read of their nodes) to be out of reach; the others are reachable as far as
+    /// it can tell. Backends whose compute cannot be lost apart from its host say nothing.
+    fn reachability<'a>(
+        &'a self,
+        _ids: &'a [String],
+    ) -> BoxFuture<
+        'a,
+        std::collections::HashMap<String, crate::shared::protocol::spawner::Reachability>,
+    > {
+        Box::pin(async { Default::default() })
+    }
+
+    /// Pinned sessions whose compute should run but is gone or ended (lost while no spawner
+    /// watched them): boot adoption and the sweep heal them. Backends that do not heal have none.
+    fn lost_pinned_sessions(&self) -> BoxFuture<'_, BackendResult<Vec<String>>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
     /// Whether the spawner that created the session records its seed in runnerd (`PUT /seed`).
     /// `false` for a session a previous release created (it delivered the seed unrecorded): when
     /// that session runs this release's runnerd, the missing record does not mean "unseeded".

@@ -27,7 +27,7 @@ pub const OUT_OF_SERVICE_TAINT: &str = "node.kubernetes.io/out-of-service";
 
 /// What the spawner knows of the node a session Pod runs on.
 #[derive(Debug, PartialEq, Eq)]
-enum NodeState {
+pub(super) enum NodeState {
     /// Reporting, or the Pod is on no node yet.
     Healthy,
     /// Not Ready for `lost_for`; `out_of_service` when tainted so.
@@ -38,7 +38,7 @@ enum NodeState {
 }
 
 /// Whether a node (as read) is lost, and since when, at `now_ms`.
-fn node_state(node: &Node, now_ms: i64) -> NodeState {
+pub(super) fn node_state(node: &Node, now_ms: i64) -> NodeState {
     let ready = node
         .status
         .as_ref()

@@ -23,6 +23,7 @@ pub mod claims;
 pub mod client;
 mod create;
 pub mod heal;
+pub mod lost;
 pub mod manifests;
 pub mod network;
 pub mod ownership;
@@ -504,6 +505,20 @@ impl Backend for KubernetesBackend {
 
     fn is_pinned<'a>(&'a self, session_id: &'a str) -> BoxFuture<'a, BackendResult<bool>> {
         Box::pin(self.read_pin(session_id))
+    }
+
+    fn reachability<'a>(
+        &'a self,
+        ids: &'a [String],
+    ) -> BoxFuture<
+        'a,
+        std::collections::HashMap<String, crate::shared::protocol::spawner::Reachability>,
+    > {
+        Box::pin(self.reachability_of(ids))
+    }
+
+    fn lost_pinned_sessions(&self) -> BoxFuture<'_, BackendResult<Vec<String>>> {
+        Box::pin(self.lost_pinned())
     }
 
     fn creator_records_seed<'a>(

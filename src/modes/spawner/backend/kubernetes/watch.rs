@@ -56,12 +56,16 @@ pub fn start(pods: Api<Pod>, namespace: &str, page_size: u32) -> PodCache {
     cache
 }
 
-/// Every Pod matching `selector`, read in pages of `page_size` (at most [`LIST_MAX_PAGES`]).
-pub async fn list_paginated(
-    pods: &Api<Pod>,
+/// Every object (session Pods, workspace PVCs) matching `selector`, read in pages of `page_size`
+/// (at most [`LIST_MAX_PAGES`]).
+pub async fn list_paginated<K>(
+    pods: &Api<K>,
     selector: &str,
     page_size: u32,
-) -> Result<Vec<Pod>, kube::Error> {
+) -> Result<Vec<K>, kube::Error>
+where
+    K: Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+{
     let mut params = ListParams::default()
         .labels(selector)
         .limit(page_size.max(1));
