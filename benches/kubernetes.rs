@@ -13,6 +13,7 @@ use hyper::Method;
 use serde_json::json;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use tale::modes::spawner::backend::kubernetes::claims::{global_slot, org_slot};
 use tale::modes::spawner::backend::kubernetes::manifests::{org_hash, pod_name};
 use tale::shared::spawner_client::SpawnerClient;
 
@@ -27,6 +28,36 @@ const NAMESPACE: &str = "tale-sandbox";
 
 fn binary() -> String {
     std::env::var("TALE_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_tale").into())
+}
+
+/// Requests counted by method and resource, most first (`GET persistentvolumeclaims × 1000, …`).
+fn kinds(requests: &[fake_kube::Recorded]) -> String {
+    let mut counts = std::collections::BTreeMap::<String, usize>::new();
+    for r in requests {
+        let segments: Vec<&str> = r.path.trim_matches('/').split('/').collect();
+        let resource = segments
+            .iter()
+            .position(|s| *s == "namespaces")
+            .and_then(|i| segments.get(i + 2))
+            .or(segments.last())
+            .copied()
+            .unwrap_or("");
+        let watch = if r.query.contains("watch=true") {
+            " (watch)"
+        } else {
+            ""
+        };
+        *counts
+            .entry(format!("{} {resource}{watch}", r.method))
+            .or_default() += 1;
+    }
+    let mut counts: Vec<_> = counts.into_iter().collect();
+    counts.sort_by_key(|c| std::cmp::Reverse(c.1));
+    counts
+        .iter()
+        .map(|(kind, n)| format!("{kind} × {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn free_port() -> u16 {
@@ -53,6 +84,28 @@ fn session_pod(i: usize) -> serde_json::Value {
         },
         "status": {"phase": "Running", "podIP": "127.0.0.1"},
     })
+}
+
+/// The two claim Leases a session of this release holds (one global slot, one of its org's).
+fn session_claims(i: usize) -> [serde_json::Value; 2] {
+    let id = format!("bench-{i:04}");
+    let org = format!("org-{}", i % 10);
+    let lease = |name: String| {
+        json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {
+                "name": name, "uid": format!("{name}-uid"),
+                "creationTimestamp": "2026-12-01T00:00:00Z",
+                "labels": {"tale.dev/claim": "1"},
+                "annotations": {"tale.dev/session-id": id},
+            },
+            "spec": {"holderIdentity": id},
+        })
+    };
+    [
+        lease(global_slot(i as u64)),
+        lease(org_slot(&org, (i / 10) as u64)),
+    ]
 }
 
 struct Spawner {
@@ -89,6 +142,10 @@ async fn main() {
     let fake = FakeKube::start().await;
     for i in 0..SESSIONS {
         fake.insert("pods", NAMESPACE, session_pod(i));
+        // Made by this release: each session holds its org and global claim.
+        for lease in session_claims(i) {
+            fake.insert("leases", NAMESPACE, lease);
+        }
     }
     let (port, runnerd_port) = (free_port(), free_port());
     let log = fake.root.join("spawner.log");
@@ -122,10 +179,12 @@ async fn main() {
     .await;
     let adopted = started.elapsed();
     let requests_boot = fake.requests().len();
+    let boot_kinds = kinds(&fake.requests()[..requests_boot]);
 
     let client = SpawnerClient::new(format!("http://127.0.0.1:{port}"), Some(TOKEN.as_bytes()));
     let mut per_create = Vec::new();
     let mut create_times = Vec::new();
+    let mut create_kinds = String::new();
     for i in 0..CREATES {
         let before = fake.requests().len();
         let start = Instant::now();
@@ -140,6 +199,9 @@ async fn main() {
         assert_eq!(reply.status.as_u16(), 201, "{:?}", reply.body);
         create_times.push(start.elapsed());
         per_create.push(fake.requests().len() - before);
+        if i + 1 == CREATES {
+            create_kinds = kinds(&fake.requests()[before..]);
+        }
     }
     // Sweeps: every interval, each of the 1,000 sessions is probed (refused) and checked.
     let before = fake.requests().len();
@@ -157,7 +219,8 @@ async fn main() {
         format!("| start → listening | {:.0} ms |", ms(listening)),
         format!("| start → every session adopted | {:.0} ms |", ms(adopted)),
         format!("| API requests before listening | {requests_listening} |"),
-        format!("| API requests at boot (to adopted) | {requests_boot} |"),
+        format!("| API requests at boot (to adopted) | {requests_boot}: {boot_kinds} |"),
+        format!("| API requests of the last create | {create_kinds} |"),
         format!(
             "| API requests per create (mean of {CREATES}) | {:.1} |",
             per_create.iter().sum::<usize>() as f64 / CREATES as f64

@@ -541,3 +541,78 @@ async fn kubernetes_sweep_probes_sessions_concurrently() {
     .await;
     holder.abort();
 }
+
+/// Boot adoption reads pins and cap claims with one listing each per pass, not one read per
+/// session: 30 sessions of this release (each holding its claim Leases, one pinned) are adopted
+/// with no per-session PVC or Lease request, and the pinned one is reported pinned.
+#[tokio::test(flavor = "multi_thread")]
+async fn kubernetes_adoption_lists_pins_and_claims_once() {
+    use tale::modes::spawner::backend::kubernetes::claims::{global_slot, org_slot};
+    use tale::modes::spawner::backend::kubernetes::manifests::pvc_name;
+    let fake = FakeKube::start().await;
+    let runnerd_port = free_port();
+    for i in 0..30u64 {
+        let id = format!("ad{i:02}");
+        fake.insert("pods", NAMESPACE, peer_pod(&id, "adorg", true, "127.0.0.1"));
+        for name in [global_slot(i), org_slot("adorg", i)] {
+            fake.insert(
+                "leases",
+                NAMESPACE,
+                json!({
+                    "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                    "metadata": {"name": name, "uid": format!("{name}-uid"),
+                                 "labels": {"tale.dev/claim": "1"},
+                                 "annotations": {"tale.dev/session-id": id}},
+                    "spec": {"holderIdentity": id},
+                }),
+            );
+        }
+        let mut annotations =
+            json!({"tale.dev/session-id": id, "tale.dev/organization-id": "adorg"});
+        if i == 7 {
+            annotations["tale.dev/pinned"] = json!("true");
+        }
+        fake.insert(
+            "persistentvolumeclaims",
+            NAMESPACE,
+            json!({
+                "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                "metadata": {"name": pvc_name(&id), "uid": format!("pvc-{id}"),
+                             "labels": {"tale.sandbox-session-ws": "1"},
+                             "annotations": annotations},
+            }),
+        );
+    }
+    let spawner = kube_spawner(&fake, runnerd_port, &[]).await;
+    wait_until("boot adoption", Duration::from_secs(30), async || {
+        spawner.log().contains("spawner ready")
+    })
+    .await;
+    let (status, body) = spawner
+        .client
+        .json(Method::GET, "/v1/sessions/ad07", None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["session"]["pinned"], json!(true), "{body}");
+    let requests = fake.requests();
+    let reads = |resource: &str| {
+        requests
+            .iter()
+            .filter(|r| r.method == "GET" && r.path.contains(&format!("/{resource}")))
+            .map(|r| format!("{} {}?{}", r.method, r.path, r.query))
+            .collect::<Vec<_>>()
+    };
+    let pvc_reads = reads("persistentvolumeclaims");
+    assert!(pvc_reads.len() <= 2, "one PVC listing: {pvc_reads:#?}");
+    let lease_reads = reads("leases");
+    assert!(
+        lease_reads.len() <= 2,
+        "one Lease listing: {lease_reads:#?}"
+    );
+    assert!(
+        !requests
+            .iter()
+            .any(|r| r.method == "POST" && r.path.contains("/leases")),
+        "sessions holding claims claim nothing more"
+    );
+}

@@ -97,6 +97,16 @@ impl Spawner {
 
     /// Registers a session the backend reports, if its runnerd endpoint resolves.
     pub async fn adopt(&self, listed: super::backend::ListedSession) -> Option<SessionEntry> {
+        self.adopt_known(listed, None).await
+    }
+
+    /// [`adopt`](Self::adopt), with the session's pin when the caller already read it (an
+    /// adoption pass lists the pins once instead of reading one per session).
+    async fn adopt_known(
+        &self,
+        listed: super::backend::ListedSession,
+        known_pin: Option<bool>,
+    ) -> Option<SessionEntry> {
         let endpoint = match self.backend.resolve_endpoint(&listed.session_id).await {
             Ok(endpoint) => endpoint,
             Err(err) => {
@@ -117,11 +127,14 @@ impl Spawner {
         let runnerd = self.runnerd_client(&listed.session_id, &endpoint);
         // A pin recorded in the backend outlives the replica that set it.
         let pinned = self.backend.persists_pins()
-            && self
-                .backend
-                .is_pinned(&listed.session_id)
-                .await
-                .unwrap_or(true);
+            && match known_pin {
+                Some(pinned) => pinned,
+                None => self
+                    .backend
+                    .is_pinned(&listed.session_id)
+                    .await
+                    .unwrap_or(true),
+            };
         let last_activity = runnerd
             .health()
             .await
@@ -160,13 +173,16 @@ impl Spawner {
         match self.backend.list_sessions(None).await {
             Ok(sessions) => {
                 let running = sessions.into_iter().filter(|s| s.running);
+                let claimed = self.claimed_sessions().await;
+                let pinned = self.pinned_sessions().await;
                 futures_util::stream::iter(running)
                     .for_each_concurrent(super::adoption::ADOPTION_CONCURRENCY, |listed| async {
-                        if self.backend.arbitrates_caps() {
+                        if self.needs_claim(&claimed, &listed.session_id) {
                             self.adopt_claim(&listed).await;
                         }
                         if !self.registry.contains(&listed.session_id) {
-                            self.adopt(listed).await;
+                            let known_pin = pinned.as_ref().map(|p| p.contains(&listed.session_id));
+                            self.adopt_known(listed, known_pin).await;
                         }
                         self.adoption.progress();
                     })
@@ -174,6 +190,39 @@ impl Spawner {
             }
             Err(err) => tracing::warn!(%err, "cannot list backend sessions to adopt"),
         }
+    }
+
+    /// The pinned sessions, listed once for an adoption pass (`None`: read per session).
+    async fn pinned_sessions(&self) -> Option<std::collections::HashSet<String>> {
+        if !self.backend.persists_pins() {
+            return None;
+        }
+        self.backend.pinned_sessions().await.unwrap_or_else(|err| {
+            tracing::warn!(%err, "cannot list pins; reading each adopted session's");
+            None
+        })
+    }
+
+    /// The sessions holding a claim, listed once for an adoption pass (`None`: the backend does
+    /// not arbitrate caps, or the listing failed and each adoption checks for itself).
+    async fn claimed_sessions(&self) -> Option<std::collections::HashSet<String>> {
+        if !self.backend.arbitrates_caps() {
+            return None;
+        }
+        self.backend.claimed_sessions().await.unwrap_or_else(|err| {
+            tracing::warn!(%err, "cannot list cap claims; checking each adopted session");
+            None
+        })
+    }
+
+    /// Whether an adopted session may need cap slots: the backend arbitrates caps and the pass's
+    /// listing does not show it holding a claim.
+    fn needs_claim(
+        &self,
+        claimed: &Option<std::collections::HashSet<String>>,
+        session_id: &str,
+    ) -> bool {
+        self.backend.arbitrates_caps() && claimed.as_ref().is_none_or(|c| !c.contains(session_id))
     }
 
     /// Makes a running session count against the caps when it holds no claim (an upgrade from a
@@ -219,11 +268,15 @@ impl Spawner {
                 self.registry.remove(&entry.session_id);
             }
         }
+        let mut claimed = None;
         for session in listed.into_iter().filter(|s| s.running) {
             if !self.registry.contains(&session.session_id)
                 && !self.registry.is_creating(&session.session_id)
             {
-                if self.backend.arbitrates_caps() {
+                if claimed.is_none() {
+                    claimed = Some(self.claimed_sessions().await);
+                }
+                if self.needs_claim(claimed.as_ref().unwrap(), &session.session_id) {
                     self.adopt_claim(&session).await;
                 }
                 self.adopt(session).await;

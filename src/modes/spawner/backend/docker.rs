@@ -397,6 +397,12 @@ impl Backend for DockerBackend {
         Box::pin(async move { self.shared().release(claim).await })
     }
 
+    fn claimed_sessions(
+        &self,
+    ) -> BoxFuture<'_, BackendResult<Option<std::collections::HashSet<String>>>> {
+        Box::pin(async move { self.shared().claimed_sessions().await.map(Some) })
+    }
+
     fn persists_pins(&self) -> bool {
         true
     }

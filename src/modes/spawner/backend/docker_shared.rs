@@ -468,6 +468,16 @@ impl Shared<'_> {
             .map_err(engine(context))
     }
 
+    /// The sessions holding a claim (one listing of the claim containers).
+    pub async fn claimed_sessions(&self) -> BackendResult<HashSet<String>> {
+        Ok(self
+            .claims()
+            .await?
+            .into_values()
+            .map(|(_, session, _)| session)
+            .collect())
+    }
+
     /// Claims slots for a running session that holds none (created by a release without claims).
     pub async fn adopt(&self, request: &CapRequest<'_>) -> BackendResult<bool> {
         let held = self.claims().await?;

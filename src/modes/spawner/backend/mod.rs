@@ -287,6 +287,23 @@ pub trait Backend: Send + Sync {
         Box::pin(async { Ok(()) })
     }
 
+    /// Every pinned session, from one listing (`None`: ask `is_pinned` per session, which is what
+    /// backends whose pin read is local and cheap do).
+    fn pinned_sessions(
+        &self,
+    ) -> BoxFuture<'_, BackendResult<Option<std::collections::HashSet<String>>>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    /// The sessions holding a cap claim now, from one listing, so an adoption pass calls
+    /// `adopt_claim` only for sessions that hold none (a previous release's) instead of listing
+    /// the claims once per session. `None` when the backend does not arbitrate caps.
+    fn claimed_sessions(
+        &self,
+    ) -> BoxFuture<'_, BackendResult<Option<std::collections::HashSet<String>>>> {
+        Box::pin(async { Ok(None) })
+    }
+
     /// Whether pins live in the backend (they outlive the process and every replica sees them).
     fn persists_pins(&self) -> bool {
         false

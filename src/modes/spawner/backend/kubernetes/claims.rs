@@ -16,7 +16,7 @@ use super::manifests::ANNOTATION_SESSION_ID;
 use super::{api, is_conflict, is_not_found, KubernetesBackend};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, DeleteParams, ListParams, PostParams, Preconditions};
+use kube::api::{Api, DeleteParams, PostParams, Preconditions};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
@@ -177,13 +177,27 @@ impl KubernetesBackend {
     }
 
     /// Claim Leases in the namespace: name → claim.
+    /// The sessions holding a claim (one paginated listing).
+    pub(super) async fn claimed_session_ids(
+        &self,
+    ) -> BackendResult<std::collections::HashSet<String>> {
+        Ok(self
+            .held_claims()
+            .await?
+            .into_values()
+            .map(|held| held.session)
+            .collect())
+    }
+
     async fn held_claims(&self) -> BackendResult<HashMap<String, Held>> {
-        let listed = self
-            .leases()
-            .list(&ListParams::default().labels(&format!("{CLAIM_LABEL}=1")))
-            .await
-            .map_err(api("cannot list claim Leases"))?;
-        Ok(listed.items.into_iter().filter_map(Held::of).collect())
+        let listed = super::watch::list_paginated(
+            &self.leases(),
+            &format!("{CLAIM_LABEL}=1"),
+            self.list_page_size,
+        )
+        .await
+        .map_err(api("cannot list claim Leases"))?;
+        Ok(listed.into_iter().filter_map(Held::of).collect())
     }
 
     /// Deletes the claim `name` only while it is still the one listed (uid and resourceVersion);

@@ -491,6 +491,18 @@ impl Backend for KubernetesBackend {
         Box::pin(self.release_claims(claim))
     }
 
+    fn pinned_sessions(
+        &self,
+    ) -> BoxFuture<'_, BackendResult<Option<std::collections::HashSet<String>>>> {
+        Box::pin(async move { self.pinned_session_ids().await.map(Some) })
+    }
+
+    fn claimed_sessions(
+        &self,
+    ) -> BoxFuture<'_, BackendResult<Option<std::collections::HashSet<String>>>> {
+        Box::pin(async move { self.claimed_session_ids().await.map(Some) })
+    }
+
     fn persists_pins(&self) -> bool {
         true
     }

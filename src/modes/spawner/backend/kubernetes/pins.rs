@@ -46,6 +46,31 @@ impl KubernetesBackend {
     }
 
     /// The pin as the session's PVC records it (`false` without a PVC).
+    /// Every pinned session, from one paginated LIST of the workspace PVCs (an adoption pass reads
+    /// this instead of one PVC per session).
+    pub(super) async fn pinned_session_ids(
+        &self,
+    ) -> BackendResult<std::collections::HashSet<String>> {
+        let pvcs = super::watch::list_paginated(
+            &self.pvcs,
+            &format!("{}=1", super::manifests::WORKSPACE_LABEL),
+            self.list_page_size,
+        )
+        .await
+        .map_err(api("cannot list the workspace PVCs"))?;
+        Ok(pvcs
+            .iter()
+            .filter(|pvc| {
+                pvc.metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(ANNOTATION_PINNED))
+                    .is_some_and(|v| v == "true")
+            })
+            .filter_map(|pvc| super::status::workspace_session(pvc).map(|s| s.session_id))
+            .collect())
+    }
+
     pub(super) async fn read_pin(&self, session_id: &str) -> BackendResult<bool> {
         Ok(match self.find_pvc(session_id, None).await? {
             Found::Ours { object, .. } => object
