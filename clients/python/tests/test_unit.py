@@ -42,6 +42,15 @@ def test_signature_matches_the_server_vectors() -> None:
     )
 
 
+def test_session_info_reads_reachable_as_sent() -> None:
+    from tale_client.types import SessionInfo
+
+    base = {"sessionId": "s", "organizationId": "o"}
+    assert SessionInfo.from_json(base).reachable is True
+    assert SessionInfo.from_json({**base, "reachable": False}).reachable is False
+    assert SessionInfo.from_json({**base, "reachable": None}).reachable is None
+
+
 def test_sse_parser_survives_any_chunking() -> None:
     """Frames split anywhere (even inside a UTF-8 character) parse to the same events."""
     stream = frame("stdout", {"text": "é😀", "seq": 3}, 3) + b": keepalive\n\n" + frame("gap", {"fromSeq": 4, "toSeq": 6})

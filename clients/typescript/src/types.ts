@@ -14,6 +14,9 @@ export interface SessionInfo {
   expiresAtMs: number;
   idleTimeoutMs: number;
   pinned: boolean;
+  /** Absent: reachable; `false`: its compute cannot be reached (kubernetes: its Pod's node stopped
+   * reporting); `null`: the spawner cannot tell. */
+  reachable?: boolean | null;
 }
 
 export interface CreateSessionOptions {

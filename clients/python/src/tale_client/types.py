@@ -27,6 +27,9 @@ class SessionInfo:
     expires_at_ms: int
     idle_timeout_ms: int
     pinned: bool
+    #: Whether the session's compute can be reached: ``True`` (the field is absent), ``False``
+    #: (kubernetes: its Pod's node stopped reporting), ``None`` (the spawner cannot tell).
+    reachable: Optional[bool] = True
     raw: Json = field(repr=False, compare=False, default_factory=dict)
 
     @staticmethod
@@ -42,6 +45,11 @@ class SessionInfo:
             expires_at_ms=int(data.get("expiresAtMs", 0)),
             idle_timeout_ms=int(data.get("idleTimeoutMs", 0)),
             pinned=bool(data.get("pinned", False)),
+            reachable=(
+                True if "reachable" not in data
+                else None if data["reachable"] is None
+                else bool(data["reachable"])
+            ),
             raw=data,
         )
 
