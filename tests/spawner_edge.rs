@@ -316,8 +316,17 @@ async fn body_deadline_and_budget() {
         seen.push(head.clone());
         head.filter(|head| head.starts_with("HTTP/1.1 503"))
     })
-    .await
-    .unwrap_or_else(|| panic!("a body over the budget is refused with 503; probes saw {seen:?}"));
+    .await;
+    let Some(busy) = busy else {
+        // What the hog itself got, if the spawner answered it (it should be held, not answered).
+        let hog_head = read_head(&mut hog, Duration::from_millis(200)).await;
+        let last = seen.last().cloned().flatten();
+        panic!(
+            "a body over the budget is refused with 503; {} probes, the last saw {last:?}; the hog saw {hog_head:?}\n{}",
+            seen.len(),
+            spawner.log()
+        )
+    };
     assert!(
         busy.to_ascii_lowercase().contains("retry-after: 1"),
         "{busy}"
