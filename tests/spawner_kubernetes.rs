@@ -26,19 +26,7 @@ async fn kube_spawner(
     runnerd_port: u16,
     extra: &[(&str, &str)],
 ) -> SpawnerProcess {
-    let mut env: Vec<(String, String)> = vec![
-        ("SANDBOX_BACKEND".into(), "kubernetes".into()),
-        (
-            "KUBECONFIG".into(),
-            fake.write_kubeconfig().display().to_string(),
-        ),
-        ("SANDBOX_RUNTIME_IMAGE".into(), IMAGE.into()),
-        ("SANDBOX_K8S_RUNNERD_PORT".into(), runnerd_port.to_string()),
-    ];
-    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    let root =
-        std::env::temp_dir().join(format!("tale-k8s-{}-{}", std::process::id(), free_port()));
-    SpawnerProcess::start(root, env).await
+    SpawnerProcess::kubernetes(fake.write_kubeconfig(), IMAGE, runnerd_port, extra).await
 }
 
 /// The POST bodies sent for one resource.

@@ -20,23 +20,8 @@ const IMAGE: &str = "tale-sandbox-runtime:test";
 const NO_SWEEP: &str = "3600000";
 
 async fn kube_spawner(fake: &FakeKube, extra: &[(&str, &str)]) -> SpawnerProcess {
-    let mut env: Vec<(String, String)> = vec![
-        ("SANDBOX_BACKEND".into(), "kubernetes".into()),
-        (
-            "KUBECONFIG".into(),
-            fake.write_kubeconfig().display().to_string(),
-        ),
-        ("SANDBOX_RUNTIME_IMAGE".into(), IMAGE.into()),
-        ("SANDBOX_K8S_RUNNERD_PORT".into(), free_port().to_string()),
-        ("SANDBOX_SESSION_CREATE_TIMEOUT_MS".into(), "20000".into()),
-    ];
-    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    let root = std::env::temp_dir().join(format!(
-        "tale-k8s-unwatched-{}-{}",
-        std::process::id(),
-        free_port()
-    ));
-    SpawnerProcess::start(root, env).await
+    let env = [&[("SANDBOX_SESSION_CREATE_TIMEOUT_MS", "20000")], extra].concat();
+    SpawnerProcess::kubernetes(fake.write_kubeconfig(), IMAGE, free_port(), &env).await
 }
 
 /// Creates the session (with a seed env), writes `kept.txt` in its workspace and pins it.

@@ -30,23 +30,8 @@ async fn kube_spawner(
     runnerd_port: u16,
     extra: &[(&str, &str)],
 ) -> SpawnerProcess {
-    let mut env: Vec<(String, String)> = vec![
-        ("SANDBOX_BACKEND".into(), "kubernetes".into()),
-        (
-            "KUBECONFIG".into(),
-            fake.write_kubeconfig().display().to_string(),
-        ),
-        ("SANDBOX_RUNTIME_IMAGE".into(), IMAGE.into()),
-        ("SANDBOX_K8S_RUNNERD_PORT".into(), runnerd_port.to_string()),
-        ("SANDBOX_SESSION_CREATE_TIMEOUT_MS".into(), "20000".into()),
-    ];
-    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    let root = std::env::temp_dir().join(format!(
-        "tale-k8s-watch-{}-{}",
-        std::process::id(),
-        free_port()
-    ));
-    SpawnerProcess::start(root, env).await
+    let env = [&[("SANDBOX_SESSION_CREATE_TIMEOUT_MS", "20000")], extra].concat();
+    SpawnerProcess::kubernetes(fake.write_kubeconfig(), IMAGE, runnerd_port, &env).await
 }
 
 /// A session Pod of a peer (no kubelet behind it), Running at `ip`; `labelled: false` is a Pod

@@ -58,6 +58,37 @@ impl SpawnerProcess {
         Self::start(root, env).await
     }
 
+    /// Starts a spawner with the kubernetes backend against the API server `kubeconfig` names
+    /// (the tests' fake), sessions from `image`, runnerd reached on `runnerd_port`; `extra_env`
+    /// goes on top (a later value of a name wins).
+    pub async fn kubernetes(
+        kubeconfig: PathBuf,
+        image: &str,
+        runnerd_port: u16,
+        extra_env: &[(&str, &str)],
+    ) -> SpawnerProcess {
+        let root = std::env::temp_dir().join(format!(
+            "tale-k8s-{}-{}",
+            std::process::id(),
+            super::runnerd::free_port()
+        ));
+        let mut env = vec![
+            ("SANDBOX_BACKEND".to_string(), "kubernetes".to_string()),
+            ("KUBECONFIG".to_string(), kubeconfig.display().to_string()),
+            ("SANDBOX_RUNTIME_IMAGE".to_string(), image.to_string()),
+            (
+                "SANDBOX_K8S_RUNNERD_PORT".to_string(),
+                runnerd_port.to_string(),
+            ),
+        ];
+        env.extend(
+            extra_env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+        Self::start(root, env).await
+    }
+
     pub async fn start(root: PathBuf, env: Vec<(String, String)>) -> SpawnerProcess {
         Self::start_on("127.0.0.1", root, env).await
     }
