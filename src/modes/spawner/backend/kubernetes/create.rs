@@ -8,7 +8,8 @@ use super::super::{wait_for_runnerd, BackendError, BackendResult, SessionSpec};
 use super::races::{uid_precondition, Made};
 use super::{
     api, claims, is_conflict, is_not_found, manifests, owner_mismatch, ownership, placement,
-    start_wait, status, KubernetesBackend, POD_POLL_FIRST_INTERVAL, POD_POLL_MAX_INTERVAL,
+    poll_with_backoff, start_wait, status, KubernetesBackend, POD_POLL_FIRST_INTERVAL,
+    POD_POLL_MAX_INTERVAL,
 };
 use kube::api::{Api, PostParams};
 use std::time::Duration;
@@ -89,21 +90,18 @@ impl KubernetesBackend {
             pvc = name,
             "workspace PVC is being deleted; waiting for it before creating a new one"
         );
-        let mut interval = POD_POLL_FIRST_INTERVAL;
-        loop {
+        poll_with_backoff(deadline, || async {
             match self.pvcs.get_opt(name).await {
-                Ok(None) => return Ok(()),
-                Ok(Some(_)) => {}
-                Err(err) => return Err(api("cannot read the workspace PVC")(err)),
+                Ok(pvc) => Ok(pvc.is_none().then_some(())),
+                Err(err) => Err(api("cannot read the workspace PVC")(err)),
             }
-            if Instant::now() + interval > deadline {
-                return Err(BackendError::Engine(format!(
-                    "the workspace PVC {name} of session {id} is still being deleted (Terminating); it is not resumed — retry the create once it is gone"
-                )));
-            }
-            tokio::time::sleep(interval).await;
-            interval = (interval * 2).min(POD_POLL_MAX_INTERVAL);
-        }
+        })
+        .await?
+        .ok_or_else(|| {
+            BackendError::Engine(format!(
+                "the workspace PVC {name} of session {id} is still being deleted (Terminating); it is not resumed — retry the create once it is gone"
+            ))
+        })
     }
 
     /// Creates the Secret (recording its uid in `made`). The Secret is the create's lock: a

@@ -93,6 +93,29 @@ pub struct KubernetesBackend {
     heal_settings: HealSettings,
 }
 
+/// Asks `check` until it answers `Some`, waiting [`POD_POLL_FIRST_INTERVAL`] doubling up to
+/// [`POD_POLL_MAX_INTERVAL`] between asks; `None` once the next wait would pass `deadline`. The
+/// fallback where no watch event can tell (a stale watch, objects the watch does not cover).
+async fn poll_with_backoff<T, Fut>(
+    deadline: Instant,
+    mut check: impl FnMut() -> Fut,
+) -> BackendResult<Option<T>>
+where
+    Fut: std::future::Future<Output = BackendResult<Option<T>>>,
+{
+    let mut interval = POD_POLL_FIRST_INTERVAL;
+    loop {
+        if let Some(value) = check().await? {
+            return Ok(Some(value));
+        }
+        if Instant::now() + interval > deadline {
+            return Ok(None);
+        }
+        tokio::time::sleep(interval).await;
+        interval = (interval * 2).min(POD_POLL_MAX_INTERVAL);
+    }
+}
+
 fn status_code(err: &kube::Error) -> Option<u16> {
     match err {
         kube::Error::Api(status) => Some(status.code),
@@ -348,20 +371,15 @@ impl KubernetesBackend {
             Some(false) => return Err(still_terminating()),
             None => {} // the watch is stale: poll
         }
-        let mut interval = POD_POLL_FIRST_INTERVAL;
-        loop {
+        let uid = &uid;
+        poll_with_backoff(deadline, || async move {
             match self.pods.get_opt(name).await {
-                Ok(None) => return Ok(()),
-                Ok(Some(pod)) if pod.metadata.uid != uid => return Ok(()),
-                Ok(Some(_)) => {}
-                Err(err) => return Err(api("cannot read the ended session Pod")(err)),
+                Ok(pod) => Ok(pod.is_none_or(|pod| pod.metadata.uid != *uid).then_some(())),
+                Err(err) => Err(api("cannot read the ended session Pod")(err)),
             }
-            if Instant::now() + interval > deadline {
-                return Err(still_terminating());
-            }
-            tokio::time::sleep(interval).await;
-            interval = (interval * 2).min(POD_POLL_MAX_INTERVAL);
-        }
+        })
+        .await?
+        .ok_or_else(still_terminating)
     }
 
     /// Deletes the session's compute: its own Pod, or only an orphan Secret of its current name
