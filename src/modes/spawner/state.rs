@@ -268,19 +268,23 @@ impl Spawner {
                 self.registry.remove(&entry.session_id);
             }
         }
-        let mut claimed = None;
-        for session in listed.into_iter().filter(|s| s.running) {
-            if !self.registry.contains(&session.session_id)
-                && !self.registry.is_creating(&session.session_id)
-            {
-                if claimed.is_none() {
-                    claimed = Some(self.claimed_sessions().await);
-                }
-                if self.needs_claim(claimed.as_ref().unwrap(), &session.session_id) {
-                    self.adopt_claim(&session).await;
-                }
-                self.adopt(session).await;
+        let new: Vec<_> = listed
+            .into_iter()
+            .filter(|s| {
+                s.running
+                    && !self.registry.contains(&s.session_id)
+                    && !self.registry.is_creating(&s.session_id)
+            })
+            .collect();
+        if new.is_empty() {
+            return;
+        }
+        let claimed = self.claimed_sessions().await;
+        for session in new {
+            if self.needs_claim(&claimed, &session.session_id) {
+                self.adopt_claim(&session).await;
             }
+            self.adopt(session).await;
         }
     }
 
