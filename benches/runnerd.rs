@@ -16,6 +16,7 @@ use serde_json::json;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tale::modes::runnerd::exec::record::{write_output_line, OutputStream};
+use tale::modes::runnerd::limits::{PIPE_BUFFER_BYTES, PIPE_READ_CHUNK_BYTES};
 use tale::shared::ndjson::NdjsonLines;
 
 #[path = "runnerd/memory.rs"]
@@ -24,11 +25,13 @@ mod memory;
 const TOKEN: &str = "bench-token";
 const ROUND_TRIPS: usize = 500;
 const THROUGHPUT_BYTES: u64 = 256 * 1024 * 1024;
-const THROUGHPUT_RUNS: usize = 5;
+const THROUGHPUT_RUNS: usize = 9;
 const CONCURRENT_EXECS: usize = 1000;
 /// Decoded stdout bytes per second the throttled reader accepts (a slow platform client).
 const THROTTLED_READER_BYTES_PER_SEC: f64 = 40e6;
 const THROTTLED_RUNS: usize = 2;
+/// Socket read size of the throughput readers (the reference's and runnerd's alike).
+const READ_BUFFER_BYTES: usize = 256 * 1024;
 
 type Http = Client<HttpConnector, Full<Bytes>>;
 
@@ -142,6 +145,56 @@ async fn exec_throttled(
     lines
 }
 
+/// Runs one exec over a plain blocking socket and reads its stream to the end with the
+/// no-daemon reference's reader (one thread, the same read size, the same decoding), so that the
+/// throughput row compares the daemon's work and nothing of the client's: the only client-side
+/// extra is the HTTP/1.1 chunked framing runnerd's stream carries. (The hyper client the other
+/// rows use costs a task hand-off per frame on this 2-core machine.)
+fn blocking_exec(port: u16, body: &serde_json::Value) -> LineDecoder {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let mut socket = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let body = body.to_string();
+    write!(
+        socket,
+        "POST /execs HTTP/1.1\r\nhost: 127.0.0.1\r\nx-tale-runnerd-token: {TOKEN}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, socket);
+    let mut header = String::new();
+    let mut chunked = false;
+    loop {
+        header.clear();
+        reader.read_line(&mut header).unwrap();
+        if header == "\r\n" {
+            break;
+        }
+        chunked |= header
+            .to_ascii_lowercase()
+            .starts_with("transfer-encoding: chunked");
+    }
+    assert!(chunked, "runnerd streams with chunked transfer encoding");
+    let mut lines = LineDecoder::new(true);
+    loop {
+        header.clear();
+        reader.read_line(&mut header).unwrap();
+        let mut left = usize::from_str_radix(header.trim_end(), 16).unwrap();
+        if left == 0 {
+            return lines;
+        }
+        while left > 0 {
+            let available = reader.fill_buf().unwrap();
+            assert!(!available.is_empty(), "the stream ended inside a chunk");
+            let take = available.len().min(left);
+            lines.push(&available[..take]);
+            reader.consume(take);
+            left -= take;
+        }
+        let mut crlf = [0u8; 2];
+        reader.read_exact(&mut crlf).unwrap();
+    }
+}
+
 /// What a client does with the NDJSON stream: split lines, decode every stdout chunk.
 struct LineDecoder {
     decode: bool,
@@ -214,8 +267,9 @@ fn spawn_floor() -> Vec<Duration> {
     times
 }
 
-/// The machine's limit for this wire format, with no daemon: `head`'s output read in 64 KiB
-/// chunks, each written raw to a spool file (the journal's mandatory disk copy) and sent as its
+/// The machine's limit for this wire format, with no daemon: `head`'s output through a pipe of
+/// runnerd's size, read in runnerd's chunk size (`PIPE_BUFFER_BYTES`, `PIPE_READ_CHUNK_BYTES`: the
+/// same lines on the wire), each chunk written raw to a spool file (the journal's mandatory disk copy) and sent as its
 /// NDJSON line over loopback TCP to a reader that decodes like the client above. Returns seconds.
 fn wire_ceiling(spool_dir: &std::path::Path) -> f64 {
     use std::io::{Read, Write};
@@ -232,7 +286,12 @@ fn wire_ceiling(spool_dir: &std::path::Path) -> f64 {
             .spawn()
             .unwrap();
         let mut out = head.stdout.take().unwrap();
-        let mut chunk = vec![0u8; 64 * 1024];
+        nix::fcntl::fcntl(
+            &out,
+            nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_BUFFER_BYTES as i32),
+        )
+        .unwrap();
+        let mut chunk = vec![0u8; PIPE_READ_CHUNK_BYTES];
         let mut seq = 1u64;
         loop {
             let n = out.read(&mut chunk).unwrap();
@@ -251,7 +310,7 @@ fn wire_ceiling(spool_dir: &std::path::Path) -> f64 {
     });
     let mut socket = std::net::TcpStream::connect(addr).unwrap();
     let mut lines = LineDecoder::new(true);
-    let mut buffer = vec![0u8; 256 * 1024];
+    let mut buffer = vec![0u8; READ_BUFFER_BYTES];
     loop {
         let n = socket.read(&mut buffer).unwrap();
         if n == 0 {
@@ -359,15 +418,13 @@ async fn main() {
         assert!(raw.success());
         raw_runs.push(raw_start.elapsed().as_secs_f64());
         let stream_start = Instant::now();
-        let (bytes, code) = exec(
-            &http,
-            daemon.port,
-            json!({"execId": format!("tp{run}"), "shell": format!("head -c {THROUGHPUT_BYTES} /dev/zero"), "timeoutMs": 600000}),
-            true,
-        )
-        .await;
+        let port = daemon.port;
+        let body = json!({"execId": format!("tp{run}"), "shell": format!("head -c {THROUGHPUT_BYTES} /dev/zero"), "timeoutMs": 600000});
+        let seen = tokio::task::spawn_blocking(move || blocking_exec(port, &body))
+            .await
+            .unwrap();
         stream_runs.push(stream_start.elapsed().as_secs_f64());
-        assert_eq!((bytes, code), (THROUGHPUT_BYTES, 0));
+        assert_eq!((seen.stdout_bytes, seen.exit_code), (THROUGHPUT_BYTES, 0));
         let dir = daemon.dir.clone();
         ceiling_runs.push(
             tokio::task::spawn_blocking(move || wire_ceiling(&dir))

@@ -57,8 +57,11 @@ pub const KILL_GRACE: Duration = Duration::from_secs(5);
 /// After the exec's process exits, how long to keep draining its pipes (a background child may
 /// hold them open) before the `exit` event is written.
 pub const PIPE_DRAIN_GRACE: Duration = Duration::from_secs(2);
-/// Largest single read from an exec's stdout/stderr pipe, so one event's payload.
-pub const PIPE_READ_CHUNK_BYTES: usize = 64 * 1024;
+/// Largest single read from an exec's stdout/stderr pipe, so one event's payload. 128 KiB rather
+/// than 64: half the reads, records, spool jobs and wake-ups per megabyte (`scripts/bench.sh
+/// runnerd streams`: ~10 points of the no-daemon reference), while a chatty exec still holds at
+/// most one such buffer per pipe and a line stays far below any client's line cap (~175 KB).
+pub const PIPE_READ_CHUNK_BYTES: usize = 128 * 1024;
 /// Size requested for exec output pipes (F_SETPIPE_SZ); the kernel default is 64 KiB.
 pub const PIPE_BUFFER_BYTES: usize = 1024 * 1024;
 /// Default uid:gid execs run as when runnerd runs as root (`TALE_EXEC_USER`).

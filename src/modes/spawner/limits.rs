@@ -49,5 +49,5 @@ pub const RUNNERD_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const RUNNERD_STAGE_TIMEOUT: Duration = Duration::from_secs(600);
 /// An idle pooled connection to a runnerd is closed after this long.
 pub const RUNNERD_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Longest NDJSON line accepted from runnerd (a 64 KiB chunk is ~88 KiB as base64).
+/// Longest NDJSON line accepted from runnerd (runnerd's largest, a 128 KiB chunk, is ~175 KiB as base64).
 pub const MAX_EVENT_LINE_BYTES: usize = 4 * 1024 * 1024;

@@ -82,7 +82,7 @@ pub async fn pump(
 
 /// The first `len` bytes of `buf` as a journal chunk. A read that filled most of the buffer gives
 /// the buffer itself away (no copy; the next read gets a fresh one of `next_capacity`); a small one
-/// is copied, so that a 100-byte chunk never pins a 64 KiB allocation while the journal keeps it.
+/// is copied, so that a 100-byte chunk never pins a full-size read buffer while the journal keeps it.
 fn take_chunk(buf: &mut BytesMut, len: usize, next_capacity: usize) -> Bytes {
     if len * 2 >= buf.capacity() {
         let chunk = buf.split_to(len).freeze();
