@@ -6,6 +6,7 @@ mod support;
 
 use hyper::{Method, StatusCode};
 use serde_json::json;
+use std::time::Duration;
 use support::docker::{docker, test_image};
 use support::spawner::{stdout_text, SpawnerClient, SpawnerProcess};
 
@@ -430,6 +431,75 @@ async fn same_id_race_keeps_the_winner() {
             .await;
         assert_eq!(stdout_text(&stream.collect_all().await), "ok\n");
     }
+}
+
+/// A same-id create that reaches a second replica while the first replica's create sits between
+/// runnerd answering and its seed being recorded (held there 2 s by the test hook) waits for that
+/// seed and is a 409 `duplicate`: exactly one caller gets 201, the session holds the winner's seed
+/// and two cap claims (before, the second replica delivered its own seed and answered 201 too).
+#[tokio::test(flavor = "multi_thread")]
+async fn same_id_create_during_the_winners_seeding_is_a_duplicate() {
+    let mut deployment = Deployment::start(
+        "seeding",
+        2,
+        &[
+            ("TALE_TEST_CREATE_PAUSE_AT", "after_ready"),
+            ("TALE_TEST_CREATE_PAUSE_MS", "2000"),
+        ],
+    )
+    .await;
+    let org = deployment.org("seeding");
+    let id = format!("rseeding-{}", std::process::id());
+    let body = |seed: &str| json!({"sessionId": id, "organizationId": org, "env": {"SEED": seed}});
+    let first = tokio::spawn({
+        let client = deployment.client(0);
+        let body = body("winner");
+        async move { client.json(Method::POST, "/v1/sessions", Some(body)).await }
+    });
+    let paused = support::runnerd::poll(Duration::from_secs(60), async || {
+        deployment.replicas[0]
+            .log()
+            .lines()
+            .any(|l| l.contains("test hook: create paused") && l.contains("after_ready"))
+            .then_some(())
+    })
+    .await;
+    assert!(
+        paused.is_some(),
+        "paused after ready\n{}",
+        deployment.logs()
+    );
+    let (second, reply) = deployment
+        .client(1)
+        .json(Method::POST, "/v1/sessions", Some(body("loser")))
+        .await;
+    let (first, created) = first.await.unwrap();
+    assert_eq!(
+        (first, second),
+        (StatusCode::CREATED, StatusCode::CONFLICT),
+        "{created}\n{reply}\n{}",
+        deployment.logs()
+    );
+    assert_eq!(reply["error"], "duplicate", "{reply}");
+    assert_eq!(
+        deployment
+            .client(1)
+            .exec_stdout(&id, "seed", "printf %s \"$SEED\"")
+            .await,
+        "winner"
+    );
+    let prefix = tale::modes::spawner::backend::docker_shared::claim_prefix(&deployment.network);
+    let claims = docker(&[
+        "ps",
+        "-a",
+        "-q",
+        "--filter",
+        &format!("label=tale.claim={prefix}"),
+        "--filter",
+        &format!("label=tale.claim-session={id}"),
+    ])
+    .1;
+    assert_eq!(lines(&claims).len(), 2, "one org and one global claim");
 }
 
 /// Upgrade: a session made by a release without claims or a network lock (simulated: made by this

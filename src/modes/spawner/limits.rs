@@ -23,6 +23,17 @@ pub const DEFAULT_SESSION_MAX_LIFETIME_MS: u64 = 86_400_000;
 pub const DEFAULT_SESSION_MAX_IDLE_MS: u64 = 1_800_000;
 /// Default time a create may take until runnerd is ready (`SANDBOX_CREATE_TIMEOUT_MS`).
 pub const DEFAULT_CREATE_TIMEOUT_MS: u64 = 180_000;
+/// A create that finds its session up but unseeded while the session is younger than the create
+/// budget plus [`CREATE_IN_FLIGHT_GRACE`] may be meeting another replica's create between runnerd
+/// answering and the seed being recorded (milliseconds for a live create). It waits this long for
+/// that create to record the seed (then it is a 409 `duplicate`, so exactly one caller gets 201)
+/// before it takes the first create for dead and finishes the seed itself.
+pub const UNSEEDED_SETTLE_WAIT: Duration = Duration::from_secs(5);
+/// How often that wait reads runnerd's seed record.
+pub const UNSEEDED_SETTLE_POLL: Duration = Duration::from_millis(200);
+/// Past the create budget, how long a session's first create may still count as running (clock
+/// skew between replicas, a slow engine or API server): the backends' claim reclaim grace.
+pub const CREATE_IN_FLIGHT_GRACE: Duration = Duration::from_secs(10);
 /// Default interval of the TTL / idle sweep (`SANDBOX_SWEEP_INTERVAL_MS`).
 pub const DEFAULT_SWEEP_INTERVAL_MS: u64 = 60_000;
 

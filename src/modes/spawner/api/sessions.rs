@@ -1,6 +1,9 @@
 //! Session routes: health, create (or resume), list, get, destroy, env, pin.
 use super::{bad_request, not_found, ok, ApiError, ApiRequest, Reply};
 use crate::modes::spawner::backend::{CapClaim, CapDecision, CapRequest, SessionSpec};
+use crate::modes::spawner::limits::{
+    CREATE_IN_FLIGHT_GRACE, UNSEEDED_SETTLE_POLL, UNSEEDED_SETTLE_WAIT,
+};
 use crate::modes::spawner::metrics::Metrics;
 use crate::modes::spawner::registry::{Admission, SessionEntry};
 use crate::modes::spawner::seed;
@@ -270,17 +273,32 @@ async fn finish_unseeded(
     if entry.organization_id != create.organization_id || entry.profile != create.profile {
         return None;
     }
-    match entry.runnerd.seed_status().await {
-        Ok(Some(status)) if !status.seeded => {}
-        Ok(_) => return None,
-        Err(err) => {
-            return Some(Err(ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "create_failed",
-                Some(format!(
-                    "cannot tell whether session {id} was seeded: {err}"
-                )),
-            )))
+    // A young session may be another replica's create about to record its seed: give it the
+    // settle wait; an older one (its create ended long ago, or a Pod that started again) at once.
+    let in_flight_until = entry.created_at_ms.saturating_add(
+        spawner.config.create_timeout_ms + CREATE_IN_FLIGHT_GRACE.as_millis() as u64,
+    );
+    let settle_until = (crate::shared::clock::now_ms() < in_flight_until)
+        .then(|| tokio::time::Instant::now() + UNSEEDED_SETTLE_WAIT);
+    loop {
+        match entry.runnerd.seed_status().await {
+            Ok(Some(status)) if !status.seeded => {}
+            Ok(_) => return None,
+            Err(err) => {
+                return Some(Err(ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "create_failed",
+                    Some(format!(
+                        "cannot tell whether session {id} was seeded: {err}"
+                    )),
+                )))
+            }
+        }
+        match settle_until {
+            Some(until) if tokio::time::Instant::now() < until => {
+                tokio::time::sleep(UNSEEDED_SETTLE_POLL).await
+            }
+            _ => break,
         }
     }
     if let Err(err) = seed::deliver(&entry.runnerd, create).await {
