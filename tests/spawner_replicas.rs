@@ -87,6 +87,23 @@ impl Deployment {
         )
     }
 
+    /// Ids of the cap-claim containers held for session `id` on this deployment's network.
+    fn claims_of(&self, id: &str) -> Vec<String> {
+        let prefix = tale::modes::spawner::backend::docker_shared::claim_prefix(&self.network);
+        lines(
+            &docker(&[
+                "ps",
+                "-a",
+                "-q",
+                "--filter",
+                &format!("label=tale.claim={prefix}"),
+                "--filter",
+                &format!("label=tale.claim-session={id}"),
+            ])
+            .1,
+        )
+    }
+
     fn networks(&self) -> Vec<String> {
         lines(
             &docker(&[
@@ -407,18 +424,11 @@ async fn same_id_race_keeps_the_winner() {
         "true"
     );
     assert!(docker(&["volume", "inspect", &format!("{container}-ws")]).0);
-    let prefix = tale::modes::spawner::backend::docker_shared::claim_prefix(&deployment.network);
-    let claims = docker(&[
-        "ps",
-        "-a",
-        "-q",
-        "--filter",
-        &format!("label=tale.claim={prefix}"),
-        "--filter",
-        &format!("label=tale.claim-session={id}"),
-    ])
-    .1;
-    assert_eq!(lines(&claims).len(), 2, "one org and one global claim");
+    assert_eq!(
+        deployment.claims_of(&id).len(),
+        2,
+        "one org and one global claim"
+    );
     for i in 0..3 {
         let (_, stream) = deployment
             .client(i)
@@ -488,18 +498,11 @@ async fn same_id_create_during_the_winners_seeding_is_a_duplicate() {
             .await,
         "winner"
     );
-    let prefix = tale::modes::spawner::backend::docker_shared::claim_prefix(&deployment.network);
-    let claims = docker(&[
-        "ps",
-        "-a",
-        "-q",
-        "--filter",
-        &format!("label=tale.claim={prefix}"),
-        "--filter",
-        &format!("label=tale.claim-session={id}"),
-    ])
-    .1;
-    assert_eq!(lines(&claims).len(), 2, "one org and one global claim");
+    assert_eq!(
+        deployment.claims_of(&id).len(),
+        2,
+        "one org and one global claim"
+    );
 }
 
 /// Upgrade: a session made by a release without claims or a network lock (simulated: made by this
