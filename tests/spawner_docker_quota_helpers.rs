@@ -17,9 +17,12 @@ use support::spawner::SpawnerProcess;
 /// spawner to boot and list, short enough to wait out.
 const TEST_GRACE: Duration = Duration::from_secs(20);
 
-/// Removes the test's containers, quota directory and network when dropped (also on a panic).
+/// Removes the test's containers, volumes, quota directory and network when dropped (also on a
+/// panic).
 struct Leftovers {
     names: Vec<String>,
+    /// Made-up quota'd volumes (never mounted: a plain removal is enough).
+    volumes: Vec<String>,
     owners: Vec<String>,
     dir: PathBuf,
     network: String,
@@ -36,6 +39,9 @@ impl Drop for Leftovers {
             for id in ids.lines() {
                 docker(&["rm", "-f", id]);
             }
+        }
+        for volume in &self.volumes {
+            docker(&["volume", "rm", volume]);
         }
         support::docker::remove_network(&self.network);
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -143,10 +149,65 @@ async fn leave_a_helper_behind(spawner: &mut SpawnerProcess, owner: &str) -> (St
     (left[0].0.clone(), seen)
 }
 
-/// A spawner killed between a helper's create and its remove leaves the helper behind; the next
-/// boot of its deployment removes it once it is older than the grace, and keeps another
-/// deployment's (old) helper, an (old) helper without a deployment label (an older release's)
-/// and its own deployment's helper younger than the grace (another replica's run in flight).
+/// Interrupts `tale docker-volumes rm` of a quota'd volume (a made-up one: never mounted) for
+/// deployment `network` while its helper exists (created, paused by the test hook): returns the
+/// name of the helper it left behind (besides the deployment's helpers in `before`).
+async fn interrupt_docker_volumes_rm(
+    dir: &Path,
+    network: &str,
+    volume: &str,
+    before: &[&str],
+) -> String {
+    let (ok, _) = docker(&[
+        "volume",
+        "create",
+        "--opt",
+        "type=ext4",
+        "--opt",
+        "device=/dev/null",
+        "--label",
+        "tale.disk-quota-bytes=16777216",
+        volume,
+    ]);
+    assert!(ok, "docker volume create {volume}");
+    let log = dir.with_extension("docker-volumes.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tale"))
+        .args(["docker-volumes", "--quota-dir", dir.to_str().unwrap()])
+        .args(["--helper-image", test_image(), "rm", volume])
+        .env("SANDBOX_EGRESS_NETWORK", network)
+        .env("TALE_TEST_CREATE_PAUSE_AT", "quota_helper_created")
+        .env("TALE_TEST_CREATE_PAUSE_MS", "60000")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    let paused = poll(Duration::from_secs(60), async || {
+        read().contains("test hook: create paused").then_some(())
+    })
+    .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let text = read();
+    let _ = std::fs::remove_file(&log);
+    assert!(paused.is_some(), "no helper paused: {text}");
+    let left: Vec<_> = helpers(&[format!("tale.disk-quota-owner={network}")])
+        .into_iter()
+        .filter(|(name, state)| {
+            name.starts_with("tale-disk-quota-")
+                && state == "created"
+                && !before.contains(&name.as_str())
+        })
+        .collect();
+    assert_eq!(left.len(), 1, "{left:?}");
+    left[0].0.clone()
+}
+
+/// A spawner killed between a helper's create and its remove leaves the helper behind, and so
+/// does an interrupted `tale docker-volumes rm`; the next boot of their deployment removes both
+/// once older than the grace, and keeps another deployment's (old) helper, an (old) helper
+/// without a deployment label (an older release's) and its own deployment's helper younger than
+/// the grace (another replica's run in flight).
 #[tokio::test(flavor = "multi_thread")]
 async fn boot_removes_its_own_deployments_leftover_helpers_only() {
     let pid = std::process::id();
@@ -160,6 +221,7 @@ async fn boot_removes_its_own_deployments_leftover_helpers_only() {
     let dir = std::env::temp_dir().join(format!("tale-disk-quota-helpers-{pid}"));
     let mut cleanup = Leftovers {
         names: vec![foreign.clone(), legacy.clone(), young.clone()],
+        volumes: vec![format!("tale-test-qhelper-vol-{pid}")],
         owners: vec![network.clone(), other_network.clone()],
         dir: dir.clone(),
         network: network.clone(),
@@ -182,6 +244,9 @@ async fn boot_removes_its_own_deployments_leftover_helpers_only() {
     .await;
     let (leftover, seen) = leave_a_helper_behind(&mut spawner, &network).await;
     cleanup.names.push(leftover.clone());
+    let volume = cleanup.volumes[0].clone();
+    let from_cli = interrupt_docker_volumes_rm(&dir, &network, &volume, &[&leftover]).await;
+    cleanup.names.push(from_cli.clone());
     // The leftover is older than the grace once this much has passed since it was seen (a span
     // of time to outlast: there is nothing to poll for).
     tokio::time::sleep_until((seen + TEST_GRACE + Duration::from_secs(1)).into()).await;
@@ -209,8 +274,12 @@ async fn boot_removes_its_own_deployments_leftover_helpers_only() {
         young_made.elapsed() < TEST_GRACE,
         "inconclusive: the reboot took longer than the test grace"
     );
-    assert!(done.contains("removed=1"), "{done}\n{}", rebooted.log());
-    assert!(!exists(&leftover), "the leftover helper is gone");
+    assert!(done.contains("removed=2"), "{done}\n{}", rebooted.log());
+    assert!(!exists(&leftover), "the spawner's leftover helper is gone");
+    assert!(
+        !exists(&from_cli),
+        "docker-volumes' leftover helper is gone"
+    );
     for kept in [&foreign, &legacy, &young] {
         assert!(exists(kept), "{kept} kept\n{}", rebooted.log());
     }
@@ -250,6 +319,7 @@ async fn quickstart_down_removes_the_stacks_leftover_helpers() {
     let dir = std::env::temp_dir().join(format!("tale-disk-quota-helpers-down-{pid}"));
     let mut cleanup = Leftovers {
         names: vec![theirs.clone(), by_network.clone()],
+        volumes: vec![],
         owners: vec![network.clone(), format!("{other}-sandbox-net")],
         dir: dir.clone(),
         network: network.clone(),
