@@ -98,11 +98,26 @@ remove_labelled() {
 
 # remove_volumes LABEL WHAT: removes every volume carrying LABEL with `tale docker-volumes rm`,
 # which removes a quota'd volume the way the spawner does — its loop device detached and its
-# image file deleted (a plain `docker volume rm` would leave both on the host).
+# image file deleted (a plain `docker volume rm` would leave both on the host). Its helper
+# containers are labelled as the stack's, so a --down run again removes any it left behind.
 remove_volumes() {
   local label=$1 what=$2
-  "$volume_tool" docker-volumes rm --label "$label" | sed "s/^removed volume /removed $what volume /" ||
+  SANDBOX_EGRESS_NETWORK=$session_network SANDBOX_STACK_LABEL=$stack \
+    "$volume_tool" docker-volumes rm --label "$label" | sed "s/^removed volume /removed $what volume /" ||
     { echo "quickstart: some $what volumes could not be removed (see above)" >&2; down_failed=1; }
+}
+
+# remove_quota_helpers: removes the stack's disk quota helper containers that a killed spawner (or
+# an interrupted --down) left behind: helpers labelled with the stack, or with its sandbox network
+# as their deployment. Run once the stack's spawner is gone, so none is a run in flight.
+remove_quota_helpers() {
+  local ids id name
+  ids=$( (docker ps -aq --filter label=tale.disk-quota-helper=1 --filter "label=tale.stack=$stack"
+    docker ps -aq --filter label=tale.disk-quota-helper=1 --filter "label=tale.disk-quota-owner=$session_network") | sort -u)
+  for id in $ids; do
+    name=$(docker inspect -f '{{.Name}}' "$id" 2>/dev/null | sed 's|^/||') || continue
+    docker rm -f "$id" >/dev/null && echo "removed leftover disk quota helper container $name"
+  done
 }
 
 down() {
@@ -134,11 +149,14 @@ down() {
       "$state/tale" session --json rm "$s" >/dev/null && echo "destroyed session $s (container and workspace volume)"
     done
   fi
-  # Then every object that carries this stack's labels, and nothing else: sessions (any org) and
-  # their workspace and cache volumes (tale.stack), the compose project's containers, networks and
-  # volumes (com.docker.compose.project). Containers go first: a network in use cannot be removed.
-  remove_labelled container "tale.stack=$stack" session
+  # Then every object that carries this stack's labels, and nothing else: the compose project's
+  # containers, networks and volumes (com.docker.compose.project; its spawner first, so it makes
+  # nothing more), the spawner's leftover disk quota helpers, sessions (any org) and their
+  # workspace and cache volumes (tale.stack). Containers go first: a network in use cannot be
+  # removed.
   remove_labelled container "com.docker.compose.project=$project" "stack $stack"
+  remove_quota_helpers
+  remove_labelled container "tale.stack=$stack" session
   # The spawners' shared objects on that network (see README "Several spawner replicas"): claim
   # and network-lock containers, pin marker volumes.
   prefix=tale-claim-$(printf '%s' "$session_network" | sha256sum | cut -c1-12)

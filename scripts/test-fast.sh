@@ -37,6 +37,7 @@ host_suites=(
   spawner_docker_names # Docker and the test image
   spawner_docker_seed  # Docker and the test image
   spawner_docker_quota # Docker, the test image, loop devices (a helper container with CAP_SYS_ADMIN)
+  spawner_docker_quota_helpers # Docker and the test image (spawners killed with a quota helper left)
   spawner_replicas  # Docker and the test image (three spawner processes on one engine)
   spawner_upgrade   # Docker, the test image and the previous release's binary (scripts/build-previous.sh)
   spawner_tls       # curl and openssl (a CA and certificates made per run)

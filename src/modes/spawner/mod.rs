@@ -89,7 +89,7 @@ async fn build_backend(
                 control_sources: config.docker_control_sources.clone(),
             })?;
             session_networks.extend(docker.prepare_isolation().await?);
-            docker.spawn_orphan_reclaim();
+            docker.spawn_boot_reclaim();
             Arc::new(docker)
         }
         BackendKind::Kubernetes => Arc::new(

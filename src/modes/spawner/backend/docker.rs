@@ -159,10 +159,14 @@ impl DockerBackend {
             bollard::API_DEFAULT_VERSION,
         )
         .map_err(engine("cannot use the Docker socket"))?;
-        let quotas = config
-            .disk_quota
-            .clone()
-            .map(|quota| DiskQuotas::new(docker.clone(), quota, &config.network));
+        let quotas = config.disk_quota.clone().map(|quota| {
+            DiskQuotas::new(
+                docker.clone(),
+                quota,
+                &config.network,
+                config.stack_label.as_deref(),
+            )
+        });
         Ok(DockerBackend {
             docker,
             config,

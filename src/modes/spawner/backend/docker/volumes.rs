@@ -101,13 +101,35 @@ impl DockerBackend {
         }
     }
 
-    /// With disk quotas on, starts reclaiming (in the background) this deployment's quota images
-    /// whose volume was removed without the helper; the outcome goes to the log.
-    pub fn spawn_orphan_reclaim(&self) {
-        let Some(quotas) = self.quotas.clone() else {
-            return;
-        };
+    /// Starts reclaiming, in the background, this deployment's leftover disk quota helper
+    /// containers (any killed spawner's; also with quotas off now, as they may have been on), then,
+    /// with disk quotas on, its quota images whose volume was removed without the helper. The
+    /// outcomes go to the log.
+    pub fn spawn_boot_reclaim(&self) {
+        let docker = self.docker.clone();
+        let owner = self.config.network.clone();
+        let stack = self.config.stack_label.clone();
+        let quotas = self.quotas.clone();
         tokio::spawn(async move {
+            let grace = crate::modes::spawner::test_hooks::quota_helper_grace(
+                super::super::docker_quota::HELPER_RECLAIM_GRACE,
+            );
+            match super::super::docker_quota::reclaim_leftover_helpers(
+                &docker,
+                &owner,
+                stack.as_deref(),
+                grace,
+            )
+            .await
+            {
+                Ok(removed) => {
+                    tracing::info!(removed = removed.len(), "disk quota helper reclaim done")
+                }
+                Err(err) => tracing::warn!(%err, "disk quota helper reclaim failed"),
+            }
+            let Some(quotas) = quotas else {
+                return;
+            };
             match quotas.reclaim_orphans().await {
                 Ok(volumes) => {
                     tracing::info!(reclaimed = volumes.len(), "disk quota orphan reclaim done")

@@ -2,6 +2,7 @@
 //! detaches and deletes image files with `CAP_SYS_ADMIN` and the loop devices only. Its script is
 //! the one place the host-side steps live; the spawner and `tale docker-volumes` both run it.
 use super::{engine, DiskQuotaConfig, DiskQuotas};
+use crate::modes::spawner::backend::docker::STACK_LABEL;
 use crate::modes::spawner::backend::{BackendError, BackendResult};
 use bollard::models::{ContainerCreateBody, DeviceMapping, HostConfig};
 use bollard::query_parameters::{
@@ -14,8 +15,11 @@ use std::collections::HashMap;
 pub const QUOTA_HELPER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 /// Most bytes of helper output read back.
 const HELPER_OUTPUT_MAX_BYTES: usize = 64 * 1024;
-/// Label on helper containers.
+/// Label on helper containers (value `1`).
 pub const HELPER_LABEL: &str = "tale.disk-quota-helper";
+/// Label on helper containers: the deployment that made them (its sandbox network, as in the
+/// images' records), so a boot reclaims only its own deployment's leftovers.
+pub const HELPER_OWNER_LABEL: &str = "tale.disk-quota-owner";
 
 /// The helper's modes:
 /// - `ensure IMAGE SIZE OWNER` prints `LOOP <device> <new|old>` (records OWNER first, see below);
@@ -151,8 +155,25 @@ pub(super) fn parse_attached(output: &str) -> Option<Attached> {
     })
 }
 
+/// The labels of a helper container made by deployment `owner` (its sandbox network; empty:
+/// unknown) of stack `stack`: the helper label, the owner and the stack label when known.
+pub(super) fn helper_labels(owner: &str, stack: Option<&str>) -> HashMap<String, String> {
+    let mut labels = HashMap::from([(HELPER_LABEL.to_string(), "1".to_string())]);
+    if !owner.is_empty() {
+        labels.insert(HELPER_OWNER_LABEL.into(), owner.into());
+    }
+    if let Some(stack) = stack {
+        labels.insert(STACK_LABEL.into(), stack.into());
+    }
+    labels
+}
+
 /// The helper container: the loop devices and `CAP_SYS_ADMIN`, nothing else.
-pub(super) fn helper_body(config: &DiskQuotaConfig, args: &[String]) -> ContainerCreateBody {
+pub(super) fn helper_body(
+    config: &DiskQuotaConfig,
+    labels: HashMap<String, String>,
+    args: &[String],
+) -> ContainerCreateBody {
     let mut cmd = vec![
         "-c".to_string(),
         helper_script(),
@@ -165,7 +186,7 @@ pub(super) fn helper_body(config: &DiskQuotaConfig, args: &[String]) -> Containe
         cmd: Some(cmd),
         user: Some("0:0".into()),
         network_disabled: Some(true),
-        labels: Some(HashMap::from([(HELPER_LABEL.into(), "1".into())])),
+        labels: Some(labels),
         host_config: Some(HostConfig {
             network_mode: Some("none".into()),
             cap_add: Some(vec!["SYS_ADMIN".into()]),
@@ -186,14 +207,17 @@ pub(super) fn helper_body(config: &DiskQuotaConfig, args: &[String]) -> Containe
 
 impl DiskQuotas {
     /// Runs the helper to completion (bounded by [`QUOTA_HELPER_TIMEOUT`]) and returns its output;
-    /// the container is removed whatever happens.
+    /// the container is removed whatever happens — unless this process dies first, which is what
+    /// the boot's reclaim of leftover helpers (`leftovers`) is for.
     pub(super) async fn run_helper(&self, args: &[String]) -> BackendResult<String> {
         let name = format!("tale-disk-quota-{}", crate::shared::hex::random::<8>());
         let options = CreateContainerOptionsBuilder::new().name(&name).build();
+        let labels = helper_labels(&self.owner, self.stack.as_deref());
         self.docker
-            .create_container(Some(options), helper_body(&self.config, args))
+            .create_container(Some(options), helper_body(&self.config, labels, args))
             .await
             .map_err(engine("cannot create the disk quota helper"))?;
+        crate::modes::spawner::test_hooks::pause_at("quota_helper_created").await;
         let outcome = tokio::time::timeout(QUOTA_HELPER_TIMEOUT, self.run_created(&name)).await;
         let remove = RemoveContainerOptionsBuilder::new().force(true).build();
         if let Err(err) = self.docker.remove_container(&name, Some(remove)).await {
@@ -305,7 +329,12 @@ mod tests {
             helper_image: "img".into(),
             org_cache_bytes: 1 << 30,
         };
-        let body = helper_body(&config, &["remove".into(), image_path(&config, "v")]);
+        let labels = helper_labels("net", Some("qs"));
+        let body = helper_body(
+            &config,
+            labels,
+            &["remove".into(), image_path(&config, "v")],
+        );
         let host = body.host_config.unwrap();
         assert_eq!(host.privileged, None);
         assert_eq!(host.cap_add, Some(vec!["SYS_ADMIN".to_string()]));
@@ -316,5 +345,28 @@ mod tests {
             Some(vec!["b 7:* rwm".to_string()])
         );
         assert_eq!(body.cmd.unwrap().last().unwrap(), "/srv/q/v.ext4");
+        let labels = body.labels.unwrap();
+        assert_eq!(labels[HELPER_OWNER_LABEL], "net");
+        assert_eq!(labels[STACK_LABEL], "qs");
+    }
+
+    /// A helper says which deployment (sandbox network) and stack made it when they are known;
+    /// one of an unknown deployment carries only the helper label.
+    #[test]
+    fn helper_labels_name_the_deployment() {
+        assert_eq!(
+            helper_labels("tale-sandbox-net", None),
+            HashMap::from([
+                (HELPER_LABEL.to_string(), "1".to_string()),
+                (
+                    HELPER_OWNER_LABEL.to_string(),
+                    "tale-sandbox-net".to_string()
+                ),
+            ])
+        );
+        assert_eq!(
+            helper_labels("", None),
+            HashMap::from([(HELPER_LABEL.to_string(), "1".to_string())])
+        );
     }
 }

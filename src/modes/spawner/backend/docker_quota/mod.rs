@@ -17,11 +17,14 @@
 //! device number changed. Removing a volume detaches the device and deletes the image — through
 //! the spawner (destroy), `tale docker-volumes rm` (operators, `scripts/quickstart.sh --down`, the
 //! tests), or the spawner's boot-time reclaim of images whose volume was removed some other way
-//! (`reclaim`).
+//! (`reclaim`). Helper containers left behind by a killed spawner are removed at boot
+//! (`leftovers`).
 mod helper;
+mod leftovers;
 mod reclaim;
 
-pub use helper::{HELPER_LABEL, QUOTA_HELPER_TIMEOUT};
+pub use helper::{HELPER_LABEL, HELPER_OWNER_LABEL, QUOTA_HELPER_TIMEOUT};
+pub use leftovers::{reclaim_leftover_helpers, HELPER_RECLAIM_GRACE};
 pub use reclaim::{remove_any_volume, Removed, ORPHAN_RECLAIM_GRACE};
 
 use super::{BackendError, BackendResult};
@@ -71,8 +74,11 @@ pub struct DiskQuotas {
     docker: Docker,
     config: DiskQuotaConfig,
     /// The deployment whose images these are (its sandbox network: every replica shares it),
-    /// recorded next to each image so the boot-time reclaim only ever touches its own.
+    /// recorded next to each image so the boot-time reclaim only ever touches its own; also a
+    /// label of its helper containers. Empty: unknown (nothing is recorded or labelled).
     owner: String,
+    /// The deployment's stack label, put on its helper containers.
+    stack: Option<String>,
     /// One operation at a time per volume (two sessions of one organization share caches).
     locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
 }
@@ -89,11 +95,17 @@ fn status_of(err: &bollard::errors::Error) -> Option<u16> {
 }
 
 impl DiskQuotas {
-    pub fn new(docker: Docker, config: DiskQuotaConfig, owner: &str) -> DiskQuotas {
+    pub fn new(
+        docker: Docker,
+        config: DiskQuotaConfig,
+        owner: &str,
+        stack: Option<&str>,
+    ) -> DiskQuotas {
         DiskQuotas {
             docker,
             config,
             owner: owner.to_owned(),
+            stack: stack.map(str::to_owned),
             locks: Arc::default(),
         }
     }
