@@ -188,7 +188,9 @@ async fn crash_during_create_never_leaves_a_ready_session_without_its_seed() {
             assert_eq!(status, StatusCode::NOT_FOUND, "{point}: {got}");
         }
 
-        // The retry succeeds at once, except after a crash before start: then the never-started
+        // The retry succeeds (after the settle wait, `UNSEEDED_SETTLE_WAIT`: the session is young
+        // enough that its first create could still be seeding it from another replica), except
+        // after a crash before start: then the never-started
         // container may be another replica's create about to start it, so the retry is told to
         // come back (503 `create_in_progress`, `retry-after`: seconds until it counts as dead) —
         // never the 409 `duplicate` a platform takes as "use it". `tale session create` waits

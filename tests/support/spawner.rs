@@ -351,7 +351,12 @@ impl SpawnerClient {
                 &[],
             )
             .await;
-        assert_eq!(status, StatusCode::OK);
+        if status != StatusCode::OK {
+            panic!(
+                "exec {exec_id} in session {id}: {status} {}",
+                stream.into_text().await
+            );
+        }
         stdout_text(&stream.collect_all().await)
     }
 
@@ -408,6 +413,14 @@ impl SseStream {
                 }
                 _ => return None,
             }
+        }
+    }
+
+    /// The body as text (an error reply instead of a stream).
+    pub async fn into_text(self) -> String {
+        match self.body.collect().await {
+            Ok(body) => String::from_utf8_lossy(&body.to_bytes()).into_owned(),
+            Err(err) => format!("(body unreadable: {err})"),
         }
     }
 

@@ -28,7 +28,7 @@ pub const DEFAULT_CREATE_TIMEOUT_MS: u64 = 180_000;
 /// answering and the seed being recorded (milliseconds for a live create). It waits this long for
 /// that create to record the seed (then it is a 409 `duplicate`, so exactly one caller gets 201)
 /// before it takes the first create for dead and finishes the seed itself.
-pub const UNSEEDED_SETTLE_WAIT: Duration = Duration::from_secs(5);
+pub const UNSEEDED_SETTLE_WAIT: Duration = Duration::from_secs(10);
 /// How often that wait reads runnerd's seed record.
 pub const UNSEEDED_SETTLE_POLL: Duration = Duration::from_millis(200);
 /// Past the create budget, how long a session's first create may still count as running (clock
