@@ -221,7 +221,7 @@ if command -v docker >/dev/null 2>&1 && [ -f "$state/.env" ] &&
   running_image=$(sed -n 's/^SANDBOX_RUNTIME_IMAGE=//p' "$state/.env")
   if [ -n "$running_image" ] && [ "$running_image" != "$runtime_image" ]; then
     echo "quickstart: stack $stack already runs with sessions from $running_image, and this run needs $runtime_image;" >&2
-    echo "remove it first with: scripts/quickstart.sh --down (or start a second stack: TALE_QUICKSTART_STACK=<name>, see README \"Quick start\")" >&2
+    echo "remove it first with: scripts/quickstart.sh --down (README \"Quick start\")" >&2
     exit 1
   fi
 fi

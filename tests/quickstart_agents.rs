@@ -1,7 +1,7 @@
 //! End-to-end: `scripts/quickstart.sh --agents` brings up the compose stack (spawner, egress proxy,
 //! stub gateway) with the agent image as the sessions' runtime: session `demo` runs as the agent
-//! profile's user and has the three agent CLIs at the Dockerfile's pinned versions, and git; then
-//! `--down` removes the stack. Needs Docker and docker-compose; fails loudly without them, and
+//! profile's user and has the three agent CLIs at the Dockerfile's pinned versions, and git; run
+//! again, it uses the running session `demo`; then `--down` removes the stack. Needs Docker and docker-compose; fails loudly without them, and
 //! refuses to run while another quick start or compose stack holds the stack's container names.
 use std::process::{Command, Output, Stdio};
 
@@ -27,7 +27,8 @@ fn quickstart(dir: &std::path::Path, bin: &str, args: &[&str]) -> Output {
         .unwrap()
 }
 
-/// The agent quick start: the demo session answers with the pinned CLIs, git and uid 10001.
+/// The agent quick start: the demo session answers with the pinned CLIs, git and uid 10001, and a
+/// second run against the running stack uses that session instead of failing on its create.
 #[test]
 fn agents_quickstart_sessions_have_the_agent_clis() {
     assert!(
@@ -53,6 +54,10 @@ fn agents_quickstart_sessions_have_the_agent_clis() {
 
     let up = quickstart(&dir, &bin, &["--agents"]);
     let stdout = String::from_utf8_lossy(&up.stdout).into_owned();
+    // Run again against the running stack: it uses the running session demo (a create of it
+    // would be refused with 409 duplicate).
+    let again = quickstart(&dir, &bin, &["--agents"]);
+    let again_stdout = String::from_utf8_lossy(&again.stdout).into_owned();
     let down = quickstart(&dir, &bin, &["--down"]);
     let _ = std::fs::remove_dir_all(&dir);
     assert!(
@@ -72,6 +77,16 @@ fn agents_quickstart_sessions_have_the_agent_clis() {
     assert!(
         stdout.lines().any(|l| l.starts_with("git version ")),
         "{stdout}"
+    );
+    assert!(
+        again.status.success(),
+        "{again_stdout}\n{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert!(
+        again_stdout.contains("session demo runs already (profile agent): using it")
+            && again_stdout.contains("uid 10001 in /workspace"),
+        "{again_stdout}"
     );
     let down_text = String::from_utf8_lossy(&down.stdout);
     assert!(down.status.success(), "{down_text}");
