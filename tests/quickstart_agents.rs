@@ -7,6 +7,12 @@ use std::process::{Command, Output, Stdio};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
+/// A model request to the stack's gateway from inside the session (bash's /dev/tcp), printing the
+/// raw reply.
+const STUB_REQUEST: &str = "exec 3<>/dev/tcp/sandbox-llm-gateway/8080 && \
+    printf 'POST /anthropic/v1/messages HTTP/1.1\\r\\nHost: sandbox-llm-gateway\\r\\nContent-Length: 2\\r\\n\\r\\n{}' >&3 && \
+    timeout 10 cat <&3";
+
 fn pinned(name: &str) -> String {
     include_str!("../Dockerfile")
         .lines()
@@ -58,6 +64,19 @@ fn agents_quickstart_sessions_have_the_agent_clis() {
     // would be refused with 409 duplicate).
     let again = quickstart(&dir, &bin, &["--agents"]);
     let again_stdout = String::from_utf8_lossy(&again.stdout).into_owned();
+    // The stub gateway, as a session sees it: a model request is answered at once with a 400
+    // that names the stub (a 5xx made Claude Code retry for about 3 minutes).
+    let stub = Command::new(&bin)
+        .args(["session", "exec", "demo", STUB_REQUEST])
+        .env(
+            "SANDBOX_TOKEN",
+            std::fs::read_to_string(dir.join("token")).unwrap_or_default(),
+        )
+        .env("TALE_SPAWNER_URL", "http://127.0.0.1:8003")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stub_reply = String::from_utf8_lossy(&stub.stdout).into_owned();
     let down = quickstart(&dir, &bin, &["--down"]);
     let _ = std::fs::remove_dir_all(&dir);
     assert!(
@@ -87,6 +106,13 @@ fn agents_quickstart_sessions_have_the_agent_clis() {
         again_stdout.contains("session demo runs already (profile agent): using it")
             && again_stdout.contains("uid 10001 in /workspace"),
         "{again_stdout}"
+    );
+    assert!(
+        stub_reply.starts_with("HTTP/1.1 400 Bad Request\r\n")
+            && stub_reply.contains("invalid_request_error")
+            && stub_reply.contains("this is the quick start stub gateway"),
+        "{stub_reply:?} {}",
+        String::from_utf8_lossy(&stub.stderr)
     );
     let down_text = String::from_utf8_lossy(&down.stdout);
     assert!(down.status.success(), "{down_text}");
