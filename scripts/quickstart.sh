@@ -226,14 +226,27 @@ case "${1:-}" in
 esac
 
 export TALE_SPAWNER_URL=http://127.0.0.1:$port
-step "install Docker and the toolchain" env TALE_SETUP_DOCKER=1 scripts/setup.sh
-# The busybox test image is the sessions' runtime, and the stub gateway's image in any case.
-step "build the static binary + session image" scripts/build-test-image.sh
 runtime_image=${SANDBOX_RUNTIME_IMAGE:-tale-test-runtime:latest}
 profile=default
 if [ "$agents" = 1 ]; then
   runtime_image=tale-agent-runtime:latest
   profile=agent
+fi
+# A stack that already runs keeps its sessions (session demo among them) on the image it was
+# started with: switching between the plain and the --agents quick start needs --down first.
+if command -v docker >/dev/null 2>&1 && [ -f "$state/.env" ] &&
+  docker ps -q --filter "label=com.docker.compose.project=$project" --filter "name=^/?$stack-sandbox\$" 2>/dev/null | grep -q .; then
+  running_image=$(sed -n 's/^SANDBOX_RUNTIME_IMAGE=//p' "$state/.env")
+  if [ -n "$running_image" ] && [ "$running_image" != "$runtime_image" ]; then
+    echo "quickstart: stack $stack already runs with sessions from $running_image, and this run needs $runtime_image;" >&2
+    echo "remove it first with: scripts/quickstart.sh --down (README \"Quick start\")" >&2
+    exit 1
+  fi
+fi
+step "install Docker and the toolchain" env TALE_SETUP_DOCKER=1 scripts/setup.sh
+# The busybox test image is the sessions' runtime, and the stub gateway's image in any case.
+step "build the static binary + session image" scripts/build-test-image.sh
+if [ "$agents" = 1 ]; then
   step "build the agent session image" env TALE_BIN="$static_bin" scripts/build-agent-image.sh "$runtime_image"
 fi
 step "build the spawner and egress images" scripts/build-images.sh --local spawner egress
@@ -256,7 +269,23 @@ wait_for_stack() {
   return 1
 }
 step "wait for the spawner" wait_for_stack
-step "create session demo" "$state/tale" session --json create demo --org quickstart --profile "$profile"
+# A second run against the running stack finds session demo there, and a create of a running
+# session is refused (409 duplicate): it uses that session when its profile is this run's. (A
+# stopped one is created again: that resumes it on its workspace.)
+demo_state=
+if "$state/tale" session --json get demo >"$state/logs/demo-session.json" 2>/dev/null; then
+  demo_profile=$(sed -n 's/.*"profile": *"\([^"]*\)".*/\1/p' "$state/logs/demo-session.json")
+  demo_state=$(sed -n 's/.*"state": *"\([^"]*\)".*/\1/p' "$state/logs/demo-session.json")
+  if [ "$demo_profile" != "$profile" ]; then
+    echo "quickstart: session demo exists with profile ${demo_profile:-?}, not $profile; remove the stack first with: scripts/quickstart.sh --down" >&2
+    exit 1
+  fi
+fi
+if [ "$demo_state" = ready ]; then
+  echo "session demo runs already (profile $profile): using it"
+else
+  step "create session demo" "$state/tale" session --json create demo --org quickstart --profile "$profile"
+fi
 "$state/tale" session exec demo 'echo "hello from session demo: uid $(id -u) in $PWD on $(hostname)"; uname -sr'
 if [ "$agents" = 1 ]; then
   "$state/tale" session exec demo 'echo "claude $(claude --version)"; echo "opencode $(opencode --version)"; codex --version; git --version'
@@ -270,7 +299,7 @@ fi
 cat <<MSG
 
 The stack runs (docker-compose -p $project). Try:
-  SANDBOX_TOKEN=\$(cat $state/token) $state/tale session exec demo 'ls -la'
+  SANDBOX_TOKEN=\$(cat $state/token) TALE_SPAWNER_URL=$TALE_SPAWNER_URL $state/tale session exec demo 'ls -la'
 Stop it and remove its sessions, volumes and networks with: scripts/quickstart.sh --down
 (objects labelled tale.stack=$stack or com.docker.compose.project=$project; nothing else)
 MSG

@@ -3,6 +3,17 @@
 # everything is there). Needs root for apt. Starts dockerd in the background when it is not running.
 set -euo pipefail
 
+# rustup is the one prerequisite this script does not install (Debian bookworm does not package
+# it); it fetches the toolchain that rust-toolchain.toml pins on first use.
+if ! command -v rustup >/dev/null 2>&1; then
+  if [ -x "$HOME/.cargo/bin/rustup" ]; then
+    echo "setup: rustup is installed in $HOME/.cargo/bin but not on PATH; run: . \"\$HOME/.cargo/env\" (or open a new login shell), then again" >&2
+  else
+    echo "setup: rustup is needed and not installed; install it as https://rustup.rs says (curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --default-toolchain none), run: . \"\$HOME/.cargo/env\", then again" >&2
+  fi
+  exit 1
+fi
+
 packages=(musl-tools docker.io tinyproxy busybox-static iproute2 iptables dnsmasq-base git curl openssl util-linux file python3 python3-venv docker-compose tmux tcpdump)
 # Node and npm for the agent CLIs, unless a Node install (e.g. NodeSource's, which bundles npm)
 # is there already: Debian's npm package would conflict with it.

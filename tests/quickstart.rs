@@ -260,3 +260,138 @@ fn down_removes_exactly_its_own_stack() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A quick start of the other kind (`--agents` after the plain one) against a stack that runs
+/// stops before any stage and says to run `--down` first, instead of recreating the spawner under
+/// the running sessions and failing on the existing session `demo`.
+#[test]
+fn switching_the_session_image_of_a_running_stack_is_refused() {
+    let image = "tale-test-runtime:latest";
+    assert!(
+        docker(&["image", "inspect", image]).0,
+        "Docker and {image} are required (scripts/build-test-image.sh)"
+    );
+    let pid = std::process::id();
+    let stack = format!("fh-qs-sw{pid}");
+    let dir = std::env::temp_dir().join(format!("tale-quickstart-switch-{pid}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    // What the plain quick start leaves: its .env and the stack's running spawner container.
+    std::fs::write(
+        dir.join(".env"),
+        format!("SANDBOX_RUNTIME_IMAGE={image}\nTALE_STACK={stack}\n"),
+    )
+    .unwrap();
+    let spawner = format!("{stack}-sandbox");
+    let project = format!("com.docker.compose.project={stack}");
+    assert!(
+        docker(&[
+            "run",
+            "-d",
+            "--name",
+            &spawner,
+            "--label",
+            &project,
+            "--entrypoint",
+            "/bin/sleep",
+            image,
+            "300",
+        ])
+        .0
+    );
+    let out = quickstart(&dir, support::runnerd::free_port(), &["--agents"])
+        .env("TALE_QUICKSTART_STACK", &stack)
+        .output()
+        .unwrap();
+    docker(&["rm", "-f", &spawner]);
+    let _ = std::fs::remove_dir_all(&dir);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stdout.is_empty(), "no stage ran: {stdout}");
+    assert!(
+        stderr.contains(&format!(
+            "stack {stack} already runs with sessions from {image}"
+        )) && stderr.contains("tale-agent-runtime:latest")
+            && stderr.contains("scripts/quickstart.sh --down"),
+        "{stderr}"
+    );
+}
+
+/// Every README section a script's message points at (`README "…"`, `README.md, "…"`) is a
+/// heading of the README, so a newcomer can find it.
+#[test]
+fn scripts_point_at_readme_sections_that_exist() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
+    let headings: Vec<&str> = readme
+        .lines()
+        .filter_map(|l| l.strip_prefix('#'))
+        .map(|l| l.trim_start_matches('#').trim())
+        .collect();
+    let mut checked = 0;
+    for entry in std::fs::read_dir(format!("{root}/scripts")).unwrap() {
+        let path = entry.unwrap().path();
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let text = text.replace("\\\"", "\"");
+        for (at, _) in text.match_indices("README") {
+            let rest = text[at + "README".len()..]
+                .trim_start_matches(".md")
+                .trim_start_matches(',')
+                .trim_start_matches([' ', '\n']);
+            let Some(quoted) = rest.strip_prefix('"') else {
+                continue;
+            };
+            let name: String = quoted
+                .split('"')
+                .next()
+                .unwrap()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
+            assert!(
+                headings.iter().any(|h| h.starts_with(&name)),
+                "{} points at README section {name:?}, which is no heading",
+                path.display()
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 3, "found only {checked} references");
+}
+
+/// Without rustup (the one prerequisite the set-up does not install) `scripts/setup.sh` — the
+/// quick start's first stage — stops before touching apt and says how to install it, instead of
+/// failing later with `rustup: command not found`.
+#[test]
+fn setup_without_rustup_says_how_to_get_it() {
+    // A PATH holding only bash: no rustup, and no dpkg or apt-get that could run.
+    let dir = std::env::temp_dir().join(format!("tale-quickstart-norustup-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bash = dir.join("bash");
+    let _ = std::fs::remove_file(&bash);
+    std::os::unix::fs::symlink("/bin/bash", &bash).unwrap();
+    let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/setup.sh"))
+        .env_clear()
+        .env("PATH", &dir)
+        .env("HOME", dir.join("home"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("setup: rustup is needed and not installed")
+            && stderr.contains("https://rustup.rs"),
+        "{stderr}"
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

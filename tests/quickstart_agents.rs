@@ -1,11 +1,17 @@
 //! End-to-end: `scripts/quickstart.sh --agents` brings up the compose stack (spawner, egress proxy,
 //! stub gateway) with the agent image as the sessions' runtime: session `demo` runs as the agent
-//! profile's user and has the three agent CLIs at the Dockerfile's pinned versions, and git; then
-//! `--down` removes the stack. Needs Docker and docker-compose; fails loudly without them, and
+//! profile's user and has the three agent CLIs at the Dockerfile's pinned versions, and git; run
+//! again, it uses the running session `demo`; then `--down` removes the stack. Needs Docker and docker-compose; fails loudly without them, and
 //! refuses to run while another quick start or compose stack holds the stack's container names.
 use std::process::{Command, Output, Stdio};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+/// A model request to the stack's gateway from inside the session (bash's /dev/tcp), printing the
+/// raw reply.
+const STUB_REQUEST: &str = "exec 3<>/dev/tcp/sandbox-llm-gateway/8080 && \
+    printf 'POST /anthropic/v1/messages HTTP/1.1\\r\\nHost: sandbox-llm-gateway\\r\\nContent-Length: 2\\r\\n\\r\\n{}' >&3 && \
+    timeout 10 cat <&3";
 
 fn pinned(name: &str) -> String {
     include_str!("../Dockerfile")
@@ -27,7 +33,8 @@ fn quickstart(dir: &std::path::Path, bin: &str, args: &[&str]) -> Output {
         .unwrap()
 }
 
-/// The agent quick start: the demo session answers with the pinned CLIs, git and uid 10001.
+/// The agent quick start: the demo session answers with the pinned CLIs, git and uid 10001, and a
+/// second run against the running stack uses that session instead of failing on its create.
 #[test]
 fn agents_quickstart_sessions_have_the_agent_clis() {
     assert!(
@@ -53,6 +60,23 @@ fn agents_quickstart_sessions_have_the_agent_clis() {
 
     let up = quickstart(&dir, &bin, &["--agents"]);
     let stdout = String::from_utf8_lossy(&up.stdout).into_owned();
+    // Run again against the running stack: it uses the running session demo (a create of it
+    // would be refused with 409 duplicate).
+    let again = quickstart(&dir, &bin, &["--agents"]);
+    let again_stdout = String::from_utf8_lossy(&again.stdout).into_owned();
+    // The stub gateway, as a session sees it: a model request is answered at once with a 400
+    // that names the stub (a 5xx made Claude Code retry for about 3 minutes).
+    let stub = Command::new(&bin)
+        .args(["session", "exec", "demo", STUB_REQUEST])
+        .env(
+            "SANDBOX_TOKEN",
+            std::fs::read_to_string(dir.join("token")).unwrap_or_default(),
+        )
+        .env("TALE_SPAWNER_URL", "http://127.0.0.1:8003")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stub_reply = String::from_utf8_lossy(&stub.stdout).into_owned();
     let down = quickstart(&dir, &bin, &["--down"]);
     let _ = std::fs::remove_dir_all(&dir);
     assert!(
@@ -72,6 +96,23 @@ fn agents_quickstart_sessions_have_the_agent_clis() {
     assert!(
         stdout.lines().any(|l| l.starts_with("git version ")),
         "{stdout}"
+    );
+    assert!(
+        again.status.success(),
+        "{again_stdout}\n{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert!(
+        again_stdout.contains("session demo runs already (profile agent): using it")
+            && again_stdout.contains("uid 10001 in /workspace"),
+        "{again_stdout}"
+    );
+    assert!(
+        stub_reply.starts_with("HTTP/1.1 400 Bad Request\r\n")
+            && stub_reply.contains("invalid_request_error")
+            && stub_reply.contains("this is the quick start stub gateway"),
+        "{stub_reply:?} {}",
+        String::from_utf8_lossy(&stub.stderr)
     );
     let down_text = String::from_utf8_lossy(&down.stdout);
     assert!(down.status.success(), "{down_text}");

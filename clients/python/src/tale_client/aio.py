@@ -494,8 +494,8 @@ class AsyncClient:
         permission_mode: Optional[str] = None,
         timeout_ms: Optional[int] = None,
     ) -> AsyncExecStream:
-        """Runs an agent CLI (``claude-code`` | ``opencode``); the stream carries ``AgentEvent``s
-        besides the exec's own events, and resumes like any exec stream."""
+        """Runs an agent CLI (``claude-code`` | ``opencode`` | ``codex``); the stream carries
+        ``AgentEvent``s besides the exec's own events, and resumes like any exec stream."""
         exec_id = exec_id or routes.new_id("run")
         options = routes.run_options(
             model, agent_session_id, max_turns, system_prompt_append, workdir, browser_mcp, permission_mode
