@@ -151,4 +151,14 @@ pub fn remove_network(network: &str) {
     }
     let (_, volumes) = docker(&["volume", "ls", "-q", "--filter", &label]);
     remove_volumes(&volumes.lines().collect::<Vec<_>>());
+    // Disk-quota helpers a spawner killed by the test left behind (its boot reclaim's, say): the
+    // next boot would remove them after the grace, but the test's deployment has none.
+    let owner = format!(
+        "label={}={network}",
+        tale::modes::spawner::backend::docker_quota::HELPER_OWNER_LABEL
+    );
+    let (_, helpers) = docker(&["ps", "-aq", "--filter", &owner]);
+    for id in helpers.lines() {
+        docker(&["rm", "-f", id]);
+    }
 }
