@@ -31,8 +31,11 @@ pub const DEFAULT_CREATE_TIMEOUT_MS: u64 = 180_000;
 pub const UNSEEDED_SETTLE_WAIT: Duration = Duration::from_secs(10);
 /// How often that wait reads runnerd's seed record.
 pub const UNSEEDED_SETTLE_POLL: Duration = Duration::from_millis(200);
-/// Past the create budget, how long a session's first create may still count as running (clock
-/// skew between replicas, a slow engine or API server): the backends' claim reclaim grace.
+/// Past the create budget, how long a create may still count as running (clock skew between
+/// replicas, a slow engine or API server). Until then its never-started container (Docker), young
+/// Secret or Pod (Kubernetes) is another replica's create in flight (503 `create_in_progress`),
+/// its cap claims are not reclaimed as an orphan's, and an unseeded session of it gets the settle
+/// wait below; after it, the create counts as dead.
 pub const CREATE_IN_FLIGHT_GRACE: Duration = Duration::from_secs(10);
 /// Default interval of the TTL / idle sweep (`SANDBOX_SWEEP_INTERVAL_MS`).
 pub const DEFAULT_SWEEP_INTERVAL_MS: u64 = 60_000;

@@ -16,6 +16,7 @@
 //! The claim prefix `tale-claim-<digest of the network name>` scopes claims to one deployment:
 //! replicas of a deployment share `SANDBOX_EGRESS_NETWORK`.
 use super::{BackendError, BackendResult, CapClaim, CapDecision, CapRequest};
+use crate::modes::spawner::limits::CREATE_IN_FLIGHT_GRACE;
 use bollard::errors::Error as DockerError;
 use bollard::models::{ContainerCreateBody, ContainerSummary, HostConfig, NetworkCreateRequest};
 use bollard::query_parameters::{
@@ -34,9 +35,6 @@ pub const CLAIM_SESSION_LABEL: &str = "tale.claim-session";
 pub const CLAIM_CREATED_LABEL: &str = "tale.claim-created";
 /// Label on the network lock container: the id of the network every replica uses.
 pub const NETWORK_ID_LABEL: &str = "tale.network-id";
-/// Extra time past the create budget before an orphaned claim is reclaimed (clock skew between
-/// replicas, a slow engine).
-pub const CLAIM_RECLAIM_GRACE: Duration = Duration::from_secs(10);
 
 /// How long a replica tries to agree with the others on the sandbox network.
 pub const NETWORK_AGREEMENT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -419,7 +417,7 @@ impl Shared<'_> {
         request: &CapRequest<'_>,
     ) -> BackendResult<usize> {
         let now = crate::shared::clock::now_ms();
-        let budget = (request.create_budget + CLAIM_RECLAIM_GRACE).as_millis() as u64;
+        let budget = (request.create_budget + CREATE_IN_FLIGHT_GRACE).as_millis() as u64;
         let old: Vec<&(String, String, u64)> = slots
             .iter()
             .filter_map(|n| held.get(n))

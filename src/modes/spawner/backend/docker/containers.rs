@@ -1,7 +1,7 @@
 //! A session container's life: created (a dead earlier incarnation replaced, a live one never),
 //! started on the agreed network, its runnerd address, its last words when it dies while starting.
 use super::*;
-use crate::modes::spawner::backend::docker_shared::CLAIM_RECLAIM_GRACE;
+use crate::modes::spawner::limits::CREATE_IN_FLIGHT_GRACE;
 
 /// What a container found under a session's name is to a new create of that session.
 #[derive(Debug, PartialEq, Eq)]
@@ -16,9 +16,9 @@ pub(super) enum Incarnation {
 }
 
 /// A created, never-started container `age_ms` old: dead past the create budget plus
-/// [`CLAIM_RECLAIM_GRACE`], else starting, with the whole seconds left until then (at least 1).
+/// [`CREATE_IN_FLIGHT_GRACE`], else starting, with the whole seconds left until then (at least 1).
 fn never_started(age_ms: u64, create_budget: Duration) -> Incarnation {
-    let dead_after_ms = (create_budget + CLAIM_RECLAIM_GRACE).as_millis() as u64;
+    let dead_after_ms = (create_budget + CREATE_IN_FLIGHT_GRACE).as_millis() as u64;
     if age_ms > dead_after_ms {
         return Incarnation::Dead;
     }
@@ -259,7 +259,7 @@ mod tests {
     #[test]
     fn never_started_containers_count_as_dead_after_budget_and_grace() {
         let budget = Duration::from_secs(15);
-        let limit_ms = (budget + CLAIM_RECLAIM_GRACE).as_millis() as u64;
+        let limit_ms = (budget + CREATE_IN_FLIGHT_GRACE).as_millis() as u64;
         let left = |age_ms| match never_started(age_ms, budget) {
             Incarnation::Starting { retry_after } => Some(retry_after.as_secs()),
             _ => None,

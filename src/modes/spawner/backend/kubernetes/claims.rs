@@ -8,25 +8,22 @@
 //!
 //! Every delete carries `preconditions` (the claim's uid and resourceVersion), so a replica never
 //! deletes a claim that has since been released and taken by another create under the same name.
-//! A claim whose session has no running Pod once the create budget plus [`CLAIM_RECLAIM_GRACE`]
+//! A claim whose session has no running Pod once the create budget plus [`CREATE_IN_FLIGHT_GRACE`]
 //! has passed (its creator crashed mid-create, or the session is gone without a stop) is reclaimed
 //! that way. Leases are used as plain named records here: no holder renews them.
 use super::super::{BackendError, BackendResult, CapClaim, CapDecision, CapRequest};
 use super::manifests::ANNOTATION_SESSION_ID;
 use super::{api, is_conflict, is_not_found, KubernetesBackend};
+use crate::modes::spawner::limits::CREATE_IN_FLIGHT_GRACE;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, PostParams, Preconditions};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::time::Duration;
 
 /// Label on every claim Lease (value `1`): what the claim listing selects.
 pub const CLAIM_LABEL: &str = "tale.dev/claim";
 /// Name prefix of claim Leases.
 pub const CLAIM_PREFIX: &str = "tale-claim";
-/// Extra time past the create budget before an orphaned claim is reclaimed (clock skew between
-/// replicas and the API server, a slow API server).
-pub const CLAIM_RECLAIM_GRACE: Duration = Duration::from_secs(10);
 
 fn short_digest(text: &str) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
@@ -230,7 +227,7 @@ impl KubernetesBackend {
         request: &CapRequest<'_>,
     ) -> BackendResult<usize> {
         let now = crate::shared::clock::now_ms();
-        let budget = (request.create_budget + CLAIM_RECLAIM_GRACE).as_millis() as u64;
+        let budget = (request.create_budget + CREATE_IN_FLIGHT_GRACE).as_millis() as u64;
         let old: Vec<(&String, &Held)> = slots
             .iter()
             .filter_map(|n| held.get_key_value(n))

@@ -7,10 +7,11 @@ use super::super::names::Found;
 use super::super::{wait_for_runnerd, BackendError, BackendResult, SessionSpec};
 use super::races::{uid_precondition, Made};
 use super::{
-    api, claims, is_conflict, is_not_found, manifests, owner_mismatch, ownership, placement,
+    api, is_conflict, is_not_found, manifests, owner_mismatch, ownership, placement,
     poll_with_backoff, start_wait, status, KubernetesBackend, POD_POLL_FIRST_INTERVAL,
     POD_POLL_MAX_INTERVAL,
 };
+use crate::modes::spawner::limits::CREATE_IN_FLIGHT_GRACE;
 use kube::api::{Api, PostParams};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -309,7 +310,7 @@ impl KubernetesBackend {
         let id = &spec.session_id;
         let mut made = Made::named(id);
         // A Secret or Pod younger than this is another replica's create of the same id, in flight.
-        let in_flight = budget + claims::CLAIM_RECLAIM_GRACE;
+        let in_flight = budget + CREATE_IN_FLIGHT_GRACE;
         match self.find_pod(id, Some(&spec.organization_id)).await? {
             Found::Foreign { name } => return Err(owner_mismatch("Pod", &name, id)),
             Found::Ours { name, object } => {
