@@ -278,8 +278,12 @@ async fn finish_unseeded(
     let in_flight_until = entry.created_at_ms.saturating_add(
         spawner.config.create_timeout_ms + CREATE_IN_FLIGHT_GRACE.as_millis() as u64,
     );
-    let settle_until = (crate::shared::clock::now_ms() < in_flight_until)
-        .then(|| tokio::time::Instant::now() + UNSEEDED_SETTLE_WAIT);
+    let settle = if crate::shared::clock::now_ms() < in_flight_until {
+        UNSEEDED_SETTLE_WAIT
+    } else {
+        Duration::ZERO
+    };
+    let settled_at = tokio::time::Instant::now() + settle;
     loop {
         match entry.runnerd.seed_status().await {
             Ok(Some(status)) if !status.seeded => {}
@@ -294,12 +298,10 @@ async fn finish_unseeded(
                 )))
             }
         }
-        match settle_until {
-            Some(until) if tokio::time::Instant::now() < until => {
-                tokio::time::sleep(UNSEEDED_SETTLE_POLL).await
-            }
-            _ => break,
+        if tokio::time::Instant::now() >= settled_at {
+            break;
         }
+        tokio::time::sleep(UNSEEDED_SETTLE_POLL).await;
     }
     if let Err(err) = seed::deliver(&entry.runnerd, create).await {
         // Left as it was (degraded): a further retry may finish it.
