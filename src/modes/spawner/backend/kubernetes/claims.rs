@@ -173,11 +173,8 @@ impl KubernetesBackend {
         Ok(None)
     }
 
-    /// Claim Leases in the namespace: name → claim.
     /// The sessions holding a claim (one paginated listing).
-    pub(super) async fn claimed_session_ids(
-        &self,
-    ) -> BackendResult<std::collections::HashSet<String>> {
+    pub(super) async fn claimed_session_ids(&self) -> BackendResult<HashSet<String>> {
         Ok(self
             .held_claims()
             .await?
@@ -186,6 +183,7 @@ impl KubernetesBackend {
             .collect())
     }
 
+    /// Claim Leases in the namespace: name → claim.
     async fn held_claims(&self) -> BackendResult<HashMap<String, Held>> {
         let listed = super::watch::list_paginated(
             &self.leases(),

@@ -7,9 +7,9 @@
 //!   `tale.dev/compute: running` and a pin, whose Pod is gone or ended. Boot adoption lists Pods
 //!   and misses them; the spawner heals them (see `heal`).
 use super::heal::{node_state, NodeState};
-use super::manifests::{ANNOTATION_COMPUTE, COMPUTE_RUNNING, WORKSPACE_LABEL};
-use super::pins::ANNOTATION_PINNED;
-use super::{api, status, watch, KubernetesBackend};
+use super::manifests::{ANNOTATION_COMPUTE, COMPUTE_RUNNING};
+use super::pins::records_pin;
+use super::{status, KubernetesBackend};
 use crate::modes::spawner::backend::BackendResult;
 use crate::shared::protocol::spawner::Reachability;
 use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim};
@@ -34,7 +34,7 @@ fn wants_pinned_compute(pvc: &PersistentVolumeClaim) -> bool {
     };
     pvc.metadata.deletion_timestamp.is_none()
         && note(ANNOTATION_COMPUTE) == Some(COMPUTE_RUNNING)
-        && note(ANNOTATION_PINNED) == Some("true")
+        && records_pin(&pvc.metadata)
 }
 
 /// A Node as read: reachable (reporting), unreachable (not Ready, or gone from the cluster).
@@ -100,13 +100,7 @@ impl KubernetesBackend {
     /// ended. One paginated LIST of the workspace PVCs; each candidate's Pod from the watch cache
     /// (read from the API server while the watch is stale).
     pub(super) async fn lost_pinned(&self) -> BackendResult<Vec<String>> {
-        let pvcs = watch::list_paginated(
-            &self.pvcs,
-            &format!("{WORKSPACE_LABEL}=1"),
-            self.list_page_size,
-        )
-        .await
-        .map_err(api("cannot list the workspace PVCs"))?;
+        let pvcs = self.workspace_pvcs().await?;
         let mut lost = Vec::new();
         for pvc in pvcs.iter().filter(|pvc| wants_pinned_compute(pvc)) {
             let Some(session) = status::workspace_session(pvc) else {
@@ -128,6 +122,7 @@ impl KubernetesBackend {
 
 #[cfg(test)]
 mod tests {
+    use super::super::pins::ANNOTATION_PINNED;
     use super::*;
 
     fn pvc(annotations: serde_json::Value) -> PersistentVolumeClaim {

@@ -8,7 +8,10 @@
 use super::super::names::Found;
 use super::super::{BackendError, BackendResult};
 use super::{api, KubernetesBackend};
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Patch, PatchParams};
+use std::collections::HashSet;
 
 /// Annotation on a session's workspace PVC: `"true"` while the session is pinned.
 pub const ANNOTATION_PINNED: &str = "tale.dev/pinned";
@@ -21,6 +24,14 @@ pub fn pin_patch(pinned: bool) -> serde_json::Value {
         serde_json::Value::Null
     };
     serde_json::json!({"metadata": {"annotations": {ANNOTATION_PINNED: value}}})
+}
+
+/// Whether an object's annotations record a pin (the workspace PVC's).
+pub fn records_pin(meta: &ObjectMeta) -> bool {
+    meta.annotations
+        .as_ref()
+        .and_then(|a| a.get(ANNOTATION_PINNED))
+        .is_some_and(|v| v == "true")
 }
 
 impl KubernetesBackend {
@@ -45,40 +56,34 @@ impl KubernetesBackend {
         Ok(())
     }
 
-    /// The pin as the session's PVC records it (`false` without a PVC).
-    /// Every pinned session, from one paginated LIST of the workspace PVCs (an adoption pass reads
-    /// this instead of one PVC per session).
-    pub(super) async fn pinned_session_ids(
-        &self,
-    ) -> BackendResult<std::collections::HashSet<String>> {
-        let pvcs = super::watch::list_paginated(
+    /// Every workspace PVC, from one paginated LIST (the pins of an adoption pass, the lost pinned
+    /// sessions of a heal pass).
+    pub(super) async fn workspace_pvcs(&self) -> BackendResult<Vec<PersistentVolumeClaim>> {
+        super::watch::list_paginated(
             &self.pvcs,
             &format!("{}=1", super::manifests::WORKSPACE_LABEL),
             self.list_page_size,
         )
         .await
-        .map_err(api("cannot list the workspace PVCs"))?;
-        Ok(pvcs
+        .map_err(api("cannot list the workspace PVCs"))
+    }
+
+    /// Every pinned session, from one listing of the workspace PVCs (an adoption pass reads this
+    /// instead of one PVC per session).
+    pub(super) async fn pinned_session_ids(&self) -> BackendResult<HashSet<String>> {
+        Ok(self
+            .workspace_pvcs()
+            .await?
             .iter()
-            .filter(|pvc| {
-                pvc.metadata
-                    .annotations
-                    .as_ref()
-                    .and_then(|a| a.get(ANNOTATION_PINNED))
-                    .is_some_and(|v| v == "true")
-            })
+            .filter(|pvc| records_pin(&pvc.metadata))
             .filter_map(|pvc| super::status::workspace_session(pvc).map(|s| s.session_id))
             .collect())
     }
 
+    /// The pin as the session's PVC records it (`false` without a PVC).
     pub(super) async fn read_pin(&self, session_id: &str) -> BackendResult<bool> {
         Ok(match self.find_pvc(session_id, None).await? {
-            Found::Ours { object, .. } => object
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(ANNOTATION_PINNED))
-                .is_some_and(|v| v == "true"),
+            Found::Ours { object, .. } => records_pin(&object.metadata),
             Found::Absent | Found::Foreign { .. } => false,
         })
     }
