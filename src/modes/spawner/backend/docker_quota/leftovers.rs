@@ -2,10 +2,11 @@
 //! run was left by a process killed between the create and the remove (a spawner's `kill -9`,
 //! OOM or node crash, an interrupted `tale docker-volumes rm`). The spawner's boot removes its own
 //! deployment's, once they are older than any live run can be.
-use super::helper::{HELPER_LABEL, HELPER_OWNER_LABEL, QUOTA_HELPER_TIMEOUT};
+use super::helper::{helper_labels, QUOTA_HELPER_TIMEOUT};
 use super::reclaim::ORPHAN_RECLAIM_MAX;
-use crate::modes::spawner::backend::docker::{DOCKER_CALL_TIMEOUT, STACK_LABEL};
-use crate::modes::spawner::backend::{BackendError, BackendResult};
+use super::{engine, status_of};
+use crate::modes::spawner::backend::docker::DOCKER_CALL_TIMEOUT;
+use crate::modes::spawner::backend::BackendResult;
 use bollard::models::ContainerSummary;
 use bollard::query_parameters::{ListContainersOptionsBuilder, RemoveContainerOptionsBuilder};
 use bollard::Docker;
@@ -54,21 +55,24 @@ pub async fn reclaim_leftover_helpers(
     stack: Option<&str>,
     grace: Duration,
 ) -> BackendResult<Vec<String>> {
-    let mut labels = vec![
-        format!("{HELPER_LABEL}=1"),
-        format!("{HELPER_OWNER_LABEL}={owner}"),
-    ];
-    if let Some(stack) = stack {
-        labels.push(format!("{STACK_LABEL}={stack}"));
+    // Exactly the labels this deployment's helpers are made with. Without an owner they would
+    // match every deployment's helpers: nothing is ours to remove then.
+    if owner.is_empty() {
+        return Ok(Vec::new());
     }
+    let labels: Vec<String> = helper_labels(owner, stack)
+        .into_iter()
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect();
     let filters = HashMap::from([("label", labels)]);
     let options = ListContainersOptionsBuilder::new()
         .all(true)
         .filters(&filters)
         .build();
-    let listed = docker.list_containers(Some(options)).await.map_err(|err| {
-        BackendError::Engine(format!("cannot list disk quota helper containers: {err}"))
-    })?;
+    let listed = docker
+        .list_containers(Some(options))
+        .await
+        .map_err(engine("cannot list disk quota helper containers"))?;
     // The engine is reached over a local socket: its clock is this host's.
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -82,13 +86,11 @@ pub async fn reclaim_leftover_helpers(
                 tracing::info!(helper = %name, "removed a leftover disk quota helper container");
                 removed.push(name);
             }
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 404, ..
-            }) => {}
+            Err(err) if status_of(&err) == Some(404) => {}
             Err(err) => {
-                return Err(BackendError::Engine(format!(
-                    "cannot remove the leftover disk quota helper {name}: {err}"
-                )))
+                return Err(engine(&format!(
+                    "cannot remove the leftover disk quota helper {name}"
+                ))(err))
             }
         }
     }
