@@ -344,29 +344,14 @@ fn images_in(dir: &Path) -> Vec<String> {
     names
 }
 
-/// A spawner on the docker backend with 16 MiB quotas in `dir`, on `network`, with `extra` env.
-async fn quota_spawner(
-    dir: &Path,
-    network: &str,
-    tag: &str,
-    extra: &[(&str, &str)],
-) -> SpawnerProcess {
-    let image = test_image().to_string();
-    let mut env: Vec<(String, String)> = [
-        ("SANDBOX_BACKEND", "docker"),
-        ("SANDBOX_RUNTIME_IMAGE", image.as_str()),
-        ("SANDBOX_EGRESS_NETWORK", network),
-        ("SANDBOX_EGRESS_PROXY", "none"),
-        ("SANDBOX_DISK_QUOTA_MB", "16"),
+/// A spawner with 16 MiB quotas in `dir` and the organization caches on, quota'd at 16 MiB too.
+async fn quota_spawner(dir: &Path, network: &str, extra: &[(&str, &str)]) -> SpawnerProcess {
+    let mut env = vec![
+        ("SANDBOX_CACHE_VOLUMES", "1"),
         ("SANDBOX_ORG_CACHE_QUOTA_MB", "16"),
-        ("SANDBOX_DISK_QUOTA_DIR", dir.to_str().unwrap()),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    let root = std::env::temp_dir().join(format!("tale-docker-quota-{tag}-{}", std::process::id()));
-    SpawnerProcess::start(root, env).await
+    ];
+    env.extend_from_slice(extra);
+    support::docker::quota_spawner(dir, network, &env).await
 }
 
 /// `scripts/quickstart.sh --down` removes a stack's quota'd volumes (workspaces and caches) with
@@ -400,7 +385,6 @@ async fn quickstart_down_frees_loop_devices_and_images() {
     let mut spawner = quota_spawner(
         &dir,
         &network,
-        "down",
         &[
             ("SANDBOX_STACK_LABEL", stack.as_str()),
             ("SANDBOX_PIP_CACHE_VOLUME_PREFIX", prefixes[0].as_str()),
@@ -495,8 +479,7 @@ async fn boot_reclaims_this_deployments_orphaned_images_only() {
         names: vec![format!("tale-sbx-ses-{live_id}")],
         network: network.clone(),
     };
-    let mut spawner =
-        quota_spawner(&dir, &network, "orphan", &[("SANDBOX_CACHE_VOLUMES", "0")]).await;
+    let mut spawner = quota_spawner(&dir, &network, &[("SANDBOX_CACHE_VOLUMES", "0")]).await;
     for id in [&orphan_id, &live_id] {
         let (status, body) = spawner
             .client

@@ -9,7 +9,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-use support::docker::{docker, test_image};
+use support::docker::{docker, quota_spawner, test_image};
 use support::runnerd::poll;
 use support::spawner::SpawnerProcess;
 
@@ -34,11 +34,7 @@ impl Drop for Leftovers {
             docker(&["rm", "-f", name]);
         }
         for owner in &self.owners {
-            let label = format!("label=tale.disk-quota-owner={owner}");
-            let (_, ids) = docker(&["ps", "-aq", "--filter", &label]);
-            for id in ids.lines() {
-                docker(&["rm", "-f", id]);
-            }
+            support::docker::remove_quota_helpers_of(owner);
         }
         for volume in &self.volumes {
             docker(&["volume", "rm", volume]);
@@ -46,34 +42,6 @@ impl Drop for Leftovers {
         support::docker::remove_network(&self.network);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// A spawner on the docker backend with disk quotas in `dir`, on `network`, with `extra` env.
-async fn quota_spawner(
-    dir: &Path,
-    network: &str,
-    tag: &str,
-    extra: &[(&str, &str)],
-) -> SpawnerProcess {
-    let image = test_image().to_string();
-    let mut env: Vec<(String, String)> = [
-        ("SANDBOX_BACKEND", "docker"),
-        ("SANDBOX_RUNTIME_IMAGE", image.as_str()),
-        ("SANDBOX_EGRESS_NETWORK", network),
-        ("SANDBOX_EGRESS_PROXY", "none"),
-        ("SANDBOX_CACHE_VOLUMES", "0"),
-        ("SANDBOX_DISK_QUOTA_MB", "16"),
-        ("SANDBOX_DISK_QUOTA_DIR", dir.to_str().unwrap()),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    let root = std::env::temp_dir().join(format!(
-        "tale-docker-quota-helpers-{tag}-{}",
-        std::process::id()
-    ));
-    SpawnerProcess::start(root, env).await
 }
 
 /// Names and states of the helper containers carrying every label in `labels`.
@@ -128,15 +96,10 @@ fn exists(container: &str) -> bool {
 /// boot's own orphan reclaim runs one), waits for the pause, and `kill -9`s it there: returns the
 /// name of the helper it left behind (one, never started) and when it was seen.
 async fn leave_a_helper_behind(spawner: &mut SpawnerProcess, owner: &str) -> (String, Instant) {
-    let paused = poll(Duration::from_secs(60), async || {
-        spawner
-            .log()
-            .lines()
-            .any(|l| l.contains("test hook: create paused") && l.contains("quota_helper_created"))
-            .then_some(())
-    })
-    .await;
-    assert!(paused.is_some(), "no helper paused:\n{}", spawner.log());
+    let paused = spawner
+        .paused_at("quota_helper_created", Duration::from_secs(60))
+        .await;
+    assert!(paused, "no helper paused:\n{}", spawner.log());
     let seen = Instant::now();
     spawner.kill9();
     // (Helpers the test planted are named otherwise.)
@@ -235,7 +198,6 @@ async fn boot_removes_its_own_deployments_leftover_helpers_only() {
     let mut spawner = quota_spawner(
         &dir,
         &network,
-        "boot",
         &[
             ("TALE_TEST_CREATE_PAUSE_AT", "quota_helper_created"),
             ("TALE_TEST_CREATE_PAUSE_MS", "60000"),
@@ -257,7 +219,6 @@ async fn boot_removes_its_own_deployments_leftover_helpers_only() {
     let mut rebooted = quota_spawner(
         &dir,
         &network,
-        "reboot",
         &[("TALE_TEST_QUOTA_HELPER_GRACE_MS", grace_ms.as_str())],
     )
     .await;
@@ -335,7 +296,6 @@ async fn quickstart_down_removes_the_stacks_leftover_helpers() {
     let mut spawner = quota_spawner(
         &dir,
         &network,
-        "down",
         &[
             ("SANDBOX_STACK_LABEL", stack.as_str()),
             ("TALE_TEST_CREATE_PAUSE_AT", "quota_helper_created"),

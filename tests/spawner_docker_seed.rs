@@ -151,18 +151,8 @@ async fn crash_during_create_never_leaves_a_ready_session_without_its_seed() {
                     .await
             }
         });
-        let paused = poll(Duration::from_secs(60), async || {
-            let log = spawner.log();
-            log.lines()
-                .any(|l| l.contains("test hook: create paused") && l.contains(point))
-                .then_some(())
-        })
-        .await;
-        assert!(
-            paused.is_some(),
-            "create paused at {point}:\n{}",
-            spawner.log()
-        );
+        let paused = spawner.paused_at(point, Duration::from_secs(60)).await;
+        assert!(paused, "create paused at {point}:\n{}", spawner.log());
         spawner.kill9();
         let _ = first.await;
 

@@ -456,14 +456,10 @@ async fn a_create_in_flight_elsewhere_is_left_alone() {
                 .await
         })
     };
-    let paused_at = poll(Duration::from_secs(20), async || {
-        deployment.replicas[1]
-            .log()
-            .contains("test hook: create paused")
-            .then_some(())
-    })
-    .await;
-    assert!(paused_at.is_some(), "{}", deployment.logs());
+    let paused_at = deployment.replicas[1]
+        .paused_at("before_start", Duration::from_secs(20))
+        .await;
+    assert!(paused_at, "{}", deployment.logs());
     let secret = deployment
         .fake
         .object("secrets", &secret_name(id))

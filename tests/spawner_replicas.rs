@@ -466,19 +466,10 @@ async fn same_id_create_during_the_winners_seeding_is_a_duplicate() {
         let body = body("winner");
         async move { client.json(Method::POST, "/v1/sessions", Some(body)).await }
     });
-    let paused = support::runnerd::poll(Duration::from_secs(60), async || {
-        deployment.replicas[0]
-            .log()
-            .lines()
-            .any(|l| l.contains("test hook: create paused") && l.contains("after_ready"))
-            .then_some(())
-    })
-    .await;
-    assert!(
-        paused.is_some(),
-        "paused after ready\n{}",
-        deployment.logs()
-    );
+    let paused = deployment.replicas[0]
+        .paused_at("after_ready", Duration::from_secs(60))
+        .await;
+    assert!(paused, "paused after ready\n{}", deployment.logs());
     let (second, reply) = deployment
         .client(1)
         .json(Method::POST, "/v1/sessions", Some(body("loser")))

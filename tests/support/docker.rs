@@ -88,6 +88,20 @@ pub async fn docker_spawner(network: &str, extra: &[(&str, &str)]) -> SpawnerPro
     SpawnerProcess::start(root, env).await
 }
 
+/// [`docker_spawner`] with 16 MiB disk quotas whose images live in `dir`; `extra` goes on top.
+pub async fn quota_spawner(
+    dir: &std::path::Path,
+    network: &str,
+    extra: &[(&str, &str)],
+) -> SpawnerProcess {
+    let mut env = vec![
+        ("SANDBOX_DISK_QUOTA_MB", "16"),
+        ("SANDBOX_DISK_QUOTA_DIR", dir.to_str().unwrap()),
+    ];
+    env.extend_from_slice(extra);
+    docker_spawner(network, &env).await
+}
+
 /// Removes containers `names` (with their `-ws` volumes) and `network` when dropped, so a test
 /// that fails an assertion leaves nothing behind on the shared engine.
 pub struct Cleanup {
@@ -153,11 +167,16 @@ pub fn remove_network(network: &str) {
     remove_volumes(&volumes.lines().collect::<Vec<_>>());
     // Disk-quota helpers a spawner killed by the test left behind (its boot reclaim's, say): the
     // next boot would remove them after the grace, but the test's deployment has none.
-    let owner = format!(
-        "label={}={network}",
+    remove_quota_helpers_of(network);
+}
+
+/// Removes every disk-quota helper container labelled as deployment `owner`'s (its network).
+pub fn remove_quota_helpers_of(owner: &str) {
+    let label = format!(
+        "label={}={owner}",
         tale::modes::spawner::backend::docker_quota::HELPER_OWNER_LABEL
     );
-    let (_, helpers) = docker(&["ps", "-aq", "--filter", &owner]);
+    let (_, helpers) = docker(&["ps", "-aq", "--filter", &label]);
     for id in helpers.lines() {
         docker(&["rm", "-f", id]);
     }

@@ -199,6 +199,19 @@ impl SpawnerProcess {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits up to `within` for the spawner's log to say the test hook paused it at `point`
+    /// (`TALE_TEST_CREATE_PAUSE_AT`); whether it did.
+    pub async fn paused_at(&self, point: &str, within: Duration) -> bool {
+        super::runnerd::poll(within, async || {
+            self.log()
+                .lines()
+                .any(|l| l.contains("test hook: create paused") && l.contains(point))
+                .then_some(())
+        })
+        .await
+        .is_some()
+    }
+
     /// `kill -9` the spawner (its sessions keep running).
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
