@@ -414,26 +414,7 @@ async fn quickstart_down_frees_loop_devices_and_images() {
     // The stack's spawner is gone (crashed, or its compose project stopped): --down finds the
     // sessions and volumes by their stack label.
     spawner.kill9();
-    let state = std::env::temp_dir().join(format!("tale-quickstart-qdown-{pid}"));
-    let out = Command::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/scripts/quickstart.sh"
-    ))
-    .arg("--down")
-    .env("TALE_BIN", env!("CARGO_BIN_EXE_tale"))
-    .env("TALE_QUICKSTART_DIR", &state)
-    .env("TALE_QUICKSTART_STACK", &stack)
-    .env("SANDBOX_DISK_QUOTA_DIR", &dir)
-    .env("SANDBOX_DISK_QUOTA_HELPER_IMAGE", test_image())
-    .stdin(std::process::Stdio::null())
-    .output()
-    .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = support::docker::quickstart_down(&stack, &dir);
     for volume in &volumes {
         assert!(
             !docker(&["volume", "inspect", volume]).0,
@@ -454,7 +435,6 @@ async fn quickstart_down_frees_loop_devices_and_images() {
             "{text}"
         );
     }
-    let _ = std::fs::remove_dir_all(&state);
 }
 
 /// At boot the spawner reclaims its own deployment's quota images whose volume was removed some

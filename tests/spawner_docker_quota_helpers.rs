@@ -310,27 +310,7 @@ async fn quickstart_down_removes_the_stacks_leftover_helpers() {
         [(leftover.clone(), "created".to_string())],
         "the leftover carries the stack label"
     );
-    let state = std::env::temp_dir().join(format!("tale-quickstart-qhdown-{pid}"));
-    let out = Command::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/scripts/quickstart.sh"
-    ))
-    .arg("--down")
-    .env("TALE_BIN", env!("CARGO_BIN_EXE_tale"))
-    .env("TALE_QUICKSTART_DIR", &state)
-    .env("TALE_QUICKSTART_STACK", &stack)
-    .env("SANDBOX_DISK_QUOTA_DIR", &dir)
-    .env("SANDBOX_DISK_QUOTA_HELPER_IMAGE", test_image())
-    .stdin(std::process::Stdio::null())
-    .output()
-    .unwrap();
-    let _ = std::fs::remove_dir_all(&state);
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = support::docker::quickstart_down(&stack, &dir);
     for gone in [&leftover, &by_network] {
         assert!(!exists(gone), "{gone} is left: {text}");
         assert!(

@@ -102,6 +102,33 @@ pub async fn quota_spawner(
     docker_spawner(network, &env).await
 }
 
+/// Runs `scripts/quickstart.sh --down` for stack `stack`, whose quota images are in `quota_dir`
+/// (the test image as the quota helper): its standard output, once it succeeded.
+pub fn quickstart_down(stack: &str, quota_dir: &std::path::Path) -> String {
+    let state = std::env::temp_dir().join(format!("tale-quickstart-down-{stack}"));
+    let out = Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scripts/quickstart.sh"
+    ))
+    .arg("--down")
+    .env("TALE_BIN", env!("CARGO_BIN_EXE_tale"))
+    .env("TALE_QUICKSTART_DIR", &state)
+    .env("TALE_QUICKSTART_STACK", stack)
+    .env("SANDBOX_DISK_QUOTA_DIR", quota_dir)
+    .env("SANDBOX_DISK_QUOTA_HELPER_IMAGE", test_image())
+    .stdin(std::process::Stdio::null())
+    .output()
+    .unwrap();
+    let _ = std::fs::remove_dir_all(&state);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
 /// Removes containers `names` (with their `-ws` volumes) and `network` when dropped, so a test
 /// that fails an assertion leaves nothing behind on the shared engine.
 pub struct Cleanup {
